@@ -1,0 +1,120 @@
+"""One grid machinery for routing patches and labeling regions.
+
+A `Grid` tiles an (H, W) image into cells of a fixed size, row-major, with stable ids.
+Cells at the bottom and right border may be partial (clipped to the image); `extract` pads
+them by reflection to the full cell size so patches batch together, and `paste` crops the
+padding away again. Routing uses `Grid.divide(H, W, 4, 4)` (cell = ceil(H/4) x ceil(W/4),
+so an image whose size is not a multiple of the grid gets a slightly smaller last row and
+column), labeling uses fixed cells such as 64 x 64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class Box(NamedTuple):
+    """A cell clipped to the image: top-left corner and size in pixels."""
+
+    y0: int
+    x0: int
+    h: int
+    w: int
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.y0, self.y0 + self.h), slice(self.x0, self.x0 + self.w)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Cells of `cell` = (ch, cw) pixels covering an image of `shape` = (H, W)."""
+
+    shape: tuple[int, int]
+    cell: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        if min(self.shape) < 1 or min(self.cell) < 1:
+            raise ValueError(f"grid needs a positive image shape and cell size, got {self}")
+
+    @classmethod
+    def divide(cls, height: int, width: int, rows: int = 4, cols: int = 4) -> Grid:
+        """A `rows` x `cols` grid over the image (the PaSeR patchification P(x))."""
+        if rows > height or cols > width:
+            raise ValueError(f"cannot divide a {height}x{width} image into {rows}x{cols} patches")
+        return cls((height, width), (math.ceil(height / rows), math.ceil(width / cols)))
+
+    @property
+    def rows(self) -> int:
+        return math.ceil(self.shape[0] / self.cell[0])
+
+    @property
+    def cols(self) -> int:
+        return math.ceil(self.shape[1] / self.cell[1])
+
+    def __len__(self) -> int:
+        return self.rows * self.cols
+
+    def box(self, cell_id: int) -> Box:
+        """The clipped box of cell `cell_id` (row-major)."""
+        if not 0 <= cell_id < len(self):
+            raise IndexError(f"cell id {cell_id} outside 0..{len(self) - 1}")
+        r, c = divmod(cell_id, self.cols)
+        y0, x0 = r * self.cell[0], c * self.cell[1]
+        return Box(y0, x0, min(self.cell[0], self.shape[0] - y0), min(self.cell[1], self.shape[1] - x0))
+
+    def boxes(self) -> list[Box]:
+        return [self.box(i) for i in range(len(self))]
+
+    def padded_shape(self) -> tuple[int, int]:
+        """Image shape rounded up to whole cells."""
+        return self.rows * self.cell[0], self.cols * self.cell[1]
+
+    def extract(self, images: torch.Tensor) -> torch.Tensor:
+        """Cut (N, C, H, W) images into (N * P, C, ch, cw) patches, image-major then row-major.
+
+        Border cells are padded by reflection (replication where the image is too small to
+        reflect) so every patch has the full cell size.
+        """
+        n, c = images.shape[:2]
+        ph, pw = self.padded_shape()
+        pad = (0, pw - self.shape[1], 0, ph - self.shape[0])
+        if any(pad):
+            mode = "reflect" if pad[1] < self.shape[1] and pad[3] < self.shape[0] else "replicate"
+            images = F.pad(images, pad, mode=mode)
+        ch, cw = self.cell
+        patches = images.reshape(n, c, self.rows, ch, self.cols, cw).permute(0, 2, 4, 1, 3, 5)
+        return patches.reshape(n * len(self), c, ch, cw)
+
+    def paste(self, patches: torch.Tensor) -> torch.Tensor:
+        """Inverse of `extract`: stitch (N * P, C, ch, cw) patches into (N, C, H, W)."""
+        ch, cw = self.cell
+        c = patches.shape[1]
+        n = patches.shape[0] // len(self)
+        full = patches.reshape(n, self.rows, self.cols, c, ch, cw).permute(0, 3, 1, 4, 2, 5)
+        full = full.reshape(n, c, self.rows * ch, self.cols * cw)
+        return full[..., : self.shape[0], : self.shape[1]]
+
+    def cell_index_map(self) -> np.ndarray:
+        """(H, W) int array holding each pixel's cell id: for overlays and per-cell reductions."""
+        rows = np.arange(self.shape[0]) // self.cell[0]
+        cols = np.arange(self.shape[1]) // self.cell[1]
+        return rows[:, None] * self.cols + cols[None, :]
+
+    def reduce(self, pixel_map: np.ndarray, op: str = "sum") -> np.ndarray:
+        """Per-cell sum or mean of an (H, W) map (or (N, H, W) maps), vectorised with bincount."""
+        ids = self.cell_index_map().ravel()
+        maps = np.asarray(pixel_map, dtype=np.float64).reshape(-1, ids.size)
+        counts = np.bincount(ids, minlength=len(self))
+        out = np.stack([np.bincount(ids, weights=m, minlength=len(self)) for m in maps])
+        if op == "mean":
+            out = out / counts
+        elif op != "sum":
+            raise ValueError(f"op must be 'sum' or 'mean', got {op!r}")
+        return out.reshape(np.shape(pixel_map)[:-2] + (len(self),))

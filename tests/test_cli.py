@@ -1,0 +1,88 @@
+"""The `paser` CLI end to end on tiny data: files written, numbers sane, errors readable."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from learners.checkpoint import load_checkpoint
+from napari_paser.cli import main
+from napari_paser.dataset import read_dataset
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "synth"
+    assert main(["data", "synth", "--out", str(out), "--n", "8", "--size", "64", "--seed", "1"]) == 0
+    return out
+
+
+def test_synth_writes_a_valid_dataset(synth_dir):
+    ds = read_dataset(synth_dir)
+    assert ds.images.shape == (8, 64, 64) and ds.images.dtype == np.uint16
+    assert ds.class_names == ("pore", "binder", "active")
+    assert sum(len(v) for v in ds.split.values()) == 8
+
+
+def test_degrade_keeps_labels_and_records_spec(synth_dir, tmp_path):
+    out = tmp_path / "low"
+    assert main(["data", "degrade", "--data", str(synth_dir), "--out", str(out), "--preset", "lowres", "--noise", "0.2"]) == 0
+    src, low = read_dataset(synth_dir), read_dataset(out)
+    assert np.array_equal(src.labels, low.labels) and low.split == src.split
+    assert not np.array_equal(src.images, low.images)
+    assert json.loads((out / "degradation.json").read_text())["spec"] == "factor=4,blur=0.7,noise=0.2"
+
+
+def test_models_json_lists_presets_with_costs(capsys):
+    assert main(["models", "--size", "64x96", "--json"]) == 0
+    costs = json.loads(capsys.readouterr().out)
+    assert list(costs) == ["tiny", "medium", "large"]
+    assert costs["tiny"]["params"] < costs["medium"]["params"] < costs["large"]["params"]
+    assert 0 < costs["tiny"]["gflops"] < costs["medium"]["gflops"] < costs["large"]["gflops"]
+
+
+def test_train_writes_checkpoints_and_metrics(synth_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(synth_dir), "--out", str(run), "--epochs", "1", "--quiet"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"f0", "f1", "f2"}
+    for role in ("f0", "f1", "f2"):
+        m = metrics["models"][role]
+        assert 0 <= m["iou"] <= 1 and m["gflops_per_image"] > 0 and m["params"] > 0
+        ckpt = load_checkpoint(run / f"{role}.pt")
+        assert ckpt.meta["role"] == role and ckpt.meta["class_names"] == ["pore", "binder", "active"]
+        assert ckpt.meta["fingerprint"] == metrics["fingerprint"]
+    assert metrics["models"]["f0"]["gflops_per_image_mc5"] == pytest.approx(5 * metrics["models"]["f0"]["gflops_per_image"])
+    assert "f2 (large)" in capsys.readouterr().out
+
+
+def _run_error(argv, capsys):
+    assert main(argv) == 2
+    return capsys.readouterr().err
+
+
+def test_bad_inputs_give_one_line_messages(tmp_path, capsys):
+    err = _run_error(["data", "info", "--data", str(tmp_path / "missing")], capsys)
+    assert "missing" in err and "Traceback" not in err
+    (tmp_path / "empty").mkdir()
+    assert "empty" in _run_error(["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r")], capsys)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    tifffile.imwrite(bad / "images.tif", np.zeros((6, 64, 64), np.uint16))
+    tifffile.imwrite(bad / "labels.tif", np.zeros((6, 64, 60), np.uint8))
+    assert "shape" in _run_error(["data", "info", "--data", str(bad)], capsys)
+    err = _run_error(["data", "degrade", "--data", str(bad), "--out", str(tmp_path / "o"), "--preset", "blurry"], capsys)
+    assert "blurry" in err and "lowres" in err
+
+
+def test_too_small_slices_are_refused(tmp_path, capsys):
+    assert main(["data", "synth", "--out", str(tmp_path / "s"), "--n", "6", "--size", "32"]) == 0
+    err = _run_error(["train", "--data", str(tmp_path / "s"), "--out", str(tmp_path / "r")], capsys)
+    assert "too small" in err and "64x64" in err
+
+
+def test_bad_size_argument_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["models", "--size", "abc"])
+    assert exc.value.code == 2 and "224x256" in capsys.readouterr().err
