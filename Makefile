@@ -17,7 +17,7 @@ export PYTHON
 .PHONY: help setup test demo bench clean distclean
 
 help:
-	@echo "make demo       set up, then run the demo job: $(VENV)/bin/paser demo --out $(DEMO_OUT)"
+	@echo "make demo       set up, then run the demo: $(VENV)/bin/paser demo --gui --out $(DEMO_OUT)"
 	@echo "make test       set up, then run the tests headless (pytest-xvfb); PYTEST_ARGS=... to select"
 	@echo "make bench      set up, then run benchmarks/run_all.py"
 	@echo "make setup      only the set-up (.venv, Debian packages, editable install)"
@@ -34,8 +34,10 @@ test: setup
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): failing" >&2; fi; \
 	exit $$rc
 
+# With a display napari stays open after the walkthrough; without one the demo runs itself
+# under xvfb-run, saves a screenshot per step into $(DEMO_OUT)/gui and exits.
 demo: setup
-	$(VENV)/bin/paser demo --out $(DEMO_OUT)
+	$(VENV)/bin/paser demo --gui --out $(DEMO_OUT)
 
 bench: setup
 	$(PY) benchmarks/run_all.py

@@ -11,11 +11,11 @@ and free-form training facts. Files are written atomically and read with
 from __future__ import annotations
 
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from learners.atomic import atomic_path
 from learners.errors import CheckpointError
@@ -35,14 +35,20 @@ class Checkpoint:
     path: Path | None = None
 
 
-def save_checkpoint(path: str | Path, model: UNet, meta: dict | None = None) -> Path:
-    """Write `model` and `meta` (plain JSON-like values) to `path` atomically."""
+def save_payload(path: str | Path, fmt: str, module: nn.Module, config: dict, meta: dict | None = None,
+                 version: int = VERSION, **extra) -> Path:
+    """Write `module`'s weights with its config (plain values) and `meta` atomically, tagged `fmt`.
+
+    The one writer of every checkpoint kind (UNet, policy, query network): plain values and
+    tensors only, so `load_payload` can read it with weights_only=True.
+    """
     payload = {
-        "format": FORMAT,
-        "version": VERSION,
-        "config": model.config.to_dict(),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "format": fmt,
+        "version": version,
+        "config": config,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
         "meta": dict(meta or {}),
+        **extra,
     }
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -50,32 +56,54 @@ def save_checkpoint(path: str | Path, model: UNet, meta: dict | None = None) -> 
     return path
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Rebuild the model stored at `path`; raise `CheckpointError` with a clear message on any fault."""
+def load_payload(path: str | Path, fmt: str, what: str, hint: str, version: int = VERSION) -> dict:
+    """Read a checkpoint written by `save_payload` with format tag `fmt`; every fault is a `CheckpointError`.
+
+    `what` names the kind of file in messages ("model checkpoint"), `hint` says how to get a
+    good one ("train models first with `paser train`").
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; train models first with `paser train`")
+        raise CheckpointError(f"{what} {path} does not exist; {hint}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files; all mean the same to a user
         if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
             raise CheckpointError(
-                f"checkpoint {path} holds objects other than tensors and plain values and was refused "
+                f"{what} {path} holds objects other than tensors and plain values and was refused "
                 "(loading it could run code); use a file written by napari-paser"
             ) from None
         raise CheckpointError(
-            f"checkpoint {path} is corrupt, truncated or not a torch file ({type(exc).__name__}: {exc}); "
-            "retrain or restore a copy"
+            f"{what} {path} is corrupt, truncated or not a torch file ({type(exc).__name__}: {exc}); {hint}"
         ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a napari-paser model checkpoint (no '{FORMAT}' format tag)")
-    if payload.get("version", 0) > VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {payload['version']}; upgrade napari-paser to read it")
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise CheckpointError(f"{path} is not a napari-paser {what} (no '{fmt}' format tag)")
+    if payload.get("version", 0) > version:
+        raise CheckpointError(f"{what} {path} has format version {payload['version']}; upgrade napari-paser to read it")
+    return payload
+
+
+def restore(module: nn.Module, payload: dict, path: str | Path, what: str) -> nn.Module:
+    """Load the payload's weights into `module` (eval mode); a mismatch is a `CheckpointError`."""
+    try:
+        module.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{what} {path} does not match its own architecture: {exc}") from None
+    return module.eval()
+
+
+def save_checkpoint(path: str | Path, model: UNet, meta: dict | None = None) -> Path:
+    """Write `model` and `meta` (plain JSON-like values) to `path` atomically."""
+    return save_payload(path, FORMAT, model, model.config.to_dict(), meta)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Rebuild the model stored at `path`; raise `CheckpointError` with a clear message on any fault."""
+    what = "checkpoint"
+    payload = load_payload(path, FORMAT, what, "train models first with `paser train`, or retrain")
     try:
         config = UNetConfig.from_dict(payload["config"])
-        model = UNet(config)
-        model.load_state_dict(payload["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"checkpoint {path} does not match its own architecture: {exc}") from None
-    model.eval()
-    return Checkpoint(model, config, dict(payload.get("meta", {})), path)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{what} {path} does not match its own architecture: {exc}") from None
+    model = restore(UNet(config), payload, path, what)
+    return Checkpoint(model, config, dict(payload.get("meta", {})), Path(path))

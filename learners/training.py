@@ -5,8 +5,9 @@ every validation, and returns a `TrainResult`; the CLI drives it with a tqdm bar
 the GUI from a napari `thread_worker`. It supports whole-image or patch-wise training (the
 PaSeR paper trains f1..fm on a 4x4 patch grid), class-weighted cross entropy, knowledge
 distillation towards a teacher's logits (the paper's Eq. 1), flips/rot90 augmentation,
-fixed/step/cosine learning rates, early stopping on validation mIoU with the best weights
-restored, and cancellation between steps that keeps the last good weights.
+fixed/step/cosine learning rates or the Q-learning agent (`learners.lr_agent`), early
+stopping on validation mIoU with the best weights restored, and cancellation between steps
+that keeps the last good weights.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from tqdm.auto import tqdm
 
 from learners.grid import Grid
 from learners.inference import predict_classes
+from learners.lr_agent import LRAgent, LRAgentConfig
 from learners.metrics import confusion_matrix, iou_from_confusion
 
-SCHEDULERS = ("fixed", "step", "cosine")
+SCHEDULERS = ("fixed", "step", "cosine", "agent")
+UNLABELED = 255
+"""Label value of pixels nobody labeled: ignored by the loss and by validation (partial labels)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class TrainResult:
     best_val_miou: float = float("nan")
     stopped_early: bool = False
     cancelled: bool = False
+    lr_agent: dict | None = None  # scheduler="agent": LRAgent.to_dict() (Q-table, epsilon, decisions), JSON-able
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
@@ -110,6 +115,16 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
     return None
 
 
+def _lr_agent(cfg: TrainConfig, agent: LRAgent | None) -> LRAgent | None:
+    """The Q-learning scheduler for scheduler="agent", starting this run at cfg.lr."""
+    if cfg.scheduler != "agent":
+        return None
+    if agent is None:
+        agent = LRAgent(LRAgentConfig(base_lr=cfg.lr, min_lr=min(1e-6, cfg.lr), max_lr=max(1e-2, cfg.lr)), seed=cfg.seed)
+    agent.begin_run(cfg.lr)
+    return agent
+
+
 def _samples(images, labels, grid, teacher):
     """Training tensors (x, y, teacher logits or None), cut into patches when a grid is given."""
     x = torch.as_tensor(np.asarray(images, dtype=np.float32))[:, None]
@@ -139,8 +154,13 @@ def iter_training(
     grid: tuple[int, int] | None = None,
     teacher_logits: np.ndarray | torch.Tensor | None = None,
     should_stop: Callable[[], bool] | None = None,
+    lr_agent: LRAgent | None = None,
 ) -> Generator[StepReport | EpochReport, None, TrainResult]:
-    """Train `model` in place; yields progress, returns the result (best weights restored)."""
+    """Train `model` in place; yields progress, returns the result (best weights restored).
+
+    With scheduler="agent", `lr_agent` continues a saved agent (`LRAgent.from_dict`); else a
+    fresh one starts at config.lr.
+    """
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     n_classes = model.config.n_classes
@@ -148,6 +168,10 @@ def iter_training(
     weight = class_weights(train_labels, n_classes) if config.class_weighted else None
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = _scheduler(opt, config)
+    agent = _lr_agent(config, lr_agent)
+    if agent is not None:  # a saved agent may clamp config.lr into its [min_lr, max_lr]
+        for group in opt.param_groups:
+            group["lr"] = agent.lr
     steps = math.ceil(len(x) / config.batch_size)
     if config.max_steps_per_epoch:
         steps = min(steps, config.max_steps_per_epoch)
@@ -167,7 +191,7 @@ def iter_training(
             if config.augment:
                 batch = _augment(batch, gen)
             logits = model(batch[0])
-            loss = F.cross_entropy(logits, batch[1], weight=weight)
+            loss = F.cross_entropy(logits, batch[1], weight=weight, ignore_index=UNLABELED)
             if t is not None and config.kd_beta > 0:
                 loss = loss + config.kd_beta * F.mse_loss(logits, batch[2])  # Eq. 1
             opt.zero_grad(set_to_none=True)
@@ -190,9 +214,15 @@ def iter_training(
         yield report
         if sched is not None:
             sched.step()
+        if agent is not None:
+            for group in opt.param_groups:
+                group["lr"] = agent.step(score, train_loss)
         if bad_epochs >= config.patience:
             result.stopped_early = True
             break
+    if agent is not None:
+        agent.finish()
+        result.lr_agent = agent.to_dict()
     if best_state is not None:
         model.load_state_dict(best_state)
         result.best_val_miou = best_score if has_val else float("nan")
@@ -219,11 +249,12 @@ def run_training(generator: Generator, total_steps: int | None = None, desc: str
 
 def train(model: nn.Module, train_images, train_labels, val_images=None, val_labels=None,
           config: TrainConfig = TrainConfig(), grid=None, teacher_logits=None, progress: bool = True,
-          desc: str = "train") -> TrainResult:
+          desc: str = "train", lr_agent: LRAgent | None = None) -> TrainResult:
     """`iter_training` run to the end with a progress bar."""
     n = len(train_images) * (grid[0] * grid[1] if grid else 1)
     steps = math.ceil(n / config.batch_size)
     if config.max_steps_per_epoch:
         steps = min(steps, config.max_steps_per_epoch)
-    gen = iter_training(model, train_images, train_labels, val_images, val_labels, config, grid, teacher_logits)
+    gen = iter_training(model, train_images, train_labels, val_images, val_labels, config, grid, teacher_logits,
+                        lr_agent=lr_agent)
     return run_training(gen, steps * config.epochs, desc, progress)

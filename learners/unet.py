@@ -112,6 +112,11 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(b, config.n_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, base, H, W) last decoder features before the 1x1 head: pooled per region, the
+        embeddings TAUDIS compares (forward is head(features))."""
         feats = [self.inc(self.stem(x))]
         h = feats[0]
         for down in self.downs:  # skips stay clean; the path downwards is dropped out
@@ -121,7 +126,7 @@ class UNet(nn.Module):
             h = up(h, feats[-2 - i])
             if i == 0:
                 h = self.dropout(h)
-        return self.head(h)
+        return h
 
 
 def build_unet(config: UNetConfig | str, **overrides) -> UNet:

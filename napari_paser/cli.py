@@ -4,8 +4,13 @@
     paser data degrade --data DIR --out DIR --preset lowres    low-resolution copy of a dataset
     paser data info    --data DIR                              shape, classes, splits
     paser train        --data DIR --out RUN [--preset quick|paper] [--epochs N] [--seed K]
+    paser predict      --run RUN --image STACK.tif --out DIR     f0 segmentation + entropy/BALD maps
     paser models       [--size 224x256] [--json]               parameters and GFLOPs per preset
+    paser bench routing --data DIR --run RUN --out results.json [--lambda L] [--sweep]   PaSeR vs baselines
+    paser bench al     --data DIR --samplers random,entropy,... --budgets 8,16,32 --seeds 3 --out results.json [--dqn AGENT.pt]
+    paser al train-dqn --data DIR --out AGENT.pt [--episodes E]   train the RALIS query agent by simulated labeling
     paser demo         [--out demo_out]                        the headless pipeline end to end
+    paser demo --gui   [--out demo_out] [--close]              napari walkthrough, a screenshot per step (Xvfb without a display)
 
 User errors print one line saying what is wrong and how to fix it (exit code 2), never a
 traceback.
@@ -85,10 +90,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from napari_paser.train_run import format_metrics, train_run
 
     names = tuple(args.classes.split(",")) if args.classes else None
-    metrics = train_run(args.data, args.out, preset=args.preset, epochs=args.epochs, seed=args.seed,
+    metrics = train_run(args.data, args.out, preset=args.preset, epochs=args.epochs, seed=args.seed, scheduler=args.scheduler,
                         train_splits=tuple(args.splits.split(",")), class_names=names, progress=not args.quiet)
     print(format_metrics(metrics))
     print(f"checkpoints and metrics.json in {args.out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from napari_paser.predict import predict_file
+
+    out = predict_file(args.run, args.image, args.out, samples=args.samples, tile=args.tile, progress=not args.quiet)
+    print(f"wrote prediction.tif, entropy.tif and bald.tif to {out}")
     return 0
 
 
@@ -116,7 +129,114 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_routing(args: argparse.Namespace) -> int:
+    from napari_paser.bench_routing import SWEEP_LAMBDAS, BenchConfig, format_table, run_bench
+
+    cfg = BenchConfig(args.data, args.run, args.out, lam=args.lam, noise=args.noise, sweep=args.sweep,
+                      epochs_rl=args.epochs_rl, epochs_ft=args.epochs_ft, epochs_noise=args.epochs_noise,
+                      noise_steps=args.noise_steps, batch_size=args.batch_size, rl_lr=args.rl_lr,
+                      samples=args.samples, seed=args.seed, sweep_lambdas=args.sweep_lambdas or SWEEP_LAMBDAS,
+                      threads=args.threads, fast=args.fast, progress=not args.quiet)
+    results = run_bench(cfg)
+    print(format_table(results))
+    print(f"wrote {args.out}" + (f" and {results['plot']}" if "plot" in results else ""))
+    return 0
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use comma-separated integers like 8,16,32") from None
+
+
+def _sim_config(args: argparse.Namespace):
+    """The simulation settings of `paser bench al` / `paser al train-dqn` (also sets torch's threads)."""
+    import torch
+
+    from napari_paser.al_sim import SimConfig
+
+    torch.set_num_threads(args.threads)
+    return SimConfig(region=args.region, train_steps=args.train_steps, seed_steps=args.seed_steps,
+                     batch_size=args.batch_size, lr=args.lr, samples=args.samples, pool_size=args.pool_size,
+                     state_regions=args.state_regions)
+
+
+def cmd_bench_al(args: argparse.Namespace) -> int:
+    from napari_paser.bench_al import BenchConfig, format_table, run_bench
+
+    cfg = BenchConfig(args.data, args.out, tuple(s.strip() for s in args.samplers.split(",")), args.budgets, args.seeds,
+                      args.dqn, _sim_config(args), tuple(args.pool_splits.split(",")), args.test_split, args.crop,
+                      "paser " + " ".join(sys.argv[1:]), not args.quiet)
+    results = run_bench(cfg)
+    print(format_table(results))
+    print(f"wrote {args.out} and {results['plot']}")
+    return 0
+
+
+def cmd_al_train_dqn(args: argparse.Namespace) -> int:
+    from napari_paser.al_sim import DQNTrainConfig, load_splits, train_dqn
+
+    (data, reward), n_classes = load_splits(args.data, [args.train_splits.split(","), args.reward_splits.split(",")],
+                                            args.crop)
+    cfg = DQNTrainConfig(episodes=args.episodes, steps=args.steps, k=args.k, n_seed=args.n_seed, seed=args.seed)
+    meta = {"dataset": str(args.data), "command": "paser " + " ".join(sys.argv[1:])}
+    info = train_dqn(data, reward, n_classes, args.out, _sim_config(args), cfg, meta, progress=not args.quiet)
+    gains = [sum(r) for r in info["episode_rewards"]]
+    print(f"episode mIoU gains (points): first {gains[0]:.2f}, last {gains[-1]:.2f}; agent saved to {args.out}")
+    return 0
+
+
+def _sim_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--region", type=int, default=32, help="region edge in pixels (default 32)")
+    p.add_argument("--train-steps", type=int, default=30, help="optimiser steps per retraining (default 30)")
+    p.add_argument("--seed-steps", type=int, default=60, help="optimiser steps on the seed set (default 60)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--samples", type=int, default=5, help="MC-dropout passes (default 5)")
+    p.add_argument("--pool-size", type=int, default=10, help="DQN candidates per pool (default 10)")
+    p.add_argument("--state-regions", type=int, default=8, help="DQN state set size, from the seed set (default 8)")
+    p.add_argument("--crop", type=int, help="keep the central CROPxCROP pixels of each slice (CPU-sized runs)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: tiny models run fastest single-threaded on a shared CPU)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _al_parsers(sub, bench) -> None:
+    """`paser bench al` and `paser al train-dqn`."""
+    p = bench.add_parser("al", help="label efficiency of the region samplers under simulated labeling")
+    p.add_argument("--data", required=True, type=Path, help="labeled dataset folder")
+    p.add_argument("--samplers", default="random,entropy,bald,taudis", help="comma-separated: random,entropy,bald,taudis,dqn")
+    p.add_argument("--budgets", type=_ints, default=(8, 16, 24, 32, 48, 64),
+                   help="labeled regions; the first is the random seed set (default 8,16,24,32,48,64)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out", required=True, type=Path, help="results JSON (the plot goes beside it as .png)")
+    p.add_argument("--dqn", type=Path, help="agent checkpoint from `paser al train-dqn` (needed for the dqn sampler)")
+    p.add_argument("--pool-splits", default="pretrain,finetune", help="splits forming the unlabeled pool")
+    p.add_argument("--test-split", default="test")
+    _sim_arguments(p)
+    p.set_defaults(func=cmd_bench_al)
+
+    al = sub.add_parser("al", help="active learning").add_subparsers(dest="al_command", required=True)
+    p = al.add_parser("train-dqn", help="train the RALIS query agent by playing simulated labeling episodes")
+    p.add_argument("--data", required=True, type=Path, help="labeled dataset folder")
+    p.add_argument("--out", required=True, type=Path, help="agent checkpoint to write (.pt)")
+    p.add_argument("--train-splits", default="rl", help="splits the episodes label from (default rl)")
+    p.add_argument("--reward-splits", default="val", help="splits the reward mIoU is measured on (default val)")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--steps", type=int, default=5, help="proposal steps per episode (default 5)")
+    p.add_argument("--k", type=int, default=8, help="regions per step (default 8)")
+    p.add_argument("--n-seed", type=int, default=8, help="seed set regions (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    _sim_arguments(p)
+    p.set_defaults(func=cmd_al_train_dqn)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.gui:
+        from napari_paser.demo_gui import main as demo_gui
+
+        return demo_gui(Path(args.out), keep_open=not args.close)
     from napari_paser.demo import run_demo
 
     run_demo(Path(args.out), progress=not args.quiet)
@@ -154,15 +274,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("train", help="train the tiny, medium and large models (f0, f1, f2)")
-    p.add_argument("--data", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--preset", default="quick", choices=("quick", "paper"))
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--data", required=True, type=Path, help="dataset folder (images.tif, labels.tif)")
+    p.add_argument("--out", required=True, type=Path, help="run folder for f0.pt, f1.pt, f2.pt and metrics.json")
+    p.add_argument("--preset", default="quick", choices=("quick", "paper"),
+                   help="quick: minutes on a laptop CPU; paper: the PaSeR paper's 200 epochs, batch 32, Adam 1e-4")
+    p.add_argument("--epochs", type=int, help="override the preset's number of epochs")
+    p.add_argument("--scheduler", choices=("fixed", "step", "cosine", "agent"), default="fixed",
+                   help="learning-rate schedule; agent = the Q-learning scheduler (learners.lr_agent)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--splits", default="pretrain", help="training splits, comma-separated (default pretrain)")
     p.add_argument("--classes", help="class names, comma-separated (default: the dataset's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="segment a TIFF slice or stack with a run's f0, with entropy and BALD maps")
+    p.add_argument("--run", required=True, type=Path, help="run folder from `paser train` (uses f0.pt)")
+    p.add_argument("--image", required=True, type=Path, help="greyscale TIFF slice or stack")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--samples", type=int, default=5, help="MC-dropout passes (default 5)")
+    p.add_argument("--tile", type=int, help="process slices in tiles of this size (bounds memory)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("models", help="parameters and GFLOPs per image of each model preset")
     p.add_argument("--size", type=_size, default=(224, 256), help="image size HxW (default 224x256)")
@@ -170,9 +302,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
+    p = bench.add_parser("routing", help="PaSeR against each model alone, the IDK cascade, random and oracle routers")
+    p.add_argument("--data", required=True, type=Path, help="dataset folder (uses its rl, finetune, val, test splits)")
+    p.add_argument("--run", required=True, type=Path, help="run folder from `paser train` (f0.pt, f1.pt, f2.pt)")
+    p.add_argument("--out", required=True, type=Path, help="results JSON (the --sweep plot goes beside it as .png)")
+    p.add_argument("--lambda", dest="lam", type=float, default=0.5, help="cost weight of the reward (default 0.5)")
+    p.add_argument("--noise", default="sp:0.01", help="test-time noise, sp:FRACTION (default sp:0.01)")
+    p.add_argument("--sweep", action="store_true", help="trace accuracy-cost curves and plot them")
+    p.add_argument("--sweep-lambdas", type=_fractions,
+                   help="lambdas of PaSeR's curve, comma-separated (default 0,0.02,0.05,0.1,0.2,0.3,0.5,0.7,1)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--fast", action="store_true",
+                   help="score the IDK cascades on the patch table instead of executing them (large images)")
+    p.add_argument("--epochs-rl", type=int, default=100, help="policy training epochs, stage 2 (default 100)")
+    p.add_argument("--epochs-ft", type=int, default=10, help="joint fine-tuning epochs, stage 3 (default 10)")
+    p.add_argument("--epochs-noise", type=int, default=2, help="f1/f2 fine-tuning epochs on noisy data (default 2)")
+    p.add_argument("--noise-steps", type=int, default=25, help="batches per noise fine-tuning epoch (default 25)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per policy step (default 4)")
+    p.add_argument("--rl-lr", type=float, default=1e-3, help="policy learning rate (default 1e-3)")
+    p.add_argument("--samples", type=int, default=5, help="f0 MC-dropout passes (default 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench_routing)
+
+    _al_parsers(sub, bench)
+
     p = sub.add_parser("demo", help="the headless pipeline on the embedded synthetic dataset")
     p.add_argument("--out", type=Path, default=Path("demo_out"))
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--gui", action="store_true",
+                   help="open napari with the PaSeR dock and walk through the workflow, saving screenshots in OUT/gui")
+    p.add_argument("--close", action="store_true", help="with --gui: close napari after the walkthrough")
     p.set_defaults(func=cmd_demo)
     return parser
 

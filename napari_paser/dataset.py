@@ -231,6 +231,16 @@ def _read_tiff(path: Path) -> np.ndarray:
     return arr
 
 
+def read_image(path: str | Path) -> np.ndarray:
+    """A greyscale TIFF slice or stack as (N, H, W), checked like a dataset's images.tif."""
+    path = Path(path)
+    if not path.is_file():
+        raise PaserInputError(f"Image file {path} does not exist: check the path (a TIFF slice or stack).")
+    arr = _as_stack(_read_tiff(path), str(path))
+    _check_finite(arr, str(path))
+    return arr
+
+
 def _read_classes(path: Path, n_classes: int | None) -> tuple[str, ...] | None:
     if not path.exists():
         return None

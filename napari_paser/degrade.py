@@ -14,7 +14,6 @@ metric works on one grid; the image simply carries no more detail than the low-r
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path

@@ -13,7 +13,7 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,13 +51,13 @@ TRAIN_PRESETS: dict[str, tuple[TrainConfig, TrainConfig]] = {
 }
 
 
-def train_configs(preset: str, epochs: int | None, seed: int) -> list[TrainConfig]:
+def train_configs(preset: str, epochs: int | None, seed: int, scheduler: str = "fixed") -> list[TrainConfig]:
     """TrainConfig for f0 (whole images), f1 and f2 (patches) from a named preset."""
     if preset not in TRAIN_PRESETS:
         raise PaserInputError(f"unknown training preset {preset!r}; choose one of {', '.join(TRAIN_PRESETS)}")
     if epochs is not None and epochs < 1:
         raise PaserInputError(f"--epochs must be at least 1, got {epochs}")
-    whole, patch = (replace(c, seed=seed, epochs=epochs or c.epochs) for c in TRAIN_PRESETS[preset])
+    whole, patch = (replace(c, seed=seed, epochs=epochs or c.epochs, scheduler=scheduler) for c in TRAIN_PRESETS[preset])
     return [whole, patch, patch]
 
 
@@ -106,6 +106,7 @@ def train_run(
     preset: str = "quick",
     epochs: int | None = None,
     seed: int = 0,
+    scheduler: str = "fixed",
     train_splits: tuple[str, ...] = ("pretrain",),
     class_names: tuple[str, ...] | None = None,
     progress: bool = True,
@@ -126,7 +127,7 @@ def train_run(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     command = " ".join(shlex.quote(a) for a in sys.argv) if sys.argv else ""
-    options = {"data": str(data), "preset": preset, "epochs": epochs, "seed": seed,
+    options = {"data": str(data), "preset": preset, "epochs": epochs, "seed": seed, "scheduler": scheduler,
                "train_splits": list(train_splits), "class_names": list(names), "command": command}
     atomic_write_text(out / "run.json", json.dumps(options, indent=2))
     meta = {
@@ -144,8 +145,10 @@ def train_run(
         extra = {"role": role, "preset": MODEL_PRESETS[role], "patchwise": role != "f0",
                  "best_val_miou": result.best_val_miou, "epochs_run": len(result.history)}
         save_checkpoint(out / f"{role}.pt", model, {**meta, **extra})
+        if result.lr_agent is not None:  # the learning-rate agent's Q-table travels with the run
+            atomic_write_text(out / f"{role}-lr-agent.json", json.dumps(result.lr_agent, indent=2))
 
-    cfgs = train_configs(preset, epochs, seed)
+    cfgs = train_configs(preset, epochs, seed, scheduler)
     res = pretrain_segmenters(configs, tx, ty, vx, vy, cfgs, grid=GRID, kd_beta=cfgs[0].kd_beta,
                               seed=seed, progress=progress, names=[f"{r} ({MODEL_PRESETS[r]})" for r in ROLES],
                               on_model_done=save)

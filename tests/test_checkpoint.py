@@ -1,5 +1,3 @@
-import pickle
-
 import pytest
 import torch
 
@@ -33,7 +31,7 @@ def test_pickled_callable_is_refused(tmp_path):
     model = _model()
     payload = {"format": FORMAT, "version": 1, "config": model.config.to_dict(),
                "state_dict": model.state_dict(), "meta": {"hook": _evil}}
-    torch.save(payload, tmp_path / "evil.pt", pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    torch.save(payload, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="refused"):
         load_checkpoint(tmp_path / "evil.pt")
 

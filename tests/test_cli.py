@@ -44,7 +44,9 @@ def test_models_json_lists_presets_with_costs(capsys):
 
 def test_train_writes_checkpoints_and_metrics(synth_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(synth_dir), "--out", str(run), "--epochs", "1", "--quiet"]) == 0
+    assert main(["train", "--data", str(synth_dir), "--out", str(run), "--epochs", "2", "--quiet", "--scheduler", "agent"]) == 0
+    agent = json.loads((run / "f0-lr-agent.json").read_text())
+    assert agent["q_table"] and json.loads((run / "run.json").read_text())["scheduler"] == "agent"
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["models"]) == {"f0", "f1", "f2"}
     for role in ("f0", "f1", "f2"):
@@ -55,6 +57,11 @@ def test_train_writes_checkpoints_and_metrics(synth_dir, tmp_path, capsys):
         assert ckpt.meta["fingerprint"] == metrics["fingerprint"]
     assert metrics["models"]["f0"]["gflops_per_image_mc5"] == pytest.approx(5 * metrics["models"]["f0"]["gflops_per_image"])
     assert "f2 (large)" in capsys.readouterr().out
+    assert main(["predict", "--run", str(run), "--image", str(synth_dir / "images.tif"), "--out", str(tmp_path / "p"),
+                 "--samples", "2", "--quiet"]) == 0
+    pred, ent = tifffile.imread(tmp_path / "p" / "prediction.tif"), tifffile.imread(tmp_path / "p" / "entropy.tif")
+    assert pred.shape == ent.shape == (8, 64, 64) and pred.max() <= 2
+    assert (ent >= 0).all() and (ent <= np.log(3) + 1e-5).all() and ent.std() > 0
 
 
 def _run_error(argv, capsys):
@@ -72,6 +79,8 @@ def test_bad_inputs_give_one_line_messages(tmp_path, capsys):
     tifffile.imwrite(bad / "images.tif", np.zeros((6, 64, 64), np.uint16))
     tifffile.imwrite(bad / "labels.tif", np.zeros((6, 64, 60), np.uint8))
     assert "shape" in _run_error(["data", "info", "--data", str(bad)], capsys)
+    err = _run_error(["predict", "--run", str(tmp_path), "--image", str(bad / "images.tif"), "--out", str(tmp_path / "p")], capsys)
+    assert "f0.pt" in err and "paser train" in err
     err = _run_error(["data", "degrade", "--data", str(bad), "--out", str(tmp_path / "o"), "--preset", "blurry"], capsys)
     assert "blurry" in err and "lowres" in err
 

@@ -106,3 +106,18 @@ def test_pretrain_segmenters_trains_all_models_in_order():
     res = pretrain_segmenters(configs, x[:4], y[:4], x[4:], y[4:], [TrainConfig(epochs=1, batch_size=4)] * 2,
                               progress=False, on_model_done=lambda i, m, r: done.append(i))
     assert done == [1, 0] and [m.config for m in res.models] == configs
+
+
+def test_unlabeled_pixels_are_ignored():
+    from learners.training import UNLABELED
+
+    x, y = _toy()
+    partial = y.copy()
+    partial[:, :, 24:] = UNLABELED  # only the left half of every slice is labeled
+    assert class_weights(partial, 3).numpy() == pytest.approx(class_weights(y[:, :, :24], 3).numpy())
+    torch.manual_seed(0)
+    model = build_unet(UNetConfig(base=8, depth=2))
+    cfg = TrainConfig(epochs=12, batch_size=2, lr=1e-2, patience=12, seed=0)
+    train(model, x[:6], partial[:6], x[6:], y[6:], cfg, progress=False)
+    majority = mean_iou(np.zeros_like(y[6:]), y[6:], 3)
+    assert mean_iou(predict_classes(model, x[6:]), y[6:], 3) > majority + 0.3

@@ -1,0 +1,63 @@
+"""The routing benchmark behind BENCHMARKS.md: `paser bench routing --sweep` on named data.
+
+synthetic: 40 slices of 128x128 from `synth_volume` with correlation length 8 (features
+survive the 4x downsampling), degraded with `lowres-varying`, f0/f1/f2 trained with the
+quick preset, then the bench. soc: the SOC run that
+`benchmarks/bench_train_quality.py --dataset soc --degradation lowres --keep runs/soc-lowres`
+leaves (data in runs/soc-lowres/data, checkpoints in runs/soc-lowres/run).
+Writes benchmarks/results/routing-<dataset>.json and .png.
+
+    .venv/bin/python benchmarks/bench_routing.py synthetic [--work /tmp/rs] [bench flags, e.g. --epochs-rl 60]
+    .venv/bin/python benchmarks/bench_routing.py soc [bench flags]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from napari_paser import cli
+from napari_paser.dataset import write_dataset
+from napari_paser.degrade import degrade_folder
+from napari_paser.synth import CLASS_NAMES_DEFAULT, synth_volume
+from napari_paser.train_run import train_run
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def synthetic_run(work: Path) -> tuple[Path, Path]:
+    """(data, run) for the synthetic benchmark, made in `work` unless already there."""
+    clean, data, run = work / "clean", work / "lowres", work / "run"
+    if not (clean / "images.tif").exists():
+        images, labels = synth_volume(40, 128, seed=0, correlation_length=8.0)
+        write_dataset(clean, np.round(images * 65535).astype(np.uint16), labels, class_names=CLASS_NAMES_DEFAULT)
+    if not (data / "images.tif").exists():
+        degrade_folder(clean, data, "lowres-varying", seed=0)
+    if not (run / "f0.pt").exists():
+        train_run(data, run, preset="quick", seed=0)
+    return data, run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", choices=("synthetic", "soc"))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/rs"), help="synthetic data and run folder")
+    args, extra = parser.parse_known_args()  # the rest goes to `paser bench routing`
+    extra = [a for a in extra if a != "--"]
+    if args.dataset == "synthetic":
+        data, run = synthetic_run(args.work)
+    else:
+        data, run = ROOT / "runs" / "soc-lowres" / "data", ROOT / "runs" / "soc-lowres" / "run"
+        if not (run / "f0.pt").exists():
+            sys.exit(f"no SOC run at {run}; make it with benchmarks/bench_train_quality.py --keep runs/soc-lowres")
+    out = RESULTS / f"routing-{args.dataset}.json"
+    sys.exit(cli.main(["bench", "routing", "--data", str(data), "--run", str(run), "--out", str(out), "--sweep",
+                       *extra]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""The on-disk layout of a labeling session, and its records.
+
+A session folder holds
+
+    session.json     the state: classes, accepted regions, proposals, model files, learning
+                     curve; written atomically, it is the commit point of every change
+    image.zarr       the image (raw values, the input's own 2D or 3D shape), one chunk per slice tile
+    labels.zarr      the label canvas, uint8 in the napari Labels convention (0 = not labeled,
+                     class k = k + 1), same shape as the image; napari paints into it directly
+    maps.zarr/       f0's prediction (class indices), entropy and BALD, per slice
+    regions/<id>-<seq>.npy the label crop of each accepted region (layer convention), written
+                     atomically before session.json names it: the authoritative labeled set
+    models/<role>-<version>.pt  checkpoints; session.json names the current file of each role
+
+Every file is written through a temporary file and a rename (zarr 3's LocalStore writes chunks
+that way too), and session.json is written last, so a crash at any moment leaves the last
+complete state: files that session.json does not name are ignored and overwritten later.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from learners.atomic import atomic_path, atomic_write_text
+from napari_paser.errors import PaserInputError
+
+FORMAT = "napari-paser/session"
+VERSION = 1
+STATE_FILE = "session.json"
+IMAGE, LABELS, MAPS, REGIONS, MODELS = "image.zarr", "labels.zarr", "maps.zarr", "regions", "models"
+OWN_NAMES = {STATE_FILE, IMAGE, LABELS, MAPS, REGIONS, MODELS}
+CHUNK = 512  # chunk edge in y and x; one slice per chunk in z
+
+DEFAULT_CLASSES = ("pore", "binder", "active")
+DEFAULT_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                  "#bcbd22", "#17becf")
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """Class names and display colours (#rrggbb); class k is layer value k + 1."""
+
+    names: tuple[str, ...] = DEFAULT_CLASSES
+    colors: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = tuple(str(n) for n in self.names)
+        if not 2 <= len(names) <= 254:
+            raise PaserInputError(f"a session needs 2 to 254 classes, got {len(names)}: give at least two class names")
+        if len(set(names)) != len(names) or not all(n.strip() for n in names):
+            raise PaserInputError(f"class names must be unique and non-empty, got {list(names)}")
+        colors = tuple(self.colors) or tuple(DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(len(names)))
+        if len(colors) != len(names):
+            raise PaserInputError(f"{len(colors)} colours given for {len(names)} classes: give one colour per class")
+        for c in colors:
+            if not (isinstance(c, str) and len(c) == 7 and c[0] == "#" and all(ch in "0123456789abcdefABCDEF" for ch in c[1:])):
+                raise PaserInputError(f"colour {c!r} is not '#rrggbb'; write colours as hex strings like '#1f77b4'")
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "colors", tuple(c.lower() for c in colors))
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.names)
+
+    def layer_colors(self) -> dict[int | None, str]:
+        """Colours keyed by Labels layer value (0 transparent), for napari's label colormap."""
+        return {0: "transparent", None: "transparent", **{k + 1: c for k, c in enumerate(self.colors)}}
+
+
+@dataclass
+class Proposal:
+    """A region the sampler proposes, ranked from 1 (best)."""
+
+    rank: int
+    region_id: int
+    z: int
+    y0: int
+    x0: int
+    h: int
+    w: int
+    score: float
+    sampler: str
+
+
+@dataclass
+class AcceptedRegion:
+    """A region whose labels the person accepted; `fractions` are shares of the region's pixels
+    per class name plus "unlabeled" (unpainted pixels of a confirmed partial region)."""
+
+    region_id: int
+    z: int
+    y0: int
+    x0: int
+    h: int
+    w: int
+    sampler: str  # the sampler that proposed it, or "manual" for labels outside proposals
+    rank: int | None
+    accepted_at: str  # ISO 8601 UTC
+    fractions: dict[str, float]
+    split: str = "train"  # "train" or "val" (held out for the learning curve)
+    seq: int = 0  # its crop is regions/<region_id>-<seq>.npy (a new seq on every accept, so a re-accept never overwrites)
+
+
+@dataclass
+class CurvePoint:
+    """One point of the learning curve: validation mIoU after a retrain on n_labeled regions."""
+
+    n_labeled: int
+    n_train: int
+    n_val: int
+    val_miou: float | None  # None when no region is held out yet
+    model_version: int
+    epochs: int
+    time: str
+
+
+@dataclass
+class State:
+    """Everything session.json holds (plain JSON values)."""
+
+    image: dict
+    classes: ClassSpec
+    pool: dict
+    settings: dict
+    accepted: list[AcceptedRegion] = field(default_factory=list)
+    proposals: list[Proposal] = field(default_factory=list)
+    proposal_request: dict | None = None  # {"k", "sampler", "seed"} of the last propose()
+    models: dict[str, dict] = field(default_factory=dict)  # role -> {"file", "version", "source"}
+    model_version: int = 0
+    maps: dict[str, int] = field(default_factory=dict)  # str(z) -> model_version its maps came from
+    curve: list[CurvePoint] = field(default_factory=list)
+    lr_agents: dict[str, dict] = field(default_factory=dict)
+    created: str = ""
+
+    def to_json(self) -> str:
+        data = {"format": FORMAT, "version": VERSION, **asdict(self)}
+        data["classes"] = {"names": list(self.classes.names), "colors": list(self.classes.colors)}
+        data["modified"] = now_iso()
+        return json.dumps(_clean(data), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str, source: Path) -> State:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PaserInputError(f"{source} is not valid JSON ({exc}); restore it from a backup") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise PaserInputError(f"{source} is not a napari-paser session file (no '{FORMAT}' tag)")
+        if data.get("version", 0) > VERSION:
+            raise PaserInputError(f"{source} has session version {data['version']}; upgrade napari-paser to open it")
+        try:
+            return cls(
+                image=data["image"], classes=ClassSpec(tuple(data["classes"]["names"]), tuple(data["classes"]["colors"])),
+                pool=data["pool"], settings=data["settings"],
+                accepted=[AcceptedRegion(**a) for a in data.get("accepted", [])],
+                proposals=[Proposal(**p) for p in data.get("proposals", [])],
+                proposal_request=data.get("proposal_request"), models=data.get("models", {}),
+                model_version=int(data.get("model_version", 0)), maps=dict(data.get("maps", {})),
+                curve=[CurvePoint(**c) for c in data.get("curve", [])], lr_agents=data.get("lr_agents", {}),
+                created=data.get("created", ""),
+            )
+        except (KeyError, TypeError) as exc:
+            raise PaserInputError(f"{source} is damaged or incomplete ({exc!r}); restore it from a backup") from None
+
+
+def _clean(value):
+    """NaN -> None so the file is strict JSON; numpy scalars -> Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# ----------------------------------------------------------------------------- folder
+
+
+def check_new_folder(folder: Path) -> None:
+    """A new session needs an absent or empty folder, or one holding only an unfinished create."""
+    if (folder / STATE_FILE).exists():
+        raise PaserInputError(f"{folder} already holds a session: open it with Session.open, or choose another folder")
+    if folder.exists() and not folder.is_dir():
+        raise PaserInputError(f"{folder} is a file: choose a folder for the session")
+    if folder.exists():
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in OWN_NAMES)
+        if foreign:
+            raise PaserInputError(
+                f"{folder} is not empty ({', '.join(foreign[:5])}): choose an empty or new folder for the session"
+            )
+
+
+def read_state(folder: Path) -> State:
+    path = folder / STATE_FILE
+    if not path.is_file():
+        raise PaserInputError(
+            f"{folder} is not a labeling session (no {STATE_FILE}); create one with Session.create "
+            "(or the Start session button)"
+        )
+    return State.from_json(path.read_text(encoding="utf-8"), path)
+
+
+def write_state(folder: Path, state: State) -> None:
+    """The commit point: everything session.json names must already be on disk."""
+    atomic_write_text(folder / STATE_FILE, state.to_json())
+
+
+def chunks_for(shape: tuple[int, ...]) -> tuple[int, ...]:
+    yx = tuple(min(s, CHUNK) for s in shape[-2:])
+    return (1,) * (len(shape) - 2) + yx
+
+
+def create_array(path: Path, shape: tuple[int, ...], dtype, fill=0) -> zarr.Array:
+    return zarr.create_array(str(path), shape=shape, chunks=chunks_for(shape), dtype=dtype,
+                             fill_value=fill, overwrite=True)
+
+
+def open_array(path: Path, mode: str = "r+") -> zarr.Array:
+    try:
+        return zarr.open_array(str(path), mode=mode)
+    except Exception as exc:  # zarr raises several types for a missing or damaged store
+        raise PaserInputError(f"cannot open {path} ({type(exc).__name__}: {exc}); the session folder is incomplete") from None
+
+
+def crop_path(folder: Path, region_id: int, seq: int) -> Path:
+    return folder / REGIONS / f"{region_id}-{seq}.npy"
+
+
+def save_crop(folder: Path, region_id: int, seq: int, crop: np.ndarray) -> Path:
+    path = crop_path(folder, region_id, seq)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(crop, dtype=np.uint8))
+    return path
+
+
+def load_crop(folder: Path, region_id: int, seq: int) -> np.ndarray:
+    path = crop_path(folder, region_id, seq)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise PaserInputError(f"the labels of accepted region {region_id} ({path}) cannot be read: {exc}") from None

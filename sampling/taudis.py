@@ -1,0 +1,190 @@
+"""TAUDIS-style two-step sampling (arXiv 2309.16139) for regions: uncertainty, then diversity.
+
+1. Oversample: keep the ceil(alpha * k) candidates of highest summed uncertainty.
+2. Diversify: join two of them by an edge when the cosine similarity of their embeddings
+   (pooled decoder features, `RegionPool.embed`) is at least sigma; each region covers itself
+   and its neighbours, and a lazy greedy maximum k-set cover picks round(beta * k) regions,
+   equal gains going to the more uncertain region.
+3. Fill: budget the cover leaves (beta < 1, or every oversampled region already covered) goes
+   by uncertainty over all candidates, regions unlike every pick first, so two regions with
+   identical embeddings are never both taken while a distinct one remains.
+A majority vote maps the chosen regions back to whole slices for users who label slices.
+With sigma = 1 no two distinct embeddings are joined and the result is the uncertainty top-k.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Hashable, Mapping
+
+import networkx as nx
+import numpy as np
+
+from sampling.base import Sampler, SamplingError, Selection, require, top_k
+from sampling.uncertainty import region_scores
+
+_SIM_TOL = 1e-9  # cosine similarity of identical vectors may round to just below 1
+
+
+def unit_rows(embeddings: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length; all-zero rows stay zero."""
+    e = np.asarray(embeddings, dtype=np.float64)
+    norm = np.linalg.norm(e, axis=1, keepdims=True)
+    return np.divide(e, norm, out=np.zeros_like(e), where=norm > 0)
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) cosine similarities; two all-zero embeddings count as identical (1)."""
+    ua, ub = unit_rows(a), unit_rows(b)
+    sim = ua @ ub.T
+    za, zb = ~ua.any(1), ~ub.any(1)
+    sim[np.ix_(za, zb)] = 1.0
+    return sim
+
+
+def similarity_graph(nodes: np.ndarray, embeddings: np.ndarray, sigma: float) -> nx.Graph:
+    """Undirected graph on `nodes` with an edge where cosine similarity >= sigma (no self loops)."""
+    sim = cosine_similarity(embeddings, embeddings)
+    np.fill_diagonal(sim, -np.inf)
+    graph = nx.Graph()
+    graph.add_nodes_from(int(n) for n in nodes)
+    ii, jj = np.nonzero(np.triu(sim >= sigma - _SIM_TOL, 1))
+    graph.add_edges_from(zip(np.asarray(nodes)[ii].tolist(), np.asarray(nodes)[jj].tolist()))
+    return graph
+
+
+def coverage(graph: nx.Graph, chosen: list[Hashable]) -> int:
+    """Number of nodes covered by `chosen` (each node covers itself and its neighbours)."""
+    covered: set = set()
+    for node in chosen:
+        covered.add(node)
+        covered.update(graph[node])
+    return len(covered)
+
+
+def greedy_max_cover(graph: nx.Graph, k: int, priority: Mapping[Hashable, float] | None = None) -> list:
+    """Lazy greedy maximum k-cover over closed neighbourhoods, at most k nodes, best first.
+
+    Stops early once every node is covered (no pick would add coverage). Equal gains go to the
+    higher `priority`, then to the node listed first in the graph. Gains only shrink as nodes
+    get covered (coverage is submodular), so a stale heap entry is an upper bound and a popped
+    entry whose recomputed gain is unchanged is the true best (Minoux's lazy greedy).
+    """
+    priority = priority or {}
+    hoods = {v: set(graph[v]) | {v} for v in graph}
+    heap = [(-len(h), -priority.get(v, 0.0), rank, v) for rank, (v, h) in enumerate(hoods.items())]
+    heapq.heapify(heap)
+    covered: set = set()
+    chosen: list = []
+    while heap and len(chosen) < k:
+        neg_gain, neg_pri, rank, v = heapq.heappop(heap)
+        gain = len(hoods[v] - covered)
+        if gain == 0:
+            continue  # fully covered: it can never add coverage again
+        if gain == -neg_gain:
+            chosen.append(v)
+            covered |= hoods[v]
+        else:
+            heapq.heappush(heap, (-gain, neg_pri, rank, v))
+    return chosen
+
+
+def majority_vote(
+    slices: np.ndarray, weights: np.ndarray, n: int, fallback: Mapping[int, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The n slices holding most chosen regions, as (slices, votes).
+
+    Equal vote counts go to the larger summed `weights` (uncertainty of the chosen regions in
+    the slice), then to the larger `fallback` score (e.g. the slice's total uncertainty), which
+    also ranks slices that got no votes; last, the lower slice index.
+    """
+    slices = np.asarray(slices, dtype=np.int64)
+    fallback = dict(fallback or {})
+    pool = sorted(set(slices.tolist()) | set(fallback))
+    if n > len(pool):
+        raise SamplingError(f"asked for {n} slices but only {len(pool)} slices have candidate regions")
+    votes = {z: 0 for z in pool}
+    weight = {z: 0.0 for z in pool}
+    for z, w in zip(slices.tolist(), np.asarray(weights, dtype=np.float64).tolist()):
+        votes[z] += 1
+        weight[z] += w
+    ranked = sorted(pool, key=lambda z: (-votes[z], -weight[z], -fallback.get(z, 0.0), z))[:n]
+    return np.asarray(ranked, dtype=np.int64), np.asarray([votes[z] for z in ranked], dtype=np.float64)
+
+
+class TaudisSampler(Sampler):
+    """Uncertainty oversampling + similarity-graph set cover + uncertainty fill.
+
+    Needs `pool=` (a RegionPool), the per-pixel uncertainty map named by `measure`
+    (`entropy=` or `bald=`, (Z, H, W)) and `embeddings=` ((len(pool), F), indexed by region id).
+    """
+
+    name = "taudis"
+
+    def __init__(self, alpha: float = 2.5, beta: float = 1.0, sigma: float = 0.8, measure: str = "entropy") -> None:
+        if alpha < 1:
+            raise SamplingError(f"alpha (oversampling factor) must be >= 1, got {alpha}")
+        if not 0 < beta <= 1:
+            raise SamplingError(f"beta (share of the budget chosen by set cover) must lie in (0, 1], got {beta}")
+        if not -1 <= sigma <= 1:
+            raise SamplingError(f"sigma (cosine similarity threshold) must lie in [-1, 1], got {sigma}")
+        if measure not in ("entropy", "bald"):
+            raise SamplingError(f"measure must be 'entropy' or 'bald', got {measure!r}")
+        self.alpha, self.beta, self.sigma, self.measure = alpha, beta, sigma, measure
+
+    def _embeddings(self, candidates: np.ndarray, needs: dict) -> np.ndarray:
+        emb = np.asarray(require(needs, "embeddings", self.name))
+        pool = needs["pool"]
+        if emb.ndim != 2 or emb.shape[0] != len(pool):
+            raise SamplingError(
+                f"embeddings must be (n_regions={len(pool)}, F), indexed by region id "
+                f"(RegionPool.embed gives that), got shape {emb.shape}"
+            )
+        return emb[candidates]
+
+    def _select(self, candidates, k, rng, **needs) -> Selection:
+        scores = region_scores(candidates, needs, self.measure, self.name)
+        emb = self._embeddings(candidates, needs)
+        order = top_k(scores, candidates.size, rng)  # all, most uncertain first
+        top = order[: min(candidates.size, max(k, math.ceil(self.alpha * k)))]
+        graph = similarity_graph(top, emb[top], self.sigma)  # nodes are positions in candidates
+        picks = greedy_max_cover(graph, min(k, round(self.beta * k)), {int(p): scores[p] for p in top})
+        picks = self._fill(picks, order, emb, k)
+        picks = np.asarray(picks, dtype=np.int64)
+        return Selection(candidates[picks], scores[picks])
+
+    def _fill(self, picks: list[int], order: np.ndarray, emb: np.ndarray, k: int) -> list[int]:
+        """Complete `picks` to k by uncertainty: first regions unlike every pick, then any."""
+        picks = list(picks)
+        taken = set(picks)
+        for p in order:
+            if len(picks) == k:
+                return picks
+            if p in taken or (picks and (cosine_similarity(emb[p][None], emb[picks]) >= self.sigma - _SIM_TOL).any()):
+                continue
+            picks.append(int(p))
+            taken.add(int(p))
+        rest = [int(p) for p in order if int(p) not in taken]
+        return picks + rest[: k - len(picks)]
+
+    def select_slices(
+        self, candidates: np.ndarray, n_slices: int, rng: np.random.Generator, regions_per_slice: float = 2.0, **needs
+    ) -> Selection:
+        """Whole slices by majority vote over the regions TAUDIS would choose.
+
+        Chooses ceil(regions_per_slice * n_slices) regions (TAUDIS selects beta = 1-2 times the
+        image budget in instances), then keeps the n_slices slices holding most of them.
+        Returns a Selection whose ids are slice indices and whose scores are the votes.
+        """
+        pool = require(needs, "pool", self.name)
+        ids = np.asarray(candidates, dtype=np.int64)
+        if not isinstance(n_slices, (int, np.integer)) or n_slices < 1:
+            raise SamplingError(f"n_slices must be a positive integer, got {n_slices!r}")
+        k = min(ids.size, max(n_slices, math.ceil(regions_per_slice * n_slices)))
+        chosen = self.select(ids, k, rng, **needs)
+        zs = pool.z_of(ids)
+        totals = np.bincount(zs, weights=region_scores(ids, needs, self.measure, self.name))
+        fallback = {int(z): float(totals[z]) for z in np.unique(zs)}
+        slices, votes = majority_vote(pool.z_of(chosen.ids), chosen.scores, n_slices, fallback)
+        return Selection(slices, votes)

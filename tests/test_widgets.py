@@ -1,0 +1,303 @@
+"""The docked widgets under Xvfb (pytest-xvfb): they load from the manifest, wire layers to the
+Session, run and cancel the background retrain, and draw a non-blank routing overlay.
+
+Tiny on purpose (the CPU is shared): UNets of base 4, depth 2; 2 or 16 slices of 64-128 px.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+
+from learners.checkpoint import save_checkpoint  # noqa: E402
+from learners.policy import PolicyConfig, PolicyNet, save_policy  # noqa: E402
+from learners.unet import UNet, UNetConfig  # noqa: E402
+from napari_paser import _widgets_hub  # noqa: E402
+from napari_paser._widgets import PaserWidget  # noqa: E402
+from napari_paser._widgets_hub import ABOVE, ENTROPY, LABELS, PRED, REGIONS, ROUTING, hub_for  # noqa: E402
+from napari_paser.io_napari import REGION_COLORS  # noqa: E402
+
+PLUGIN = "napari-paser"
+TINY = UNetConfig(base=4, depth=2)
+WAIT_MS = 60_000
+
+
+@pytest.fixture
+def errors(monkeypatch) -> list[str]:
+    """Messages the widgets sent as error notifications."""
+    seen: list[str] = []
+    monkeypatch.setattr(_widgets_hub, "show_error", seen.append)
+    return seen
+
+
+@pytest.fixture
+def gui(make_napari_viewer, tmp_path, monkeypatch):
+    """A viewer with a tiny 2x64x64 image and the all-steps widget (not docked)."""
+    monkeypatch.chdir(tmp_path)
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    viewer.add_image((rng.random((2, 64, 64)) * 1000).astype(np.uint16), name="scan")
+    widget = PaserWidget(viewer)
+    return viewer, widget
+
+
+def start(widget: PaserWidget, tmp_path, region: int = 32):
+    w = widget.steps["Session"]
+    w.layer_box.setCurrentText("scan")
+    w.region.setValue(region)
+    w.folder.setText(str(tmp_path / "session"))
+    w.start()
+    s = widget.hub.require()
+    s.new_models({"f0": TINY})
+    widget.hub.models_changed.emit()
+    return s
+
+
+def wait_idle(qtbot, hub, timeout: int = WAIT_MS) -> None:
+    qtbot.waitUntil(lambda: not hub.busy, timeout=timeout)
+
+
+def paint(s, region_id: int, value: int = 1, rows: int | None = None) -> None:
+    r = s.region(region_id)
+    patch = np.zeros((r.h, r.w), np.uint8)
+    patch[: (r.h if rows is None else rows)] = value
+    s.labels[(r.z, slice(r.y0, r.y0 + r.h), slice(r.x0, r.x0 + r.w))] = patch
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+@pytest.mark.parametrize("name", ["PaSeR (all steps)", "1 Session and models", "2 Uncertainty and routing",
+                                  "3 Propose and label", "4 Training", "5 Export"])
+def test_widgets_load_from_the_manifest(make_napari_viewer, name):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    assert widget is not None and dock is not None
+    assert hub_for(viewer).session is None
+
+
+# ----------------------------------------------------------------------------- session and maps
+
+
+def test_session_on_the_sample_data_adds_layers(make_napari_viewer, tmp_path, qtbot):
+    from napari.layers import Image, Labels
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "synthetic_lowres")
+    widget = PaserWidget(viewer)
+    w = widget.steps["Session"]
+    w.layer_box.setCurrentText("synthetic low-res (lowres)")
+    w.folder.setText(str(tmp_path / "s"))
+    w.start()
+    s = widget.hub.require()
+    assert s.shape == (16, 128, 128) and s.classes.names == ("pore", "binder", "active")
+    assert isinstance(viewer.layers[LABELS], Labels) and viewer.layers[LABELS].data.shape == (16, 128, 128)
+    assert isinstance(viewer.layers[PRED], Labels) and isinstance(viewer.layers[ABOVE], Labels)
+    assert isinstance(viewer.layers[ENTROPY], Image) and viewer.layers[ENTROPY].data.shape == (16, 128, 128)
+    assert "synthetic low-res" in w.status.text()
+    s.new_models({"f0": TINY})
+    viewer.dims.set_current_step(0, 3)
+    widget.steps["Maps"].samples.setValue(2)
+    widget.steps["Maps"].compute(volume=False)
+    wait_idle(qtbot, widget.hub)
+    assert s.fresh_slices() == [3]
+    assert viewer.layers[ENTROPY].visible and np.asarray(viewer.layers[ENTROPY].data[3]).max() > 0
+    pred = viewer.layers[PRED].data
+    assert set(np.unique(pred[3])) <= {1, 2, 3} and not np.asarray(pred[2]).any()  # 0 where not computed
+    widget.steps["Maps"].gamma.setValue(0.1)
+    above = np.asarray(viewer.layers[ABOVE].data[3])
+    assert above.any() and viewer.layers[ABOVE].visible
+
+
+def test_bad_input_shows_a_notification(gui, errors, tmp_path):
+    viewer, widget = gui
+    widget.steps["Maps"].compute()
+    assert "no session yet" in errors[-1]
+    viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="colour", rgb=True)
+    w = widget.steps["Session"]
+    w.layer_box.setCurrentText("colour")
+    w.folder.setText(str(tmp_path / "rgb"))
+    w.start()
+    assert "RGB" in errors[-1]
+    viewer.add_image(np.zeros((2, 2, 32, 32), np.float32), name="4d")
+    w.layer_box.setCurrentText("4d")
+    w.start()
+    assert "4 dimensions" in errors[-1]
+    w.layer_box.setCurrentText("scan")
+    w.folder.setText(str(tmp_path / "nomodels"))
+    w.start()
+    widget.steps["Maps"].compute()
+    assert "no models yet" in errors[-1]
+    w.run_folder.setText(str(tmp_path))
+    w.load_models()
+    assert "holds no f0.pt" in errors[-1]
+    start(widget, tmp_path)
+    widget.steps["Train"].retrain()
+    assert "no accepted training regions" in errors[-1]
+    widget.steps["Maps"].route()
+    assert "no routing policy" in errors[-1]
+
+
+def test_user_errors_inside_a_worker_become_notifications(gui, qtbot, errors):
+    from napari_paser.errors import PaserInputError
+
+    viewer, widget = gui
+
+    def job(should_stop):
+        raise PaserInputError("paint a region first")
+
+    widget.hub.run(job)
+    wait_idle(qtbot, widget.hub)
+    assert errors == ["paint a region first"]
+
+
+# ----------------------------------------------------------------------------- propose and accept
+
+
+def test_propose_next_and_accept(gui, errors, tmp_path):
+    viewer, widget = gui
+    s = start(widget, tmp_path)
+    label = widget.steps["Label"]
+    label.sampler.setCurrentText("random")
+    label.k.setValue(3)
+    label.propose()
+    regions = viewer.layers[REGIONS]
+    assert len(regions.data) == 3 and list(regions.features["rank"]) == [1, 2, 3]
+    assert all(tuple(c) == tuple(REGIONS_RGBA("proposed")) for c in regions.edge_color)
+    first = label.current
+    assert first.rank == 1 and viewer.dims.current_step[0] == first.z
+    assert viewer.layers.selection.active is viewer.layers[LABELS]
+
+    paint(s, first.region_id, 2, rows=4)  # partly painted: asks, and "No" leaves it pending
+    label.confirm = lambda message: False
+    label.accept()
+    assert not s.is_accepted(first.region_id)
+    label.confirm = lambda message: "unpainted" in message
+    label.accept()
+    assert s.is_accepted(first.region_id) and label.current.rank == 2
+    regions = viewer.layers[REGIONS]
+    status = list(regions.features["status"])
+    accepted = status.index("accepted")
+    assert tuple(regions.edge_color[accepted]) == tuple(REGIONS_RGBA("accepted"))
+    assert tuple(regions.edge_color[accepted]) != tuple(regions.edge_color[status.index("proposed")])
+
+    label.next()
+    assert label.current.rank == 3
+    other = [rid for rid in range(len(s.pool)) if rid not in {p.region_id for p in s.proposals}][0]
+    paint(s, other, 1)
+    label.accept_painted()
+    assert s.is_accepted(other) and s.accepted[-1].sampler == "manual"
+    assert not errors
+
+
+def REGIONS_RGBA(status: str) -> np.ndarray:  # noqa: N802
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    return transform_color(REGION_COLORS[status])[0]
+
+
+# ----------------------------------------------------------------------------- retrain
+
+
+def accepted_session(widget, tmp_path, n: int = 2):
+    s = start(widget, tmp_path)
+    for rid in range(n):
+        paint(s, rid, rid % 3 + 1)
+        s.accept(rid)
+    return s
+
+
+def test_retrain_runs_and_refreshes(gui, qtbot, tmp_path, errors):
+    viewer, widget = gui
+    s = accepted_session(widget, tmp_path)
+    train = widget.steps["Train"]
+    train.epochs.setValue(1)
+    version = s.state.model_version
+    with qtbot.waitSignal(widget.hub.curve_changed, timeout=WAIT_MS):
+        train.retrain()
+    wait_idle(qtbot, widget.hub)
+    assert not train.last_result.cancelled
+    assert s.state.model_version == version + 1 and len(s.curve) == 1
+    assert train.job.bar.value() == train.job.bar.maximum()
+    assert not errors
+
+
+def test_retrain_can_be_cancelled_within_a_second(gui, qtbot, tmp_path):
+    import time
+
+    viewer, widget = gui
+    s = accepted_session(widget, tmp_path)
+    train = widget.steps["Train"]
+    train.epochs.setValue(1000)
+    version = s.state.model_version
+    train.retrain()
+    assert widget.hub.busy and train.job.cancel.isEnabled()
+    qtbot.waitUntil(lambda: train.job.bar.value() > 0, timeout=WAIT_MS)
+    t0 = time.perf_counter()
+    train.job.cancel.click()
+    wait_idle(qtbot, widget.hub, timeout=5_000)
+    assert time.perf_counter() - t0 < 1.5  # a second plus slack for the shared CPU
+    assert train.last_result is not None and train.last_result.cancelled
+    assert s.state.model_version == version and "cancelled" in train.job.message.text()
+    assert not train.job.cancel.isEnabled()
+
+
+# ----------------------------------------------------------------------------- routing overlay, export
+
+
+def screenshot(viewer) -> np.ndarray:
+    """A real screenshot of a `show=False` viewer: show the window off screen first (test-only private API)."""
+    from qtpy.QtCore import Qt
+
+    window = viewer.window._qt_window
+    window.setAttribute(Qt.WidgetAttribute.WA_DontShowOnScreen)
+    window.resize(800, 600)
+    window.show()
+    return viewer.screenshot(canvas_only=True, flash=False)
+
+
+def test_routing_overlay_screenshot_is_not_blank(gui, qtbot, tmp_path, errors):
+    viewer, widget = gui
+    s = start(widget, tmp_path)
+    run = tmp_path / "run"
+    save_checkpoint(run / "f0.pt", UNet(TINY))
+    save_checkpoint(run / "f1.pt", UNet(UNetConfig(base=6, depth=2)))
+    save_policy(run / "policy.pt", PolicyNet(PolicyConfig(n_models=2, grid=(2, 2), width=4)))
+    w = widget.steps["Session"]
+    w.run_folder.setText(str(run))
+    w.load_models()
+    assert s.has_policy and "policy" in w.status.text()
+    maps = widget.steps["Maps"]
+    maps.samples.setValue(1)
+    assert "f1" in maps.legend.text() and "params" in maps.legend.text()
+    maps.route()
+    wait_idle(qtbot, widget.hub)
+    layer = viewer.layers[ROUTING]
+    assert len(layer.data) == 4 and set(layer.features["model"]) <= {"f0", "f1"}
+    assert "GFLOPs" in maps.readout.text() and "f0 100%" in maps.shares.text()  # untrained policy: all f0
+    for name in viewer.layers:
+        name.visible = name.name in ("scan", ROUTING)
+    image = screenshot(viewer)
+    assert image.ndim == 3 and image[..., :3].std() > 0
+    maps.readout.setText("")
+    widget.hub.models_changed.emit()  # new weights (e.g. after a retrain): the shown overlay re-routes
+    wait_idle(qtbot, widget.hub)
+    assert "GFLOPs" in maps.readout.text() and ROUTING in viewer.layers
+    assert not errors
+
+
+def test_export_writes_the_labeled_set(gui, tmp_path, errors):
+    from napari_paser.export import read_export
+
+    viewer, widget = gui
+    s = accepted_session(widget, tmp_path, n=2)
+    ex = widget.steps["Export"]
+    assert ex.out.text().endswith("session-export")
+    ex.full.setChecked(True)
+    path = ex.export()
+    back = read_export(path)
+    assert sorted(r["region_id"] for r in back.regions) == [0, 1]
+    assert back.volume is not None and np.asarray(back.volume).shape == s.shape
+    assert not errors
