@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from napari.layers import Labels
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QMessageBox, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
 from napari_paser._widgets_common import PathEdit, group, hrow
-from napari_paser._widgets_hub import guarded, hub_for, info
+from napari_paser._widgets_hub import LABELS, guarded, hub_for, info
 from napari_paser.errors import PaserInputError
 from napari_paser.session import SAMPLERS, PartialRegionError
 
@@ -38,6 +39,7 @@ class LabelWidget(QWidget):
         self.next_button = QPushButton("Next")
         self.accept_button = QPushButton("Accept region")
         self.painted_button = QPushButton("Accept painted outside proposals")
+        self.import_button = QPushButton("Copy selected labels layer into the session")
         self.where = QLabel("no proposals yet")
         self.where.setWordWrap(True)
         self._layout()
@@ -45,6 +47,7 @@ class LabelWidget(QWidget):
         self.next_button.clicked.connect(self.next)
         self.accept_button.clicked.connect(self.accept)
         self.painted_button.clicked.connect(self.accept_painted)
+        self.import_button.clicked.connect(self.import_selected)
         self.hub.session_changed.connect(self._reset)
 
     def _layout(self) -> None:
@@ -56,7 +59,8 @@ class LabelWidget(QWidget):
         rows.addRow("DQN agent", self.dqn)
         col = QVBoxLayout(self)
         col.addWidget(group("Propose", form, self.propose_button))
-        col.addWidget(group("Label", hrow(self.next_button, self.accept_button), self.painted_button, self.where))
+        col.addWidget(group("Label", hrow(self.next_button, self.accept_button), self.painted_button,
+                            self.import_button, self.where))
         col.addStretch()
 
     def _reset(self) -> None:
@@ -119,6 +123,18 @@ class LabelWidget(QWidget):
                 return
             records = s.accept_painted(confirm_partial=True)
         self._accepted(len(records), f"{len(records)} painted regions")
+
+    @guarded
+    def import_selected(self, *_) -> None:
+        """Copy labels painted (or opened) in another Labels layer into the session's canvas, so
+        they can be accepted; values follow the layer convention (0 = not labeled, class k = k + 1)."""
+        s = self.hub.require()
+        layer = self.viewer.layers.selection.active
+        if not isinstance(layer, Labels) or layer.name == LABELS:
+            raise PaserInputError("select the Labels layer to copy (not 'paser labels'), then press the button again")
+        s.sync_labels(layer.data)
+        self.viewer.layers[LABELS].refresh()
+        info(f"copied '{layer.name}' into the session canvas: press 'Accept painted outside proposals' to keep it")
 
     def _accepted(self, n: int, what: str) -> None:
         s = self.hub.require()

@@ -301,3 +301,20 @@ def test_export_writes_the_labeled_set(gui, tmp_path, errors):
     assert sorted(r["region_id"] for r in back.regions) == [0, 1]
     assert back.volume is not None and np.asarray(back.volume).shape == s.shape
     assert not errors
+
+
+def test_labels_from_another_layer_can_be_copied_and_accepted(gui, errors, tmp_path):
+    viewer, widget = gui
+    s = start(widget, tmp_path)
+    label = widget.steps["Label"]
+    viewer.layers.selection.active = viewer.layers["scan"]
+    label.import_selected()
+    assert errors and "Labels layer" in errors[-1]  # an image layer is refused with what to do
+    painted = np.zeros(s.shape, np.uint8)
+    painted[1, :32, 32:] = 2  # one whole 32x32 region of class 1 (layer value 2) on slice 1
+    viewer.add_labels(painted, name="from Fiji")
+    label.import_selected()
+    assert np.array_equal(np.asarray(s.labels[:]), painted)
+    label.accept_painted()
+    assert [(r.z, r.y0, r.x0) for r in s.accepted] == [(1, 0, 32)]
+    assert np.array_equal(s.accepted_labels(s.accepted[0].region_id), painted[1, :32, 32:])
