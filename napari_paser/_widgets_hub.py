@@ -108,6 +108,9 @@ class Hub(QObject):
     def open(self, folder: str | Path) -> Session:
         """Resume a session folder: its image, labels, maps, regions and models."""
         session = Session.open(folder)
+        opened = str(session.folder.resolve())
+        for layer in [la for la in self.viewer.layers if la.metadata.get(SESSION_KEY) == opened]:
+            self.viewer.layers.remove(layer)  # the reader's copies (File > Open) give way to live layers
         self._set(session, image_layer=None)
         return session
 

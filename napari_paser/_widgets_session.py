@@ -11,6 +11,7 @@ from qtpy.QtWidgets import (
 from napari_paser._widgets_common import PathEdit, group, hrow
 from napari_paser._widgets_hub import guarded, hub_for, info
 from napari_paser.errors import PaserInputError
+from napari_paser.io_napari import SESSION_KEY
 from napari_paser.session_store import DEFAULT_CLASSES
 
 
@@ -47,6 +48,7 @@ class SessionWidget(QWidget):
         self.scratch_button.clicked.connect(self.new_models)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self._refresh_layers)
+        napari_viewer.layers.events.inserted.connect(self._offer_session)
         self.hub.session_changed.connect(self._show_status)
         self.hub.models_changed.connect(self._show_status)
         self.hub.regions_changed.connect(self._show_status)
@@ -78,6 +80,13 @@ class SessionWidget(QWidget):
         self.layer_box.addItems(names)
         if current in names:
             self.layer_box.setCurrentText(current)
+
+    def _offer_session(self, event) -> None:
+        """A session folder opened with File > Open: fill in "Open session" so its models come too."""
+        folder = getattr(event.value, "metadata", {}).get(SESSION_KEY)
+        if folder and self.hub.session is None and self.open_folder.text() != folder:
+            self.open_folder.setText(folder)
+            info(f"{folder} is a PaSeR session: press 'Open session' to resume it with its models and proposals")
 
     def _split(self, text: str) -> list[str] | None:
         items = [t.strip() for t in text.replace(";", ",").split(",") if t.strip()]

@@ -318,3 +318,18 @@ def test_labels_from_another_layer_can_be_copied_and_accepted(gui, errors, tmp_p
     label.accept_painted()
     assert [(r.z, r.y0, r.x0) for r in s.accepted] == [(1, 0, 32)]
     assert np.array_equal(s.accepted_labels(s.accepted[0].region_id), painted[1, :32, 32:])
+
+
+def test_a_session_opened_from_the_file_menu_is_offered_for_resuming(make_napari_viewer, tmp_path):
+    from napari_paser.io_napari import read_session
+    from napari_paser.session import Session
+
+    Session.create(tmp_path / "sess", np.zeros((2, 64, 64), np.uint16) + np.arange(64, dtype=np.uint16))
+    viewer = make_napari_viewer()
+    widget = PaserWidget(viewer)
+    for data, kwargs, kind in read_session(tmp_path / "sess"):  # what File > Open adds through our reader
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    assert widget.steps["Session"].open_folder.text() == str((tmp_path / "sess").resolve())
+    widget.steps["Session"].open()
+    assert widget.hub.session is not None and widget.hub.session.folder.resolve() == (tmp_path / "sess").resolve()
+    assert not [la.name for la in viewer.layers if la.name.startswith("sess ")]  # reader copies replaced
