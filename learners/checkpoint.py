@@ -11,6 +11,7 @@ and free-form training facts. Files are written atomically and read with
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,13 +98,19 @@ def save_checkpoint(path: str | Path, model: UNet, meta: dict | None = None) -> 
     return save_payload(path, FORMAT, model, model.config.to_dict(), meta)
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Rebuild the model stored at `path`; raise `CheckpointError` with a clear message on any fault."""
-    what = "checkpoint"
-    payload = load_payload(path, FORMAT, what, "train models first with `paser train`, or retrain")
+def load_module(path: str | Path, fmt: str, what: str, hint: str, config_from_dict: Callable[[dict], object],
+                build: Callable[[object], nn.Module], version: int = VERSION) -> tuple[nn.Module, object, dict]:
+    """(module in eval mode, its config, meta) from a `save_payload` file; faults are `CheckpointError`s."""
+    payload = load_payload(path, fmt, what, hint, version)
     try:
-        config = UNetConfig.from_dict(payload["config"])
+        config = config_from_dict(payload["config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{what} {path} does not match its own architecture: {exc}") from None
-    model = restore(UNet(config), payload, path, what)
-    return Checkpoint(model, config, dict(payload.get("meta", {})), Path(path))
+    return restore(build(config), payload, path, what), config, dict(payload.get("meta", {}))
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Rebuild the model stored at `path`; raise `CheckpointError` with a clear message on any fault."""
+    model, config, meta = load_module(path, FORMAT, "checkpoint", "train models first with `paser train`, or retrain",
+                                      UNetConfig.from_dict, UNet)
+    return Checkpoint(model, config, meta, Path(path))

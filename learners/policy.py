@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from learners.checkpoint import load_payload, restore, save_payload
-from learners.errors import CheckpointError
+from learners.checkpoint import load_module, save_payload
 from learners.grid import Grid
 
 FORMAT = "napari-paser/policy"
@@ -160,11 +159,6 @@ def save_policy(path: str | Path, policy: PolicyNet, meta: dict | None = None) -
 
 def load_policy(path: str | Path) -> PolicyCheckpoint:
     """Rebuild a policy saved by `save_policy`; every fault becomes a `CheckpointError`."""
-    what = "policy checkpoint"
-    payload = load_payload(path, FORMAT, what, "train the router first", version=VERSION)
-    try:
-        config = PolicyConfig.from_dict(payload["config"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{what} {path} does not match its own architecture: {exc}") from None
-    policy = restore(PolicyNet(config), payload, path, what)
-    return PolicyCheckpoint(policy, config, dict(payload.get("meta", {})), Path(path))
+    policy, config, meta = load_module(path, FORMAT, "policy checkpoint", "train the router first",
+                                       PolicyConfig.from_dict, PolicyNet, version=VERSION)
+    return PolicyCheckpoint(policy, config, meta, Path(path))
