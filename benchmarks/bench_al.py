@@ -17,11 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 
-from napari_paser.dataset import write_dataset
 from napari_paser.degrade import degrade_folder
-from napari_paser.synth import synth_volume
+from napari_paser.synth import write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 SOC = ROOT.parent / "shared" / "data" / "soc_pristine"
@@ -39,8 +37,7 @@ def prepare(name: str, work: Path) -> Path:
     if name == "soc":
         source = SOC
     else:
-        images, labels = synth_volume(24, 128, fractions=FRACTIONS[name], seed=0, correlation_length=8)
-        source = write_dataset(work / f"{name}_clean", np.round(images * 65535).astype(np.uint16), labels)
+        source = write_synthetic(work / f"{name}_clean", 24, 128, fractions=FRACTIONS[name], seed=0, correlation_length=8)
     degrade_folder(source, out, "lowres", seed=0)
     return out
 

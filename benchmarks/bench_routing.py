@@ -17,12 +17,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from napari_paser import cli
-from napari_paser.dataset import write_dataset
 from napari_paser.degrade import degrade_folder
-from napari_paser.synth import CLASS_NAMES_DEFAULT, synth_volume
+from napari_paser.synth import write_synthetic
 from napari_paser.train_run import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,8 +31,7 @@ def synthetic_run(work: Path) -> tuple[Path, Path]:
     """(data, run) for the synthetic benchmark, made in `work` unless already there."""
     clean, data, run = work / "clean", work / "lowres", work / "run"
     if not (clean / "images.tif").exists():
-        images, labels = synth_volume(40, 128, seed=0, correlation_length=8.0)
-        write_dataset(clean, np.round(images * 65535).astype(np.uint16), labels, class_names=CLASS_NAMES_DEFAULT)
+        write_synthetic(clean, 40, 128, seed=0, correlation_length=8.0)
     if not (data / "images.tif").exists():
         degrade_folder(clean, data, "lowres-varying", seed=0)
     if not (run / "f0.pt").exists():

@@ -20,11 +20,9 @@ import time
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 
-from napari_paser.dataset import write_dataset
 from napari_paser.degrade import degrade_folder
-from napari_paser.synth import CLASS_NAMES_DEFAULT, synth_volume
+from napari_paser.synth import write_synthetic
 from napari_paser.train_run import format_metrics, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +37,7 @@ def prepare(dataset: str, degradation: str, work: Path) -> Path:
             sys.exit(f"SOC data not found at {SOC}; it lives in ../shared beside the repository")
         source = SOC
     else:
-        images, labels = synth_volume(40, 256, seed=0)
-        source = write_dataset(work / "clean", np.round(images * 65535).astype(np.uint16), labels, CLASS_NAMES_DEFAULT)
+        source = write_synthetic(work / "clean", 40, 256, seed=0)
     degrade_folder(source, work / "data", degradation, seed=0)
     return work / "data"
 

@@ -49,12 +49,9 @@ def _fractions(text: str) -> tuple[float, ...]:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from napari_paser.dataset import write_dataset
-    from napari_paser.synth import CLASS_NAMES_DEFAULT, synth_volume
+    from napari_paser.synth import write_synthetic
 
-    images, labels = synth_volume(args.n, args.size, fractions=args.fractions, seed=args.seed)
-    names = CLASS_NAMES_DEFAULT if len(args.fractions) == 3 else None
-    write_dataset(args.out, np.round(images * 65535).astype(np.uint16), labels, class_names=names)
+    write_synthetic(args.out, args.n, args.size, fractions=args.fractions, seed=args.seed)
     print(f"wrote {args.n} synthetic slices of {args.size[0]}x{args.size[1]} to {args.out}")
     return 0
 

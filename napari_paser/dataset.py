@@ -455,6 +455,11 @@ def normalise(images: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out)
 
 
+def to_uint16(images: np.ndarray) -> np.ndarray:
+    """[0, 1] floats as 16-bit grey levels, the format of reconstructed tomography slices on disk."""
+    return np.round(np.clip(images, 0.0, 1.0) * 65535).astype(np.uint16)
+
+
 def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
     """16 hex chars of sha256 over shapes, dtypes and bytes: names the training data in a checkpoint."""
     h = hashlib.sha256()

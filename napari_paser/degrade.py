@@ -285,17 +285,16 @@ def degrade_folder(data: str | Path, out: str | Path, preset: str = "lowres", se
     """Write a degraded copy of a dataset folder: images normalised, degraded and stored as
     uint16; labels, class names and splits unchanged; `degradation.json` records the spec."""
     from learners.atomic import atomic_write_text
-    from napari_paser.dataset import normalise, read_dataset, robust_range, write_dataset
+    from napari_paser.dataset import normalise, read_dataset, robust_range, to_uint16, write_dataset
 
     spec = get_degradation(preset)
     if overrides:
         spec = Degradation.parse(f"{spec},{overrides}")
-    ds = read_dataset(data)
     if Path(out).resolve() == Path(data).resolve():
         raise PaserInputError(f"--out {out} is the input folder; write the degraded copy to a new folder")
-    lo, hi = robust_range(ds.images)
-    images = degrade(normalise(ds.images, lo, hi), spec, seed=seed)
-    write_dataset(out, np.round(images * 65535).astype(np.uint16), ds.labels, ds.class_names, ds.split)
+    ds = read_dataset(data)
+    images = degrade(normalise(ds.images, *robust_range(ds.images)), spec, seed=seed)
+    write_dataset(out, to_uint16(images), ds.labels, ds.class_names, ds.split)
     record = {"source": str(data), "spec": str(spec), "preset": preset, "overrides": overrides, "seed": seed}
     atomic_write_text(Path(out) / "degradation.json", json.dumps(record, indent=2))
     return spec

@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 
-from napari_paser.dataset import fingerprint, read_dataset, write_dataset
+from napari_paser.dataset import fingerprint, read_dataset
 from napari_paser.degrade import degrade_folder
-from napari_paser.synth import CLASS_NAMES_DEFAULT, synth_volume
+from napari_paser.synth import write_synthetic
 from napari_paser.train_run import format_metrics, train_run
 
 DEMO_SLICES, DEMO_SIZE, DEMO_SEED, DEMO_DEGRADATION = 40, 128, 0, "lowres"
@@ -24,8 +23,7 @@ def embedded_dataset(folder: Path) -> Path:
     """Write (once) the default synthetic dataset and its low-resolution copy; return the latter."""
     clean, low = folder / "clean", folder / "lowres"
     if not (low / "labels.tif").exists():
-        images, labels = synth_volume(DEMO_SLICES, DEMO_SIZE, seed=DEMO_SEED, correlation_length=DEMO_CORRELATION)
-        write_dataset(clean, np.round(images * 65535).astype(np.uint16), labels, CLASS_NAMES_DEFAULT)
+        write_synthetic(clean, DEMO_SLICES, DEMO_SIZE, seed=DEMO_SEED, correlation_length=DEMO_CORRELATION)
         degrade_folder(clean, low, DEMO_DEGRADATION, seed=DEMO_SEED)
     return low
 

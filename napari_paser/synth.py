@@ -174,3 +174,13 @@ def synth_volume(
     )
     image = synth_image(labels, seed=seed + 1, **{k: kw[k] for k in image_keys & set(kw)})
     return image, labels
+
+
+def write_synthetic(folder, n_slices: int, size: int | tuple[int, int], fractions: Sequence[float] = (0.3, 0.2, 0.5),
+                    seed: int = 0, **kw: object):
+    """Write a synthetic dataset folder (16-bit images, labels; default class names for 3 phases)."""
+    from napari_paser.dataset import to_uint16, write_dataset
+
+    images, labels = synth_volume(n_slices, size, fractions=fractions, seed=seed, **kw)
+    names = CLASS_NAMES_DEFAULT if len(fractions) == len(CLASS_NAMES_DEFAULT) else None
+    return write_dataset(folder, to_uint16(images), labels, class_names=names)
