@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from learners.generators import drain
 from learners.grid import Grid
 from learners.policy import ALPHA_FINETUNE, ALPHA_RL, PolicyNet, linear_schedule, mix_uniform
 from learners.reward import PatchTable, confusion_iou, patch_confusions, rewards, total_variation
@@ -198,12 +199,7 @@ def iter_policy_training(
 
 def train_policy(policy: PolicyNet, data: RoutingData, config: RLConfig = RLConfig()) -> list[PolicyEpoch]:
     """`iter_policy_training` run to the end."""
-    gen = iter_policy_training(policy, data, config)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return drain(iter_policy_training(policy, data, config))
 
 
 # ----------------------------------------------------------------------------- stage 3
@@ -362,9 +358,4 @@ def finetune(models: Sequence[nn.Module], policy: PolicyNet, images: np.ndarray,
              config: FinetuneConfig = FinetuneConfig(), samples: int = 5, seed: int = 0,
              data: RoutingData | None = None) -> FinetuneResult:
     """`iter_finetune` run to the end."""
-    gen = iter_finetune(models, policy, images, labels, config, samples, seed, data)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return drain(iter_finetune(models, policy, images, labels, config, samples, seed, data))

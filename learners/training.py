@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from learners.generators import drain
 from learners.grid import Grid
 from learners.inference import predict_classes
 from learners.lr_agent import LRAgent, LRAgentConfig
@@ -232,19 +233,15 @@ def iter_training(
 
 def run_training(generator: Generator, total_steps: int | None = None, desc: str = "train", progress: bool = True):
     """Drive an `iter_training` generator with a tqdm bar; return its `TrainResult`."""
-    bar = tqdm(total=total_steps, desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
-    try:
-        while True:
-            event = next(generator)
-            if isinstance(event, StepReport):
-                bar.update(1)
-                bar.set_postfix(epoch=event.epoch + 1, loss=f"{event.loss:.3f}", refresh=False)
-            elif not math.isnan(event.val_miou):
-                bar.set_postfix(epoch=event.epoch + 1, val_mIoU=f"{event.val_miou:.3f}")
-    except StopIteration as stop:
-        return stop.value
-    finally:
-        bar.close()
+    def tick(event) -> None:
+        if isinstance(event, StepReport):
+            bar.update(1)
+            bar.set_postfix(epoch=event.epoch + 1, loss=f"{event.loss:.3f}", refresh=False)
+        elif not math.isnan(event.val_miou):
+            bar.set_postfix(epoch=event.epoch + 1, val_mIoU=f"{event.val_miou:.3f}")
+
+    with tqdm(total=total_steps, desc=desc, unit="step", disable=not progress, dynamic_ncols=True) as bar:
+        return drain(generator, tick)
 
 
 def train(model: nn.Module, train_images, train_labels, val_images=None, val_labels=None,

@@ -226,7 +226,7 @@ class Hub(QObject):
         from learners.grid import Grid
 
         s = self.require()
-        grid = Grid.divide(*routed.segmentation.shape, *routed.routing.shape)
+        grid = Grid.divide(*routed.shape, *routed.routing.shape)
         rects, models = [], []
         for cell, box in enumerate(grid.boxes()):
             corners = np.array([[box.y0, box.x0], [box.y0, box.x0 + box.w], [box.y0 + box.h, box.x0 + box.w],

@@ -28,10 +28,16 @@ class MapsWidget(QWidget):
         self.gamma.setRange(0.0, math.log(3))
         self.gamma.setValue(self.hub.gamma)
         self.route_button = QPushButton("Route current slice")
+        self.lam = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
+        self.lam.setRange(0.0, 1.0)
+        self.lam.setValue(0.3)
+        self.lam.setToolTip("cost weight lambda of the policy: 0 routes by accuracy alone, 1 by cost alone; "
+                            "picks the nearest policy of the run's bank (`paser policy`) and re-routes live")
+        self.lam_note = QLabel("")
         self.legend = QLabel("")
         self.readout = QLabel("no routing yet: needs a run folder with policy.pt (f_RL)")
         self.shares = QLabel("")
-        for label in (self.legend, self.readout, self.shares):
+        for label in (self.legend, self.readout, self.shares, self.lam_note):
             label.setWordWrap(True)
             label.setTextFormat(Qt.TextFormat.RichText)
         self._layout()
@@ -39,9 +45,11 @@ class MapsWidget(QWidget):
         self.volume_button.clicked.connect(lambda: self.compute(volume=True))
         self.gamma.valueChanged.connect(self.hub.set_gamma)
         self.route_button.clicked.connect(self.route)
+        self.lam.valueChanged.connect(self.live)
         self.hub.busy_changed.connect(self.job.running)
         self.hub.session_changed.connect(self._session)
         self.hub.models_changed.connect(self._legend)
+        self.hub.models_changed.connect(self._bank)
         self.hub.models_changed.connect(self._reroute)
 
     def _layout(self) -> None:
@@ -51,8 +59,10 @@ class MapsWidget(QWidget):
         rows.addRow("entropy > gamma", self.gamma)
         col = QVBoxLayout(self)
         col.addWidget(group("f0 prediction and entropy", form, hrow(self.slice_button, self.volume_button), self.job))
-        col.addWidget(group("Routing (PaSeR policy)", self.route_button, self.legend, self.readout,
-                            self.shares))
+        lam_row = QWidget()
+        QFormLayout(lam_row).addRow("cost weight \u03bb", self.lam)
+        col.addWidget(group("Routing (PaSeR policy)", self.route_button, lam_row, self.lam_note, self.legend,
+                            self.readout, self.shares))
         col.addStretch()
 
     def _session(self) -> None:
@@ -60,6 +70,23 @@ class MapsWidget(QWidget):
         if s is not None:
             self.gamma.setRange(0.0, round(math.log(s.n_classes), 3))
         self._legend()
+        self._bank()
+
+    def _bank(self) -> None:
+        """The lambda control is live only with a policy bank (one policy per lambda)."""
+        s = self.hub.session
+        lambdas = s.policy_lambdas if s is not None else []
+        self.lam.setEnabled(bool(lambdas))
+        if lambdas:
+            low, high = (lambdas[0], lambdas[-1]) if len(lambdas) > 1 else (0.0, 1.0)
+            self.lam.setRange(low, high)
+            self.lam_note.setText("policies trained at \u03bb = " + ", ".join(f"{v:g}" for v in lambdas))
+        else:
+            self.lam_note.setText("one policy, \u03bb fixed at training: `paser policy` trains a bank for live control")
+
+    def _lam(self) -> float | None:
+        s = self.hub.session
+        return self.lam.value() if s is not None and s.policy_lambdas else None
 
     @guarded
     def compute(self, volume: bool = False) -> None:
@@ -91,8 +118,23 @@ class MapsWidget(QWidget):
         z = self.hub.current_z()
         if not s.has_policy:
             s.route(z)  # raises the "no routing policy" message
-        samples = self.samples.value()
-        self.hub.run(lambda should_stop: s.route(z, samples=samples), on_return=self.show_routing, what="routing")
+        samples, lam = self.samples.value(), self._lam()
+        self.hub.run(lambda should_stop: s.route(z, samples=samples, lam=lam), on_return=self.show_routing,
+                     what="routing")
+
+    @guarded
+    def live(self, *_) -> None:
+        """Re-route the slice on screen at the slider's lambda: instant once f0's state of the slice is known
+        (only the small policy runs; the cost comes from the map); else, if the overlay is shown, route it in
+        the background (the overlay never silently shows another lambda than the slider's)."""
+        s, layers = self.hub.session, self.viewer.layers
+        if s is None or not s.policy_lambdas:
+            return
+        z, samples = self.hub.current_z(), self.samples.value()
+        if s.has_state(z, samples):
+            self.show_routing(s.route(z, samples=samples, lam=self._lam(), execute=False))
+        elif ROUTING in layers and layers[ROUTING].visible and not self.hub.busy:
+            self.route()
 
     def _reroute(self) -> None:
         """New weights: re-route the slice on screen if the overlay is shown."""
@@ -103,11 +145,13 @@ class MapsWidget(QWidget):
     def show_routing(self, routed) -> None:
         self.hub.show_routing(routed)
         shares = ", ".join(f"{n} {routed.shares.get(n, 0.0):.0%}" for n in routed.names)
-        saved = 1 - routed.gflops / routed.gflops_largest if routed.gflops_largest else 0.0
-        self.readout.setText(f"slice {routed.z}: <b>{routed.gflops:.3f}</b> GFLOPs spent vs "
-                             f"{routed.gflops_largest:.3f} for {routed.names[-1]} everywhere ({saved:.0%} saved)")
+        ratio = routed.gflops / routed.gflops_largest if routed.gflops_largest else 0.0
+        trained = "" if routed.lam is None else f" (policy \u03bb = {routed.lam:g})"
+        self.readout.setText(f"slice {routed.z}{trained}: <b>{routed.gflops:.3f}</b> GFLOPs spent vs "
+                             f"{routed.gflops_largest:.3f} for {routed.names[-1]} everywhere ({ratio:.0%} of it)")
         self.shares.setText(f"patches per model: {shares}")
-        info(f"routed slice {routed.z}: {shares}")
+        if routed.segmentation is not None:  # not on every move of the lambda slider
+            info(f"routed slice {routed.z}: {shares}")
 
     def _legend(self) -> None:
         s = self.hub.session

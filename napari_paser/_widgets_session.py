@@ -118,7 +118,9 @@ class SessionWidget(QWidget):
                                   "or start from scratch")
         loaded = s.load_models(self.run_folder.text())
         self.hub.models_changed.emit()
-        info(f"loaded {', '.join(loaded)}")
+        roles = [r for r in loaded if "@" not in r]
+        bank = f" and {len(s.policy_lambdas)} policies for lambda " + ", ".join(f"{v:g}" for v in s.policy_lambdas)
+        info(f"loaded {', '.join(roles)}{bank if s.policy_lambdas else ''}")
 
     @guarded
     def new_models(self, *_) -> None:

@@ -47,12 +47,15 @@ from learners.policy import PolicyConfig, PolicyNet
 from learners.reward import PatchTable, image_rewards
 from learners.router import (RoutingCost, RoutingResult, build_patch_table, execute_routing, model_costs,
                              policy_probabilities, route, table_summary)
+from learners.generators import drain
+from learners.policy_bank import iter_bank_training
 from learners.router_training import (FinetuneConfig, PolicyEpoch, RLConfig, RoutingData, finetune,
                                       iter_policy_training)
 from learners.training import TrainConfig, train
 from napari_paser.dataset import normalise, read_dataset, robust_range
 from napari_paser.degrade import salt_and_pepper
 from napari_paser.errors import PaserInputError
+from napari_paser.policy_run import policy_tick
 from napari_paser.train_run import GRID
 
 ROLES = ("f0", "f1", "f2")
@@ -179,15 +182,12 @@ def train_stage2(policy: PolicyNet, data: RoutingData, cfg: BenchConfig, lam: fl
     """REINFORCE on a prepared split, ticking `bar` once per epoch."""
     rl = RLConfig(epochs=cfg.epochs_rl, batch_size=cfg.batch_size, lr=cfg.rl_lr, lam=lam, baseline=baseline,
                   seed=cfg.seed)
-    gen = iter_policy_training(policy, data, rl)
-    while True:
-        try:
-            epoch = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if bar is not None:
-            bar.set_postfix(lam=lam, R=f"{epoch.greedy_reward:.3f}", refresh=False)
-            bar.update(1)
+    return _ticking(iter_policy_training(policy, data, rl), bar)
+
+
+def _ticking(gen, bar: tqdm | None):
+    """Run a generator of policy epochs to its return value, ticking `bar` once per epoch."""
+    return drain(gen, None if bar is None else lambda epoch: policy_tick(bar, epoch))
 
 
 def history_summary(history: list[PolicyEpoch]) -> dict:
@@ -393,10 +393,10 @@ def sweep_curves(models, inp: Inputs, rl_data: RoutingData, test: Tables, cfg: B
     h, w = inp.splits["test"][0].shape[-2:]
     policy0 = new_policy(inp.n_classes, cfg.seed)
     cost = RoutingCost.of(models, h, w, GRID, cfg.samples, policy0)
+    rl = RLConfig(epochs=cfg.epochs_rl, batch_size=cfg.batch_size, lr=cfg.rl_lr, seed=cfg.seed)
+    bank = _ticking(iter_bank_training(rl_data, cfg.sweep_lambdas, lambda: copy.deepcopy(policy0), rl), bar)
     paser, oracle = [], []
-    for lam in cfg.sweep_lambdas:
-        policy = copy.deepcopy(policy0)
-        train_stage2(policy, rl_data, cfg, lam, bar=bar)
+    for lam, policy in sorted(bank.policies.items()):
         a = policy_actions(policy, test.state)
         paser.append({"lambda": lam, **table_row(test.plain, a, cost, True, True, costs, lam)})
         o = oracle_actions(test.plain, costs, lam)

@@ -88,9 +88,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     names = tuple(args.classes.split(",")) if args.classes else None
     metrics = train_run(args.data, args.out, preset=args.preset, epochs=args.epochs, seed=args.seed, scheduler=args.scheduler,
-                        train_splits=tuple(args.splits.split(",")), class_names=names, progress=not args.quiet)
+                        train_splits=tuple(args.splits.split(",")), class_names=names, progress=not args.quiet,
+                        init=args.init)
     print(format_metrics(metrics))
     print(f"checkpoints and metrics.json in {args.out}")
+    return 0
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    from napari_paser.policy_run import format_bank, train_policies
+
+    summary = train_policies(args.data, args.run, lambdas=args.lambdas, default=args.default, epochs=args.epochs,
+                             batch_size=args.batch_size, lr=args.lr, samples=args.samples, seed=args.seed,
+                             progress=not args.quiet)
+    print(format_bank(summary))
+    print(f"policies in {args.run}/policies (bank.json), policy.pt = lambda {summary['default_lambda']}")
     return 0
 
 
@@ -155,7 +167,8 @@ def _sim_config(args: argparse.Namespace):
 
     torch.set_num_threads(args.threads)
     return SimConfig(region=args.region, train_steps=args.train_steps, seed_steps=args.seed_steps,
-                     batch_size=args.batch_size, lr=args.lr, samples=args.samples, pool_size=args.pool_size,
+                     batch_size=args.batch_size, lr=args.lr, warm_lr=args.warm_lr, samples=args.samples,
+                     pool_size=args.pool_size,
                      state_regions=args.state_regions)
 
 
@@ -189,7 +202,9 @@ def _sim_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-steps", type=int, default=30, help="optimiser steps per retraining (default 30)")
     p.add_argument("--seed-steps", type=int, default=60, help="optimiser steps on the seed set (default 60)")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=2e-3, help="learning rate on the seed set (default 2e-3)")
+    p.add_argument("--warm-lr", type=float, default=5e-4,
+                   help="learning rate of each retraining after it, warm-started (default 5e-4)")
     p.add_argument("--samples", type=int, default=5, help="MC-dropout passes (default 5)")
     p.add_argument("--pool-size", type=int, default=10, help="DQN candidates per pool (default 10)")
     p.add_argument("--state-regions", type=int, default=8, help="DQN state set size, from the seed set (default 8)")
@@ -240,6 +255,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy_arguments(p: argparse.ArgumentParser, lr_flag: str) -> None:
+    """The options of REINFORCE policy training shared by `paser policy` and `paser bench routing`."""
+    p.add_argument("--batch-size", type=int, default=4, help="images per policy step (default 4)")
+    p.add_argument(lr_flag, type=float, default=1e-3, help="policy learning rate (default 1e-3)")
+    p.add_argument("--samples", type=int, default=5, help="f0 MC-dropout passes (default 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paser", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -273,8 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the tiny, medium and large models (f0, f1, f2)")
     p.add_argument("--data", required=True, type=Path, help="dataset folder (images.tif, labels.tif)")
     p.add_argument("--out", required=True, type=Path, help="run folder for f0.pt, f1.pt, f2.pt and metrics.json")
-    p.add_argument("--preset", default="quick", choices=("quick", "paper"),
-                   help="quick: minutes on a laptop CPU; paper: the PaSeR paper's 200 epochs, batch 32, Adam 1e-4")
+    p.add_argument("--preset", default="quick", choices=("quick", "long", "paper"),
+                   help="quick: minutes on a laptop CPU; long: 3x quick's steps for f1/f2; paper: the PaSeR "
+                        "paper's 200 epochs, batch 32, Adam 1e-4")
+    p.add_argument("--init", type=Path, help="start from this run folder's f0/f1/f2 (warm start, to train longer)")
     p.add_argument("--epochs", type=int, help="override the preset's number of epochs")
     p.add_argument("--scheduler", choices=("fixed", "step", "cosine", "agent"), default="fixed",
                    help="learning-rate schedule; agent = the Q-learning scheduler (learners.lr_agent)")
@@ -283,6 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="class names, comma-separated (default: the dataset's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("policy", help="train PaSeR routing policies (one per cost weight lambda) for a run folder")
+    p.add_argument("--data", required=True, type=Path, help="the dataset the run was trained on (uses rl and val)")
+    p.add_argument("--run", required=True, type=Path, help="run folder from `paser train` (f0.pt, f1.pt, f2.pt)")
+    p.add_argument("--lambdas", type=_fractions, default=(0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0),
+                   help="cost weights in [0, 1], comma-separated (default 0,0.05,0.1,0.2,0.3,0.5,1)")
+    p.add_argument("--default", type=float, default=0.3, help="lambda of the policy.pt the plugin loads (default 0.3)")
+    p.add_argument("--epochs", type=int, default=100, help="REINFORCE epochs per policy (default 100)")
+    _policy_arguments(p, "--lr")
+    p.set_defaults(func=cmd_policy)
 
     p = sub.add_parser("predict", help="segment a TIFF slice or stack with a run's f0, with entropy and BALD maps")
     p.add_argument("--run", required=True, type=Path, help="run folder from `paser train` (uses f0.pt)")
@@ -316,11 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs-ft", type=int, default=10, help="joint fine-tuning epochs, stage 3 (default 10)")
     p.add_argument("--epochs-noise", type=int, default=2, help="f1/f2 fine-tuning epochs on noisy data (default 2)")
     p.add_argument("--noise-steps", type=int, default=25, help="batches per noise fine-tuning epoch (default 25)")
-    p.add_argument("--batch-size", type=int, default=4, help="images per policy step (default 4)")
-    p.add_argument("--rl-lr", type=float, default=1e-3, help="policy learning rate (default 1e-3)")
-    p.add_argument("--samples", type=int, default=5, help="f0 MC-dropout passes (default 5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _policy_arguments(p, "--rl-lr")
     p.set_defaults(func=cmd_bench_routing)
 
     _al_parsers(sub, bench)

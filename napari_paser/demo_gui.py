@@ -3,8 +3,8 @@ through the workflow (session, maps, routing, proposals, accept, retrain, export
 a screenshot of each step into the output folder.
 
 Models come from the headless demo's cache (`napari_paser.demo`: f0/f1/f2 trained once in
-`<out>/run`); a routing policy is trained briefly on the demo data's "rl" split the first time
-and cached as `<out>/gui/policy.pt`. With no display the demo re-runs itself under `xvfb-run`
+`<out>/run`); a bank of routing policies (one per lambda, `paser policy`) is trained briefly on
+the demo data's "rl" split the first time and cached in `<out>/run/policies`. With no display the demo re-runs itself under `xvfb-run`
 and exits after the last screenshot; with a display it leaves napari open for the person.
 The "person" of the walkthrough paints proposals from the sample's ground truth.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 PLUGIN, DOCK = "napari-paser", "PaSeR (all steps)"
-POLICY_EPOCHS, POLICY_LAMBDA = 40, 0.0  # lambda 0: route by accuracy alone (quick demo models are close)
+POLICY_EPOCHS, POLICY_LAMBDAS = 40, (0.0, 0.05, 0.3, 1.0)  # the quick demo models are close: small lambdas matter
 ACCEPT, RETRAIN_EPOCHS = 5, 3
 XVFB_ENV = "PASER_DEMO_UNDER_XVFB"
 WINDOW = (1600, 900)
@@ -55,40 +55,19 @@ def _rerun_under_xvfb(out: Path) -> int:
 # ----------------------------------------------------------------------------- models
 
 
-def models_ready(out: Path) -> tuple[Path, Path]:
-    """The demo run folder (trained on first use) and a routing policy for it (trained on first use)."""
+def models_ready(out: Path) -> Path:
+    """The demo run folder, with its models and policy bank trained on first use."""
     from napari_paser.demo import run_demo
+    from napari_paser.policy_run import format_bank, train_policies
 
     run_demo(out)
-    policy = out / "gui" / "policy.pt"
-    if not policy.is_file() or policy.stat().st_mtime < (out / "run" / "f2.pt").stat().st_mtime:
-        train_demo_policy(out / "data" / "lowres", out / "run", policy)
-    return out / "run", policy
-
-
-def train_demo_policy(data: Path, run: Path, path: Path) -> Path:
-    """Stage 2 of PaSeR, briefly: REINFORCE on the frozen f0/f1/f2 over the data's "rl" slices."""
-    import torch
-
-    from learners.checkpoint import load_checkpoint
-    from learners.policy import PolicyConfig, PolicyNet, save_policy
-    from learners.router_training import RLConfig, prepare_routing_data, train_policy
-    from napari_paser.dataset import normalise, read_dataset, robust_range
-
-    print(f"training a routing policy for {run} (lambda {POLICY_LAMBDA}, {POLICY_EPOCHS} epochs) ...")
-    ds = read_dataset(data)
-    x = normalise(ds.images, *robust_range(ds.images))
-    idx = ds.split["rl"]
-    models = [load_checkpoint(run / f"{r}.pt").model.eval() for r in ("f0", "f1", "f2")]
-    torch.manual_seed(0)
-    with torch.no_grad():
-        table = prepare_routing_data(models, x[idx], ds.labels[idx], (4, 4), samples=5)
-    policy = PolicyNet(PolicyConfig(n_classes=ds.n_classes, n_models=3, grid=(4, 4)))
-    history = train_policy(policy, table, RLConfig(epochs=POLICY_EPOCHS, batch_size=4, lr=1e-3, lam=POLICY_LAMBDA))
-    share = ", ".join(f"f{k} {s:.0%}" for k, s in enumerate(history[-1].share))
-    print(f"policy: greedy reward {history[-1].greedy_reward:.3f}; patch shares {share}")
-    save_policy(path, policy, {"lambda": POLICY_LAMBDA, "epochs": POLICY_EPOCHS, "run": str(run)})
-    return path
+    run = out / "run"
+    bank = run / "policies" / "bank.json"
+    if not bank.is_file() or bank.stat().st_mtime < (run / "f2.pt").stat().st_mtime:
+        print(f"training routing policies for {run} (lambda {', '.join(map(str, POLICY_LAMBDAS))}) ...")
+        summary = train_policies(out / "data" / "lowres", run, POLICY_LAMBDAS, default=0.0, epochs=POLICY_EPOCHS)
+        print(format_bank(summary))
+    return run
 
 
 # ----------------------------------------------------------------------------- walkthrough
@@ -99,20 +78,13 @@ def walkthrough(out: Path, keep_open: bool) -> int:
     import napari
     import torch
 
-    run, policy = models_ready(out)
+    run = models_ready(out)
     shots = out / "gui"
-    shots.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated.*")  # keep the toast off the shots
     viewer = napari.Viewer(title="napari-paser demo")
     viewer.window._qt_window.resize(*WINDOW)  # screenshot code: a fixed window size
-    viewer.open_sample(PLUGIN, "synthetic_lowres")
-    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, DOCK)
-    _settle(0.5)
-    viewer.reset_view()
-    steps = Steps(viewer, dock, shots, run, policy)
-    for step in (steps.session, steps.maps, steps.routing, steps.propose, steps.accept, steps.retrain, steps.export):
-        step()
+    run_steps(viewer, run, shots)
     print(f"screenshots in {shots}")
     if keep_open:
         napari.run()
@@ -121,22 +93,35 @@ def walkthrough(out: Path, keep_open: bool) -> int:
     return 0
 
 
+def run_steps(viewer, run: Path, shots: Path) -> list[Path]:
+    """On `viewer`: open the sample, dock the plugin, do every step with `run`'s models; the screenshots."""
+    shots.mkdir(parents=True, exist_ok=True)
+    viewer.open_sample(PLUGIN, "synthetic_lowres")
+    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, DOCK)
+    _settle(0.5)
+    viewer.reset_view()
+    steps = Steps(viewer, dock, shots, run)
+    for step in (steps.session, steps.maps, steps.routing, steps.propose, steps.accept, steps.retrain, steps.export):
+        step()
+    return steps.paths
+
+
 class Steps:
     """The walkthrough's steps, each driving the dock's widgets as a person would."""
 
-    def __init__(self, viewer, dock, shots: Path, run: Path, policy: Path) -> None:
-        self.viewer, self.dock, self.shots, self.run, self.policy = viewer, dock, shots, run, policy
+    def __init__(self, viewer, dock, shots: Path, run: Path) -> None:
+        self.viewer, self.dock, self.shots, self.run = viewer, dock, shots, run
         self.hub = dock.hub
-        self.n = 0
+        self.paths: list[Path] = []
 
     def shot(self, name: str) -> Path:
         """Save a screenshot of the whole window (dock included)."""
         _settle(0.3)
         _close_toasts(self.viewer)
-        self.n += 1
-        path = self.shots / f"{self.n:02d}-{name}.png"
+        path = self.shots / f"{len(self.paths) + 1:02d}-{name}.png"
         self.viewer.screenshot(str(path), canvas_only=False, flash=False)
-        print(f"  step {self.n}: {name} -> {path}")
+        self.paths.append(path)
+        print(f"  step {len(self.paths)}: {name} -> {path}")
         return path
 
     def wait(self, timeout: float = 600.0) -> None:
@@ -153,8 +138,6 @@ class Steps:
         w.start()
         w.run_folder.setText(str(self.run))
         w.load_models()
-        self.hub.require().load_policy(self.policy)
-        self.hub.models_changed.emit()
         self.viewer.layers["phases (ground truth)"].visible = False
         self.viewer.dims.set_current_step(0, 8)
         self.shot("session")
@@ -171,9 +154,13 @@ class Steps:
         w = self.dock.show_step("Maps")
         for name in ("paser f0 entropy", "paser entropy > gamma"):
             self.viewer.layers[name].visible = False
+        w.lam.setValue(0.0)
         w.route()
         self.wait()
         self.shot("routing")
+        w.lam.setValue(1.0)  # live: the bank's lambda-1 policy re-routes the slice at once
+        self.shot("routing-lambda1")
+        w.lam.setValue(0.0)
         self.viewer.layers["paser routing"].visible = False
 
     def propose(self) -> None:

@@ -32,9 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from learners.checkpoint import load_checkpoint, save_checkpoint
 from learners.policy import PolicyNet, load_policy, save_policy
+from learners.policy_bank import PolicyBank, load_bank
 from learners.training import UNLABELED, TrainConfig
 from learners.uncertainty import uncertainty_maps
 from learners.unet import UNet, UNetConfig, preset_config
@@ -42,7 +44,7 @@ from napari_paser.dataset import normalise, robust_range
 from napari_paser.errors import InputError, PaserInputError
 from napari_paser.labels_convention import layer_to_classes
 from napari_paser.session_jobs import RETRAIN_CONFIG, Progress, RetrainResult, retrain_steps, training_data
-from napari_paser.session_routing import SliceRouting, check_policy, route_slice
+from napari_paser.session_routing import SliceRouting, check_policy, route_slice, slice_state
 from napari_paser.session_sampling import SAMPLERS, dqn_state_ids, make_sampler, slice_embeddings  # noqa: F401 (SAMPLERS re-exported)
 from napari_paser.session_store import (
     IMAGE, LABELS, MAPS, MODELS, AcceptedRegion, ClassSpec, CurvePoint, Proposal, State, check_new_folder,
@@ -52,9 +54,15 @@ from sampling.regions import Region, RegionPool
 
 MODEL_ROLES = ("f0", "f1", "f2")
 POLICY, POLICY_FILE = "policy", "policy.pt"
+BANK_ROLE = "policy@"  # + lambda: the policy bank's members, e.g. "policy@0.300"
 MODEL_SIZES = ("tiny", "medium", "large")
 MAP_NAMES = {"prediction": np.uint8, "entropy": np.float32, "bald": np.float32}
 MIN_SIDE = 16
+
+
+def bank_role(lam: float) -> str:
+    """The session's model role of the bank's policy for `lam`."""
+    return f"{BANK_ROLE}{lam:.3f}"
 
 
 class PartialRegionError(PaserInputError):
@@ -100,12 +108,12 @@ class Session:
         self.pool.mark_labeled(np.array([a.region_id for a in state.accepted], dtype=np.int64))
         self.models: dict[str, UNet] = {}
         self.policy: PolicyNet | None = None
+        self.bank = PolicyBank()  # policies by lambda, for the live cost control
         for role, info in state.models.items():
-            if role == POLICY:
-                self.policy = load_policy(folder / info["file"]).policy
-            else:
-                self.models[role] = load_checkpoint(folder / info["file"]).model
+            path = folder / info["file"]
+            self._hold(role, load_policy(path).policy if role.startswith(POLICY) else load_checkpoint(path).model)
         self._lock = threading.RLock()
+        self._states: dict[tuple, object] = {}  # f0 state per (z, samples, f0 version), a few slices
 
     # ------------------------------------------------------------------ create / open
 
@@ -253,6 +261,9 @@ class Session:
             policy = load_policy(run / POLICY_FILE).policy
             check_policy(policy, loaded, self.n_classes, str(run / POLICY_FILE))
             loaded[POLICY] = policy
+        for lam, policy in load_bank(run).policies.items():  # optional: the live lambda control
+            check_policy(policy, loaded, self.n_classes, f"{run}/policies (lambda {lam})")
+            loaded[bank_role(lam)] = policy
         dropped = [r for r in self.state.models if r not in loaded]  # a run replaces the whole set
         self._install(loaded, source=str(run.resolve()), drop=dropped)
         return list(loaded)
@@ -265,18 +276,60 @@ class Session:
 
     @property
     def has_policy(self) -> bool:
-        return self.policy is not None
+        return self.policy is not None or len(self.bank) > 0
 
-    def route(self, z: int = 0, samples: int = 5) -> SliceRouting:
-        """PaSeR routing of slice z: model per patch, routed segmentation, GFLOPs vs the largest model."""
-        if self.policy is None:
-            raise PaserInputError(
-                "no routing policy loaded: load a run folder holding policy.pt, or a policy file (load_policy)"
-            )
+    @property
+    def policy_lambdas(self) -> list[float]:
+        """The cost weights of the policy bank (empty without one: then lambda is fixed)."""
+        return self.bank.lambdas
+
+    def pick_policy(self, lam: float | None = None) -> tuple[float | None, PolicyNet]:
+        """The bank's policy nearest to `lam` (None: policy.pt, else the bank's middle one)."""
+        if lam is not None and len(self.bank):
+            return self.bank.nearest(lam)
+        if self.policy is not None:
+            return None, self.policy
+        if len(self.bank):
+            return self.bank.nearest(self.bank.lambdas[len(self.bank) // 2])
+        raise PaserInputError(
+            "no routing policy loaded: load a run folder holding policy.pt or policies/ (train them with "
+            "`paser policy --data DIR --run RUN`), or a policy file (load_policy)"
+        )
+
+    def route(self, z: int = 0, samples: int = 5, lam: float | None = None, execute: bool = True) -> SliceRouting:
+        """PaSeR routing of slice z: model per patch, routed segmentation, GFLOPs vs the largest model.
+
+        `lam` picks the bank's policy nearest to it. f0's state of the slice is cached, so routing
+        the same slice again with another lambda and `execute=False` (map and cost only, no routed
+        model runs) takes milliseconds: what the live control does.
+        """
+        lam, policy = self.pick_policy(lam)
         (z,) = self._slices_arg(z)
-        check_policy(self.policy, self.models, self.n_classes, "the routing policy")
-        models = [self.models[f"f{k}"] for k in range(self.policy.config.n_models)]
-        return route_slice(models, self.policy, self.image_slice(z), z, samples)
+        check_policy(policy, self.models, self.n_classes, "the routing policy")
+        models = [self.models[f"f{k}"] for k in range(policy.config.n_models)]
+        image = self.image_slice(z)
+        return route_slice(models, policy, image, z, samples, self.f0_state(z, samples, image), execute, lam)
+
+    def has_state(self, z: int, samples: int = 5) -> bool:
+        """Whether f0's state of slice z is cached (routing it again is then instant)."""
+        return self._state_key(z, samples) in self._states
+
+    def f0_state(self, z: int, samples: int = 5, image: np.ndarray | None = None):
+        """f0's MC-dropout state of slice z for routing, cached for the current f0 weights."""
+        key = self._state_key(z, samples)
+        with self._lock:
+            if key in self._states:
+                return self._states[key]
+        state = slice_state(self._require_f0(), self.image_slice(z) if image is None else image, z, samples)
+        with self._lock:
+            self._states = {k: v for k, v in self._states.items() if k[2] == key[2]}  # drop older weights'
+            while len(self._states) >= 8:
+                self._states.pop(next(iter(self._states)))
+            self._states[key] = state
+        return state
+
+    def _state_key(self, z: int, samples: int) -> tuple:
+        return (int(z), int(samples), self.state.models.get("f0", {}).get("version"))
 
     def new_models(self, roles: dict[str, str | UNetConfig] | None = None, seed: int = 0) -> list[str]:
         """Untrained models from size presets ("tiny", "medium", "large") or configs, e.g. {"f0": "tiny"}."""
@@ -314,7 +367,7 @@ class Session:
             for role, model in models.items():
                 files[role] = f"{MODELS}/{role}-{version:04d}.pt"
                 meta = {"class_names": list(self.classes.names), "role": role, "source": source, "session_version": version}
-                (save_policy if role == POLICY else save_checkpoint)(self.folder / files[role], model, meta)
+                (save_policy if role.startswith(POLICY) else save_checkpoint)(self.folder / files[role], model, meta)
 
             def mutate(s: State) -> None:
                 s.model_version = version
@@ -328,13 +381,26 @@ class Session:
             old = [self.folder / info["file"] for role, info in self.state.models.items() if role in models or role in drop]
             self._commit(mutate)
             for role in drop:
-                self.models.pop(role, None)
-            self.policy = None if POLICY in drop else self.policy
-            self.models.update({r: m for r, m in models.items() if r != POLICY})
-            if POLICY in models:
-                self.policy = models[POLICY]
+                self._hold(role, None)
+            for role, model in models.items():
+                self._hold(role, model)
             for path in old:
                 path.unlink(missing_ok=True)
+
+    def _hold(self, role: str, model: nn.Module | None) -> None:
+        """Keep `model` in its role's place (None forgets the role): models, policy or the bank."""
+        if role == POLICY:
+            self.policy = model
+        elif role.startswith(BANK_ROLE):
+            lam = float(role[len(BANK_ROLE):])
+            if model is None:
+                self.bank.policies.pop(lam, None)
+            else:
+                self.bank.policies[lam] = model
+        elif model is None:
+            self.models.pop(role, None)
+        else:
+            self.models[role] = model
 
     def _require_f0(self) -> UNet:
         if "f0" not in self.models:

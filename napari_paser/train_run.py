@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from learners.atomic import atomic_write_text
-from learners.checkpoint import save_checkpoint
+from learners.checkpoint import load_checkpoint, save_checkpoint
 from learners.flops import gflops_per_image, patch_flops
 from learners.inference import predict_classes
 from learners.metrics import confusion_matrix, iou_from_confusion, iou_per_gflop
@@ -43,12 +43,34 @@ TRAIN_PRESETS: dict[str, tuple[TrainConfig, TrainConfig]] = {
         TrainConfig(epochs=30, batch_size=2, lr=3e-3, patience=8, kd_beta=0.5),
         TrainConfig(epochs=8, batch_size=16, lr=2e-3, patience=4, max_steps_per_epoch=25),
     ),
+    # long: the patch models get 3x quick's steps at half its learning rate (on 501x501 SOC
+    # slices quick gives f2 only 200 steps); best with --init from a quick run, to train on.
+    "long": (
+        TrainConfig(epochs=30, batch_size=2, lr=2e-3, patience=8, kd_beta=0.5),
+        TrainConfig(epochs=24, batch_size=16, lr=1e-3, patience=6, max_steps_per_epoch=25),
+    ),
     # the PaSeR paper's appendix B: 200 epochs, batch 32, Adam 1e-4.
     "paper": (
         TrainConfig(epochs=200, batch_size=32, lr=1e-4, patience=20, kd_beta=1.0),
         TrainConfig(epochs=200, batch_size=32, lr=1e-4, patience=20),
     ),
 }
+
+
+def init_models(run: str | Path, configs: list) -> list[UNet]:
+    """The models of run folder `run` to start from; each must have the architecture it replaces."""
+    run = Path(run)
+    models = []
+    for role, config in zip(ROLES, configs):
+        path = run / f"{role}.pt"
+        if not path.is_file():
+            raise PaserInputError(f"--init {run}: no {role}.pt there; give a run folder written by `paser train`")
+        model = load_checkpoint(path).model
+        if model.config != config:
+            raise PaserInputError(f"--init {run}: {role}.pt is a {model.config} but this run trains a {config}; "
+                                  "start from a run trained on the same classes with the default model sizes")
+        models.append(model)
+    return models
 
 
 def train_configs(preset: str, epochs: int | None, seed: int, scheduler: str = "fixed") -> list[TrainConfig]:
@@ -110,8 +132,12 @@ def train_run(
     train_splits: tuple[str, ...] = ("pretrain",),
     class_names: tuple[str, ...] | None = None,
     progress: bool = True,
+    init: str | Path | None = None,
 ) -> dict:
-    """Train f0, f1, f2 on `data`, write checkpoints and metrics into `out`; return the metrics."""
+    """Train f0, f1, f2 on `data`, write checkpoints and metrics into `out`; return the metrics.
+
+    `init`: a run folder whose f0/f1/f2 the models start from (warm start, to train longer).
+    """
     started = time.time()
     ds = read_dataset(data)
     names = tuple(class_names or ds.class_names)
@@ -127,8 +153,10 @@ def train_run(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     command = " ".join(shlex.quote(a) for a in sys.argv) if sys.argv else ""
+    starts = init_models(init, configs) if init is not None else None
     options = {"data": str(data), "preset": preset, "epochs": epochs, "seed": seed, "scheduler": scheduler,
-               "train_splits": list(train_splits), "class_names": list(names), "command": command}
+               "train_splits": list(train_splits), "class_names": list(names), "command": command,
+               "init": str(init) if init is not None else None}
     atomic_write_text(out / "run.json", json.dumps(options, indent=2))
     meta = {
         "class_names": list(names),
@@ -151,7 +179,7 @@ def train_run(
     cfgs = train_configs(preset, epochs, seed, scheduler)
     res = pretrain_segmenters(configs, tx, ty, vx, vy, cfgs, grid=GRID, kd_beta=cfgs[0].kd_beta,
                               seed=seed, progress=progress, names=[f"{r} ({MODEL_PRESETS[r]})" for r in ROLES],
-                              on_model_done=save)
+                              on_model_done=save, init=starts)
     models = {}
     for role, model, result in zip(ROLES, res.models, res.results):
         models[role] = evaluate_model(model, role, test_x, test_y, names)

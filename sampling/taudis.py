@@ -2,7 +2,10 @@
 
 1. Oversample: keep the ceil(alpha * k) candidates of highest summed uncertainty.
 2. Diversify: join two of them by an edge when the cosine similarity of their embeddings
-   (pooled decoder features, `RegionPool.embed`) is at least sigma; each region covers itself
+   (pooled decoder features, `RegionPool.embed`; `center=True` subtracts the candidates' mean
+   first: pooled ReLU features are all positive, so raw cosines crowd near 1 and sigma = 0.8
+   joins most pairs, while centred ones measure how regions differ from the typical one) is at
+   least sigma; each region covers itself
    and its neighbours, and a lazy greedy maximum k-set cover picks round(beta * k) regions,
    equal gains going to the more uncertain region.
 3. Fill: budget the cover leaves (beta < 1, or every oversampled region already covered) goes
@@ -122,7 +125,8 @@ class TaudisSampler(Sampler):
 
     name = "taudis"
 
-    def __init__(self, alpha: float = 2.5, beta: float = 1.0, sigma: float = 0.8, measure: str = "entropy") -> None:
+    def __init__(self, alpha: float = 2.5, beta: float = 1.0, sigma: float = 0.8, measure: str = "bald",
+                 center: bool = False) -> None:
         if alpha < 1:
             raise SamplingError(f"alpha (oversampling factor) must be >= 1, got {alpha}")
         if not 0 < beta <= 1:
@@ -131,7 +135,7 @@ class TaudisSampler(Sampler):
             raise SamplingError(f"sigma (cosine similarity threshold) must lie in [-1, 1], got {sigma}")
         if measure not in ("entropy", "bald"):
             raise SamplingError(f"measure must be 'entropy' or 'bald', got {measure!r}")
-        self.alpha, self.beta, self.sigma, self.measure = alpha, beta, sigma, measure
+        self.alpha, self.beta, self.sigma, self.measure, self.center = alpha, beta, sigma, measure, center
 
     def _embeddings(self, candidates: np.ndarray, needs: dict) -> np.ndarray:
         emb = np.asarray(require(needs, "embeddings", self.name))
@@ -141,7 +145,8 @@ class TaudisSampler(Sampler):
                 f"embeddings must be (n_regions={len(pool)}, F), indexed by region id "
                 f"(RegionPool.embed gives that), got shape {emb.shape}"
             )
-        return emb[candidates]
+        emb = np.asarray(emb[candidates], dtype=np.float64)
+        return emb - emb.mean(0) if self.center else emb
 
     def _select(self, candidates, k, rng, **needs) -> Selection:
         scores = region_scores(candidates, needs, self.measure, self.name)

@@ -96,14 +96,15 @@ def test_retraining_sees_only_the_chosen_regions(splits, monkeypatch):
     real_train = al_sim.train
 
     def spy(model, x, y, **kw):
-        seen.append((x, y))
+        seen.append((x, y, kw["config"].lr))
         return real_train(model, x, y, **kw)
 
     monkeypatch.setattr(al_sim, "train", spy)
     learner = start(data, 3, CFG, 4, seed=2)
     trace = simulate(learner, make_sampler("entropy", CFG), "entropy", test, [4, 6], np.random.default_rng(0))
-    x, y = seen[-1]
+    x, y, _ = seen[-1]
     assert len(x) == CFG.train_steps * CFG.batch_size  # a fixed number of steps
+    assert [lr for *_, lr in seen] == [CFG.lr, CFG.warm_lr]  # from scratch on the seed set, then warm
     union = _union_mask(learner.pool, learner.pool.labeled_ids)
     for xi, yi in zip(x, y):  # every sample is a slice with a labeled region, labeled exactly there
         z = next(z for z in range(len(data.images)) if np.array_equal(data.images[z], xi))

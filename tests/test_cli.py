@@ -57,6 +57,13 @@ def test_train_writes_checkpoints_and_metrics(synth_dir, tmp_path, capsys):
         assert ckpt.meta["fingerprint"] == metrics["fingerprint"]
     assert metrics["models"]["f0"]["gflops_per_image_mc5"] == pytest.approx(5 * metrics["models"]["f0"]["gflops_per_image"])
     assert "f2 (large)" in capsys.readouterr().out
+    longer = tmp_path / "longer"
+    assert main(["train", "--data", str(synth_dir), "--out", str(longer), "--epochs", "1", "--init", str(run),
+                 "--quiet"]) == 0
+    assert json.loads((longer / "run.json").read_text())["init"] == str(run)
+    (run / "f1.pt").unlink()
+    err = _run_error(["train", "--data", str(synth_dir), "--out", str(tmp_path / "x"), "--init", str(run)], capsys)
+    assert "f1.pt" in err and "--init" in err
     assert main(["predict", "--run", str(run), "--image", str(synth_dir / "images.tif"), "--out", str(tmp_path / "p"),
                  "--samples", "2", "--quiet"]) == 0
     pred, ent = tifffile.imread(tmp_path / "p" / "prediction.tif"), tifffile.imread(tmp_path / "p" / "entropy.tif")

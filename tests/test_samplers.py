@@ -107,4 +107,4 @@ def test_missing_inputs_are_named(pool):
     with pytest.raises(InputError, match="pool="):
         BaldSampler().select(pool.ids, 2, np.random.default_rng(0), bald=np.zeros(pool.shape))
     with pytest.raises(InputError, match="embeddings="):
-        TaudisSampler().select(pool.ids, 2, np.random.default_rng(0), pool=pool, entropy=np.zeros(pool.shape))
+        TaudisSampler().select(pool.ids, 2, np.random.default_rng(0), pool=pool, bald=np.zeros(pool.shape))

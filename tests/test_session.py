@@ -466,6 +466,41 @@ def test_routing_needs_a_policy_and_reports_cost(session, tmp_path):
     assert sorted(p.name for p in (session.folder / "models").iterdir()) == ["f0-0003.pt"]
 
 
+def test_policy_bank_gives_a_live_lambda_control(session, tmp_path):
+    from learners.policy import PolicyConfig, PolicyNet
+    from learners.policy_bank import PolicyBank, save_bank
+
+    run = tmp_path / "run"
+    save_checkpoint(run / "f0.pt", UNet(TINY))
+    save_checkpoint(run / "f1.pt", UNet(UNetConfig(base=6, depth=2)))
+    policies = {}
+    for lam, favourite in ((0.0, 1), (1.0, 0)):  # head biases that force f1 (lambda 0) or f0 (lambda 1)
+        p = PolicyNet(PolicyConfig(n_models=2, grid=(2, 2), width=4))
+        p.head.bias.data[:] = torch.tensor([5.0, 0.0] if favourite == 0 else [0.0, 5.0])
+        policies[lam] = p
+    save_bank(run, PolicyBank(policies))
+    assert session.load_models(run) == ["f0", "f1", "policy@0.000", "policy@1.000"]
+    assert session.has_policy and session.policy_lambdas == [0.0, 1.0]
+    assert not session.has_state(1, samples=2)
+    up = session.route(1, samples=2, lam=0.2)  # nearest: 0.0
+    assert session.has_state(1, samples=2)
+    assert up.lam == 0.0 and up.shares == {"f0": 0.0, "f1": 1.0} and up.segmentation.shape == (64, 64)
+    preview = session.route(1, samples=2, lam=0.2, execute=False)  # the cached state: no model runs
+    assert preview.segmentation is None and preview.gflops == pytest.approx(up.gflops)
+    down = session.route(1, samples=2, lam=0.9, execute=False)
+    assert down.lam == 1.0 and down.shares["f0"] == 1.0 and down.gflops < up.gflops
+    assert (down.pixel_map() == 0).all() and (up.pixel_map() == 1).all()
+    assert session.route(1, samples=2).lam == 1.0  # no policy.pt: the bank member at index len // 2
+    reopened = Session.open(session.folder)
+    assert reopened.policy_lambdas == [0.0, 1.0]
+    assert reopened.route(1, samples=2, lam=1.0, execute=False).shares["f0"] == 1.0
+    session.new_models({"f0": "tiny"})  # new f0 weights: the cached state is stale
+    assert not session.has_state(1, samples=2)
+    save_checkpoint(tmp_path / "solo" / "f0.pt", UNet(TINY))
+    session.load_models(tmp_path / "solo")
+    assert session.policy_lambdas == [] and not session.has_policy
+
+
 KILL_CHILD = """
 import sys, numpy as np
 from napari_paser.session import Session

@@ -15,6 +15,11 @@ from sampling.taudis import (
 from sampling.uncertainty import EntropySampler
 
 
+def taudis(**options) -> TaudisSampler:
+    """TAUDIS ranking by the entropy maps these tests build (the sampler's default reads BALD)."""
+    return TaudisSampler(measure="entropy", **options)
+
+
 def _hand_graph():
     g = nx.Graph()
     g.add_nodes_from(range(8))
@@ -75,10 +80,23 @@ def test_never_two_identical_embeddings_while_distinct_ones_remain():
     groups = np.arange(len(pool)) % 4  # 4 distinct embeddings, each shared by 8 regions
     emb = np.eye(4)[groups] * 3.0
     for k in range(1, 5):
-        sel = TaudisSampler().select(pool.ids, k, np.random.default_rng(0), pool=pool, entropy=ent, embeddings=emb)
+        sel = taudis().select(pool.ids, k, np.random.default_rng(0), pool=pool, entropy=ent, embeddings=emb)
         assert np.unique(groups[sel.ids]).size == k
-    sel = TaudisSampler().select(pool.ids, 6, np.random.default_rng(0), pool=pool, entropy=ent, embeddings=emb)
+    sel = taudis().select(pool.ids, 6, np.random.default_rng(0), pool=pool, entropy=ent, embeddings=emb)
     assert np.unique(groups[sel.ids]).size == 4  # every distinct one before any repeat
+
+
+def test_centring_separates_regions_that_share_a_large_positive_offset():
+    pool, u, ent = _setup()
+    order = np.argsort(-u)
+    kind = np.zeros(len(pool), int)
+    kind[order[2::2]] = 1  # two kinds of region: the two most uncertain alike, then alternating
+    emb = 10.0 + np.eye(2)[kind]  # pooled ReLU features: all positive, raw cosines ~ 0.995
+    needs = {"pool": pool, "entropy": ent, "embeddings": emb}
+    raw = taudis(center=False).select(pool.ids, 4, np.random.default_rng(0), **needs)
+    assert raw.ids.tolist() == order[:4].tolist()  # one dense graph: plain uncertainty order
+    centred = taudis(center=True).select(pool.ids, 2, np.random.default_rng(0), **needs)
+    assert centred.ids.tolist() == [order[0], order[2]]  # the most uncertain of each kind
 
 
 def test_fill_reaches_distinct_regions_beyond_the_oversampled_set():
@@ -87,7 +105,7 @@ def test_fill_reaches_distinct_regions_beyond_the_oversampled_set():
     groups = np.zeros(len(pool), int)
     groups[order[20:]] = np.arange(len(pool) - 20) + 1  # the 20 most uncertain regions look alike
     emb = np.eye(groups.max() + 1)[groups]
-    sel = TaudisSampler(alpha=2.5).select(pool.ids, 4, np.random.default_rng(0), pool=pool, entropy=ent, embeddings=emb)
+    sel = taudis(alpha=2.5).select(pool.ids, 4, np.random.default_rng(0), pool=pool, entropy=ent, embeddings=emb)
     assert np.unique(groups[sel.ids]).size == 4
     assert sel.ids[0] == order[0]  # the cover's pick: the most uncertain of the look-alikes
     assert sel.ids[1:].tolist() == order[20:23].tolist()  # then the most uncertain distinct ones
@@ -98,7 +116,7 @@ def test_sigma_one_is_uncertainty_top_k(k):
     pool, u, ent = _setup(seed=k)
     emb = np.random.default_rng(k).normal(size=(len(pool), 5))
     needs = {"pool": pool, "entropy": ent, "embeddings": emb}
-    t = TaudisSampler(sigma=1.0).select(pool.ids, k, np.random.default_rng(0), **needs)
+    t = taudis(sigma=1.0).select(pool.ids, k, np.random.default_rng(0), **needs)
     h = EntropySampler().select(pool.ids, k, np.random.default_rng(0), **needs)
     assert t.ids.tolist() == h.ids.tolist() == np.argsort(-u)[:k].tolist()
     assert np.allclose(t.scores, h.scores)
@@ -110,14 +128,14 @@ def test_exactly_k_unique_ids(beta, sigma):
     emb = np.random.default_rng(1).normal(size=(len(pool), 3))
     cands = pool.ids[3:]
     for k in (1, 7, len(cands)):
-        sel = TaudisSampler(beta=beta, sigma=sigma).select(cands, k, np.random.default_rng(2), pool=pool, entropy=ent, embeddings=emb)
+        sel = taudis(beta=beta, sigma=sigma).select(cands, k, np.random.default_rng(2), pool=pool, entropy=ent, embeddings=emb)
         assert sel.ids.size == k and np.unique(sel.ids).size == k and np.isin(sel.ids, cands).all()
 
 
 def test_identical_embeddings_everywhere_still_fill_the_budget_by_uncertainty():
     pool, u, ent = _setup()
     emb = np.ones((len(pool), 4))
-    sel = TaudisSampler().select(pool.ids, 5, np.random.default_rng(0), pool=pool, entropy=ent, embeddings=emb)
+    sel = taudis().select(pool.ids, 5, np.random.default_rng(0), pool=pool, entropy=ent, embeddings=emb)
     assert sel.ids.tolist() == np.argsort(-u)[:5].tolist()
 
 
@@ -137,11 +155,11 @@ def test_select_slices_by_majority_vote():
     per_slice = np.array([0.1, 0.9, 0.5, 0.2])
     ent = np.broadcast_to(per_slice[:, None, None], pool.shape).copy()
     emb = np.eye(len(pool))  # all distinct: no edges
-    sel = TaudisSampler().select_slices(pool.ids, 2, np.random.default_rng(0), pool=pool, entropy=ent, embeddings=emb)
+    sel = taudis().select_slices(pool.ids, 2, np.random.default_rng(0), pool=pool, entropy=ent, embeddings=emb)
     # 4 regions chosen, all in the most uncertain slice 1; slice 2 has no vote but the next total uncertainty
     assert sel.ids.tolist() == [1, 2] and sel.scores.tolist() == [4.0, 0.0]
     with pytest.raises(InputError, match="slices"):
-        TaudisSampler().select_slices(pool.ids[:8], 3, np.random.default_rng(0), pool=pool, entropy=ent, embeddings=emb)
+        taudis().select_slices(pool.ids[:8], 3, np.random.default_rng(0), pool=pool, entropy=ent, embeddings=emb)
 
 
 def test_parameters_are_checked():

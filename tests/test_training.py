@@ -108,6 +108,26 @@ def test_pretrain_segmenters_trains_all_models_in_order():
     assert done == [1, 0] and [m.config for m in res.models] == configs
 
 
+def test_pretrain_starts_from_init_models_without_changing_them():
+    x, y = _toy(n=6, size=32)
+    configs = [UNetConfig(base=4, depth=2), UNetConfig(base=8, depth=2)]
+    torch.manual_seed(42)
+    starts = [build_unet(c) for c in configs]
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in starts]
+    still = [TrainConfig(epochs=1, batch_size=4, lr=1e-12, augment=False)] * 2  # a step that moves nothing
+    res = pretrain_segmenters(configs, x[:4], y[:4], x[4:], y[4:], still, progress=False, init=starts)
+    for model, start, saved in zip(res.models, starts, before):
+        assert model is not start
+        for k, v in model.state_dict().items():
+            if v.is_floating_point() and "running" not in k:
+                assert torch.allclose(v, saved[k], atol=1e-6), k
+        assert all(torch.equal(v, saved[k]) for k, v in start.state_dict().items())
+    fresh = pretrain_segmenters(configs, x[:4], y[:4], x[4:], y[4:], still, progress=False)
+    assert not torch.allclose(fresh.models[1].head.weight, starts[1].head.weight)
+    with pytest.raises(ValueError, match="init"):
+        pretrain_segmenters(configs, x[:4], y[:4], x[4:], y[4:], still, progress=False, init=starts[::-1])
+
+
 def test_unlabeled_pixels_are_ignored():
     from learners.training import UNLABELED
 

@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("napari")
 
+import torch  # noqa: E402
 from learners.checkpoint import save_checkpoint  # noqa: E402
 from learners.policy import PolicyConfig, PolicyNet, save_policy  # noqa: E402
 from learners.unet import UNet, UNetConfig  # noqa: E402
@@ -258,12 +259,18 @@ def screenshot(viewer) -> np.ndarray:
     return viewer.screenshot(canvas_only=True, flash=False)
 
 
-def test_routing_overlay_screenshot_is_not_blank(gui, qtbot, tmp_path, errors):
-    viewer, widget = gui
-    s = start(widget, tmp_path)
+def two_model_run(tmp_path):
+    """A run folder with an untrained f0 and f1 (no policy yet)."""
     run = tmp_path / "run"
     save_checkpoint(run / "f0.pt", UNet(TINY))
     save_checkpoint(run / "f1.pt", UNet(UNetConfig(base=6, depth=2)))
+    return run
+
+
+def test_routing_overlay_screenshot_is_not_blank(gui, qtbot, tmp_path, errors):
+    viewer, widget = gui
+    s = start(widget, tmp_path)
+    run = two_model_run(tmp_path)
     save_policy(run / "policy.pt", PolicyNet(PolicyConfig(n_models=2, grid=(2, 2), width=4)))
     w = widget.steps["Session"]
     w.run_folder.setText(str(run))
@@ -285,6 +292,37 @@ def test_routing_overlay_screenshot_is_not_blank(gui, qtbot, tmp_path, errors):
     widget.hub.models_changed.emit()  # new weights (e.g. after a retrain): the shown overlay re-routes
     wait_idle(qtbot, widget.hub)
     assert "GFLOPs" in maps.readout.text() and ROUTING in viewer.layers
+    assert not errors
+
+
+def test_lambda_slider_reroutes_live_from_the_policy_bank(gui, qtbot, tmp_path, errors):
+    from learners.policy_bank import PolicyBank, save_bank
+
+    viewer, widget = gui
+    s = start(widget, tmp_path)
+    run = two_model_run(tmp_path)
+    bank = {}
+    for lam, logits in ((0.0, [0.0, 5.0]), (1.0, [5.0, 0.0])):  # lambda 0 sends every patch to f1, 1 keeps f0
+        bank[lam] = PolicyNet(PolicyConfig(n_models=2, grid=(2, 2), width=4))
+        bank[lam].head.bias.data[:] = torch.tensor(logits)
+    save_bank(run, PolicyBank(bank))
+    maps = widget.steps["Maps"]
+    assert not maps.lam.isEnabled()
+    widget.steps["Session"].run_folder.setText(str(run))
+    widget.steps["Session"].load_models()
+    assert maps.lam.isEnabled() and "0, 1" in maps.lam_note.text()
+    maps.samples.setValue(1)
+    maps.lam.setValue(0.0)  # no overlay and f0's state of the slice unknown: nothing runs yet
+    assert not widget.hub.busy and ROUTING not in viewer.layers
+    maps.route()
+    wait_idle(qtbot, widget.hub)
+    assert set(viewer.layers[ROUTING].features["model"]) == {"f1"} and "f1 100%" in maps.shares.text()
+    spent_up = maps.readout.text()
+    maps.lam.setValue(0.8)  # nearest trained lambda 1: the overlay changes at once, no background job
+    assert not widget.hub.busy
+    assert set(viewer.layers[ROUTING].features["model"]) == {"f0"} and "f0 100%" in maps.shares.text()
+    assert "\u03bb = 1" in maps.readout.text() and maps.readout.text() != spent_up
+    assert s.has_state(widget.hub.current_z(), 1)
     assert not errors
 
 
