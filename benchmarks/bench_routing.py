@@ -2,13 +2,13 @@
 
 synthetic: 40 slices of 128x128 from `synth_volume` with correlation length 8 (features
 survive the 4x downsampling), degraded with `lowres-varying`, f0/f1/f2 trained with the
-quick preset, then the bench. soc: the SOC run that
-`benchmarks/bench_train_quality.py --dataset soc --degradation lowres --keep runs/soc-lowres`
-leaves (data in runs/soc-lowres/data, checkpoints in runs/soc-lowres/run).
-Writes benchmarks/results/routing-<dataset>.json and .png.
+quick preset, then the bench. soc: a SOC dataset folder and run (`--soc-data`, `--soc-run`;
+by default the ones `benchmarks/bench_train_quality.py --dataset soc --degradation lowres
+--keep runs/soc-lowres` leaves). Writes benchmarks/results/routing-<dataset>.json and .png
+(`--name` replaces <dataset>).
 
     .venv/bin/python benchmarks/bench_routing.py synthetic [--work /tmp/rs] [bench flags, e.g. --epochs-rl 60]
-    .venv/bin/python benchmarks/bench_routing.py soc [bench flags]
+    .venv/bin/python benchmarks/bench_routing.py soc [--soc-data DIR --soc-run RUN] [bench flags]
 """
 
 from __future__ import annotations
@@ -43,15 +43,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=("synthetic", "soc"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/rs"), help="synthetic data and run folder")
+    parser.add_argument("--soc-data", type=Path, default=ROOT / "runs" / "soc-lowres" / "data")
+    parser.add_argument("--soc-run", type=Path, default=ROOT / "runs" / "soc-lowres" / "run")
+    parser.add_argument("--name", help="results name (default: the dataset)")
     args, extra = parser.parse_known_args()  # the rest goes to `paser bench routing`
     extra = [a for a in extra if a != "--"]
     if args.dataset == "synthetic":
         data, run = synthetic_run(args.work)
     else:
-        data, run = ROOT / "runs" / "soc-lowres" / "data", ROOT / "runs" / "soc-lowres" / "run"
+        data, run = args.soc_data, args.soc_run
         if not (run / "f0.pt").exists():
             sys.exit(f"no SOC run at {run}; make it with benchmarks/bench_train_quality.py --keep runs/soc-lowres")
-    out = RESULTS / f"routing-{args.dataset}.json"
+    out = RESULTS / f"routing-{args.name or args.dataset}.json"
     sys.exit(cli.main(["bench", "routing", "--data", str(data), "--run", str(run), "--out", str(out), "--sweep",
                        *extra]))
 

@@ -62,6 +62,15 @@ def budget_to_reach(budgets: Sequence[int], miou: Sequence[float], target: float
     return None
 
 
+def budget_to_stay(budgets: Sequence[int], miou: Sequence[float], target: float) -> int | None:
+    """The first budget from which the curve stays at or above `target` (None if its last point is
+    below): a single seed's curve can touch the target early and drop again."""
+    below = [i for i, m in enumerate(miou) if m < target]
+    if not below:
+        return int(budgets[0])
+    return None if below[-1] == len(miou) - 1 else int(budgets[below[-1] + 1])
+
+
 def crossing(budgets: Sequence[float], miou: Sequence[float], target: float) -> float | None:
     """Where the curve first reaches `target`, linearly interpolated between budgets."""
     for i, (b, m) in enumerate(zip(budgets, miou)):
@@ -98,6 +107,8 @@ def summarise(traces: list, full: float, n_classes: int) -> dict:
         "auc_per_seed": [round(normalised_auc(budgets, r), 4) for r in m],
         "budget_to_95": budget_to_reach(budgets, mean, target),
         "budget_to_95_interpolated": _round(crossing(budgets, mean, target)),
+        "budget_to_95_sustained": budget_to_stay(budgets, mean, target),
+        "budget_to_95_sustained_per_seed": [budget_to_stay(budgets, r, target) for r in m],
         "labeled_class_fraction": np.round(shares.mean(0), 4).tolist(),  # per budget, per class
         "labeled_class_fraction_final": np.round(shares[:, -1].mean(0), 4).tolist(),
         "propose_seconds_per_step": round(float(np.mean([s for t in traces for s in t.propose_seconds])), 3),

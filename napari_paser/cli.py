@@ -106,6 +106,18 @@ def cmd_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_route(args: argparse.Namespace) -> int:
+    from napari_paser.predict import route_file
+
+    summary = route_file(args.run, args.image, args.out, lam=args.lam, samples=args.samples, progress=not args.quiet)
+    shares = ", ".join(f"{k} {v:.0%}" for k, v in summary["patch_share"].items())
+    largest = next(v for k, v in summary.items() if k.endswith("_everywhere"))
+    print(f"routed {summary['slices']} slices (policy lambda {summary['lambda']}): {shares}; "
+          f"{summary['gflops_per_slice']:.2f} GFLOPs per slice vs {largest:.2f} for the largest model everywhere")
+    print(f"routed.tif, routing.tif and routing.json in {args.out}")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from napari_paser.predict import predict_file
 
@@ -328,6 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, help="process slices in tiles of this size (bounds memory)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("route", help="segment a TIFF slice or stack with PaSeR: each patch by the model the policy picks")
+    p.add_argument("--run", required=True, type=Path, help="run folder with f0/f1/f2 and policy.pt or policies/")
+    p.add_argument("--image", required=True, type=Path, help="greyscale TIFF slice or stack")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--lambda", dest="lam", type=float, help="use the bank's policy nearest to this lambda")
+    p.add_argument("--samples", type=int, default=5, help="f0 MC-dropout passes (default 5)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_route)
 
     p = sub.add_parser("models", help="parameters and GFLOPs per image of each model preset")
     p.add_argument("--size", type=_size, default=(224, 256), help="image size HxW (default 224x256)")

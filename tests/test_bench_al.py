@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_paser.al_sim import SimConfig
-from napari_paser.bench_al import BenchConfig, budget_to_reach, crossing, normalised_auc, run_bench
+from napari_paser.bench_al import BenchConfig, budget_to_reach, budget_to_stay, crossing, normalised_auc, run_bench
 from napari_paser.cli import main
 from napari_paser.dataset import write_dataset
 from napari_paser.errors import PaserInputError
@@ -38,6 +38,9 @@ def test_budget_to_95_on_a_hand_made_curve():
     assert budget_to_reach(budgets, miou, 0.7) == 16 and crossing(budgets, miou, 0.7) == pytest.approx(16)
     assert budget_to_reach(budgets, miou, 0.95) is None and crossing(budgets, miou, 0.95) is None
     assert crossing(budgets, miou, 0.4) == 8
+    dip = [0.5, 0.9, 0.7, 0.92, 0.93]  # touches 0.85 at the second budget, drops, comes back
+    assert budget_to_reach([4, 8, 16, 32, 64], dip, 0.85) == 8 and budget_to_stay([4, 8, 16, 32, 64], dip, 0.85) == 32
+    assert budget_to_stay([4, 8], [0.9, 0.95], 0.85) == 4 and budget_to_stay([4, 8], [0.9, 0.8], 0.85) is None
 
 
 def test_run_bench_writes_the_schema_and_is_deterministic(folder, tmp_path):

@@ -113,6 +113,23 @@ def test_paser_policy_writes_the_bank_policy_pt_and_bank_json(tmp_path, capsys):
 
     assert load_policy(run / "policy.pt").meta["lambda"] == 0.5
     assert "(policy.pt)" in capsys.readouterr().out
+    routed = tmp_path / "routed"
+    assert main(["route", "--run", str(run), "--image", str(data / "images.tif"), "--out", str(routed),
+                 "--lambda", "0.9", "--samples", "2", "--quiet"]) == 0
+    import tifffile
+
+    seg, routing = tifffile.imread(routed / "routed.tif"), tifffile.imread(routed / "routing.tif")
+    assert seg.shape == (10, 32, 32) and seg.max() <= 2 and routing.shape == (10, 4, 4) and routing.max() <= 2
+    info = json.loads((routed / "routing.json").read_text())
+    assert info["lambda"] == 1.0 and sum(info["patch_share"].values()) == pytest.approx(1.0)
+    share_f0 = float((routing == 0).mean())
+    assert info["patch_share"]["f0"] == pytest.approx(share_f0) and "lambda 1.0" in capsys.readouterr().out
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(run, bare, ignore=shutil.ignore_patterns("policy.pt", "policies"))
+    assert main(["route", "--run", str(bare), "--image", str(data / "images.tif"), "--out", str(routed)]) == 2
+    assert "paser policy" in capsys.readouterr().err
     assert main(["policy", "--data", str(data), "--run", str(run), "--lambdas", "0,2", "--quiet"]) == 2
     assert "[2.0]" in capsys.readouterr().err
     assert main(["policy", "--data", str(data), "--run", str(tmp_path / "nothing"), "--quiet"]) == 2
