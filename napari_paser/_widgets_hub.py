@@ -27,7 +27,7 @@ from napari_paser.io_napari import SESSION_KEY, region_shapes
 from napari_paser.session import Session
 
 LABELS, PRED, ENTROPY, ABOVE = "paser labels", "paser f0 prediction", "paser f0 entropy", "paser entropy > gamma"
-ROUTING, REGIONS = "paser routing", "paser regions"
+ROUTING, REGIONS, ROUTED = "paser routing", "paser regions", "paser routed segmentation"
 IMAGE = "paser image"
 MODEL_COLORS = ("#2ca02c", "#ffbf00", "#d62728", "#9467bd", "#8c564b")
 """Routing overlay colours of f0, f1, f2, ...: green = cheap, red = expensive."""
@@ -134,7 +134,7 @@ class Hub(QObject):
         return {SESSION_KEY: str(self.require().folder.resolve()), "class_names": list(self.require().classes.names)}
 
     def remove_layers(self) -> None:
-        for name in (IMAGE, LABELS, PRED, ENTROPY, ABOVE, ROUTING, REGIONS):
+        for name in (IMAGE, LABELS, PRED, ENTROPY, ABOVE, ROUTING, ROUTED, REGIONS):
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
 
@@ -242,8 +242,25 @@ class Hub(QObject):
         self.viewer.add_shapes(rects, shape_type="rectangle", name=ROUTING, face_color=colors, edge_color="white",
                                edge_width=1, opacity=0.45, features={"model": [routed.names[m] for m in models]},
                                text={"string": "{model}", "color": "white", "size": 9})
+        if routed.segmentation is not None:
+            self._show_routed(routed)
         if active is not None and active in self.viewer.layers:
             self.viewer.layers.selection.active = active
+
+    def _show_routed(self, routed) -> None:
+        """PaSeR's segmentation of slice z as a labels layer of that one slice (placed at z in a volume,
+        so it costs one slice of memory whatever the volume's depth)."""
+        from napari_paser.labels_convention import classes_to_layer
+
+        s = self.require()
+        data = classes_to_layer(routed.segmentation, n_classes=s.n_classes)
+        translate = (0.0, 0.0)
+        if len(s.shape) == 3:
+            data, translate = data[None], (float(routed.z), 0.0, 0.0)
+        if ROUTED in self.viewer.layers:
+            self.viewer.layers.remove(ROUTED)
+        self.viewer.add_labels(data, name=ROUTED, translate=translate, colormap=s.classes.layer_colors(),
+                               opacity=0.5, visible=False, metadata=self._meta())
 
     # ------------------------------------------------------------------ the background job
 

@@ -9,7 +9,7 @@ from qtpy.QtWidgets import QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayo
 from superqt import QLabeledDoubleSlider
 
 from napari_paser._widgets_common import JobBar, group, hrow
-from napari_paser._widgets_hub import MODEL_COLORS, ROUTING, guarded, hub_for, info
+from napari_paser._widgets_hub import MODEL_COLORS, ROUTED, ROUTING, guarded, hub_for, info
 
 
 class MapsWidget(QWidget):
@@ -151,7 +151,7 @@ class MapsWidget(QWidget):
                              f"{routed.gflops_largest:.3f} for {routed.names[-1]} everywhere ({ratio:.0%} of it)")
         self.shares.setText(f"patches per model: {shares}")
         if routed.segmentation is not None:  # not on every move of the lambda slider
-            info(f"routed slice {routed.z}: {shares}")
+            info(f"routed slice {routed.z}: {shares}; its segmentation is the layer '{ROUTED}'")
 
     def _legend(self) -> None:
         s = self.hub.session

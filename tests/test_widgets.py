@@ -17,7 +17,7 @@ from learners.policy import PolicyConfig, PolicyNet, save_policy  # noqa: E402
 from learners.unet import UNet, UNetConfig  # noqa: E402
 from napari_paser import _widgets_hub  # noqa: E402
 from napari_paser._widgets import PaserWidget  # noqa: E402
-from napari_paser._widgets_hub import ABOVE, ENTROPY, LABELS, PRED, REGIONS, ROUTING, hub_for  # noqa: E402
+from napari_paser._widgets_hub import ABOVE, ENTROPY, LABELS, PRED, REGIONS, ROUTED, ROUTING, hub_for  # noqa: E402
 from napari_paser.io_napari import REGION_COLORS  # noqa: E402
 
 PLUGIN = "napari-paser"
@@ -284,6 +284,9 @@ def test_routing_overlay_screenshot_is_not_blank(gui, qtbot, tmp_path, errors):
     layer = viewer.layers[ROUTING]
     assert len(layer.data) == 4 and set(layer.features["model"]) <= {"f0", "f1"}
     assert "GFLOPs" in maps.readout.text() and "f0 100%" in maps.shares.text()  # untrained policy: all f0
+    routed, z = viewer.layers[ROUTED], widget.hub.current_z()
+    assert routed.data.shape == (1, 64, 64) and tuple(routed.translate) == (z, 0, 0)  # one slice, placed at z
+    assert np.array_equal(routed.data[0], s.route(z, samples=1).segmentation + 1)  # class k shown as k + 1
     for name in viewer.layers:
         name.visible = name.name in ("scan", ROUTING)
     image = screenshot(viewer)
