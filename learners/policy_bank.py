@@ -59,6 +59,16 @@ class PolicyBank:
         best = min(self.lambdas, key=lambda key: (round(abs(key - lam), 9), key))
         return best, self.policies[best]
 
+    def pick(self, lam: float | None, default: tuple[float | None, PolicyNet] | None = None
+             ) -> tuple[float | None, PolicyNet] | None:
+        """What to route with: the member nearest to `lam` when one is asked for, else `default`
+        (a run's policy.pt with its lambda, if known), else the middle member; None if there is none."""
+        if lam is not None and self.policies:
+            return self.nearest(lam)
+        if default is not None:
+            return default
+        return self.nearest(self.lambdas[len(self) // 2]) if self.policies else None
+
 
 def save_bank(folder: str | Path, bank: PolicyBank, meta: dict | None = None) -> list[Path]:
     """Write every policy of `bank` into `folder/policies/` (atomic, one file per lambda)."""

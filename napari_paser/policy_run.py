@@ -32,10 +32,10 @@ from learners.router import RoutingCost, build_patch_table, model_costs, policy_
 from learners.router_training import RLConfig, RoutingData
 from napari_paser.dataset import normalise, read_dataset, robust_range
 from napari_paser.errors import PaserInputError
+from napari_paser.train_run import GRID, split_arrays
 
 DEFAULT_LAMBDAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 DEFAULT_LAMBDA = 0.3
-GRID = (4, 4)
 
 
 def load_run_models(run: Path, n_classes: int) -> list[torch.nn.Module]:
@@ -54,14 +54,6 @@ def load_run_models(run: Path, n_classes: int) -> list[torch.nn.Module]:
         raise PaserInputError(f"the models in {run} predict {sorted(found)} classes but the dataset has {n_classes}: "
                               "train the policy on the dataset the run was trained on")
     return models
-
-
-def _split(ds, name: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    idx = ds.split.get(name, [])
-    if not idx:
-        raise PaserInputError(f"{ds.root}: the {name!r} split is empty; policies train on 'rl' and are scored "
-                              "on 'val' (a dataset of at least 5 slices has both)")
-    return x[idx], ds.labels[idx]
 
 
 def evaluate_bank(bank: PolicyBank, models, images: np.ndarray, labels: np.ndarray, samples: int, seed: int) -> dict:
@@ -99,8 +91,8 @@ def train_policies(
     ds = read_dataset(data)
     x = normalise(ds.images, *robust_range(ds.images))
     models = load_run_models(run, ds.n_classes)
-    rl_x, rl_y = _split(ds, "rl", x)
-    val_x, val_y = _split(ds, "val", x)
+    rl_x, rl_y = split_arrays(ds, ["rl"], x)  # policies train on rl and are scored on val
+    val_x, val_y = split_arrays(ds, ["val"], x)
     torch.manual_seed(seed)
     if progress:
         print(f"scoring {len(models)} models on {len(rl_x)} rl slices ...", flush=True)

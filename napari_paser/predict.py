@@ -76,14 +76,13 @@ def _write_tifs(out: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def run_policy(run: Path, lam: float | None):
     """(lambda or None, policy) of a run: the bank's nearest to `lam`, else policy.pt."""
-    bank = load_bank(run)
-    if lam is not None and len(bank):
-        return bank.nearest(lam)
+    default = None
     if (run / "policy.pt").is_file():
         ckpt = load_policy(run / "policy.pt")
-        return ckpt.meta.get("lambda"), ckpt.policy
-    if len(bank):
-        return bank.nearest(bank.lambdas[len(bank) // 2])
+        default = ckpt.meta.get("lambda"), ckpt.policy
+    chosen = load_bank(run).pick(lam, default)
+    if chosen is not None:
+        return chosen
     raise PaserInputError(f"{run} holds no routing policy (policy.pt or policies/): train one with "
                           f"`paser policy --data DIR --run {run}`")
 

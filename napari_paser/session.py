@@ -285,12 +285,9 @@ class Session:
 
     def pick_policy(self, lam: float | None = None) -> tuple[float | None, PolicyNet]:
         """The bank's policy nearest to `lam` (None: policy.pt, else the bank's middle one)."""
-        if lam is not None and len(self.bank):
-            return self.bank.nearest(lam)
-        if self.policy is not None:
-            return None, self.policy
-        if len(self.bank):
-            return self.bank.nearest(self.bank.lambdas[len(self.bank) // 2])
+        chosen = self.bank.pick(lam, None if self.policy is None else (None, self.policy))
+        if chosen is not None:
+            return chosen
         raise PaserInputError(
             "no routing policy loaded: load a run folder holding policy.pt or policies/ (train them with "
             "`paser policy --data DIR --run RUN`), or a policy file (load_policy)"

@@ -83,7 +83,7 @@ def train_configs(preset: str, epochs: int | None, seed: int, scheduler: str = "
     return [whole, patch, patch]
 
 
-def _split_arrays(ds: Dataset, names: list[str], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def split_arrays(ds: Dataset, names: list[str], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     idx = sorted({i for n in names for i in ds.split.get(n, [])})
     if not idx:
         raise PaserInputError(f"{ds.root}: splits {names} hold no slices (the dataset needs at least 5 slices)")
@@ -146,9 +146,9 @@ def train_run(
     lo, hi = robust_range(ds.images)
     x = normalise(ds.images, lo, hi)
     configs = [preset_config(MODEL_PRESETS[r], n_classes=ds.n_classes) for r in ROLES]
-    tx, ty = _split_arrays(ds, list(train_splits), x)
-    vx, vy = _split_arrays(ds, ["val"], x)
-    test_x, test_y = _split_arrays(ds, ["test"], x)
+    tx, ty = split_arrays(ds, list(train_splits), x)
+    vx, vy = split_arrays(ds, ["val"], x)
+    test_x, test_y = split_arrays(ds, ["test"], x)
     _check_size(x.shape[-2:], max(c.depth for c in configs[1:]), configs[0].depth)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

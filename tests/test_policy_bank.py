@@ -58,6 +58,15 @@ def test_nearest_lambda_and_ties():
         PolicyBank().nearest(0.3)
 
 
+def test_pick_prefers_the_asked_lambda_then_the_default_then_the_middle():
+    members = {0.0: _policy(), 0.5: _policy(), 1.0: _policy()}
+    bank, fallback = PolicyBank(members), (0.3, _policy(2))
+    assert bank.pick(0.9, fallback)[0] == 1.0
+    assert bank.pick(None, fallback) is fallback
+    assert bank.pick(None) == (0.5, members[0.5])
+    assert PolicyBank().pick(0.2, fallback) is fallback and PolicyBank().pick(0.2) is None
+
+
 def test_check_lambdas_names_bad_values():
     assert check_lambdas([0.5, 0.05, 0.5]) == [0.05, 0.5]
     with pytest.raises(InputError, match=r"\[1.5\]"):
