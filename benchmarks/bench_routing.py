@@ -1,13 +1,13 @@
 """The routing benchmark behind BENCHMARKS.md: `paser bench routing --sweep` on named data.
 
 synthetic: 40 slices of 128x128 from `synth_volume` with correlation length 8 (features
-survive the 4x downsampling), degraded with `lowres-varying`, f0/f1/f2 trained with the
-quick preset, then the bench. soc: a SOC dataset folder and run (`--soc-data`, `--soc-run`;
+survive the 4x downsampling), degraded with `--preset` (default `lowres-shading`, as the SOC
+benchmark), f0/f1/f2 trained with the quick preset, then the bench. soc: a SOC dataset folder and run (`--soc-data`, `--soc-run`;
 by default the ones `benchmarks/bench_train_quality.py --dataset soc --degradation lowres
 --keep runs/soc-lowres` leaves). Writes benchmarks/results/routing-<dataset>.json and .png
 (`--name` replaces <dataset>).
 
-    .venv/bin/python benchmarks/bench_routing.py synthetic [--work /tmp/rs] [bench flags, e.g. --epochs-rl 60]
+    .venv/bin/python benchmarks/bench_routing.py synthetic [--work /tmp/rs] [--preset P] [bench flags, e.g. --epochs-rl 60]
     .venv/bin/python benchmarks/bench_routing.py soc [--soc-data DIR --soc-run RUN] [bench flags]
 """
 
@@ -27,13 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def synthetic_run(work: Path) -> tuple[Path, Path]:
-    """(data, run) for the synthetic benchmark, made in `work` unless already there."""
-    clean, data, run = work / "clean", work / "lowres", work / "run"
+def synthetic_run(work: Path, preset: str) -> tuple[Path, Path]:
+    """(data, run) for the synthetic benchmark, made in `work` (one data and run per preset)
+    unless already there."""
+    clean, data, run = work / "clean", work / preset, work / f"run-{preset}"
     if not (clean / "images.tif").exists():
         write_synthetic(clean, 40, 128, seed=0, correlation_length=8.0)
     if not (data / "images.tif").exists():
-        degrade_folder(clean, data, "lowres-varying", seed=0)
+        degrade_folder(clean, data, preset, seed=0)
     if not (run / "f0.pt").exists():
         train_run(data, run, preset="quick", seed=0)
     return data, run
@@ -45,11 +46,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/rs"), help="synthetic data and run folder")
     parser.add_argument("--soc-data", type=Path, default=ROOT / "runs" / "soc-lowres" / "data")
     parser.add_argument("--soc-run", type=Path, default=ROOT / "runs" / "soc-lowres" / "run")
+    parser.add_argument("--preset", default="lowres-shading", help="synthetic: the degradation preset")
     parser.add_argument("--name", help="results name (default: the dataset)")
     args, extra = parser.parse_known_args()  # the rest goes to `paser bench routing`
     extra = [a for a in extra if a != "--"]
     if args.dataset == "synthetic":
-        data, run = synthetic_run(args.work)
+        data, run = synthetic_run(args.work, args.preset)
     else:
         data, run = args.soc_data, args.soc_run
         if not (run / "f0.pt").exists():

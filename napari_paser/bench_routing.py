@@ -77,6 +77,7 @@ class BenchConfig:
     sweep: bool = False
     epochs_rl: int = 100
     epochs_ft: int = 10
+    ft_models: bool = True  # False: stage 3 tunes the policy only (f1..fm stay as pretrained)
     epochs_noise: int = 2
     noise_steps: int = 25  # patch batches (of 16) per noise fine-tuning epoch: bounds the large model's cost
     batch_size: int = 4
@@ -96,6 +97,8 @@ class BenchConfig:
                  "--noise-steps": self.noise_steps, "--batch-size": self.batch_size,
                  "--rl-lr": self.rl_lr, "--samples": self.samples, "--seed": self.seed}
         parts = ["paser bench routing", f"--data {self.data}", f"--run {self.run}", f"--out {self.out}"]
+        if not self.ft_models:
+            parts.append("--policy-only-ft")
         if self.sweep:
             flags["--sweep-lambdas"] = ",".join(map(str, self.sweep_lambdas))
         if self.threads:
@@ -538,7 +541,8 @@ def train_router(inp: Inputs, cfg: BenchConfig, prog: Progress) -> Trained:
     prog.tick("stage 3")
     models = [pretrained[0]] + [copy.deepcopy(m) for m in pretrained[1:]]
     fx, fy = inp.splits["finetune"]
-    ft_cfg = FinetuneConfig(epochs=cfg.epochs_ft, batch_size=cfg.batch_size, lr=cfg.rl_lr, lam=cfg.lam, seed=cfg.seed)
+    ft_cfg = FinetuneConfig(epochs=cfg.epochs_ft, batch_size=cfg.batch_size, lr=cfg.rl_lr, lam=cfg.lam, seed=cfg.seed,
+                            train_models=cfg.ft_models)
     ft = finetune(models, policy, fx, fy, ft_cfg, samples=cfg.samples, seed=cfg.seed)
     return Trained(models, policy, stage2_policy, ablation, hist, hist_nb, ft, rl_data)
 

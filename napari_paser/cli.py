@@ -66,7 +66,7 @@ def cmd_degrade(args: argparse.Namespace) -> int:
 
 def _degrade_overrides(args: argparse.Namespace) -> str:
     keys = {"factor": args.factor, "blur": args.blur, "noise": args.noise, "kind": args.noise_kind,
-            "angles": args.angles, "sp": args.sp}
+            "angles": args.angles, "sp": args.sp, "shade": args.shade}
     return ",".join(f"{k}={v}" for k, v in keys.items() if v is not None)
 
 
@@ -154,8 +154,8 @@ def cmd_bench_routing(args: argparse.Namespace) -> int:
     from napari_paser.bench_routing import SWEEP_LAMBDAS, BenchConfig, format_table, run_bench
 
     cfg = BenchConfig(args.data, args.run, args.out, lam=args.lam, noise=args.noise, sweep=args.sweep,
-                      epochs_rl=args.epochs_rl, epochs_ft=args.epochs_ft, epochs_noise=args.epochs_noise,
-                      noise_steps=args.noise_steps, batch_size=args.batch_size, rl_lr=args.rl_lr,
+                      epochs_rl=args.epochs_rl, epochs_ft=args.epochs_ft, ft_models=not args.policy_only_ft,
+                      epochs_noise=args.epochs_noise, noise_steps=args.noise_steps, batch_size=args.batch_size, rl_lr=args.rl_lr,
                       samples=args.samples, seed=args.seed, sweep_lambdas=args.sweep_lambdas or SWEEP_LAMBDAS,
                       threads=args.threads, fast=args.fast, progress=not args.quiet)
     results = run_bench(cfg)
@@ -299,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-kind", choices=("gaussian", "poisson"))
     p.add_argument("--angles", type=int, help="sparse-angle reconstruction with this many projections")
     p.add_argument("--sp", type=float, help="salt-and-pepper fraction (0.01 = the paper's 1%%)")
+    p.add_argument("--shade", type=float, help="std of a smooth background shading in [0,1] units (flat-field drift)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_degrade)
 
@@ -371,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score the IDK cascades on the patch table instead of executing them (large images)")
     p.add_argument("--epochs-rl", type=int, default=100, help="policy training epochs, stage 2 (default 100)")
     p.add_argument("--epochs-ft", type=int, default=10, help="joint fine-tuning epochs, stage 3 (default 10)")
+    p.add_argument("--policy-only-ft", action="store_true",
+                   help="stage 3 tunes the policy only; f1..fm stay as pretrained (an ablation of Algorithm 1)")
     p.add_argument("--epochs-noise", type=int, default=2, help="f1/f2 fine-tuning epochs on noisy data (default 2)")
     p.add_argument("--noise-steps", type=int, default=25, help="batches per noise fine-tuning epoch (default 25)")
     _policy_arguments(p, "--rl-lr")

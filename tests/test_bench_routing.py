@@ -14,11 +14,13 @@ import pytest
 import torch
 
 from learners.cascade import CascadePoint
-from learners.checkpoint import save_checkpoint
+from learners.checkpoint import load_checkpoint, save_checkpoint
+from learners.inference import predict_classes
+from learners.metrics import mean_iou
 from learners.unet import UNet, UNetConfig
 from napari_paser import cli
 from napari_paser.bench_routing import METHODS, epochs_to_converge, gflops_at_iou, parse_noise
-from napari_paser.dataset import read_dataset, robust_range
+from napari_paser.dataset import normalise, read_dataset, robust_range
 from napari_paser.errors import PaserInputError
 
 
@@ -121,12 +123,21 @@ def test_sweep_writes_curves_and_a_png(bench):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_fast_mode_scores_the_cascades_on_the_table(bench, inputs):
+def test_fast_mode_and_policy_only_stage3(bench, inputs):
+    """--fast scores the cascades on the table; --policy-only-ft leaves f1/f2 as pretrained."""
     root, data, run = inputs
     out = root / "fast.json"
     run_cli(["bench", "routing", "--data", str(data), "--run", str(run), "--out", str(out), "--epochs-rl", "1",
-             "--epochs-ft", "1", "--epochs-noise", "1", "--noise-steps", "1", "--fast", "--quiet"])
-    fast = json.loads(out.read_text())["methods"]
+             "--epochs-ft", "1", "--epochs-noise", "1", "--noise-steps", "1", "--fast", "--policy-only-ft", "--quiet"])
+    res = json.loads(out.read_text())
+    assert res["stage3"]["patches_trained"] == {"f1": 0, "f2": 0} and "--policy-only-ft" in res["command"]
+    assert bench[0]["stage3"]["patches_trained"]["f1"] + bench[0]["stage3"]["patches_trained"]["f2"] > 0
+    ds = read_dataset(data)
+    x = normalise(ds.images, *robust_range(ds.images))[ds.split["test"]]
+    for role in ("f1", "f2"):  # scored as the checkpoints on disk score
+        pred = predict_classes(load_checkpoint(run / f"{role}.pt").model, x, grid=(4, 4))
+        assert res["methods"][role]["iou"] == pytest.approx(mean_iou(pred, ds.labels[ds.split["test"]], 3), abs=1e-6)
+    fast = res["methods"]
     for name in ("idk_cascade", "idk_cascade_iou_match"):
         assert fast[name]["evaluated"] == "patch table"
         assert bench[0]["methods"][name]["evaluated"] == "executed"

@@ -27,11 +27,12 @@ def test_synth_writes_a_valid_dataset(synth_dir):
 
 def test_degrade_keeps_labels_and_records_spec(synth_dir, tmp_path):
     out = tmp_path / "low"
-    assert main(["data", "degrade", "--data", str(synth_dir), "--out", str(out), "--preset", "lowres", "--noise", "0.2"]) == 0
+    assert main(["data", "degrade", "--data", str(synth_dir), "--out", str(out), "--preset", "lowres", "--noise", "0.2",
+                 "--shade", "0.05"]) == 0
     src, low = read_dataset(synth_dir), read_dataset(out)
     assert np.array_equal(src.labels, low.labels) and low.split == src.split
     assert not np.array_equal(src.images, low.images)
-    assert json.loads((out / "degradation.json").read_text())["spec"] == "factor=4,blur=0.7,noise=0.2"
+    assert json.loads((out / "degradation.json").read_text())["spec"] == "factor=4,blur=0.7,noise=0.2,shade=0.05"
 
 
 def test_models_json_lists_presets_with_costs(capsys):

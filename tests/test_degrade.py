@@ -118,11 +118,23 @@ def test_sparse_angle_correlates_but_differs(image):
     assert np.abs(many - image).mean() < np.abs(out - image).mean()
 
 
+def test_shading_is_a_smooth_background_of_the_given_strength():
+    flat = np.full((128, 128), 0.5, np.float32)
+    out = degrade(flat, Degradation(shade=0.1, field_scale=0.25), seed=3)
+    assert 0.05 < out.std() < 0.15  # about the std asked for (one field realisation)
+    steps = np.abs(np.diff(out, axis=1))
+    assert steps.max() < 0.1 * out.std() * 4 and steps.mean() < 0.02 * out.std() * 4  # smooth
+    far = np.abs(out[:, :16].mean() - out[:, -16:].mean()) + np.abs(out[:16].mean() - out[-16:].mean())
+    assert far > 0.02  # it varies across the field of view (not a global offset)
+    assert np.array_equal(degrade(flat, Degradation(shade=0.1), seed=3), out)
+    assert np.array_equal(degrade(flat, Degradation()), flat)  # no shading unless asked
+
+
 def test_spec_round_trip():
-    text = "factor=4,blur=0.7,noise=0.02:0.3,sp=0.01,angles=90,kind=poisson"
+    text = "factor=4,blur=0.7,noise=0.02:0.3,sp=0.01,angles=90,shade=0.1,kind=poisson"
     d = Degradation.parse(text)
     assert d == Degradation(factor=4, blur=0.7, noise=0.02, noise_max=0.3, salt_pepper=0.01,
-                            angles=90, noise_kind="poisson")
+                            angles=90, shade=0.1, noise_kind="poisson")
     assert str(d) == text
     assert Degradation.parse(str(d)) == d
     for spec in [*PRESETS.values(), Degradation(blur=0.1, blur_max=2.5, field_scale=0.4)]:
@@ -142,7 +154,8 @@ def test_get_degradation_presets_and_specs():
     ("text", "word"),
     [("factor=4,colour=3", "factor, blur, noise"), ("factor=2.5", "integer"), ("noise=abc", "number"),
      ("noise=0.3:0.1", "noise_max"), ("blur=-1", "blur"), ("kind=uniform", "poisson"),
-     ("factor", "key=value"), ("sp=2", "salt_pepper"), ("angles=1", "angles")],
+     ("factor", "key=value"), ("sp=2", "salt_pepper"), ("angles=1", "angles"),
+     ("shade=-0.1", "shade")],
 )
 def test_bad_specs_raise(text, word):
     with pytest.raises(PaserInputError, match=word):
