@@ -111,6 +111,15 @@ def rewards(
     return (1.0 - lam) * gain - lam * costs[actions]
 
 
+def action_rewards(ious: torch.Tensor | np.ndarray, costs: torch.Tensor | np.ndarray, lam: float) -> torch.Tensor:
+    """(..., K) reward term of every action on every patch: what `rewards` picks from, given the labels."""
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lambda must lie in [0, 1], got {lam}")
+    ious = torch.nan_to_num(torch.as_tensor(np.asarray(ious) if not isinstance(ious, torch.Tensor) else ious))
+    costs = torch.as_tensor(np.asarray(costs) if not isinstance(costs, torch.Tensor) else costs, dtype=ious.dtype)
+    return (1.0 - lam) * (ious - ious[..., :1]) - lam * costs
+
+
 def image_rewards(actions: torch.Tensor, ious: torch.Tensor, costs: torch.Tensor, lam: float) -> torch.Tensor:
     """R of Eq. 2 for each image, shape (N,)."""
     return rewards(actions, ious, costs, lam).sum(-1)
@@ -122,10 +131,8 @@ def best_actions(ious: np.ndarray | torch.Tensor, costs: np.ndarray | torch.Tens
     The reward is a sum of per-patch terms, so the per-patch argmax maximises R; ties go to
     the cheaper (lower-index) model.
     """
-    ious = torch.nan_to_num(torch.as_tensor(np.asarray(ious), dtype=torch.float64))
-    costs = torch.as_tensor(np.asarray(costs), dtype=torch.float64)
-    per_action = (1.0 - lam) * (ious - ious[..., :1]) - lam * costs
-    return per_action.argmax(-1)
+    ious = torch.as_tensor(np.asarray(ious), dtype=torch.float64)
+    return action_rewards(ious, np.asarray(costs, dtype=np.float64), lam).argmax(-1)
 
 
 def total_variation(p: torch.Tensor | np.ndarray, q: torch.Tensor | np.ndarray) -> float:

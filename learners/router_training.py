@@ -1,4 +1,4 @@
-"""PaSeR training, stages 2 and 3 of Algorithm 1: REINFORCE for the policy, then joint
+"""PaSeR training, stages 2 and 3 of Algorithm 1: policy-gradient training of the policy, then joint
 fine-tuning of f1..fm with the policy (optionally raising lambda until the policy drifts a set
 total variation distance from where it started, appendix B3).
 
@@ -6,13 +6,25 @@ The segmentation models are frozen in stage 2, so every model's per-patch IoU on
 is computed once (`learners.router.build_patch_table`) and REINFORCE epochs only run the small
 policy. Stage 3 fine-tunes f1..fm on the patches routed to them, rescoring them each epoch.
 
-Two choices differ from the letter of Algorithm 1, both switchable: credit is per patch by
-default (each patch's log-probability is weighted by its own reward term rather than the
-image sum; the reward is additive and patch actions are independent given the state, so the
-gradient's expectation is the same with less variance, and it is what the authors' released
-code does), and a leave-one-out mean-reward baseline is subtracted. As in Algorithm 1 the
-gradient uses the policy's own log-probability also for actions drawn by the uniform
-exploration of Eq. 4 (see `reinforce_step`).
+Stage 2 follows, by default, the exact gradient of the expected reward (`expected_step`): the
+patch table holds every model's IoU on every patch, so the expectation over routings that
+REINFORCE samples can be summed in closed form. Sampled REINFORCE, as in Algorithm 1, stays
+available (`gradient="reinforce"`) and is what the TVD mode of stage 3 uses; on the real SOC
+data it settled on one model for every patch where the expected gradient routes per patch
+(BENCHMARKS.md, "Stage 2 across lambda").
+
+Choices of the REINFORCE path beyond the letter of Algorithm 1, all switchable: credit is per patch by default
+(each patch's log-probability is weighted by its own reward term rather than the image sum;
+the reward is additive and patch actions are independent given the state, so the gradient's
+expectation is the same with less variance, and it is what the authors' released code does),
+and a leave-one-out mean-reward baseline is subtracted. With `rollouts` > 1 each state gets
+several sampled routings per step and the baseline of a patch is the mean reward of the other
+routings of that same patch (REINFORCE leave-one-out, Kool et al. 2019): a per-patch baseline
+that removes the spread between easy and hard patches, which a batch-mean baseline leaves in
+the gradient. `flips` trains on randomly mirrored states (and mirrored patch tables), so a
+policy fitted on a dozen slices does not key on where in the field of view a patch lies. As
+in Algorithm 1 the gradient uses the policy's own log-probability also for actions drawn by
+the uniform exploration of Eq. 4 (see `reinforce_step`).
 """
 
 
@@ -30,7 +42,8 @@ from torch import nn
 from learners.generators import drain
 from learners.grid import Grid
 from learners.policy import ALPHA_FINETUNE, ALPHA_RL, PolicyNet, linear_schedule, mix_uniform
-from learners.reward import PatchTable, confusion_iou, patch_confusions, rewards, total_variation
+from learners.reward import (PatchTable, action_rewards, confusion_iou, patch_confusions, rewards,
+                            total_variation)
 from learners.training import class_weights
 from learners.router import (F0State, as_stack, build_patch_table, check_policy, make_grid, model_costs,
                              policy_probabilities, predict_patches)
@@ -39,6 +52,7 @@ from learners.router import (F0State, as_stack, build_patch_table, check_policy,
 # ----------------------------------------------------------------------------- REINFORCE
 
 CREDITS = ("patch", "image")
+GRADIENTS = ("expected", "reinforce")
 
 
 @dataclass(frozen=True)
@@ -52,11 +66,16 @@ class RLConfig:
     alpha: tuple[float, float] = ALPHA_RL
     baseline: bool = True
     credit: str = "patch"
+    rollouts: int = 1  # sampled routings per state and step (> 1: per-patch leave-one-out baseline)
+    flips: bool = False  # augment with random mirror images of the state and its patch table
+    gradient: str = "expected"  # or "reinforce" (sampled, Algorithm 1); see `expected_step`
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs, batch_size and lr must be positive")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.rollouts < 1:
+            raise ValueError("epochs, batch_size, rollouts and lr must be positive")
+        if self.gradient not in GRADIENTS:
+            raise ValueError(f"gradient must be one of {GRADIENTS}, got {self.gradient!r}")
         if not 0.0 <= self.lam <= 1.0:
             raise ValueError(f"lambda must lie in [0, 1], got {self.lam}")
         if self.credit not in CREDITS:
@@ -70,12 +89,17 @@ class StepStats:
     share: np.ndarray  # (K,) fraction of sampled actions per model
 
 
-def _leave_one_out(r: torch.Tensor) -> torch.Tensor:
-    """Baseline for each sample: the mean reward of the others (independent of its own action)."""
-    n = r.numel()
+def _leave_one_out(r: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Baseline for each sample: the mean reward of the others (independent of its own action).
+
+    dim=None pools every element; a dim pools only along it (the rollouts of one patch).
+    """
+    if dim is None:
+        return _leave_one_out(r.reshape(-1), 0).reshape(r.shape)
+    n = r.shape[dim]
     if n < 2:
         return torch.zeros_like(r)
-    return (r.sum() - r) / (n - 1)
+    return (r.sum(dim, keepdim=True) - r) / (n - 1)
 
 
 def reinforce_step(
@@ -89,6 +113,7 @@ def reinforce_step(
     baseline: bool = True,
     credit: str = "patch",
     generator: torch.Generator | None = None,
+    rollouts: int = 1,
 ) -> StepStats:
     """One policy-gradient update on a batch: sample actions from the Eq. 4 mixture, score, step.
 
@@ -96,26 +121,77 @@ def reinforce_step(
     uniform exploration drew (Algorithm 1, line 27). That keeps a saturated policy movable:
     with the mixture's log-probability the gradient of a near-zero-probability action
     vanishes, and raising lambda after a lambda = 0 stage (the TVD mode) moved nothing.
+    `rollouts` routings are drawn per state (one policy pass); with more than one, each
+    sample's baseline is the mean reward of the other rollouts of the same patch (or image,
+    with image credit), otherwise the mean of the rest of the batch.
     """
     policy.train()
-    log_probs = policy(states).log_softmax(-1)
+    log_probs = policy(states).log_softmax(-1)  # (B, P, K)
     mixed = mix_uniform(log_probs.detach().exp(), alpha)
     k = mixed.shape[-1]
-    actions = torch.multinomial(mixed.reshape(-1, k), 1, generator=generator).reshape(mixed.shape[:-1])
-    logp = log_probs.gather(-1, actions[..., None])[..., 0]  # (B, P): log pi_RL(a | s)
-    r = rewards(actions, ious, costs, lam)  # (B, P)
+    drawn = torch.multinomial(mixed.reshape(-1, k), rollouts, replacement=rollouts > 1, generator=generator)
+    actions = drawn.T.reshape((rollouts,) + mixed.shape[:-1])  # (R, B, P)
+    logp = log_probs.expand(rollouts, *log_probs.shape).gather(-1, actions[..., None])[..., 0]
+    r = rewards(actions, ious.expand(rollouts, *ious.shape), costs, lam)  # (R, B, P)
+    dim = 0 if rollouts > 1 else None
     if credit == "patch":
-        adv = r - (_leave_one_out(r.reshape(-1)).reshape(r.shape) if baseline else 0.0)
+        adv = r - (_leave_one_out(r, dim) if baseline else 0.0)
         loss = -(adv * logp).sum(-1).mean()
     else:
         ri = r.sum(-1)
-        adv = ri - (_leave_one_out(ri) if baseline else 0.0)
+        adv = ri - (_leave_one_out(ri, dim) if baseline else 0.0)
         loss = -(adv * logp.sum(-1)).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     share = np.bincount(actions.reshape(-1).numpy(), minlength=k) / actions.numel()
     return StepStats(float(loss.detach()), float(r.sum(-1).mean()), share)
+
+
+def expected_step(
+    policy: PolicyNet,
+    optimizer: torch.optim.Optimizer,
+    states: torch.Tensor,
+    ious: torch.Tensor,
+    costs: torch.Tensor,
+    lam: float,
+) -> StepStats:
+    """One update along the exact gradient of the expected reward E_{a ~ pi}[R] of a batch.
+
+    REINFORCE estimates this gradient from sampled routings. In stages 2 and 3 the table holds
+    every model's IoU on every patch, so the expectation sum_p sum_a pi(a | s)_p r_p(a) can be
+    taken in closed form (the "all-action" or expected policy gradient): no sampling noise, no
+    baseline needed, no explore/exploit mixing. It matters in practice: the sampled gradient of
+    Algorithm 1, which weights the uniformly explored actions by the policy's own
+    log-probability, is biased towards whichever model the policy already prefers, and on the
+    SOC shading run it ended on one model for every patch where the expected gradient learns a
+    per-patch routing (BENCHMARKS.md, "Stage 2 across lambda").
+    """
+    policy.train()
+    probs = policy(states).softmax(-1)  # (B, P, K)
+    table = action_rewards(ious, costs, lam)
+    expected = (probs * table).sum(-1).sum(-1)  # (B,) expected image reward
+    loss = -expected.mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    share = probs.detach().reshape(-1, probs.shape[-1]).mean(0).numpy()
+    return StepStats(float(loss.detach()), float(expected.detach().mean()), share)
+
+
+def random_flip(states: torch.Tensor, ious: torch.Tensor, grid: tuple[int, int],
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mirror a batch left-right and/or up-down (a coin each), its (B, P, K) patch table with it.
+
+    Patches are numbered row-major on the grid, so mirroring the image mirrors the table's
+    (rows, cols) view the same way.
+    """
+    rows, cols = grid
+    table = ious.reshape(ious.shape[0], rows, cols, ious.shape[-1])
+    for image_dim, table_dim in ((-1, 2), (-2, 1)):
+        if torch.rand((), generator=generator) < 0.5:
+            states, table = states.flip(image_dim), table.flip(table_dim)
+    return states, table.reshape(ious.shape)
 
 
 @dataclass
@@ -167,8 +243,14 @@ def _policy_epoch(policy, opt, data, lam, alpha, cfg, gen, after_step=None) -> t
     total, n, stopped = 0.0, 0, False
     for i in range(0, len(order), cfg.batch_size):
         idx = order[i:i + cfg.batch_size]
-        stats = reinforce_step(policy, opt, data.state.policy_input(idx), data.ious[idx], data.costs,
-                               lam, alpha, cfg.baseline, cfg.credit, gen)
+        states, ious = data.state.policy_input(idx), data.ious[idx]
+        if cfg.flips:
+            states, ious = random_flip(states, ious, policy.config.grid, gen)
+        if cfg.gradient == "expected":
+            stats = expected_step(policy, opt, states, ious, data.costs, lam)
+        else:
+            stats = reinforce_step(policy, opt, states, ious, data.costs, lam, alpha, cfg.baseline, cfg.credit,
+                                   gen, cfg.rollouts)
         total, n = total + stats.mean_reward * len(idx), n + len(idx)
         if after_step is not None and after_step():
             stopped = True
@@ -225,13 +307,17 @@ class FinetuneConfig:
     alpha: tuple[float, float] = ALPHA_FINETUNE
     baseline: bool = True
     credit: str = "patch"
+    rollouts: int = 1
+    flips: bool = False
+    gradient: str = "reinforce"  # the TVD mode needs the sampled gradient (see `reinforce_step`)
     train_models: bool = True
     class_weighted: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.patch_batch_size < 1 or self.lr <= 0 or self.model_lr <= 0:
-            raise ValueError("epochs, batch sizes and learning rates must be positive")
+        if (self.epochs < 1 or self.batch_size < 1 or self.patch_batch_size < 1 or self.rollouts < 1
+                or self.lr <= 0 or self.model_lr <= 0):
+            raise ValueError("epochs, batch sizes, rollouts and learning rates must be positive")
         for lam in (self.lam, self.lam if self.lam_end is None else self.lam_end):
             if not 0.0 <= lam <= 1.0:
                 raise ValueError(f"lambda must lie in [0, 1], got {lam}")
@@ -239,6 +325,8 @@ class FinetuneConfig:
             raise ValueError(f"the TVD threshold must lie in (0, 1], got {self.tvd_threshold}")
         if self.credit not in CREDITS:
             raise ValueError(f"credit must be one of {CREDITS}, got {self.credit!r}")
+        if self.gradient not in GRADIENTS:
+            raise ValueError(f"gradient must be one of {GRADIENTS}, got {self.gradient!r}")
 
     def lam_at(self, epoch: int) -> float:
         return self.lam if self.lam_end is None else linear_schedule(self.lam, self.lam_end, epoch, self.epochs)

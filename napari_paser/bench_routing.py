@@ -1,11 +1,12 @@
 """`paser bench routing`: PaSeR against every baseline on a dataset's test split (issue 3).
 
 Pipeline, on one run folder from `paser train` (f0, f1, f2 pretrained on the pretrain split):
-stage 2 trains the policy by REINFORCE on the rl split (and, for the ablation, a second
-policy from the same initial weights without the mean-reward baseline); stage 3 fine-tunes
+stage 2 trains the policy on the rl split (by default along the exact expected-reward
+gradient; for the ablation, policies from the same initial weights trained by sampled REINFORCE
+with and without the mean-reward baseline); stage 3 fine-tunes
 copies of f1, f2 with the policy on the finetune split. The fine-tuned set {f0, f1', f2'} is
 what every method is evaluated with, so rows differ only in how patches are routed; the
-stage-2 policies (with and without the baseline) are scored beside them, and the pretrained
+stage-2 policies (every ablation arm) are scored beside them, and the pretrained
 models' test IoU is copied from the run's metrics.json, to show what stage 3 changed.
 IDK-cascade thresholds are grid-searched on the val split (appendix B4); its IoU-matched
 variant (Table 2) is the cheapest setting on the test table reaching PaSeR's test IoU.
@@ -30,7 +31,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +82,10 @@ class BenchConfig:
     epochs_noise: int = 2
     noise_steps: int = 25  # patch batches (of 16) per noise fine-tuning epoch: bounds the large model's cost
     batch_size: int = 4
-    rl_lr: float = 1e-3
+    rl_lr: float = 3e-3
+    rollouts: int = 1  # REINFORCE: routings per slice and step (> 1: per-patch leave-one-out baseline)
+    flips: bool = False  # mirror augmentation of policy training
+    gradient: str = "expected"  # stage 2 (and policy-only stage 3): "expected" or "reinforce"
     samples: int = 5
     seed: int = 0
     sweep_lambdas: tuple[float, ...] = SWEEP_LAMBDAS
@@ -95,10 +99,12 @@ class BenchConfig:
         flags = {"--lambda": self.lam, "--noise": self.noise, "--epochs-rl": self.epochs_rl,
                  "--epochs-ft": self.epochs_ft, "--epochs-noise": self.epochs_noise,
                  "--noise-steps": self.noise_steps, "--batch-size": self.batch_size,
-                 "--rl-lr": self.rl_lr, "--samples": self.samples, "--seed": self.seed}
+                 "--rl-lr": self.rl_lr, "--gradient": self.gradient, "--rollouts": self.rollouts, "--samples": self.samples, "--seed": self.seed}
         parts = ["paser bench routing", f"--data {self.data}", f"--run {self.run}", f"--out {self.out}"]
         if not self.ft_models:
             parts.append("--policy-only-ft")
+        if self.flips:
+            parts.append("--flips")
         if self.sweep:
             flags["--sweep-lambdas"] = ",".join(map(str, self.sweep_lambdas))
         if self.threads:
@@ -107,12 +113,18 @@ class BenchConfig:
         parts += [f for f, on in (("--sweep", self.sweep), ("--fast", self.fast)) if on]
         return " ".join(parts)
 
+    def rl_config(self) -> RLConfig:
+        """Stage 2 settings at the benchmark's lambda."""
+        return RLConfig(epochs=self.epochs_rl, batch_size=self.batch_size, lr=self.rl_lr, lam=self.lam,
+                        rollouts=self.rollouts, flips=self.flips, gradient=self.gradient, seed=self.seed)
+
     def check(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
             raise PaserInputError(f"--lambda must lie in [0, 1], got {self.lam}")
-        if min(self.epochs_rl, self.epochs_ft, self.epochs_noise, self.noise_steps, self.batch_size) < 1:
-            raise PaserInputError("--epochs-rl, --epochs-ft, --epochs-noise, --noise-steps and --batch-size "
-                                  "must be at least 1")
+        if min(self.epochs_rl, self.epochs_ft, self.epochs_noise, self.noise_steps, self.batch_size,
+               self.rollouts) < 1:
+            raise PaserInputError("--epochs-rl, --epochs-ft, --epochs-noise, --noise-steps, --batch-size and "
+                                  "--rollouts must be at least 1")
         if not self.sweep_lambdas or not all(0.0 <= v <= 1.0 for v in self.sweep_lambdas):
             raise PaserInputError(f"--sweep-lambdas must be values in [0, 1], got {self.sweep_lambdas}")
         if self.threads is not None and self.threads < 1:
@@ -180,11 +192,15 @@ def epochs_to_converge(values: Sequence[float], tol: float = 0.05) -> int:
     return int(np.flatnonzero(off).max()) + 2 if off.any() else 1
 
 
-def train_stage2(policy: PolicyNet, data: RoutingData, cfg: BenchConfig, lam: float, baseline: bool = True,
-                 bar: tqdm | None = None) -> list[PolicyEpoch]:
-    """REINFORCE on a prepared split, ticking `bar` once per epoch."""
-    rl = RLConfig(epochs=cfg.epochs_rl, batch_size=cfg.batch_size, lr=cfg.rl_lr, lam=lam, baseline=baseline,
-                  seed=cfg.seed)
+STAGE2_ARMS = {"reinforce": dict(gradient="reinforce", baseline=True),
+               "reinforce_no_baseline": dict(gradient="reinforce", baseline=False)}
+"""The ablation arms of stage 2 beside the benchmark's own setting (`--gradient`)."""
+
+
+def train_stage2(policy: PolicyNet, data: RoutingData, cfg: BenchConfig, bar: tqdm | None = None,
+                 **overrides) -> list[PolicyEpoch]:
+    """Stage 2 on a prepared split at the benchmark's lambda (RLConfig `overrides`), ticking `bar` per epoch."""
+    rl = replace(cfg.rl_config(), **overrides)
     return _ticking(iter_policy_training(policy, data, rl), bar)
 
 
@@ -396,7 +412,7 @@ def sweep_curves(models, inp: Inputs, rl_data: RoutingData, test: Tables, cfg: B
     h, w = inp.splits["test"][0].shape[-2:]
     policy0 = new_policy(inp.n_classes, cfg.seed)
     cost = RoutingCost.of(models, h, w, GRID, cfg.samples, policy0)
-    rl = RLConfig(epochs=cfg.epochs_rl, batch_size=cfg.batch_size, lr=cfg.rl_lr, seed=cfg.seed)
+    rl = cfg.rl_config()
     bank = _ticking(iter_bank_training(rl_data, cfg.sweep_lambdas, lambda: copy.deepcopy(policy0), rl), bar)
     paser, oracle = [], []
     for lam, policy in sorted(bank.policies.items()):
@@ -506,7 +522,7 @@ class Progress:
 
 
 def total_ticks(cfg: BenchConfig) -> int:
-    n = 2 * cfg.epochs_rl + 4 + 4 + 5  # stage 2 twice, stages/tables/search, methods, noise
+    n = (1 + len(STAGE2_ARMS)) * cfg.epochs_rl + 4 + 4 + 5  # stage 2 arms, stages/tables/search, methods, noise
     return n + (len(cfg.sweep_lambdas) * cfg.epochs_rl if cfg.sweep else 0)
 
 
@@ -517,34 +533,36 @@ class Trained:
     models: list[nn.Module]
     policy: PolicyNet
     stage2_policy: PolicyNet
-    ablation: PolicyNet
     history: list[PolicyEpoch]
-    history_no_baseline: list[PolicyEpoch]
+    arms: dict[str, tuple[PolicyNet, list[PolicyEpoch]]]  # stage-2 ablation: name -> (policy, history)
     finetune: object
     rl_data: RoutingData
 
 
 def train_router(inp: Inputs, cfg: BenchConfig, prog: Progress) -> Trained:
-    """Stage 2 twice (with and without the mean-reward baseline, same data and initial weights),
+    """Stage 2 (the benchmark's setting, then each ablation arm from the same initial weights),
     then stage 3 on copies of f1, f2."""
     pretrained = inp.models
     rx, ry = inp.splits["rl"]
     prog.tick("stage 2 data")
     rl_data = routing_data(pretrained, rx, ry, cfg)
     policy = new_policy(inp.n_classes, cfg.seed)
-    ablation = copy.deepcopy(policy)
-    prog.bar.set_description("stage 2 (baseline)")
-    hist = train_stage2(policy, rl_data, cfg, cfg.lam, True, prog.bar)
-    prog.bar.set_description("stage 2 (no baseline)")
-    hist_nb = train_stage2(ablation, rl_data, cfg, cfg.lam, False, prog.bar)
+    arms = {}
+    for name, overrides in STAGE2_ARMS.items():
+        arm = copy.deepcopy(policy)
+        prog.bar.set_description(f"stage 2 ({name})")
+        arms[name] = (arm, train_stage2(arm, rl_data, cfg, prog.bar, **overrides))
+    prog.bar.set_description(f"stage 2 ({cfg.gradient})")
+    hist = train_stage2(policy, rl_data, cfg, prog.bar)
     stage2_policy = copy.deepcopy(policy)
     prog.tick("stage 3")
     models = [pretrained[0]] + [copy.deepcopy(m) for m in pretrained[1:]]
     fx, fy = inp.splits["finetune"]
     ft_cfg = FinetuneConfig(epochs=cfg.epochs_ft, batch_size=cfg.batch_size, lr=cfg.rl_lr, lam=cfg.lam, seed=cfg.seed,
-                            train_models=cfg.ft_models)
+                            train_models=cfg.ft_models, rollouts=cfg.rollouts, flips=cfg.flips,
+                            gradient=cfg.gradient)
     ft = finetune(models, policy, fx, fy, ft_cfg, samples=cfg.samples, seed=cfg.seed)
-    return Trained(models, policy, stage2_policy, ablation, hist, hist_nb, ft, rl_data)
+    return Trained(models, policy, stage2_policy, hist, arms, ft, rl_data)
 
 
 def fit_routers(tr: Trained, inp: Inputs, test: Tables, cfg: BenchConfig, prog: Progress) -> tuple[Routers, dict]:
@@ -597,8 +615,8 @@ def run_bench(cfg: BenchConfig) -> dict:
         "cost_shares": dict(zip(ROLES, map(float, model_costs(tr.models)))),
         "methods": methods,
         "comparison": comparison,
-        "stage2": {"baseline": {**history_summary(tr.history), "test": s2["baseline"]},
-                   "no_baseline": {**history_summary(tr.history_no_baseline), "test": s2["no_baseline"]}},
+        "stage2": {"paser": {"gradient": cfg.gradient, **history_summary(tr.history), "test": s2["paser"]},
+                   **{name: {**history_summary(hist), "test": s2[name]} for name, (_, hist) in tr.arms.items()}},
         "stage3": {"epochs": len(tr.finetune.history), "patches_trained": tr.finetune.patches_trained,
                    "final_greedy_reward": tr.finetune.history[-1].greedy_reward if tr.finetune.history else None},
         "pretrained_test_iou": pretrained_models(cfg),
@@ -644,12 +662,12 @@ def machine() -> dict:
 
 
 def stage2_rows(tr: Trained, test: Tables, cfg: BenchConfig) -> dict[str, dict]:
-    """The stage-2 policies (with and without the mean-reward baseline) on the final models' test table."""
+    """The stage-2 policies (PaSeR's and the ablation arms') on the final models' test table."""
     h, w = test.state.prediction.shape[-2:]
     costs = model_costs(tr.models)
     cost = RoutingCost.of(tr.models, h, w, GRID, cfg.samples, tr.policy)
     return {name: table_row(test.plain, policy_actions(p, test.state), cost, True, True, costs, cfg.lam)
-            for name, p in (("baseline", tr.stage2_policy), ("no_baseline", tr.ablation))}
+            for name, p in [("paser", tr.stage2_policy)] + [(n, a) for n, (a, _) in tr.arms.items()]}
 
 
 def pretrained_models(cfg: BenchConfig) -> dict:
@@ -708,8 +726,9 @@ def format_table(results: dict) -> str:
     rows.append(f"PaSeR/f2: IoU {c['paser_iou_over_f2']:.1%}, GFLOPs {c['paser_gflops_over_f2']:.1%}; cascade at "
                 f"PaSeR's IoU: {'unreachable' if need is None else f'{need:.2f}x'} PaSeR's GFLOPs; "
                 f"oracle - PaSeR: IoU {c['oracle_minus_paser_iou']:+.3f}, reward {c['oracle_minus_paser_reward']:+.3f}")
-    b, nb = results["stage2"]["baseline"], results["stage2"]["no_baseline"]
-    rows.append(f"mean-reward baseline: greedy R {b['final_greedy_reward']:.3f} vs {nb['final_greedy_reward']:.3f} "
-                f"without; converged at epoch {b['epochs_to_converge']} vs {nb['epochs_to_converge']}; test mIoU "
-                f"{b['test']['iou']:.3f} vs {nb['test']['iou']:.3f}")
+    for name, arm in results["stage2"].items():
+        rows.append(f"stage 2 {name + ' (' + arm['gradient'] + ')' if 'gradient' in arm else name}: greedy rl R "
+                    f"{arm['final_greedy_reward']:.3f}, converged at epoch {arm['epochs_to_converge']}; test mIoU "
+                    f"{arm['test']['iou']:.3f}, reward {arm['test']['reward']:.3f}, shares "
+                    + "/".join(f"{v:.2f}" for v in arm["test"]["patch_share"].values()))
     return "\n".join(rows)

@@ -100,6 +100,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
     summary = train_policies(args.data, args.run, lambdas=args.lambdas, default=args.default, epochs=args.epochs,
                              batch_size=args.batch_size, lr=args.lr, samples=args.samples, seed=args.seed,
+                             rollouts=args.rollouts, flips=args.flips, gradient=args.gradient,
                              progress=not args.quiet)
     print(format_bank(summary))
     print(f"policies in {args.run}/policies (bank.json), policy.pt = lambda {summary['default_lambda']}")
@@ -156,6 +157,7 @@ def cmd_bench_routing(args: argparse.Namespace) -> int:
     cfg = BenchConfig(args.data, args.run, args.out, lam=args.lam, noise=args.noise, sweep=args.sweep,
                       epochs_rl=args.epochs_rl, epochs_ft=args.epochs_ft, ft_models=not args.policy_only_ft,
                       epochs_noise=args.epochs_noise, noise_steps=args.noise_steps, batch_size=args.batch_size, rl_lr=args.rl_lr,
+                      rollouts=args.rollouts, flips=args.flips, gradient=args.gradient,
                       samples=args.samples, seed=args.seed, sweep_lambdas=args.sweep_lambdas or SWEEP_LAMBDAS,
                       threads=args.threads, fast=args.fast, progress=not args.quiet)
     results = run_bench(cfg)
@@ -270,7 +272,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _policy_arguments(p: argparse.ArgumentParser, lr_flag: str) -> None:
     """The options of REINFORCE policy training shared by `paser policy` and `paser bench routing`."""
     p.add_argument("--batch-size", type=int, default=4, help="images per policy step (default 4)")
-    p.add_argument(lr_flag, type=float, default=1e-3, help="policy learning rate (default 1e-3)")
+    p.add_argument(lr_flag, type=float, default=3e-3, help="policy learning rate (default 3e-3)")
+    p.add_argument("--gradient", choices=("expected", "reinforce"), default="expected",
+                   help="expected: exact gradient of the expected reward from the patch table (default); "
+                        "reinforce: sampled routings as in Algorithm 1")
+    p.add_argument("--rollouts", type=int, default=1,
+                   help="reinforce: routings sampled per slice and step; above 1 each patch's baseline is the "
+                        "mean of its other routings (default 1: the batch-mean baseline)")
+    p.add_argument("--flips", action="store_true", help="augment policy training with mirrored slices")
     p.add_argument("--samples", type=int, default=5, help="f0 MC-dropout passes (default 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

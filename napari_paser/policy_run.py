@@ -78,16 +78,19 @@ def train_policies(
     default: float = DEFAULT_LAMBDA,
     epochs: int = 100,
     batch_size: int = 4,
-    lr: float = 1e-3,
+    lr: float = 3e-3,
     samples: int = 5,
     seed: int = 0,
+    rollouts: int = 1,
+    flips: bool = False,
+    gradient: str = "expected",
     progress: bool = True,
 ) -> dict:
     """Train the bank into `run` (see the module doc); return the summary written to bank.json."""
     started, run = time.time(), Path(run)
     lambdas = check_lambdas(lambdas)
-    if epochs < 1 or batch_size < 1 or lr <= 0 or samples < 1:
-        raise PaserInputError("--epochs, --batch-size, --samples and --lr must be positive")
+    if epochs < 1 or batch_size < 1 or lr <= 0 or samples < 1 or rollouts < 1:
+        raise PaserInputError("--epochs, --batch-size, --samples, --rollouts and --lr must be positive")
     ds = read_dataset(data)
     x = normalise(ds.images, *robust_range(ds.images))
     models = load_run_models(run, ds.n_classes)
@@ -99,8 +102,10 @@ def train_policies(
     with torch.no_grad():
         table, state = build_patch_table(models, rl_x, rl_y, GRID, samples, seed)
     routing = RoutingData.from_table(state, table, model_costs(models))
-    config = RLConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    meta = {"run": str(run.resolve()), "dataset": str(Path(data).resolve()), "epochs": epochs, "samples": samples}
+    config = RLConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, rollouts=rollouts, flips=flips,
+                      gradient=gradient)
+    meta = {"run": str(run.resolve()), "dataset": str(Path(data).resolve()), "epochs": epochs, "samples": samples,
+            "gradient": gradient, "rollouts": rollouts, "flips": flips}
 
     def make_policy() -> PolicyNet:
         torch.manual_seed(seed)

@@ -105,7 +105,9 @@ def test_noise_block_and_comparison(bench):
     comparison = results["comparison"]
     assert comparison["oracle_minus_paser_reward"] >= -1e-9
     assert {"paser_iou_over_f2", "paser_gflops_over_f2", "cascade_gflops_at_paser_iou_over_paser"} <= set(comparison)
-    for arm in ("baseline", "no_baseline"):
+    assert set(results["stage2"]) == {"paser", "reinforce", "reinforce_no_baseline"}
+    assert results["stage2"]["paser"]["gradient"] == "expected"
+    for arm in results["stage2"]:
         assert results["stage2"][arm]["epochs"] == 2
         assert 0.0 <= results["stage2"][arm]["test"]["iou"] <= 1.0
 

@@ -8,8 +8,10 @@ from learners.errors import InputError
 from learners.policy import PolicyConfig, PolicyNet, load_policy, save_policy
 from learners.router import (F0State, RoutingCost, build_patch_table, model_costs, policy_probabilities, route,
                              table_summary)
-from learners.router_training import (FinetuneConfig, RLConfig, RoutingData, finetune, greedy_outcome,
-                                      reinforce_step, train_policy, tvd_finetune_config)
+from learners.router_training import (FinetuneConfig, RLConfig, RoutingData, _leave_one_out, finetune,
+                                      expected_step, greedy_outcome, random_flip,
+                                      reinforce_step, train_policy,
+                                      tvd_finetune_config)
 from learners.unet import UNet, UNetConfig
 
 
@@ -105,7 +107,10 @@ def test_lambda_zero_routes_upward_to_a_clearly_better_model():
     assert history[0].alpha == pytest.approx(0.7) and history[-1].alpha == pytest.approx(0.95)
 
 
-def test_policy_learns_to_route_only_the_uncertain_patches():
+@pytest.mark.parametrize("options", [dict(gradient="expected"), dict(gradient="reinforce"),
+                                     dict(gradient="expected", flips=True),
+                                     dict(gradient="reinforce", rollouts=8, flips=True)])
+def test_policy_learns_to_route_only_the_uncertain_patches(options):
     """f2 helps only where f0's entropy is high: a cost-aware policy must read its input."""
     n, size = 16, 32
     g = torch.Generator().manual_seed(1)
@@ -117,9 +122,94 @@ def test_policy_learns_to_route_only_the_uncertain_patches():
     data = RoutingData(state, torch.as_tensor(ious, dtype=torch.float32), torch.tensor([0.1, 0.3, 0.6]))
     policy = PolicyNet(PolicyConfig(width=8))
     lam = 0.2  # gain 0.8 * 0.2 = 0.16 beats the extra cost 0.2 * 0.5 = 0.1 only on hard patches
-    train_policy(policy, data, RLConfig(epochs=60, batch_size=4, lr=0.02, lam=lam))
+    train_policy(policy, data, RLConfig(epochs=60, batch_size=4, lr=0.02, lam=lam, **options))
     chosen = policy_probabilities(policy, data.state).argmax(-1)
     assert (chosen == torch.where(hard.reshape(n, 16), 2, 0)).float().mean() > 0.95
+
+
+def test_expected_gradient_routes_up_where_the_medium_model_helps_although_it_hurts_on_average():
+    """The SOC situation: f1 gains on some patches and loses more on the others, f2 is dear.
+    The best routing is per patch; the expected-reward gradient must find it."""
+    n, size = 16, 32
+    g = torch.Generator().manual_seed(4)
+    helps = torch.rand((n, 4, 4), generator=g) < 0.4
+    entropy = helps.float().repeat_interleave(8, 1).repeat_interleave(8, 2) * 0.6 + 0.1
+    state = F0State(torch.zeros((n, size, size), dtype=torch.uint8), entropy, 3, 5)
+    ious = np.full((n, 16, 3), 0.8)
+    ious[..., 1] = np.where(helps.reshape(n, 16).numpy(), 0.9, 0.68)  # mean gain of f1 below zero
+    ious[..., 2] = ious[..., 1] + 0.01
+    data = RoutingData(state, torch.as_tensor(ious, dtype=torch.float32), torch.tensor([0.001, 0.06, 0.94]))
+    assert (data.ious[..., 1] - data.ious[..., 0]).mean() < 0
+    policy = PolicyNet(PolicyConfig(width=8))
+    train_policy(policy, data, RLConfig(epochs=60, batch_size=4, lr=0.01, lam=0.1, gradient="expected"))
+    chosen = policy_probabilities(policy, data.state).argmax(-1)
+    assert (chosen == torch.where(helps.reshape(n, 16), 1, 0)).float().mean() > 0.95
+
+
+def test_expected_step_follows_the_exact_gradient_of_the_expected_reward():
+    ious = base_ious(n=2)
+    ious[..., 1] += 0.2
+    data = synthetic_data(ious)
+    policy = mixed_policy()
+    opt = torch.optim.SGD(policy.parameters(), lr=0.0)
+    stats = expected_step(policy, opt, data.state.policy_input(), data.ious, data.costs, lam=0.3)
+    probs = policy_probabilities(policy, data.state).double()
+    table = 0.7 * (data.ious.double() - data.ious[..., :1].double()) - 0.3 * data.costs.double()
+    assert stats.mean_reward == pytest.approx(float((probs * table).sum((-1, -2)).mean()), rel=1e-5)
+    assert stats.share.sum() == pytest.approx(1.0)
+    assert policy.head.bias.grad[1] < 0  # minimising -E[R]: the better f1 gets a negative loss gradient
+
+
+def test_leave_one_out_baselines_by_hand():
+    r = torch.tensor([[1.0, 4.0], [3.0, 0.0]])  # (rollouts, patches)
+    assert _leave_one_out(r, 0).tolist() == [[3.0, 0.0], [1.0, 4.0]]  # the other rollout of the same patch
+    assert _leave_one_out(r).flatten().tolist() == pytest.approx([7 / 3, 4 / 3, 5 / 3, 8 / 3])  # mean of the other three
+    assert _leave_one_out(torch.tensor([[2.0, 5.0]]), 0).tolist() == [[0.0, 0.0]]
+
+
+def test_rollouts_give_each_patch_its_own_baseline():
+    """A patch where every model scores the same has nothing to teach. With rollouts its
+    baseline is its own mean reward, so it adds no gradient; with one rollout and the batch
+    mean as baseline, the rewarded patches beside it push its logits at random."""
+    ious = np.full((2, 16, 3), 0.5)
+    ious[:, 8:, 2] = 1.0  # f2 gains 0.5 on the lower half of the grid; the upper half is flat
+    data = synthetic_data(ious)
+    flat_grad = {}
+    for rollouts in (1, 16):
+        policy = PolicyNet(PolicyConfig(width=8))
+        logits = {}
+
+        def keep(module, inputs, out):
+            out.retain_grad()
+            logits["out"] = out
+
+        policy.head.register_forward_hook(keep)
+        opt = torch.optim.SGD(policy.parameters(), lr=0.0)
+        reinforce_step(policy, opt, data.state.policy_input(), data.ious, torch.zeros(3), lam=0.0, alpha=1.0,
+                       generator=torch.Generator().manual_seed(3), rollouts=rollouts)
+        grad = logits["out"].grad.flatten(2)  # (N, K, P)
+        flat_grad[rollouts] = grad[..., :8].abs().max().item()
+        assert grad[..., 8:].abs().max() > 1e-3  # the rewarded patches do teach
+    assert flat_grad[16] < 1e-7
+    assert flat_grad[1] > 1e-3
+
+
+def test_random_flip_mirrors_the_patch_table_with_the_image():
+    """A patch's reward must follow its pixels: after any flip, the marked cells are still the rewarded ones."""
+    n, size = 2, 32
+    g = torch.Generator().manual_seed(2)
+    marked = torch.rand((n, 4, 4), generator=g) < 0.4
+    entropy = marked.float().repeat_interleave(8, 1).repeat_interleave(8, 2)
+    state = F0State(torch.zeros((n, size, size), dtype=torch.uint8), entropy, 3, 5)
+    ious = torch.zeros((n, 16, 3))
+    ious[..., 2] = marked.reshape(n, 16).float()
+    seen = set()
+    for seed in range(12):
+        states, table = random_flip(state.policy_input(), ious, (4, 4), torch.Generator().manual_seed(seed))
+        cell_entropy = states[:, -1].reshape(n, 4, 8, 4, 8).mean((2, 4)).reshape(n, 16)
+        assert torch.equal(cell_entropy > 0.5, table[..., 2] > 0.5)
+        seen.add(torch.equal(states, state.policy_input()))
+    assert seen == {True, False}  # some draws flip, some do not
 
 
 def test_rl_config_validates():
@@ -127,6 +217,8 @@ def test_rl_config_validates():
         RLConfig(lam=1.5)
     with pytest.raises(ValueError):
         RLConfig(credit="pixel")
+    with pytest.raises(ValueError):
+        RLConfig(rollouts=0)
     with pytest.raises(ValueError):
         FinetuneConfig(tvd_threshold=0.0)
 
