@@ -1,7 +1,7 @@
-"""How well does stage 2 (REINFORCE) find the best routing at every cost weight lambda?
+"""How well does stage 2 (policy training) find the best routing at every cost weight lambda?
 
 The live lambda slider is only useful if the policy bank follows the accuracy-cost trade-off
-at every lambda, not just in a narrow band. For each REINFORCE setting and each lambda this
+at every lambda, not just in a narrow band. For each training setting and each lambda this
 trains a policy on the rl split's patch table (the run's models frozen, as `paser policy`
 does) and scores its argmax routing on the rl and test tables beside the oracle router (the
 best action per patch, knowing the labels): reward (Eq. 2), mIoU, GFLOPs per image and patch
@@ -62,13 +62,11 @@ def tables(models, ds, x, samples: int, seed: int) -> dict:
     return out
 
 
-def score(policy, models, data: RoutingData, table, lam: float, shape, samples: int) -> tuple[dict, dict]:
-    """(policy row, oracle row) of one split at one lambda."""
-    costs = model_costs(models)
-    with_policy = RoutingCost.of(models, *shape, GRID, samples, policy)
-    plain = RoutingCost.of(models, *shape, GRID, samples)
-    row = table_row(table, policy_actions(policy, data.state), with_policy, True, True, costs, lam)
-    oracle = table_row(table, oracle_actions(table, costs, lam), plain, False, False, costs, lam)
+def score(policy, data: RoutingData, table, lam: float, flops: tuple[RoutingCost, RoutingCost]) -> tuple[dict, dict]:
+    """(policy row, oracle row) of one split at one lambda; flops = (with a policy, without)."""
+    costs = data.costs.numpy()
+    row = table_row(table, policy_actions(policy, data.state), flops[0], True, True, costs, lam)
+    oracle = table_row(table, oracle_actions(table, costs, lam), flops[1], False, False, costs, lam)
     return row, oracle
 
 
@@ -80,6 +78,8 @@ def run(args) -> dict:
     started = time.time()
     split_tables = tables(models, ds, x, args.samples, args.seed)
     shape = tuple(x.shape[-2:])
+    flops = (RoutingCost.of(models, *shape, GRID, args.samples, new_policy(ds.n_classes, args.seed)),
+             RoutingCost.of(models, *shape, GRID, args.samples))  # counted once: the same for every policy
     base = RLConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     results: dict = {"settings": {}}
     for name in args.settings:
@@ -90,7 +90,7 @@ def run(args) -> dict:
             train_policy(policy, split_tables["rl"][0], replace(base, lam=lam, **SETTINGS[name]))
             row = {"lambda": lam, "seconds": round(time.time() - t0, 1)}
             for split, (data, table) in split_tables.items():
-                mine, oracle = score(policy, models, data, table, lam, shape, args.samples)
+                mine, oracle = score(policy, data, table, lam, flops)
                 row[split] = {"paser": mine, "oracle": oracle}
             rows.append(row)
             print(format_row(name, row), flush=True)

@@ -102,21 +102,16 @@ def rewards(
     actions (N, P) model indices, ious (N, P, K) patch IoUs, costs (K,) Eq. 3 shares. The
     image reward R is the sum over patches. NaN IoUs (empty patches) count as no gain.
     """
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lambda must lie in [0, 1], got {lam}")
-    ious = torch.nan_to_num(torch.as_tensor(ious, dtype=torch.float32))
-    actions = torch.as_tensor(actions, dtype=torch.long)
-    costs = torch.as_tensor(costs, dtype=torch.float32)
-    gain = ious.gather(-1, actions[..., None])[..., 0] - ious[..., 0]
-    return (1.0 - lam) * gain - lam * costs[actions]
+    table = action_rewards(torch.as_tensor(ious, dtype=torch.float32), costs, lam)
+    return table.gather(-1, torch.as_tensor(actions, dtype=torch.long)[..., None])[..., 0]
 
 
 def action_rewards(ious: torch.Tensor | np.ndarray, costs: torch.Tensor | np.ndarray, lam: float) -> torch.Tensor:
     """(..., K) reward term of every action on every patch: what `rewards` picks from, given the labels."""
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lambda must lie in [0, 1], got {lam}")
-    ious = torch.nan_to_num(torch.as_tensor(np.asarray(ious) if not isinstance(ious, torch.Tensor) else ious))
-    costs = torch.as_tensor(np.asarray(costs) if not isinstance(costs, torch.Tensor) else costs, dtype=ious.dtype)
+    ious = torch.nan_to_num(torch.as_tensor(ious))
+    costs = torch.as_tensor(costs, dtype=ious.dtype)
     return (1.0 - lam) * (ious - ious[..., :1]) - lam * costs
 
 
@@ -131,8 +126,7 @@ def best_actions(ious: np.ndarray | torch.Tensor, costs: np.ndarray | torch.Tens
     The reward is a sum of per-patch terms, so the per-patch argmax maximises R; ties go to
     the cheaper (lower-index) model.
     """
-    ious = torch.as_tensor(np.asarray(ious), dtype=torch.float64)
-    return action_rewards(ious, np.asarray(costs, dtype=np.float64), lam).argmax(-1)
+    return action_rewards(torch.as_tensor(np.asarray(ious), dtype=torch.float64), np.asarray(costs), lam).argmax(-1)
 
 
 def total_variation(p: torch.Tensor | np.ndarray, q: torch.Tensor | np.ndarray) -> float:

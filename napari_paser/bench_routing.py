@@ -99,7 +99,8 @@ class BenchConfig:
         flags = {"--lambda": self.lam, "--noise": self.noise, "--epochs-rl": self.epochs_rl,
                  "--epochs-ft": self.epochs_ft, "--epochs-noise": self.epochs_noise,
                  "--noise-steps": self.noise_steps, "--batch-size": self.batch_size,
-                 "--rl-lr": self.rl_lr, "--gradient": self.gradient, "--rollouts": self.rollouts, "--samples": self.samples, "--seed": self.seed}
+                 "--rl-lr": self.rl_lr, "--gradient": self.gradient, "--rollouts": self.rollouts,
+                 "--samples": self.samples, "--seed": self.seed}
         parts = ["paser bench routing", f"--data {self.data}", f"--run {self.run}", f"--out {self.out}"]
         if not self.ft_models:
             parts.append("--policy-only-ft")
@@ -727,7 +728,8 @@ def format_table(results: dict) -> str:
                 f"PaSeR's IoU: {'unreachable' if need is None else f'{need:.2f}x'} PaSeR's GFLOPs; "
                 f"oracle - PaSeR: IoU {c['oracle_minus_paser_iou']:+.3f}, reward {c['oracle_minus_paser_reward']:+.3f}")
     for name, arm in results["stage2"].items():
-        rows.append(f"stage 2 {name + ' (' + arm['gradient'] + ')' if 'gradient' in arm else name}: greedy rl R "
+        label = f"{name} ({arm['gradient']})" if "gradient" in arm else name
+        rows.append(f"stage 2 {label}: greedy rl R "
                     f"{arm['final_greedy_reward']:.3f}, converged at epoch {arm['epochs_to_converge']}; test mIoU "
                     f"{arm['test']['iou']:.3f}, reward {arm['test']['reward']:.3f}, shares "
                     + "/".join(f"{v:.2f}" for v in arm["test"]["patch_share"].values()))

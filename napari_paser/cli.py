@@ -270,7 +270,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _policy_arguments(p: argparse.ArgumentParser, lr_flag: str) -> None:
-    """The options of REINFORCE policy training shared by `paser policy` and `paser bench routing`."""
+    """The options of policy training (stage 2) shared by `paser policy` and `paser bench routing`."""
     p.add_argument("--batch-size", type=int, default=4, help="images per policy step (default 4)")
     p.add_argument(lr_flag, type=float, default=3e-3, help="policy learning rate (default 3e-3)")
     p.add_argument("--gradient", choices=("expected", "reinforce"), default="expected",
