@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 
-from napari_paser.degrade import degrade_folder
-from napari_paser.synth import write_synthetic
+from napari_paser.data.degrade import degrade_folder
+from napari_paser.data.synth import write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 SOC = ROOT.parent / "shared" / "data" / "soc_pristine"

@@ -33,13 +33,13 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from learners.cascade import cascade_stages, oracle_actions, search_thresholds
-from learners.policy import PolicyConfig, PolicyNet
-from learners.router import RoutingCost, build_patch_table, model_costs, policy_probabilities, table_summary
-from learners.router_training import RLConfig, RoutingData, train_policy
+from learners.routing.cascade import cascade_stages, oracle_actions, search_thresholds
+from learners.routing.policy import PolicyConfig, PolicyNet
+from learners.routing.router import RoutingCost, build_patch_table, model_costs, policy_probabilities, table_summary
+from learners.routing.training import RLConfig, RoutingData, train_policy
 from learners.training import TrainConfig, train
 from learners.unet import UNet, UNetConfig
-from napari_paser.bench_routing import history_summary
+from napari_paser.bench.routing import history_summary
 
 BLURS = ("gauss1", "gauss2-raised", "box5-inverted")
 GRID = (1, 1)

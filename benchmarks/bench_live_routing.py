@@ -43,9 +43,9 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from napari_paser.dataset import read_dataset
-    from napari_paser.session import Session
-    from napari_paser.session_routing import slice_state
+    from napari_paser.data.dataset import read_dataset
+    from napari_paser.session.core import Session
+    from napari_paser.session.routing import slice_state
 
     ds = read_dataset(args.data)
     test = ds.images[ds.split["test"][:2]]

@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 from learners.atomic import atomic_write_text
 from learners.training import TrainConfig, evaluate_miou, train
 from learners.unet import build_unet
-from napari_paser.dataset import make_splits
-from napari_paser.degrade import degrade, get_degradation
-from napari_paser.synth import synth_volume
+from napari_paser.data.dataset import make_splits
+from napari_paser.data.degrade import degrade, get_degradation
+from napari_paser.data.synth import synth_volume
 
 OUT = Path(__file__).parent / "results" / "lr-agent.json"
 SCHEDULERS = ("fixed", "step", "cosine", "agent")

@@ -19,9 +19,9 @@ from pathlib import Path
 
 
 from napari_paser import cli
-from napari_paser.degrade import degrade_folder
-from napari_paser.synth import write_synthetic
-from napari_paser.train_run import train_run
+from napari_paser.data.degrade import degrade_folder
+from napari_paser.data.synth import write_synthetic
+from napari_paser.jobs.train import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

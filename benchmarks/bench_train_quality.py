@@ -21,9 +21,9 @@ from datetime import date
 from pathlib import Path
 
 
-from napari_paser.degrade import degrade_folder
-from napari_paser.synth import write_synthetic
-from napari_paser.train_run import format_metrics, train_run
+from napari_paser.data.degrade import degrade_folder
+from napari_paser.data.synth import write_synthetic
+from napari_paser.jobs.train import format_metrics, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SOC = ROOT.parent / "shared" / "data" / "soc_pristine"

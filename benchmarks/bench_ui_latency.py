@@ -83,7 +83,7 @@ def setup(folder: Path):
     """A viewer with the sample data, the PaSeR dock, a session with f0 and 8 accepted regions."""
     import napari
 
-    from napari_paser._widgets import PaserWidget
+    from napari_paser.gui.widgets import PaserWidget
 
     viewer = napari.Viewer(title="ui latency")
     viewer.open_sample("napari-paser", "synthetic_lowres")
@@ -107,8 +107,8 @@ def setup(folder: Path):
 def run(seconds: float) -> dict:
     import torch
 
-    from napari_paser._widgets_train import TRAIN_THREADS
-    from napari_paser.session_jobs import RETRAIN_CONFIG
+    from napari_paser.gui.train_step import TRAIN_THREADS
+    from napari_paser.session.jobs import RETRAIN_CONFIG
 
     with tempfile.TemporaryDirectory() as tmp:
         viewer, dock = setup(Path(tmp) / "session")

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from learners.router import build_patch_table
-from napari_paser.bench_routing import noisy_copy
-from napari_paser.dataset import normalise, read_dataset, robust_range
-from napari_paser.policy_run import load_run_models
-from napari_paser.train_run import GRID, split_arrays
+from learners.routing.router import build_patch_table
+from napari_paser.bench.routing import noisy_copy
+from napari_paser.data.dataset import normalise, read_dataset, robust_range
+from napari_paser.jobs.policy import load_run_models
+from napari_paser.jobs.train import GRID, split_arrays
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ Settings (`--settings`, comma-separated names of `SETTINGS`): `reinforce` is sta
 Algorithm 1 has it (one sampled routing per slice, leave-one-out batch-mean baseline, the
 policy's own log-probability also for explored actions); `reinforce-rloo` draws 8 routings per
 slice, each patch's baseline the mean of its other routings; `expected` follows the exact
-gradient of the expected reward from the patch table (`learners.router_training.expected_step`);
+gradient of the expected reward from the patch table (`learners.routing.training.expected_step`);
 `expected-flips` adds mirror augmentation.
 """
 
@@ -34,13 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from learners.cascade import oracle_actions
-from learners.router import RoutingCost, build_patch_table, model_costs
-from learners.router_training import RLConfig, RoutingData, train_policy
-from napari_paser.bench_routing import new_policy, policy_actions, table_row
-from napari_paser.dataset import normalise, read_dataset, robust_range
-from napari_paser.policy_run import load_run_models
-from napari_paser.train_run import GRID, split_arrays
+from learners.routing.cascade import oracle_actions
+from learners.routing.router import RoutingCost, build_patch_table, model_costs
+from learners.routing.training import RLConfig, RoutingData, train_policy
+from napari_paser.bench.routing import new_policy, policy_actions, table_row
+from napari_paser.data.dataset import normalise, read_dataset, robust_range
+from napari_paser.jobs.policy import load_run_models
+from napari_paser.jobs.train import GRID, split_arrays
 
 SETTINGS = {
     "reinforce": dict(gradient="reinforce", rollouts=1, flips=False),

@@ -16,8 +16,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from learners.checkpoint import load_checkpoint
-from learners.router import build_patch_table
-from napari_paser.dataset import normalise, read_dataset, robust_range
+from learners.routing.router import build_patch_table
+from napari_paser.data.dataset import normalise, read_dataset, robust_range
 
 
 def main() -> None:

@@ -49,7 +49,7 @@ def _fractions(text: str) -> tuple[float, ...]:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from napari_paser.synth import write_synthetic
+    from napari_paser.data.synth import write_synthetic
 
     write_synthetic(args.out, args.n, args.size, fractions=args.fractions, seed=args.seed)
     print(f"wrote {args.n} synthetic slices of {args.size[0]}x{args.size[1]} to {args.out}")
@@ -57,7 +57,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_degrade(args: argparse.Namespace) -> int:
-    from napari_paser.degrade import degrade_folder
+    from napari_paser.data.degrade import degrade_folder
 
     spec = degrade_folder(args.data, args.out, args.preset, args.seed, overrides=_degrade_overrides(args))
     print(f"wrote a degraded copy of {args.data} to {args.out} ({spec})")
@@ -71,7 +71,7 @@ def _degrade_overrides(args: argparse.Namespace) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from napari_paser.dataset import read_dataset
+    from napari_paser.data.dataset import read_dataset
 
     ds = read_dataset(args.data)
     fractions = np.bincount(ds.labels.ravel(), minlength=ds.n_classes) / ds.labels.size
@@ -84,7 +84,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from napari_paser.train_run import format_metrics, train_run
+    from napari_paser.jobs.train import format_metrics, train_run
 
     names = tuple(args.classes.split(",")) if args.classes else None
     metrics = train_run(args.data, args.out, preset=args.preset, epochs=args.epochs, seed=args.seed, scheduler=args.scheduler,
@@ -96,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
-    from napari_paser.policy_run import format_bank, train_policies
+    from napari_paser.jobs.policy import format_bank, train_policies
 
     summary = train_policies(args.data, args.run, lambdas=args.lambdas, default=args.default, epochs=args.epochs,
                              batch_size=args.batch_size, lr=args.lr, samples=args.samples, seed=args.seed,
@@ -108,7 +108,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 
 def cmd_route(args: argparse.Namespace) -> int:
-    from napari_paser.predict import route_file
+    from napari_paser.jobs.predict import route_file
 
     summary = route_file(args.run, args.image, args.out, lam=args.lam, samples=args.samples, progress=not args.quiet)
     shares = ", ".join(f"{k} {v:.0%}" for k, v in summary["patch_share"].items())
@@ -120,7 +120,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from napari_paser.predict import predict_file
+    from napari_paser.jobs.predict import predict_file
 
     out = predict_file(args.run, args.image, args.out, samples=args.samples, tile=args.tile, progress=not args.quiet)
     print(f"wrote prediction.tif, entropy.tif and bald.tif to {out}")
@@ -152,7 +152,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_routing(args: argparse.Namespace) -> int:
-    from napari_paser.bench_routing import SWEEP_LAMBDAS, BenchConfig, format_table, run_bench
+    from napari_paser.bench.routing import SWEEP_LAMBDAS, BenchConfig, format_table, run_bench
 
     cfg = BenchConfig(args.data, args.run, args.out, lam=args.lam, noise=args.noise, sweep=args.sweep,
                       epochs_rl=args.epochs_rl, epochs_ft=args.epochs_ft, ft_models=not args.policy_only_ft,
@@ -177,7 +177,7 @@ def _sim_config(args: argparse.Namespace):
     """The simulation settings of `paser bench al` / `paser al train-dqn` (also sets torch's threads)."""
     import torch
 
-    from napari_paser.al_sim import SimConfig
+    from napari_paser.bench.al_sim import SimConfig
 
     torch.set_num_threads(args.threads)
     return SimConfig(region=args.region, train_steps=args.train_steps, seed_steps=args.seed_steps,
@@ -187,7 +187,7 @@ def _sim_config(args: argparse.Namespace):
 
 
 def cmd_bench_al(args: argparse.Namespace) -> int:
-    from napari_paser.bench_al import BenchConfig, format_table, run_bench
+    from napari_paser.bench.al import BenchConfig, format_table, run_bench
 
     cfg = BenchConfig(args.data, args.out, tuple(s.strip() for s in args.samplers.split(",")), args.budgets, args.seeds,
                       args.dqn, _sim_config(args), tuple(args.pool_splits.split(",")), args.test_split, args.crop,
@@ -199,7 +199,7 @@ def cmd_bench_al(args: argparse.Namespace) -> int:
 
 
 def cmd_al_train_dqn(args: argparse.Namespace) -> int:
-    from napari_paser.al_sim import DQNTrainConfig, load_splits, train_dqn
+    from napari_paser.bench.al_sim import DQNTrainConfig, load_splits, train_dqn
 
     (data, reward), n_classes = load_splits(args.data, [args.train_splits.split(","), args.reward_splits.split(",")],
                                             args.crop)
@@ -260,10 +260,10 @@ def _al_parsers(sub, bench) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.gui:
-        from napari_paser.demo_gui import main as demo_gui
+        from napari_paser.gui.demo import main as demo_gui
 
         return demo_gui(Path(args.out), keep_open=not args.close)
-    from napari_paser.demo import run_demo
+    from napari_paser.jobs.demo import run_demo
 
     run_demo(Path(args.out), progress=not args.quiet)
     return 0

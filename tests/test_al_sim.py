@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-import napari_paser.al_sim as al_sim
+import napari_paser.bench.al_sim as al_sim
 from learners.query_network import DQNAgent
 from learners.training import UNLABELED
-from napari_paser.al_sim import (
+from napari_paser.bench.al_sim import (
     SegmentationGame,
     SimConfig,
     Split,
@@ -17,7 +17,7 @@ from napari_paser.al_sim import (
     training_set,
 )
 from napari_paser.errors import PaserInputError
-from napari_paser.synth import synth_volume
+from napari_paser.data.synth import synth_volume
 from sampling.base import Selection
 from sampling.dqn import DQNSampler, FeatureSpec, play_episode
 from sampling.regions import RegionPool

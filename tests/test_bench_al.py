@@ -3,12 +3,12 @@ import json
 import numpy as np
 import pytest
 
-from napari_paser.al_sim import SimConfig
-from napari_paser.bench_al import BenchConfig, budget_to_reach, budget_to_stay, crossing, normalised_auc, run_bench
+from napari_paser.bench.al_sim import SimConfig
+from napari_paser.bench.al import BenchConfig, budget_to_reach, budget_to_stay, crossing, normalised_auc, run_bench
 from napari_paser.cli import main
-from napari_paser.dataset import write_dataset
+from napari_paser.data.dataset import write_dataset
 from napari_paser.errors import PaserInputError
-from napari_paser.synth import synth_volume
+from napari_paser.data.synth import synth_volume
 
 SIM = SimConfig(region=32, train_steps=2, seed_steps=2, batch_size=2, samples=2, state_regions=4)
 

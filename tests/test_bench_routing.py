@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from learners.cascade import CascadePoint
+from learners.routing.cascade import CascadePoint
 from learners.checkpoint import load_checkpoint, save_checkpoint
 from learners.inference import predict_classes
 from learners.metrics import mean_iou
 from learners.unet import UNet, UNetConfig
 from napari_paser import cli
-from napari_paser.bench_routing import METHODS, epochs_to_converge, gflops_at_iou, parse_noise
-from napari_paser.dataset import normalise, read_dataset, robust_range
+from napari_paser.bench.routing import METHODS, epochs_to_converge, gflops_at_iou, parse_noise
+from napari_paser.data.dataset import normalise, read_dataset, robust_range
 from napari_paser.errors import PaserInputError
 
 

@@ -3,13 +3,13 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from learners.cascade import (cascade_flops, cascade_stages, evaluate_cascade, idk_loss, match_iou, oracle_actions,
+from learners.routing.cascade import (cascade_flops, cascade_stages, evaluate_cascade, idk_loss, match_iou, oracle_actions,
                               pareto_front, random_actions, run_cascade, run_oracle, run_random, search_thresholds,
                               threshold_ranges)
 from learners.errors import InputError
-from learners.policy import PolicyConfig, PolicyNet
-from learners.reward import image_rewards
-from learners.router import RoutingCost, build_patch_table, model_costs, policy_probabilities
+from learners.routing.policy import PolicyConfig, PolicyNet
+from learners.routing.reward import image_rewards
+from learners.routing.router import RoutingCost, build_patch_table, model_costs, policy_probabilities
 from test_router import Recorder, tiny_models
 
 

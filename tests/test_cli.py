@@ -8,7 +8,7 @@ import tifffile
 
 from learners.checkpoint import load_checkpoint
 from napari_paser.cli import main
-from napari_paser.dataset import read_dataset
+from napari_paser.data.dataset import read_dataset
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_paser.dataset import (
+from napari_paser.data.dataset import (
     SPLIT_NAMES,
     Dataset,
     fingerprint,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_paser.degrade import PRESETS, Degradation, degrade, get_degradation, salt_and_pepper
+from napari_paser.data.degrade import PRESETS, Degradation, degrade, get_degradation, salt_and_pepper
 from napari_paser.errors import PaserInputError
-from napari_paser.synth import synth_image, synth_labels
+from napari_paser.data.synth import synth_image, synth_labels
 
 
 @pytest.fixture(scope="module")

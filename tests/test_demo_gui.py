@@ -11,10 +11,10 @@ import torch  # noqa: E402
 from imageio.v3 import imread  # noqa: E402
 
 from learners.checkpoint import save_checkpoint  # noqa: E402
-from learners.policy import PolicyConfig, PolicyNet  # noqa: E402
-from learners.policy_bank import PolicyBank, save_bank  # noqa: E402
+from learners.routing.policy import PolicyConfig, PolicyNet  # noqa: E402
+from learners.routing.bank import PolicyBank, save_bank  # noqa: E402
 from learners.unet import UNet, UNetConfig  # noqa: E402
-from napari_paser import demo_gui  # noqa: E402
+from napari_paser.gui import demo as demo_gui  # noqa: E402
 
 
 def tiny_run(folder):
@@ -33,8 +33,8 @@ def tiny_run(folder):
 def test_walkthrough_does_every_step_and_saves_a_screenshot_of_each(make_napari_viewer, tmp_path, monkeypatch):
     from qtpy.QtCore import Qt
 
-    from napari_paser.export import read_export
-    from napari_paser.session import Session
+    from napari_paser.data.export import read_export
+    from napari_paser.session.core import Session
 
     monkeypatch.setattr(demo_gui, "RETRAIN_EPOCHS", 1)
     viewer = make_napari_viewer()

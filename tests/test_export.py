@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from napari_paser.errors import PaserInputError
-from napari_paser.export import (
+from napari_paser.data.export import (
     UNLABELED_VALUE, labeled_set_from_layer, read_export, read_manifest_csv, write_labeled_set,
 )
-from napari_paser.labels_convention import layer_to_classes
-from napari_paser.session import Session
+from napari_paser.data.labels_convention import layer_to_classes
+from napari_paser.session.core import Session
 
 
 def image(z: int = 2, size: int = 48, seed: int = 0) -> np.ndarray:

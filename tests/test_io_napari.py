@@ -8,9 +8,9 @@ import tifffile
 import zarr
 
 from napari_paser.errors import PaserInputError
-from napari_paser.export import read_export
-from napari_paser.io_napari import SESSION_KEY, get_reader, read_path, region_shapes, write_labeled_set
-from napari_paser.session import Session
+from napari_paser.data.export import read_export
+from napari_paser.gui.io import SESSION_KEY, get_reader, read_path, region_shapes, write_labeled_set
+from napari_paser.session.core import Session
 
 
 def image(z: int = 2, size: int = 48) -> np.ndarray:
@@ -31,7 +31,7 @@ def test_tiff_stacks_open_as_images(tmp_path, shape):
 
 
 def test_large_tiffs_open_lazily(tmp_path, monkeypatch):
-    import napari_paser.io_napari as io
+    import napari_paser.gui.io as io
 
     stack = np.arange(3 * 32 * 32, dtype=np.uint16).reshape(3, 32, 32)
     tifffile.imwrite(tmp_path / "big.tif", stack, photometric="minisblack")
@@ -54,7 +54,7 @@ def test_paths_this_plugin_does_not_read(tmp_path):
 
 
 def test_dataset_folder_opens_images_and_labels_in_layer_convention(tmp_path):
-    from napari_paser.dataset import write_dataset
+    from napari_paser.data.dataset import write_dataset
 
     labels = np.random.default_rng(1).integers(0, 3, (2, 48, 48)).astype(np.uint8)
     write_dataset(tmp_path / "ds", image(), labels, ["pore", "binder", "active"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_paser.errors import PaserInputError
-from napari_paser.labels_convention import (
+from napari_paser.data.labels_convention import (
     IGNORE_INDEX,
     UNLABELED,
     classes_to_layer,

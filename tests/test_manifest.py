@@ -63,7 +63,7 @@ def _check_sample_layers(layers):
 
 
 def test_sample_function_returns_image_and_labels():
-    from napari_paser.sample_data import make_sample_synthetic_lowres
+    from napari_paser.gui.sample_data import make_sample_synthetic_lowres
 
     image, labels = _check_sample_layers(make_sample_synthetic_lowres())
     assert image.shape == (16, 128, 128)

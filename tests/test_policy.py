@@ -9,9 +9,9 @@ from learners.errors import CheckpointError
 from learners.flops import cost_shares
 from learners.grid import Grid
 from learners.metrics import confusion_matrix, mean_iou
-from learners.policy import (ALPHA_FINETUNE, ALPHA_RL, PolicyConfig, PolicyNet, linear_schedule, load_policy,
+from learners.routing.policy import (ALPHA_FINETUNE, ALPHA_RL, PolicyConfig, PolicyNet, linear_schedule, load_policy,
                              mix_uniform, policy_state, save_policy)
-from learners.reward import (PatchTable, best_actions, image_rewards, patch_confusions, patch_ious, rewards,
+from learners.routing.reward import (PatchTable, best_actions, image_rewards, patch_confusions, patch_ious, rewards,
                              total_variation)
 from learners.unet import UNet, UNetConfig, count_parameters
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from learners.errors import CheckpointError, InputError
-from learners.policy import PolicyConfig, PolicyNet, save_policy
-from learners.policy_bank import (PolicyBank, bank_file, check_lambdas, iter_bank_training, load_bank,
+from learners.routing.policy import PolicyConfig, PolicyNet, save_policy
+from learners.routing.bank import (PolicyBank, bank_file, check_lambdas, iter_bank_training, load_bank,
                                   save_bank)
-from learners.router import policy_probabilities
-from learners.router_training import RLConfig
+from learners.routing.router import policy_probabilities
+from learners.routing.training import RLConfig
 from test_router import base_ious, synthetic_data
 
 
@@ -99,7 +99,7 @@ def test_paser_policy_writes_the_bank_policy_pt_and_bank_json(tmp_path, capsys):
     from learners.checkpoint import save_checkpoint
     from learners.unet import UNet, UNetConfig
     from napari_paser.cli import main
-    from napari_paser.synth import write_synthetic
+    from napari_paser.data.synth import write_synthetic
 
     data = write_synthetic(tmp_path / "data", 10, 32, seed=0)
     run = tmp_path / "run"
@@ -118,7 +118,7 @@ def test_paser_policy_writes_the_bank_policy_pt_and_bank_json(tmp_path, capsys):
     row = summary["policies"]["0.500"]
     assert 0 <= row["iou"] <= 1 and sum(row["patch_share"].values()) == pytest.approx(1.0)
     assert summary["f2_alone"]["patch_share"]["f2"] == 1.0
-    from learners.policy import load_policy
+    from learners.routing.policy import load_policy
 
     assert load_policy(run / "policy.pt").meta["lambda"] == 0.5
     assert "(policy.pt)" in capsys.readouterr().out

@@ -5,10 +5,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from learners.errors import InputError
-from learners.policy import PolicyConfig, PolicyNet, load_policy, save_policy
-from learners.router import (F0State, RoutingCost, build_patch_table, model_costs, policy_probabilities, route,
+from learners.routing.policy import PolicyConfig, PolicyNet, load_policy, save_policy
+from learners.routing.router import (F0State, RoutingCost, build_patch_table, model_costs, policy_probabilities, route,
                              table_summary)
-from learners.router_training import (FinetuneConfig, RLConfig, RoutingData, _leave_one_out, finetune,
+from learners.routing.training import (FinetuneConfig, RLConfig, RoutingData, _leave_one_out, finetune,
                                       expected_step, greedy_outcome, random_flip,
                                       reinforce_step, train_policy,
                                       tvd_finetune_config)
@@ -341,7 +341,7 @@ def test_tvd_mode_raises_lambda_until_the_policy_drifts_to_the_threshold():
     assert result.reached_threshold
     assert len(result.history) < 50
     assert result.tvd >= 0.1
-    from learners.reward import total_variation
+    from learners.routing.reward import total_variation
     assert total_variation(policy_probabilities(policy, data.state), start) == pytest.approx(result.tvd)
     lams = [e.lam for e in result.history]
     assert lams[0] == 0.0 and all(b > a for a, b in zip(lams, lams[1:]))
@@ -355,7 +355,7 @@ def test_prepared_routing_data_uses_eq3_costs():
 
 def test_single_model_baselines_through_the_same_executor():
     from learners.inference import predict_classes
-    from learners.router import execute_routing
+    from learners.routing.router import execute_routing
     models = tiny_models()
     images = np.random.default_rng(5).random((2, 30, 34)).astype(np.float32)
     cost = RoutingCost.of(models, 30, 34, (4, 4), samples=0)

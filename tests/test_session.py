@@ -14,7 +14,7 @@ from learners.checkpoint import save_checkpoint
 from learners.training import TrainConfig
 from learners.unet import UNet, UNetConfig
 from napari_paser.errors import InputError, PaserInputError
-from napari_paser.session import PartialRegionError, Progress, Session
+from napari_paser.session.core import PartialRegionError, Progress, Session
 
 TINY = UNetConfig(base=4, depth=2)
 FAST = TrainConfig(epochs=1, batch_size=2, lr=1e-3, augment=False)
@@ -440,7 +440,7 @@ def test_dqn_sampler_from_a_saved_agent(ready, tmp_path):
 
 
 def test_routing_needs_a_policy_and_reports_cost(session, tmp_path):
-    from learners.policy import PolicyConfig, PolicyNet, save_policy
+    from learners.routing.policy import PolicyConfig, PolicyNet, save_policy
 
     run = tmp_path / "run"
     save_checkpoint(run / "f0.pt", UNet(TINY))
@@ -467,8 +467,8 @@ def test_routing_needs_a_policy_and_reports_cost(session, tmp_path):
 
 
 def test_policy_bank_gives_a_live_lambda_control(session, tmp_path):
-    from learners.policy import PolicyConfig, PolicyNet
-    from learners.policy_bank import PolicyBank, save_bank
+    from learners.routing.policy import PolicyConfig, PolicyNet
+    from learners.routing.bank import PolicyBank, save_bank
 
     run = tmp_path / "run"
     save_checkpoint(run / "f0.pt", UNet(TINY))
@@ -503,7 +503,7 @@ def test_policy_bank_gives_a_live_lambda_control(session, tmp_path):
 
 KILL_CHILD = """
 import sys, numpy as np
-from napari_paser.session import Session
+from napari_paser.session.core import Session
 s = Session.open(sys.argv[1])
 for rid in range(len(s.pool)):
     r = s.region(rid)

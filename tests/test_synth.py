@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_paser.errors import PaserInputError
-from napari_paser.synth import CLASS_NAMES_DEFAULT, synth_image, synth_labels, synth_volume
+from napari_paser.data.synth import CLASS_NAMES_DEFAULT, synth_image, synth_labels, synth_volume
 
 
 def _fractions(labels: np.ndarray, n: int) -> np.ndarray:

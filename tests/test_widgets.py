@@ -13,12 +13,12 @@ pytest.importorskip("napari")
 
 import torch  # noqa: E402
 from learners.checkpoint import save_checkpoint  # noqa: E402
-from learners.policy import PolicyConfig, PolicyNet, save_policy  # noqa: E402
+from learners.routing.policy import PolicyConfig, PolicyNet, save_policy  # noqa: E402
 from learners.unet import UNet, UNetConfig  # noqa: E402
-from napari_paser import _widgets_hub  # noqa: E402
-from napari_paser._widgets import PaserWidget  # noqa: E402
-from napari_paser._widgets_hub import ABOVE, ENTROPY, LABELS, PRED, REGIONS, ROUTED, ROUTING, hub_for  # noqa: E402
-from napari_paser.io_napari import REGION_COLORS  # noqa: E402
+from napari_paser.gui import hub as _widgets_hub  # noqa: E402
+from napari_paser.gui.widgets import PaserWidget  # noqa: E402
+from napari_paser.gui.hub import ABOVE, ENTROPY, LABELS, PRED, REGIONS, ROUTED, ROUTING, hub_for  # noqa: E402
+from napari_paser.gui.io import REGION_COLORS  # noqa: E402
 
 PLUGIN = "napari-paser"
 TINY = UNetConfig(base=4, depth=2)
@@ -299,7 +299,7 @@ def test_routing_overlay_screenshot_is_not_blank(gui, qtbot, tmp_path, errors):
 
 
 def test_lambda_slider_reroutes_live_from_the_policy_bank(gui, qtbot, tmp_path, errors):
-    from learners.policy_bank import PolicyBank, save_bank
+    from learners.routing.bank import PolicyBank, save_bank
 
     viewer, widget = gui
     s = start(widget, tmp_path)
@@ -330,7 +330,7 @@ def test_lambda_slider_reroutes_live_from_the_policy_bank(gui, qtbot, tmp_path, 
 
 
 def test_export_writes_the_labeled_set(gui, tmp_path, errors):
-    from napari_paser.export import read_export
+    from napari_paser.data.export import read_export
 
     viewer, widget = gui
     s = accepted_session(widget, tmp_path, n=2)
@@ -362,8 +362,8 @@ def test_labels_from_another_layer_can_be_copied_and_accepted(gui, errors, tmp_p
 
 
 def test_a_session_opened_from_the_file_menu_is_offered_for_resuming(make_napari_viewer, tmp_path):
-    from napari_paser.io_napari import read_session
-    from napari_paser.session import Session
+    from napari_paser.gui.io import read_session
+    from napari_paser.session.core import Session
 
     Session.create(tmp_path / "sess", np.zeros((2, 64, 64), np.uint16) + np.arange(64, dtype=np.uint16))
     viewer = make_napari_viewer()

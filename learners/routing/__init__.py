@@ -1,0 +1,2 @@
+"""PaSeR: the routing policy, rewards, routed inference, stage 2/3 training, the policy bank and
+the cascade baselines."""

@@ -1,0 +1,227 @@
+"""`paser demo --gui`: napari with the PaSeR dock on the sample data and models ready, walking
+through the workflow (session, maps, routing, proposals, accept, retrain, export) and saving
+a screenshot of each step into the output folder.
+
+Models come from the headless demo's cache (`napari_paser.jobs.demo`: f0/f1/f2 trained once in
+`<out>/run`); a bank of routing policies (one per lambda, `paser policy`) is trained briefly on
+the demo data's "rl" split the first time and cached in `<out>/run/policies`. With no display the demo re-runs itself under `xvfb-run`
+and exits after the last screenshot; with a display it leaves napari open for the person.
+The "person" of the walkthrough paints proposals from the sample's ground truth.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+PLUGIN, DOCK = "napari-paser", "PaSeR (all steps)"
+POLICY_EPOCHS, POLICY_LAMBDAS = 40, (0.0, 0.05, 0.3, 1.0)  # the quick demo models are close: small lambdas matter
+ACCEPT, RETRAIN_EPOCHS = 5, 3
+XVFB_ENV = "PASER_DEMO_UNDER_XVFB"
+WINDOW = (1600, 900)
+GAMMA = 0.9  # of log(3) = 1.10: the quick demo f0 is unsure almost everywhere
+
+
+def main(out: Path, keep_open: bool = True) -> int:
+    """Run the walkthrough (under Xvfb when there is no display); return an exit status."""
+    if not _has_display():
+        return _rerun_under_xvfb(out)
+    return walkthrough(Path(out), keep_open=keep_open and not os.environ.get(XVFB_ENV))
+
+
+def _has_display() -> bool:
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _rerun_under_xvfb(out: Path) -> int:
+    exe = shutil.which("xvfb-run")
+    if exe is None:
+        from napari_paser.errors import PaserInputError
+
+        raise PaserInputError("no display and no xvfb-run: install xvfb (apt-get install xvfb) or run with a display")
+    cmd = [exe, "-a", "-s", "-screen 0 1600x1000x24", sys.executable, "-m", "napari_paser.cli", "demo", "--gui",
+           "--out", str(out)]
+    print("no display: running the GUI demo under Xvfb (screenshots only)")
+    return subprocess.call(cmd, env={**os.environ, XVFB_ENV: "1"})
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def models_ready(out: Path) -> Path:
+    """The demo run folder, with its models and policy bank trained on first use."""
+    from napari_paser.jobs.demo import run_demo
+    from napari_paser.jobs.policy import format_bank, train_policies
+
+    run_demo(out)
+    run = out / "run"
+    bank = run / "policies" / "bank.json"
+    if not bank.is_file() or bank.stat().st_mtime < (run / "f2.pt").stat().st_mtime:
+        print(f"training routing policies for {run} (lambda {', '.join(map(str, POLICY_LAMBDAS))}) ...")
+        summary = train_policies(out / "data" / "lowres", run, POLICY_LAMBDAS, default=0.0, epochs=POLICY_EPOCHS)
+        print(format_bank(summary))
+    return run
+
+
+# ----------------------------------------------------------------------------- walkthrough
+
+
+def walkthrough(out: Path, keep_open: bool) -> int:
+    """Open napari, do every step through the widgets, screenshot each."""
+    import napari
+    import torch
+
+    run = models_ready(out)
+    shots = out / "gui"
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated.*")  # keep the toast off the shots
+    viewer = napari.Viewer(title="napari-paser demo")
+    viewer.window._qt_window.resize(*WINDOW)  # screenshot code: a fixed window size
+    run_steps(viewer, run, shots)
+    print(f"screenshots in {shots}")
+    if keep_open:
+        napari.run()
+    else:
+        viewer.close()
+    return 0
+
+
+def run_steps(viewer, run: Path, shots: Path) -> list[Path]:
+    """On `viewer`: open the sample, dock the plugin, do every step with `run`'s models; the screenshots."""
+    shots.mkdir(parents=True, exist_ok=True)
+    viewer.open_sample(PLUGIN, "synthetic_lowres")
+    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, DOCK)
+    _settle(0.5)
+    viewer.reset_view()
+    steps = Steps(viewer, dock, shots, run)
+    for step in (steps.session, steps.maps, steps.routing, steps.propose, steps.accept, steps.retrain, steps.export):
+        step()
+    return steps.paths
+
+
+class Steps:
+    """The walkthrough's steps, each driving the dock's widgets as a person would."""
+
+    def __init__(self, viewer, dock, shots: Path, run: Path) -> None:
+        self.viewer, self.dock, self.shots, self.run = viewer, dock, shots, run
+        self.hub = dock.hub
+        self.paths: list[Path] = []
+
+    def shot(self, name: str) -> Path:
+        """Save a screenshot of the whole window (dock included)."""
+        _settle(0.3)
+        _close_toasts(self.viewer)
+        path = self.shots / f"{len(self.paths) + 1:02d}-{name}.png"
+        self.viewer.screenshot(str(path), canvas_only=False, flash=False)
+        self.paths.append(path)
+        print(f"  step {len(self.paths)}: {name} -> {path}")
+        return path
+
+    def wait(self, timeout: float = 600.0) -> None:
+        t0 = time.monotonic()
+        while self.hub.busy and time.monotonic() - t0 < timeout:
+            _settle(0.05)
+
+    def session(self) -> None:
+        w = self.dock.show_step("Session")
+        w.layer_box.setCurrentText("synthetic low-res (lowres)")
+        folder = self.shots.parent / "gui-session"
+        shutil.rmtree(folder, ignore_errors=True)
+        w.folder.setText(str(folder))
+        w.start()
+        w.run_folder.setText(str(self.run))
+        w.load_models()
+        self.viewer.layers["phases (ground truth)"].visible = False
+        self.viewer.dims.set_current_step(0, 8)
+        self.shot("session")
+
+    def maps(self) -> None:
+        w = self.dock.show_step("Maps")
+        w.compute(volume=True)
+        self.wait()
+        w.gamma.setValue(GAMMA)
+        self.viewer.layers["paser f0 prediction"].visible = False
+        self.shot("entropy")
+
+    def routing(self) -> None:
+        w = self.dock.show_step("Maps")
+        for name in ("paser f0 entropy", "paser entropy > gamma"):
+            self.viewer.layers[name].visible = False
+        w.lam.setValue(0.0)
+        w.route()
+        self.wait()
+        self.shot("routing")
+        w.lam.setValue(1.0)  # live: the bank's lambda-1 policy re-routes the slice at once
+        self.shot("routing-lambda1")
+        w.lam.setValue(0.0)
+        self.viewer.layers["paser routing"].visible = False
+
+    def propose(self) -> None:
+        w = self.dock.show_step("Label")
+        w.sampler.setCurrentText("entropy")
+        w.k.setValue(8)
+        w.propose()
+        self.viewer.layers["paser entropy > gamma"].visible = True
+        self.shot("proposals")
+
+    def accept(self) -> None:
+        """Paint the proposals on screen from the ground truth and accept them one by one."""
+        w = self.dock.show_step("Label")
+        s, truth = self.hub.require(), self.viewer.layers["phases (ground truth)"].data
+        for _ in range(ACCEPT):
+            p = w.current
+            ix = (p.z, slice(p.y0, p.y0 + p.h), slice(p.x0, p.x0 + p.w))
+            s.labels[ix] = np.asarray(truth[ix], np.uint8)
+            self.viewer.layers["paser labels"].refresh()
+            w.accept()
+        self.viewer.layers["paser entropy > gamma"].visible = False
+        last = s.accepted[-1]
+        self.viewer.dims.set_current_step(0, last.z)
+        self.viewer.reset_view()
+        self.shot("accepted")
+
+    def retrain(self) -> None:
+        w = self.dock.show_step("Train")
+        w.epochs.setValue(RETRAIN_EPOCHS)
+        w.retrain()
+        self.wait()
+        self.viewer.layers["paser f0 prediction"].visible = True
+        self.viewer.layers["paser labels"].visible = False
+        self.viewer.reset_view()
+        self.shot("retrained")
+        self.viewer.layers["paser labels"].visible = True
+
+    def export(self) -> None:
+        w = self.dock.show_step("Export")
+        target = self.shots.parent / "gui-export"
+        shutil.rmtree(target, ignore_errors=True)
+        w.out.setText(str(target))
+        w.full.setChecked(True)
+        w.export()
+        self.shot("export")
+
+
+def _close_toasts(viewer) -> None:
+    """Close napari's notification pop-ups so they do not cover the screenshot (screenshot code: private API)."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()
+    _settle(0.1)
+
+
+def _settle(seconds: float) -> None:
+    """Let Qt process events (paint, worker signals) for a while."""
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.01)

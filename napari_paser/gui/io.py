@@ -1,0 +1,232 @@
+"""npe2 reader and writer of the plugin: plain functions returning napari LayerData tuples.
+
+No Qt or napari import here (napari calls these through `napari.yaml`). LayerData is
+`(data, kwargs, layer_type)`. Labels layers always hold the napari Labels convention (class
+k = k + 1, 0 = not labeled), converted only by `labels_convention`.
+
+Reads: a greyscale TIFF slice or stack (RGB TIFFs are left to other readers), a dataset folder
+(images.tif + labels.tif), a zarr array (or the 2D/3D arrays of a zarr group), and a session
+folder (image, label canvas, regions, maps; the layers' metadata carry `paser_session`, the
+folder, so a widget can `Session.open` it and get the models too). Writes: a Labels layer as
+the labeled-set export (`napari_paser.data.export`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import zarr
+
+from napari_paser.errors import PaserInputError
+from napari_paser.data.labels_convention import classes_to_layer
+
+LayerData = tuple  # (data, kwargs, layer_type)
+SESSION_KEY = "paser_session"
+REGION_COLORS = {"proposed": "#ffd700", "accepted": "#00e5ff"}
+LAZY_BYTES = 1 << 30  # TIFFs larger than this open lazily
+
+
+# ----------------------------------------------------------------------------- reader
+
+
+def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
+    """The reader for `path`, or None when this plugin does not read it (napari asks others)."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    kind = path_kind(Path(path))
+    return None if kind is None else read_path
+
+
+def path_kind(path: Path) -> str | None:
+    """"session", "dataset", "zarr", "tiff" or None."""
+    if path.is_dir():
+        if (path / "session.json").is_file():
+            return "session"
+        if (path / "images.tif").is_file() and (path / "labels.tif").is_file():
+            return "dataset"
+        if any((path / m).is_file() for m in ("zarr.json", ".zarray", ".zgroup")):
+            return "zarr"
+        return None
+    if path.suffix.lower() in (".tif", ".tiff") and path.is_file() and not _is_rgb_tiff(path):
+        return "tiff"
+    return None
+
+
+def _is_rgb_tiff(path: Path) -> bool:
+    try:
+        with tifffile.TiffFile(path) as tf:
+            return any(s.keyframe.photometric == tifffile.PHOTOMETRIC.RGB for s in tf.series)
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError):
+        return False  # unreadable: let read_tiff say so
+
+
+def read_path(path: str | list[str]) -> list[LayerData]:
+    """Read any path `get_reader` accepts."""
+    path = Path(path[0] if isinstance(path, (list, tuple)) else path)
+    kind = path_kind(path)
+    readers = {"session": read_session, "dataset": read_dataset_folder, "zarr": read_zarr, "tiff": read_tiff}
+    if kind is None:
+        raise PaserInputError(f"{path} is not a TIFF, zarr array, dataset folder or session folder")
+    return readers[kind](path)
+
+
+def read_tiff(path: str | Path) -> list[LayerData]:
+    """A greyscale TIFF slice (Y, X) or stack (Z, Y, X) as an image layer; files above
+    LAZY_BYTES are opened lazily as a zarr view (slices read on demand), never loaded whole."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > LAZY_BYTES:
+            data = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+        else:
+            data = tifffile.imread(path)
+    except (tifffile.TiffFileError, OSError, ValueError) as exc:
+        raise PaserInputError(f"cannot read {path} as TIFF ({exc}); check the file") from None
+    if not isinstance(data, zarr.Array):
+        data = np.squeeze(data) if data.ndim > 3 else data
+    _check_greyscale(tuple(data.shape), str(path))
+    return [(data, {"name": path.stem, "colormap": "gray", "metadata": {"source": str(path)}}, "image")]
+
+
+def _check_greyscale(shape: tuple[int, ...], name: str) -> None:
+    if len(shape) not in (2, 3):
+        raise PaserInputError(f"{name} has shape {shape}: need a greyscale slice (Y, X) or stack (Z, Y, X)")
+
+
+def read_dataset_folder(path: str | Path) -> list[LayerData]:
+    """images.tif as an image layer and labels.tif as a Labels layer (class k shown as k + 1)."""
+    from napari_paser.data.dataset import read_dataset
+
+    ds = read_dataset(path)
+    names = list(ds.class_names)
+    labels = classes_to_layer(ds.labels, n_classes=ds.n_classes)
+    if ds.images.shape[0] == 1:  # a 2D dataset opens as a 2D slice
+        images, labels = ds.images[0], labels[0]
+    else:
+        images = ds.images
+    meta = {"source": str(path), "class_names": names}
+    return [
+        (images, {"name": f"{Path(path).name} images", "colormap": "gray", "metadata": meta}, "image"),
+        (labels, {"name": f"{Path(path).name} labels", "opacity": 0.5, "metadata": meta}, "labels"),
+    ]
+
+
+def read_zarr(path: str | Path) -> list[LayerData]:
+    """A zarr array (lazily, never loaded whole), or each 2D/3D array of a zarr group, as image layers."""
+    path = Path(path)
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:  # zarr raises many types for foreign or damaged stores
+        raise PaserInputError(f"cannot open {path} as zarr ({type(exc).__name__}: {exc})") from None
+    if isinstance(node, zarr.Array):
+        arrays = [(path.stem, node)]
+    else:
+        arrays = [(f"{path.stem}/{k}", a) for k, a in sorted(node.arrays()) if len(a.shape) in (2, 3)]
+    if not arrays:
+        raise PaserInputError(f"{path} is a zarr group without 2D or 3D arrays: open one of its arrays instead")
+    layers = []
+    for name, arr in arrays:
+        _check_greyscale(tuple(arr.shape), f"{path} ({name})")
+        layers.append((arr, {"name": name, "colormap": "gray", "metadata": {"source": str(path)}}, "image"))
+    return layers
+
+
+def read_session(path: str | Path) -> list[LayerData]:
+    """A labeling session: image, label canvas (paintable), regions (proposed/accepted) and f0's maps."""
+    from napari_paser.session.core import Session
+
+    session = Session.open(path)
+    name = Path(path).name
+    meta = {SESSION_KEY: str(Path(path).resolve()), "class_names": list(session.classes.names)}
+    lo, hi = session.state.image["lo"], session.state.image["hi"]
+    layers = [
+        (session.image, {"name": f"{name} image", "colormap": "gray", "contrast_limits": (lo, hi), "metadata": meta},
+         "image"),
+        (session.labels, {"name": f"{name} labels", "colormap": session.classes.layer_colors(), "opacity": 0.6,
+                          "metadata": meta}, "labels"),
+    ]
+    if session.state.maps:
+        layers += map_layers(session, name, meta)
+    shapes = region_shapes(session)
+    if shapes is not None:
+        layers.append(shapes)
+    return layers
+
+
+def map_layers(session, name: str, meta: dict) -> list[LayerData]:
+    """f0's prediction (Labels) and entropy (image, magma), read lazily from the session's zarr maps."""
+    import dask.array as da
+
+    pred = classes_to_layer(da.from_zarr(session.maps["prediction"]), n_classes=session.n_classes)
+    return [
+        (pred, {"name": f"{name} f0 prediction", "colormap": session.classes.layer_colors(), "opacity": 0.4,
+                "visible": False, "metadata": meta}, "labels"),
+        (session.maps["entropy"], {"name": f"{name} f0 entropy", "colormap": "magma", "blending": "additive",
+                                   "opacity": 0.6, "visible": False, "metadata": meta}, "image"),
+    ]
+
+
+def region_shapes(session, name: str = "regions") -> LayerData | None:
+    """Rectangles of the pending proposals (numbered by rank) and the accepted regions, as a Shapes layer.
+
+    features: region_id, rank (0 for regions accepted outside proposals), status
+    ("proposed" | "accepted"); edges coloured by status (REGION_COLORS).
+    """
+    items = [(p.region_id, p.z, p.y0, p.x0, p.h, p.w, p.rank, "proposed") for p in session.pending_proposals]
+    items += [(a.region_id, a.z, a.y0, a.x0, a.h, a.w, a.rank or 0, "accepted") for a in session.accepted]
+    if not items:
+        return None
+    three_d = len(session.shape) == 3
+    rects = [_rectangle(z, y0, x0, h, w, three_d) for _, z, y0, x0, h, w, _, _ in items]
+    features = {"region_id": [i[0] for i in items], "rank": [i[6] for i in items], "status": [i[7] for i in items]}
+    kwargs = {
+        "name": name, "shape_type": "rectangle", "features": features, "face_color": "transparent",
+        "edge_color": [REGION_COLORS[i[7]] for i in items], "edge_width": 2,
+        "text": {"string": "{rank}", "color": "white", "size": 10, "anchor": "upper_left"},
+        "metadata": {SESSION_KEY: str(Path(session.folder).resolve())},
+    }
+    return rects, kwargs, "shapes"
+
+
+def _rectangle(z: int, y0: int, x0: int, h: int, w: int, three_d: bool) -> np.ndarray:
+    """Corners of a region (pixel edges), with the slice index in front for volumes."""
+    corners = np.array([[y0, x0], [y0, x0 + w], [y0 + h, x0 + w], [y0 + h, x0]], dtype=float) - 0.5
+    return np.hstack([np.full((4, 1), float(z)), corners]) if three_d else corners
+
+
+# ----------------------------------------------------------------------------- writer
+
+
+def write_labeled_set(path: str, data, meta: dict) -> list[str]:
+    """npe2 writer for a Labels layer: the labeled-set export into folder `path`.
+
+    A layer of a session (metadata `paser_session`) exports that session's accepted regions
+    with image crops. Any other Labels layer exports every region-size grid cell holding
+    painted pixels (label crops only, no image), with class names from metadata
+    `class_names` or numbered ones.
+    """
+    from napari_paser.data.export import labeled_set_from_layer
+    from napari_paser.data.export import write_labeled_set as write_set
+
+    metadata = dict(meta.get("metadata") or {})
+    if metadata.get(SESSION_KEY):
+        from napari_paser.session.core import Session
+
+        session = Session.open(metadata[SESSION_KEY])
+        if tuple(np.shape(data)) != session.shape:
+            raise PaserInputError(
+                f"the labels layer has shape {tuple(np.shape(data))} but its session image has {session.shape}"
+            )
+        return [str(session.export(path))]
+    names = metadata.get("class_names") or _numbered_classes(data)
+    region = int(metadata.get("region_size", 64))
+    return [str(write_set(path, labeled_set_from_layer(data, list(names), region)))]
+
+
+def _numbered_classes(data) -> list[str]:
+    top = int(np.asarray(data).max()) if np.size(data) else 0
+    return [f"class {k}" for k in range(max(top, 2))]

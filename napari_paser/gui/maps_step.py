@@ -1,0 +1,165 @@
+"""Step 2: f0's prediction and entropy (with a gamma threshold), and the routing overlay."""
+
+from __future__ import annotations
+
+import math
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
+from superqt import QLabeledDoubleSlider
+
+from napari_paser.gui.common import JobBar, group, hrow
+from napari_paser.gui.hub import MODEL_COLORS, ROUTED, ROUTING, guarded, hub_for, info
+
+
+class MapsWidget(QWidget):
+    """Uncertainty and routing: where f0 is unsure, and which model each patch goes to."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer, self.hub = napari_viewer, hub_for(napari_viewer)
+        self.samples = QSpinBox()
+        self.samples.setRange(1, 50)
+        self.samples.setValue(5)
+        self.slice_button = QPushButton("Current slice")
+        self.volume_button = QPushButton("Whole volume")
+        self.job = JobBar(self.hub)
+        self.gamma = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
+        self.gamma.setRange(0.0, math.log(3))
+        self.gamma.setValue(self.hub.gamma)
+        self.route_button = QPushButton("Route current slice")
+        self.lam = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
+        self.lam.setRange(0.0, 1.0)
+        self.lam.setValue(0.3)
+        self.lam.setToolTip("cost weight lambda of the policy: 0 routes by accuracy alone, 1 by cost alone; "
+                            "picks the nearest policy of the run's bank (`paser policy`) and re-routes live")
+        self.lam_note = QLabel("")
+        self.legend = QLabel("")
+        self.readout = QLabel("no routing yet: needs a run folder with policy.pt (f_RL)")
+        self.shares = QLabel("")
+        for label in (self.legend, self.readout, self.shares, self.lam_note):
+            label.setWordWrap(True)
+            label.setTextFormat(Qt.TextFormat.RichText)
+        self._layout()
+        self.slice_button.clicked.connect(lambda: self.compute(volume=False))
+        self.volume_button.clicked.connect(lambda: self.compute(volume=True))
+        self.gamma.valueChanged.connect(self.hub.set_gamma)
+        self.route_button.clicked.connect(self.route)
+        self.lam.valueChanged.connect(self.live)
+        self.hub.busy_changed.connect(self.job.running)
+        self.hub.session_changed.connect(self._session)
+        self.hub.models_changed.connect(self._legend)
+        self.hub.models_changed.connect(self._bank)
+        self.hub.models_changed.connect(self._reroute)
+
+    def _layout(self) -> None:
+        form = QWidget()
+        rows = QFormLayout(form)
+        rows.addRow("MC samples", self.samples)
+        rows.addRow("entropy > gamma", self.gamma)
+        col = QVBoxLayout(self)
+        col.addWidget(group("f0 prediction and entropy", form, hrow(self.slice_button, self.volume_button), self.job))
+        lam_row = QWidget()
+        QFormLayout(lam_row).addRow("cost weight \u03bb", self.lam)
+        col.addWidget(group("Routing (PaSeR policy)", self.route_button, lam_row, self.lam_note, self.legend,
+                            self.readout, self.shares))
+        col.addStretch()
+
+    def _session(self) -> None:
+        s = self.hub.session
+        if s is not None:
+            self.gamma.setRange(0.0, round(math.log(s.n_classes), 3))
+        self._legend()
+        self._bank()
+
+    def _bank(self) -> None:
+        """The lambda control is live only with a policy bank (one policy per lambda)."""
+        s = self.hub.session
+        lambdas = s.policy_lambdas if s is not None else []
+        self.lam.setEnabled(bool(lambdas))
+        if lambdas:
+            low, high = (lambdas[0], lambdas[-1]) if len(lambdas) > 1 else (0.0, 1.0)
+            self.lam.setRange(low, high)
+            self.lam_note.setText("policies trained at \u03bb = " + ", ".join(f"{v:g}" for v in lambdas))
+        else:
+            self.lam_note.setText("one policy, \u03bb fixed at training: `paser policy` trains a bank for live control")
+
+    def _lam(self) -> float | None:
+        s = self.hub.session
+        return self.lam.value() if s is not None and s.policy_lambdas else None
+
+    @guarded
+    def compute(self, volume: bool = False) -> None:
+        """MC-dropout maps of the slice on screen (or every slice) in the background."""
+        s = self.hub.require()
+        zs = None if volume else self.hub.current_z()
+        samples = self.samples.value()
+        gen_check = s.compute_maps(zs, samples=samples)  # raises at once on no models / bad slice
+        gen_check.close()
+
+        def job(should_stop):
+            return (yield from s.compute_maps(zs, samples=samples, should_stop=should_stop))
+
+        self.hub.run(job, on_yield=self._progress, on_done=self._maps_done, what="computing maps")
+
+    def _progress(self, event) -> None:
+        self.job.progress(event)
+        if event.stage == "maps":
+            self.hub.refresh_maps()
+
+    def _maps_done(self) -> None:
+        self.hub.refresh_maps()
+        self.hub.set_gamma(self.gamma.value())
+
+    @guarded
+    def route(self, *_) -> None:
+        """Route the slice on screen with the policy (f0 -> f1/f2 per patch) and show the cost."""
+        s = self.hub.require()
+        z = self.hub.current_z()
+        if not s.has_policy:
+            s.route(z)  # raises the "no routing policy" message
+        samples, lam = self.samples.value(), self._lam()
+        self.hub.run(lambda should_stop: s.route(z, samples=samples, lam=lam), on_return=self.show_routing,
+                     what="routing")
+
+    @guarded
+    def live(self, *_) -> None:
+        """Re-route the slice on screen at the slider's lambda: instant once f0's state of the slice is known
+        (only the small policy runs; the cost comes from the map); else, if the overlay is shown, route it in
+        the background (the overlay never silently shows another lambda than the slider's)."""
+        s, layers = self.hub.session, self.viewer.layers
+        if s is None or not s.policy_lambdas:
+            return
+        z, samples = self.hub.current_z(), self.samples.value()
+        if s.has_state(z, samples):
+            self.show_routing(s.route(z, samples=samples, lam=self._lam(), execute=False))
+        elif ROUTING in layers and layers[ROUTING].visible and not self.hub.busy:
+            self.route()
+
+    def _reroute(self) -> None:
+        """New weights: re-route the slice on screen if the overlay is shown."""
+        s, layers = self.hub.session, self.viewer.layers
+        if s is not None and s.has_policy and ROUTING in layers and layers[ROUTING].visible and not self.hub.busy:
+            self.route()
+
+    def show_routing(self, routed) -> None:
+        self.hub.show_routing(routed)
+        shares = ", ".join(f"{n} {routed.shares.get(n, 0.0):.0%}" for n in routed.names)
+        ratio = routed.gflops / routed.gflops_largest if routed.gflops_largest else 0.0
+        trained = "" if routed.lam is None else f" (policy \u03bb = {routed.lam:g})"
+        self.readout.setText(f"slice {routed.z}{trained}: <b>{routed.gflops:.3f}</b> GFLOPs spent vs "
+                             f"{routed.gflops_largest:.3f} for {routed.names[-1]} everywhere ({ratio:.0%} of it)")
+        self.shares.setText(f"patches per model: {shares}")
+        if routed.segmentation is not None:  # not on every move of the lambda slider
+            info(f"routed slice {routed.z}: {shares}; its segmentation is the layer '{ROUTED}'")
+
+    def _legend(self) -> None:
+        s = self.hub.session
+        if s is None or not s.models:
+            self.legend.setText("")
+            return
+        from learners.unet import count_parameters
+
+        items = [f"<span style='color:{MODEL_COLORS[i % len(MODEL_COLORS)]}'>&#9632;</span> {role} "
+                 f"({count_parameters(s.models[role]):,} params)" for i, role in enumerate(sorted(s.models))]
+        self.legend.setText("&nbsp;&nbsp;".join(items))

@@ -1,0 +1,153 @@
+"""Step 1: start a session on an image layer (or open one), choose the classes, get models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtpy.QtWidgets import (
+    QCheckBox, QComboBox, QFormLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+)
+
+from napari_paser.gui.common import PathEdit, group, hrow
+from napari_paser.gui.hub import guarded, hub_for, info
+from napari_paser.errors import PaserInputError
+from napari_paser.gui.io import SESSION_KEY
+from napari_paser.session.store import DEFAULT_CLASSES
+
+
+class SessionWidget(QWidget):
+    """Session and models: which image, which classes, which models."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer, self.hub = napari_viewer, hub_for(napari_viewer)
+        self.layer_box = QComboBox()
+        self.classes = QLineEdit(", ".join(DEFAULT_CLASSES))
+        self.colors = QLineEdit()
+        self.colors.setPlaceholderText("optional: #1f77b4, #ff7f0e, #2ca02c")
+        self.region = QSpinBox()
+        self.region.setRange(8, 1024)
+        self.region.setValue(64)
+        self.folder = PathEdit("new session folder (default: beside the working directory)")
+        self.start_button = QPushButton("Start session")
+        self.open_folder = PathEdit("existing session folder")
+        self.open_button = QPushButton("Open session")
+        self.run_folder = PathEdit("run folder from `paser train` (f0.pt, f1.pt, f2.pt, policy.pt)")
+        self.load_button = QPushButton("Load models")
+        self.scratch = {role: QCheckBox(f"{role} ({size})") for role, size in
+                        (("f0", "tiny"), ("f1", "medium"), ("f2", "large"))}
+        self.scratch["f0"].setChecked(True)
+        self.scratch["f0"].setEnabled(False)
+        self.scratch_button = QPushButton("New untrained models")
+        self.status = QLabel("no session")
+        self.status.setWordWrap(True)
+        self._layout()
+        self.start_button.clicked.connect(self.start)
+        self.open_button.clicked.connect(self.open)
+        self.load_button.clicked.connect(self.load_models)
+        self.scratch_button.clicked.connect(self.new_models)
+        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            event.connect(self._refresh_layers)
+        napari_viewer.layers.events.inserted.connect(self._offer_session)
+        self.hub.session_changed.connect(self._show_status)
+        self.hub.models_changed.connect(self._show_status)
+        self.hub.regions_changed.connect(self._show_status)
+        self._refresh_layers()
+
+    def _layout(self) -> None:
+        form = QWidget()
+        rows = QFormLayout(form)
+        rows.addRow("image layer", self.layer_box)
+        rows.addRow("classes", self.classes)
+        rows.addRow("colours", self.colors)
+        rows.addRow("region size", self.region)
+        rows.addRow("folder", self.folder)
+        col = QVBoxLayout(self)
+        col.addWidget(group("New session", form, self.start_button))
+        col.addWidget(group("Resume", self.open_folder, self.open_button))
+        col.addWidget(group("Models", self.run_folder, self.load_button, hrow(*self.scratch.values()),
+                            self.scratch_button))
+        col.addWidget(self.status)
+        col.addStretch()
+
+    def _refresh_layers(self, *_) -> None:
+        from napari.layers import Image
+
+        current = self.layer_box.currentText()
+        names = [layer.name for layer in self.viewer.layers
+                 if isinstance(layer, Image) and not layer.name.startswith("paser ")]
+        self.layer_box.clear()
+        self.layer_box.addItems(names)
+        if current in names:
+            self.layer_box.setCurrentText(current)
+
+    def _offer_session(self, event) -> None:
+        """A session folder opened with File > Open: fill in "Open session" so its models come too."""
+        folder = getattr(event.value, "metadata", {}).get(SESSION_KEY)
+        if folder and self.hub.session is None and self.open_folder.text() != folder:
+            self.open_folder.setText(folder)
+            info(f"{folder} is a PaSeR session: press 'Open session' to resume it with its models and proposals")
+
+    def _split(self, text: str) -> list[str] | None:
+        items = [t.strip() for t in text.replace(";", ",").split(",") if t.strip()]
+        return items or None
+
+    @guarded
+    def start(self, *_) -> None:
+        name = self.layer_box.currentText()
+        if not name or name not in self.viewer.layers:
+            raise PaserInputError("no image layer to label: open an image (File > Open, or File > Open Sample > PaSeR)")
+        folder = Path(self.folder.text()) if self.folder.text() else _free_folder(name)
+        self.hub.start(folder, self.viewer.layers[name], self._split(self.classes.text()),
+                       self._split(self.colors.text()), self.region.value())
+        self.folder.setText(str(folder))
+        info(f"session started in {folder}: load models or start from scratch, then compute maps")
+
+    @guarded
+    def open(self, *_) -> None:
+        if not self.open_folder.text():
+            raise PaserInputError("choose a session folder (one holding session.json) to resume")
+        s = self.hub.open(self.open_folder.text())
+        info(f"resumed {s.folder}: {len(s.accepted)} accepted regions, models {', '.join(s.models) or 'none'}")
+
+    @guarded
+    def load_models(self, *_) -> None:
+        s = self.hub.require()
+        if not self.run_folder.text():
+            raise PaserInputError("choose a run folder written by `paser train` (it holds f0.pt), "
+                                  "or start from scratch")
+        loaded = s.load_models(self.run_folder.text())
+        self.hub.models_changed.emit()
+        roles = [r for r in loaded if "@" not in r]
+        bank = f" and {len(s.policy_lambdas)} policies for lambda " + ", ".join(f"{v:g}" for v in s.policy_lambdas)
+        info(f"loaded {', '.join(roles)}{bank if s.policy_lambdas else ''}")
+
+    @guarded
+    def new_models(self, *_) -> None:
+        s = self.hub.require()
+        sizes = {"f0": "tiny", "f1": "medium", "f2": "large"}
+        roles = {r: sizes[r] for r, box in self.scratch.items() if box.isChecked()}
+        s.new_models(roles)
+        self.hub.models_changed.emit()
+        info(f"new untrained models {', '.join(roles)}: label a few regions and retrain")
+
+    def _show_status(self) -> None:
+        s = self.hub.session
+        if s is None:
+            self.status.setText("no session")
+            return
+        models = ", ".join(s.models) or "none (load a run or start from scratch)"
+        policy = " + routing policy" if s.has_policy else ""
+        source = s.state.image.get("source") or "image"
+        self.status.setText(f"{s.folder.name} ({source}, {' x '.join(map(str, s.shape))}): classes "
+                            f"{', '.join(s.classes.names)}; models {models}{policy}; {len(s.accepted)} accepted")
+
+
+def _free_folder(layer_name: str) -> Path:
+    """A new folder name for a session on `layer_name`, in the working directory."""
+    stem = "paser-session-" + "".join(c if c.isalnum() else "-" for c in layer_name).strip("-")
+    folder, n = Path.cwd() / stem, 1
+    while folder.exists():
+        n += 1
+        folder = Path.cwd() / f"{stem}-{n}"
+    return folder

@@ -1,0 +1,135 @@
+"""Step 4: retrain in the background (progress, cancel) and the learning curve."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QPushButton, QSpinBox, QVBoxLayout, QWidget
+
+from napari_paser.gui.common import JobBar, group, hrow
+from napari_paser.gui.hub import guarded, hub_for, info
+from napari_paser.errors import PaserInputError
+from napari_paser.session.jobs import RETRAIN_CONFIG
+
+TRAIN_THREADS = 1
+"""Torch threads while retraining: small models train fastest on one thread, and the GUI thread keeps a core."""
+
+
+class CurvePlot(QWidget):
+    """Validation mIoU of f0 against the number of labeled regions (matplotlib)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(3.2, 2.2), dpi=90, tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(180)
+        self.axes = self.figure.add_subplot()
+        QVBoxLayout(self).addWidget(self.canvas)
+        self.plot([])
+
+    def plot(self, curve) -> None:
+        ax = self.axes
+        ax.clear()
+        pts = [(p.n_labeled, p.val_miou) for p in curve if p.val_miou is not None]
+        if pts:
+            ax.plot(*zip(*pts), "o-", color="#1f77b4")
+            ax.set_ylim(0, 1)
+        else:
+            ax.text(0.5, 0.5, "no held-out regions yet\n(every 5th accepted region)", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8)
+        ax.set_xlabel("labeled regions", fontsize=8)
+        ax.set_ylabel("val mIoU (f0)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        self.canvas.draw_idle()
+
+
+class TrainWidget(QWidget):
+    """Training: retrain the models on the accepted regions without blocking the viewer."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer, self.hub = napari_viewer, hub_for(napari_viewer)
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 1000)
+        self.epochs.setValue(RETRAIN_CONFIG.epochs)
+        self.scheduler = QComboBox()
+        self.scheduler.addItems(["fixed", "cosine", "step", "agent"])
+        self.roles = {r: QCheckBox(r) for r in ("f0", "f1", "f2")}
+        self.roles["f0"].setChecked(True)
+        self.auto = QCheckBox("retrain after each accepted batch")
+        self.train_button = QPushButton("Retrain now")
+        self.job = JobBar(self.hub)
+        self.curve = CurvePlot()
+        self.last_result = None
+        self._layout()
+        self.train_button.clicked.connect(self.retrain)
+        self.hub.busy_changed.connect(self.job.running)
+        self.hub.curve_changed.connect(self._plot)
+        self.hub.accepted.connect(self._after_accept)
+
+    def _layout(self) -> None:
+        form = QWidget()
+        rows = QFormLayout(form)
+        rows.addRow("epochs", self.epochs)
+        rows.addRow("learning rate", self.scheduler)
+        rows.addRow("models", hrow(*self.roles.values()))
+        col = QVBoxLayout(self)
+        col.addWidget(group("Retrain", form, self.auto, self.train_button, self.job))
+        col.addWidget(group("Learning curve", self.curve))
+        col.addStretch()
+
+    def config(self):
+        return replace(RETRAIN_CONFIG, epochs=self.epochs.value(), scheduler=self.scheduler.currentText())
+
+    @guarded
+    def retrain(self, *_) -> None:
+        """Train on a snapshot of the labeled set in a thread worker; Cancel keeps the last weights."""
+        s = self.hub.require()
+        roles = [r for r, box in self.roles.items() if box.isChecked()]
+        if not roles:
+            raise PaserInputError("choose at least one model to retrain (f0, f1 or f2)")
+        gen = s.retrain(self.config(), roles)  # checks models and labeled regions at once
+        gen.close()
+        cfg = self.config()
+
+        def job(should_stop):
+            import torch
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(TRAIN_THREADS)
+            try:
+                return (yield from s.retrain(cfg, roles, should_stop=should_stop))
+            finally:
+                torch.set_num_threads(threads)
+
+        self.last_result = None
+        self.hub.run(job, on_yield=self.job.progress, on_return=self._returned, on_done=self._done,
+                     what="retraining")
+
+    def _returned(self, result) -> None:
+        self.last_result = result
+
+    def _done(self) -> None:
+        result = self.last_result
+        if result is None or result.cancelled:
+            self.job.message.setText("cancelled: the previous weights are kept")
+            info("retraining cancelled; the previous weights are kept")
+            return
+        self.hub.refresh_maps(show=False)
+        self.hub.refresh_regions()
+        self.hub.models_changed.emit()
+        self.hub.curve_changed.emit()
+        point = result.curve_point
+        miou = f", val mIoU {point.val_miou:.3f}" if point and point.val_miou is not None else ""
+        info(f"retrained on {point.n_train if point else '?'} regions{miou}: maps and proposals refreshed")
+
+    def _plot(self) -> None:
+        self.curve.plot(self.hub.session.curve if self.hub.session else [])
+
+    def _after_accept(self, _n: int) -> None:
+        s = self.hub.session
+        if self.auto.isChecked() and s is not None and not s.pending_proposals and not self.hub.busy:
+            self.retrain()

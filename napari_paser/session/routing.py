@@ -1,0 +1,91 @@
+"""PaSeR routing of one slice for the session's overlay: which model each patch went to, and the cost.
+
+Optional: it needs a trained policy (`policy.pt` beside the models of a run folder, or
+`Session.load_policy`). A policy's trade-off (lambda) is fixed when it is trained, so the live
+lambda control picks from a bank of policies (`paser policy`, `learners.routing.bank`). f0's
+MC-dropout state of a slice is the expensive part and does not depend on the policy: computed
+once, a routing map for another lambda is one pass of the small policy (milliseconds), and its
+cost is known without running the routed models (`execute=False`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from learners.grid import Grid
+from learners.routing.policy import PolicyNet
+from learners.routing.router import F0State, RoutingCost, execute_routing, f0_state, policy_probabilities
+from learners.unet import count_parameters
+from napari_paser.errors import PaserInputError
+
+
+@dataclass
+class SliceRouting:
+    """The routed segmentation of one slice and what it cost."""
+
+    z: int
+    routing: np.ndarray  # (rows, cols) index of the model that produced each patch
+    segmentation: np.ndarray | None  # (H, W) uint8 class indices; None for a preview (models not run)
+    shape: tuple[int, int]  # (H, W) of the slice
+    names: tuple[str, ...]  # "f0", "f1", ...
+    params: dict[str, int]  # parameter count per model, for the legend
+    gflops: float  # spent on this slice: f0's MC passes, the policy, the routed patches
+    gflops_largest: float  # the largest model on every patch
+    shares: dict[str, float]  # share of patches per model
+    lam: float | None = None  # the cost weight the policy was trained with, when known
+
+    def pixel_map(self) -> np.ndarray:
+        """(H, W) model index per pixel, for an overlay layer."""
+        grid = Grid.divide(*self.shape, *self.routing.shape)
+        return self.routing.ravel()[grid.cell_index_map()]
+
+
+def check_policy(policy: PolicyNet, models: dict[str, nn.Module], n_classes: int, what: str) -> None:
+    """The policy must route between f0..f{m-1} of this session and read its classes."""
+    cfg = policy.config
+    if cfg.n_classes != n_classes:
+        raise PaserInputError(f"{what} reads {cfg.n_classes}-class predictions but this session has {n_classes} classes")
+    needed = [f"f{k}" for k in range(cfg.n_models)]
+    missing = [r for r in needed if r not in models]
+    if missing:
+        raise PaserInputError(f"{what} routes between {', '.join(needed)} but {', '.join(missing)} are not loaded: "
+                              "load the run folder the policy was trained with")
+
+
+def slice_state(f0: nn.Module, image: np.ndarray, z: int, samples: int = 5) -> F0State:
+    """f0's MC-dropout prediction and entropy of one normalised slice: what every policy reads."""
+    return f0_state(f0, image[None], samples, seed=z)
+
+
+def route_slice(models: Sequence[nn.Module], policy: PolicyNet, image: np.ndarray, z: int, samples: int = 5,
+                state: F0State | None = None, execute: bool = True, lam: float | None = None) -> SliceRouting:
+    """Route normalised slice `image` (H, W) with `policy` over `models` (f0 first).
+
+    `state` is f0's state of this slice (`slice_state`), computed here when not given. With
+    `execute=False` only the routing map and its cost are computed (no routed model runs).
+    """
+    h, w = image.shape
+    rows, cols = policy.config.grid
+    if h < rows or w < cols:
+        raise PaserInputError(f"a {h}x{w} slice is smaller than the policy's {rows}x{cols} patch grid")
+    models = list(models)
+    state = state if state is not None else slice_state(models[0], image, z, samples)
+    actions = policy_probabilities(policy, state).argmax(-1)
+    cost = RoutingCost.of(models, h, w, policy.config.grid, samples, policy)
+    names = tuple(f"f{k}" for k in range(len(models)))
+    if execute:
+        res = execute_routing(models, image[None], actions, policy.config.grid, state, samples, z, policy=policy)
+        segmentation, flops = res.segmentation[0], res.flops
+    else:
+        segmentation, flops = None, cost.routed(actions, 1, 1)
+    counts = np.bincount(actions.reshape(-1).numpy(), minlength=len(models)) / actions.numel()
+    return SliceRouting(
+        z=z, routing=actions.reshape(rows, cols).numpy(), segmentation=segmentation, shape=(h, w), names=names,
+        params={n: count_parameters(m) for n, m in zip(names, models)},
+        gflops=sum(flops.values()) / 1e9, gflops_largest=rows * cols * cost.patch[-1] / 1e9,
+        shares=dict(zip(names, map(float, counts))), lam=lam,
+    )
