@@ -3,7 +3,7 @@
     paser data synth   --out DIR --n N --size S --seed K      synthetic dataset folder
     paser data degrade --data DIR --out DIR --preset lowres    low-resolution copy of a dataset
     paser data info    --data DIR                              shape, classes, splits
-    paser train        --data DIR --out RUN [--preset quick|paper] [--epochs N] [--seed K]
+    paser train        --data DIR --out RUN [--preset quick|paper] [--epochs N] [--seed K] [--overwrite]
     paser predict      --run RUN --image STACK.tif --out DIR     f0 segmentation + entropy/BALD maps
     paser models       [--size 224x256] [--json]               parameters and GFLOPs per preset
     paser bench routing --data DIR --run RUN --out results.json [--lambda L] [--sweep]   PaSeR vs baselines
@@ -89,7 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     names = tuple(args.classes.split(",")) if args.classes else None
     metrics = train_run(args.data, args.out, preset=args.preset, epochs=args.epochs, seed=args.seed, scheduler=args.scheduler,
                         train_splits=tuple(args.splits.split(",")), class_names=names, progress=not args.quiet,
-                        init=args.init)
+                        init=args.init, overwrite=args.overwrite)
     print(format_metrics(metrics))
     print(f"checkpoints and metrics.json in {args.out}")
     return 0
@@ -329,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--splits", default="pretrain", help="training splits, comma-separated (default pretrain)")
     p.add_argument("--classes", help="class names, comma-separated (default: the dataset's)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in a non-empty --out (its models, metrics and routing policies are removed)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 

@@ -518,6 +518,7 @@ def test_kill_at_any_moment_leaves_a_complete_state(tmp_path):
     import sys
 
     s = Session.create(tmp_path / "s", image(8), region_size=16)  # 128 regions to accept
+    s.close()  # one process writes a session at a time: the child takes the folder
     child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, str(s.folder)], stdout=subprocess.PIPE, text=True)
     for _ in range(5):  # let it accept a few regions, then kill it mid-stream
         assert child.stdout.readline()

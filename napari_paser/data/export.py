@@ -219,12 +219,36 @@ class _VolumeClasses:
         return layer_to_export(self.session.labels[self.session._ix(int(z))], self.session.n_classes)
 
 
-def export_session(session, out: str | Path, full_volume: bool = False, fmt: str = "tiff") -> Path:
-    """Export a Session's accepted regions (and with full_volume its whole label canvas)."""
+EDIT_CHOICES = ("refuse", "accept", "keep")
+
+
+def export_session(session, out: str | Path, full_volume: bool = False, fmt: str = "tiff",
+                   edits: str = "refuse") -> Path:
+    """Export a Session's accepted regions (and with full_volume its whole label canvas).
+
+    The crops are the accepted labels (what training uses); the volume is the canvas. When
+    accepted regions were painted over since they were accepted the two disagree, so by
+    default (`edits="refuse"`) the export is refused naming those regions; "accept" saves the
+    edits first (`Session.accept_edits`), "keep" exports as it is and lists the edited regions
+    in the manifest's meta (`edited_since_accept`).
+    """
     if fmt not in FORMATS:
         raise PaserInputError(f"unknown volume format {fmt!r}: choose 'tiff' or 'zarr'")
+    if edits not in EDIT_CHOICES:
+        raise PaserInputError(f"unknown edits choice {edits!r}: choose one of {', '.join(EDIT_CHOICES)}")
     if not session.accepted and not full_volume:
         raise PaserInputError("no accepted regions to export yet: accept at least one region (or export the full volume)")
+    edited = session.edited_regions()
+    if edited and edits == "refuse":
+        shown = ", ".join(str(r) for r in edited[:8]) + (" ..." if len(edited) > 8 else "")
+        raise PaserInputError(
+            f"accepted region(s) {shown} were painted over since they were accepted, so their saved labels (used by "
+            "training and the export's crops) differ from the canvas: accept the edits (Accept edits, "
+            "Session.accept_edits) or undo them, then export"
+        )
+    if edited and edits == "accept":
+        session.accept_edits(edited)
+        edited = []
     rows, labels, images = [], {}, {}
     for rec in session.accepted:
         region = session.region(rec.region_id)
@@ -234,7 +258,8 @@ def export_session(session, out: str | Path, full_volume: bool = False, fmt: str
         labels[rec.region_id] = layer_to_export(session.accepted_labels(rec.region_id), session.n_classes)
         images[rec.region_id] = session.raw_crop(region)
     meta = {"session": str(Path(session.folder).resolve()), "region_size": list(session.pool.size),
-            "normalisation": {"lo": session.state.image["lo"], "hi": session.state.image["hi"]}}
+            "normalisation": {"lo": session.state.image["lo"], "hi": session.state.image["hi"]},
+            "edited_since_accept": edited}
     data = LabeledSet(session.classes.names, rows, labels, images,
                       _VolumeClasses(session) if full_volume else None, session.shape, meta)
     return write_labeled_set(out, data, fmt)
