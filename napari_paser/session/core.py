@@ -123,6 +123,7 @@ class Session:
         self._digest = digest  # of session.json as this object last read or wrote it
         self.warnings: list[str] = list(notes)  # what open repaired or found off, for notifications
         self._release: weakref.finalize | None = None
+        self._commit_guard = lock.commit_guard(folder)
         mode = "r" if read_only else "r+"
         self.image = open_array(folder / IMAGE, "r")
         self.labels = open_array(folder / LABELS, mode)
@@ -342,7 +343,7 @@ class Session:
     def _commit(self, mutate: Callable[[State], None]) -> None:
         """Apply `mutate` to a copy of the state and write it; memory changes only if the write succeeds."""
         self._check_writable()
-        with self._lock:
+        with self._lock, self._commit_guard:
             new = copy.deepcopy(self.state)
             mutate(new)
             if state_digest(self.folder) not in (self._digest, None):

@@ -65,6 +65,14 @@ class _Hold:
 
 _held: dict[str, _Hold] = {}
 _guard = threading.Lock()
+_commit_guards: dict[str, threading.RLock] = {}
+
+
+def commit_guard(folder: Path) -> threading.RLock:
+    """One lock per folder for every Session object of this process: a commit checks that
+    session.json is still what it last saw and writes it, with no other commit in between."""
+    with _guard:
+        return _commit_guards.setdefault(_key(folder), threading.RLock())
 
 
 def this_host() -> str:
