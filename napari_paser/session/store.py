@@ -211,7 +211,11 @@ def read_state(folder: Path) -> State:
             f"{folder} is not a labeling session (no {STATE_FILE}); create one with Session.create "
             "(or the Start session button)"
         )
-    return State.from_json(path.read_text(encoding="utf-8"), path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:  # binary bytes (a damaged disk, a file copied over it): a user error, not a bug
+        raise PaserInputError(f"{path} holds binary data, not session text: restore it from a backup") from None
+    return State.from_json(text, path)
 
 
 def write_state(folder: Path, state: State) -> None:
