@@ -9,8 +9,9 @@ import pytest
 
 from napari_paser.errors import PaserInputError
 from napari_paser.data.export import (
-    IGNORE_INDEX, labeled_set_from_layer, read_export, read_manifest_csv, write_labeled_set,
+    labeled_set_from_layer, read_export, read_manifest_csv, write_labeled_set,
 )
+from learners.training import IGNORE_INDEX
 from napari_paser.data.labels_convention import layer_to_classes
 from napari_paser.session.core import Session
 
