@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from learners.errors import ConfigError, ShapeError
 from learners.grid import Grid
 
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
@@ -77,7 +78,7 @@ def mc_probabilities(
     With a seed the dropout masks are reproducible and the global RNG is left untouched.
     """
     if samples < 1:
-        raise ValueError("MC dropout needs at least one sample")
+        raise ConfigError("MC dropout needs at least one sample")
     n = images.shape[0]
     with torch.random.fork_rng(enabled=seed is not None), mc_dropout(model):
         if seed is not None:
@@ -119,7 +120,7 @@ def uncertainty_maps(
     """
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 2:
-        raise ValueError(f"uncertainty_maps takes one 2D slice, got shape {image.shape}")
+        raise ShapeError(f"uncertainty_maps takes one 2D slice, got shape {image.shape}")
     h, w = image.shape
     grid = Grid((h, w), (tile, tile) if tile else (h, w))
     n_classes = None

@@ -78,6 +78,9 @@ class Sampler(ABC):
             raise RuntimeError(f"{self.name} sampler returned {picked.size} ids for k={k}: a bug, please report it")
         return Selection(picked, np.asarray(chosen.scores, dtype=np.float64))
 
+    def check_classes(self, n_classes: int) -> None:
+        """Refuse data with a class count this sampler was not made for (only trained samplers care)."""
+
     @abstractmethod
     def _select(self, candidates: np.ndarray, k: int, rng: np.random.Generator, **needs) -> Selection:
         """Rank validated candidates (1D int64, 1 <= k <= len) and return k of them."""

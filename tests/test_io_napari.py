@@ -25,9 +25,11 @@ def read(path) -> list[tuple]:
 
 @pytest.mark.parametrize("shape", [(48, 48), (3, 48, 48)])
 def test_tiff_stacks_open_as_images(tmp_path, shape):
-    tifffile.imwrite(tmp_path / "a.tif", np.zeros(shape, np.uint16), photometric="minisblack")
+    stack = np.random.default_rng(0).integers(1, 60000, shape, dtype=np.uint16)  # non-zero: a reader of zeros fails
+    tifffile.imwrite(tmp_path / "a.tif", stack, photometric="minisblack")
     ((data, kwargs, kind),) = read(tmp_path / "a.tif")
     assert kind == "image" and data.shape == shape and kwargs["name"] == "a"
+    np.testing.assert_array_equal(np.asarray(data), stack)
 
 
 def test_large_tiffs_open_lazily(tmp_path, monkeypatch):

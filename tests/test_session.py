@@ -454,7 +454,8 @@ def test_routing_needs_a_policy_and_reports_cost(session, tmp_path):
         session.load_policy(three)
     save_policy(run / "policy.pt", PolicyNet(PolicyConfig(n_models=2, grid=(2, 2), width=4)))
     assert session.load_models(run) == ["f0", "f1", "policy"]
-    routed = Session.open(session.folder).route(1, samples=1)
+    session = Session.open(session.folder)  # the reopened session holds the policy (and routing commits maps)
+    routed = session.route(1, samples=1)
     assert routed.routing.shape == (2, 2) and routed.segmentation.shape == (64, 64)
     assert routed.names == ("f0", "f1") and set(routed.params) == {"f0", "f1"}
     assert routed.shares["f0"] == 1.0  # an untrained policy is uniform; its argmax is f0

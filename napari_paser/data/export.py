@@ -34,12 +34,12 @@ import tifffile
 import zarr
 
 from learners.atomic import atomic_write_text
+from learners.training import IGNORE_INDEX
 from napari_paser.errors import PaserInputError
 from napari_paser.data.labels_convention import layer_to_classes
 
 FORMAT = "napari-paser/labeled-set"
 VERSION = 1
-UNLABELED_VALUE = 255
 FORMATS = ("tiff", "zarr")
 MANIFEST_JSON, MANIFEST_CSV = "manifest.json", "manifest.csv"
 FIELDS = ("region_id", "slice", "y0", "x0", "height", "width", "sampler", "rank", "accepted_at", "split")
@@ -59,9 +59,9 @@ class LabeledSet:
 
 
 def layer_to_export(patch: np.ndarray, n_classes: int) -> np.ndarray:
-    """Layer-convention labels -> uint8 class indices with UNLABELED_VALUE where not painted."""
+    """Layer-convention labels -> uint8 class indices with IGNORE_INDEX where not painted."""
     classes, mask = layer_to_classes(np.asarray(patch), n_classes=n_classes)
-    return np.where(mask, classes, UNLABELED_VALUE).astype(np.uint8)
+    return np.where(mask, classes, IGNORE_INDEX).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -79,7 +79,7 @@ def write_labeled_set(out: str | Path, data: LabeledSet, fmt: str = "tiff") -> P
         rows = _write_crops(tmp, data)
         volume = _write_volume(tmp, data.volume, fmt) if data.volume is not None else None
         manifest = {"format": FORMAT, "version": VERSION, "classes": list(data.class_names),
-                    "unlabeled_value": UNLABELED_VALUE, "volume": volume,
+                    "unlabeled_value": IGNORE_INDEX, "volume": volume,
                     "image_shape": list(data.image_shape) if data.image_shape else None,
                     "meta": data.meta, "regions": rows}
         atomic_write_text(tmp / MANIFEST_JSON, json.dumps(manifest, indent=1))
@@ -130,7 +130,7 @@ def _write_volume(folder: Path, volume, fmt: str) -> str:
     shape = tuple(int(s) for s in volume.shape)
     if fmt == "zarr":
         arr = zarr.create_array(str(folder / "labels_volume.zarr"), shape=shape, dtype=np.uint8,
-                                chunks=(1, *(min(s, 512) for s in shape[1:])), fill_value=UNLABELED_VALUE)
+                                chunks=(1, *(min(s, 512) for s in shape[1:])), fill_value=IGNORE_INDEX)
         for z in range(shape[0]):
             arr[z] = np.asarray(volume[z], np.uint8)
         return "labels_volume.zarr"
@@ -283,7 +283,7 @@ def labeled_set_from_layer(layer_data, class_names, region_size: int = 64) -> La
                 continue
             labels[r.id] = layer_to_export(patch, n)
             counts = np.bincount(labels[r.id].ravel(), minlength=256) / patch.size
-            fr = {"unlabeled": float(counts[UNLABELED_VALUE]), **{c: float(counts[k]) for k, c in enumerate(class_names)}}
+            fr = {"unlabeled": float(counts[IGNORE_INDEX]), **{c: float(counts[k]) for k, c in enumerate(class_names)}}
             rows.append({"region_id": r.id, "slice": r.z, "y0": r.y0, "x0": r.x0, "height": r.h, "width": r.w,
                          "sampler": "painted", "rank": None, "accepted_at": None, "split": None, "fractions": fr})
     if not rows:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from learners.routing import GRID
 from learners.atomic import atomic_write_text
 from learners.checkpoint import load_checkpoint, save_checkpoint
 from learners.flops import gflops_per_image, patch_flops
@@ -35,7 +36,6 @@ from napari_paser.errors import PaserInputError
 
 ROLES = ("f0", "f1", "f2")
 MODEL_PRESETS = {"f0": "tiny", "f1": "medium", "f2": "large"}
-GRID = (4, 4)
 MC_SAMPLES = 5
 
 

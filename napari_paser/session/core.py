@@ -45,22 +45,24 @@ from torch import nn
 from learners.checkpoint import load_checkpoint, save_checkpoint
 from learners.routing.policy import PolicyNet, load_policy, save_policy
 from learners.routing.bank import PolicyBank, load_bank
-from learners.training import UNLABELED, TrainConfig
-from learners.uncertainty import uncertainty_maps
+from learners.routing.router import F0State
+from learners.training import TrainConfig
+from learners.uncertainty import UncertaintyMaps, uncertainty_maps
 from learners.unet import UNet, UNetConfig, preset_config
 from napari_paser.data.dataset import normalise, robust_range
 from napari_paser.errors import InputError, PaserInputError
 from napari_paser.data.labels_convention import layer_to_classes
 from napari_paser.session.jobs import RETRAIN_CONFIG, Progress, RetrainResult, retrain_steps, training_data
-from napari_paser.session.routing import SliceRouting, check_policy, route_slice, slice_state
-from napari_paser.session.sampling import SAMPLERS, dqn_state_ids, make_sampler, slice_embeddings  # noqa: F401 (SAMPLERS re-exported)
 from napari_paser.session import lock
+from napari_paser.session.routing import SliceRouting, policy_models, route_slice
+from napari_paser.session.sampling import proposal_inputs
 from napari_paser.session.store import (
     BACKUP_FILE, IMAGE, LABELS, MAPS, MODELS, STATE_FILE, AcceptedRegion, ClassSpec, CurvePoint, Proposal, State,
     check_arrays, check_new_folder, clean_temp_files, create_array, crop_path, crops_of, load_crop, load_state,
     now_iso, open_array, save_crop, state_digest, write_state,
 )
 from sampling.regions import Region, RegionPool
+from sampling.registry import SAMPLERS, make_sampler  # noqa: F401 (SAMPLERS: the GUI's sampler menu)
 
 MODEL_ROLES = ("f0", "f1", "f2")
 POLICY, POLICY_FILE = "policy", "policy.pt"
@@ -373,10 +375,10 @@ class Session:
                 loaded[role] = self._checked(load_checkpoint(run / f"{role}.pt").model, str(run / f"{role}.pt"))
         if (run / POLICY_FILE).is_file():  # optional: routing needs it
             policy = load_policy(run / POLICY_FILE).policy
-            check_policy(policy, loaded, self.n_classes, str(run / POLICY_FILE))
+            policy_models(policy, loaded, str(run / POLICY_FILE))
             loaded[POLICY] = policy
         for lam, policy in load_bank(run).policies.items():  # optional: the live lambda control
-            check_policy(policy, loaded, self.n_classes, f"{run}/policies (lambda {lam})")
+            policy_models(policy, loaded, f"{run}/policies (lambda {lam})")
             loaded[bank_role(lam)] = policy
         dropped = [r for r in self.state.models if r not in loaded]  # a run replaces the whole set
         self._install(loaded, source=str(run.resolve()), drop=dropped)
@@ -385,7 +387,7 @@ class Session:
     def load_policy(self, path: str | Path) -> None:
         """Load a trained routing policy (f_RL) for the routing overlay; it must fit the loaded models."""
         policy = load_policy(path).policy
-        check_policy(policy, self.models, self.n_classes, str(path))
+        policy_models(policy, self.models, str(path))
         self._install({POLICY: policy}, source=str(Path(path).resolve()))
 
     @property
@@ -416,22 +418,34 @@ class Session:
         """
         lam, policy = self.pick_policy(lam)
         (z,) = self._slices_arg(z)
-        check_policy(policy, self.models, self.n_classes, "the routing policy")
-        models = [self.models[f"f{k}"] for k in range(policy.config.n_models)]
+        models = policy_models(policy, self.models, "the routing policy")
         image = self.image_slice(z)
         return route_slice(models, policy, image, z, samples, self.f0_state(z, samples, image), execute, lam)
 
     def has_state(self, z: int, samples: int = 5) -> bool:
-        """Whether f0's state of slice z is cached (routing it again is then instant)."""
-        return self._state_key(z, samples) in self._states
+        """Whether f0's state of slice z is known for the current f0 (routing it again is then instant)."""
+        return self._state_key(z, samples) in self._states or int(z) in self.fresh_slices()
 
-    def f0_state(self, z: int, samples: int = 5, image: np.ndarray | None = None):
-        """f0's MC-dropout state of slice z for routing, cached for the current f0 weights."""
+    def f0_state(self, z: int, samples: int = 5, image: np.ndarray | None = None) -> F0State:
+        """f0's state of slice z (prediction and entropy) for routing: the slice's stored maps when
+        they come from the current f0 (whatever `samples` they were computed with), else computed
+        now with `uncertainty_maps` and stored as the slice's maps, so maps, routing and proposals
+        share one f0 pass per slice and model version. Cached in memory for the current weights."""
         key = self._state_key(z, samples)
         with self._lock:
             if key in self._states:
                 return self._states[key]
-        state = slice_state(self._require_f0(), self.image_slice(z) if image is None else image, z, samples)
+        f0 = self._require_f0()
+        if int(z) in self.fresh_slices():
+            maps = self.slice_maps(z)
+            prediction, entropy = maps["prediction"], maps["entropy"]
+        else:
+            version = self.state.model_version
+            m = uncertainty_maps(f0, self.image_slice(z) if image is None else image, samples=samples, seed=int(z))
+            self._store_maps(int(z), m, version)
+            prediction, entropy = m.prediction, m.entropy
+        state = F0State(torch.from_numpy(np.asarray(prediction, np.uint8))[None],
+                        torch.from_numpy(np.asarray(entropy, np.float32))[None], self.n_classes, samples)
         with self._lock:
             self._states = {k: v for k, v in self._states.items() if k[2] == key[2]}  # drop older weights'
             while len(self._states) >= 8:
@@ -552,14 +566,20 @@ class Session:
                 yield Progress("cancelled", i, len(zs), "maps cancelled")
                 return i
             m = uncertainty_maps(model, self.image_slice(z), samples=samples, tile=tile, seed=z)
-            with self._lock:
-                if self.state.model_version != version:  # models replaced meanwhile: these maps are stale
-                    return i
-                for name, arr in (("prediction", m.prediction), ("entropy", m.entropy), ("bald", m.bald)):
-                    self.maps[name][self._ix(z)] = arr
-                self._commit(lambda s: s.maps.__setitem__(str(z), version))
+            if not self._store_maps(z, m, version):  # models replaced meanwhile: these maps are stale
+                return i
             yield Progress("maps", i + 1, len(zs), f"maps of slice {z}", z=z)
         return len(zs)
+
+    def _store_maps(self, z: int, m: UncertaintyMaps, version: int) -> bool:
+        """Write slice z's maps computed by f0 of model `version` and commit; False if that version is gone."""
+        with self._lock:
+            if self.state.model_version != version:
+                return False
+            for name, arr in (("prediction", m.prediction), ("entropy", m.entropy), ("bald", m.bald)):
+                self.maps[name][self._ix(z)] = arr
+            self._commit(lambda s: s.maps.__setitem__(str(z), version))
+            return True
 
     def _map3d(self, name: str):
         arr = self.maps[name]
@@ -573,15 +593,15 @@ class Session:
         Samplers other than "random" choose among slices whose maps are current (`compute_maps`).
         options: TAUDIS alpha/beta/sigma/measure; DQN dqn_checkpoint (and pool_size).
         """
-        chooser = make_sampler(sampler, **options)
-        candidates, needs = self.pool.candidates(), {"pool": self.pool}
-        if sampler != "random":
-            candidates, needs = self._map_needs(sampler, candidates, needs, chooser)
-        if candidates.size == 0:
-            raise PaserInputError("no unlabeled regions left to propose" + ("" if sampler == "random" else
-                                  " in the slices with current maps: compute maps on more slices"))
         try:
+            chooser = make_sampler(sampler, **options)
+            candidates, needs = self._map_needs(chooser)
+            if candidates.size == 0:
+                raise PaserInputError("no unlabeled regions left to propose" + (
+                    " in the slices with current maps: compute maps on more slices" if needs.keys() - {"pool"} else ""))
             sel = chooser.select(candidates, int(k), np.random.default_rng(seed), **needs)
+        except PaserInputError:
+            raise
         except InputError as exc:
             raise PaserInputError(str(exc)) from None
         proposals = [self._proposal(rank, rid, score, sampler)
@@ -598,32 +618,11 @@ class Session:
         r = self.pool.region(region_id)
         return Proposal(rank, r.id, r.z, r.y0, r.x0, r.h, r.w, float(score), sampler)
 
-    def _map_needs(self, sampler, candidates, needs, chooser):
-        model = self._require_f0()
-        fresh = self.fresh_slices()
-        if not fresh:
-            raise PaserInputError(
-                f"the {sampler} sampler reads f0's uncertainty maps and none are current: compute maps (slice or "
-                "volume) first, or use the random sampler"
-            )
-        candidates = candidates[np.isin(self.pool.z_of(candidates), fresh)]
-        needs.update(entropy=self._map3d("entropy"), bald=self._map3d("bald"), prediction=self._map3d("prediction"))
-        if sampler == "taudis":
-            emb = None
-            for z in fresh:
-                e = slice_embeddings(model, self.image_slice(z), self.pool.size)
-                emb = np.zeros((len(self.pool), e.shape[1])) if emb is None else emb
-                emb[self.pool.slice_ids(z)] = e
-            needs["embeddings"] = emb
-        if sampler == "dqn":
-            if chooser.spec.n_classes != self.n_classes:
-                raise PaserInputError(f"the DQN agent was trained for {chooser.spec.n_classes} classes but this session "
-                                      f"has {self.n_classes}: use an agent trained on {self.n_classes}-class data")
-            allowed = np.concatenate([self.pool.slice_ids(z) for z in fresh])
-            state_ids = dqn_state_ids(self.pool, allowed, chooser.spec.state_regions)
-            needs.update(state_ids=state_ids, labels=_CanvasClasses(self))
-            candidates = candidates[~np.isin(candidates, state_ids)]
-        return candidates, needs
+    def _map_needs(self, sampler) -> tuple[np.ndarray, dict]:
+        """Candidates and inputs of `sampler` from this session (see `session.sampling`)."""
+        return proposal_inputs(sampler, self.pool, self.fresh_slices(), self._require_f0,
+                               lambda: {name: self._map3d(name) for name in MAP_NAMES}, self.image_slice,
+                               self.labels, self.n_classes)
 
     # ------------------------------------------------------------------ accepting labels
 
@@ -902,18 +901,6 @@ def _repair_records(folder: Path, state: State) -> list[str]:
             del state.models[role]
             notes.append(f"the {role} model file {info['file']} is missing: load a run folder or start from scratch")
     return notes
-
-
-class _CanvasClasses:
-    """(Z, H, W) class indices of the canvas, read per index (255 where not labeled), for the DQN."""
-
-    def __init__(self, session: Session) -> None:
-        self.session, self.shape = session, session.pool.shape
-
-    def __getitem__(self, index):
-        data = np.asarray(self.session.labels[self.session._ix(*index)])
-        classes, mask = layer_to_classes(data)
-        return np.where(mask, classes, UNLABELED)
 
 
 def _plain(value):
