@@ -49,7 +49,7 @@ class Grid:
     def divide(cls, height: int, width: int, rows: int = 4, cols: int = 4) -> Grid:
         """A `rows` x `cols` grid over the image (the PaSeR patchification P(x))."""
         if rows > height or cols > width:
-            raise ShapeError(f"cannot divide a {height}x{width} image into {rows}x{cols} patches")
+            raise ShapeError(f"cannot divide a {height}x{width} image into {rows}x{cols} patches: use a smaller grid or larger slices")
         return cls((height, width), (math.ceil(height / rows), math.ceil(width / cols)))
 
     @property

@@ -78,7 +78,7 @@ def mc_probabilities(
     With a seed the dropout masks are reproducible and the global RNG is left untouched.
     """
     if samples < 1:
-        raise ConfigError("MC dropout needs at least one sample")
+        raise ConfigError(f"MC dropout needs at least one sample, got samples={samples}")
     n = images.shape[0]
     with torch.random.fork_rng(enabled=seed is not None), mc_dropout(model):
         if seed is not None:

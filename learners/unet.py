@@ -30,11 +30,12 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         if self.in_channels < 1 or self.n_classes < 2:
-            raise ConfigError("a UNet needs in_channels >= 1 and n_classes >= 2")
+            raise ConfigError(f"a UNet needs in_channels >= 1 and n_classes >= 2 (a segmentation has at least two classes), "
+                              f"got {self.in_channels} and {self.n_classes}")
         if self.base < 2 or self.base % 2 or self.depth < 1:
-            raise ConfigError("base must be an even number >= 2 and depth >= 1")
+            raise ConfigError(f"base must be an even number >= 2 and depth >= 1, got base={self.base}, depth={self.depth}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError("dropout must lie in [0, 1)")
+            raise ConfigError(f"dropout must lie in [0, 1), got {self.dropout}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -2,8 +2,9 @@
 
 The labels of a proposed region are revealed from the ground truth, so a labeled dataset can
 replay the loop a real session runs: start from a small random seed set of regions; at each
-step compute what the sampler reads with the current model (MC-dropout entropy and BALD,
-decoder embeddings pooled per region, RALIS features), propose k regions, add them, retrain
+step compute what the sampler reads with the current model (`sampling.registry.needs_of`:
+f0's maps by `uncertainty_maps`, region embeddings, as a session computes them), build the
+sampler from the same registry a session uses, propose k regions, add them, retrain
 with a warm start for a fixed number of optimiser steps on the labeled regions only (their
 slices, every other pixel `IGNORE_INDEX`, which the loss ignores), and score mIoU on a held-out
 split. `SegmentationGame` is the same loop as a RALIS `ALGame` (reward = mIoU gain on a reward
@@ -32,7 +33,7 @@ from learners.unet import UNetConfig, build_unet
 from napari_paser.errors import PaserInputError
 from sampling.base import Sampler
 from sampling.dqn import DQNSampler, FeatureSpec, choose_state_set, play_episode
-from sampling.registry import MAPS, SAMPLERS, gather_needs, needs_of, region_embeddings
+from sampling.registry import MAPS, gather_needs, needs_of, region_embeddings
 from sampling.registry import make_sampler as registry_sampler
 from sampling.regions import RegionPool
 
