@@ -358,3 +358,19 @@ def test_opening_a_folder_that_is_no_session_writes_nothing(tmp_path):
     with pytest.raises(PaserInputError, match="not a labeling session"):
         Session.open(tmp_path / "plain")
     assert list((tmp_path / "plain").iterdir()) == []
+
+
+
+def test_a_folder_that_cannot_be_written_opens_read_only_only(session, monkeypatch):
+    session.close()
+    real = os.open
+
+    def no_lock_file(path, *args, **kwargs):  # what a read-only mount answers
+        if os.fspath(path).endswith(LOCK_FILE):
+            raise PermissionError(13, "Permission denied")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_lock_file)
+    with pytest.raises(lock.FolderNotWritableError, match="Permission denied.*not writable here; open it read-only"):
+        Session.open(session.folder)
+    assert Session.open(session.folder, read_only=True).read_only

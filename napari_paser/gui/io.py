@@ -158,6 +158,9 @@ def read_session(path: str | Path) -> list[LayerData]:
         session = Session.open(folder, read_only=True)
         _notify(f"session {folder.name} is open in {exc.holder.describe() if exc.holder else 'another process'}: "
                 "opened read-only here (nothing painted here is saved)", warning=True)
+    except lock.FolderNotWritableError:
+        session = Session.open(folder, read_only=True)
+        _notify(f"session {folder.name} is in a folder this process cannot write: opened read-only", warning=True)
     else:
         _hold_while_shown(folder)
         session.close()
