@@ -221,3 +221,22 @@ def test_a_session_held_by_another_process_opens_read_only(tmp_path, monkeypatch
     labels = layers_mod.Layer.create(data, kw, kind)
     assert not labels.editable and labels.level_shapes[0].tolist() == [2, 48, 48]  # shown, not paintable
     assert np.asarray(data[0][0, :32, :32]).min() == 1
+
+
+def test_the_reader_holds_a_session_while_the_viewer_shows_it(tmp_path, monkeypatch):
+    components = pytest.importorskip("napari.components")
+    import napari_paser.gui.io as io
+    from napari.layers import Layer
+
+    s = Session.create(tmp_path / "s", image(), region_size=32)
+    s.close()
+    viewer = components.ViewerModel()
+    monkeypatch.setattr(io, "_current_viewer", lambda: viewer)
+    for ld in read(s.folder):
+        viewer.add_layer(Layer.create(*ld))
+    lock_file = s.folder / "session.lock"
+    assert lock_file.exists()  # another process would be refused while the canvas is shown here
+    viewer.layers.remove("s image")
+    assert lock_file.exists()
+    viewer.layers.remove("s labels")  # the last layer of the session: released
+    assert not lock_file.exists()

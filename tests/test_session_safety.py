@@ -324,3 +324,53 @@ def test_files_are_written_with_normal_permissions(tmp_path):
         os.umask(old)
     modes = {p.name: oct(p.stat().st_mode & 0o777) for p in files if p.exists()}
     assert len(modes) >= 5 and set(modes.values()) == {"0o644"}, modes
+
+
+def test_concurrent_commits_of_two_objects_never_drop_a_success(session):
+    import threading
+
+    other = Session.open(session.folder)
+    done, lock_ = [], threading.Lock()
+
+    def work(s: Session, ids) -> None:
+        for rid in ids:
+            try:
+                s.accept(rid, full(s, rid))
+            except PaserInputError:
+                continue
+            with lock_:
+                done.append(rid)
+
+    threads = [threading.Thread(target=work, args=(session, [0, 2, 4, 6])),
+               threading.Thread(target=work, args=(other, [1, 3, 5, 7]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    other.close()
+    session.close()
+    with Session.open(session.folder, read_only=True) as view:
+        assert sorted(a.region_id for a in view.accepted) == sorted(done) and done  # every reported accept is saved
+
+
+def test_opening_a_folder_that_is_no_session_writes_nothing(tmp_path):
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(PaserInputError, match="not a labeling session"):
+        Session.open(tmp_path / "plain")
+    assert list((tmp_path / "plain").iterdir()) == []
+
+
+
+def test_a_folder_that_cannot_be_written_opens_read_only_only(session, monkeypatch):
+    session.close()
+    real = os.open
+
+    def no_lock_file(path, *args, **kwargs):  # what a read-only mount answers
+        if os.fspath(path).endswith(LOCK_FILE):
+            raise PermissionError(13, "Permission denied")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_lock_file)
+    with pytest.raises(lock.FolderNotWritableError, match="Permission denied.*not writable here; open it read-only"):
+        Session.open(session.folder)
+    assert Session.open(session.folder, read_only=True).read_only

@@ -158,10 +158,11 @@ def read_session(path: str | Path) -> list[LayerData]:
         session = Session.open(folder, read_only=True)
         _notify(f"session {folder.name} is open in {exc.holder.describe() if exc.holder else 'another process'}: "
                 "opened read-only here (nothing painted here is saved)", warning=True)
+    except lock.FolderNotWritableError:
+        session = Session.open(folder, read_only=True)
+        _notify(f"session {folder.name} is in a folder this process cannot write: opened read-only", warning=True)
     else:
-        if folder not in _READER_HOLDS:  # hold the folder while its canvas may be painted here
-            lock.acquire(folder)
-            _READER_HOLDS.add(folder)
+        _hold_while_shown(folder)
         session.close()
     for note in session.warnings:
         _notify(f"session {folder.name}: {note}", warning=True)
@@ -183,7 +184,29 @@ def read_session(path: str | Path) -> list[LayerData]:
     return layers
 
 
-_READER_HOLDS: set[Path] = set()  # session folders this process read, held until it exits
+_READER_HOLDS: set[Path] = set()  # session folders read here, held while the viewer shows them
+
+
+def _hold_while_shown(folder: Path) -> None:
+    """Hold the folder while its canvas may be painted here: until the viewer shows none of its
+    layers any more (or, with no viewer, until the process exits)."""
+    from napari_paser.session import lock
+
+    if folder in _READER_HOLDS:
+        return
+    lock.acquire(folder)
+    _READER_HOLDS.add(folder)
+    viewer = _current_viewer()
+    if viewer is None:
+        return
+
+    def release_when_gone(event=None) -> None:
+        if folder in _READER_HOLDS and not any(la.metadata.get(SESSION_KEY) == str(folder) for la in viewer.layers):
+            _READER_HOLDS.discard(folder)
+            lock.release(folder)
+            viewer.layers.events.removed.disconnect(release_when_gone)
+
+    viewer.layers.events.removed.connect(release_when_gone)
 
 
 def _current_viewer():

@@ -22,9 +22,9 @@ crash leaves the last complete state and `Session.open` resumes it exactly. A se
 is held by one process at a time (`session.lock`; `Session.open(folder, read_only=True)`
 views a held folder), and a commit refuses to overwrite a session.json that another
 `Session` object wrote meanwhile, so no accept is ever dropped silently. Call `close()` (or
-use the session as a context manager) when done; the hold also ends at interpreter exit. Methods may be
-called from a worker thread and the GUI thread at once: state changes hold a lock, but run
-at most one `compute_maps` or `retrain` at a time (they share f0).
+use the session as a context manager) when done; the hold also ends at interpreter exit.
+Methods may be called from a worker thread and the GUI thread at once: state changes hold a
+lock, but run at most one `compute_maps` or `retrain` at a time (they share f0).
 """
 
 from __future__ import annotations

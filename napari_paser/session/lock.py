@@ -56,6 +56,10 @@ class SessionLockedError(PaserInputError):
         self.holder = holder
 
 
+class FolderNotWritableError(PaserInputError):
+    """The lock file cannot be written (a read-only mount, no permission): only viewing is possible."""
+
+
 @dataclass
 class _Hold:
     fd: int
@@ -131,7 +135,13 @@ def _key(folder: Path) -> str:
 def _take(folder: Path) -> int:
     path = folder / LOCK_FILE
     for _ in range(10):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise FolderNotWritableError(
+                f"cannot write {path} ({exc.strerror}): the session folder is not writable here; open it read-only "
+                "(Session.open(folder, read_only=True)) or copy the folder somewhere writable"
+            ) from None
         try:
             if fcntl is not None:
                 try:
