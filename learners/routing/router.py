@@ -27,7 +27,7 @@ from learners.grid import Grid
 from learners.metrics import confusion_matrix, iou_from_confusion, iou_per_gflop
 from learners.routing.policy import PolicyNet, policy_state
 from learners.routing.reward import PatchTable, patch_confusions
-from learners.uncertainty import mc_probabilities, predictive_entropy
+from learners.uncertainty import mc_probabilities, model_device, predictive_entropy
 from learners.unet import count_parameters
 
 # ----------------------------------------------------------------------------- inputs
@@ -87,10 +87,11 @@ def f0_state(f0: nn.Module, images: np.ndarray | torch.Tensor, samples: int = 5,
     x = as_stack(images)
     preds, ents, probs = [], [], []
     for i, chunk in enumerate(x.split(batch_size)):
+        chunk = chunk.to(model_device(f0))
         if samples > 0:
-            mc = mc_probabilities(f0, chunk, samples=samples, seed=seed + i, max_batch=batch_size * samples)
+            mc = mc_probabilities(f0, chunk, samples=samples, seed=seed + i, max_batch=batch_size * samples).cpu()
         else:
-            mc = _eval_probs(f0, chunk)[None]
+            mc = _eval_probs(f0, chunk)[None].cpu()
         mean = mc.mean(0)
         preds.append(mean.argmax(1).to(torch.uint8))
         ents.append(predictive_entropy(mc).to(torch.float32))
@@ -135,12 +136,13 @@ def patch_outputs(model: nn.Module, patches: torch.Tensor, targets: torch.Tensor
     model.eval()
     try:
         for i, b in enumerate(patches.split(batch_size)):
+            b = b.to(model_device(model))
             if samples > 0:
-                mc = mc_probabilities(model, b, samples=samples, seed=seed + i, max_batch=batch_size * samples)
+                mc = mc_probabilities(model, b, samples=samples, seed=seed + i, max_batch=batch_size * samples).cpu()
                 p = mc.mean(0)
                 ents.append(predictive_entropy(mc).to(torch.float32))
             else:
-                p = _eval_probs(model, b)
+                p = _eval_probs(model, b).cpu()
             preds.append(p.argmax(1).to(torch.uint8))
             if targets is not None:
                 t = targets[i * batch_size:(i + 1) * batch_size].long().clamp(0, p.shape[1] - 1)
@@ -372,7 +374,8 @@ def policy_probabilities(policy: PolicyNet, state: F0State, batch_size: int = 32
     policy.eval()
     try:
         n = len(state)
-        return torch.cat([policy(state.policy_input(slice(i, i + batch_size))).softmax(-1)
+        dev = model_device(policy)
+        return torch.cat([policy(state.policy_input(slice(i, i + batch_size)).to(dev)).softmax(-1).cpu()
                           for i in range(0, n, batch_size)])
     finally:
         policy.train(was_training)
