@@ -60,8 +60,26 @@ def require(needs: dict, name: str, sampler: str) -> object:
 
 def top_k(scores: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Positions of the k highest scores, best first; exact ties broken at random by `rng`."""
-    order = np.lexsort((rng.random(len(scores)), -np.asarray(scores, dtype=np.float64)))
-    return order[:k]
+    return ranked(scores, k, rng.random(len(scores)))
+
+
+def ranked(scores: np.ndarray, k: int, tie: np.ndarray) -> np.ndarray:
+    """The first k positions of the order (score descending, then `tie` ascending).
+
+    For k much smaller than the pool (a million regions of a whole volume) only the k best are
+    sorted, after an O(n) argpartition; the result equals the first k of the full sort.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    n = s.size
+    k = min(int(k), n)
+    if k < 1:
+        return np.empty(0, dtype=np.int64)
+    if k * 8 < n:
+        thr = s[np.argpartition(-s, k - 1)[:k]].min()
+        if not np.isnan(thr):
+            cand = np.flatnonzero(s >= thr)  # every tie at the threshold, so `tie` decides among them
+            return cand[np.lexsort((tie[cand], -s[cand]))][:k]
+    return np.lexsort((tie, -s))[:k]
 
 
 class Sampler(ABC):
