@@ -210,15 +210,23 @@ class RegionEmbedder:
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         import torch
 
-        out = []
         h, w = self.pool.shape[1:]
+        crops: dict[tuple, list] = {}  # crops of one shape run as one batch
+        regions = self.pool.regions(np.asarray(ids, dtype=np.int64))
+        for i, r in enumerate(regions):
+            y0, x0 = max(r.y0 - self.halo, 0), max(r.x0 - self.halo, 0)
+            y1, x1 = min(r.y0 + r.h + self.halo, h), min(r.x0 + r.w + self.halo, w)
+            crop = self.image[r.z, y0:y1, x0:x1] if len(self.image.shape) == 3 else self.image[y0:y1, x0:x1]
+            inner = (r.y0 - y0, r.h, r.x0 - x0, r.w)
+            crops.setdefault((y1 - y0, x1 - x0, inner), []).append((i, np.asarray(crop, dtype=np.float32)))
+        out: list = [None] * len(regions)
         with torch.no_grad():
-            for r in self.pool.regions(np.asarray(ids, dtype=np.int64)):
-                y0, x0 = max(r.y0 - self.halo, 0), max(r.x0 - self.halo, 0)
-                y1, x1 = min(r.y0 + r.h + self.halo, h), min(r.x0 + r.w + self.halo, w)
-                crop = self.image[r.z, y0:y1, x0:x1] if len(self.image.shape) == 3 else self.image[y0:y1, x0:x1]
-                x = torch.from_numpy(np.ascontiguousarray(np.asarray(crop), dtype=np.float32))[None, None]
-                f = self.features(x)[0, :, r.y0 - y0:r.y0 - y0 + r.h, r.x0 - x0:r.x0 - x0 + r.w]
-                out.append(f.double().mean((1, 2)).cpu().numpy())
+            for (_, _, (iy, ih, ix, iw)), items in crops.items():
+                for j in range(0, len(items), 32):
+                    part = items[j:j + 32]
+                    x = torch.from_numpy(np.stack([c for _, c in part]))[:, None]
+                    f = self.features(x)[:, :, iy:iy + ih, ix:ix + iw].double().mean((2, 3)).cpu().numpy()
+                    for (i, _), e in zip(part, f):
+                        out[i] = e
         self.calls += len(out)
         return np.stack(out) if out else np.zeros((0, 0))

@@ -11,7 +11,8 @@
    and its neighbours, and a lazy greedy maximum k-set cover picks round(beta * k) regions,
    equal gains going to the more uncertain region.
 3. Fill: budget the cover leaves (beta < 1, or every oversampled region already covered) goes
-   by uncertainty over all candidates, regions unlike every pick first, so two regions with
+   by uncertainty over all candidates, regions unlike every pick first (looked for among the
+   oversampled set and the next 4 * ceil(alpha * k) regions, so the cost stays bounded), so two regions with
    identical embeddings are never both taken while a distinct one remains.
 A majority vote maps the chosen regions back to whole slices for users who label slices.
 With sigma = 1 no two distinct embeddings are joined and the result is the uncertainty top-k.
@@ -138,6 +139,7 @@ class TaudisSampler(Sampler):
         if measure not in ("entropy", "bald"):
             raise SamplingError(f"measure must be 'entropy' or 'bald', got {measure!r}")
         self.alpha, self.beta, self.sigma, self.measure, self.center = alpha, beta, sigma, measure, center
+        self.fill_window = 4  # the fill looks for distinct regions among the next 4 * ceil(alpha k) by uncertainty
 
     def _embedder(self, candidates: np.ndarray, needs: dict):
         """positions -> (len, F) embeddings of those candidates, centred as configured.
@@ -200,9 +202,10 @@ class TaudisSampler(Sampler):
         if walk(top, emb_top):
             return picks
         order = rest()
+        window = order[: self.fill_window * top.size]  # bounded: embeddings may be computed on demand
         batch = max(4 * k, 256)
-        for i in range(0, order.size, batch):
-            if walk(order[i:i + batch], embed(order[i:i + batch])):
+        for i in range(0, window.size, batch):
+            if walk(window[i:i + batch], embed(window[i:i + batch])):
                 return picks
         everything = np.concatenate([top, order])
         return picks + [int(p) for p in everything if int(p) not in taken][: k - len(picks)]
