@@ -5,6 +5,7 @@
     paser data info    --data DIR                              shape, classes, splits
     paser train        --data DIR --out RUN [--preset quick|paper] [--epochs N] [--seed K] [--overwrite]
     paser predict      --run RUN --image STACK.tif --out DIR     f0 segmentation + entropy/BALD maps
+    paser segment      --run RUN --image VOLUME --out OUT.zarr [--what maps|route|f2] [--workers N | --scheduler ADDR]
     paser models       [--size 224x256] [--json]               parameters and GFLOPs per preset
     paser bench routing --data DIR --run RUN --out results.json [--lambda L] [--sweep]   PaSeR vs baselines
     paser bench al     --data DIR --samplers random,entropy,... --budgets 8,16,32 --seeds 3 --out results.json [--dqn AGENT.pt]
@@ -124,6 +125,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     out = predict_file(args.run, args.image, args.out, samples=args.samples, tile=args.tile, progress=not args.quiet)
     print(f"wrote prediction.tif, entropy.tif and bald.tif to {out}")
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from napari_paser.jobs.segment import segment_volume
+
+    if args.workers is not None and args.scheduler is not None:
+        raise InputError("give --workers (a local cluster) or --scheduler (an existing one), not both")
+    summary = segment_volume(args.run, args.image, args.out, what=args.what, lam=args.lam, tile=args.tile,
+                             workers=1 if args.workers is None else args.workers, scheduler=args.scheduler,
+                             device=args.device, samples=args.samples, seed=args.seed, threads=args.threads,
+                             progress=not args.quiet)
+    print(summary.line())
     return 0
 
 
@@ -356,6 +370,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=COUNT, default=5, help="f0 MC-dropout passes (default 5)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_route)
+
+    p = sub.add_parser("segment", help="segment a whole volume blockwise on dask.distributed into a resumable OME-Zarr")
+    p.add_argument("--run", required=True, type=Path, help="run folder from `paser train` (and `paser policy` for route)")
+    p.add_argument("--image", required=True,
+                   help="volume: multi-page TIFF, folder of TIFF slices, .zarr (zarr or OME-Zarr) or FILE.h5:/dataset")
+    p.add_argument("--out", required=True, type=Path, help="output OME-Zarr folder (rerun the same command to resume)")
+    p.add_argument("--what", choices=("maps", "route", "f2"), default="route",
+                   help="maps: f0 + entropy/BALD; route: PaSeR (default); f2: the largest model everywhere")
+    p.add_argument("--lambda", dest="lam", type=float, help="route: the bank's policy nearest to this lambda")
+    p.add_argument("--tile", type=int, default=512, help="block edge in pixels; route: the policy's grid cuts each tile "
+                                                         "into patches (default 512: 4x4 patches of 128)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, help="local worker processes (default 1; 0 = in this process)")
+    where.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://HOST:8786")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--threads", type=int, help="torch threads per worker (default: the cores shared out)")
+    p.add_argument("--samples", type=int, default=5, help="f0 MC-dropout passes (default 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("models", help="parameters and GFLOPs per image of each model preset")
     p.add_argument("--size", type=_size, default=(224, 256), help="image size HxW (default 224x256)")

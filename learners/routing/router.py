@@ -29,7 +29,7 @@ from learners.metrics import confusion_matrix, iou_from_confusion, iou_per_gflop
 from learners.modes import eval_mode
 from learners.routing.policy import PolicyNet, policy_state
 from learners.routing.reward import PatchTable, patch_confusions
-from learners.uncertainty import predictive_entropy, uncertainty_maps
+from learners.uncertainty import model_device, predictive_entropy, uncertainty_maps
 from learners.unet import count_parameters
 
 # ----------------------------------------------------------------------------- inputs
@@ -94,7 +94,7 @@ def f0_state(f0: nn.Module, images: np.ndarray | torch.Tensor, samples: int = 5,
         mean = torch.from_numpy(np.stack([m.mean_probs for m in maps]))
         entropy = torch.from_numpy(np.stack([m.entropy for m in maps]))
     else:
-        mean = torch.cat([_eval_probs(f0, chunk) for chunk in x.split(batch_size)])
+        mean = torch.cat([_eval_probs(f0, chunk.to(model_device(f0))).cpu() for chunk in x.split(batch_size)])
         entropy = predictive_entropy(mean[None]).to(torch.float32)
     return F0State(mean.argmax(1).to(torch.uint8), entropy, int(mean.shape[1]), samples,
                    mean if keep_probs else None)
@@ -133,7 +133,7 @@ def patch_outputs(model: nn.Module, patches: torch.Tensor, targets: torch.Tensor
             p = state.mean_probs
             ents.append(state.entropy)
         else:
-            p = _eval_probs(model, b)
+            p = _eval_probs(model, b.to(model_device(model))).cpu()
         preds.append(p.argmax(1).to(torch.uint8))
         if targets is not None:
             t = targets[i * batch_size:(i + 1) * batch_size].long().clamp(0, p.shape[1] - 1)
@@ -360,7 +360,8 @@ def execute_routing(
 def policy_probabilities(policy: PolicyNet, state: F0State, batch_size: int = 32) -> torch.Tensor:
     """(N, P, K) routing distribution of the policy for every image of a state."""
     with eval_mode(policy):
-        return torch.cat([policy(state.policy_input(slice(i, i + batch_size))).softmax(-1)
+        dev = model_device(policy)
+        return torch.cat([policy(state.policy_input(slice(i, i + batch_size)).to(dev)).softmax(-1).cpu()
                           for i in range(0, len(state), batch_size)])
 
 
