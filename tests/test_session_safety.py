@@ -225,8 +225,10 @@ def test_edits_inside_accepted_regions_are_noticed_and_accepted(session, tmp_pat
     _, y, _, _ = session.training_data()
     assert sorted(np.unique(y).tolist()) == [0, 1, 2]  # training sees the edit (class 2 = layer 3)
     session.export(tmp_path / "out", full_volume=True)  # agrees now
+    session.labels[r0.z, r0.y0 + 20, r0.x0 + 20] = 2  # an edit no accept has seen
     session.close()
-    assert Session.open(session.folder, read_only=True).accepted_labels(0)[0, 0] == 3
+    view = Session.open(session.folder, read_only=True)  # a fresh object reads the saved crops
+    assert view.accepted_labels(0)[0, 0] == 3 and view.edited_regions() == [0]
 
 
 def test_export_can_accept_pending_edits(session, tmp_path):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import logging
 import threading
 import warnings
@@ -126,6 +127,7 @@ class Session:
         self.warnings: list[str] = list(notes)  # what open repaired or found off, for notifications
         self._release: weakref.finalize | None = None
         self._commit_guard = lock.commit_guard(folder)
+        self._crop_keys: dict[tuple[int, int], bytes] = {}  # (region, seq) -> digest of its saved crop
         mode = "r" if read_only else "r+"
         self.image = open_array(folder / IMAGE, "r")
         self.labels = open_array(folder / LABELS, mode)
@@ -723,6 +725,7 @@ class Session:
                     sampler, rank, now_iso(), self._fractions(patch), split, seq0 + i,
                 ))
                 crops[region.id] = save_crop(self.folder, region.id, seq0 + i, patch)
+                self._crop_keys[(region.id, seq0 + i)] = _crop_key(patch)
             gone = [old[int(r)] for r in drop if int(r) in old]
 
             def mutate(s: State) -> None:
@@ -772,9 +775,16 @@ class Session:
             window = np.asarray(self.labels[self._ix(z, slice(y0, y1), slice(x0, x1))])
             for rec in recs:
                 canvas = window[rec.y0 - y0:rec.y0 - y0 + rec.h, rec.x0 - x0:rec.x0 - x0 + rec.w]
-                if not np.array_equal(canvas, load_crop(self.folder, rec.region_id, rec.seq)):
+                if _crop_key(canvas) != self._saved_key(rec):
                     edited.append(rec.region_id)
         return sorted(edited)
+
+    def _saved_key(self, rec: AcceptedRegion) -> bytes:
+        """A digest of a region's saved crop, remembered per (region, seq): crops never change in place."""
+        key = (rec.region_id, rec.seq)
+        if key not in self._crop_keys:
+            self._crop_keys[key] = _crop_key(load_crop(self.folder, rec.region_id, rec.seq))
+        return self._crop_keys[key]
 
     def accept_edits(self, region_ids: Iterable[int] | None = None) -> list[AcceptedRegion]:
         """Save the canvas of edited accepted regions (all `edited_regions()` by default) as their
@@ -877,6 +887,11 @@ def _refused_when_read_only(name: str, method: Callable) -> Callable:
 for _name in READ_ONLY_REFUSES:
     if hasattr(Session, _name):
         setattr(Session, _name, _refused_when_read_only(_name, getattr(Session, _name)))
+
+
+def _crop_key(crop: np.ndarray) -> bytes:
+    crop = np.ascontiguousarray(crop, dtype=np.uint8)
+    return hashlib.blake2b(crop.tobytes() + str(crop.shape).encode(), digest_size=16).digest()
 
 
 def _repair_records(folder: Path, state: State) -> list[str]:
