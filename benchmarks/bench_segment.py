@@ -161,6 +161,17 @@ def run_job(cmd: list[str], out: Path, kill_at: int | None = None, extra_pids=()
             "output": (proc.stdout.read() if proc.stdout else "")[-400:]}
 
 
+def steady_rate(out: Path) -> dict:
+    """Blocks per second between the first and the last block marker: throughput without the
+    cluster's start-up (worker processes importing torch and loading the models)."""
+    times = sorted(p.stat().st_mtime for p in (out / ".paser" / "done").glob("*.json"))
+    if len(times) < 3:
+        return {}
+    rate = (len(times) - 1) / (times[-1] - times[0])
+    return {"steady_blocks_per_s": round(rate, 4), "steady_megavoxels_per_s": round(rate * TILE * TILE / 1e6, 3),
+}
+
+
 def read_out(out: Path) -> dict:
     import zarr
 
@@ -281,9 +292,13 @@ def main() -> None:
     make_run(run, vol)
     res["calibrated_shares"] = json.loads(json.dumps(torch.load(run / "policy.pt", weights_only=True)["meta"]))
     voxels = args.slices * SIZE * SIZE
+    name_to_out = {f"{w}-{n}w": f"{w}-{n}.zarr" for w in ("maps", "route") for n in (1, 2)}
+    name_to_out.update({"route-2w-f2vol": "route-f2vol.zarr", "f2-2w-f2vol": "f2-f2vol.zarr",
+                        "maps-cluster-2w": "maps-cluster.zarr", "maps-cluster-kill-one-worker": "kill-worker.zarr"})
 
     def record(name: str, r: dict, nvox: int) -> None:
         r["megavoxels_per_s"] = round(nvox / 1e6 / r["wall_s"], 3)
+        r.update(steady_rate(work / name_to_out.get(name, "")) if name in name_to_out else {})
         r["worker_peak_rss_mb"] = worker_rss(r["peak_rss_mb"])
         res["runs"][name] = r
         print(name, {k: r[k] for k in ("wall_s", "megavoxels_per_s", "worker_peak_rss_mb", "blocks_done", "returncode")},

@@ -133,10 +133,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.scheduler is not None:
         raise InputError("give --workers (a local cluster) or --scheduler (an existing one), not both")
-    summary = segment_volume(args.run, args.image, args.out, what=args.what, lam=args.lam, tile=args.tile,
-                             workers=1 if args.workers is None else args.workers, scheduler=args.scheduler,
-                             device=args.device, samples=args.samples, seed=args.seed, threads=args.threads,
-                             progress=not args.quiet)
+    try:
+        summary = segment_volume(args.run, args.image, args.out, what=args.what, lam=args.lam, tile=args.tile,
+                                 workers=1 if args.workers is None else args.workers, scheduler=args.scheduler,
+                                 device=args.device, samples=args.samples, seed=args.seed, threads=args.threads,
+                                 progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"paser: interrupted; finished blocks are kept in {args.out}: rerun the same command to resume",
+              file=sys.stderr)
+        return 130
     print(summary.line())
     return 0
 
