@@ -129,7 +129,7 @@ def _taudis_10k(f0, args) -> dict:
     with torch.no_grad():
         t0 = time.perf_counter()
         for z in range(args.slices_timed):
-            pool.embed(f0.features(torch.from_numpy(image[z])[None, None]).numpy())  # the old way, per slice
+            RegionPool(shape[1:], 64).embed(f0.features(torch.from_numpy(image[z])[None, None])[0].numpy())  # the old way
         per_slice = (time.perf_counter() - t0) / args.slices_timed
     print(f"  taudis over {len(pool):,} regions with on-demand embeddings: {t * 1000:.0f} ms "
           f"({embedder.calls} regions embedded); embedding all {shape[0]} slices first: "

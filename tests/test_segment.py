@@ -192,3 +192,12 @@ def test_job_json_records_the_normalisation_and_a_resume_reuses_it(setup, tmp_pa
     job = json.loads((tmp_path / "o.zarr" / seg.JOB_DIR / seg.JOB_FILE).read_text())
     assert (job["lo"], job["hi"]) == robust_range(v)
     assert job["halo"] == seg.receptive_halo(load_checkpoint(run / "f0.pt").model) == 32
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_a_device_the_machine_lacks_is_one_line_and_exit_2(setup, tmp_path, capsys):
+    root, _, run, _ = setup
+    code, err = _cli(["segment", "--run", str(run), "--image", str(root / "v.tif"), "--out", str(tmp_path / "o.zarr"),
+                      "--device", "cuda", "--workers", "0", "--quiet"], capsys)
+    assert code == 2 and "no CUDA" in err and "\n" not in err
+    assert not (tmp_path / "o.zarr").exists()

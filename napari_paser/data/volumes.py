@@ -37,7 +37,7 @@ _HDF5_SPEC = re.compile(r"^(?P<file>.+?\.(?:h5|hdf5|hdf|nxs)):(?P<path>/.*)?$", 
 
 @dataclass(frozen=True)
 class Volume:
-    """A lazily read (Z, Y, X) greyscale volume and the spec that reopens it anywhere."""
+    """A lazily read (Z, Y, X) greyscale volume and the spec (absolute) that reopens it anywhere."""
 
     spec: str
     array: da.Array
@@ -126,7 +126,7 @@ def _open_tiff(path: Path) -> Volume:
     except Exception as exc:  # tifffile raises many types for damaged files; all mean the same to a user
         raise PaserInputError(f"{path} is not a readable TIFF ({type(exc).__name__}: {exc}): re-save it as a "
                               "multi-page TIFF") from None
-    return Volume(str(path), as_zyx(arr, str(path)), "tiff")
+    return Volume(str(path.resolve()), as_zyx(arr, str(path)), "tiff")
 
 
 def _open_tiff_folder(folder: Path) -> Volume:
@@ -155,7 +155,7 @@ def _open_tiff_folder(folder: Path) -> Volume:
                               f"is {shapes[files.index(odd)]}; every slice of a volume must have the same size")
     read = dask.delayed(_read_page, pure=True)
     arr = da.stack([da.from_delayed(read(str(f)), first, dtype=dtype) for f in files])
-    return Volume(str(folder), as_zyx(arr, str(folder)), "tiff-folder")
+    return Volume(str(folder.resolve()), as_zyx(arr, str(folder)), "tiff-folder")
 
 
 def _read_page(path: str) -> np.ndarray:
@@ -185,7 +185,7 @@ def _open_zarr(path: Path) -> Volume:
     except Exception as exc:
         raise PaserInputError(f"{path} is not a readable zarr store ({type(exc).__name__}: {exc})") from None
     if isinstance(node, zarr.Array):
-        return Volume(str(path), as_zyx(da.from_zarr(node), str(path)), "zarr")
+        return Volume(str(path.resolve()), as_zyx(da.from_zarr(node), str(path)), "zarr")
     ms = ngff_multiscales(dict(node.attrs))
     if ms is None:
         arrays = sorted(name for name, _ in node.arrays())
@@ -196,7 +196,7 @@ def _open_zarr(path: Path) -> Volume:
     axes = [a if isinstance(a, dict) else {"name": a} for a in ms[0].get("axes", [])]
     if axes and len(axes) == arr.ndim:
         arr = _squeeze_ngff(arr, axes, path)
-    return Volume(str(path), as_zyx(arr, f"{path} (OME-Zarr level {level0})"), "ome-zarr")
+    return Volume(str(path.resolve()), as_zyx(arr, f"{path} (OME-Zarr level {level0})"), "ome-zarr")
 
 
 def _squeeze_ngff(arr: da.Array, axes: list[dict], path: Path) -> da.Array:
@@ -241,7 +241,7 @@ def _open_hdf5(text: str, m: re.Match | None) -> Volume:
     dset = h5[inner]
     chunks = dset.chunks or (1,) * (dset.ndim - 2) + tuple(dset.shape[-2:])
     arr = da.from_array(dset, chunks=chunks, lock=True)
-    return Volume(f"{file}:{inner}", as_zyx(arr, f"{file}:{inner}"), "hdf5")
+    return Volume(f"{Path(file).resolve()}:{inner}", as_zyx(arr, f"{file}:{inner}"), "hdf5")
 
 
 def _h5_datasets(h5) -> list[str]:

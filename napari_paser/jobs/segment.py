@@ -381,7 +381,8 @@ def segment_volume(run: str | Path, image: str | Path, out: str | Path, what: st
     """Run (or resume) the job; see the module doc. `max_blocks` stops after that many new blocks
     (to test resuming); `processes=False` runs a LocalCluster's workers as threads."""
     started = time.perf_counter()
-    pick_device(device)  # a device this machine lacks fails here, before any worker starts
+    if scheduler is None:
+        pick_device(device)  # a device this machine lacks fails here, before any worker starts
     job, _ = plan_job(run, image, out, what, lam, tile, samples, seed)
     blocks = plan_blocks(job.shape, job.tile)
     todo = [b for b in blocks if not _marker(job.out, b).is_file()]
