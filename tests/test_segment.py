@@ -1,7 +1,6 @@
 """`paser segment`: blockwise equals whole-slice, resume, LocalCluster, bad input."""
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
