@@ -5,8 +5,8 @@ from __future__ import annotations
 from napari.layers import Labels
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QMessageBox, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
-from napari_paser.gui.common import PathEdit, group, hrow
-from napari_paser.gui.hub import LABELS, guarded, hub_for, info
+from napari_paser.gui.common import JobBar, PathEdit, enable_while_idle, group, hrow
+from napari_paser.gui.hub import LABELS, SHORTCUTS, guarded, hub_for, info
 from napari_paser.errors import PaserInputError
 from napari_paser.session.core import SAMPLERS, PartialRegionError
 
@@ -36,13 +36,18 @@ class LabelWidget(QWidget):
         self.seed.setRange(0, 10**6)
         self.dqn = PathEdit("DQN agent .pt (from `paser al train-dqn`)", folder=False, caption="Choose a DQN agent")
         self.propose_button = QPushButton("Propose")
-        self.next_button = QPushButton("Next")
-        self.accept_button = QPushButton("Accept region")
+        self.next_button = QPushButton("Next (N)")
+        self.accept_button = QPushButton("Accept region (Shift-A)")
         self.painted_button = QPushButton("Accept painted outside proposals")
         self.import_button = QPushButton("Copy selected labels layer into the session")
         self.where = QLabel("no proposals yet")
         self.where.setWordWrap(True)
+        self.job = JobBar(self.hub)
+        self.keys = QLabel(shortcut_text())
+        self.keys.setWordWrap(True)
         self._layout()
+        enable_while_idle(self.hub, self.propose_button, self.painted_button, self.import_button)
+        self.hub.actions.update(next=self.next, accept=self.accept)
         self.propose_button.clicked.connect(self.propose)
         self.next_button.clicked.connect(self.next)
         self.accept_button.clicked.connect(self.accept)
@@ -58,9 +63,10 @@ class LabelWidget(QWidget):
         rows.addRow("seed", self.seed)
         rows.addRow("DQN agent", self.dqn)
         col = QVBoxLayout(self)
-        col.addWidget(group("Propose", form, self.propose_button))
+        col.addWidget(group("Propose", form, self.propose_button, self.job))
         col.addWidget(group("Label", hrow(self.next_button, self.accept_button), self.painted_button,
                             self.import_button, self.where))
+        col.addWidget(group("Keyboard shortcuts", self.keys))
         col.addStretch()
 
     def _reset(self) -> None:
@@ -69,17 +75,22 @@ class LabelWidget(QWidget):
 
     @guarded
     def propose(self, *_) -> None:
+        """Rank regions in the background (TAUDIS embeds every fresh slice, DQN loads its agent)."""
         s = self.hub.require()
-        options = {}
-        if self.sampler.currentText() == "dqn":
+        sampler, k, seed, options = self.sampler.currentText(), self.k.value(), self.seed.value(), {}
+        if sampler == "dqn":
             if not self.dqn.text():
                 raise PaserInputError("the DQN sampler needs a trained agent: choose its .pt file (paser al train-dqn)")
             options["dqn_checkpoint"] = self.dqn.text()
-        proposals = s.propose(self.k.value(), self.sampler.currentText(), self.seed.value(), **options)
-        self.hub.refresh_regions()
-        self.current = None
-        info(f"{len(proposals)} regions proposed by {self.sampler.currentText()}: press Next, paint, Accept")
-        self.next()
+
+        def proposed(proposals) -> None:
+            self.hub.refresh_regions()
+            self.current = None
+            info(f"{len(proposals)} regions proposed by {sampler}: press Next (N), paint, Accept (Shift-A)")
+            self.next()
+
+        self.hub.run(lambda should_stop: s.propose(k, sampler, seed, **options), on_return=proposed,
+                     what=f"proposing {k} regions with {sampler}", final=f"proposed with {sampler}")
 
     @guarded
     def next(self, *_) -> None:
@@ -114,15 +125,24 @@ class LabelWidget(QWidget):
 
     @guarded
     def accept_painted(self, *_) -> None:
-        """Accept every region painted outside the accepted set (any slice)."""
+        """Accept every region painted outside the accepted set (any slice: read in the background)."""
         s = self.hub.require()
-        try:
-            records = s.accept_painted()
-        except PartialRegionError as exc:
-            if not self.confirm(str(exc)):
+
+        def job(should_stop, confirm: bool = False):
+            try:
+                return s.accept_painted(confirm_partial=confirm)
+            except PartialRegionError as exc:
+                return exc
+
+        def done(result) -> None:
+            if isinstance(result, PartialRegionError):
+                if self.confirm(str(result)):
+                    self.hub.later([lambda: self.hub.run(lambda should_stop: job(should_stop, True), on_return=done,
+                                                         what="accepting the painted regions")])
                 return
-            records = s.accept_painted(confirm_partial=True)
-        self._accepted(len(records), f"{len(records)} painted regions")
+            self._accepted(len(result), f"{len(result)} painted regions")
+
+        self.hub.run(job, on_return=done, what="finding painted regions")
 
     @guarded
     def import_selected(self, *_) -> None:
@@ -132,9 +152,13 @@ class LabelWidget(QWidget):
         layer = self.viewer.layers.selection.active
         if not isinstance(layer, Labels) or layer.name == LABELS:
             raise PaserInputError("select the Labels layer to copy (not 'paser labels'), then press the button again")
-        s.sync_labels(layer.data)
-        self.viewer.layers[LABELS].refresh()
-        info(f"copied '{layer.name}' into the session canvas: press 'Accept painted outside proposals' to keep it")
+        data, name = layer.data, layer.name
+
+        def copied(_result) -> None:
+            self.viewer.layers[LABELS].refresh()
+            info(f"copied '{name}' into the session canvas: press 'Accept painted outside proposals' to keep it")
+
+        self.hub.run(lambda should_stop: s.sync_labels(data), on_return=copied, what=f"copying '{name}'")
 
     def _accepted(self, n: int, what: str) -> None:
         s = self.hub.require()
@@ -146,3 +170,8 @@ class LabelWidget(QWidget):
         else:
             self.current = None
             self.where.setText("all proposals accepted: retrain, then propose again")
+
+
+def shortcut_text() -> str:
+    """The viewer's PaSeR keyboard shortcuts, one per line, for the dock."""
+    return "\n".join(f"{key}: {what}" for key, _, what in SHORTCUTS)
