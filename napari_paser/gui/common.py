@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from qtpy.QtCore import QObject
 from qtpy.QtWidgets import (
     QFileDialog, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget,
 )
@@ -68,7 +69,8 @@ class JobBar(QWidget):
     def started(self, what: str) -> None:
         self.bar.setRange(0, 0)  # busy until the job says how far it is
         self.bar.setValue(0)
-        self.message.setText(what + " ...")
+        if what:  # "" for a quiet follow-up job: the last job's message stays
+            self.message.setText(what + " ...")
 
     def running(self, on: bool) -> None:
         self.cancel.setEnabled(on)
@@ -89,14 +91,21 @@ class JobBar(QWidget):
             self.message.setText(message)
 
 
-def enable_while_idle(hub, *buttons: QWidget) -> None:
-    """Disable `buttons` (those that start a job) while the hub's job runs."""
+class _Enabler(QObject):
+    """Enables its buttons when the hub is idle; a child of the first button, so the connection dies with it."""
 
-    def update(busy: bool) -> None:
-        for b in buttons:
+    def __init__(self, buttons: tuple[QWidget, ...]) -> None:
+        super().__init__(buttons[0])
+        self.buttons = buttons
+
+    def update(self, busy: bool) -> None:
+        for b in self.buttons:
             b.setEnabled(not busy)
 
-    hub.busy_changed.connect(update)
+
+def enable_while_idle(hub, *buttons: QWidget) -> None:
+    """Disable `buttons` (those that start a job) while the hub's job runs."""
+    hub.busy_changed.connect(_Enabler(buttons).update)
 
 
 def group(title: str, *widgets: QWidget) -> QGroupBox:

@@ -37,7 +37,7 @@ SHORTCUTS = (
     ("N", "next", "go to the next proposal"),
     ("Shift-A", "accept", "accept the region on screen"),
     ("Shift-S", "skip", "skip the proposal on screen"),
-    ("H", "model_view", "show / hide the model's view (prediction, entropy, entropy > gamma)"),
+    ("H", "model_view", "show / hide the model's view (prediction, entropy, entropy > gamma, routing)"),
 )
 """Keyboard shortcuts of the viewer: key, action, what it does (listed in the dock and the README)."""
 LAZY_REFRESH_MS = 400
@@ -75,7 +75,7 @@ class Hub(QObject):
 
     def __init__(self, viewer) -> None:
         super().__init__()
-        self.viewer = viewer
+        self._viewer = weakref.ref(viewer)  # the hub lives as long as its viewer, never longer
         self.session: Session | None = None
         self.gamma = 0.5
         self.samples = 5  # MC samples of maps (the Maps step's spin box)
@@ -95,6 +95,13 @@ class Hub(QObject):
         viewer.dims.events.current_step.connect(self._on_step)
         for key, action, _ in SHORTCUTS:
             viewer.bind_key(key, functools.partial(self._shortcut, action), overwrite=True)
+
+    @property
+    def viewer(self):
+        viewer = self._viewer()
+        if viewer is None:
+            raise PaserInputError("the viewer of this PaSeR dock was closed")
+        return viewer
 
     # ------------------------------------------------------------------ session
 
@@ -267,7 +274,7 @@ class Hub(QObject):
     def _refresh_shown(self) -> None:
         """A slice with the previous model's maps is on screen: refresh its maps in the background."""
         s = self.session
-        if s is None or self.busy or "f0" not in s.models or len(s.shape) != 3:
+        if s is None or self._viewer() is None or self.busy or "f0" not in s.models or len(s.shape) != 3:
             return
         z = self.current_z()
         if z not in s.stale_slices():
@@ -297,7 +304,7 @@ class Hub(QObject):
         from napari.qt.threading import create_worker
 
         if self.busy:
-            raise PaserInputError(f"another job is running: wait for it or cancel it before {what}")
+            raise PaserInputError(f"another job is running: wait for it or cancel it before {what or 'this one'}")
         self.stop.clear()
         worker = create_worker(job, self.stop.is_set, _start_thread=False, _connect={"errored": self._errored})
         if hasattr(worker, "yielded"):

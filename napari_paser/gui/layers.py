@@ -19,11 +19,11 @@ from napari_paser.gui.io import SESSION_KEY
 LABELS, PRED, ENTROPY, ABOVE = "paser labels", "paser f0 prediction", "paser f0 entropy", "paser entropy > gamma"
 ROUTING, REGIONS, ROUTED = "paser routing", "paser regions", "paser routed segmentation"
 IMAGE = "paser image"
-MODEL_VIEW = (PRED, ENTROPY, ABOVE)
+MODEL_VIEW = (PRED, ENTROPY, ABOVE, ROUTING, ROUTED)
 """The model's view: what one toggle (and the H key) shows or hides."""
 MODEL_VIEW_DEFAULT = (ENTROPY, ABOVE)
 """What the toggle shows the first time: where f0 is unsure (the prediction is one click away)."""
-OPACITY = {PRED: 0.35, ENTROPY: 0.45, ABOVE: 0.7, LABELS: 0.6, ROUTING: 0.35}
+OPACITY = {PRED: 0.35, ENTROPY: 0.35, ABOVE: 0.8, LABELS: 0.6, ROUTING: 0.3}
 MODEL_COLORS = ("#2ca02c", "#ffbf00", "#d62728", "#9467bd", "#8c564b")
 """Routing overlay colours of f0, f1, f2, ...: green = cheap, red = expensive."""
 HIGHLIGHT = "#00ffff"
@@ -82,7 +82,7 @@ def session_layers(session, gamma: Callable[[], float], with_image: bool) -> lis
     layers.append(Labels(prediction_view(session), name=PRED, colormap=colors, opacity=OPACITY[PRED], visible=False,
                          metadata=m))
     layers.append(Image(session.maps["entropy"], name=ENTROPY, colormap="magma",
-                        contrast_limits=(0.0, math.log(session.n_classes)), blending="additive",
+                        contrast_limits=(0.0, math.log(session.n_classes)), blending="translucent",
                         opacity=OPACITY[ENTROPY], visible=False, metadata=m))
     above = Labels(LazyView(session.maps["entropy"], lambda a, _: a > gamma(), np.uint8), name=ABOVE,
                    colormap={0: "transparent", None: "transparent", 1: HIGHLIGHT}, opacity=OPACITY[ABOVE],

@@ -147,7 +147,7 @@ class MapsWidget(QWidget):
         self.hub.refresh_maps()
 
     @guarded
-    def route(self, *_) -> None:
+    def route(self, *_, quiet: bool = False) -> None:
         """Route the slice on screen with the policy (f0 -> f1/f2 per patch) and show the cost."""
         s = self.hub.require()
         z = self.hub.current_z()
@@ -155,7 +155,7 @@ class MapsWidget(QWidget):
             s.pick_policy()  # raises the "no routing policy" message
         samples, lam = self.samples.value(), self._lam()
         self.hub.run(lambda should_stop: s.route(z, samples=samples, lam=lam), on_return=self.show_routing,
-                     what=f"routing slice {z}", final=f"routed slice {z}")
+                     what="" if quiet else f"routing slice {z}", final="" if quiet else f"routed slice {z}")
 
     @guarded
     def live(self, *_) -> None:
@@ -175,7 +175,7 @@ class MapsWidget(QWidget):
         """New weights: re-route the slice on screen if the overlay is shown."""
         s, layers = self.hub.session, self.viewer.layers
         if s is not None and s.has_policy and ROUTING in layers and layers[ROUTING].visible and not self.hub.busy:
-            self.route()
+            self.route(quiet=True)  # the job bars keep saying what the retrain did
 
     def show_routing(self, routed) -> None:
         self.hub.show_routing(routed)
