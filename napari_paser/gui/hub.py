@@ -5,9 +5,8 @@ boundary.
 Every widget of a viewer talks to the same `Hub` (`hub_for(viewer)`), so the widgets can be
 docked separately or together and still act on one session. Nothing slow runs on the GUI
 thread: session work (create, open, propose, maps, routing, retrain, export) runs in a napari
-thread worker, one job at a time, with its progress broadcast to every job bar; layers are built
-in the worker and appended one per event-loop turn; the regions and routing layers are updated
-in place. Layers read the session's zarr arrays lazily (`LazyView`), so a volume larger than
+thread worker, one job at a time, with its progress broadcast to every job bar; layers are added
+one per event-loop turn; the regions and routing layers are updated in place. Layers read the session's zarr arrays lazily (`LazyView`), so a volume larger than
 memory is never loaded.
 """
 
@@ -145,13 +144,16 @@ class Hub(QObject):
         return self.run(job, on_return=install, what="opening the session (loading its models)")
 
     def _install(self, result, on_ready, remove) -> None:
-        """Swap in a new session's layers, one layer per event-loop turn (each append builds vispy nodes)."""
-        session, new_layers = result
-        old = [n for n in (*remove, IMAGE, LABELS, PRED, ENTROPY, ABOVE, ROUTING, ROUTED, REGIONS)
-               if n in self.viewer.layers]
-        steps = [functools.partial(self._remove, name) for name in dict.fromkeys(old)]
-        steps.append(functools.partial(setattr, self, "session", session))
-        steps += [functools.partial(self.viewer.layers.append, layer) for layer in new_layers]
+        """Swap in a new session's layers, one layer per event-loop turn (each add builds vispy nodes).
+
+        Layers of the previous session are reused (new data set in place) rather than removed and added:
+        cheaper, and removing all of them before adding new ones crashed vispy's next draw."""
+        session, makers = result
+        old = [n for n in dict.fromkeys((*remove, IMAGE, ROUTING, ROUTED)) if n in self.viewer.layers]
+        added: list[str] = []
+        steps = [functools.partial(setattr, self, "session", session)]
+        steps += [functools.partial(self._add, make, added) for make in makers]
+        steps.append(lambda: [self._remove(name) for name in old if name not in added])
 
         def done() -> None:
             self.refresh_regions()
@@ -165,6 +167,30 @@ class Hub(QObject):
                 on_ready(session)
 
         self.later(steps + [done])
+
+    def _add(self, make: Callable[[], object], added: list[str]) -> None:
+        """Add a layer, or move a new layer's content into the previous session's layer of that name."""
+        layer = make()
+        name, layers = layer.name, self.viewer.layers
+        added.append(name)
+        old = layers[name] if name in layers else None
+        if old is None or type(old) is not type(layer) or old.ndim != layer.ndim:
+            if old is not None:
+                layers.remove(old)
+            layers.append(layer)
+            return
+        if name == REGIONS:  # emptied here, filled by refresh_regions
+            old.selected_data = set(range(len(old.data)))
+            old.remove_selected()
+        else:
+            old.data = layer.data
+            old.colormap = layer.colormap
+            if name == IMAGE:
+                old.contrast_limits = layer.contrast_limits
+            if hasattr(old, "contour"):
+                old.contour = layer.contour
+            old.visible, old.opacity = layer.visible, layer.opacity
+        old.metadata = layer.metadata
 
     def _remove(self, name: str) -> None:
         if name in self.viewer.layers:

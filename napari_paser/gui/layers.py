@@ -1,7 +1,7 @@
-"""The napari layers of a session: built off the GUI thread, shown translucent or hidden, updated in place.
+"""The napari layers of a session: added one per event-loop turn, shown translucent or hidden, updated in place.
 
-Building a layer (reading its first slice, colormaps) can run in a worker; only appending it
-to the viewer (vispy nodes) must run on the GUI thread, one layer per event-loop turn. The
+Adding a layer (its model, first slice, vispy nodes) costs 100-250 ms on the GUI thread, so a
+session's layers are added one per event-loop turn and the viewer repaints between them. The
 model's overlays (prediction, entropy, entropy > gamma) start hidden and are translucent when
 shown (the highlight is drawn as contours), so the image always reads through.
 """
@@ -67,31 +67,35 @@ def prediction_view(session) -> LazyView:
     return LazyView(session.maps["prediction"], fn, np.uint8)
 
 
-def session_layers(session, gamma: Callable[[], float], with_image: bool) -> list:
-    """The session's layers, bottom to top: (image,) prediction, entropy, entropy > gamma, labels, regions.
-
-    Safe to call in a worker: napari layer models only, no Qt or vispy (those come on append).
-    """
+def session_layers(session, gamma: Callable[[], float], with_image: bool) -> list[Callable[[], object]]:
+    """Makers of the session's layers, bottom to top: (image,) prediction, entropy, entropy > gamma, labels,
+    regions. Called on the GUI thread one per event-loop turn (a layer built in a worker thread crashed
+    vispy's next draw on resume)."""
     from napari.layers import Image, Labels
 
     m, colors = meta(session), session.classes.layer_colors()
-    layers = []
-    if with_image:
+
+    def image():
         lo, hi = session.state.image["lo"], session.state.image["hi"]
-        layers.append(Image(session.image, name=IMAGE, colormap="gray", contrast_limits=(lo, hi or lo + 1), metadata=m))
-    layers.append(Labels(prediction_view(session), name=PRED, colormap=colors, opacity=OPACITY[PRED], visible=False,
-                         metadata=m))
-    layers.append(Image(session.maps["entropy"], name=ENTROPY, colormap="magma",
-                        contrast_limits=(0.0, math.log(session.n_classes)), blending="translucent",
-                        opacity=OPACITY[ENTROPY], visible=False, metadata=m))
-    above = Labels(LazyView(session.maps["entropy"], lambda a, _: a > gamma(), np.uint8), name=ABOVE,
-                   colormap={0: "transparent", None: "transparent", 1: HIGHLIGHT}, opacity=OPACITY[ABOVE],
-                   visible=False, metadata=m)
-    above.contour = 1  # outlines: the image inside the highlighted areas stays visible
-    layers.append(above)
-    layers.append(Labels(session.labels, name=LABELS, colormap=colors, opacity=OPACITY[LABELS], metadata=m))
-    layers.append(regions_layer.new_layer(session, REGIONS))
-    return layers
+        return Image(session.image, name=IMAGE, colormap="gray", contrast_limits=(lo, hi or lo + 1), metadata=m)
+
+    def above():
+        layer = Labels(LazyView(session.maps["entropy"], lambda a, _: a > gamma(), np.uint8), name=ABOVE,
+                       colormap={0: "transparent", None: "transparent", 1: HIGHLIGHT}, opacity=OPACITY[ABOVE],
+                       visible=False, metadata=m)
+        layer.contour = 1  # outlines: the image inside the highlighted areas stays visible
+        return layer
+
+    makers = [image] if with_image else []
+    makers.append(lambda: Labels(prediction_view(session), name=PRED, colormap=colors, opacity=OPACITY[PRED],
+                                 visible=False, metadata=m))
+    makers.append(lambda: Image(session.maps["entropy"], name=ENTROPY, colormap="magma",
+                                contrast_limits=(0.0, math.log(session.n_classes)), blending="translucent",
+                                opacity=OPACITY[ENTROPY], visible=False, metadata=m))
+    makers.append(above)
+    makers.append(lambda: Labels(session.labels, name=LABELS, colormap=colors, opacity=OPACITY[LABELS], metadata=m))
+    makers.append(lambda: regions_layer.new_layer(session, REGIONS))
+    return makers
 
 
 def routing_rects(routed) -> tuple[list[np.ndarray], list[int]]:
