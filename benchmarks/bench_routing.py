@@ -36,7 +36,7 @@ def synthetic_run(work: Path, preset: str) -> tuple[Path, Path]:
     if not (data / "images.tif").exists():
         degrade_folder(clean, data, preset, seed=0)
     if not (run / "f0.pt").exists():
-        train_run(data, run, preset="quick", seed=0)
+        train_run(data, run, preset="quick", seed=0, overwrite=True)  # an unfinished run
     return data, run
 
 

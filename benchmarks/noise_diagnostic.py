@@ -19,7 +19,8 @@ from learners.routing.router import build_patch_table
 from napari_paser.bench.routing import noisy_copy
 from napari_paser.data.dataset import normalise, read_dataset, robust_range
 from napari_paser.jobs.policy import load_run_models
-from napari_paser.jobs.train import GRID, split_arrays
+from learners.routing import GRID
+from napari_paser.jobs.train import split_arrays
 
 
 def main() -> None:

@@ -40,7 +40,8 @@ from learners.routing.training import RLConfig, RoutingData, train_policy
 from napari_paser.bench.routing import new_policy, policy_actions, table_row
 from napari_paser.data.dataset import normalise, read_dataset, robust_range
 from napari_paser.jobs.policy import load_run_models
-from napari_paser.jobs.train import GRID, split_arrays
+from learners.routing import GRID
+from napari_paser.jobs.train import split_arrays
 
 SETTINGS = {
     "reinforce": dict(gradient="reinforce", rollouts=1, flips=False),

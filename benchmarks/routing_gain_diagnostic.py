@@ -16,6 +16,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from learners.checkpoint import load_checkpoint
+from learners.routing import GRID
 from learners.routing.router import build_patch_table
 from napari_paser.data.dataset import normalise, read_dataset, robust_range
 
@@ -31,7 +32,7 @@ def main() -> None:
     models = [load_checkpoint(f"{args.run}/f{k}.pt").model for k in range(3)]
     for split in args.splits.split(","):
         idx = ds.split[split]
-        table, _ = build_patch_table(models, x[idx], ds.labels[idx], (4, 4), samples=5)
+        table, _ = build_patch_table(models, x[idx], ds.labels[idx], GRID, samples=5)
         entropy = table.entropy[:, :, 0].ravel()
         quartile = np.digitize(entropy, np.quantile(entropy, [0.25, 0.5, 0.75]))
         print(f"{split}: {entropy.size} patches")

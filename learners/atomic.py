@@ -1,15 +1,41 @@
 """Atomic file writes: a crash or kill at any moment leaves either the old file or the new one.
 
 Lives in `learners` (the lowest layer) so checkpoints and the application's storage share it.
+Temporary files are named `.<name>.<random>.tmp` beside their target (`is_temp_name` tells
+them apart, so a folder's owner can remove those a kill left behind) and are created with
+the normal permissions the umask gives (0644 under umask 022), not mkstemp's 0600, so the
+renamed file is readable by the group as any other file the person writes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import re
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
+
+TEMP_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8,}\.tmp$")  # ours, and mkstemp's of earlier versions
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether `name` is a temporary file of `atomic_path` (left behind only by a kill)."""
+    return bool(_TEMP_NAME.match(name))
+
+
+def _new_temp(target: Path) -> Path:
+    """Create an empty, exclusive temporary file beside `target`; mode 0666 less the umask."""
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"cannot create a temporary file beside {target}")
 
 
 @contextlib.contextmanager
@@ -21,9 +47,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _new_temp(target)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from learners.atomic import atomic_path
-from learners.errors import CheckpointError
+from learners.errors import CheckpointError, newer_version
 from learners.unet import UNet, UNetConfig
 
 FORMAT = "napari-paser/unet"
@@ -80,7 +80,7 @@ def load_payload(path: str | Path, fmt: str, what: str, hint: str, version: int 
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise CheckpointError(f"{path} is not a napari-paser {what} (no '{fmt}' format tag)")
     if payload.get("version", 0) > version:
-        raise CheckpointError(f"{what} {path} has format version {payload['version']}; upgrade napari-paser to read it")
+        raise newer_version(what, path, payload["version"], version)
     return payload
 
 

@@ -14,21 +14,19 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from learners.routing import GRID
+from learners.errors import ConfigError
 from learners.grid import Grid
+from learners.modes import eval_mode
 
 
 @torch.no_grad()
 def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     """FLOPs of one forward pass of `model` on a zero tensor of `input_shape` (N, C, H, W)."""
-    was_training = model.training
-    model.eval()
-    try:
-        x = torch.zeros(tuple(input_shape), dtype=next(model.parameters()).dtype)
-        with FlopCounterMode(display=False) as counter:
-            model(x)
-        return int(counter.get_total_flops())
-    finally:
-        model.train(was_training)
+    x = torch.zeros(tuple(input_shape), dtype=next(model.parameters()).dtype)
+    with eval_mode(model), FlopCounterMode(display=False) as counter:
+        model(x)
+    return int(counter.get_total_flops())
 
 
 _CACHE: dict[tuple, int] = {}
@@ -50,7 +48,7 @@ def gflops_per_image(model: nn.Module, height: int, width: int, samples: int = 1
     return samples * image_flops(model, height, width) / 1e9
 
 
-def patch_flops(model: nn.Module, height: int, width: int, grid: tuple[int, int] = (4, 4)) -> int:
+def patch_flops(model: nn.Module, height: int, width: int, grid: tuple[int, int] = GRID) -> int:
     """FLOPs of one patch of an H x W image cut into a `grid` (padded border patches cost the same)."""
     g = Grid.divide(height, width, *grid)
     return image_flops(model, *g.cell)
@@ -64,5 +62,5 @@ def cost_shares(param_counts: Sequence[int]) -> np.ndarray:
     """
     counts = np.asarray(param_counts, dtype=np.float64)
     if counts.ndim != 1 or counts.size == 0 or (counts <= 0).any():
-        raise ValueError("cost shares need a positive parameter count per model")
+        raise ConfigError("cost shares need a positive parameter count per model")
     return counts / counts.sum()

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from learners.errors import ConfigError, ShapeError
+
 
 class Box(NamedTuple):
     """A cell clipped to the image: top-left corner and size in pixels."""
@@ -41,13 +43,13 @@ class Grid:
 
     def __post_init__(self) -> None:
         if min(self.shape) < 1 or min(self.cell) < 1:
-            raise ValueError(f"grid needs a positive image shape and cell size, got {self}")
+            raise ConfigError(f"grid needs a positive image shape and cell size, got {self}")
 
     @classmethod
     def divide(cls, height: int, width: int, rows: int = 4, cols: int = 4) -> Grid:
         """A `rows` x `cols` grid over the image (the PaSeR patchification P(x))."""
         if rows > height or cols > width:
-            raise ValueError(f"cannot divide a {height}x{width} image into {rows}x{cols} patches")
+            raise ShapeError(f"cannot divide a {height}x{width} image into {rows}x{cols} patches: use a smaller grid or larger slices")
         return cls((height, width), (math.ceil(height / rows), math.ceil(width / cols)))
 
     @property
@@ -116,5 +118,5 @@ class Grid:
         if op == "mean":
             out = out / counts
         elif op != "sum":
-            raise ValueError(f"op must be 'sum' or 'mean', got {op!r}")
+            raise ConfigError(f"op must be 'sum' or 'mean', got {op!r}")
         return out.reshape(np.shape(pixel_map)[:-2] + (len(self),))

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from learners.grid import Grid
+from learners.modes import eval_mode
 
 
 @torch.no_grad()
@@ -20,17 +21,13 @@ def predict_logits(
     """
     x = torch.as_tensor(np.asarray(images, dtype=np.float32))
     x = x.reshape(-1, 1, *x.shape[-2:])
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         if grid is None:
             return torch.cat([model(chunk) for chunk in x.split(batch_size)])
         g = Grid.divide(x.shape[-2], x.shape[-1], *grid)
         patches = g.extract(x)
         logits = torch.cat([model(chunk) for chunk in patches.split(batch_size * len(g))])
         return g.paste(logits)
-    finally:
-        model.train(was_training)
 
 
 def predict_classes(model: nn.Module, images: np.ndarray, grid: tuple[int, int] | None = None, batch_size: int = 8) -> np.ndarray:

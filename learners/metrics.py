@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from learners.errors import ConfigError, ShapeError
+
 
 def confusion_matrix(pred: np.ndarray, target: np.ndarray, n_classes: int, valid: np.ndarray | None = None) -> np.ndarray:
     """(C, C) counts, rows = ground truth, columns = prediction; pixels outside `valid` ignored."""
     pred = np.asarray(pred).ravel().astype(np.int64)
     target = np.asarray(target).ravel().astype(np.int64)
     if pred.shape != target.shape:
-        raise ValueError(f"prediction and target differ in size: {pred.size} vs {target.size}")
+        raise ShapeError(f"prediction and target differ in size: {pred.size} vs {target.size}")
     keep = (target >= 0) & (target < n_classes)
     if valid is not None:
         keep &= np.asarray(valid).ravel().astype(bool)
@@ -40,5 +42,5 @@ def mean_iou(pred: np.ndarray, target: np.ndarray, n_classes: int, valid: np.nda
 def iou_per_gflop(iou: float, gflops: float) -> float:
     """The PaSeR paper's efficiency metric (IoU per GigaFLOP spent per image)."""
     if gflops <= 0:
-        raise ValueError("GFLOPs must be positive")
+        raise ConfigError("GFLOPs must be positive")
     return iou / gflops

@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from learners.routing import GRID
+from learners.errors import ConfigError
 from learners.inference import predict_logits
 from learners.training import TrainConfig, TrainResult, train
 from learners.unet import UNet, UNetConfig
@@ -32,7 +34,7 @@ def pretrain_segmenters(
     val_images: np.ndarray,
     val_labels: np.ndarray,
     train_configs: Sequence[TrainConfig],
-    grid: tuple[int, int] = (4, 4),
+    grid: tuple[int, int] = GRID,
     kd_beta: float = 1.0,
     seed: int = 0,
     progress: bool = True,
@@ -46,10 +48,10 @@ def pretrain_segmenters(
     train longer than a first run did); it is not changed.
     """
     if len(configs) < 2 or len(train_configs) != len(configs):
-        raise ValueError("need at least two model configs (f0 and one larger) and one TrainConfig each")
+        raise ConfigError("need at least two model configs (f0 and one larger) and one TrainConfig each")
     init = list(init or [None] * len(configs))
     if len(init) != len(configs) or any(m is not None and m.config != c for m, c in zip(init, configs)):
-        raise ValueError("init must hold one model (or None) per config, each built from that config")
+        raise ConfigError("init must hold one model (or None) per config, each built from that config")
     names = list(names or [f"f{i}" for i in range(len(configs))])
     models: list[UNet | None] = [None] * len(configs)
     results: list[TrainResult | None] = [None] * len(configs)

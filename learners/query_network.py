@@ -37,6 +37,7 @@ from torch import nn
 
 from learners.checkpoint import load_payload, restore, save_payload
 from learners.errors import CheckpointError, InputError
+from learners.modes import eval_mode
 
 FORMAT = "napari-paser/query-network"
 
@@ -187,11 +188,9 @@ class DQNAgent:
     def q_values(self, state: np.ndarray, actions: np.ndarray, net: nn.Module | None = None) -> np.ndarray:
         """Q of each row of `actions` (N, A) in `state` (S, F), networks in eval mode."""
         net = net if net is not None else self.net
-        was = net.training
-        net.eval()
         a = _t(actions)
-        q = net(_t(state)[None].expand(len(a), -1, -1), a)
-        net.train(was)
+        with eval_mode(net):
+            q = net(_t(state)[None].expand(len(a), -1, -1), a)
         return q.numpy()
 
     def act(self, state: np.ndarray, pools: list[np.ndarray], epsilon: float,
@@ -212,12 +211,9 @@ class DQNAgent:
     @torch.no_grad()
     def _scores(self, net: nn.Module, states: list[np.ndarray], actions: list[np.ndarray]) -> np.ndarray:
         """Q of each action row paired with its state, all pairs in one eval-mode forward pass."""
-        was = net.training
-        net.eval()
         s = torch.cat([_t(st)[None].expand(len(a), -1, -1) for st, a in zip(states, actions)])
-        q = net(s, torch.cat([_t(a) for a in actions])).numpy().astype(np.float64)
-        net.train(was)
-        return q
+        with eval_mode(net):
+            return net(s, torch.cat([_t(a) for a in actions])).numpy().astype(np.float64)
 
     def targets(self, batch: list[Transition]) -> np.ndarray:
         """TD targets y^k of every sub-action of every transition, flattened (sum of K,).

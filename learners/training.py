@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from learners.errors import ConfigError
 from learners.generators import drain
 from learners.grid import Grid
 from learners.inference import predict_classes
@@ -30,8 +31,9 @@ from learners.lr_agent import LRAgent, LRAgentConfig
 from learners.metrics import confusion_matrix, iou_from_confusion
 
 SCHEDULERS = ("fixed", "step", "cosine", "agent")
-UNLABELED = 255
-"""Label value of pixels nobody labeled: ignored by the loss and by validation (partial labels)."""
+IGNORE_INDEX = 255
+"""Class-index value of pixels nobody labeled in training masks and exports: the loss and validation
+ignore it (partial labels). napari layers mark them 0 instead (`labels_convention.LAYER_UNLABELED`)."""
 
 
 @dataclass(frozen=True)
@@ -53,9 +55,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs, batch_size and lr must be positive")
+            raise ConfigError(f"epochs, batch_size and lr must be positive, got {self.epochs}, {self.batch_size}, {self.lr}")
         if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+            raise ConfigError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
 
 
 @dataclass
@@ -192,7 +194,7 @@ def iter_training(
             if config.augment:
                 batch = _augment(batch, gen)
             logits = model(batch[0])
-            loss = F.cross_entropy(logits, batch[1], weight=weight, ignore_index=UNLABELED)
+            loss = F.cross_entropy(logits, batch[1], weight=weight, ignore_index=IGNORE_INDEX)
             if t is not None and config.kd_beta > 0:
                 loss = loss + config.kd_beta * F.mse_loss(logits, batch[2])  # Eq. 1
             opt.zero_grad(set_to_none=True)

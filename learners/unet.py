@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from learners.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -28,11 +30,12 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         if self.in_channels < 1 or self.n_classes < 2:
-            raise ValueError("a UNet needs in_channels >= 1 and n_classes >= 2")
+            raise ConfigError(f"a UNet needs in_channels >= 1 and n_classes >= 2 (a segmentation has at least two classes), "
+                              f"got {self.in_channels} and {self.n_classes}")
         if self.base < 2 or self.base % 2 or self.depth < 1:
-            raise ValueError("base must be an even number >= 2 and depth >= 1")
+            raise ConfigError(f"base must be an even number >= 2 and depth >= 1, got base={self.base}, depth={self.depth}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError("dropout must lie in [0, 1)")
+            raise ConfigError(f"dropout must lie in [0, 1), got {self.dropout}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,7 +58,7 @@ PAPER_PARAMS = {"tiny": 16_571, "medium": 1_080_595, "large": 17_275_459}
 def preset_config(name: str, n_classes: int = 3, in_channels: int = 1, **overrides) -> UNetConfig:
     """The named preset for a given number of classes and channels."""
     if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
     return replace(PRESETS[name], n_classes=n_classes, in_channels=in_channels, **overrides)
 
 

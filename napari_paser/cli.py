@@ -3,8 +3,9 @@
     paser data synth   --out DIR --n N --size S --seed K      synthetic dataset folder
     paser data degrade --data DIR --out DIR --preset lowres    low-resolution copy of a dataset
     paser data info    --data DIR                              shape, classes, splits
-    paser train        --data DIR --out RUN [--preset quick|paper] [--epochs N] [--seed K]
+    paser train        --data DIR --out RUN [--preset quick|paper] [--epochs N] [--seed K] [--overwrite]
     paser predict      --run RUN --image STACK.tif --out DIR     f0 segmentation + entropy/BALD maps
+    paser segment      --run RUN --image VOLUME --out OUT.zarr [--what maps|route|f2] [--workers N | --scheduler ADDR]
     paser models       [--size 224x256] [--json]               parameters and GFLOPs per preset
     paser bench routing --data DIR --run RUN --out results.json [--lambda L] [--sweep]   PaSeR vs baselines
     paser bench al     --data DIR --samplers random,entropy,... --budgets 8,16,32 --seeds 3 --out results.json [--dqn AGENT.pt]
@@ -27,6 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from learners.errors import InputError
+from napari_paser.cli_args import (BUDGETS, COUNT, FRACTIONS, LAMBDAS, N_CLASSES, RATE, REGION, SEED, TILE, UNIT,
+                                   check_memory, float_range, int_range, os_error_line)
+
+SYNTH_BYTES_PER_VOXEL = 48  # peak of synth_volume + write: float64 fields, float32 image, uint16 copy, labels
+MODEL_BYTES_PER_PIXEL = 2048  # peak activations of the largest preset's forward pass (64 channels, float32)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -41,16 +47,11 @@ def _size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
-def _fractions(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"fractions {text!r}: use comma-separated numbers like 0.3,0.2,0.5") from None
-
-
 def cmd_synth(args: argparse.Namespace) -> int:
     from napari_paser.data.synth import write_synthetic
 
+    check_memory(args.n * args.size[0] * args.size[1] * SYNTH_BYTES_PER_VOXEL,
+                 f"{args.n} synthetic slices of {args.size[0]}x{args.size[1]}", "lower --n or --size")
     write_synthetic(args.out, args.n, args.size, fractions=args.fractions, seed=args.seed)
     print(f"wrote {args.n} synthetic slices of {args.size[0]}x{args.size[1]} to {args.out}")
     return 0
@@ -89,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     names = tuple(args.classes.split(",")) if args.classes else None
     metrics = train_run(args.data, args.out, preset=args.preset, epochs=args.epochs, seed=args.seed, scheduler=args.scheduler,
                         train_splits=tuple(args.splits.split(",")), class_names=names, progress=not args.quiet,
-                        init=args.init)
+                        init=args.init, overwrite=args.overwrite)
     print(format_metrics(metrics))
     print(f"checkpoints and metrics.json in {args.out}")
     return 0
@@ -127,6 +128,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_segment(args: argparse.Namespace) -> int:
+    from napari_paser.jobs.segment import segment_volume
+
+    if args.workers is not None and args.scheduler is not None:
+        raise InputError("give --workers (a local cluster) or --scheduler (an existing one), not both")
+    try:
+        summary = segment_volume(args.run, args.image, args.out, what=args.what, lam=args.lam, tile=args.tile,
+                                 workers=1 if args.workers is None else args.workers, scheduler=args.scheduler,
+                                 device=args.device, samples=args.samples, seed=args.seed, threads=args.threads,
+                                 progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"paser: interrupted; finished blocks are kept in {args.out}: rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    print(summary.line())
+    return 0
+
+
 def model_costs(size: tuple[int, int], n_classes: int = 3) -> dict:
     """{preset: {"params": N, "gflops": G}} for one whole image of `size`."""
     from learners.flops import gflops_per_image
@@ -140,6 +159,8 @@ def model_costs(size: tuple[int, int], n_classes: int = 3) -> dict:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    check_memory(args.size[0] * args.size[1] * MODEL_BYTES_PER_PIXEL, f"a forward pass on a "
+                 f"{args.size[0]}x{args.size[1]} image", "lower --size (costs scale with the pixel count)")
     costs = model_costs(args.size, args.n_classes)
     if args.json:
         print(json.dumps(costs, indent=2))
@@ -164,13 +185,6 @@ def cmd_bench_routing(args: argparse.Namespace) -> int:
     print(format_table(results))
     print(f"wrote {args.out}" + (f" and {results['plot']}" if "plot" in results else ""))
     return 0
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: use comma-separated integers like 8,16,32") from None
 
 
 def _sim_config(args: argparse.Namespace):
@@ -212,18 +226,18 @@ def cmd_al_train_dqn(args: argparse.Namespace) -> int:
 
 
 def _sim_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--region", type=int, default=32, help="region edge in pixels (default 32)")
-    p.add_argument("--train-steps", type=int, default=30, help="optimiser steps per retraining (default 30)")
-    p.add_argument("--seed-steps", type=int, default=60, help="optimiser steps on the seed set (default 60)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=2e-3, help="learning rate on the seed set (default 2e-3)")
-    p.add_argument("--warm-lr", type=float, default=5e-4,
+    p.add_argument("--region", type=REGION, default=32, help="region edge in pixels (default 32)")
+    p.add_argument("--train-steps", type=COUNT, default=30, help="optimiser steps per retraining (default 30)")
+    p.add_argument("--seed-steps", type=COUNT, default=60, help="optimiser steps on the seed set (default 60)")
+    p.add_argument("--batch-size", type=COUNT, default=4)
+    p.add_argument("--lr", type=RATE, default=2e-3, help="learning rate on the seed set (default 2e-3)")
+    p.add_argument("--warm-lr", type=RATE, default=5e-4,
                    help="learning rate of each retraining after it, warm-started (default 5e-4)")
-    p.add_argument("--samples", type=int, default=5, help="MC-dropout passes (default 5)")
-    p.add_argument("--pool-size", type=int, default=10, help="DQN candidates per pool (default 10)")
-    p.add_argument("--state-regions", type=int, default=8, help="DQN state set size, from the seed set (default 8)")
-    p.add_argument("--crop", type=int, help="keep the central CROPxCROP pixels of each slice (CPU-sized runs)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--samples", type=COUNT, default=5, help="MC-dropout passes (default 5)")
+    p.add_argument("--pool-size", type=COUNT, default=10, help="DQN candidates per pool (default 10)")
+    p.add_argument("--state-regions", type=COUNT, default=8, help="DQN state set size, from the seed set (default 8)")
+    p.add_argument("--crop", type=REGION, help="keep the central CROPxCROP pixels of each slice (CPU-sized runs)")
+    p.add_argument("--threads", type=COUNT, default=1,
                    help="torch CPU threads (default 1: tiny models run fastest single-threaded on a shared CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -233,9 +247,9 @@ def _al_parsers(sub, bench) -> None:
     p = bench.add_parser("al", help="label efficiency of the region samplers under simulated labeling")
     p.add_argument("--data", required=True, type=Path, help="labeled dataset folder")
     p.add_argument("--samplers", default="random,entropy,bald,taudis", help="comma-separated: random,entropy,bald,taudis,dqn")
-    p.add_argument("--budgets", type=_ints, default=(8, 16, 24, 32, 48, 64),
+    p.add_argument("--budgets", type=BUDGETS, default=(8, 16, 24, 32, 48, 64),
                    help="labeled regions; the first is the random seed set (default 8,16,24,32,48,64)")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=COUNT, default=3)
     p.add_argument("--out", required=True, type=Path, help="results JSON (the plot goes beside it as .png)")
     p.add_argument("--dqn", type=Path, help="agent checkpoint from `paser al train-dqn` (needed for the dqn sampler)")
     p.add_argument("--pool-splits", default="pretrain,finetune", help="splits forming the unlabeled pool")
@@ -249,11 +263,11 @@ def _al_parsers(sub, bench) -> None:
     p.add_argument("--out", required=True, type=Path, help="agent checkpoint to write (.pt)")
     p.add_argument("--train-splits", default="rl", help="splits the episodes label from (default rl)")
     p.add_argument("--reward-splits", default="val", help="splits the reward mIoU is measured on (default val)")
-    p.add_argument("--episodes", type=int, default=10)
-    p.add_argument("--steps", type=int, default=5, help="proposal steps per episode (default 5)")
-    p.add_argument("--k", type=int, default=8, help="regions per step (default 8)")
-    p.add_argument("--n-seed", type=int, default=8, help="seed set regions (default 8)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--episodes", type=COUNT, default=10)
+    p.add_argument("--steps", type=COUNT, default=5, help="proposal steps per episode (default 5)")
+    p.add_argument("--k", type=COUNT, default=8, help="regions per step (default 8)")
+    p.add_argument("--n-seed", type=COUNT, default=8, help="seed set regions (default 8)")
+    p.add_argument("--seed", type=SEED, default=0)
     _sim_arguments(p)
     p.set_defaults(func=cmd_al_train_dqn)
 
@@ -271,17 +285,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _policy_arguments(p: argparse.ArgumentParser, lr_flag: str) -> None:
     """The options of policy training (stage 2) shared by `paser policy` and `paser bench routing`."""
-    p.add_argument("--batch-size", type=int, default=4, help="images per policy step (default 4)")
-    p.add_argument(lr_flag, type=float, default=3e-3, help="policy learning rate (default 3e-3)")
+    p.add_argument("--batch-size", type=COUNT, default=4, help="images per policy step (default 4)")
+    p.add_argument(lr_flag, type=RATE, default=3e-3, help="policy learning rate (default 3e-3)")
     p.add_argument("--gradient", choices=("expected", "reinforce"), default="expected",
                    help="expected: exact gradient of the expected reward from the patch table (default); "
                         "reinforce: sampled routings as in Algorithm 1")
-    p.add_argument("--rollouts", type=int, default=1,
+    p.add_argument("--rollouts", type=COUNT, default=1,
                    help="reinforce: routings sampled per slice and step; above 1 each patch's baseline is the "
                         "mean of its other routings (default 1: the batch-mean baseline)")
     p.add_argument("--flips", action="store_true", help="augment policy training with mirrored slices")
-    p.add_argument("--samples", type=int, default=5, help="f0 MC-dropout passes (default 5)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=COUNT, default=5, help="f0 MC-dropout passes (default 5)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -292,24 +306,24 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="make, degrade and inspect dataset folders").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write a synthetic three-phase dataset folder")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--n", type=int, default=32, help="number of slices (default 32)")
+    p.add_argument("--n", type=COUNT, default=32, help="number of slices (default 32)")
     p.add_argument("--size", type=_size, default=(128, 128), help="slice size HxW or S (default 128)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fractions", type=_fractions, default=(0.3, 0.2, 0.5), help="phase fractions (default 0.3,0.2,0.5)")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--fractions", type=FRACTIONS, default=(0.3, 0.2, 0.5), help="phase fractions (default 0.3,0.2,0.5)")
     p.set_defaults(func=cmd_synth)
 
     p = data.add_parser("degrade", help="write a low-resolution copy of a dataset (labels unchanged)")
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--preset", default="lowres", help="degradation preset or spec (default lowres)")
-    p.add_argument("--factor", type=int, help="downsampling factor (overrides the preset)")
+    p.add_argument("--factor", type=COUNT, help="downsampling factor (overrides the preset)")
     p.add_argument("--blur", help="Gaussian blur sigma in low-res pixels, or MIN:MAX varying across the image")
     p.add_argument("--noise", help="noise level in [0,1] units, or MIN:MAX varying across the image")
     p.add_argument("--noise-kind", choices=("gaussian", "poisson"))
-    p.add_argument("--angles", type=int, help="sparse-angle reconstruction with this many projections")
-    p.add_argument("--sp", type=float, help="salt-and-pepper fraction (0.01 = the paper's 1%%)")
-    p.add_argument("--shade", type=float, help="std of a smooth background shading in [0,1] units (flat-field drift)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--angles", type=int_range(2), help="sparse-angle reconstruction with this many projections")
+    p.add_argument("--sp", type=UNIT, help="salt-and-pepper fraction (0.01 = the paper's 1%%)")
+    p.add_argument("--shade", type=float_range(0), help="std of a smooth background shading in [0,1] units (flat-field drift)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(func=cmd_degrade)
 
     p = data.add_parser("info", help="describe a dataset folder")
@@ -323,22 +337,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quick: minutes on a laptop CPU; long: 3x quick's steps for f1/f2; paper: the PaSeR "
                         "paper's 200 epochs, batch 32, Adam 1e-4")
     p.add_argument("--init", type=Path, help="start from this run folder's f0/f1/f2 (warm start, to train longer)")
-    p.add_argument("--epochs", type=int, help="override the preset's number of epochs")
+    p.add_argument("--epochs", type=COUNT, help="override the preset's number of epochs")
     p.add_argument("--scheduler", choices=("fixed", "step", "cosine", "agent"), default="fixed",
                    help="learning-rate schedule; agent = the Q-learning scheduler (learners.lr_agent)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--splits", default="pretrain", help="training splits, comma-separated (default pretrain)")
     p.add_argument("--classes", help="class names, comma-separated (default: the dataset's)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in a non-empty --out (its models, metrics and routing policies are removed)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("policy", help="train PaSeR routing policies (one per cost weight lambda) for a run folder")
     p.add_argument("--data", required=True, type=Path, help="the dataset the run was trained on (uses rl and val)")
     p.add_argument("--run", required=True, type=Path, help="run folder from `paser train` (f0.pt, f1.pt, f2.pt)")
-    p.add_argument("--lambdas", type=_fractions, default=(0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0),
+    p.add_argument("--lambdas", type=LAMBDAS, default=(0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0),
                    help="cost weights in [0, 1], comma-separated (default 0,0.05,0.1,0.2,0.3,0.5,1)")
-    p.add_argument("--default", type=float, default=0.3, help="lambda of the policy.pt the plugin loads (default 0.3)")
-    p.add_argument("--epochs", type=int, default=100, help="REINFORCE epochs per policy (default 100)")
+    p.add_argument("--default", type=UNIT, default=0.3, help="lambda of the policy.pt the plugin loads (default 0.3)")
+    p.add_argument("--epochs", type=COUNT, default=100, help="REINFORCE epochs per policy (default 100)")
     _policy_arguments(p, "--lr")
     p.set_defaults(func=cmd_policy)
 
@@ -346,8 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, type=Path, help="run folder from `paser train` (uses f0.pt)")
     p.add_argument("--image", required=True, type=Path, help="greyscale TIFF slice or stack")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--samples", type=int, default=5, help="MC-dropout passes (default 5)")
-    p.add_argument("--tile", type=int, help="process slices in tiles of this size (bounds memory)")
+    p.add_argument("--samples", type=COUNT, default=5, help="MC-dropout passes (default 5)")
+    p.add_argument("--tile", type=TILE, help="process slices in tiles of this size (bounds memory)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -355,14 +371,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, type=Path, help="run folder with f0/f1/f2 and policy.pt or policies/")
     p.add_argument("--image", required=True, type=Path, help="greyscale TIFF slice or stack")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--lambda", dest="lam", type=float, help="use the bank's policy nearest to this lambda")
-    p.add_argument("--samples", type=int, default=5, help="f0 MC-dropout passes (default 5)")
+    p.add_argument("--lambda", dest="lam", type=UNIT, help="use the bank's policy nearest to this lambda")
+    p.add_argument("--samples", type=COUNT, default=5, help="f0 MC-dropout passes (default 5)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_route)
 
+    p = sub.add_parser("segment", help="segment a whole volume blockwise on dask.distributed into a resumable OME-Zarr")
+    p.add_argument("--run", required=True, type=Path, help="run folder from `paser train` (and `paser policy` for route)")
+    p.add_argument("--image", required=True,
+                   help="volume: multi-page TIFF, folder of TIFF slices, .zarr (zarr or OME-Zarr) or FILE.h5:/dataset")
+    p.add_argument("--out", required=True, type=Path, help="output OME-Zarr folder (rerun the same command to resume)")
+    p.add_argument("--what", choices=("maps", "route", "f2"), default="route",
+                   help="maps: f0 + entropy/BALD; route: PaSeR (default); f2: the largest model everywhere")
+    p.add_argument("--lambda", dest="lam", type=float, help="route: the bank's policy nearest to this lambda")
+    p.add_argument("--tile", type=int, default=512, help="block edge in pixels; route: the policy's grid cuts each tile "
+                                                         "into patches (default 512: 4x4 patches of 128)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, help="local worker processes (default 1; 0 = in this process)")
+    where.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://HOST:8786")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--threads", type=int, help="torch threads per worker (default: the cores shared out)")
+    p.add_argument("--samples", type=int, default=5, help="f0 MC-dropout passes (default 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_segment)
+
     p = sub.add_parser("models", help="parameters and GFLOPs per image of each model preset")
     p.add_argument("--size", type=_size, default=(224, 256), help="image size HxW (default 224x256)")
-    p.add_argument("--n-classes", type=int, default=3)
+    p.add_argument("--n-classes", type=N_CLASSES, default=3)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
@@ -371,20 +407,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path, help="dataset folder (uses its rl, finetune, val, test splits)")
     p.add_argument("--run", required=True, type=Path, help="run folder from `paser train` (f0.pt, f1.pt, f2.pt)")
     p.add_argument("--out", required=True, type=Path, help="results JSON (the --sweep plot goes beside it as .png)")
-    p.add_argument("--lambda", dest="lam", type=float, default=0.5, help="cost weight of the reward (default 0.5)")
+    p.add_argument("--lambda", dest="lam", type=UNIT, default=0.5, help="cost weight of the reward (default 0.5)")
     p.add_argument("--noise", default="sp:0.01", help="test-time noise, sp:FRACTION (default sp:0.01)")
     p.add_argument("--sweep", action="store_true", help="trace accuracy-cost curves and plot them")
-    p.add_argument("--sweep-lambdas", type=_fractions,
+    p.add_argument("--sweep-lambdas", type=LAMBDAS,
                    help="lambdas of PaSeR's curve, comma-separated (default 0,0.02,0.05,0.1,0.2,0.3,0.5,0.7,1)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=COUNT, help="torch threads (default: torch's choice)")
     p.add_argument("--fast", action="store_true",
                    help="score the IDK cascades on the patch table instead of executing them (large images)")
-    p.add_argument("--epochs-rl", type=int, default=100, help="policy training epochs, stage 2 (default 100)")
-    p.add_argument("--epochs-ft", type=int, default=10, help="joint fine-tuning epochs, stage 3 (default 10)")
+    p.add_argument("--epochs-rl", type=COUNT, default=100, help="policy training epochs, stage 2 (default 100)")
+    p.add_argument("--epochs-ft", type=COUNT, default=10, help="joint fine-tuning epochs, stage 3 (default 10)")
     p.add_argument("--policy-only-ft", action="store_true",
                    help="stage 3 tunes the policy only; f1..fm stay as pretrained (an ablation of Algorithm 1)")
-    p.add_argument("--epochs-noise", type=int, default=2, help="f1/f2 fine-tuning epochs on noisy data (default 2)")
-    p.add_argument("--noise-steps", type=int, default=25, help="batches per noise fine-tuning epoch (default 25)")
+    p.add_argument("--epochs-noise", type=COUNT, default=2, help="f1/f2 fine-tuning epochs on noisy data (default 2)")
+    p.add_argument("--noise-steps", type=COUNT, default=25, help="batches per noise fine-tuning epoch (default 25)")
     _policy_arguments(p, "--rl-lr")
     p.set_defaults(func=cmd_bench_routing)
 
@@ -400,13 +436,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(message: str) -> int:
+    """The one line of a user error (`paser: error: ...`, on one line), exit status 2."""
+    print(f"paser: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except InputError as exc:
-        print(f"paser: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
+    except OSError as exc:  # a path that cannot be read or written: the user's to fix, never a traceback
+        return _fail(os_error_line(exc))
+    except MemoryError:
+        return _fail("not enough memory for this job: lower the sizes (slices, --size, --n, --tile) or use a larger machine")
     except KeyboardInterrupt:
         print("paser: interrupted; files already written are complete", file=sys.stderr)
         return 130

@@ -1,18 +1,19 @@
-"""User-facing errors: one exception type whose message says what is wrong and how to fix it.
+"""User-facing errors: one exception family whose messages say what is wrong and how to fix it.
 
-The CLI prints these without a traceback and the GUI turns them into napari notifications,
-so every check of user input raises `PaserInputError` rather than letting numpy or torch fail
-deep inside a call. It derives from `learners.errors.InputError` so one `except` catches the
-errors of both layers.
+`learners.errors.InputError` is the base (defined in the lowest layer so `learners` and
+`sampling` raise it too); `PaserInputError` is the application's own. The CLI prints any
+`InputError` as one line and exits with status 2, and the GUI turns it into a napari
+notification, so every check of user input raises one of these rather than letting numpy or
+torch fail deep inside a call. One `except InputError` is the whole boundary.
 """
 
 from __future__ import annotations
 
-from learners.errors import CheckpointError, InputError
+from learners.errors import CheckpointError, ConfigError, InputError, ShapeError, VersionError
 
 
 class PaserInputError(InputError):
     """Bad input from the user (file, array, option); the message is shown to the user as-is."""
 
 
-__all__ = ["PaserInputError", "InputError", "CheckpointError"]
+__all__ = ["PaserInputError", "InputError", "CheckpointError", "ConfigError", "ShapeError", "VersionError"]

@@ -180,6 +180,11 @@ class DQNSampler(Sampler):
             raise SamplingError(f"pool_size must be positive, got {pool_size}")
         self.agent, self.spec, self.pool_size = agent, spec, pool_size
 
+    def check_classes(self, n_classes: int) -> None:
+        if self.spec.n_classes != n_classes:
+            raise SamplingError(f"the DQN agent was trained for {self.spec.n_classes} classes but the data has "
+                                f"{n_classes}: use an agent trained on {n_classes}-class data")
+
     def _select(self, candidates, k, rng, **needs) -> Selection:
         state, actions = observe(self.spec, needs, rng)
         pools = draw_pools(candidates, k, self.pool_size, rng)
@@ -252,3 +257,13 @@ def choose_state_set(pool: RegionPool, labels, n_classes: int, size: int, rng: n
         if d < best_d:
             best, best_d = pick, d
     return np.sort(ids[best])
+
+
+def random_state_set(allowed: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """A state set of `size` regions drawn with a fixed seed among `allowed` ids, where no ground
+    truth is known to pick a class-representative one (`choose_state_set`), as in a session."""
+    allowed = np.asarray(allowed, dtype=np.int64)
+    if allowed.size < size:
+        raise SamplingError(f"the DQN agent needs a state set of {size} regions but only {allowed.size} are "
+                            "available; compute maps on more slices first")
+    return np.sort(np.random.default_rng(seed).choice(allowed, size, replace=False))

@@ -185,3 +185,48 @@ class RegionPool:
         """(n_regions, F) region embeddings: the average of a (Z, F, H, W) feature map per region."""
         cell_area = self.area[: self.cells_per_slice]
         return np.concatenate([(self._cell_sums(f) / cell_area).T for f in self._slices(features, 1)])
+
+
+class RegionEmbedder:
+    """ids -> (len(ids), F) region embeddings computed on demand from a model's feature map.
+
+    `RegionPool.embed` averages a whole slice's features per region, so embedding a volume's
+    million regions means running the model on every slice. TAUDIS only compares the ~alpha*k
+    regions it oversampled; this runs `features(x)` on each of those regions alone, with `halo`
+    pixels of context (clipped at the slice border), and averages the region's own pixels. With
+    `halo` at least the model's receptive-field radius and region corners and halo multiples of
+    its downsampling (UNets: 2**depth), that equals `RegionPool.embed` of the whole slice.
+
+    `features` maps an (N, 1, h, w) float32 tensor to (N, F, h, w) (e.g. a UNet's `features` in
+    eval mode); `image` is the normalised (Z, H, W) volume, numpy or lazy (dask/zarr).
+    """
+
+    def __init__(self, features, image, pool: RegionPool, halo: int = 32) -> None:
+        if tuple(image.shape[-2:]) != pool.shape[1:] or (len(image.shape) == 3 and image.shape[0] != pool.shape[0]):
+            raise SamplingError(f"image shape {tuple(image.shape)} does not match the region pool {pool.shape}")
+        self.features, self.image, self.pool, self.halo = features, image, pool, int(halo)
+        self.calls = 0  # regions embedded so far (what TAUDIS saved shows here)
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        import torch
+
+        h, w = self.pool.shape[1:]
+        crops: dict[tuple, list] = {}  # crops of one shape run as one batch
+        regions = self.pool.regions(np.asarray(ids, dtype=np.int64))
+        for i, r in enumerate(regions):
+            y0, x0 = max(r.y0 - self.halo, 0), max(r.x0 - self.halo, 0)
+            y1, x1 = min(r.y0 + r.h + self.halo, h), min(r.x0 + r.w + self.halo, w)
+            crop = self.image[r.z, y0:y1, x0:x1] if len(self.image.shape) == 3 else self.image[y0:y1, x0:x1]
+            inner = (r.y0 - y0, r.h, r.x0 - x0, r.w)
+            crops.setdefault((y1 - y0, x1 - x0, inner), []).append((i, np.asarray(crop, dtype=np.float32)))
+        out: list = [None] * len(regions)
+        with torch.no_grad():
+            for (_, _, (iy, ih, ix, iw)), items in crops.items():
+                for j in range(0, len(items), 32):
+                    part = items[j:j + 32]
+                    x = torch.from_numpy(np.stack([c for _, c in part]))[:, None]
+                    f = self.features(x)[:, :, iy:iy + ih, ix:ix + iw].double().mean((2, 3)).cpu().numpy()
+                    for (i, _), e in zip(part, f):
+                        out[i] = e
+        self.calls += len(out)
+        return np.stack(out) if out else np.zeros((0, 0))

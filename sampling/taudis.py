@@ -1,6 +1,8 @@
 """TAUDIS-style two-step sampling (arXiv 2309.16139) for regions: uncertainty, then diversity.
 
-1. Oversample: keep the ceil(alpha * k) candidates of highest summed uncertainty.
+1. Oversample: keep the ceil(alpha * k) candidates of highest summed uncertainty (an
+   argpartition, so a million regions of a whole volume cost milliseconds; only these are
+   embedded when `embeddings=` is a callable such as `sampling.regions.RegionEmbedder`).
 2. Diversify: join two of them by an edge when the cosine similarity of their embeddings
    (pooled decoder features, `RegionPool.embed`; `center=True` subtracts the candidates' mean
    first: pooled ReLU features are all positive, so raw cosines crowd near 1 and sigma = 0.8
@@ -9,7 +11,8 @@
    and its neighbours, and a lazy greedy maximum k-set cover picks round(beta * k) regions,
    equal gains going to the more uncertain region.
 3. Fill: budget the cover leaves (beta < 1, or every oversampled region already covered) goes
-   by uncertainty over all candidates, regions unlike every pick first, so two regions with
+   by uncertainty over all candidates, regions unlike every pick first (looked for among the
+   oversampled set and the next 4 * ceil(alpha * k) regions, so the cost stays bounded), so two regions with
    identical embeddings are never both taken while a distinct one remains.
 A majority vote maps the chosen regions back to whole slices for users who label slices.
 With sigma = 1 no two distinct embeddings are joined and the result is the uncertainty top-k.
@@ -24,7 +27,7 @@ from collections.abc import Hashable, Mapping
 import networkx as nx
 import numpy as np
 
-from sampling.base import Sampler, SamplingError, Selection, require, top_k
+from sampling.base import Sampler, SamplingError, Selection, ranked, require
 from sampling.uncertainty import region_scores
 
 _SIM_TOL = 1e-9  # cosine similarity of identical vectors may round to just below 1
@@ -136,42 +139,76 @@ class TaudisSampler(Sampler):
         if measure not in ("entropy", "bald"):
             raise SamplingError(f"measure must be 'entropy' or 'bald', got {measure!r}")
         self.alpha, self.beta, self.sigma, self.measure, self.center = alpha, beta, sigma, measure, center
+        self.fill_window = 4  # the fill looks for distinct regions among the next 4 * ceil(alpha k) by uncertainty
 
-    def _embeddings(self, candidates: np.ndarray, needs: dict) -> np.ndarray:
-        emb = np.asarray(require(needs, "embeddings", self.name))
+    def _embedder(self, candidates: np.ndarray, needs: dict):
+        """positions -> (len, F) embeddings of those candidates, centred as configured.
+
+        `embeddings=` is a (len(pool), F) array indexed by region id, or a callable
+        ids -> (len(ids), F) (`sampling.regions.RegionEmbedder`): then only the regions TAUDIS
+        looks at (the oversampled set, and the fill's next candidates) are ever embedded, and
+        `center` subtracts the oversampled set's mean instead of all candidates'.
+        """
+        source = require(needs, "embeddings", self.name)
         pool = needs["pool"]
+        if callable(source):
+            return lambda pos: np.asarray(source(candidates[pos]), dtype=np.float64)
+        emb = np.asarray(source)
         if emb.ndim != 2 or emb.shape[0] != len(pool):
             raise SamplingError(
                 f"embeddings must be (n_regions={len(pool)}, F), indexed by region id "
                 f"(RegionPool.embed gives that), got shape {emb.shape}"
             )
-        emb = np.asarray(emb[candidates], dtype=np.float64)
-        return emb - emb.mean(0) if self.center else emb
+        mean = np.asarray(emb[candidates], dtype=np.float64).mean(0) if self.center else 0.0
+        return lambda pos: np.asarray(emb[candidates[pos]], dtype=np.float64) - mean
 
     def _select(self, candidates, k, rng, **needs) -> Selection:
         scores = region_scores(candidates, needs, self.measure, self.name)
-        emb = self._embeddings(candidates, needs)
-        order = top_k(scores, candidates.size, rng)  # all, most uncertain first
-        top = order[: min(candidates.size, max(k, math.ceil(self.alpha * k)))]
-        graph = similarity_graph(top, emb[top], self.sigma)  # nodes are positions in candidates
+        embed = self._embedder(candidates, needs)
+        tie = rng.random(candidates.size)  # one tie-break order for the oversampling and the fill
+        top = ranked(scores, min(candidates.size, max(k, math.ceil(self.alpha * k))), tie)  # most uncertain first
+        emb_top, embed_more = embed(top), embed
+        if self.center and callable(needs["embeddings"]):  # centre on the oversampled set's mean
+            mean = emb_top.mean(0)
+            emb_top, embed_more = emb_top - mean, (lambda pos: embed(pos) - mean)
+        graph = similarity_graph(top, emb_top, self.sigma)  # nodes are positions in candidates
         picks = greedy_max_cover(graph, min(k, round(self.beta * k)), {int(p): scores[p] for p in top})
-        picks = self._fill(picks, order, emb, k)
+        picks = self._fill(picks, top, emb_top, k, lambda: ranked(scores, candidates.size, tie)[top.size:], embed_more)
         picks = np.asarray(picks, dtype=np.int64)
         return Selection(candidates[picks], scores[picks])
 
-    def _fill(self, picks: list[int], order: np.ndarray, emb: np.ndarray, k: int) -> list[int]:
-        """Complete `picks` to k by uncertainty: first regions unlike every pick, then any."""
+    def _fill(self, picks: list[int], top: np.ndarray, emb_top: np.ndarray, k: int, rest, embed) -> list[int]:
+        """Complete `picks` to k by uncertainty: first regions unlike every pick, then any.
+
+        Walks the uncertainty order: the oversampled set first (already embedded), then, only if
+        the budget is still open, the remaining candidates, embedded a batch at a time.
+        """
         picks = list(picks)
+        known = {int(p): e for p, e in zip(top.tolist(), emb_top)}
+        chosen = [known[p] for p in picks]
         taken = set(picks)
-        for p in order:
-            if len(picks) == k:
+
+        def walk(positions: np.ndarray, vectors: np.ndarray) -> bool:
+            for p, e in zip(positions.tolist(), vectors):
+                if len(picks) == k:
+                    return True
+                if p in taken or (chosen and (cosine_similarity(e[None], np.asarray(chosen)) >= self.sigma - _SIM_TOL).any()):
+                    continue
+                picks.append(p)
+                chosen.append(e)
+                taken.add(p)
+            return len(picks) == k
+
+        if walk(top, emb_top):
+            return picks
+        order = rest()
+        window = order[: self.fill_window * top.size]  # bounded: embeddings may be computed on demand
+        batch = max(4 * k, 256)
+        for i in range(0, window.size, batch):
+            if walk(window[i:i + batch], embed(window[i:i + batch])):
                 return picks
-            if p in taken or (picks and (cosine_similarity(emb[p][None], emb[picks]) >= self.sigma - _SIM_TOL).any()):
-                continue
-            picks.append(int(p))
-            taken.add(int(p))
-        rest = [int(p) for p in order if int(p) not in taken]
-        return picks + rest[: k - len(picks)]
+        everything = np.concatenate([top, order])
+        return picks + [int(p) for p in everything if int(p) not in taken][: k - len(picks)]
 
     def select_slices(
         self, candidates: np.ndarray, n_slices: int, rng: np.random.Generator, regions_per_slice: float = 2.0, **needs

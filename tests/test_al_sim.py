@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 import napari_paser.bench.al_sim as al_sim
+from learners.errors import InputError
 from learners.query_network import DQNAgent
-from learners.training import UNLABELED
+from learners.training import IGNORE_INDEX
 from napari_paser.bench.al_sim import (
     SegmentationGame,
     SimConfig,
@@ -85,7 +86,7 @@ def test_training_set_is_exactly_the_union_of_labeled_regions(splits):
     x, y = training_set(pool, data.images, data.labels)
     assert len(x) == 3 and np.array_equal(x, data.images[[0, 1, 4]])
     union = _union_mask(pool, ids)[[0, 1, 4]]
-    assert np.array_equal(y != UNLABELED, union)
+    assert np.array_equal(y != IGNORE_INDEX, union)
     assert np.array_equal(y[union], data.labels[[0, 1, 4]][union])
     assert labeled_class_counts(pool, data.labels, 3).sum() == 4 * 32 * 32
 
@@ -108,7 +109,7 @@ def test_retraining_sees_only_the_chosen_regions(splits, monkeypatch):
     union = _union_mask(learner.pool, learner.pool.labeled_ids)
     for xi, yi in zip(x, y):  # every sample is a slice with a labeled region, labeled exactly there
         z = next(z for z in range(len(data.images)) if np.array_equal(data.images[z], xi))
-        assert union[z].any() and np.array_equal(yi != UNLABELED, union[z])
+        assert union[z].any() and np.array_equal(yi != IGNORE_INDEX, union[z])
         assert np.array_equal(yi[union[z]], data.labels[z][union[z]])
     assert len(trace.chosen[0]) == 2
 
@@ -148,9 +149,9 @@ def test_game_rewards_and_trained_agent_drive_the_dqn_sampler(splits, tmp_path):
 
 
 def test_user_errors_are_clear(splits):
-    with pytest.raises(PaserInputError, match="train-dqn"):
+    with pytest.raises(InputError, match="train-dqn"):
         make_sampler("dqn", CFG)
-    with pytest.raises(PaserInputError, match="unknown sampler"):
+    with pytest.raises(InputError, match="unknown sampler"):
         make_sampler("coreset", CFG)
     with pytest.raises(PaserInputError, match="increasing"):
         check_budgets([8, 8, 16], 100)

@@ -62,6 +62,18 @@ def test_train_writes_checkpoints_and_metrics(synth_dir, tmp_path, capsys):
     assert main(["train", "--data", str(synth_dir), "--out", str(longer), "--epochs", "1", "--init", str(run),
                  "--quiet"]) == 0
     assert json.loads((longer / "run.json").read_text())["init"] == str(run)
+    # a non-empty --out is refused; --overwrite replaces the run and its now stale policies
+    (longer / "policy.pt").write_bytes(b"old policy")
+    (longer / "policies").mkdir()
+    (longer / "policies" / "lambda-0.300.pt").write_bytes(b"old policy")
+    old_f0 = (longer / "f0.pt").read_bytes()
+    err = _run_error(["train", "--data", str(synth_dir), "--out", str(longer), "--epochs", "1", "--quiet"], capsys)
+    assert "not empty" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (longer / "f0.pt").read_bytes() == old_f0  # refused before anything was touched
+    assert main(["train", "--data", str(synth_dir), "--out", str(longer), "--epochs", "1", "--init", str(longer),
+                 "--overwrite", "--quiet"]) == 0
+    assert not (longer / "policy.pt").exists() and not (longer / "policies").exists()
+    assert (longer / "f0.pt").read_bytes() != old_f0 and (longer / "f2.pt").is_file()
     (run / "f1.pt").unlink()
     err = _run_error(["train", "--data", str(synth_dir), "--out", str(tmp_path / "x"), "--init", str(run)], capsys)
     assert "f1.pt" in err and "--init" in err

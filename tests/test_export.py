@@ -9,8 +9,9 @@ import pytest
 
 from napari_paser.errors import PaserInputError
 from napari_paser.data.export import (
-    UNLABELED_VALUE, labeled_set_from_layer, read_export, read_manifest_csv, write_labeled_set,
+    labeled_set_from_layer, read_export, read_manifest_csv, write_labeled_set,
 )
+from learners.training import IGNORE_INDEX
 from napari_paser.data.labels_convention import layer_to_classes
 from napari_paser.session.core import Session
 
@@ -38,7 +39,7 @@ def labeled(tmp_path) -> Session:
 
 def expected_volume(s: Session) -> np.ndarray:
     classes, mask = layer_to_classes(np.asarray(s.labels), n_classes=3)
-    return np.where(mask, classes, UNLABELED_VALUE).astype(np.uint8)
+    return np.where(mask, classes, IGNORE_INDEX).astype(np.uint8)
 
 
 @pytest.mark.parametrize("fmt", ["tiff", "zarr"])
@@ -53,8 +54,8 @@ def test_round_trip_gives_identical_arrays(labeled, tmp_path, fmt):
         assert img.dtype == np.uint16 and lab.dtype == np.uint8
         np.testing.assert_array_equal(img, labeled.raw_crop(region))
         classes, mask = layer_to_classes(labeled.accepted_labels(rec.region_id), n_classes=3)
-        np.testing.assert_array_equal(lab, np.where(mask, classes, UNLABELED_VALUE))
-    assert (back.labels[3][:2] == UNLABELED_VALUE).all() and (back.labels[3][2:] == 2).all()
+        np.testing.assert_array_equal(lab, np.where(mask, classes, IGNORE_INDEX))
+    assert (back.labels[3][:2] == IGNORE_INDEX).all() and (back.labels[3][2:] == 2).all()
     np.testing.assert_array_equal(np.asarray(back.volume), expected_volume(labeled))
     assert np.asarray(back.volume)[0, 0, 0] == 0
 
@@ -96,7 +97,7 @@ def test_export_errors(tmp_path):
     with pytest.raises(PaserInputError, match="no accepted regions"):
         s.export(tmp_path / "e")
     s.export(tmp_path / "e", full_volume=True)  # an empty canvas is still a volume
-    assert (read_export(tmp_path / "e").volume == UNLABELED_VALUE).all()
+    assert (read_export(tmp_path / "e").volume == IGNORE_INDEX).all()
     with pytest.raises(PaserInputError, match="not a labeled-set export"):
         read_export(tmp_path / "s")
 
@@ -115,6 +116,6 @@ def test_a_bare_labels_layer_exports_its_painted_regions(tmp_path):
     assert [r["region_id"] for r in data.regions] == [5] and data.images == {}
     back = read_export(write_labeled_set(tmp_path / "e", data))
     lab = back.labels[5]
-    assert lab.shape == (32, 8) and (lab[:5, 3:] == 1).all() and (lab[5:] == UNLABELED_VALUE).all()
+    assert lab.shape == (32, 8) and (lab[:5, 3:] == 1).all() and (lab[5:] == IGNORE_INDEX).all()
     with pytest.raises(PaserInputError, match="no painted"):
         labeled_set_from_layer(np.zeros((8, 8), np.uint8), ["a", "b"])

@@ -25,9 +25,11 @@ def read(path) -> list[tuple]:
 
 @pytest.mark.parametrize("shape", [(48, 48), (3, 48, 48)])
 def test_tiff_stacks_open_as_images(tmp_path, shape):
-    tifffile.imwrite(tmp_path / "a.tif", np.zeros(shape, np.uint16), photometric="minisblack")
+    stack = np.random.default_rng(0).integers(1, 60000, shape, dtype=np.uint16)  # non-zero: a reader of zeros fails
+    tifffile.imwrite(tmp_path / "a.tif", stack, photometric="minisblack")
     ((data, kwargs, kind),) = read(tmp_path / "a.tif")
     assert kind == "image" and data.shape == shape and kwargs["name"] == "a"
+    np.testing.assert_array_equal(np.asarray(data), stack)
 
 
 def test_large_tiffs_open_lazily(tmp_path, monkeypatch):
@@ -159,3 +161,82 @@ def test_layer_data_builds_napari_layers_and_labels_paint_into_the_session(tmp_p
     labels.paint((1, 40, 40), 2)  # napari's brush writes into the session's zarr canvas
     assert Session.open(s.folder).labels[1, 40, 40] == 2
     assert len(built[2].data) == 2
+
+
+def test_reading_the_session_already_in_the_viewer_selects_it_instead(tmp_path, monkeypatch):
+    components = pytest.importorskip("napari.components")  # a viewer model: no window needed
+    import napari_paser.gui.io as io
+    from napari.layers import Layer
+
+    s = Session.create(tmp_path / "s", image(), region_size=32)
+    s.propose(2, "random")
+    viewer = components.ViewerModel()
+    for ld in read(s.folder):
+        viewer.add_layer(Layer.create(*ld))
+    viewer.add_image(np.zeros((4, 4)), name="other")
+    told = []
+    monkeypatch.setattr(io, "_current_viewer", lambda: viewer)
+    monkeypatch.setattr(io, "_notify", lambda message, warning=False: told.append(message))
+    assert read(s.folder) == [(None,)]  # napari's "nothing to add"
+    assert len(viewer.layers) == 4 and [la.name for la in viewer.layers.selection] == ["s labels"]
+    assert viewer.layers.selection.active.name == "s labels"
+    assert "already open" in told[0]
+    other = Session.create(tmp_path / "t", image(), region_size=32)
+    assert len(read(other.folder)) == 2  # another session is read as usual
+
+
+HOLDER = """
+import sys
+from napari_paser.session.core import Session
+s = Session.open(sys.argv[1])
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_session_held_by_another_process_opens_read_only(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    import napari_paser.gui.io as io
+
+    s = Session.create(tmp_path / "s", image(), region_size=32)
+    s.accept(0, np.ones((32, 32), np.uint8))
+    s.close()
+    told = []
+    monkeypatch.setattr(io, "_notify", lambda message, warning=False: told.append(message))
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(s.folder)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        assert child.stdout.readline().strip() == "holding"
+        layers = read(s.folder)
+    finally:
+        child.kill()
+        child.wait()
+    assert f"process {child.pid}" in told[0] and "read-only" in told[0]
+    data, kw, kind = layers[1]
+    assert kind == "labels" and kw["name"] == "s (read-only) labels" and kw["multiscale"]
+    layers_mod = pytest.importorskip("napari.layers")
+    labels = layers_mod.Layer.create(data, kw, kind)
+    assert not labels.editable and labels.level_shapes[0].tolist() == [2, 48, 48]  # shown, not paintable
+    assert np.asarray(data[0][0, :32, :32]).min() == 1
+
+
+def test_the_reader_holds_a_session_while_the_viewer_shows_it(tmp_path, monkeypatch):
+    components = pytest.importorskip("napari.components")
+    import napari_paser.gui.io as io
+    from napari.layers import Layer
+
+    s = Session.create(tmp_path / "s", image(), region_size=32)
+    s.close()
+    viewer = components.ViewerModel()
+    monkeypatch.setattr(io, "_current_viewer", lambda: viewer)
+    for ld in read(s.folder):
+        viewer.add_layer(Layer.create(*ld))
+    lock_file = s.folder / "session.lock"
+    assert lock_file.exists()  # another process would be refused while the canvas is shown here
+    viewer.layers.remove("s image")
+    assert lock_file.exists()
+    viewer.layers.remove("s labels")  # the last layer of the session: released
+    assert not lock_file.exists()

@@ -7,8 +7,8 @@ import pytest
 
 from napari_paser.errors import PaserInputError
 from napari_paser.data.labels_convention import (
-    IGNORE_INDEX,
-    UNLABELED,
+    NO_CLASS,
+    LAYER_UNLABELED,
     classes_to_layer,
     layer_to_classes,
 )
@@ -18,8 +18,8 @@ def test_class_k_becomes_k_plus_one_and_zero_is_reserved():
     classes = np.array([[0, 1], [2, 0]], dtype=np.uint8)
     layer = classes_to_layer(classes)
     np.testing.assert_array_equal(layer, [[1, 2], [3, 1]])
-    assert UNLABELED == 0
-    assert not (layer == UNLABELED).any(), "a fully labeled image must have no 0 in the layer"
+    assert LAYER_UNLABELED == 0
+    assert not (layer == LAYER_UNLABELED).any(), "a fully labeled image must have no 0 in the layer"
     assert layer.dtype == np.uint8
 
 
@@ -37,7 +37,7 @@ def test_round_trip_layer_classes_layer_with_unlabeled_pixels():
     layer = rng.integers(0, 4, size=(32, 32)).astype(np.uint8)  # 0 = not painted
     classes, mask = layer_to_classes(layer, n_classes=3)
     np.testing.assert_array_equal(mask, layer > 0)
-    assert (classes[~mask] == IGNORE_INDEX).all()
+    assert (classes[~mask] == NO_CLASS).all()
     np.testing.assert_array_equal(classes[mask], layer[mask] - 1)
     np.testing.assert_array_equal(classes_to_layer(classes, mask), layer)
     # negative classes alone also mean 'not labeled'
@@ -53,7 +53,7 @@ def test_labeled_mask_overrides_classes():
 def test_unpainted_layer_gives_empty_mask():
     classes, mask = layer_to_classes(np.zeros((3, 5), dtype=np.int32))
     assert not mask.any()
-    assert (classes == IGNORE_INDEX).all()
+    assert (classes == NO_CLASS).all()
     assert np.issubdtype(classes.dtype, np.signedinteger)
 
 

@@ -454,7 +454,8 @@ def test_routing_needs_a_policy_and_reports_cost(session, tmp_path):
         session.load_policy(three)
     save_policy(run / "policy.pt", PolicyNet(PolicyConfig(n_models=2, grid=(2, 2), width=4)))
     assert session.load_models(run) == ["f0", "f1", "policy"]
-    routed = Session.open(session.folder).route(1, samples=1)
+    session = Session.open(session.folder)  # the reopened session holds the policy (and routing commits maps)
+    routed = session.route(1, samples=1)
     assert routed.routing.shape == (2, 2) and routed.segmentation.shape == (64, 64)
     assert routed.names == ("f0", "f1") and set(routed.params) == {"f0", "f1"}
     assert routed.shares["f0"] == 1.0  # an untrained policy is uniform; its argmax is f0
@@ -518,6 +519,7 @@ def test_kill_at_any_moment_leaves_a_complete_state(tmp_path):
     import sys
 
     s = Session.create(tmp_path / "s", image(8), region_size=16)  # 128 regions to accept
+    s.close()  # one process writes a session at a time: the child takes the folder
     child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, str(s.folder)], stdout=subprocess.PIPE, text=True)
     for _ in range(5):  # let it accept a few regions, then kill it mid-stream
         assert child.stdout.readline()

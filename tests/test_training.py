@@ -129,11 +129,11 @@ def test_pretrain_starts_from_init_models_without_changing_them():
 
 
 def test_unlabeled_pixels_are_ignored():
-    from learners.training import UNLABELED
+    from learners.training import IGNORE_INDEX
 
     x, y = _toy()
     partial = y.copy()
-    partial[:, :, 24:] = UNLABELED  # only the left half of every slice is labeled
+    partial[:, :, 24:] = IGNORE_INDEX  # only the left half of every slice is labeled
     assert class_weights(partial, 3).numpy() == pytest.approx(class_weights(y[:, :, :24], 3).numpy())
     torch.manual_seed(0)
     model = build_unet(UNetConfig(base=8, depth=2))

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from learners.errors import InputError
+from learners.routing import GRID
+from learners.errors import ConfigError, InputError
 from learners.grid import Grid
 from learners.routing.reward import PatchTable, best_actions
 from learners.routing.router import (RoutingCost, RoutingResult, as_stack, default_names, execute_routing, f0_state,
@@ -70,7 +71,7 @@ def idk_loss(table: PatchTable, stages: np.ndarray, costs: Sequence[float], lam_
     final model alone (the paper's Eq. 5 as written).
     """
     if table.nll is None:
-        raise ValueError("the cascade loss needs a PatchTable built with with_nll=True")
+        raise ConfigError("the cascade loss needs a PatchTable built with with_nll=True")
     costs = np.asarray(costs, dtype=np.float64)
     charge = np.cumsum(costs) if cumulative else costs
     nll = np.take_along_axis(table.nll, stages[..., None], -1)[..., 0]
@@ -109,14 +110,14 @@ def threshold_ranges(table: PatchTable, spread: str = "std") -> list[tuple[float
         e = table.entropy[..., k]
         e = e[np.isfinite(e)]
         if e.size == 0:
-            raise ValueError(f"the table has no entropies for stage f{k}; build it with "
+            raise ConfigError(f"the table has no entropies for stage f{k}; build it with "
                              f"mc_models covering f1..f{table.n_models - 2}")
         if spread == "std":
             ranges.append((float(e.mean() - e.std()), float(e.mean() + e.std())))
         elif spread == "full":
             ranges.append((float(e.min()) - 1e-9, float(e.max())))
         else:
-            raise ValueError(f"spread must be 'std' or 'full', got {spread!r}")
+            raise ConfigError(f"spread must be 'std' or 'full', got {spread!r}")
     return ranges
 
 
@@ -183,7 +184,7 @@ def _valid_pixels(grid: Grid, n_images: int) -> torch.Tensor:
 
 
 def run_cascade(models: Sequence[nn.Module], images: np.ndarray, thresholds: Sequence[float],
-                grid: tuple[int, int] = (4, 4), samples: int = 5, seed: int = 0, batch_size: int = 64) -> RoutingResult:
+                grid: tuple[int, int] = GRID, samples: int = 5, seed: int = 0, batch_size: int = 64) -> RoutingResult:
     """Execute the IDK cascade: each stage runs only on the patches the previous one gave up on."""
     if samples < 1:
         raise InputError("the IDK cascade decides on MC-dropout entropy and needs samples >= 1")
@@ -230,7 +231,7 @@ def random_actions(n_images: int, n_patches: int, n_models: int, probabilities: 
 
 
 def run_random(models: Sequence[nn.Module], images: np.ndarray, probabilities: Sequence[float] | None = None,
-               grid: tuple[int, int] = (4, 4), samples: int = 5, seed: int = 0, batch_size: int = 64) -> RoutingResult:
+               grid: tuple[int, int] = GRID, samples: int = 5, seed: int = 0, batch_size: int = 64) -> RoutingResult:
     """PaSeR-RandPol: route each patch to a random model; f0 runs only where it is drawn."""
     x = as_stack(images)
     g = make_grid(x.shape, grid)
@@ -244,7 +245,7 @@ def oracle_actions(table: PatchTable, costs: Sequence[float], lam: float) -> np.
 
 
 def run_oracle(models: Sequence[nn.Module], images: np.ndarray, table: PatchTable, costs: Sequence[float],
-               lam: float, grid: tuple[int, int] = (4, 4), samples: int = 5, seed: int = 0,
+               lam: float, grid: tuple[int, int] = GRID, samples: int = 5, seed: int = 0,
                batch_size: int = 64) -> RoutingResult:
     """Execute the oracle's routing; `table` must be built on these images with their labels."""
     x = as_stack(images)

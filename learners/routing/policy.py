@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from learners.routing import GRID
+from learners.errors import ConfigError
 from learners.checkpoint import load_module, save_payload
 from learners.grid import Grid
 
@@ -33,13 +35,13 @@ class PolicyConfig:
 
     n_classes: int = 3
     n_models: int = 3
-    grid: tuple[int, int] = (4, 4)
+    grid: tuple[int, int] = GRID
     width: int = 16
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
         if self.n_classes < 2 or self.n_models < 2 or self.width < 1 or min(self.grid) < 1:
-            raise ValueError(f"invalid policy config {self}: need n_classes >= 2, n_models >= 2, "
+            raise ConfigError(f"invalid policy config {self}: need n_classes >= 2, n_models >= 2, "
                              "width >= 1 and a grid of at least 1x1")
 
     @property
@@ -126,7 +128,7 @@ def mix_uniform(probs: torch.Tensor, alpha: float) -> torch.Tensor:
     alpha coin per patch and then sampling from s_RL or s_U.
     """
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+        raise ConfigError(f"alpha must lie in [0, 1], got {alpha}")
     return alpha * probs + (1.0 - alpha) / probs.shape[-1]
 
 

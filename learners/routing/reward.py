@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from learners.errors import ConfigError, ShapeError
 from learners.grid import Grid
 from learners.metrics import iou_from_confusion
 
@@ -27,7 +28,7 @@ def patch_confusions(pred: np.ndarray, target: np.ndarray, grid: Grid, n_classes
     pred = np.asarray(pred).astype(np.int64)
     target = np.asarray(target).astype(np.int64)
     if pred.shape != target.shape or pred.ndim != 3:
-        raise ValueError(f"need matching (N, H, W) prediction and target, got {pred.shape} and {target.shape}")
+        raise ShapeError(f"need matching (N, H, W) prediction and target, got {pred.shape} and {target.shape}")
     n, p, c = pred.shape[0], len(grid), n_classes
     cell = np.broadcast_to(grid.cell_index_map(), pred.shape)
     image = np.broadcast_to(np.arange(n)[:, None, None], pred.shape)
@@ -76,7 +77,7 @@ class PatchTable:
     def __post_init__(self) -> None:
         self.confusion = np.asarray(self.confusion, dtype=np.int64)
         if self.confusion.ndim != 5:
-            raise ValueError(f"patch confusions must be (N, P, K, C, C), got {self.confusion.shape}")
+            raise ShapeError(f"patch confusions must be (N, P, K, C, C), got {self.confusion.shape}")
         self.iou = confusion_iou(self.confusion)
 
     @property
@@ -109,7 +110,7 @@ def rewards(
 def action_rewards(ious: torch.Tensor | np.ndarray, costs: torch.Tensor | np.ndarray, lam: float) -> torch.Tensor:
     """(..., K) reward term of every action on every patch: what `rewards` picks from, given the labels."""
     if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lambda must lie in [0, 1], got {lam}")
+        raise ConfigError(f"lambda must lie in [0, 1], got {lam}")
     ious = torch.nan_to_num(torch.as_tensor(ious))
     costs = torch.as_tensor(costs, dtype=ious.dtype)
     return (1.0 - lam) * (ious - ious[..., :1]) - lam * costs
@@ -138,5 +139,5 @@ def total_variation(p: torch.Tensor | np.ndarray, q: torch.Tensor | np.ndarray) 
     p = torch.as_tensor(np.asarray(p) if not isinstance(p, torch.Tensor) else p, dtype=torch.float64)
     q = torch.as_tensor(np.asarray(q) if not isinstance(q, torch.Tensor) else q, dtype=torch.float64)
     if p.shape != q.shape:
-        raise ValueError(f"policies differ in shape: {tuple(p.shape)} vs {tuple(q.shape)}")
+        raise ShapeError(f"policies differ in shape: {tuple(p.shape)} vs {tuple(q.shape)}")
     return float(0.5 * (p - q).abs().sum(-1).mean())

@@ -21,13 +21,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from learners.errors import InputError
+from learners.routing import GRID
+from learners.errors import ConfigError, InputError
 from learners.flops import cost_shares, image_flops
 from learners.grid import Grid
 from learners.metrics import confusion_matrix, iou_from_confusion, iou_per_gflop
+from learners.modes import eval_mode
 from learners.routing.policy import PolicyNet, policy_state
 from learners.routing.reward import PatchTable, patch_confusions
-from learners.uncertainty import mc_probabilities, predictive_entropy
+from learners.uncertainty import model_device, predictive_entropy, uncertainty_maps
 from learners.unet import count_parameters
 
 # ----------------------------------------------------------------------------- inputs
@@ -77,37 +79,31 @@ class F0State:
 
 def f0_state(f0: nn.Module, images: np.ndarray | torch.Tensor, samples: int = 5, seed: int = 0,
              batch_size: int = 8, keep_probs: bool = False) -> F0State:
-    """Run f0's MC-dropout passes over (N, H, W) images, `batch_size` images at a time.
+    """f0's state of (N, H, W) images: `learners.uncertainty.uncertainty_maps` of each image, with
+    seed `seed + n` for image n (so image n of a stack gets the maps a session computes for slice
+    n with seed n: one f0 state, whoever asks).
 
-    samples = 0 runs one deterministic pass instead (eval mode, entropy of its softmax): the
-    cheapest f0, for f0 alone or routers that do not read the entropy.
+    samples = 0 runs one deterministic pass instead (eval mode, entropy of its softmax, `batch_size`
+    images at a time): the cheapest f0, for f0 alone or routers that do not read the entropy.
     """
     if samples < 0:
-        raise ValueError(f"samples must be >= 0, got {samples}")
+        raise ConfigError(f"samples must be >= 0 (0: one deterministic pass), got {samples}")
     x = as_stack(images)
-    preds, ents, probs = [], [], []
-    for i, chunk in enumerate(x.split(batch_size)):
-        if samples > 0:
-            mc = mc_probabilities(f0, chunk, samples=samples, seed=seed + i, max_batch=batch_size * samples)
-        else:
-            mc = _eval_probs(f0, chunk)[None]
-        mean = mc.mean(0)
-        preds.append(mean.argmax(1).to(torch.uint8))
-        ents.append(predictive_entropy(mc).to(torch.float32))
-        if keep_probs:
-            probs.append(mean)
-    return F0State(torch.cat(preds), torch.cat(ents), int(mc.shape[2]), samples,
-                   torch.cat(probs) if keep_probs else None)
+    if samples > 0:
+        maps = [uncertainty_maps(f0, x[i, 0].numpy(), samples=samples, seed=seed + i) for i in range(len(x))]
+        mean = torch.from_numpy(np.stack([m.mean_probs for m in maps]))
+        entropy = torch.from_numpy(np.stack([m.entropy for m in maps]))
+    else:
+        mean = torch.cat([_eval_probs(f0, chunk.to(model_device(f0))).cpu() for chunk in x.split(batch_size)])
+        entropy = predictive_entropy(mean[None]).to(torch.float32)
+    return F0State(mean.argmax(1).to(torch.uint8), entropy, int(mean.shape[1]), samples,
+                   mean if keep_probs else None)
 
 
 @torch.no_grad()
 def _eval_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return model(x).softmax(1)
-    finally:
-        model.train(was_training)
 
 
 # ----------------------------------------------------------------------------- running models on patches
@@ -131,22 +127,17 @@ def patch_outputs(model: nn.Module, patches: torch.Tensor, targets: torch.Tensor
     negative log-likelihood of the label too. Only per-pixel maps are kept, batch by batch.
     """
     preds, ents, nlls = [], [], []
-    was_training = model.training
-    model.eval()
-    try:
-        for i, b in enumerate(patches.split(batch_size)):
-            if samples > 0:
-                mc = mc_probabilities(model, b, samples=samples, seed=seed + i, max_batch=batch_size * samples)
-                p = mc.mean(0)
-                ents.append(predictive_entropy(mc).to(torch.float32))
-            else:
-                p = _eval_probs(model, b)
-            preds.append(p.argmax(1).to(torch.uint8))
-            if targets is not None:
-                t = targets[i * batch_size:(i + 1) * batch_size].long().clamp(0, p.shape[1] - 1)
-                nlls.append(-p.gather(1, t[:, None])[:, 0].clamp_min(1e-12).log())
-    finally:
-        model.train(was_training)
+    for i, b in enumerate(patches.split(batch_size)):
+        if samples > 0:  # MC passes: the same f0-state function as whole images, patch by patch
+            state = f0_state(model, b[:, 0], samples, seed + i * batch_size, keep_probs=True)
+            p = state.mean_probs
+            ents.append(state.entropy)
+        else:
+            p = _eval_probs(model, b.to(model_device(model))).cpu()
+        preds.append(p.argmax(1).to(torch.uint8))
+        if targets is not None:
+            t = targets[i * batch_size:(i + 1) * batch_size].long().clamp(0, p.shape[1] - 1)
+            nlls.append(-p.gather(1, t[:, None])[:, 0].clamp_min(1e-12).log())
     cat = lambda xs: torch.cat(xs) if xs else None  # noqa: E731
     return PatchOutputs(cat(preds), cat(ents), cat(nlls))
 
@@ -162,7 +153,7 @@ def build_patch_table(
     models: Sequence[nn.Module],
     images: np.ndarray,
     labels: np.ndarray,
-    grid: tuple[int, int] = (4, 4),
+    grid: tuple[int, int] = GRID,
     samples: int = 5,
     seed: int = 0,
     state: F0State | None = None,
@@ -218,7 +209,7 @@ class RoutingCost:
     samples: int  # f0's MC passes
 
     @classmethod
-    def of(cls, models: Sequence[nn.Module], height: int, width: int, grid: tuple[int, int] = (4, 4),
+    def of(cls, models: Sequence[nn.Module], height: int, width: int, grid: tuple[int, int] = GRID,
            samples: int = 5, policy: PolicyNet | None = None) -> RoutingCost:
         g = make_grid((height, width), grid)
         pol = image_flops(policy, height, width, policy.config.in_channels) if policy is not None else 0
@@ -317,7 +308,7 @@ def execute_routing(
     models: Sequence[nn.Module],
     images: np.ndarray | torch.Tensor,
     actions: np.ndarray | torch.Tensor,
-    grid: tuple[int, int] = (4, 4),
+    grid: tuple[int, int] = GRID,
     state: F0State | None = None,
     samples: int = 5,
     seed: int = 0,
@@ -368,14 +359,10 @@ def execute_routing(
 @torch.no_grad()
 def policy_probabilities(policy: PolicyNet, state: F0State, batch_size: int = 32) -> torch.Tensor:
     """(N, P, K) routing distribution of the policy for every image of a state."""
-    was_training = policy.training
-    policy.eval()
-    try:
-        n = len(state)
-        return torch.cat([policy(state.policy_input(slice(i, i + batch_size))).softmax(-1)
-                          for i in range(0, n, batch_size)])
-    finally:
-        policy.train(was_training)
+    with eval_mode(policy):
+        dev = model_device(policy)
+        return torch.cat([policy(state.policy_input(slice(i, i + batch_size)).to(dev)).softmax(-1).cpu()
+                          for i in range(0, len(state), batch_size)])
 
 
 def check_policy(models: Sequence[nn.Module], policy: PolicyNet, grid: tuple[int, int] | None) -> tuple[int, int]:

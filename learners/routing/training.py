@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from learners.routing import GRID
+from learners.errors import ConfigError
 from learners.generators import drain
 from learners.grid import Grid
 from learners.routing.policy import ALPHA_FINETUNE, ALPHA_RL, PolicyNet, linear_schedule, mix_uniform
@@ -73,13 +75,13 @@ class RLConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.rollouts < 1:
-            raise ValueError("epochs, batch_size, rollouts and lr must be positive")
+            raise ConfigError("epochs, batch_size, rollouts and lr must be positive")
         if self.gradient not in GRADIENTS:
-            raise ValueError(f"gradient must be one of {GRADIENTS}, got {self.gradient!r}")
+            raise ConfigError(f"gradient must be one of {GRADIENTS}, got {self.gradient!r}")
         if not 0.0 <= self.lam <= 1.0:
-            raise ValueError(f"lambda must lie in [0, 1], got {self.lam}")
+            raise ConfigError(f"lambda must lie in [0, 1], got {self.lam}")
         if self.credit not in CREDITS:
-            raise ValueError(f"credit must be one of {CREDITS}, got {self.credit!r}")
+            raise ConfigError(f"credit must be one of {CREDITS}, got {self.credit!r}")
 
 
 @dataclass
@@ -222,7 +224,7 @@ class RoutingData:
 
 
 def prepare_routing_data(models: Sequence[nn.Module], images: np.ndarray, labels: np.ndarray,
-                         grid: tuple[int, int] = (4, 4), samples: int = 5, seed: int = 0) -> RoutingData:
+                         grid: tuple[int, int] = GRID, samples: int = 5, seed: int = 0) -> RoutingData:
     """Run every (frozen) model once over a split: what stage 2 trains on."""
     table, state = build_patch_table(models, images, labels, grid, samples, seed)
     return RoutingData.from_table(state, table, model_costs(models))
@@ -317,16 +319,16 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if (self.epochs < 1 or self.batch_size < 1 or self.patch_batch_size < 1 or self.rollouts < 1
                 or self.lr <= 0 or self.model_lr <= 0):
-            raise ValueError("epochs, batch sizes, rollouts and learning rates must be positive")
+            raise ConfigError("epochs, batch sizes, rollouts and learning rates must be positive")
         for lam in (self.lam, self.lam if self.lam_end is None else self.lam_end):
             if not 0.0 <= lam <= 1.0:
-                raise ValueError(f"lambda must lie in [0, 1], got {lam}")
+                raise ConfigError(f"lambda must lie in [0, 1], got {lam}")
         if self.tvd_threshold is not None and not 0.0 < self.tvd_threshold <= 1.0:
-            raise ValueError(f"the TVD threshold must lie in (0, 1], got {self.tvd_threshold}")
+            raise ConfigError(f"the TVD threshold must lie in (0, 1], got {self.tvd_threshold}")
         if self.credit not in CREDITS:
-            raise ValueError(f"credit must be one of {CREDITS}, got {self.credit!r}")
+            raise ConfigError(f"credit must be one of {CREDITS}, got {self.credit!r}")
         if self.gradient not in GRADIENTS:
-            raise ValueError(f"gradient must be one of {GRADIENTS}, got {self.gradient!r}")
+            raise ConfigError(f"gradient must be one of {GRADIENTS}, got {self.gradient!r}")
 
     def lam_at(self, epoch: int) -> float:
         return self.lam if self.lam_end is None else linear_schedule(self.lam, self.lam_end, epoch, self.epochs)

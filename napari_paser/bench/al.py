@@ -25,9 +25,10 @@ import torch
 from tqdm.auto import tqdm
 
 from learners.atomic import atomic_write_text
-from napari_paser.bench.al_sim import SAMPLERS, SimConfig, Split, check_budgets, load_splits, make_sampler, simulate, start
+from napari_paser.bench.al_sim import SimConfig, Split, check_budgets, load_splits, make_sampler, simulate, start
 from napari_paser.errors import PaserInputError
 from sampling.regions import RegionPool
+from sampling.registry import SAMPLERS
 
 
 @dataclass(frozen=True)

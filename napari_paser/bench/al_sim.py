@@ -2,10 +2,11 @@
 
 The labels of a proposed region are revealed from the ground truth, so a labeled dataset can
 replay the loop a real session runs: start from a small random seed set of regions; at each
-step compute what the sampler reads with the current model (MC-dropout entropy and BALD,
-decoder embeddings pooled per region, RALIS features), propose k regions, add them, retrain
+step compute what the sampler reads with the current model (`sampling.registry.needs_of`:
+f0's maps by `uncertainty_maps`, region embeddings, as a session computes them), build the
+sampler from the same registry a session uses, propose k regions, add them, retrain
 with a warm start for a fixed number of optimiser steps on the labeled regions only (their
-slices, every other pixel `UNLABELED`, which the loss ignores), and score mIoU on a held-out
+slices, every other pixel `IGNORE_INDEX`, which the loss ignores), and score mIoU on a held-out
 split. `SegmentationGame` is the same loop as a RALIS `ALGame` (reward = mIoU gain on a reward
 split), so `train_dqn` can train the query agent on labeled data and save it; the DQN sampler
 then loads that checkpoint.
@@ -26,25 +27,16 @@ import numpy as np
 import torch
 
 from learners.query_network import DQNAgent, DQNConfig
-from learners.training import UNLABELED, TrainConfig, evaluate_miou, train
-from learners.uncertainty import bald, mc_probabilities, predictive_entropy
+from learners.training import IGNORE_INDEX, TrainConfig, evaluate_miou, train
+from learners.uncertainty import uncertainty_maps
 from learners.unet import UNetConfig, build_unet
 from napari_paser.errors import PaserInputError
 from sampling.base import Sampler
 from sampling.dqn import DQNSampler, FeatureSpec, choose_state_set, play_episode
+from sampling.registry import MAPS, gather_needs, needs_of, region_embeddings
+from sampling.registry import make_sampler as registry_sampler
 from sampling.regions import RegionPool
-from sampling.taudis import TaudisSampler
-from sampling.uncertainty import BaldSampler, EntropySampler, RandomSampler
 
-SAMPLERS = ("random", "entropy", "bald", "taudis", "dqn")
-# what each sampler reads besides the pool (keys of Learner.needs)
-NEEDS = {
-    "random": set(),
-    "entropy": {"entropy"},
-    "bald": {"bald"},
-    "taudis": {"bald", "embeddings"},
-    "dqn": {"prediction", "entropy", "labels", "state_ids"},
-}
 
 
 @dataclass(frozen=True)
@@ -120,10 +112,10 @@ def labeled_mask(pool: RegionPool) -> np.ndarray:
 
 
 def training_set(pool: RegionPool, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The slices holding a labeled region, labels UNLABELED outside the labeled regions."""
+    """The slices holding a labeled region, labels IGNORE_INDEX outside the labeled regions."""
     mask = labeled_mask(pool)
     keep = mask.any((1, 2))
-    partial = np.where(mask, labels, UNLABELED).astype(np.uint8)
+    partial = np.where(mask, labels, IGNORE_INDEX).astype(np.uint8)
     return images[keep], partial[keep]
 
 
@@ -132,29 +124,11 @@ def labeled_class_counts(pool: RegionPool, labels: np.ndarray, n_classes: int) -
     return np.bincount(labels[labeled_mask(pool)].astype(np.int64), minlength=n_classes)[:n_classes]
 
 
-@torch.no_grad()
-def mc_maps(model: torch.nn.Module, images: np.ndarray, samples: int, seed: int, chunk: int = 4) -> dict:
-    """MC-dropout prediction (class of the mean), predictive entropy and BALD, (Z, H, W) each."""
-    pred = np.empty(images.shape, np.uint8)
-    ent, mi = np.empty(images.shape, np.float32), np.empty(images.shape, np.float32)
-    for i in range(0, len(images), chunk):
-        x = torch.from_numpy(np.ascontiguousarray(images[i : i + chunk], dtype=np.float32))[:, None]
-        p = mc_probabilities(model, x, samples=samples, seed=seed + i)  # (T, n, C, H, W)
-        pred[i : i + chunk] = p.mean(0).argmax(1).numpy()
-        ent[i : i + chunk] = predictive_entropy(p).numpy()
-        mi[i : i + chunk] = bald(p).numpy()
-    return {"prediction": pred, "entropy": ent, "bald": mi}
-
-
-@torch.no_grad()
-def region_embeddings(model: torch.nn.Module, pool: RegionPool, images: np.ndarray, chunk: int = 4) -> np.ndarray:
-    """(n_regions, F) decoder features (eval mode, no dropout) averaged per region."""
-    was = model.training
-    model.eval()
-    feats = [model.features(torch.from_numpy(np.ascontiguousarray(images[i : i + chunk]))[:, None]).numpy()
-             for i in range(0, len(images), chunk)]
-    model.train(was)
-    return pool.embed(np.concatenate(feats))
+def mc_maps(model: torch.nn.Module, images: np.ndarray, samples: int, seed: int) -> dict:
+    """f0's maps of every slice, (Z, H, W) each: `uncertainty_maps` with seed `seed + z`, as a session
+    computes them slice by slice."""
+    maps = [uncertainty_maps(model, image, samples=samples, seed=seed + z) for z, image in enumerate(images)]
+    return {name: np.stack([getattr(m, name) for m in maps]) for name in MAPS}
 
 
 class Learner:
@@ -198,18 +172,16 @@ class Learner:
     def miou(self, split: Split) -> float:
         return evaluate_miou(self.model, split.images, split.labels, self.n_classes)
 
-    def needs(self, want: set[str]) -> dict:
-        """The inputs a sampler reads, for the current model (only those in `want` are computed)."""
-        out: dict = {"pool": self.pool}
-        if want & {"prediction", "entropy", "bald"}:
-            out.update(mc_maps(self.model, self.data.images, self.config.samples, self.seed * 7919 + self.fits))
-        if "embeddings" in want:
-            out["embeddings"] = region_embeddings(self.model, self.pool, self.data.images)
-        if "labels" in want:
-            out["labels"] = self.data.labels  # the DQN reads it only inside labeled regions
-        if "state_ids" in want:
-            out["state_ids"] = self.state_ids
-        return out
+    def needs(self, want: frozenset[str]) -> dict:
+        """The inputs a sampler reads (`sampling.registry.needs_of`), for the current model; only
+        those in `want` are computed. Labels are the ground truth: the DQN reads them only inside
+        labeled regions, where a person would have painted them."""
+        return gather_needs(
+            want, self.pool,
+            maps=lambda: mc_maps(self.model, self.data.images, self.config.samples, self.seed * 7919 + self.fits),
+            embeddings=lambda: region_embeddings(self.model, self.pool, self.data.images.__getitem__),
+            labels=lambda: self.data.labels, state_ids=lambda: self.state_ids,
+        )
 
 
 def start(data: Split, n_classes: int, config: SimConfig, n_seed: int, seed: int = 0) -> Learner:
@@ -228,25 +200,20 @@ def start(data: Split, n_classes: int, config: SimConfig, n_seed: int, seed: int
 
 
 def make_sampler(name: str, config: SimConfig, agent_path: str | Path | None = None) -> Sampler:
-    """A sampler by name; "dqn" loads a trained agent saved by `train_dqn`."""
-    simple = {"random": RandomSampler, "entropy": EntropySampler, "bald": BaldSampler, "taudis": TaudisSampler}
-    if name in simple:
-        return simple[name]()
-    if name != "dqn":
-        raise PaserInputError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
-    if agent_path is None:
-        raise PaserInputError("the dqn sampler needs a trained agent: run `paser al train-dqn` and pass --dqn AGENT.pt")
-    agent = DQNAgent.load(agent_path)
-    if "features" not in agent.meta or "sim" not in agent.meta:
-        raise PaserInputError(f"{agent_path} was not saved by `paser al train-dqn` (no feature spec in its meta)")
-    trained = agent.meta["sim"]
-    for key in ("region", "state_regions"):
-        if trained.get(key) != getattr(config, key):
-            raise PaserInputError(
-                f"the agent {agent_path} was trained with {key}={trained.get(key)}, this run uses "
-                f"{getattr(config, key)}; use the same value or train a new agent"
-            )
-    return DQNSampler(agent, FeatureSpec.from_dict(agent.meta["features"]), config.pool_size)
+    """A sampler from the registry (`sampling.registry`, as a session builds it); a DQN agent
+    (`agent_path`, saved by `train_dqn`) must have been trained with this run's region settings."""
+    sampler = registry_sampler(name, context={"dqn_checkpoint": agent_path, "pool_size": config.pool_size})
+    if isinstance(sampler, DQNSampler):
+        trained = sampler.agent.meta.get("sim")
+        if trained is None:
+            raise PaserInputError(f"{agent_path} was not saved by `paser al train-dqn` (no simulation settings in its meta)")
+        for key in ("region", "state_regions"):
+            if trained.get(key) != getattr(config, key):
+                raise PaserInputError(
+                    f"the agent {agent_path} was trained with {key}={trained.get(key)}, this run uses "
+                    f"{getattr(config, key)}; use the same value or train a new agent"
+                )
+    return sampler
 
 
 @dataclass
@@ -274,7 +241,7 @@ def simulate(learner: Learner, sampler: Sampler, name: str, test: Split, budgets
     trace = Trace([budgets[0]], [learner.miou(test)], [counts()])
     for budget in budgets[1:]:
         t0 = time.perf_counter()
-        needs = learner.needs(NEEDS[name])
+        needs = learner.needs(needs_of(sampler))
         sel = sampler.select(pool.candidates(), budget - len(pool.labeled_ids), rng, **needs)
         t1 = time.perf_counter()
         pool.mark_labeled(sel.ids)
@@ -325,7 +292,7 @@ class SegmentationGame:
         return self._start_miou
 
     def needs(self) -> dict:
-        return self.learner.needs(NEEDS["dqn"])
+        return self.learner.needs(needs_of("dqn"))
 
     def label(self, ids: np.ndarray) -> float:
         self.learner.pool.mark_labeled(ids)

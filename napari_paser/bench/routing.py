@@ -57,7 +57,7 @@ from napari_paser.data.dataset import normalise, read_dataset, robust_range
 from napari_paser.data.degrade import salt_and_pepper
 from napari_paser.errors import PaserInputError
 from napari_paser.jobs.policy import policy_tick
-from napari_paser.jobs.train import GRID
+from learners.routing import GRID
 
 ROLES = ("f0", "f1", "f2")
 N_PATCHES = GRID[0] * GRID[1]

@@ -34,12 +34,12 @@ import tifffile
 import zarr
 
 from learners.atomic import atomic_write_text
+from learners.training import IGNORE_INDEX
 from napari_paser.errors import PaserInputError
 from napari_paser.data.labels_convention import layer_to_classes
 
 FORMAT = "napari-paser/labeled-set"
 VERSION = 1
-UNLABELED_VALUE = 255
 FORMATS = ("tiff", "zarr")
 MANIFEST_JSON, MANIFEST_CSV = "manifest.json", "manifest.csv"
 FIELDS = ("region_id", "slice", "y0", "x0", "height", "width", "sampler", "rank", "accepted_at", "split")
@@ -59,9 +59,9 @@ class LabeledSet:
 
 
 def layer_to_export(patch: np.ndarray, n_classes: int) -> np.ndarray:
-    """Layer-convention labels -> uint8 class indices with UNLABELED_VALUE where not painted."""
+    """Layer-convention labels -> uint8 class indices with IGNORE_INDEX where not painted."""
     classes, mask = layer_to_classes(np.asarray(patch), n_classes=n_classes)
-    return np.where(mask, classes, UNLABELED_VALUE).astype(np.uint8)
+    return np.where(mask, classes, IGNORE_INDEX).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -79,7 +79,7 @@ def write_labeled_set(out: str | Path, data: LabeledSet, fmt: str = "tiff") -> P
         rows = _write_crops(tmp, data)
         volume = _write_volume(tmp, data.volume, fmt) if data.volume is not None else None
         manifest = {"format": FORMAT, "version": VERSION, "classes": list(data.class_names),
-                    "unlabeled_value": UNLABELED_VALUE, "volume": volume,
+                    "unlabeled_value": IGNORE_INDEX, "volume": volume,
                     "image_shape": list(data.image_shape) if data.image_shape else None,
                     "meta": data.meta, "regions": rows}
         atomic_write_text(tmp / MANIFEST_JSON, json.dumps(manifest, indent=1))
@@ -130,7 +130,7 @@ def _write_volume(folder: Path, volume, fmt: str) -> str:
     shape = tuple(int(s) for s in volume.shape)
     if fmt == "zarr":
         arr = zarr.create_array(str(folder / "labels_volume.zarr"), shape=shape, dtype=np.uint8,
-                                chunks=(1, *(min(s, 512) for s in shape[1:])), fill_value=UNLABELED_VALUE)
+                                chunks=(1, *(min(s, 512) for s in shape[1:])), fill_value=IGNORE_INDEX)
         for z in range(shape[0]):
             arr[z] = np.asarray(volume[z], np.uint8)
         return "labels_volume.zarr"
@@ -219,12 +219,36 @@ class _VolumeClasses:
         return layer_to_export(self.session.labels[self.session._ix(int(z))], self.session.n_classes)
 
 
-def export_session(session, out: str | Path, full_volume: bool = False, fmt: str = "tiff") -> Path:
-    """Export a Session's accepted regions (and with full_volume its whole label canvas)."""
+EDIT_CHOICES = ("refuse", "accept", "keep")
+
+
+def export_session(session, out: str | Path, full_volume: bool = False, fmt: str = "tiff",
+                   edits: str = "refuse") -> Path:
+    """Export a Session's accepted regions (and with full_volume its whole label canvas).
+
+    The crops are the accepted labels (what training uses); the volume is the canvas. When
+    accepted regions were painted over since they were accepted the two disagree, so by
+    default (`edits="refuse"`) the export is refused naming those regions; "accept" saves the
+    edits first (`Session.accept_edits`), "keep" exports as it is and lists the edited regions
+    in the manifest's meta (`edited_since_accept`).
+    """
     if fmt not in FORMATS:
         raise PaserInputError(f"unknown volume format {fmt!r}: choose 'tiff' or 'zarr'")
+    if edits not in EDIT_CHOICES:
+        raise PaserInputError(f"unknown edits choice {edits!r}: choose one of {', '.join(EDIT_CHOICES)}")
     if not session.accepted and not full_volume:
         raise PaserInputError("no accepted regions to export yet: accept at least one region (or export the full volume)")
+    edited = session.edited_regions()
+    if edited and edits == "refuse":
+        shown = ", ".join(str(r) for r in edited[:8]) + (" ..." if len(edited) > 8 else "")
+        raise PaserInputError(
+            f"accepted region(s) {shown} were painted over since they were accepted, so their saved labels (used by "
+            "training and the export's crops) differ from the canvas: accept the edits (Accept edits, "
+            "Session.accept_edits) or undo them, then export"
+        )
+    if edited and edits == "accept":
+        session.accept_edits(edited)
+        edited = []
     rows, labels, images = [], {}, {}
     for rec in session.accepted:
         region = session.region(rec.region_id)
@@ -234,7 +258,8 @@ def export_session(session, out: str | Path, full_volume: bool = False, fmt: str
         labels[rec.region_id] = layer_to_export(session.accepted_labels(rec.region_id), session.n_classes)
         images[rec.region_id] = session.raw_crop(region)
     meta = {"session": str(Path(session.folder).resolve()), "region_size": list(session.pool.size),
-            "normalisation": {"lo": session.state.image["lo"], "hi": session.state.image["hi"]}}
+            "normalisation": {"lo": session.state.image["lo"], "hi": session.state.image["hi"]},
+            "edited_since_accept": edited}
     data = LabeledSet(session.classes.names, rows, labels, images,
                       _VolumeClasses(session) if full_volume else None, session.shape, meta)
     return write_labeled_set(out, data, fmt)
@@ -258,7 +283,7 @@ def labeled_set_from_layer(layer_data, class_names, region_size: int = 64) -> La
                 continue
             labels[r.id] = layer_to_export(patch, n)
             counts = np.bincount(labels[r.id].ravel(), minlength=256) / patch.size
-            fr = {"unlabeled": float(counts[UNLABELED_VALUE]), **{c: float(counts[k]) for k, c in enumerate(class_names)}}
+            fr = {"unlabeled": float(counts[IGNORE_INDEX]), **{c: float(counts[k]) for k, c in enumerate(class_names)}}
             rows.append({"region_id": r.id, "slice": r.z, "y0": r.y0, "x0": r.x0, "height": r.h, "width": r.w,
                          "sampler": "painted", "rank": None, "accepted_at": None, "split": None, "fractions": fr})
     if not rows:

@@ -19,10 +19,12 @@ import numpy as np
 
 from napari_paser.errors import PaserInputError
 
-#: Layer value meaning "not labeled" in a napari Labels layer.
-UNLABELED = 0
-#: Class value put where `layer_to_classes` finds no label (use `labeled_mask`, not this value).
-IGNORE_INDEX = -1
+#: Layer value meaning "not labeled" in a napari Labels layer. (Not the training mask's value:
+#: class-index arrays that go to a loss mark unlabeled pixels `learners.training.IGNORE_INDEX`.)
+LAYER_UNLABELED = 0
+#: Class value `layer_to_classes` puts where it finds no label (use its mask, not this value):
+#: negative, so it can never collide with a class of any layer dtype.
+NO_CLASS = -1
 
 
 def _layer_dtype(n_values: int) -> np.dtype:
@@ -47,7 +49,7 @@ def classes_to_layer(labels, labeled_mask=None, *, n_classes: int | None = None)
     Parameters
     ----------
     labels : integer array, any shape (numpy or dask)
-        Class indices 0..C-1. Negative values (e.g. `IGNORE_INDEX`) mean "not labeled".
+        Class indices 0..C-1. Negative values (e.g. `NO_CLASS`) mean "not labeled".
     labeled_mask : bool array of the same shape, optional
         Where False the pixel is not labeled (layer value 0) whatever `labels` holds.
     n_classes : int, optional
@@ -85,10 +87,10 @@ def classes_to_layer(labels, labeled_mask=None, *, n_classes: int | None = None)
         lm = labeled_mask.astype(bool)
         mask = lm if mask is None else (mask & lm)
     # Work in the result dtype (a volume is not copied to int64); negative classes may wrap
-    # here but are masked to UNLABELED below.
+    # here but are masked to LAYER_UNLABELED below.
     shifted = labels.astype(dtype) + dtype.type(1)
     if mask is not None:
-        shifted = np.where(mask, shifted, dtype.type(UNLABELED))
+        shifted = np.where(mask, shifted, dtype.type(LAYER_UNLABELED))
     return shifted.astype(dtype, copy=False)
 
 
@@ -96,7 +98,7 @@ def layer_to_classes(layer_data, n_classes: int | None = None):
     """Data of a napari Labels layer -> (class indices, labeled mask).
 
     Layer value v > 0 becomes class v - 1 with mask True; 0 (and any negative value) becomes
-    `IGNORE_INDEX` (-1) with mask False. Classes come back as the smallest signed dtype that holds
+    `NO_CLASS` (-1) with mask False. Classes come back as the smallest signed dtype that holds
     every value the layer dtype can (int16 for uint8/int16 layers, int32 for uint16/int32), so
     they can go to a loss with ignore_index=-1 after `.astype(int64)`.
 
@@ -124,6 +126,6 @@ def layer_to_classes(layer_data, n_classes: int | None = None):
                 f"paint with labels 1..{n_classes} (label k+1 is class k, 0 is 'not labeled')"
             )
     labeled_mask = layer > 0
-    one, ignore = out_dtype.type(1), out_dtype.type(IGNORE_INDEX)
+    one, ignore = out_dtype.type(1), out_dtype.type(NO_CLASS)
     classes = np.where(labeled_mask, layer.astype(out_dtype) - one, ignore)
     return classes, labeled_mask

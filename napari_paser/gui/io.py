@@ -9,6 +9,11 @@ Reads: a greyscale TIFF slice or stack (RGB TIFFs are left to other readers), a 
 folder (image, label canvas, regions, maps; the layers' metadata carry `paser_session`, the
 folder, so a widget can `Session.open` it and get the models too). Writes: a Labels layer as
 the labeled-set export (`napari_paser.data.export`).
+
+A session folder whose layers are already in the viewer is not read again (File > Open of the
+live session would give two canvases of one session): its labels layer is selected instead. A
+folder held by another process opens read-only, with a notification saying so. Only those
+two cases touch napari (`napari.current_viewer()` and its notifications), imported lazily.
 """
 
 from __future__ import annotations
@@ -136,18 +141,40 @@ def read_zarr(path: str | Path) -> list[LayerData]:
 
 
 def read_session(path: str | Path) -> list[LayerData]:
-    """A labeling session: image, label canvas (paintable), regions (proposed/accepted) and f0's maps."""
+    """A labeling session: image, label canvas (paintable), regions (proposed/accepted) and f0's maps.
+
+    Already in the viewer: its labels layer is selected and nothing is added (`[(None,)]`, napari's
+    "nothing to add"). Held by another process: opened read-only (layer names say so).
+    """
+    from napari_paser.session import lock
     from napari_paser.session.core import Session
 
-    session = Session.open(path)
-    name = Path(path).name
-    meta = {SESSION_KEY: str(Path(path).resolve()), "class_names": list(session.classes.names)}
+    folder = Path(path).resolve()
+    if _focus_open_session(folder):
+        return [(None,)]
+    try:
+        session = Session.open(folder)
+    except lock.SessionLockedError as exc:
+        session = Session.open(folder, read_only=True)
+        _notify(f"session {folder.name} is open in {exc.holder.describe() if exc.holder else 'another process'}: "
+                "opened read-only here (nothing painted here is saved)", warning=True)
+    except lock.FolderNotWritableError:
+        session = Session.open(folder, read_only=True)
+        _notify(f"session {folder.name} is in a folder this process cannot write: opened read-only", warning=True)
+    else:
+        _hold_while_shown(folder)
+        session.close()
+    for note in session.warnings:
+        _notify(f"session {folder.name}: {note}", warning=True)
+    name = Path(path).name + (" (read-only)" if session.read_only else "")
+    meta = {SESSION_KEY: str(folder), "class_names": list(session.classes.names)}
     lo, hi = session.state.image["lo"], session.state.image["hi"]
     layers = [
         (session.image, {"name": f"{name} image", "colormap": "gray", "contrast_limits": (lo, hi), "metadata": meta},
          "image"),
-        (session.labels, {"name": f"{name} labels", "colormap": session.classes.layer_colors(), "opacity": 0.6,
-                          "metadata": meta}, "labels"),
+        (_view_only(session.labels) if session.read_only else session.labels,
+         {"name": f"{name} labels", "colormap": session.classes.layer_colors(), "opacity": 0.6, "metadata": meta,
+          **({"multiscale": True} if session.read_only else {})}, "labels"),
     ]
     if session.state.maps:
         layers += map_layers(session, name, meta)
@@ -155,6 +182,71 @@ def read_session(path: str | Path) -> list[LayerData]:
     if shapes is not None:
         layers.append(shapes)
     return layers
+
+
+_READER_HOLDS: set[Path] = set()  # session folders read here, held while the viewer shows them
+
+
+def _hold_while_shown(folder: Path) -> None:
+    """Hold the folder while its canvas may be painted here: until the viewer shows none of its
+    layers any more (or, with no viewer, until the process exits)."""
+    from napari_paser.session import lock
+
+    if folder in _READER_HOLDS:
+        return
+    lock.acquire(folder)
+    _READER_HOLDS.add(folder)
+    viewer = _current_viewer()
+    if viewer is None:
+        return
+
+    def release_when_gone(event=None) -> None:
+        if folder in _READER_HOLDS and not any(la.metadata.get(SESSION_KEY) == str(folder) for la in viewer.layers):
+            _READER_HOLDS.discard(folder)
+            lock.release(folder)
+            viewer.layers.events.removed.disconnect(release_when_gone)
+
+    viewer.layers.events.removed.connect(release_when_gone)
+
+
+def _current_viewer():
+    """The active napari viewer, or None (no napari, no window)."""
+    try:
+        import napari
+    except ImportError:
+        return None
+    return napari.current_viewer()
+
+
+def _notify(message: str, warning: bool = False) -> None:
+    try:
+        from napari.utils import notifications
+    except ImportError:
+        return
+    (notifications.show_warning if warning else notifications.show_info)(message)
+
+
+def _view_only(labels) -> list:
+    """The canvas as a lazy two-level pyramid: napari does not paint multiscale Labels, so a
+    read-only session shows its labels without offering a brush that cannot save."""
+    import dask.array as da
+
+    full = da.from_zarr(labels)
+    return [full, full[..., ::2, ::2]]
+
+
+def _focus_open_session(folder: Path) -> bool:
+    """Make the canvas of session `folder` the active layer if the viewer shows it; True when it did."""
+    viewer = _current_viewer()
+    if viewer is None:
+        return False
+    mine = [layer for layer in viewer.layers if layer.metadata.get(SESSION_KEY) == str(folder)]
+    if not mine:
+        return False
+    labels = [layer for layer in mine if type(layer).__name__ == "Labels" and layer.editable]
+    viewer.layers.selection.active = (labels or mine)[0]  # the canvas, ready to paint
+    _notify(f"session {folder.name} is already open in this window: its labels layer is selected (not opened twice)")
+    return True
 
 
 def map_layers(session, name: str, meta: dict) -> list[LayerData]:
@@ -216,7 +308,7 @@ def write_labeled_set(path: str, data, meta: dict) -> list[str]:
     if metadata.get(SESSION_KEY):
         from napari_paser.session.core import Session
 
-        session = Session.open(metadata[SESSION_KEY])
+        session = Session.open(metadata[SESSION_KEY], read_only=True)  # export reads; never takes the folder
         if tuple(np.shape(data)) != session.shape:
             raise PaserInputError(
                 f"the labels layer has shape {tuple(np.shape(data))} but its session image has {session.shape}"

@@ -37,7 +37,7 @@ def run_demo(out: Path, progress: bool = True) -> dict:
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
     if metrics is None or metrics.get("fingerprint") != fingerprint(ds.images, ds.labels):
         print(f"training f0 (tiny), f1 (medium), f2 (large) on {data} ({DEMO_DEGRADATION}) ...")
-        metrics = train_run(data, run, preset="quick", progress=progress)
+        metrics = train_run(data, run, preset="quick", progress=progress, overwrite=True)  # a stale run
     else:
         print(f"reusing the trained models in {run} (delete it to retrain)")
     print(f"\nsynthetic {DEMO_SLICES} slices of {DEMO_SIZE}x{DEMO_SIZE}, degradation {DEMO_DEGRADATION}; test split:")

@@ -32,7 +32,8 @@ from learners.routing.router import RoutingCost, build_patch_table, model_costs,
 from learners.routing.training import RLConfig, RoutingData
 from napari_paser.data.dataset import normalise, read_dataset, robust_range
 from napari_paser.errors import PaserInputError
-from napari_paser.jobs.train import GRID, split_arrays
+from learners.routing import GRID
+from napari_paser.jobs.train import split_arrays
 
 DEFAULT_LAMBDAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 DEFAULT_LAMBDA = 0.3

@@ -4,13 +4,16 @@ its test split, saved as checkpoints with a `metrics.json` beside them.
 A run folder holds `f0.pt` (tiny, whole images, distilled from f2), `f1.pt` (medium, patches),
 `f2.pt` (large, patches), `metrics.json` and `run.json` (the options, for reproduction). Each
 checkpoint is written as soon as its model is trained, so an interrupted run keeps what it
-finished.
+finished. A run never lands on a non-empty folder unless asked to (`overwrite`): then the
+previous run's files go first, its routing policies (`policy.pt`, `policies/`) included, so
+`Session.load_models` never pairs old policies with new models.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import asdict, replace
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from learners.routing import GRID
 from learners.atomic import atomic_write_text
 from learners.checkpoint import load_checkpoint, save_checkpoint
 from learners.flops import gflops_per_image, patch_flops
@@ -32,7 +36,6 @@ from napari_paser.errors import PaserInputError
 
 ROLES = ("f0", "f1", "f2")
 MODEL_PRESETS = {"f0": "tiny", "f1": "medium", "f2": "large"}
-GRID = (4, 4)
 MC_SAMPLES = 5
 
 
@@ -71,6 +74,39 @@ def init_models(run: str | Path, configs: list) -> list[UNet]:
                                   "start from a run trained on the same classes with the default model sizes")
         models.append(model)
     return models
+
+
+RUN_FILES = ("run.json", "metrics.json", "policy.pt", "policies", *(f"{r}.pt" for r in ROLES),
+             *(f"{r}-lr-agent.json" for r in ROLES))
+"""What `paser train` and `paser policy` write into a run folder: an overwrite removes them."""
+
+
+def check_run_folder(out: Path, overwrite: bool) -> None:
+    """A run goes into a new or empty folder, or replaces one with `overwrite`."""
+    if out.exists() and not out.is_dir():
+        raise PaserInputError(f"--out {out} is a file: choose a folder for the run")
+    if out.is_dir() and not overwrite:
+        present = sorted(p.name for p in out.iterdir())
+        if present:
+            raise PaserInputError(
+                f"--out {out} is not empty ({', '.join(present[:4])}{' ...' if len(present) > 4 else ''}): choose a new "
+                "folder, or pass --overwrite to replace the run there (its models and policies are removed)"
+            )
+
+
+def clear_run_folder(out: Path) -> list[str]:
+    """Remove a previous run's files (models, policies, metrics) from `out`; returns their names."""
+    removed = []
+    for name in RUN_FILES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
 
 
 def train_configs(preset: str, epochs: int | None, seed: int, scheduler: str = "fixed") -> list[TrainConfig]:
@@ -133,12 +169,16 @@ def train_run(
     class_names: tuple[str, ...] | None = None,
     progress: bool = True,
     init: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Train f0, f1, f2 on `data`, write checkpoints and metrics into `out`; return the metrics.
 
-    `init`: a run folder whose f0/f1/f2 the models start from (warm start, to train longer).
+    `init`: a run folder whose f0/f1/f2 the models start from (warm start, to train longer;
+    it may be `out` itself with `overwrite`). `out` must be new or empty unless `overwrite`,
+    which removes the previous run's files (stale policies included) before training.
     """
     started = time.time()
+    check_run_folder(Path(out), overwrite)
     ds = read_dataset(data)
     names = tuple(class_names or ds.class_names)
     if len(names) != ds.n_classes:
@@ -151,9 +191,11 @@ def train_run(
     test_x, test_y = split_arrays(ds, ["test"], x)
     _check_size(x.shape[-2:], max(c.depth for c in configs[1:]), configs[0].depth)
     out = Path(out)
+    starts = init_models(init, configs) if init is not None else None  # before an overwrite removes them
+    if overwrite and out.is_dir():
+        clear_run_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     command = " ".join(shlex.quote(a) for a in sys.argv) if sys.argv else ""
-    starts = init_models(init, configs) if init is not None else None
     options = {"data": str(data), "preset": preset, "epochs": epochs, "seed": seed, "scheduler": scheduler,
                "train_splits": list(train_splits), "class_names": list(names), "command": command,
                "init": str(init) if init is not None else None}

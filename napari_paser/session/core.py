@@ -18,15 +18,24 @@ here; a widget only wires buttons and layers to it:
   second call with `confirm_partial=True`.
 
 Every change is committed by writing session.json atomically after the files it names, so a
-crash leaves the last complete state and `Session.open` resumes it exactly. Methods may be
-called from a worker thread and the GUI thread at once: state changes hold a lock, but run
-at most one `compute_maps` or `retrain` at a time (they share f0).
+crash leaves the last complete state and `Session.open` resumes it exactly. A session folder
+is held by one process at a time (`session.lock`; `Session.open(folder, read_only=True)`
+views a held folder), and a commit refuses to overwrite a session.json that another
+`Session` object wrote meanwhile, so no accept is ever dropped silently. Call `close()` (or
+use the session as a context manager) when done; the hold also ends at interpreter exit.
+Methods may be called from a worker thread and the GUI thread at once: state changes hold a
+lock, but run at most one `compute_maps` or `retrain` at a time (they share f0).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
+import logging
 import threading
+import warnings
+import weakref
 from collections.abc import Callable, Generator, Iterable, Sequence
 from pathlib import Path
 
@@ -37,21 +46,24 @@ from torch import nn
 from learners.checkpoint import load_checkpoint, save_checkpoint
 from learners.routing.policy import PolicyNet, load_policy, save_policy
 from learners.routing.bank import PolicyBank, load_bank
-from learners.training import UNLABELED, TrainConfig
-from learners.uncertainty import uncertainty_maps
+from learners.routing.router import F0State
+from learners.training import TrainConfig
+from learners.uncertainty import UncertaintyMaps, uncertainty_maps
 from learners.unet import UNet, UNetConfig, preset_config
 from napari_paser.data.dataset import normalise, robust_range
 from napari_paser.errors import InputError, PaserInputError
 from napari_paser.data.labels_convention import layer_to_classes
 from napari_paser.session.jobs import RETRAIN_CONFIG, Progress, RetrainResult, retrain_steps, training_data
-from napari_paser.session import refresh
-from napari_paser.session.routing import SliceRouting, check_policy, route_slice, slice_state
-from napari_paser.session.sampling import SAMPLERS, dqn_state_ids, make_sampler, slice_embeddings  # noqa: F401 (SAMPLERS re-exported)
+from napari_paser.session import lock, refresh
+from napari_paser.session.routing import SliceRouting, policy_models, route_slice
+from napari_paser.session.sampling import proposal_inputs
 from napari_paser.session.store import (
-    IMAGE, LABELS, MAPS, MODELS, AcceptedRegion, ClassSpec, CurvePoint, Proposal, State, check_new_folder,
-    create_array, crop_path, load_crop, now_iso, open_array, read_state, save_crop, write_state,
+    BACKUP_FILE, IMAGE, LABELS, MAPS, MODELS, STATE_FILE, AcceptedRegion, ClassSpec, CurvePoint, Proposal, State,
+    check_arrays, check_new_folder, clean_temp_files, create_array, crop_path, crops_of, load_crop, load_state,
+    now_iso, open_array, save_crop, state_digest, write_state,
 )
 from sampling.regions import Region, RegionPool
+from sampling.registry import SAMPLERS, make_sampler  # noqa: F401 (SAMPLERS: the GUI's sampler menu)
 
 MODEL_ROLES = ("f0", "f1", "f2")
 POLICY, POLICY_FILE = "policy", "policy.pt"
@@ -59,6 +71,13 @@ BANK_ROLE = "policy@"  # + lambda: the policy bank's members, e.g. "policy@0.300
 MODEL_SIZES = ("tiny", "medium", "large")
 MAP_NAMES = {"prediction": np.uint8, "entropy": np.float32, "bald": np.float32}
 MIN_SIDE = 16
+
+
+log = logging.getLogger(__name__)
+
+
+class SessionWarning(UserWarning):
+    """Something was repaired or is off on open (a restored session.json, a dropped record)."""
 
 
 def bank_role(lam: float) -> str:
@@ -99,12 +118,21 @@ def check_image(image) -> tuple[tuple[int, ...], np.dtype]:
 class Session:
     """Image, labels, regions, proposals, models and labeled set of one labeling session."""
 
-    def __init__(self, folder: Path, state: State) -> None:
+    def __init__(self, folder: Path, state: State, read_only: bool = False, digest: str | None = None,
+                 notes: Sequence[str] = (), held: bool = False) -> None:
         """Use `Session.create` or `Session.open`."""
         self.folder, self.state = folder, state
+        self.read_only, self._closed = bool(read_only), False
+        self._digest = digest  # of session.json as this object last read or wrote it
+        self.warnings: list[str] = list(notes)  # what open repaired or found off, for notifications
+        self._release: weakref.finalize | None = None
+        self._commit_guard = lock.commit_guard(folder)
+        self._crop_keys: dict[tuple[int, int], bytes] = {}  # (region, seq) -> digest of its saved crop
+        mode = "r" if read_only else "r+"
         self.image = open_array(folder / IMAGE, "r")
-        self.labels = open_array(folder / LABELS, "r+")
-        self.maps = {name: open_array(folder / MAPS / name, "r+") for name in MAP_NAMES}
+        self.labels = open_array(folder / LABELS, mode)
+        self.maps = {name: open_array(folder / MAPS / name, mode) for name in MAP_NAMES}
+        self._check_arrays()
         self.pool = RegionPool(tuple(state.pool["shape"]), tuple(state.settings["region_size"]))
         self.pool.mark_labeled(np.array([a.region_id for a in state.accepted], dtype=np.int64))
         self.models: dict[str, UNet] = {}
@@ -115,6 +143,8 @@ class Session:
             self._hold(role, load_policy(path).policy if role.startswith(POLICY) else load_checkpoint(path).model)
         self._lock = threading.RLock()
         self._states: dict[tuple, object] = {}  # f0 state per (z, samples, f0 version), a few slices
+        if held:  # last: a constructor that fails leaves the release to its caller
+            self._release = weakref.finalize(self, lock.release, folder)
 
     # ------------------------------------------------------------------ create / open
 
@@ -135,6 +165,16 @@ class Session:
             raise PaserInputError(f"region_size must be >= 8 and val_every >= 0, got {region_size} and {val_every}")
         lo, hi = robust_range(image)
         folder.mkdir(parents=True, exist_ok=True)
+        lock.acquire(folder)
+        try:
+            check_new_folder(folder)  # again, under the lock: another process may have created it meanwhile
+            return cls._create_locked(folder, image, shape, dtype, spec, region_size, val_every, lo, hi, source)
+        except BaseException:
+            lock.release(folder)
+            raise
+
+    @classmethod
+    def _create_locked(cls, folder, image, shape, dtype, spec, region_size, val_every, lo, hi, source) -> Session:
         _copy_image(image, create_array(folder / IMAGE, shape, dtype))
         create_array(folder / LABELS, shape, np.uint8)
         for name, dt in MAP_NAMES.items():
@@ -146,14 +186,77 @@ class Session:
             settings={"region_size": list(pool.size), "val_every": int(val_every), "next_seq": 0},
             created=now_iso(),
         )
-        write_state(folder, state)
-        return cls(folder, state)
+        return cls(folder, state, digest=write_state(folder, state), held=True)
 
     @classmethod
-    def open(cls, folder: str | Path) -> Session:
-        """Resume a session exactly as last committed (accepted regions are out of the candidates)."""
+    def open(cls, folder: str | Path, read_only: bool = False) -> Session:
+        """Resume a session exactly as last committed (accepted regions are out of the candidates).
+
+        Takes the folder's lock: a folder held by another live process raises PaserInputError
+        (`lock.SessionLockedError`) naming it; `read_only=True` opens it for viewing (every
+        change is refused). On open, temporary files of a killed process are removed, a damaged
+        session.json is restored from session.json.bak, records whose files are missing are
+        repaired or dropped, and the arrays are checked against session.json; what was
+        repaired is in `session.warnings` (and issued as SessionWarning).
+        """
         folder = Path(folder)
-        return cls(folder, read_state(folder))
+        if not (folder / STATE_FILE).is_file() and not (folder / BACKUP_FILE).is_file():
+            load_state(folder, restore=False)  # raises the "not a session" error, before any lock file is written
+        fresh = False if read_only else lock.acquire(folder)
+        try:
+            if fresh:
+                removed = clean_temp_files(folder)
+                if removed:
+                    log.info("removed %d temporary file(s) an interrupted write left in %s", removed, folder)
+            loaded = load_state(folder, restore=not read_only)
+            state, notes = loaded.state, list(loaded.warnings)
+            repaired = _repair_records(folder, state)
+            notes += repaired
+            digest = loaded.digest
+            if repaired and not read_only:
+                digest = write_state(folder, state)
+            session = cls(folder, state, read_only=read_only, digest=digest, notes=notes, held=not read_only)
+        except BaseException:
+            if not read_only:
+                lock.release(folder)
+            raise
+        for note in notes:
+            warnings.warn(f"session {folder}: {note}", SessionWarning, stacklevel=2)
+        return session
+
+    def close(self) -> None:
+        """Release the folder (its lock) and refuse further changes; reading stays possible."""
+        self._closed = True
+        if self._release is not None:
+            self._release()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_writable(self, action: str = "change") -> None:
+        if self._closed:
+            raise PaserInputError(f"session {self.folder} is closed: open it again (Session.open) to {action} it")
+        if self.read_only:
+            holder = lock.read_holder(self.folder)
+            by = f" (it is held by {holder.describe()})" if holder and not lock.held_here(self.folder) else ""
+            raise PaserInputError(
+                f"session {self.folder} is open read-only{by}: cannot {action} it; close it where it is open "
+                "and open it again without read_only to make changes"
+            )
+
+    def _check_arrays(self) -> None:
+        shape = self.shape
+        expected = {IMAGE: (shape, np.dtype(self.state.image["dtype"])), LABELS: (shape, np.dtype(np.uint8)),
+                    **{f"{MAPS}/{n}": (shape, np.dtype(dt)) for n, dt in MAP_NAMES.items()}}
+        arrays = {IMAGE: self.image, LABELS: self.labels, **{f"{MAPS}/{n}": a for n, a in self.maps.items()}}
+        check_arrays(self.folder, expected, arrays)
 
     # ------------------------------------------------------------------ read-only views
 
@@ -185,7 +288,14 @@ class Session:
 
     @property
     def pending_proposals(self) -> list[Proposal]:
-        return [p for p in self.state.proposals if not self.is_accepted(p.region_id)]
+        """The proposals neither accepted nor skipped this round."""
+        skipped = set(self.state.skipped)
+        return [p for p in self.state.proposals if not self.is_accepted(p.region_id) and p.region_id not in skipped]
+
+    @property
+    def skipped(self) -> list[int]:
+        """Region ids skipped in this round of proposals."""
+        return list(self.state.skipped)
 
     @property
     def curve(self) -> list[CurvePoint]:
@@ -236,10 +346,17 @@ class Session:
 
     def _commit(self, mutate: Callable[[State], None]) -> None:
         """Apply `mutate` to a copy of the state and write it; memory changes only if the write succeeds."""
-        with self._lock:
+        self._check_writable()
+        with self._lock, self._commit_guard:
             new = copy.deepcopy(self.state)
             mutate(new)
-            write_state(self.folder, new)
+            if state_digest(self.folder) not in (self._digest, None):
+                raise PaserInputError(
+                    f"session {self.folder}: session.json was changed by another Session object since this one read "
+                    "it; this change was not saved (saving would drop the other's work): open the session again "
+                    "(Session.open) and repeat it there"
+                )
+            self._digest = write_state(self.folder, new)
             self.state = new
             self.pool = RegionPool(tuple(new.pool["shape"]), tuple(new.settings["region_size"]))
             self.pool.mark_labeled(np.array([a.region_id for a in new.accepted], dtype=np.int64))
@@ -260,10 +377,10 @@ class Session:
                 loaded[role] = self._checked(load_checkpoint(run / f"{role}.pt").model, str(run / f"{role}.pt"))
         if (run / POLICY_FILE).is_file():  # optional: routing needs it
             policy = load_policy(run / POLICY_FILE).policy
-            check_policy(policy, loaded, self.n_classes, str(run / POLICY_FILE))
+            policy_models(policy, loaded, str(run / POLICY_FILE))
             loaded[POLICY] = policy
         for lam, policy in load_bank(run).policies.items():  # optional: the live lambda control
-            check_policy(policy, loaded, self.n_classes, f"{run}/policies (lambda {lam})")
+            policy_models(policy, loaded, f"{run}/policies (lambda {lam})")
             loaded[bank_role(lam)] = policy
         dropped = [r for r in self.state.models if r not in loaded]  # a run replaces the whole set
         self._install(loaded, source=str(run.resolve()), drop=dropped)
@@ -272,7 +389,7 @@ class Session:
     def load_policy(self, path: str | Path) -> None:
         """Load a trained routing policy (f_RL) for the routing overlay; it must fit the loaded models."""
         policy = load_policy(path).policy
-        check_policy(policy, self.models, self.n_classes, str(path))
+        policy_models(policy, self.models, str(path))
         self._install({POLICY: policy}, source=str(Path(path).resolve()))
 
     @property
@@ -303,22 +420,34 @@ class Session:
         """
         lam, policy = self.pick_policy(lam)
         (z,) = self._slices_arg(z)
-        check_policy(policy, self.models, self.n_classes, "the routing policy")
-        models = [self.models[f"f{k}"] for k in range(policy.config.n_models)]
+        models = policy_models(policy, self.models, "the routing policy")
         image = self.image_slice(z)
         return route_slice(models, policy, image, z, samples, self.f0_state(z, samples, image), execute, lam)
 
     def has_state(self, z: int, samples: int = 5) -> bool:
-        """Whether f0's state of slice z is cached (routing it again is then instant)."""
-        return self._state_key(z, samples) in self._states
+        """Whether f0's state of slice z is known for the current f0 (routing it again is then instant)."""
+        return self._state_key(z, samples) in self._states or int(z) in self.fresh_slices()
 
-    def f0_state(self, z: int, samples: int = 5, image: np.ndarray | None = None):
-        """f0's MC-dropout state of slice z for routing, cached for the current f0 weights."""
+    def f0_state(self, z: int, samples: int = 5, image: np.ndarray | None = None) -> F0State:
+        """f0's state of slice z (prediction and entropy) for routing: the slice's stored maps when
+        they come from the current f0 (whatever `samples` they were computed with), else computed
+        now with `uncertainty_maps` and stored as the slice's maps, so maps, routing and proposals
+        share one f0 pass per slice and model version. Cached in memory for the current weights."""
         key = self._state_key(z, samples)
         with self._lock:
             if key in self._states:
                 return self._states[key]
-        state = slice_state(self._require_f0(), self.image_slice(z) if image is None else image, z, samples)
+        f0 = self._require_f0()
+        if int(z) in self.fresh_slices():
+            maps = self.slice_maps(z)
+            prediction, entropy = maps["prediction"], maps["entropy"]
+        else:
+            version = self.state.model_version
+            m = uncertainty_maps(f0, self.image_slice(z) if image is None else image, samples=samples, seed=int(z))
+            self._store_maps(int(z), m, version)
+            prediction, entropy = m.prediction, m.entropy
+        state = F0State(torch.from_numpy(np.asarray(prediction, np.uint8))[None],
+                        torch.from_numpy(np.asarray(entropy, np.float32))[None], self.n_classes, samples)
         with self._lock:
             self._states = {k: v for k, v in self._states.items() if k[2] == key[2]}  # drop older weights'
             while len(self._states) >= 8:
@@ -456,14 +585,20 @@ class Session:
                 yield Progress("cancelled", i, len(zs), "maps cancelled")
                 return i
             m = uncertainty_maps(model, self.image_slice(z), samples=samples, tile=tile, seed=z)
-            with self._lock:
-                if self.state.model_version != version:  # models replaced meanwhile: these maps are stale
-                    return i
-                for name, arr in (("prediction", m.prediction), ("entropy", m.entropy), ("bald", m.bald)):
-                    self.maps[name][self._ix(z)] = arr
-                self._commit(lambda s: s.maps.__setitem__(str(z), version))
+            if not self._store_maps(z, m, version):  # models replaced meanwhile: these maps are stale
+                return i
             yield Progress("maps", i + 1, len(zs), f"maps of slice {z}", z=z)
         return len(zs)
+
+    def _store_maps(self, z: int, m: UncertaintyMaps, version: int) -> bool:
+        """Write slice z's maps computed by f0 of model `version` and commit; False if that version is gone."""
+        with self._lock:
+            if self.state.model_version != version:
+                return False
+            for name, arr in (("prediction", m.prediction), ("entropy", m.entropy), ("bald", m.bald)):
+                self.maps[name][self._ix(z)] = arr
+            self._commit(lambda s: s.maps.__setitem__(str(z), version))
+            return True
 
     def _map3d(self, name: str):
         arr = self.maps[name]
@@ -477,15 +612,15 @@ class Session:
         Samplers other than "random" choose among slices whose maps are current (`compute_maps`).
         options: TAUDIS alpha/beta/sigma/measure; DQN dqn_checkpoint (and pool_size).
         """
-        chooser = make_sampler(sampler, **options)
-        candidates, needs = self.pool.candidates(), {"pool": self.pool}
-        if sampler != "random":
-            candidates, needs = self._map_needs(sampler, candidates, needs, chooser)
-        if candidates.size == 0:
-            raise PaserInputError("no unlabeled regions left to propose" + ("" if sampler == "random" else
-                                  " in the slices with current maps: compute maps on more slices"))
         try:
+            chooser = make_sampler(sampler, **options)
+            candidates, needs = self._map_needs(chooser)
+            if candidates.size == 0:
+                raise PaserInputError("no unlabeled regions left to propose" + (
+                    " in the slices with current maps: compute maps on more slices" if needs.keys() - {"pool"} else ""))
             sel = chooser.select(candidates, int(k), np.random.default_rng(seed), **needs)
+        except PaserInputError:
+            raise
         except InputError as exc:
             raise PaserInputError(str(exc)) from None
         proposals = [self._proposal(rank, rid, score, sampler)
@@ -493,7 +628,7 @@ class Session:
         request = {"k": int(k), "sampler": sampler, "seed": int(seed), **{n: _plain(v) for n, v in options.items()}}
 
         def mutate(s: State) -> None:
-            s.proposals, s.proposal_request = proposals, request
+            s.proposals, s.proposal_request, s.skipped = proposals, request, []
 
         self._commit(mutate)
         return proposals
@@ -502,32 +637,11 @@ class Session:
         r = self.pool.region(region_id)
         return Proposal(rank, r.id, r.z, r.y0, r.x0, r.h, r.w, float(score), sampler)
 
-    def _map_needs(self, sampler, candidates, needs, chooser):
-        model = self._require_f0()
-        fresh = self.fresh_slices()
-        if not fresh:
-            raise PaserInputError(
-                f"the {sampler} sampler reads f0's uncertainty maps and none are current: compute maps (slice or "
-                "volume) first, or use the random sampler"
-            )
-        candidates = candidates[np.isin(self.pool.z_of(candidates), fresh)]
-        needs.update(entropy=self._map3d("entropy"), bald=self._map3d("bald"), prediction=self._map3d("prediction"))
-        if sampler == "taudis":
-            emb = None
-            for z in fresh:
-                e = slice_embeddings(model, self.image_slice(z), self.pool.size)
-                emb = np.zeros((len(self.pool), e.shape[1])) if emb is None else emb
-                emb[self.pool.slice_ids(z)] = e
-            needs["embeddings"] = emb
-        if sampler == "dqn":
-            if chooser.spec.n_classes != self.n_classes:
-                raise PaserInputError(f"the DQN agent was trained for {chooser.spec.n_classes} classes but this session "
-                                      f"has {self.n_classes}: use an agent trained on {self.n_classes}-class data")
-            allowed = np.concatenate([self.pool.slice_ids(z) for z in fresh])
-            state_ids = dqn_state_ids(self.pool, allowed, chooser.spec.state_regions)
-            needs.update(state_ids=state_ids, labels=_CanvasClasses(self))
-            candidates = candidates[~np.isin(candidates, state_ids)]
-        return candidates, needs
+    def _map_needs(self, sampler) -> tuple[np.ndarray, dict]:
+        """Candidates and inputs of `sampler` from this session (see `session.sampling`)."""
+        return proposal_inputs(sampler, self.pool, self.fresh_slices(), self._require_f0,
+                               lambda: {name: self._map3d(name) for name in MAP_NAMES}, self.image_slice,
+                               self.labels, self.n_classes)
 
     # ------------------------------------------------------------------ accepting labels
 
@@ -604,33 +718,110 @@ class Session:
                 partial, counts,
             )
 
-    def _accept_all(self, items: list[tuple[Region, np.ndarray]]) -> list[AcceptedRegion]:
-        """Save the crops, then commit the records in one state write."""
+    def _accept_all(self, items: list[tuple[Region, np.ndarray]], keep_origin: bool = False,
+                    drop: Sequence[int] = ()) -> list[AcceptedRegion]:
+        """Save the crops, then commit the records in one state write (and forget the regions in `drop`).
+
+        keep_origin: a region accepted before keeps its sampler and rank (re-saving edits).
+        """
         with self._lock:
             by_prop = {p.region_id: p for p in self.state.proposals}
             seq0, records, crops = int(self.state.settings.get("next_seq", 0)), [], {}
             old = {a.region_id: a for a in self.state.accepted}
+            former = self.state.settings.get("former_splits", {})
             n_before = len(self.state.accepted)
             for i, (region, patch) in enumerate(items):
                 prop = by_prop.get(region.id)
-                split = old[region.id].split if region.id in old else self._split_for(n_before + len(records))
+                split = (old[region.id].split if region.id in old else former.get(str(region.id))
+                         or self._split_for(n_before + len(records)))
+                sampler, rank = (prop.sampler, prop.rank) if prop else ("manual", None)
+                if keep_origin and region.id in old:
+                    sampler, rank = old[region.id].sampler, old[region.id].rank
                 records.append(AcceptedRegion(
                     region.id, region.z, region.y0, region.x0, region.h, region.w,
-                    prop.sampler if prop else "manual", prop.rank if prop else None, now_iso(),
-                    self._fractions(patch), split, seq0 + i,
+                    sampler, rank, now_iso(), self._fractions(patch), split, seq0 + i,
                 ))
                 crops[region.id] = save_crop(self.folder, region.id, seq0 + i, patch)
+                self._crop_keys[(region.id, seq0 + i)] = _crop_key(patch)
+            gone = [old[int(r)] for r in drop if int(r) in old]
 
             def mutate(s: State) -> None:
-                ids = {r.region_id for r in records}
+                ids = {r.region_id for r in records} | {g.region_id for g in gone}
                 s.accepted = [a for a in s.accepted if a.region_id not in ids] + records
                 s.settings["next_seq"] = seq0 + len(records)
+                kept = s.settings.setdefault("former_splits", {})
+                for r in records:
+                    kept.pop(str(r.region_id), None)
+                for g in gone:  # a region taken back keeps its split if it is accepted again
+                    kept[str(g.region_id)] = g.split
 
             self._commit(mutate)
             for rid, rec in old.items():
-                if rid in crops:
+                if rid in crops or rec in gone:
                     crop_path(self.folder, rid, rec.seq).unlink(missing_ok=True)
             return records
+
+    # ------------------------------------------------------------------ taking back, skipping, edits
+
+    def unaccept(self, region_id: int) -> None:
+        """Take an accepted region back: its labels stay painted on the canvas, its saved crop is
+        removed, training and export no longer use it, and it can be accepted again (same split)."""
+        rec = self._record(region_id)
+        self._accept_all([], drop=[rec.region_id])
+
+    def skip(self, region_id: int) -> None:
+        """Drop a pending proposal for this round (saved); the next `propose` starts a new round."""
+        rid = int(region_id)
+        if rid not in {p.region_id for p in self.pending_proposals}:
+            why = "it is accepted (unaccept it instead)" if self.is_accepted(rid) else (
+                "it was skipped already" if rid in self.state.skipped else "it is not among the current proposals")
+            raise PaserInputError(f"cannot skip region {rid}: {why}")
+        self._commit(lambda s: s.skipped.append(rid))
+
+    def edited_regions(self) -> list[int]:
+        """Accepted regions whose canvas pixels differ from their saved (accepted) crop: painted
+        over since they were accepted. `accept_edits` saves them; until then training uses the
+        accepted crop while the canvas (and a full-volume export) shows the edits."""
+        edited = []
+        by_z: dict[int, list[AcceptedRegion]] = {}
+        for rec in self.state.accepted:
+            by_z.setdefault(rec.z, []).append(rec)
+        for z, recs in sorted(by_z.items()):
+            y0, x0 = min(r.y0 for r in recs), min(r.x0 for r in recs)
+            y1, x1 = max(r.y0 + r.h for r in recs), max(r.x0 + r.w for r in recs)
+            window = np.asarray(self.labels[self._ix(z, slice(y0, y1), slice(x0, x1))])
+            for rec in recs:
+                canvas = window[rec.y0 - y0:rec.y0 - y0 + rec.h, rec.x0 - x0:rec.x0 - x0 + rec.w]
+                if _crop_key(canvas) != self._saved_key(rec):
+                    edited.append(rec.region_id)
+        return sorted(edited)
+
+    def _saved_key(self, rec: AcceptedRegion) -> bytes:
+        """A digest of a region's saved crop, remembered per (region, seq): crops never change in place."""
+        key = (rec.region_id, rec.seq)
+        if key not in self._crop_keys:
+            self._crop_keys[key] = _crop_key(load_crop(self.folder, rec.region_id, rec.seq))
+        return self._crop_keys[key]
+
+    def accept_edits(self, region_ids: Iterable[int] | None = None) -> list[AcceptedRegion]:
+        """Save the canvas of edited accepted regions (all `edited_regions()` by default) as their
+        accepted labels, in one commit, so training and export agree with what is painted.
+
+        A region keeps its sampler, rank and split. A region whose pixels were all erased is
+        taken back (`unaccept`): there is nothing left to accept. Returns the re-saved records.
+        """
+        with self._lock:
+            ids = self.edited_regions() if region_ids is None else [self._record(r).region_id for r in region_ids]
+            items, erased = [], []
+            for region in self.pool.regions(np.array(ids, dtype=np.int64)) if ids else []:
+                patch = self._patch(region, None)
+                if patch.any():
+                    items.append((region, patch))
+                else:
+                    erased.append(region.id)
+            if not items and not erased:
+                return []
+            return self._accept_all(items, keep_origin=True, drop=erased)
 
     def _split_for(self, index: int) -> str:
         every = int(self.state.settings.get("val_every", 0))
@@ -684,23 +875,64 @@ class Session:
 
     # ------------------------------------------------------------------ export
 
-    def export(self, out: str | Path, full_volume: bool = False, fmt: str = "tiff") -> Path:
-        """Write the labeled set (crops + manifest, optionally the label volume); see `export`."""
+    def export(self, out: str | Path, full_volume: bool = False, fmt: str = "tiff", edits: str = "refuse") -> Path:
+        """Write the labeled set (crops + manifest, optionally the label volume); see `export`.
+
+        edits: what to do with accepted regions edited since accepted (`edited_regions`):
+        "refuse" (default: PaserInputError naming them), "accept" (`accept_edits` first), or
+        "keep" (export the accepted crops as they are; the manifest lists the edited regions).
+        """
         from napari_paser.data.export import export_session
 
-        return export_session(self, out, full_volume=full_volume, fmt=fmt)
+        return export_session(self, out, full_volume=full_volume, fmt=fmt, edits=edits)
 
 
-class _CanvasClasses:
-    """(Z, H, W) class indices of the canvas, read per index (255 where not labeled), for the DQN."""
+READ_ONLY_REFUSES = ("propose", "accept", "accept_painted", "unaccept", "skip", "accept_edits", "sync_labels",
+                     "load_models", "load_policy", "new_models", "compute_maps", "retrain")
+"""The methods a read-only (or closed) session refuses with a PaserInputError (`_commit` refuses any other)."""
 
-    def __init__(self, session: Session) -> None:
-        self.session, self.shape = session, session.pool.shape
 
-    def __getitem__(self, index):
-        data = np.asarray(self.session.labels[self.session._ix(*index)])
-        classes, mask = layer_to_classes(data)
-        return np.where(mask, classes, UNLABELED)
+def _refused_when_read_only(name: str, method: Callable) -> Callable:
+    @functools.wraps(method)
+    def guarded(self: Session, *args, **kwargs):
+        self._check_writable(name.replace("_", " "))
+        return method(self, *args, **kwargs)
+
+    return guarded
+
+
+for _name in READ_ONLY_REFUSES:
+    if hasattr(Session, _name):
+        setattr(Session, _name, _refused_when_read_only(_name, getattr(Session, _name)))
+
+
+def _crop_key(crop: np.ndarray) -> bytes:
+    crop = np.ascontiguousarray(crop, dtype=np.uint8)
+    return hashlib.blake2b(crop.tobytes() + str(crop.shape).encode(), digest_size=16).digest()
+
+
+def _repair_records(folder: Path, state: State) -> list[str]:
+    """Point accepted records at a crop that exists, and forget models whose file is gone (a
+    session.json restored from its backup may name files the last commit replaced)."""
+    notes = []
+    for rec in list(state.accepted):
+        if crop_path(folder, rec.region_id, rec.seq).is_file():
+            continue
+        seqs = crops_of(folder, rec.region_id)
+        if seqs:
+            rec.seq = seqs[-1]
+            notes.append(f"region {rec.region_id}'s labels file was replaced; using its newest saved labels")
+        else:
+            state.accepted.remove(rec)
+            notes.append(f"region {rec.region_id}'s labels file is missing: it is no longer accepted (its labels "
+                         "are still painted on the canvas: accept it again)")
+    if state.accepted:
+        state.settings["next_seq"] = max(int(state.settings.get("next_seq", 0)), max(r.seq for r in state.accepted) + 1)
+    for role, info in list(state.models.items()):
+        if not (folder / info["file"]).is_file():
+            del state.models[role]
+            notes.append(f"the {role} model file {info['file']} is missing: load a run folder or start from scratch")
+    return notes
 
 
 def _plain(value):

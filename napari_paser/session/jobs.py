@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from learners.lr_agent import LRAgent
-from learners.training import UNLABELED, EpochReport, StepReport, TrainConfig, TrainResult, iter_training
+from learners.training import IGNORE_INDEX, EpochReport, StepReport, TrainConfig, TrainResult, iter_training
 from learners.unet import UNet
 from napari_paser.data.dataset import normalise
 from napari_paser.data.labels_convention import layer_to_classes
@@ -50,9 +50,9 @@ class RetrainResult:
 def training_data(session) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train images, train labels, val images, val labels) of the accepted regions.
 
-    Images are normalised crops; labels are class indices with UNLABELED (255) where
+    Images are normalised crops; labels are class indices with IGNORE_INDEX (255) where
     unpainted. Border regions smaller than the region size are padded (edge values,
-    UNLABELED labels) so every crop has the region size and they stack into one batch.
+    IGNORE_INDEX labels) so every crop has the region size and they stack into one batch.
     """
     parts = {"train": ([], []), "val": ([], [])}
     lo, hi, (sh, sw) = session.state.image["lo"], session.state.image["hi"], session.pool.size
@@ -60,10 +60,10 @@ def training_data(session) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         region = session.pool.region(rec.region_id)
         img = normalise(session.raw_crop(region), lo, hi)
         classes, mask = layer_to_classes(load_crop(session.folder, rec.region_id, rec.seq), n_classes=session.n_classes)
-        lab = np.where(mask, classes, UNLABELED).astype(np.uint8)
+        lab = np.where(mask, classes, IGNORE_INDEX).astype(np.uint8)
         pad = ((0, sh - region.h), (0, sw - region.w))
         parts[rec.split][0].append(np.pad(img, pad, mode="edge"))
-        parts[rec.split][1].append(np.pad(lab, pad, constant_values=UNLABELED))
+        parts[rec.split][1].append(np.pad(lab, pad, constant_values=IGNORE_INDEX))
     out = []
     for split in ("train", "val"):
         x, y = parts[split]

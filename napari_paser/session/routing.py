@@ -18,7 +18,9 @@ from torch import nn
 
 from learners.grid import Grid
 from learners.routing.policy import PolicyNet
-from learners.routing.router import F0State, RoutingCost, execute_routing, f0_state, policy_probabilities
+from learners.errors import InputError
+from learners.routing.router import (F0State, RoutingCost, check_policy, execute_routing, f0_state,
+                                     policy_probabilities)
 from learners.unet import count_parameters
 from napari_paser.errors import PaserInputError
 
@@ -44,20 +46,25 @@ class SliceRouting:
         return self.routing.ravel()[grid.cell_index_map()]
 
 
-def check_policy(policy: PolicyNet, models: dict[str, nn.Module], n_classes: int, what: str) -> None:
-    """The policy must route between f0..f{m-1} of this session and read its classes."""
-    cfg = policy.config
-    if cfg.n_classes != n_classes:
-        raise PaserInputError(f"{what} reads {cfg.n_classes}-class predictions but this session has {n_classes} classes")
-    needed = [f"f{k}" for k in range(cfg.n_models)]
+def policy_models(policy: PolicyNet, models: dict[str, nn.Module], what: str) -> list[nn.Module]:
+    """The session's f0..f{m-1} that `policy` routes between, checked by `learners.routing.router.check_policy`
+    (the models' class count was checked against the session's when they were loaded)."""
+    needed = [f"f{k}" for k in range(policy.config.n_models)]
     missing = [r for r in needed if r not in models]
     if missing:
         raise PaserInputError(f"{what} routes between {', '.join(needed)} but {', '.join(missing)} are not loaded: "
                               "load the run folder the policy was trained with")
+    chosen = [models[r] for r in needed]
+    try:
+        check_policy(chosen, policy, None)
+    except InputError as exc:
+        raise PaserInputError(f"{what}: {exc}") from None
+    return chosen
 
 
 def slice_state(f0: nn.Module, image: np.ndarray, z: int, samples: int = 5) -> F0State:
-    """f0's MC-dropout prediction and entropy of one normalised slice: what every policy reads."""
+    """f0's MC-dropout prediction and entropy of one normalised slice (seed z, as its maps): what every
+    policy reads."""
     return f0_state(f0, image[None], samples, seed=z)
 
 

@@ -1,74 +1,66 @@
-"""Samplers for a session by name, and the inputs each one reads (`needs`).
+"""What a session hands the sampler registry (`sampling.registry`) when it proposes regions.
 
-Kept apart from `session.py` so the Session only asks "k regions with sampler X" and this
-module knows that TAUDIS wants region embeddings and the DQN sampler a trained agent, a
-fixed state set and the labeled classes.
+The registry builds the sampler and says what it reads; this module supplies it from the
+session's folder: f0's stored maps (only slices whose maps come from the current f0 are
+candidates), region embeddings of those slices, the painted canvas as class indices, and the
+DQN's fixed state set. The AL benchmark (`napari_paser.bench.al_sim`) supplies the same
+inputs from its simulation, through the same registry.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-import torch
+from torch import nn
 
-from learners.errors import InputError
-from learners.unet import UNet
+from learners.training import IGNORE_INDEX
+from napari_paser.data.labels_convention import layer_to_classes
+from napari_paser.errors import PaserInputError
 from sampling.base import Sampler
+from sampling.dqn import random_state_set
+from sampling.registry import gather_needs, needs_of, reads_maps, region_embeddings
 from sampling.regions import RegionPool
-from sampling.uncertainty import BaldSampler, EntropySampler, RandomSampler
-
-SAMPLERS = ("random", "entropy", "bald", "taudis", "dqn")
-"""Sampler names a session accepts; every one but "random" reads f0's maps."""
 
 
-def make_sampler(name: str, dqn_checkpoint: str | Path | None = None, **options) -> Sampler:
-    """A sampler by name; TAUDIS takes alpha/beta/sigma/measure, DQN a saved agent (`dqn_checkpoint`)."""
-    from napari_paser.errors import PaserInputError
+class CanvasClasses:
+    """(Z, H, W) class indices of a layer-convention canvas (2D or 3D), read per index, with
+    `IGNORE_INDEX` where not painted: the labeled set's classes for the DQN features."""
 
-    if name not in SAMPLERS:
-        raise PaserInputError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-    if name == "random":
-        return RandomSampler()
-    if name == "entropy":
-        return EntropySampler()
-    if name == "bald":
-        return BaldSampler()
-    if name == "taudis":
-        from sampling.taudis import TaudisSampler
+    def __init__(self, canvas, pool_shape: tuple[int, int, int]) -> None:
+        self.canvas, self.shape = canvas, pool_shape
 
-        return TaudisSampler(**options)
-    return _dqn_sampler(dqn_checkpoint, options.get("pool_size", 10))
+    def __getitem__(self, index):
+        index = index if len(self.canvas.shape) == 3 else index[1:]
+        classes, mask = layer_to_classes(np.asarray(self.canvas[index]))
+        return np.where(mask, classes, IGNORE_INDEX)
 
 
-def _dqn_sampler(path: str | Path | None, pool_size: int) -> Sampler:
-    from learners.query_network import DQNAgent
-    from napari_paser.errors import PaserInputError
-    from sampling.dqn import DQNSampler, FeatureSpec
+def proposal_inputs(sampler: Sampler, pool: RegionPool, fresh: Sequence[int], f0: Callable[[], nn.Module],
+                    maps: Callable[[], Mapping[str, object]], image_of: Callable[[int], np.ndarray],
+                    canvas, n_classes: int) -> tuple[np.ndarray, dict]:
+    """(candidate ids, needs) for `sampler.select` in a session.
 
-    if path is None:
-        raise PaserInputError("the DQN sampler needs a trained agent: pass dqn_checkpoint= (a query-network .pt file)")
-    agent = DQNAgent.load(path)
-    if "features" not in agent.meta:
-        raise PaserInputError(f"{path} has no feature sizes in its meta ('features'); save the agent with them")
-    return DQNSampler(agent, FeatureSpec.from_dict(agent.meta["features"]), pool_size=pool_size)
-
-
-def dqn_state_ids(pool: RegionPool, allowed: np.ndarray, n: int) -> np.ndarray:
-    """The DQN's fixed state set: n regions drawn with a fixed seed among `allowed` ids."""
-    if allowed.size < n:
-        raise InputError(f"the DQN agent needs a state set of {n} regions; compute maps on more slices first")
-    return np.sort(np.random.default_rng(0).choice(allowed, n, replace=False))
-
-
-@torch.no_grad()
-def slice_embeddings(model: UNet, image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(cells, F) region embeddings of one slice: f0's decoder features averaged per region."""
-    was = model.training
-    model.eval()
-    try:
-        feats = model.features(torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None])[0].numpy()
-    finally:
-        model.train(was)
-    return RegionPool(image.shape, size).embed(feats)
-
+    `fresh`: slices whose maps come from the current f0; `maps()` -> the (Z, H, W) map arrays;
+    `image_of(z)`: normalised slice z; `canvas`: the labels array (layer convention).
+    """
+    candidates = pool.candidates()
+    if not reads_maps(sampler):
+        return candidates, gather_needs(needs_of(sampler), pool)
+    model = f0()
+    if not fresh:
+        raise PaserInputError(
+            f"the {sampler.name} sampler reads f0's uncertainty maps and none are current: compute maps (slice or "
+            "volume) first, or use the random sampler"
+        )
+    sampler.check_classes(n_classes)
+    candidates = candidates[np.isin(pool.z_of(candidates), fresh)]
+    want = needs_of(sampler)
+    state_ids = None
+    if "state_ids" in want:  # the DQN's state set: held out of the candidates (RALIS keeps D_S apart)
+        allowed = np.concatenate([pool.slice_ids(z) for z in fresh])
+        state_ids = random_state_set(allowed, sampler.spec.state_regions)
+        candidates = candidates[~np.isin(candidates, state_ids)]
+    needs = gather_needs(want, pool, maps=maps, embeddings=lambda: region_embeddings(model, pool, image_of, fresh),
+                         labels=lambda: CanvasClasses(canvas, pool.shape), state_ids=lambda: state_ids)
+    return candidates, needs

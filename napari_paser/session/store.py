@@ -12,15 +12,25 @@ A session folder holds
                      atomically before session.json names it: the authoritative labeled set
     models/<role>-<version>.pt  checkpoints; session.json names the current file of each role
 
+    session.json.bak the previous commit's session.json (a hard link to it, so no copy), kept at
+                     every commit: a damaged session.json is restored from it on open
+    session.lock     the holder of the folder (see `session.lock`)
+
 Every file is written through a temporary file and a rename (zarr 3's LocalStore writes chunks
 that way too), and session.json is written last, so a crash at any moment leaves the last
-complete state: files that session.json does not name are ignored and overwritten later.
+complete state: files that session.json does not name are ignored and overwritten later, and
+temporary files a kill left behind are removed on the next open (`clean_temp_files`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import re
+import secrets
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,14 +38,17 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from learners.atomic import atomic_path, atomic_write_text
+from learners.atomic import atomic_path, atomic_write_bytes, is_temp_name
 from napari_paser.errors import PaserInputError
+from napari_paser.session.lock import LOCK_FILE
 
 FORMAT = "napari-paser/session"
 VERSION = 1
 STATE_FILE = "session.json"
+BACKUP_FILE = "session.json.bak"
 IMAGE, LABELS, MAPS, REGIONS, MODELS = "image.zarr", "labels.zarr", "maps.zarr", "regions", "models"
-OWN_NAMES = {STATE_FILE, IMAGE, LABELS, MAPS, REGIONS, MODELS}
+OWN_NAMES = {STATE_FILE, BACKUP_FILE, LOCK_FILE, IMAGE, LABELS, MAPS, REGIONS, MODELS}
+_ZARR_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr LocalStore's temporary chunk files
 CHUNK = 512  # chunk edge in y and x; one slice per chunk in z
 
 DEFAULT_CLASSES = ("pore", "binder", "active")
@@ -138,6 +151,7 @@ class State:
     curve: list[CurvePoint] = field(default_factory=list)
     lr_agents: dict[str, dict] = field(default_factory=dict)
     created: str = ""
+    skipped: list[int] = field(default_factory=list)  # proposals skipped this round (cleared by propose)
 
     def to_json(self) -> str:
         data = {"format": FORMAT, "version": VERSION, **asdict(self)}
@@ -146,16 +160,22 @@ class State:
         return json.dumps(_clean(data), indent=1)
 
     @classmethod
-    def from_json(cls, text: str, source: Path) -> State:
+    def from_json(cls, text: str | bytes, source: Path) -> State:
+        """Parse session.json; a damaged file (not JSON, binary, keys missing) is a DamagedStateError."""
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PaserInputError(f"{source} is not valid JSON ({exc}); restore it from a backup") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DamagedStateError(f"{source} is not valid JSON ({exc}); restore it from a backup") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise PaserInputError(f"{source} is not a napari-paser session file (no '{FORMAT}' tag)")
+            raise DamagedStateError(f"{source} is not a napari-paser session file (no '{FORMAT}' tag)")
         if data.get("version", 0) > VERSION:
             raise PaserInputError(f"{source} has session version {data['version']}; upgrade napari-paser to open it")
         try:
+            for part, keys in (("image", ("shape", "dtype", "lo", "hi")), ("pool", ("shape", "size")),
+                               ("settings", ("region_size",))):
+                missing = [k for k in keys if k not in data[part]]
+                if missing:
+                    raise KeyError(f"{part}.{missing[0]}")
             return cls(
                 image=data["image"], classes=ClassSpec(tuple(data["classes"]["names"]), tuple(data["classes"]["colors"])),
                 pool=data["pool"], settings=data["settings"],
@@ -164,10 +184,14 @@ class State:
                 proposal_request=data.get("proposal_request"), models=data.get("models", {}),
                 model_version=int(data.get("model_version", 0)), maps=dict(data.get("maps", {})),
                 curve=[CurvePoint(**c) for c in data.get("curve", [])], lr_agents=data.get("lr_agents", {}),
-                created=data.get("created", ""),
+                created=data.get("created", ""), skipped=[int(r) for r in data.get("skipped", [])],
             )
-        except (KeyError, TypeError) as exc:
-            raise PaserInputError(f"{source} is damaged or incomplete ({exc!r}); restore it from a backup") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DamagedStateError(f"{source} is damaged or incomplete ({exc!r}); restore it from a backup") from None
+
+
+class DamagedStateError(PaserInputError):
+    """session.json cannot be read as a session (not JSON, binary bytes, keys missing)."""
 
 
 def _clean(value):
@@ -205,18 +229,121 @@ def check_new_folder(folder: Path) -> None:
 
 
 def read_state(folder: Path) -> State:
+    return load_state(folder, restore=False).state
+
+
+@dataclass
+class LoadedState:
+    """A state as read from a folder: its digest (to notice another writer) and what was repaired."""
+
+    state: State
+    digest: str | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_state(folder: Path, restore: bool) -> LoadedState:
+    """Read session.json; a damaged one is replaced by the backup of the previous commit, with a warning.
+
+    With `restore` the damaged file is moved aside (session.json.damaged-<time>) and the backup
+    written in its place; without (read-only), the backup is only read.
+    """
     path = folder / STATE_FILE
-    if not path.is_file():
+    if not path.is_file() and not (folder / BACKUP_FILE).is_file():
         raise PaserInputError(
             f"{folder} is not a labeling session (no {STATE_FILE}); create one with Session.create "
             "(or the Start session button)"
         )
-    return State.from_json(path.read_text(encoding="utf-8"), path)
+    data = path.read_bytes() if path.is_file() else b""
+    try:
+        return LoadedState(State.from_json(data, path), digest(data))
+    except DamagedStateError as exc:
+        damage = str(exc).split(";")[0] if data else f"{path} is missing"
+    backup = folder / BACKUP_FILE
+    try:
+        saved = backup.read_bytes()
+        state = State.from_json(saved, backup)
+    except (OSError, DamagedStateError):
+        raise PaserInputError(f"{damage}, and there is no readable backup ({BACKUP_FILE}) to restore it from: "
+                              "restore the session folder from your own backup") from None
+    note = f"{damage}: restored the previous commit from {BACKUP_FILE} (the last change before the damage is lost)"
+    if not restore:
+        return LoadedState(state, None, [note + "; opened read-only, nothing was changed on disk"])
+    if data:
+        aside = folder / f"{STATE_FILE}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+        os.replace(path, aside)
+        note += f"; the damaged file is kept as {aside.name}"
+    atomic_write_bytes(path, saved)
+    return LoadedState(state, digest(saved), [note])
 
 
-def write_state(folder: Path, state: State) -> None:
-    """The commit point: everything session.json names must already be on disk."""
-    atomic_write_text(folder / STATE_FILE, state.to_json())
+def write_state(folder: Path, state: State) -> str:
+    """The commit point: everything session.json names must already be on disk. The file it
+    replaces becomes session.json.bak. Returns the digest of what was written."""
+    data = state.to_json().encode("utf-8")
+    keep_backup(folder)
+    atomic_write_bytes(folder / STATE_FILE, data)
+    return digest(data)
+
+
+def keep_backup(folder: Path) -> None:
+    """session.json -> session.json.bak, as a hard link (a copy where links are not supported)."""
+    current = folder / STATE_FILE
+    if not current.is_file():
+        return
+    tmp = folder / f".{BACKUP_FILE}.{secrets.token_hex(6)}.tmp"
+    try:
+        os.link(current, tmp)
+    except OSError:
+        shutil.copyfile(current, tmp)
+    try:
+        os.replace(tmp, folder / BACKUP_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def state_digest(folder: Path) -> str | None:
+    """The digest of session.json as it is on disk now (None when it is missing)."""
+    try:
+        return digest((folder / STATE_FILE).read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+def clean_temp_files(folder: Path) -> int:
+    """Remove the temporary files a kill left in the folder (ours and zarr's); returns how many."""
+    removed = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            if is_temp_name(name) or _ZARR_PARTIAL.search(name):
+                try:
+                    os.unlink(os.path.join(root, name))
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
+
+
+def check_arrays(folder: Path, expected: dict[str, tuple[tuple[int, ...], np.dtype]], arrays: dict) -> None:
+    """Each array must have the shape and dtype session.json records; one line says which does not."""
+    for name, (shape, dtype) in expected.items():
+        arr = arrays[name]
+        got_shape, got_dtype = tuple(int(s) for s in arr.shape), np.dtype(arr.dtype)
+        if got_shape != tuple(shape) or got_dtype != np.dtype(dtype):
+            raise PaserInputError(
+                f"session {folder}: {name} has shape {got_shape} and dtype {got_dtype} but session.json records "
+                f"shape {tuple(shape)} and dtype {np.dtype(dtype)}: the folder's files do not belong together; "
+                f"restore {name} from a copy of this session folder, or create a new session"
+            )
+
+
+def crops_of(folder: Path, region_id: int) -> list[int]:
+    """The seqs of the saved crops of a region, oldest first."""
+    return sorted(int(p.stem.split("-")[1]) for p in (folder / REGIONS).glob(f"{int(region_id)}-*.npy")
+                  if p.stem.split("-")[1].isdigit())
 
 
 def chunks_for(shape: tuple[int, ...]) -> tuple[int, ...]:

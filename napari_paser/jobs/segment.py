@@ -1,0 +1,470 @@
+"""`paser segment`: a whole volume, blockwise, on dask.distributed, into a resumable OME-Zarr.
+
+A volume of 1000-2000 slices of 2000^2 pixels does not fit in memory as float32, and PaSeR
+only saves time at that size, so the job never holds the volume: it is cut into blocks of one
+slice by `tile` x `tile` pixels, each block is read with a halo (f0's receptive field, so f0's
+maps inside the block equal the whole-slice maps), normalised by the volume's robust
+percentiles (estimated once on a sample of chunks, stored with the job), and segmented:
+
+    maps   f0's MC-dropout mean prediction, entropy and BALD (routing map: f0 everywhere)
+    route  PaSeR: f0's prediction and entropy feed the policy, which sends each patch of the
+           tile (the policy's grid over the tile, e.g. 4 x 4 patches of 128 px for --tile 512)
+           to f0..fm; only the chosen models run (`learners.routing.router`)
+    f2     the largest model on every patch (the baseline PaSeR saves compute against)
+
+Blocks run as tasks on dask.distributed: a LocalCluster of `workers` processes, an existing
+cluster (`scheduler` address; dask-jobqueue starts one on SLURM/PBS/LSF), or in this process
+(`workers=0`). Each worker process loads the models once (`_worker_models`, cached per run,
+mode, device and thread) and sets its torch threads. Each block writes its chunks of the
+output and then a marker file; a rerun of the same job skips marked blocks, so an interrupted
+or killed job resumes where it stopped and ends with the output an uninterrupted run gives
+(MC dropout is seeded by the block index). A worker that dies mid-block has its blocks
+rescheduled by dask.
+
+Output (OME-Zarr, NGFF 0.4, zarr format 2): OUT.zarr/segmentation/0 (uint8 class indices),
+entropy/0 and bald/0 (float32 nats; not in f2 mode), routing/0 (uint8 model index per pixel),
+each an NGFF image group; OUT.zarr's attributes hold the provenance under "paser" (run,
+lambda, GFLOPs spent, f2-everywhere GFLOPs, normalisation, ...).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shlex
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from learners.atomic import atomic_write_text
+from learners.device import pick_device
+from learners.flops import image_flops
+from learners.grid import Grid
+from learners.routing.router import F0State, execute_routing, policy_probabilities
+from learners.uncertainty import uncertainty_maps
+from napari_paser.data.dataset import normalise
+from napari_paser.data.volumes import cached_volume, ngff_attrs, open_volume
+from napari_paser.errors import PaserInputError
+
+MODES = ("maps", "route", "f2")
+JOB_DIR = ".paser"
+JOB_FILE = "job.json"
+DONE_DIR = "done"
+FORMAT = "napari-paser/segment"
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+@dataclass(frozen=True)
+class SegmentJob:
+    """What defines one segmentation job; a rerun with the same fields resumes it."""
+
+    run: str  # resolved run folder
+    image: str  # volume spec (see napari_paser.data.volumes)
+    out: str  # resolved output .zarr folder
+    what: str  # maps | route | f2
+    lam: float | None  # the policy's lambda (route), as chosen from the bank
+    tile: int
+    halo: int
+    samples: int
+    seed: int
+    shape: tuple[int, int, int]
+    lo: float  # normalisation, estimated once and kept so a resumed job normalises the same
+    hi: float
+    grid: tuple[int, int]  # routing grid per tile
+    n_classes: int
+
+    def identity(self) -> dict:
+        """The fields a rerun must match to resume (normalisation is read from the job, not compared)."""
+        d = asdict(self)
+        for k in ("lo", "hi"):
+            d.pop(k)
+        d["shape"], d["grid"] = list(self.shape), list(self.grid)
+        return d
+
+
+@dataclass(frozen=True)
+class Block:
+    """One slice's tile: index (also the MC-dropout seed offset) and its box in the volume."""
+
+    index: int
+    z: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def name(self) -> str:
+        return f"z{self.z}-y{self.y0}-x{self.x0}"
+
+
+def plan_blocks(shape: tuple[int, int, int], tile: int) -> list[Block]:
+    """Blocks of (1, tile, tile) covering the volume, z-major; edge tiles are clipped."""
+    nz, ny, nx = shape
+    g = Grid((ny, nx), (tile, tile))
+    out = []
+    for z in range(nz):
+        for b in g.boxes():
+            out.append(Block(len(out), z, b.y0, b.y0 + b.h, b.x0, b.x0 + b.w))
+    return out
+
+
+def receptive_halo(model: torch.nn.Module) -> int:
+    """Pixels of context f0 needs on each side for exact tiled maps, a multiple of 2**depth.
+
+    Two 3x3 convolutions per UNet level (radius 2 * 2**level), a max-pool and a bilinear
+    upsampling per level change (up to 2**level each), summed over encoder and decoder.
+    """
+    depth = len(getattr(model, "downs", ())) or 4
+    enc = sum(2 * 2**lv + 2**lv for lv in range(depth + 1))
+    dec = sum(2 * 2**lv + 2**lv for lv in range(depth))
+    step = 2**depth
+    return -(-(enc + dec) // step) * step
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+@dataclass
+class WorkerModels:
+    models: list  # f0..fm on the worker's device (maps: f0 only)
+    policy: torch.nn.Module | None
+    device: torch.device
+
+
+@functools.lru_cache(maxsize=4)
+def _worker_models(run: str, what: str, lam: float | None, device: str, threads: int, thread_id: int) -> WorkerModels:
+    """Load the job's models once per worker process (and thread: modules toggle their modes
+    during MC dropout, so threads must not share them); set torch's threads."""
+    from learners.checkpoint import load_checkpoint
+    from napari_paser.jobs.policy import load_run_models
+    from napari_paser.jobs.predict import run_policy
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    dev = pick_device(device)
+    run_path = Path(run)
+    policy = None
+    if what == "maps":
+        models = [load_checkpoint(run_path / "f0.pt").model]
+    else:
+        n_classes = load_checkpoint(run_path / "f0.pt").config.n_classes
+        models = load_run_models(run_path, n_classes)
+        if what == "route":
+            _, policy = run_policy(run_path, lam)
+            models = models[: policy.config.n_models]
+            policy = policy.to(dev).eval()
+    return WorkerModels([m.to(dev).eval() for m in models], policy, dev)
+
+
+def process_block(job: SegmentJob, block: Block, device: str = "auto", threads: int = 0) -> dict:
+    """Segment one block, write its chunks, then its marker; return {part: FLOPs}. Idempotent."""
+    marker = _marker(job.out, block)
+    if marker.is_file():
+        return json.loads(marker.read_text())["flops"]
+    wm = _worker_models(job.run, job.what, job.lam, device, threads, threading.get_ident())
+    with torch.no_grad():
+        arrays, flops = _segment_block(job, block, wm)
+    root = _open_out(job.out)
+    box = (slice(block.z, block.z + 1), slice(block.y0, block.y1), slice(block.x0, block.x1))
+    for name, arr in arrays.items():
+        root[name]["0"][box] = arr[None]
+    atomic_write_text(marker, json.dumps({"block": block.index, "flops": flops}))
+    return flops
+
+
+def _segment_block(job: SegmentJob, block: Block, wm: WorkerModels) -> tuple[dict, dict]:
+    vol = cached_volume(job.image)
+    ny, nx = job.shape[1:]
+    halo = job.halo if job.what != "f2" else 0
+    hy0, hy1 = max(block.y0 - halo, 0), min(block.y1 + halo, ny)
+    hx0, hx1 = max(block.x0 - halo, 0), min(block.x1 + halo, nx)
+    raw = vol.read(slice(block.z, block.z + 1), slice(hy0, hy1), slice(hx0, hx1))[0]
+    image = normalise(raw, job.lo, job.hi)
+    inner = (slice(block.y0 - hy0, block.y1 - hy0), slice(block.x0 - hx0, block.x1 - hx0))
+    h, w = block.y1 - block.y0, block.x1 - block.x0
+    seed = job.seed + block.index
+    out: dict[str, np.ndarray] = {}
+    flops: dict[str, int] = {}
+    f0 = wm.models[0]
+    if job.what in ("maps", "route"):
+        maps = uncertainty_maps(f0, image, samples=job.samples, seed=seed)
+        flops["f0"] = job.samples * image_flops(f0, *image.shape)
+        out["segmentation"] = maps.prediction[inner]
+        out["entropy"] = maps.entropy[inner]
+        if job.what == "maps":
+            out["bald"] = maps.bald[inner]
+            out["routing"] = np.zeros((h, w), np.uint8)
+            return out, flops
+    tile_img = _pad_to(image[inner], job.tile)
+    if job.what == "route":
+        pred = _pad_to(out["segmentation"], job.tile)
+        ent = _pad_to(out["entropy"], job.tile)
+        state = F0State(torch.from_numpy(pred)[None].to(wm.device), torch.from_numpy(ent)[None].to(wm.device),
+                        job.n_classes, job.samples)
+        actions = policy_probabilities(wm.policy, state).argmax(-1)
+    else:
+        actions = torch.full((1, job.grid[0] * job.grid[1]), len(wm.models) - 1, dtype=torch.long)
+        state = None
+    result = execute_routing(wm.models, tile_img[None], actions.cpu(), job.grid, state, job.samples, seed,
+                             policy=wm.policy)
+    routed = {k: int(v) for k, v in result.flops.items() if k != "f0"}
+    flops.update(routed)
+    cells = Grid.divide(job.tile, job.tile, *job.grid).cell
+    routing = np.repeat(np.repeat(result.routing[0], cells[0], 0), cells[1], 1)[:h, :w]
+    out["segmentation"] = result.segmentation[0][:h, :w]
+    out["routing"] = routing.astype(np.uint8)
+    return out, flops
+
+
+def _pad_to(a: np.ndarray, tile: int) -> np.ndarray:
+    """An edge tile mirrored out to tile x tile, so every tile routes at the same patch size."""
+    py, px = tile - a.shape[0], tile - a.shape[1]
+    return np.pad(a, ((0, py), (0, px)), mode="symmetric") if py or px else a
+
+
+# ----------------------------------------------------------------------------- output store
+
+
+def _marker(out: str, block: Block) -> Path:
+    return Path(out) / JOB_DIR / DONE_DIR / f"{block.name}.json"
+
+
+def _open_out(out: str):
+    import zarr
+
+    return zarr.open_group(out, mode="r+")
+
+
+def arrays_of(what: str) -> dict[str, str]:
+    """{array name: dtype} the job writes."""
+    names = {"segmentation": "uint8", "routing": "uint8"}
+    if what in ("maps", "route"):
+        names["entropy"] = "float32"
+    if what == "maps":
+        names["bald"] = "float32"
+    return names
+
+
+def _create_output(job: SegmentJob) -> None:
+    import zarr
+
+    root = zarr.open_group(job.out, mode="w", zarr_format=2)
+    for name, dtype in arrays_of(job.what).items():
+        group = root.create_group(name)
+        group.attrs.update(ngff_attrs(name))
+        fill = np.nan if dtype == "float32" else 0
+        group.create_array("0", shape=job.shape, chunks=(1, job.tile, job.tile), dtype=dtype, fill_value=fill)
+    root.attrs["paser"] = {"format": FORMAT, "complete": False, "images": list(arrays_of(job.what))}
+    state = root.create_group(JOB_DIR)  # zarr groups, so zarr readers do not warn about foreign folders
+    state.create_group(DONE_DIR)
+    atomic_write_text(Path(job.out) / JOB_DIR / JOB_FILE, json.dumps({**asdict(job), "format": FORMAT}, indent=2))
+
+
+def _previous_job(out: Path) -> dict | None:
+    """The job.json of an earlier run in `out`, None if `out` does not exist; an error if `out` is
+    something else (never overwrite what this job did not write)."""
+    if not out.exists():
+        return None
+    path = out / JOB_DIR / JOB_FILE
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != FORMAT:
+            raise ValueError
+        return data
+    except (OSError, ValueError):
+        raise PaserInputError(f"{out} exists and is not a previous `paser segment` output: choose another --out "
+                              "or delete it") from None
+
+
+def _resume_or_refuse(job: SegmentJob, previous: dict) -> SegmentJob:
+    prev = SegmentJob(**{k: (tuple(v) if k in ("shape", "grid") else v)
+                         for k, v in previous.items() if k in SegmentJob.__dataclass_fields__})
+    mine, theirs = job.identity(), prev.identity()
+    diff = [k for k in mine if mine[k] != theirs[k]]
+    if diff:
+        k = diff[0]
+        raise PaserInputError(f"{job.out} holds a different segmentation job ({k} {theirs[k]!r} there, {mine[k]!r} "
+                              "now): rerun the original command to finish it, or choose another --out")
+    return prev  # keeps the stored normalisation
+
+
+# ----------------------------------------------------------------------------- planning the job
+
+
+def plan_job(run: str | Path, image: str | Path, out: str | Path, what: str = "route", lam: float | None = None,
+             tile: int = 512, samples: int = 5, seed: int = 0) -> tuple[SegmentJob, bool]:
+    """(job, resumed): check the inputs, estimate the normalisation, create or reopen the output."""
+    from learners.checkpoint import load_checkpoint
+
+    if what not in MODES:
+        raise PaserInputError(f"--what {what!r}: choose one of {', '.join(MODES)}")
+    run = Path(run).resolve()
+    f0 = load_checkpoint(run / "f0.pt").model
+    depth_step = 2 ** len(f0.downs)
+    if tile < 16 or tile % depth_step:
+        raise PaserInputError(f"--tile {tile}: use a multiple of {depth_step} (f0's downsampling), at least 16")
+    if samples < 1:
+        raise PaserInputError("--samples must be at least 1")
+    volume = open_volume(image)
+    lam_chosen, grid = None, (4, 4)
+    if what == "route":
+        from napari_paser.jobs.predict import run_policy
+
+        lam_chosen, policy = run_policy(run, lam)
+        grid = tuple(policy.config.grid)
+    elif what == "f2":
+        from napari_paser.jobs.train import GRID
+
+        grid = tuple(GRID)
+        if not (run / "f1.pt").is_file():
+            raise PaserInputError(f"{run} has no f1.pt/f2.pt: --what f2 needs the larger models of `paser train`")
+    if tile % grid[0] or tile % grid[1]:
+        raise PaserInputError(f"--tile {tile} must be divisible by the routing grid {grid[0]}x{grid[1]}")
+    out = Path(out).resolve()
+    previous = _previous_job(out)
+    job = SegmentJob(str(run), volume.spec, str(out), what, lam_chosen, int(tile), receptive_halo(f0), int(samples),
+                     int(seed), volume.shape, 0.0, 1.0, grid, int(f0.config.n_classes))
+    if previous is not None:
+        return _resume_or_refuse(job, previous), True
+    lo, hi = volume.intensity_range()
+    job = SegmentJob(**{**asdict(job), "lo": lo, "hi": hi})
+    _create_output(job)
+    return job, False
+
+
+def f2_everywhere_flops(job: SegmentJob, n_blocks: int) -> int:
+    """FLOPs of the largest model on every patch of every (padded) tile: the cost PaSeR saves against."""
+    from learners.checkpoint import load_checkpoint
+
+    roles = sorted(p.stem for p in Path(job.run).glob("f[0-9].pt"))
+    largest = load_checkpoint(Path(job.run) / f"{roles[-1]}.pt").model
+    ch, cw = Grid.divide(job.tile, job.tile, *job.grid).cell
+    return n_blocks * job.grid[0] * job.grid[1] * image_flops(largest, ch, cw)
+
+
+# ----------------------------------------------------------------------------- running it
+
+
+@dataclass
+class SegmentSummary:
+    out: str
+    what: str
+    blocks: int
+    done_before: int
+    seconds: float
+    gflops: float
+    f2_everywhere_gflops: float
+    flops: dict = field(default_factory=dict)
+
+    def line(self) -> str:
+        share = self.gflops / self.f2_everywhere_gflops if self.f2_everywhere_gflops else float("nan")
+        resumed = f" ({self.done_before} already done)" if self.done_before else ""
+        return (f"segmented {self.blocks} blocks{resumed} in {self.seconds:.1f} s ({self.what}): "
+                f"{self.gflops:.1f} GFLOPs, {share:.0%} of the largest model everywhere; output in {self.out}")
+
+
+def segment_volume(run: str | Path, image: str | Path, out: str | Path, what: str = "route", lam: float | None = None,
+                   tile: int = 512, workers: int = 1, scheduler: str | None = None, device: str = "auto",
+                   samples: int = 5, seed: int = 0, threads: int | None = None, progress: bool = True,
+                   processes: bool = True, max_blocks: int | None = None) -> SegmentSummary:
+    """Run (or resume) the job; see the module doc. `max_blocks` stops after that many new blocks
+    (to test resuming); `processes=False` runs a LocalCluster's workers as threads."""
+    started = time.perf_counter()
+    pick_device(device)  # a device this machine lacks fails here, before any worker starts
+    job, _ = plan_job(run, image, out, what, lam, tile, samples, seed)
+    blocks = plan_blocks(job.shape, job.tile)
+    todo = [b for b in blocks if not _marker(job.out, b).is_file()]
+    done_before = len(blocks) - len(todo)
+    if max_blocks is not None:
+        todo = todo[:max_blocks]
+    with tqdm(total=len(blocks), initial=done_before, desc=f"segment ({what})", unit="block",
+              disable=not progress, smoothing=0.1) as bar:
+        for _ in _run_blocks(job, todo, workers, scheduler, device, threads, processes):
+            bar.update(1)
+    finished = all(_marker(job.out, b).is_file() for b in blocks)
+    flops = _sum_flops(job, blocks)
+    f2_all = f2_everywhere_flops(job, len(blocks))
+    _write_provenance(job, blocks, flops, f2_all, finished)
+    return SegmentSummary(job.out, what, len(blocks), done_before, time.perf_counter() - started,
+                          sum(flops.values()) / 1e9, f2_all / 1e9, flops)
+
+
+def _run_blocks(job, todo, workers, scheduler, device, threads, processes) -> Iterator[dict]:
+    if not todo:
+        return
+    if scheduler is None and workers == 0:
+        t = threads or 0
+        for b in todo:
+            yield process_block(job, b, device, t)
+        return
+    yield from _run_distributed(job, todo, workers, scheduler, device, threads, processes)
+
+
+def _run_distributed(job, todo, workers, scheduler, device, threads, processes) -> Iterator[dict]:
+    import logging
+
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout="5s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise PaserInputError(f"cannot reach the dask scheduler at {scheduler} ({type(exc).__name__}): start one "
+                                  "(`dask scheduler`) or check the address, e.g. tcp://HOST:8786") from None
+        per_worker = threads or 0  # 0: the worker keeps torch's default (its cores)
+    else:
+        if workers < 1:
+            raise PaserInputError("--workers must be at least 1 (0 runs in this process)")
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
+                               dashboard_address=None, silence_logs=logging.ERROR)
+        client = Client(cluster)
+        per_worker = threads or max(1, (os.cpu_count() or 1) // workers)
+    futures = []
+    try:
+        futures = client.map(process_block, [job] * len(todo), todo, device=device, threads=per_worker,
+                             key=[f"paser-block-{b.name}-{os.getpid()}" for b in todo], retries=2, pure=False)
+        for fut in as_completed(futures):
+            yield fut.result()
+    finally:  # Ctrl-C or an error: stop the rest; finished blocks keep their markers
+        client.cancel(futures)
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _sum_flops(job: SegmentJob, blocks: list[Block]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for b in blocks:
+        m = _marker(job.out, b)
+        if m.is_file():
+            for k, v in json.loads(m.read_text())["flops"].items():
+                total[k] = total.get(k, 0) + int(v)
+    return total
+
+
+def _write_provenance(job: SegmentJob, blocks, flops: dict, f2_all: int, finished: bool) -> None:
+    import zarr
+
+    root = zarr.open_group(job.out, mode="r+")
+    done = sum(_marker(job.out, b).is_file() for b in blocks)
+    root.attrs["paser"] = {
+        "format": FORMAT, "complete": bool(finished), "blocks": len(blocks), "blocks_done": int(done),
+        "images": list(arrays_of(job.what)), "run": job.run, "image": job.image, "what": job.what,
+        "lambda": job.lam, "tile": job.tile, "halo": job.halo, "samples": job.samples, "seed": job.seed,
+        "grid": list(job.grid), "normalisation": {"lo": job.lo, "hi": job.hi},
+        "gflops": sum(flops.values()) / 1e9, "gflops_by_model": {k: v / 1e9 for k, v in flops.items()},
+        "f2_everywhere_gflops": f2_all / 1e9,
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+    }

@@ -1,0 +1,194 @@
+"""`paser segment`: blockwise equals whole-slice, resume, LocalCluster, bad input."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+sys.path.insert(0, str(Path(__file__).parent))
+from segment_helpers import make_run, volume  # noqa: E402
+
+from learners.checkpoint import load_checkpoint  # noqa: E402
+from learners.grid import Grid  # noqa: E402
+from learners.routing.router import predict_patches  # noqa: E402
+from learners.uncertainty import uncertainty_maps  # noqa: E402
+from napari_paser.cli import main  # noqa: E402
+from napari_paser.data.dataset import normalise, robust_range  # noqa: E402
+from napari_paser.data.volumes import open_volume  # noqa: E402
+from napari_paser.jobs import segment as seg  # noqa: E402
+
+TILE = 32
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("segment")
+    v = volume((2, 96, 80))
+    tifffile.imwrite(root / "v.tif", v, photometric="minisblack")
+    return root, v, make_run(root / "run"), make_run(root / "run-nodrop", dropout=0.0)
+
+
+def _read(out):
+    g = zarr.open_group(str(out), mode="r")
+    return {k: g[k]["0"][:] for k in g.group_keys() if not k.startswith(".")}, dict(g.attrs)
+
+
+def _segment(run, image, out, what, **kw):
+    kw.setdefault("workers", 0)
+    return seg.segment_volume(run, image, out, what=what, tile=TILE, progress=False, **kw)
+
+
+def _equal(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_maps_blockwise_equal_whole_slice_maps_without_dropout(setup, tmp_path):
+    root, v, _, run = setup
+    _segment(run, root / "v.tif", tmp_path / "o.zarr", "maps")
+    out, attrs = _read(tmp_path / "o.zarr")
+    f0 = load_checkpoint(run / "f0.pt").model
+    x = normalise(v, *robust_range(v))
+    for z in range(len(v)):
+        whole = uncertainty_maps(f0, x[z], samples=2)
+        np.testing.assert_array_equal(out["segmentation"][z], whole.prediction)
+        np.testing.assert_allclose(out["entropy"][z], whole.entropy, atol=2e-5)
+        np.testing.assert_allclose(out["bald"][z], whole.bald, atol=2e-5)
+    assert not out["routing"].any()
+    p = attrs["paser"]
+    assert p["complete"] and p["what"] == "maps" and p["blocks"] == 2 * 3 * 3 and p["gflops"] > 0
+    assert attrs.get("multiscales") is None and zarr.open_group(str(tmp_path / "o.zarr/entropy")).attrs["multiscales"]
+    assert open_volume(tmp_path / "o.zarr/entropy").kind == "ome-zarr"  # NGFF image groups, readable back
+
+
+def test_f2_and_route_blockwise_equal_the_patch_models(setup, tmp_path):
+    root, v, run, _ = setup
+    outs = {w: _read(_segment(run, root / "v.tif", tmp_path / f"{w}.zarr", w).out)[0] for w in ("maps", "route", "f2")}
+    x = torch.from_numpy(normalise(v, *robust_range(v)))[:, None]
+    grid = Grid(tuple(v.shape[1:]), (TILE // 4, TILE // 4))  # the policy's 4x4 grid on each 32 px tile
+    f1 = load_checkpoint(run / "f1.pt").model
+    f1_all = grid.paste(predict_patches(f1, grid.extract(x))[:, None])[:, 0].numpy()
+    np.testing.assert_array_equal(outs["f2"]["routing"], 2)
+    f2 = load_checkpoint(run / "f2.pt").model
+    np.testing.assert_array_equal(outs["f2"]["segmentation"],
+                                  grid.paste(predict_patches(f2, grid.extract(x))[:, None])[:, 0].numpy())
+    routing = outs["route"]["routing"]
+    assert len(np.unique(routing)) >= 2  # the test policy really routes
+    for k, ref in enumerate((outs["maps"]["segmentation"], f1_all, outs["f2"]["segmentation"])):
+        np.testing.assert_array_equal(outs["route"]["segmentation"][routing == k], ref[routing == k])
+    np.testing.assert_array_equal(outs["route"]["entropy"], outs["maps"]["entropy"])  # same seeds per block
+
+
+def test_resume_finishes_only_missing_blocks_and_equals_an_uninterrupted_run(setup, tmp_path, monkeypatch):
+    root, _, run, _ = setup
+    full = _segment(run, root / "v.tif", tmp_path / "full.zarr", "route")
+    part = _segment(run, root / "v.tif", tmp_path / "part.zarr", "route", max_blocks=5)
+    assert part.done_before == 0
+    assert not _read(tmp_path / "part.zarr")[1]["paser"]["complete"]
+    done = sorted((tmp_path / "part.zarr" / seg.JOB_DIR / seg.DONE_DIR).glob("*.json"))
+    assert len(done) == 5
+    calls = []
+    real = seg._segment_block
+    monkeypatch.setattr(seg, "_segment_block", lambda *a: calls.append(a[1].index) or real(*a))
+    rest = _segment(run, root / "v.tif", tmp_path / "part.zarr", "route")
+    assert rest.done_before == 5 and len(calls) == full.blocks - 5 and not set(calls) & set(range(5))
+    a, attrs = _read(tmp_path / "part.zarr")
+    _equal(a, _read(tmp_path / "full.zarr")[0])
+    assert attrs["paser"]["complete"] and attrs["paser"]["gflops"] == pytest.approx(full.gflops)
+
+
+def test_ctrl_c_leaves_a_resumable_state(setup, tmp_path, monkeypatch):
+    root, _, run, _ = setup
+    real = seg._segment_block
+    count = []
+
+    def interrupted(*a):
+        count.append(1)
+        if len(count) == 4:
+            raise KeyboardInterrupt
+        return real(*a)
+
+    monkeypatch.setattr(seg, "_segment_block", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _segment(run, root / "v.tif", tmp_path / "o.zarr", "maps")
+    monkeypatch.setattr(seg, "_segment_block", real)
+    assert _segment(run, root / "v.tif", tmp_path / "o.zarr", "maps").done_before == 3
+    _segment(run, root / "v.tif", tmp_path / "ref.zarr", "maps")
+    _equal(_read(tmp_path / "o.zarr")[0], _read(tmp_path / "ref.zarr")[0])
+
+
+def test_local_cluster_run_equals_in_process_run(setup, tmp_path):
+    root, _, run, _ = setup
+    _segment(run, root / "v.tif", tmp_path / "here.zarr", "route", workers=0)
+    _segment(run, root / "v.tif", tmp_path / "dask.zarr", "route", workers=1, processes=False, threads=1)
+    _equal(_read(tmp_path / "here.zarr")[0], _read(tmp_path / "dask.zarr")[0])
+
+
+def _cli(argv, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def _bad_inputs(root: Path, v: np.ndarray) -> dict:
+    """{case: --image} of volumes `paser segment` must refuse."""
+    import h5py
+
+    ome4d = root / "ome4d.zarr"
+    g = zarr.open_group(str(ome4d), mode="w", zarr_format=2)
+    from napari_paser.data.volumes import ngff_attrs
+
+    g.attrs.update(ngff_attrs("x", "tzyx"))
+    g.create_array("0", shape=(2, *v.shape), dtype=v.dtype)
+    rgb = root / "rgb.zarr"
+    g = zarr.open_group(str(rgb), mode="w", zarr_format=2)
+    g.attrs.update(ngff_attrs("x", "czyx"))
+    g.create_array("0", shape=(3, *v.shape), dtype=v.dtype)
+    folder = root / "odd"
+    folder.mkdir(exist_ok=True)
+    tifffile.imwrite(folder / "a.tif", v[0])
+    tifffile.imwrite(folder / "b.tif", v[0, :50])
+    with h5py.File(root / "scan.h5", "w") as f:
+        f.create_dataset("data", data=v)
+    return {"4D time series": str(ome4d), "3 channels": str(rgb), "differ in shape": str(folder),
+            "no dataset /missing": f"{root / 'scan.h5'}:/missing"}
+
+
+def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys):
+    root, v, run, _ = setup
+    base = ["segment", "--run", str(run), "--tile", str(TILE), "--workers", "0", "--quiet"]
+    for match, image in _bad_inputs(tmp_path, v).items():
+        code, err = _cli(base + ["--image", image, "--out", str(tmp_path / "o.zarr")], capsys)
+        assert code == 2 and match in err and "\n" not in err, (match, err)
+        assert not (tmp_path / "o.zarr").exists()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "precious.txt").write_text("keep me")
+    code, err = _cli(base + ["--image", str(root / "v.tif"), "--out", str(tmp_path / "other")], capsys)
+    assert code == 2 and "is not a previous `paser segment` output" in err
+    assert (tmp_path / "other" / "precious.txt").read_text() == "keep me"
+    assert _cli(base + ["--image", str(root / "v.tif"), "--out", str(tmp_path / "m.zarr"), "--what", "maps"],
+                capsys)[0] == 0
+    code, err = _cli(base + ["--image", str(root / "v.tif"), "--out", str(tmp_path / "m.zarr"), "--what", "f2"], capsys)
+    assert code == 2 and "holds a different segmentation job (what 'maps' there, 'f2' now)" in err
+    argv = ["segment", "--run", str(run), "--tile", str(TILE), "--scheduler", "tcp://127.0.0.1:9", "--quiet",
+            "--image", str(root / "v.tif"), "--out", str(tmp_path / "s.zarr")]
+    code, err = _cli(argv, capsys)
+    assert code == 2 and "cannot reach the dask scheduler at tcp://127.0.0.1:9" in err and "\n" not in err
+    code, err = _cli(base[:-3] + ["--tile", "30", "--image", str(root / "v.tif"), "--out", str(tmp_path / "t.zarr")],
+                     capsys)
+    assert code == 2 and "--tile 30" in err
+
+
+def test_job_json_records_the_normalisation_and_a_resume_reuses_it(setup, tmp_path):
+    root, v, run, _ = setup
+    _segment(run, root / "v.tif", tmp_path / "o.zarr", "maps", max_blocks=1)
+    job = json.loads((tmp_path / "o.zarr" / seg.JOB_DIR / seg.JOB_FILE).read_text())
+    assert (job["lo"], job["hi"]) == robust_range(v)
+    assert job["halo"] == seg.receptive_halo(load_checkpoint(run / "f0.pt").model) == 32
