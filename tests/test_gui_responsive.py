@@ -219,3 +219,36 @@ def test_a_new_job_resets_the_progress_bar(viewer_widget):
     widget.steps["Label"].propose()
     assert maps.job.bar.maximum() == 0 and "proposing" in maps.job.message.text()  # not the last job's 100%
     idle(widget.hub)
+
+
+def test_skip_unaccept_and_accept_edits_through_the_dock(viewer_widget):
+    from napari.utils.key_bindings import coerce_keybinding
+
+    viewer, widget = viewer_widget
+    s, label = widget.hub.require(), widget.steps["Label"]
+    label.sampler.setCurrentText("random")
+    label.k.setValue(3)
+    label.propose()
+    idle(widget.hub)
+    first = label.current
+    skip = viewer.keymap[coerce_keybinding(dict((a, k) for k, a, _ in SHORTCUTS)["skip"])]
+    skip(viewer)  # Shift-S
+    assert first.region_id in s.skipped and label.current.rank == 2
+    layer = viewer.layers[REGIONS]
+    assert first.region_id not in list(layer.features["region_id"])  # gone from the layer, in place
+    r = s.region(label.current.region_id)
+    box = (r.z, slice(r.y0, r.y0 + r.h), slice(r.x0, r.x0 + r.w))
+    s.labels[box] = 2
+    label.accept_button.click()
+    assert s.is_accepted(r.id)
+    s.labels[(r.z, r.y0, slice(r.x0, r.x0 + r.w))] = 3  # paint over an accepted region
+    label.check_edits()
+    idle(widget.hub)
+    assert label.edits_button.isEnabled() and str(r.id) in label.edits_note.text()
+    label.edits_button.click()
+    assert s.edited_regions() == [] and (s.accepted_labels(r.id)[0] == 3).all()
+    idle(widget.hub)
+    assert not label.edits_button.isEnabled()
+    label.unaccept_button.click()  # nothing selected: the last accepted one
+    assert not s.is_accepted(r.id) and viewer.layers[REGIONS] is layer
+    assert (np.asarray(s.labels[box])[1:] == 2).all()  # its labels stay painted

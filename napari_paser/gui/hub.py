@@ -85,8 +85,8 @@ class Hub(QObject):
         self._steps: list[Callable[[], None]] = []  # GUI-thread work split over event-loop turns
         self._model_view = False
         self._shown = set(L.MODEL_VIEW_DEFAULT)
-        self._light = None  # the live routing preview's worker (not exclusive)
-        self._light_next: Callable | None = None
+        self._light: dict[str, object] = {}  # quick previews by kind (not exclusive): their workers
+        self._light_next: dict[str, Callable] = {}
         self._lazy = QTimer(self)
         self._lazy.setSingleShot(True)
         self._lazy.setInterval(LAZY_REFRESH_MS)
@@ -392,28 +392,29 @@ class Hub(QObject):
         if not self.busy:
             self.busy_changed.emit(False)
 
-    def preview(self, job: Callable[[], object], on_return: Callable[[object], None]) -> None:
-        """A quick read-only job (the live routing preview) beside the main one; while one runs, only the
-        latest request waits, so dragging a slider never queues up work."""
+    def preview(self, job: Callable[[], object], on_return: Callable[[object], None], key: str = "routing") -> None:
+        """A quick read-only job (the live routing preview, the edits check) beside the main one; while one
+        of a `key` runs, only the latest request of that key waits, so dragging a slider never queues work."""
         from napari.qt.threading import create_worker
 
-        if self._light is not None:
-            self._light_next = functools.partial(self.preview, job, on_return)
+        if key in self._light:
+            self._light_next[key] = functools.partial(self.preview, job, on_return, key)
             return
         worker = create_worker(job, _start_thread=False, _connect={"errored": self._errored})
         worker.returned.connect(on_return)
-        worker.finished.connect(self._preview_done)
-        self._light = worker
+        worker.finished.connect(functools.partial(self._preview_done, key))
+        self._light[key] = worker
         worker.start()
 
-    def _preview_done(self) -> None:
-        self._light, pending, self._light_next = None, self._light_next, None
+    def _preview_done(self, key: str) -> None:
+        self._light.pop(key, None)
+        pending = self._light_next.pop(key, None)
         if pending is not None:
             pending()
 
     @property
     def previewing(self) -> bool:
-        return self._light is not None
+        return bool(self._light)
 
 
 _HUBS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
