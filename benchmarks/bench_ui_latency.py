@@ -188,6 +188,36 @@ class GapProbe:
                 "ticks": int(g.size), "seconds": round(time.perf_counter() - t0, 2)}
 
 
+class StallSampler:
+    """Where the GUI thread is while the probe is late: a helper thread samples the main thread's Python
+    stack every 50 ms once the last tick is over 150 ms old (frames inside Qt/C++ show as the event loop)."""
+
+    def __init__(self, probe: GapProbe) -> None:
+        import collections
+        import threading
+
+        self.probe, self.main = probe, threading.main_thread().ident
+        self.counts: collections.Counter = collections.Counter()
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self) -> None:
+        import traceback
+
+        while True:
+            time.sleep(0.05)
+            if self.probe.timer.isActive() and time.perf_counter() - self.probe.last > 0.15:
+                frame = sys._current_frames().get(self.main)
+                if frame is not None:
+                    stack = [f for f in traceback.extract_stack(frame) if "bench_ui_latency" not in f.filename]
+                    self.counts[" <- ".join(f"{f.name} ({Path(f.filename).name}:{f.lineno})"
+                                            for f in reversed(stack[-6:])) or "Qt event loop (C++)"] += 1
+
+    def take(self, n: int = 3) -> list[str]:
+        top = [f"{c * 50} ms: {k}" for k, c in self.counts.most_common(n)]
+        self.counts.clear()
+        return top
+
+
 def bench_run(folder: Path, n_classes: int) -> tuple[Path, Path]:
     """A run folder with f0/f1/f2 of the shipped preset sizes, a bank of three routing policies, and a DQN
     agent: untrained (latency does not depend on the weights, only on the work each action does)."""
@@ -232,10 +262,12 @@ def run_actions(slices: int, data: Path, skip_volume: bool = False) -> dict:
         dock = PaserWidget(viewer)
         viewer.window.add_dock_widget(dock, name="PaSeR")
         hub, probe = dock.hub, GapProbe()
+        stalls = StallSampler(probe)
         session_w, maps, label, train, export = (dock.steps[t] for t in ("Session", "Maps", "Label", "Train", "Export"))
 
         def record(name: str, action, **kw) -> None:
             res = probe.measure(action, hub, **kw)
+            res["stalls"] = stalls.take()
             if name in results:  # repeated actions: keep the worst
                 res = max(results[name], res, key=lambda r: r["max_gap_ms"])
             results[name] = res

@@ -140,10 +140,8 @@ class TrainWidget(QWidget):
             self.job.message.setText(message)
             info("retraining cancelled; the previous weights are kept")
             return
-        self.hub.refresh_maps()
-        self.hub.refresh_regions()
-        self.hub.models_changed.emit()
-        self.hub.curve_changed.emit()
+        hub = self.hub  # the layer updates and the curve's redraw, one per event-loop turn
+        hub.later([hub.refresh_maps, hub.refresh_regions, hub.curve_changed.emit, hub.models_changed.emit])
         point = result.curve_point
         held = f", held-out mIoU {point.val_miou:.3f} on {point.n_val} regions" if point and point.val_miou is not None \
             else ""
