@@ -157,11 +157,17 @@ class LabelWidget(QWidget):
             except PartialRegionError as exc:
                 return exc
 
+        def confirmed() -> None:  # once the finding job has ended
+            if self.hub.worker is not None:
+                QTimer.singleShot(10, confirmed)
+                return
+            self.hub.run(lambda should_stop: job(should_stop, True), on_return=done,
+                         what="accepting the painted regions")
+
         def done(result) -> None:
             if isinstance(result, PartialRegionError):
                 if self.confirm(str(result)):
-                    self.hub.later([lambda: self.hub.run(lambda should_stop: job(should_stop, True), on_return=done,
-                                                         what="accepting the painted regions")])
+                    QTimer.singleShot(0, confirmed)
                 return
             self._accepted(len(result), f"{len(result)} painted regions")
 
