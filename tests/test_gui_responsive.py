@@ -252,3 +252,38 @@ def test_skip_unaccept_and_accept_edits_through_the_dock(viewer_widget):
     label.unaccept_button.click()  # nothing selected: the last accepted one
     assert not s.is_accepted(r.id) and viewer.layers[REGIONS] is layer
     assert (np.asarray(s.labels[box])[1:] == 2).all()  # its labels stay painted
+
+
+def test_learning_curve_shows_per_class_iou_and_the_held_out_count(qtbot):
+    from types import SimpleNamespace
+
+    from napari_paser.gui.train_step import CurvePlot
+
+    plot = CurvePlot()
+    qtbot.addWidget(plot)
+    points = [SimpleNamespace(n_labeled=5, n_val=1, val_miou=0.5, class_iou={"pore": 0.4, "binder": 0.6}),
+              SimpleNamespace(n_labeled=10, n_val=2, val_miou=0.7, class_iou={"pore": 0.6, "binder": 0.8},
+                              kept_previous=True)]
+    plot.plot(points, ("pore", "binder", "active"))
+    assert [line.get_label() for line in plot.axes.get_lines()] == ["mIoU", "pore", "binder", "kept previous"]
+    assert plot.axes.get_title() == "held out: 2 regions"
+    plot.plot([SimpleNamespace(n_labeled=5, n_val=1, val_miou=0.5)])  # points without per-class IoU (older sessions)
+    assert [line.get_label() for line in plot.axes.get_lines()] == ["mIoU"]
+
+
+def test_kept_previous_weights_are_announced(viewer_widget, monkeypatch):
+    from types import SimpleNamespace
+
+    from napari_paser.gui import train_step
+
+    viewer, widget = viewer_widget
+    warned = []
+    monkeypatch.setattr(train_step, "show_warning", warned.append)
+    monkeypatch.setattr(train_step, "info", lambda message: None)
+    train = widget.steps["Train"]
+    point = SimpleNamespace(n_train=8, n_val=2, val_miou=0.4, kept_previous=True)
+    train.last_result, train.last_report = SimpleNamespace(cancelled=False, curve_point=point), None
+    train._done()
+    idle(widget.hub)
+    assert warned == ["kept the previous weights: the retrained model did worse on the 2 held-out regions"]
+    assert "held-out mIoU 0.400 on 2 regions" in train.job.message.text()
