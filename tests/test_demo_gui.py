@@ -37,6 +37,7 @@ def test_walkthrough_does_every_step_and_saves_a_screenshot_of_each(make_napari_
     from napari_paser.session.core import Session
 
     monkeypatch.setattr(demo_gui, "RETRAIN_EPOCHS", 1)
+    monkeypatch.setattr(demo_gui, "ROUNDS", 2)
     viewer = make_napari_viewer()
     window = viewer.window._qt_window  # screenshot code: draw without a screen
     window.setAttribute(Qt.WidgetAttribute.WA_DontShowOnScreen)
@@ -49,7 +50,8 @@ def test_walkthrough_does_every_step_and_saves_a_screenshot_of_each(make_napari_
     assert all(img.ndim == 3 and img[..., :3].std() > 5 for img in shots.values())
     assert np.abs(shots["routing"].astype(int) - shots["routing-lambda1"].astype(int)).mean() > 0.5  # re-routed
     session = Session.open(tmp_path / "gui-session")
-    assert len(session.accepted) == demo_gui.ACCEPT and session.policy_lambdas == [0.0, 1.0]
-    assert len(session.curve) >= 1  # the retrain step scored the held-out regions
+    assert len(session.accepted) == 2 * demo_gui.ACCEPT and session.policy_lambdas == [0.0, 1.0]
+    points = [p for p in session.curve if p.val_miou is not None]
+    assert len(points) == 2 and [p.n_val for p in points] == [1, 2]  # a learning curve of two held-out points
     manifest = read_export(tmp_path / "gui-export")
-    assert len(manifest.regions) == demo_gui.ACCEPT
+    assert len(manifest.regions) == 2 * demo_gui.ACCEPT

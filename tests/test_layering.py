@@ -26,11 +26,7 @@ FORBIDDEN = {"learners": {"sampling", "napari_paser"}, "sampling": {"napari_pase
 
 # (file, rule) pairs tolerated for now. Each must name a real violation (a fixed file fails the
 # test below, so the entry is removed with the fix).
-ALLOWED = {
-    # TODO(lead): napari_paser/gui/demo.py still reaches into viewer.window._qt_window and napari._qt;
-    # the GUI branch removes both: drop this entry when merging it.
-    ("napari_paser/gui/demo.py", "private napari"),
-}
+ALLOWED: set[tuple[str, str]] = set()  # (file, rule) pairs tolerated for now: none
 
 
 def _sources() -> list[Path]:

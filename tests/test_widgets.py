@@ -44,12 +44,27 @@ def gui(make_napari_viewer, tmp_path, monkeypatch):
     return viewer, widget
 
 
+def idle(hub, timeout: float = WAIT_MS / 1000) -> None:
+    """Process Qt events until the hub's job (and the GUI steps after it) are done."""
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    t0 = time.monotonic()
+    while hub.busy and time.monotonic() - t0 < timeout:
+        QApplication.processEvents()
+        time.sleep(0.002)
+    QApplication.processEvents()
+    assert not hub.busy, "the background job did not finish"
+
+
 def start(widget: PaserWidget, tmp_path, region: int = 32):
     w = widget.steps["Session"]
     w.layer_box.setCurrentText("scan")
     w.region.setValue(region)
     w.folder.setText(str(tmp_path / "session"))
     w.start()
+    idle(widget.hub)
     s = widget.hub.require()
     s.new_models({"f0": TINY})
     widget.hub.models_changed.emit()
@@ -92,6 +107,9 @@ def test_session_on_the_sample_data_adds_layers(make_napari_viewer, tmp_path, qt
     w.layer_box.setCurrentText("synthetic low-res (lowres)")
     w.folder.setText(str(tmp_path / "s"))
     w.start()
+    assert widget.hub.busy and not w.start_button.isEnabled()  # created in the background, buttons off meanwhile
+    idle(widget.hub)
+    assert w.start_button.isEnabled()
     s = widget.hub.require()
     assert s.shape == (16, 128, 128) and s.classes.names == ("pore", "binder", "active")
     assert isinstance(viewer.layers[LABELS], Labels) and viewer.layers[LABELS].data.shape == (16, 128, 128)
@@ -104,6 +122,7 @@ def test_session_on_the_sample_data_adds_layers(make_napari_viewer, tmp_path, qt
     widget.steps["Maps"].compute(volume=False)
     wait_idle(qtbot, widget.hub)
     assert s.fresh_slices() == [3]
+    assert widget.hub.model_view and widget.steps["Maps"].view.isChecked()  # asked for maps: shown, translucent
     assert viewer.layers[ENTROPY].visible and np.asarray(viewer.layers[ENTROPY].data[3]).max() > 0
     pred = viewer.layers[PRED].data
     assert set(np.unique(pred[3])) <= {1, 2, 3} and not np.asarray(pred[2]).any()  # 0 where not computed
@@ -125,14 +144,17 @@ def test_bad_input_shows_a_notification(gui, errors, tmp_path):
     viewer.add_image(np.zeros((2, 2, 32, 32), np.float32), name="4d")
     w.layer_box.setCurrentText("4d")
     w.start()
+    idle(widget.hub)
     assert "4 dimensions" in errors[-1]
     w.layer_box.setCurrentText("scan")
     w.folder.setText(str(tmp_path / "nomodels"))
     w.start()
+    idle(widget.hub)
     widget.steps["Maps"].compute()
     assert "no models yet" in errors[-1]
     w.run_folder.setText(str(tmp_path))
     w.load_models()
+    idle(widget.hub)
     assert "holds no f0.pt" in errors[-1]
     start(widget, tmp_path)
     widget.steps["Train"].retrain()
@@ -164,6 +186,7 @@ def test_propose_next_and_accept(gui, errors, tmp_path):
     label.sampler.setCurrentText("random")
     label.k.setValue(3)
     label.propose()
+    idle(widget.hub)
     regions = viewer.layers[REGIONS]
     assert len(regions.data) == 3 and list(regions.features["rank"]) == [1, 2, 3]
     assert all(tuple(c) == tuple(REGIONS_RGBA("proposed")) for c in regions.edge_color)
@@ -189,6 +212,7 @@ def test_propose_next_and_accept(gui, errors, tmp_path):
     other = [rid for rid in range(len(s.pool)) if rid not in {p.region_id for p in s.proposals}][0]
     paint(s, other, 1)
     label.accept_painted()
+    idle(widget.hub)
     assert s.is_accepted(other) and s.accepted[-1].sampler == "manual"
     assert not errors
 
@@ -275,6 +299,7 @@ def test_routing_overlay_screenshot_is_not_blank(gui, qtbot, tmp_path, errors):
     w = widget.steps["Session"]
     w.run_folder.setText(str(run))
     w.load_models()
+    idle(widget.hub)
     assert s.has_policy and "policy" in w.status.text()
     maps = widget.steps["Maps"]
     maps.samples.setValue(1)
@@ -313,6 +338,7 @@ def test_lambda_slider_reroutes_live_from_the_policy_bank(gui, qtbot, tmp_path, 
     assert not maps.lam.isEnabled()
     widget.steps["Session"].run_folder.setText(str(run))
     widget.steps["Session"].load_models()
+    idle(widget.hub)
     assert maps.lam.isEnabled() and "0, 1" in maps.lam_note.text()
     maps.samples.setValue(1)
     maps.lam.setValue(0.0)  # no overlay and f0's state of the slice unknown: nothing runs yet
@@ -321,8 +347,9 @@ def test_lambda_slider_reroutes_live_from_the_policy_bank(gui, qtbot, tmp_path, 
     wait_idle(qtbot, widget.hub)
     assert set(viewer.layers[ROUTING].features["model"]) == {"f1"} and "f1 100%" in maps.shares.text()
     spent_up = maps.readout.text()
-    maps.lam.setValue(0.8)  # nearest trained lambda 1: the overlay changes at once, no background job
-    assert not widget.hub.busy
+    maps.lam.setValue(0.8)  # nearest trained lambda 1: a quick preview off the GUI thread, not an exclusive job
+    assert not widget.hub.busy and widget.hub.previewing
+    qtbot.waitUntil(lambda: not widget.hub.previewing, timeout=WAIT_MS)
     assert set(viewer.layers[ROUTING].features["model"]) == {"f0"} and "f0 100%" in maps.shares.text()
     assert "\u03bb = 1" in maps.readout.text() and maps.readout.text() != spent_up
     assert s.has_state(widget.hub.current_z(), 1)
@@ -337,7 +364,9 @@ def test_export_writes_the_labeled_set(gui, tmp_path, errors):
     ex = widget.steps["Export"]
     assert ex.out.text().endswith("session-export")
     ex.full.setChecked(True)
-    path = ex.export()
+    ex.export()
+    idle(widget.hub)
+    path = ex.last_path
     back = read_export(path)
     assert sorted(r["region_id"] for r in back.regions) == [0, 1]
     assert back.volume is not None and np.asarray(back.volume).shape == s.shape
@@ -355,8 +384,10 @@ def test_labels_from_another_layer_can_be_copied_and_accepted(gui, errors, tmp_p
     painted[1, :32, 32:] = 2  # one whole 32x32 region of class 1 (layer value 2) on slice 1
     viewer.add_labels(painted, name="from Fiji")
     label.import_selected()
+    idle(widget.hub)
     assert np.array_equal(np.asarray(s.labels[:]), painted)
     label.accept_painted()
+    idle(widget.hub)
     assert [(r.z, r.y0, r.x0) for r in s.accepted] == [(1, 0, 32)]
     assert np.array_equal(s.accepted_labels(s.accepted[0].region_id), painted[1, :32, 32:])
 
@@ -372,5 +403,6 @@ def test_a_session_opened_from_the_file_menu_is_offered_for_resuming(make_napari
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     assert widget.steps["Session"].open_folder.text() == str((tmp_path / "sess").resolve())
     widget.steps["Session"].open()
+    idle(widget.hub)
     assert widget.hub.session is not None and widget.hub.session.folder.resolve() == (tmp_path / "sess").resolve()
     assert not [la.name for la in viewer.layers if la.name.startswith("sess ")]  # reader copies replaced

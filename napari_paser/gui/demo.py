@@ -6,7 +6,9 @@ Models come from the headless demo's cache (`napari_paser.jobs.demo`: f0/f1/f2 t
 `<out>/run`); a bank of routing policies (one per lambda, `paser policy`) is trained briefly on
 the demo data's "rl" split the first time and cached in `<out>/run/policies`. With no display the demo re-runs itself under `xvfb-run`
 and exits after the last screenshot; with a display it leaves napari open for the person.
-The "person" of the walkthrough paints proposals from the sample's ground truth.
+The "person" of the walkthrough paints proposals from the sample's ground truth, clicks the
+dock's buttons and waits for each background job as a person would; the screenshots show the
+window as it is (overlays and notifications included), through public napari API only.
 """
 
 from __future__ import annotations
@@ -16,16 +18,15 @@ import shutil
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 PLUGIN, DOCK = "napari-paser", "PaSeR (all steps)"
 POLICY_EPOCHS, POLICY_LAMBDAS = 40, (0.0, 0.05, 0.3, 1.0)  # the quick demo models are close: small lambdas matter
-ACCEPT, RETRAIN_EPOCHS = 5, 3
+ACCEPT, RETRAIN_EPOCHS, ROUNDS = 5, 3, 3  # rounds of propose, accept, retrain: a learning curve of 3 points
 XVFB_ENV = "PASER_DEMO_UNDER_XVFB"
-WINDOW = (1600, 900)
+WINDOW = (1800, 1050)  # wide enough for the dock (tabs, learning curve) beside the canvas
 GAMMA = 0.9  # of log(3) = 1.10: the quick demo f0 is unsure almost everywhere
 
 
@@ -46,7 +47,7 @@ def _rerun_under_xvfb(out: Path) -> int:
         from napari_paser.errors import PaserInputError
 
         raise PaserInputError("no display and no xvfb-run: install xvfb (apt-get install xvfb) or run with a display")
-    cmd = [exe, "-a", "-s", "-screen 0 1600x1000x24", sys.executable, "-m", "napari_paser.cli", "demo", "--gui",
+    cmd = [exe, "-a", "-s", "-screen 0 1920x1200x24", sys.executable, "-m", "napari_paser.cli", "demo", "--gui",
            "--out", str(out)]
     print("no display: running the GUI demo under Xvfb (screenshots only)")
     return subprocess.call(cmd, env={**os.environ, XVFB_ENV: "1"})
@@ -81,9 +82,8 @@ def walkthrough(out: Path, keep_open: bool) -> int:
     run = models_ready(out)
     shots = out / "gui"
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated.*")  # keep the toast off the shots
     viewer = napari.Viewer(title="napari-paser demo")
-    viewer.window._qt_window.resize(*WINDOW)  # screenshot code: a fixed window size
+    viewer.window.resize(*WINDOW)
     run_steps(viewer, run, shots)
     print(f"screenshots in {shots}")
     if keep_open:
@@ -115,9 +115,8 @@ class Steps:
         self.paths: list[Path] = []
 
     def shot(self, name: str) -> Path:
-        """Save a screenshot of the whole window (dock included)."""
-        _settle(0.3)
-        _close_toasts(self.viewer)
+        """Save a screenshot of the whole window (dock included), as the person sees it."""
+        _settle(0.5)
         path = self.shots / f"{len(self.paths) + 1:02d}-{name}.png"
         self.viewer.screenshot(str(path), canvas_only=False, flash=False)
         self.paths.append(path)
@@ -125,8 +124,9 @@ class Steps:
         return path
 
     def wait(self, timeout: float = 600.0) -> None:
+        """Wait for the background job (and the layers it adds) as a person would, watching the progress bar."""
         t0 = time.monotonic()
-        while self.hub.busy and time.monotonic() - t0 < timeout:
+        while (self.hub.busy or self.hub.previewing) and time.monotonic() - t0 < timeout:
             _settle(0.05)
 
     def session(self) -> None:
@@ -135,68 +135,86 @@ class Steps:
         folder = self.shots.parent / "gui-session"
         shutil.rmtree(folder, ignore_errors=True)
         w.folder.setText(str(folder))
-        w.start()
+        w.start_button.click()
+        self.wait()
         w.run_folder.setText(str(self.run))
-        w.load_models()
-        self.viewer.layers["phases (ground truth)"].visible = False
+        w.load_button.click()
+        self.wait()
+        self.viewer.layers["phases (ground truth)"].visible = False  # the person's own image has no ground truth
         self.viewer.dims.set_current_step(0, 8)
         self.shot("session")
 
     def maps(self) -> None:
         w = self.dock.show_step("Maps")
-        w.compute(volume=True)
-        self.wait()
         w.gamma.setValue(GAMMA)
-        self.viewer.layers["paser f0 prediction"].visible = False
+        w.volume_button.click()
+        self.wait()
         self.shot("entropy")
 
     def routing(self) -> None:
         w = self.dock.show_step("Maps")
-        for name in ("paser f0 entropy", "paser entropy > gamma"):
-            self.viewer.layers[name].visible = False
         w.lam.setValue(0.0)
-        w.route()
+        w.route_button.click()
         self.wait()
         self.shot("routing")
-        w.lam.setValue(1.0)  # live: the bank's lambda-1 policy re-routes the slice at once
+        w.lam.setValue(1.0)  # live: the bank's lambda-1 policy re-routes the slice
+        self.wait()
         self.shot("routing-lambda1")
         w.lam.setValue(0.0)
-        self.viewer.layers["paser routing"].visible = False
+        self.wait()
+        self.press("model_view")  # done looking at the model: hide its view (H) to label on the image itself
+
+    def press(self, action: str) -> None:
+        """Press the keyboard shortcut of `action`, as the person would."""
+        from napari.utils.key_bindings import coerce_keybinding
+
+        from napari_paser.gui.hub import SHORTCUTS
+
+        key = next(k for k, a, _ in SHORTCUTS if a == action)
+        self.viewer.keymap[coerce_keybinding(key)](self.viewer)
+        _settle(0.1)
 
     def propose(self) -> None:
         w = self.dock.show_step("Label")
         w.sampler.setCurrentText("entropy")
         w.k.setValue(8)
-        w.propose()
-        self.viewer.layers["paser entropy > gamma"].visible = True
+        w.propose_button.click()
+        self.wait()
         self.shot("proposals")
 
-    def accept(self) -> None:
-        """Paint the proposals on screen from the ground truth and accept them one by one."""
+    def paint_and_accept(self, n: int) -> None:
+        """Paint the proposal on screen from the ground truth and accept it, n times."""
         w = self.dock.show_step("Label")
         s, truth = self.hub.require(), self.viewer.layers["phases (ground truth)"].data
-        for _ in range(ACCEPT):
+        for _ in range(n):
             p = w.current
+            if p is None:
+                break
             ix = (p.z, slice(p.y0, p.y0 + p.h), slice(p.x0, p.x0 + p.w))
             s.labels[ix] = np.asarray(truth[ix], np.uint8)
             self.viewer.layers["paser labels"].refresh()
-            w.accept()
-        self.viewer.layers["paser entropy > gamma"].visible = False
-        last = s.accepted[-1]
-        self.viewer.dims.set_current_step(0, last.z)
-        self.viewer.reset_view()
+            w.accept_button.click()
+            _settle(0.1)
+
+    def accept(self) -> None:
+        self.paint_and_accept(ACCEPT)
         self.shot("accepted")
 
     def retrain(self) -> None:
-        w = self.dock.show_step("Train")
-        w.epochs.setValue(RETRAIN_EPOCHS)
-        w.retrain()
-        self.wait()
-        self.viewer.layers["paser f0 prediction"].visible = True
-        self.viewer.layers["paser labels"].visible = False
-        self.viewer.reset_view()
+        """Rounds of retrain, propose, paint and accept: the learning curve grows a point per round."""
+        for round_ in range(ROUNDS):
+            w = self.dock.show_step("Train")
+            w.epochs.setValue(RETRAIN_EPOCHS)
+            w.train_button.click()
+            self.wait()
+            if round_ < ROUNDS - 1:
+                label = self.dock.show_step("Label")
+                label.propose_button.click()
+                self.wait()
+                self.paint_and_accept(ACCEPT)
+        self.dock.show_step("Train")
+        self.press("model_view")  # the new model's view (entropy and its contours over the image)
         self.shot("retrained")
-        self.viewer.layers["paser labels"].visible = True
 
     def export(self) -> None:
         w = self.dock.show_step("Export")
@@ -204,17 +222,9 @@ class Steps:
         shutil.rmtree(target, ignore_errors=True)
         w.out.setText(str(target))
         w.full.setChecked(True)
-        w.export()
+        w.button.click()
+        self.wait()
         self.shot("export")
-
-
-def _close_toasts(viewer) -> None:
-    """Close napari's notification pop-ups so they do not cover the screenshot (screenshot code: private API)."""
-    from napari._qt.dialogs.qt_notification import NapariQtNotification
-
-    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
-        toast.close()
-    _settle(0.1)
 
 
 def _settle(seconds: float) -> None:

@@ -1,37 +1,46 @@
 """The shared state of the docked widgets of one viewer: the Session, its layers, the one
-background job, and the error-to-notification boundary.
+background job, the model's view toggle, the keyboard shortcuts, and the error-to-notification
+boundary.
 
 Every widget of a viewer talks to the same `Hub` (`hub_for(viewer)`), so the widgets can be
-docked separately or together and still act on one session. Layers read the session's zarr
-arrays lazily (`LazyView`), so a volume larger than memory is never loaded; after the session
-changes an array, `refresh_*` asks napari to re-read the visible slice.
+docked separately or together and still act on one session. Nothing slow runs on the GUI
+thread: session work (create, open, propose, maps, routing, retrain, export) runs in a napari
+thread worker, one job at a time, with its progress broadcast to every job bar; layers are added
+one per event-loop turn; the regions and routing layers are updated in place. Layers read the session's zarr arrays lazily (`LazyView`), so a volume larger than
+memory is never loaded.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import threading
 import traceback
 import weakref
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 
 from learners.errors import InputError
 from napari_paser.errors import PaserInputError
-from napari_paser.gui.io import SESSION_KEY, region_shapes
+from napari_paser.gui import layers as L
+from napari_paser.gui import regions_layer
+from napari_paser.gui.io import SESSION_KEY
+from napari_paser.gui.layers import (  # noqa: F401 (re-exported: the layer names widgets and tests use)
+    ABOVE, ENTROPY, HIGHLIGHT, IMAGE, LABELS, MODEL_COLORS, MODEL_VIEW, PRED, REGIONS, ROUTED, ROUTING, LazyView,
+)
 from napari_paser.session.core import Session
 
-LABELS, PRED, ENTROPY, ABOVE = "paser labels", "paser f0 prediction", "paser f0 entropy", "paser entropy > gamma"
-ROUTING, REGIONS, ROUTED = "paser routing", "paser regions", "paser routed segmentation"
-IMAGE = "paser image"
-MODEL_COLORS = ("#2ca02c", "#ffbf00", "#d62728", "#9467bd", "#8c564b")
-"""Routing overlay colours of f0, f1, f2, ...: green = cheap, red = expensive."""
-HIGHLIGHT = "#00ffff"
+SHORTCUTS = (
+    ("N", "next", "go to the next proposal"),
+    ("Shift-A", "accept", "accept the region on screen"),
+    ("Shift-S", "skip", "skip the proposal on screen"),
+    ("H", "model_view", "show / hide the model's view (prediction, entropy, entropy > gamma, routing)"),
+)
+"""Keyboard shortcuts of the viewer: key, action, what it does (listed in the dock and the README)."""
+LAZY_REFRESH_MS = 400
+"""A stale slice shown this long gets its maps refreshed in the background (not every slice scrolled past)."""
 
 
 def guarded(fn: Callable) -> Callable:
@@ -48,26 +57,6 @@ def guarded(fn: Callable) -> Callable:
     return wrapper
 
 
-class LazyView:
-    """A read-only array view that applies `fn` to each requested block of `base` (napari reads
-    only the slice on screen), so derived layers never hold a copy of the volume."""
-
-    def __init__(self, base, fn: Callable[[np.ndarray, tuple], np.ndarray], dtype) -> None:
-        self.base, self.fn, self.dtype = base, fn, np.dtype(dtype)
-        self.shape = tuple(base.shape)
-        self.ndim = len(self.shape)
-
-    def __getitem__(self, index) -> np.ndarray:
-        index = index if isinstance(index, tuple) else (index,)
-        return self.fn(np.asarray(self.base[index]), index).astype(self.dtype, copy=False)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        return np.asarray(self[...], dtype=dtype)
-
-
 class Hub(QObject):
     """One viewer's session, layers and background job; widgets listen to its signals."""
 
@@ -78,14 +67,40 @@ class Hub(QObject):
     accepted = Signal(int)  # how many regions were accepted
     curve_changed = Signal()
     busy_changed = Signal(bool)
+    job_started = Signal(str)  # what the job does: every job bar resets to it
+    progress = Signal(object)  # a session Progress event of the running job
+    job_finished = Signal(str)  # the final message of the job ("" to keep the last one)
+    model_view_changed = Signal(bool)
 
     def __init__(self, viewer) -> None:
         super().__init__()
-        self.viewer = viewer
+        self._viewer = weakref.ref(viewer)  # the hub lives as long as its viewer, never longer
         self.session: Session | None = None
         self.gamma = 0.5
+        self.samples = 5  # MC samples of maps (the Maps step's spin box)
         self.worker = None
         self.stop = threading.Event()
+        self.focus_z = 0  # the slice on screen, read by workers (refresh order)
+        self.actions: dict[str, Callable[[], object]] = {}  # shortcut actions, registered by the widgets
+        self._steps: list[Callable[[], None]] = []  # GUI-thread work split over event-loop turns
+        self._model_view = False
+        self._shown = set(L.MODEL_VIEW_DEFAULT)
+        self._light: dict[str, object] = {}  # quick previews by kind (not exclusive): their workers
+        self._light_next: dict[str, Callable] = {}
+        self._lazy = QTimer(self)
+        self._lazy.setSingleShot(True)
+        self._lazy.setInterval(LAZY_REFRESH_MS)
+        self._lazy.timeout.connect(self._refresh_shown)
+        viewer.dims.events.current_step.connect(self._on_step)
+        for key, action, _ in SHORTCUTS:
+            viewer.bind_key(key, functools.partial(self._shortcut, action), overwrite=True)
+
+    @property
+    def viewer(self):
+        viewer = self._viewer()
+        if viewer is None:
+            raise PaserInputError("the viewer of this PaSeR dock was closed")
+        return viewer
 
     # ------------------------------------------------------------------ session
 
@@ -94,49 +109,96 @@ class Hub(QObject):
             raise PaserInputError("no session yet: start one on an image layer (or open a session folder) first")
         return self.session
 
-    def start(self, folder: str | Path, layer, classes=None, colors=None, region_size: int = 64) -> Session:
-        """A new session on an image layer; the layer stays as it is and the label canvas goes on top."""
+    def start(self, folder: str | Path, layer, classes=None, colors=None, region_size: int = 64,
+              on_ready: Callable[[Session], None] | None = None):
+        """A new session on an image layer, created in the background; the layer stays as it is and the
+        label canvas goes on top. `on_ready(session)` runs once its layers are in the viewer."""
         if getattr(layer, "rgb", False):
             raise PaserInputError(f"layer {layer.name!r} is RGB: convert it to greyscale first (one value per pixel)")
         if getattr(layer, "multiscale", False):
             raise PaserInputError(f"layer {layer.name!r} is multiscale: open its full-resolution level as an image")
-        session = Session.create(folder, layer.data, classes=classes, colors=colors, region_size=region_size,
-                                 source=layer.name)
-        self._set(session, image_layer=layer)
-        return session
+        data, source = layer.data, layer.name
 
-    def open(self, folder: str | Path) -> Session:
-        """Resume a session folder: its image, labels, maps, regions and models."""
-        session = Session.open(folder)
-        opened = str(session.folder.resolve())
-        for layer in [la for la in self.viewer.layers if la.metadata.get(SESSION_KEY) == opened]:
-            self.viewer.layers.remove(layer)  # the reader's copies (File > Open) give way to live layers
-        self._set(session, image_layer=None)
-        return session
+        def job(should_stop):
+            session = Session.create(folder, data, classes=classes, colors=colors, region_size=region_size,
+                                     source=source)
+            return session, L.session_layers(session, lambda: self.gamma, with_image=False)
 
-    def _set(self, session: Session, image_layer) -> None:
-        self.remove_layers()
-        self.session = session
-        if image_layer is None:
-            lo, hi = session.state.image["lo"], session.state.image["hi"]
-            self.viewer.add_image(session.image, name=IMAGE, colormap="gray", contrast_limits=(lo, hi or lo + 1),
-                                  metadata=self._meta())
-        self.add_map_layers()
-        self.viewer.add_labels(session.labels, name=LABELS, colormap=session.classes.layer_colors(), opacity=0.6,
-                               metadata=self._meta())
-        self.refresh_regions()
-        self.select(LABELS)
-        self.session_changed.emit()
-        self.models_changed.emit()
-        self.curve_changed.emit()
+        return self.run(job, on_return=functools.partial(self._install, on_ready=on_ready, remove=()),
+                        what="starting the session (copying the image)")
 
-    def _meta(self) -> dict:
-        return {SESSION_KEY: str(self.require().folder.resolve()), "class_names": list(self.require().classes.names)}
+    def open(self, folder: str | Path, on_ready: Callable[[Session], None] | None = None):
+        """Resume a session folder in the background: its image, labels, maps, regions and models."""
+
+        def job(should_stop):
+            session = Session.open(folder)
+            return session, L.session_layers(session, lambda: self.gamma, with_image=True)
+
+        def reader_copies(session) -> list[str]:  # File > Open's copies give way to the live layers
+            opened = str(session.folder.resolve())
+            return [la.name for la in self.viewer.layers if la.metadata.get(SESSION_KEY) == opened]
+
+        def install(result) -> None:
+            self._install(result, on_ready=on_ready, remove=reader_copies(result[0]))
+
+        return self.run(job, on_return=install, what="opening the session (loading its models)")
+
+    def _install(self, result, on_ready, remove) -> None:
+        """Swap in a new session's layers, one layer per event-loop turn (each add builds vispy nodes).
+
+        Layers of the previous session are reused (new data set in place) rather than removed and added:
+        cheaper, and removing all of them before adding new ones crashed vispy's next draw."""
+        session, makers = result
+        old = [n for n in dict.fromkeys((*remove, IMAGE, ROUTING, ROUTED)) if n in self.viewer.layers]
+        added: list[str] = []
+        steps = [functools.partial(setattr, self, "session", session)]
+        steps += [functools.partial(self._add, make, added) for make in makers]
+        steps.append(lambda: [self._remove(name) for name in old if name not in added])
+
+        def done() -> None:
+            self.refresh_regions()
+            self.select(LABELS)
+            self._model_view = False
+            self.model_view_changed.emit(False)
+            self.session_changed.emit()
+            self.models_changed.emit()
+            self.curve_changed.emit()
+            if on_ready is not None:
+                on_ready(session)
+
+        self.later(steps + [done])
+
+    def _add(self, make: Callable[[], object], added: list[str]) -> None:
+        """Add a layer, or move a new layer's content into the previous session's layer of that name."""
+        layer = make()
+        name, layers = layer.name, self.viewer.layers
+        added.append(name)
+        old = layers[name] if name in layers else None
+        if old is None or type(old) is not type(layer) or old.ndim != layer.ndim:
+            if old is not None:
+                layers.remove(old)
+            layers.append(layer)
+            return
+        if name == REGIONS:  # emptied here, filled by refresh_regions
+            old.selected_data = set(range(len(old.data)))
+            old.remove_selected()
+        else:
+            old.data = layer.data
+            old.colormap = layer.colormap
+            if name == IMAGE:
+                old.contrast_limits = layer.contrast_limits
+            if hasattr(old, "contour"):
+                old.contour = layer.contour
+            old.visible, old.opacity = layer.visible, layer.opacity
+        old.metadata = layer.metadata
+
+    def _remove(self, name: str) -> None:
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
 
     def remove_layers(self) -> None:
         for name in (IMAGE, LABELS, PRED, ENTROPY, ABOVE, ROUTING, ROUTED, REGIONS):
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
+            self._remove(name)
 
     def select(self, name: str) -> None:
         if name in self.viewer.layers:
@@ -147,61 +209,57 @@ class Hub(QObject):
         s = self.require()
         return int(self.viewer.dims.current_step[0]) if len(s.shape) == 3 else 0
 
-    # ------------------------------------------------------------------ map layers
+    # ------------------------------------------------------------------ map layers and the model's view
 
-    def add_map_layers(self) -> None:
-        """f0 prediction (labels), entropy (magma) and the entropy > gamma highlight, read lazily."""
-        s = self.require()
-        meta, top = self._meta(), math.log(s.n_classes)
-        self.viewer.add_labels(LazyView(s.maps["prediction"], self._prediction, np.uint8), name=PRED,
-                               colormap=s.classes.layer_colors(), opacity=0.5, visible=False, metadata=meta)
-        self.viewer.add_image(s.maps["entropy"], name=ENTROPY, colormap="magma", contrast_limits=(0.0, top),
-                              blending="additive", opacity=0.7, visible=False, metadata=meta)
-        self.viewer.add_labels(LazyView(s.maps["entropy"], lambda a, _: a > self.gamma, np.uint8), name=ABOVE,
-                               colormap={0: "transparent", None: "transparent", 1: HIGHLIGHT}, opacity=0.8,
-                               visible=False, metadata=meta)
-
-    def _prediction(self, block: np.ndarray, index: tuple) -> np.ndarray:
-        """Class k shown as k + 1, and 0 on slices whose maps were never computed."""
-        s = self.require()
-        out = block.astype(np.uint8) + 1
-        if len(s.shape) == 2:
-            return out * bool(s.state.maps)
-        zs = np.arange(s.shape[0])[index[0]] if index else np.arange(s.shape[0])
-        done = np.isin(zs, [int(z) for z in s.state.maps])
-        return out * (done if np.ndim(zs) == 0 else done.reshape(-1, *([1] * (out.ndim - 1)))).astype(np.uint8)
-
-    def refresh_maps(self, show: bool = True) -> None:
-        for name in (PRED, ENTROPY, ABOVE):
-            if name in self.viewer.layers:
-                layer = self.viewer.layers[name]
-                layer.visible = layer.visible or (show and name in (PRED, ENTROPY))
-                layer.refresh()
+    def refresh_maps(self) -> None:
+        """Re-read the slice on screen of the map layers (after maps were written); visibility is the person's."""
+        for name in MODEL_VIEW:
+            if name in self.viewer.layers and self.viewer.layers[name].visible:
+                self.viewer.layers[name].refresh()
         self.maps_changed.emit()
 
     def set_gamma(self, gamma: float) -> None:
         """Highlight pixels whose entropy exceeds gamma (the paper's Fig. 7)."""
         self.gamma = float(gamma)
-        if ABOVE in self.viewer.layers:
-            layer = self.viewer.layers[ABOVE]
-            layer.visible = True
-            layer.refresh()
+        if ABOVE in self.viewer.layers and self.viewer.layers[ABOVE].visible:
+            self.viewer.layers[ABOVE].refresh()
 
-    # ------------------------------------------------------------------ regions
+    @property
+    def model_view(self) -> bool:
+        """Whether any of the model's overlays is shown."""
+        return any(self.viewer.layers[n].visible for n in MODEL_VIEW if n in self.viewer.layers)
+
+    def set_model_view(self, on: bool) -> None:
+        """Show the model's overlays (those shown last time; entropy and its contours at first) or hide them all."""
+        present = [self.viewer.layers[n] for n in MODEL_VIEW if n in self.viewer.layers]
+        if not on:
+            shown = {la.name for la in present if la.visible}
+            self._shown = shown or self._shown
+        for la in present:
+            visible = on and la.name in self._shown
+            if visible and not la.visible:
+                la.visible = True
+                la.refresh()
+            elif not visible:
+                la.visible = False
+        self._model_view = on
+        self.model_view_changed.emit(on)
+
+    def toggle_model_view(self) -> None:
+        self.set_model_view(not self.model_view)
+
+    # ------------------------------------------------------------------ regions and camera
 
     def refresh_regions(self) -> None:
-        """Replace the regions layer (proposals numbered by rank, accepted ones in another colour),
-        keeping the layer the person paints with selected."""
+        """Bring the regions layer (proposals numbered by rank, accepted ones in another colour) up to date
+        in place, keeping the layer the person paints with selected."""
         s = self.require()
-        active = self.viewer.layers.selection.active
-        if REGIONS in self.viewer.layers:
-            self.viewer.layers.remove(REGIONS)
-        shapes = region_shapes(s, name=REGIONS)
-        if shapes is not None:
-            data, kwargs, _ = shapes
-            self.viewer.add_shapes(data, **kwargs)
-        if active is not None and active in self.viewer.layers:
-            self.viewer.layers.selection.active = active
+        if REGIONS not in self.viewer.layers:
+            active = self.viewer.layers.selection.active
+            self.viewer.layers.append(regions_layer.new_layer(s, REGIONS))
+            if active is not None and active in self.viewer.layers:
+                self.viewer.layers.selection.active = active
+        regions_layer.sync(self.viewer.layers[REGIONS], regions_layer.region_items(s), len(s.shape) == 3)
         self.regions_changed.emit()
 
     def go_to(self, z: int, y0: int, x0: int, h: int, w: int) -> None:
@@ -219,95 +277,144 @@ class Hub(QObject):
         scene = getattr(self.viewer, "scene", None)
         return scene.camera if scene is not None else self.viewer.camera
 
-    # ------------------------------------------------------------------ routing
-
     def show_routing(self, routed) -> None:
-        """The patch grid of slice `routed.z`, each patch filled with the colour of its model."""
-        from learners.grid import Grid
-
-        s = self.require()
-        grid = Grid.divide(*routed.shape, *routed.routing.shape)
-        rects, models = [], []
-        for cell, box in enumerate(grid.boxes()):
-            corners = np.array([[box.y0, box.x0], [box.y0, box.x0 + box.w], [box.y0 + box.h, box.x0 + box.w],
-                                [box.y0 + box.h, box.x0]], float) - 0.5
-            if len(s.shape) == 3:
-                corners = np.hstack([np.full((4, 1), float(routed.z)), corners])
-            rects.append(corners)
-            models.append(int(routed.routing.ravel()[cell]))
-        colors = [MODEL_COLORS[m % len(MODEL_COLORS)] for m in models]
-        if ROUTING in self.viewer.layers:
-            self.viewer.layers.remove(ROUTING)
+        """The routing overlay of slice `routed.z` (in place when its grid is unchanged)."""
         active = self.viewer.layers.selection.active
-        self.viewer.add_shapes(rects, shape_type="rectangle", name=ROUTING, face_color=colors, edge_color="white",
-                               edge_width=1, opacity=0.45, features={"model": [routed.names[m] for m in models]},
-                               text={"string": "{model}", "color": "white", "size": 9})
-        if routed.segmentation is not None:
-            self._show_routed(routed)
+        L.show_routing(self.viewer, self.require(), routed)
         if active is not None and active in self.viewer.layers:
             self.viewer.layers.selection.active = active
 
-    def _show_routed(self, routed) -> None:
-        """PaSeR's segmentation of slice z as a labels layer of that one slice (placed at z in a volume,
-        so it costs one slice of memory whatever the volume's depth)."""
-        from napari_paser.data.labels_convention import classes_to_layer
+    # ------------------------------------------------------------------ shortcuts and lazy refresh
 
-        s = self.require()
-        data = classes_to_layer(routed.segmentation, n_classes=s.n_classes)
-        translate = (0.0, 0.0)
-        if len(s.shape) == 3:
-            data, translate = data[None], (float(routed.z), 0.0, 0.0)
-        if ROUTED in self.viewer.layers:
-            self.viewer.layers.remove(ROUTED)
-        self.viewer.add_labels(data, name=ROUTED, translate=translate, colormap=s.classes.layer_colors(),
-                               opacity=0.5, visible=False, metadata=self._meta())
+    def _shortcut(self, action: str, viewer=None) -> None:
+        if action == "model_view":
+            self.toggle_model_view()
+        elif action in self.actions:
+            self.actions[action]()
+
+    def _on_step(self, event=None) -> None:
+        if self.session is not None and len(self.session.shape) == 3:
+            self.focus_z = int(self.viewer.dims.current_step[0])
+            self._lazy.start()
+
+    def _refresh_shown(self) -> None:
+        """A slice with the previous model's maps is on screen: refresh its maps in the background."""
+        s = self.session
+        if s is None or self._viewer() is None or self.busy or "f0" not in s.models or len(s.shape) != 3:
+            return
+        z = self.current_z()
+        if z not in s.stale_slices():
+            return
+        samples = self.samples
+
+        def job(should_stop):
+            return (yield from s.compute_maps([z], samples=samples, should_stop=should_stop))
+
+        self.run(job, on_yield=lambda _e: self.refresh_maps(), what=f"refreshing the maps of slice {z}",
+                 final=f"maps of slice {z} refreshed")
 
     # ------------------------------------------------------------------ the background job
 
     @property
     def busy(self) -> bool:
-        return self.worker is not None
+        return self.worker is not None or bool(self._steps)
 
     def run(self, job: Callable, on_yield: Callable | None = None, on_return: Callable | None = None,
-            on_done: Callable | None = None, what: str = "a job"):
+            on_done: Callable | None = None, what: str = "a job", final: str = ""):
         """Start `job(should_stop)` (a generator or plain function) in a napari thread worker.
 
-        One job at a time (maps, routing and training share f0). User errors raised inside the
-        worker become notifications too. `on_done` runs after return, error or abort.
+        One job at a time (maps, routing and training share f0); the job bars reset to `what` and
+        show its progress. User errors raised inside the worker become notifications too.
+        `on_done` runs after return, error or abort; `final` is the job bars' last message.
         """
         from napari.qt.threading import create_worker
 
-        if self.worker is not None:
-            raise PaserInputError(f"another job is running: wait for it or cancel it before starting {what}")
+        if self.busy:
+            raise PaserInputError(f"another job is running: wait for it or cancel it before {what or 'this one'}")
         self.stop.clear()
         worker = create_worker(job, self.stop.is_set, _start_thread=False, _connect={"errored": self._errored})
-        if on_yield is not None and hasattr(worker, "yielded"):
-            worker.yielded.connect(on_yield)
+        if hasattr(worker, "yielded"):
+            worker.yielded.connect(self.progress.emit)
+            if on_yield is not None:
+                worker.yielded.connect(on_yield)
         if on_return is not None:
             worker.returned.connect(on_return)
-        worker.finished.connect(functools.partial(self._finished, worker, on_done))
+        worker.finished.connect(functools.partial(self._finished, worker, on_done, final))
         self.worker = worker
+        self.job_started.emit(what)
         self.busy_changed.emit(True)
         worker.start()
         return worker
+
+    def later(self, steps: list[Callable[[], None]]) -> None:
+        """Run GUI-thread `steps` one per event-loop turn (the viewer repaints between them); busy meanwhile."""
+        was = self.busy
+        self._steps.extend(steps)
+        if not was:
+            self.busy_changed.emit(True)
+        if len(self._steps) == len(steps):
+            QTimer.singleShot(0, self._next_step)
+
+    def _next_step(self) -> None:
+        if not self._steps:
+            return
+        step = self._steps.pop(0)
+        try:
+            step()
+        except InputError as exc:
+            self._steps.clear()
+            show_error(str(exc))
+        finally:
+            if self._steps:
+                QTimer.singleShot(0, self._next_step)
+            elif self.worker is None:
+                self.busy_changed.emit(False)
 
     def cancel(self) -> None:
         """Ask the job to stop at its next check (between slices or optimiser steps: well under a second)."""
         self.stop.set()
 
     def _errored(self, exc: Exception) -> None:
+        self.job_finished.emit("failed: " + str(exc))
         if isinstance(exc, InputError):
             show_error(str(exc))
             return
         traceback.print_exception(type(exc), exc, exc.__traceback__)  # a bug: keep the trace for the report
         show_error(f"the background job failed: {type(exc).__name__}: {exc}")
 
-    def _finished(self, worker, on_done) -> None:
+    def _finished(self, worker, on_done, final: str) -> None:
         if self.worker is worker:
             self.worker = None
-        self.busy_changed.emit(False)
+        if final:
+            self.job_finished.emit(final)
         if on_done is not None:
             on_done()
+        if not self.busy:
+            self.busy_changed.emit(False)
+
+    def preview(self, job: Callable[[], object], on_return: Callable[[object], None], key: str = "routing") -> None:
+        """A quick read-only job (the live routing preview, the edits check) beside the main one; while one
+        of a `key` runs, only the latest request of that key waits, so dragging a slider never queues work."""
+        from napari.qt.threading import create_worker
+
+        if key in self._light:
+            self._light_next[key] = functools.partial(self.preview, job, on_return, key)
+            return
+        worker = create_worker(job, _start_thread=False, _connect={"errored": self._errored})
+        worker.returned.connect(on_return)
+        worker.finished.connect(functools.partial(self._preview_done, key))
+        self._light[key] = worker
+        worker.start()
+
+    def _preview_done(self, key: str) -> None:
+        self._light.pop(key, None)
+        pending = self._light_next.pop(key, None)
+        if pending is not None:
+            pending()
+
+    @property
+    def previewing(self) -> bool:
+        return bool(self._light)
 
 
 _HUBS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from napari.layers import Labels
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QMessageBox, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
-from napari_paser.gui.common import PathEdit, group, hrow
-from napari_paser.gui.hub import LABELS, guarded, hub_for, info
+from napari_paser.gui.common import JobBar, PathEdit, enable_while_idle, group, hrow
+from napari_paser.gui.hub import LABELS, REGIONS, SHORTCUTS, guarded, hub_for, info
 from napari_paser.errors import PaserInputError
 from napari_paser.session.core import SAMPLERS, PartialRegionError
 
@@ -16,6 +17,10 @@ def ask_partial(parent: QWidget, message: str) -> bool:
     answer = QMessageBox.question(parent, "Accept a partly painted region?", message,
                                   QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No)
     return answer == QMessageBox.StandardButton.Yes
+
+
+EDIT_CHECK_MS = 800
+"""After a paint stroke, look for edits inside accepted regions once painting pauses this long."""
 
 
 class LabelWidget(QWidget):
@@ -36,13 +41,35 @@ class LabelWidget(QWidget):
         self.seed.setRange(0, 10**6)
         self.dqn = PathEdit("DQN agent .pt (from `paser al train-dqn`)", folder=False, caption="Choose a DQN agent")
         self.propose_button = QPushButton("Propose")
-        self.next_button = QPushButton("Next")
-        self.accept_button = QPushButton("Accept region")
+        self.next_button = QPushButton("Next (N)")
+        self.accept_button = QPushButton("Accept region (Shift-A)")
+        self.skip_button = QPushButton("Skip (Shift-S)")
+        self.skip_button.setToolTip("drop the proposal on screen for this round")
+        self.unaccept_button = QPushButton("Un-accept")
+        self.unaccept_button.setToolTip("take back the accepted regions selected in 'paser regions', or else the "
+                                        "last accepted one; their labels stay painted and can be accepted again")
+        self.edits_button = QPushButton("Accept edits")
+        self.edits_button.setEnabled(False)
+        self.edits_note = QLabel("")
+        self.edits_note.setWordWrap(True)
+        self._edits_timer = QTimer(self)
+        self._edits_timer.setSingleShot(True)
+        self._edits_timer.setInterval(EDIT_CHECK_MS)
+        self._edits_timer.timeout.connect(self.check_edits)
         self.painted_button = QPushButton("Accept painted outside proposals")
         self.import_button = QPushButton("Copy selected labels layer into the session")
         self.where = QLabel("no proposals yet")
         self.where.setWordWrap(True)
+        self.job = JobBar(self.hub)
+        self.keys = QLabel(shortcut_text())
+        self.keys.setWordWrap(True)
         self._layout()
+        enable_while_idle(self.hub, self.propose_button, self.painted_button, self.import_button)
+        self.hub.actions.update(next=self.next, accept=self.accept, skip=self.skip)
+        self.skip_button.clicked.connect(self.skip)
+        self.unaccept_button.clicked.connect(self.unaccept)
+        self.edits_button.clicked.connect(self.accept_edits)
+        self.hub.session_changed.connect(self._watch_paint)
         self.propose_button.clicked.connect(self.propose)
         self.next_button.clicked.connect(self.next)
         self.accept_button.clicked.connect(self.accept)
@@ -58,9 +85,11 @@ class LabelWidget(QWidget):
         rows.addRow("seed", self.seed)
         rows.addRow("DQN agent", self.dqn)
         col = QVBoxLayout(self)
-        col.addWidget(group("Propose", form, self.propose_button))
-        col.addWidget(group("Label", hrow(self.next_button, self.accept_button), self.painted_button,
-                            self.import_button, self.where))
+        col.addWidget(group("Propose", form, self.propose_button, self.job))
+        col.addWidget(group("Label", hrow(self.next_button, self.accept_button), hrow(self.skip_button,
+                            self.unaccept_button), self.painted_button, self.import_button, self.where))
+        col.addWidget(group("Edits inside accepted regions", self.edits_note, self.edits_button))
+        col.addWidget(group("Keyboard shortcuts", self.keys))
         col.addStretch()
 
     def _reset(self) -> None:
@@ -69,17 +98,22 @@ class LabelWidget(QWidget):
 
     @guarded
     def propose(self, *_) -> None:
+        """Rank regions in the background (TAUDIS embeds every fresh slice, DQN loads its agent)."""
         s = self.hub.require()
-        options = {}
-        if self.sampler.currentText() == "dqn":
+        sampler, k, seed, options = self.sampler.currentText(), self.k.value(), self.seed.value(), {}
+        if sampler == "dqn":
             if not self.dqn.text():
                 raise PaserInputError("the DQN sampler needs a trained agent: choose its .pt file (paser al train-dqn)")
             options["dqn_checkpoint"] = self.dqn.text()
-        proposals = s.propose(self.k.value(), self.sampler.currentText(), self.seed.value(), **options)
-        self.hub.refresh_regions()
-        self.current = None
-        info(f"{len(proposals)} regions proposed by {self.sampler.currentText()}: press Next, paint, Accept")
-        self.next()
+
+        def proposed(proposals) -> None:
+            self.hub.refresh_regions()
+            self.current = None
+            info(f"{len(proposals)} regions proposed by {sampler}: press Next (N), paint, Accept (Shift-A)")
+            self.next()
+
+        self.hub.run(lambda should_stop: s.propose(k, sampler, seed, **options), on_return=proposed,
+                     what=f"proposing {k} regions with {sampler}", final=f"proposed with {sampler}")
 
     @guarded
     def next(self, *_) -> None:
@@ -114,15 +148,30 @@ class LabelWidget(QWidget):
 
     @guarded
     def accept_painted(self, *_) -> None:
-        """Accept every region painted outside the accepted set (any slice)."""
+        """Accept every region painted outside the accepted set (any slice: read in the background)."""
         s = self.hub.require()
-        try:
-            records = s.accept_painted()
-        except PartialRegionError as exc:
-            if not self.confirm(str(exc)):
+
+        def job(should_stop, confirm: bool = False):
+            try:
+                return s.accept_painted(confirm_partial=confirm)
+            except PartialRegionError as exc:
+                return exc
+
+        def confirmed() -> None:  # once the finding job has ended
+            if self.hub.worker is not None:
+                QTimer.singleShot(10, confirmed)
                 return
-            records = s.accept_painted(confirm_partial=True)
-        self._accepted(len(records), f"{len(records)} painted regions")
+            self.hub.run(lambda should_stop: job(should_stop, True), on_return=done,
+                         what="accepting the painted regions")
+
+        def done(result) -> None:
+            if isinstance(result, PartialRegionError):
+                if self.confirm(str(result)):
+                    QTimer.singleShot(0, confirmed)
+                return
+            self._accepted(len(result), f"{len(result)} painted regions")
+
+        self.hub.run(job, on_return=done, what="finding painted regions")
 
     @guarded
     def import_selected(self, *_) -> None:
@@ -132,9 +181,91 @@ class LabelWidget(QWidget):
         layer = self.viewer.layers.selection.active
         if not isinstance(layer, Labels) or layer.name == LABELS:
             raise PaserInputError("select the Labels layer to copy (not 'paser labels'), then press the button again")
-        s.sync_labels(layer.data)
-        self.viewer.layers[LABELS].refresh()
-        info(f"copied '{layer.name}' into the session canvas: press 'Accept painted outside proposals' to keep it")
+        data, name = layer.data, layer.name
+
+        def copied(_result) -> None:
+            self.viewer.layers[LABELS].refresh()
+            info(f"copied '{name}' into the session canvas: press 'Accept painted outside proposals' to keep it")
+
+        self.hub.run(lambda should_stop: s.sync_labels(data), on_return=copied, what=f"copying '{name}'")
+
+    @guarded
+    def skip(self, *_) -> None:
+        """Drop the proposal on screen for this round and go to the next one."""
+        s = self.hub.require()
+        if self.current is None:
+            raise PaserInputError("no proposal on screen to skip: press Propose, then Next")
+        rid, rank = self.current.region_id, self.current.rank
+        s.skip(rid)
+        self.hub.refresh_regions()
+        info(f"skipped region {rid} for this round ({len(s.pending_proposals)} proposals pending)")
+        prop = s.next_proposal(rank)
+        self.current = None if prop is None else self.current
+        if prop is None:
+            self.where.setText("no pending proposals: propose more, or retrain")
+        else:
+            self.next()
+
+    @guarded
+    def unaccept(self, *_) -> None:
+        """Take back the accepted regions selected in the regions layer, or else the last accepted one."""
+        s = self.hub.require()
+        ids = self._selected_accepted()
+        if not ids:
+            if not s.accepted:
+                raise PaserInputError("no accepted region to take back")
+            ids = [s.accepted[-1].region_id]
+        for rid in ids:
+            s.unaccept(rid)
+        self.hub.refresh_regions()
+        info(f"took back region{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}: labels stay painted; "
+             f"{len(s.accepted)} in the labeled set")
+
+    def _selected_accepted(self) -> list[int]:
+        layers = self.viewer.layers
+        if REGIONS not in layers:
+            return []
+        layer = layers[REGIONS]
+        rows = sorted(layer.selected_data)
+        feats = layer.features
+        return [int(feats["region_id"][i]) for i in rows if feats["status"][i] == "accepted"]
+
+    def _watch_paint(self) -> None:
+        """Check for edits inside accepted regions a moment after each paint stroke."""
+        if LABELS in self.viewer.layers:
+            self.viewer.layers[LABELS].events.paint.connect(lambda *_: self._edits_timer.start())
+        self.check_edits()
+
+    def check_edits(self) -> None:
+        """Look for accepted regions painted over since they were accepted (read off the GUI thread)."""
+        s = self.hub.session
+        if s is None or not s.accepted:
+            self._show_edits([])
+            return
+        self.hub.preview(s.edited_regions, self._show_edits, key="edits")
+
+    def _show_edits(self, ids) -> None:
+        ids = list(ids or [])
+        self.edits_button.setEnabled(bool(ids))
+        if not ids:
+            self.edits_note.setText("")
+            self.edits_button.setText("Accept edits")
+            return
+        shown = ", ".join(map(str, ids[:8])) + (" ..." if len(ids) > 8 else "")
+        self.edits_button.setText(f"Accept edits of {len(ids)} region{'s' if len(ids) > 1 else ''}")
+        self.edits_note.setText(f"accepted region(s) {shown} were painted over: training still uses the accepted "
+                                "labels while the canvas and a full-volume export show the edits. Accept the edits "
+                                "so they agree.")
+
+    @guarded
+    def accept_edits(self, *_) -> None:
+        """Save the canvas of the edited accepted regions as their labels."""
+        s = self.hub.require()
+        records = s.accept_edits()
+        self.hub.refresh_regions()
+        self.hub.accepted.emit(len(records))
+        info(f"saved the edits of {len(records)} accepted region(s)")
+        self.check_edits()
 
     def _accepted(self, n: int, what: str) -> None:
         s = self.hub.require()
@@ -146,3 +277,8 @@ class LabelWidget(QWidget):
         else:
             self.current = None
             self.where.setText("all proposals accepted: retrain, then propose again")
+
+
+def shortcut_text() -> str:
+    """The viewer's PaSeR keyboard shortcuts, one per line, for the dock."""
+    return "\n".join(f"{key}: {what}" for key, _, what in SHORTCUTS)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
 from superqt import QLabeledDoubleSlider
 
-from napari_paser.gui.common import JobBar, group, hrow
+from napari_paser.gui.common import JobBar, enable_while_idle, group, hrow
 from napari_paser.gui.hub import MODEL_COLORS, ROUTED, ROUTING, guarded, hub_for, info
 
 
@@ -24,6 +24,11 @@ class MapsWidget(QWidget):
         self.slice_button = QPushButton("Current slice")
         self.volume_button = QPushButton("Whole volume")
         self.job = JobBar(self.hub)
+        self.view = QCheckBox("show the model's view (H)")
+        self.view.setToolTip("f0's prediction, entropy and the entropy > gamma contours over the image; "
+                             "hidden, the image and your labels alone")
+        self.freshness = QLabel("")
+        self.freshness.setWordWrap(True)
         self.gamma = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
         self.gamma.setRange(0.0, math.log(3))
         self.gamma.setValue(self.hub.gamma)
@@ -41,12 +46,18 @@ class MapsWidget(QWidget):
             label.setWordWrap(True)
             label.setTextFormat(Qt.TextFormat.RichText)
         self._layout()
+        enable_while_idle(self.hub, self.slice_button, self.volume_button, self.route_button)
+        self.view.toggled.connect(self._view_toggled)
+        self.hub.model_view_changed.connect(self._view_changed)
+        self.samples.valueChanged.connect(lambda v: setattr(self.hub, "samples", int(v)))
+        self.hub.maps_changed.connect(self._freshness)
+        self.hub.models_changed.connect(self._freshness)
+        self.hub.session_changed.connect(self._freshness)
         self.slice_button.clicked.connect(lambda: self.compute(volume=False))
         self.volume_button.clicked.connect(lambda: self.compute(volume=True))
         self.gamma.valueChanged.connect(self.hub.set_gamma)
         self.route_button.clicked.connect(self.route)
         self.lam.valueChanged.connect(self.live)
-        self.hub.busy_changed.connect(self.job.running)
         self.hub.session_changed.connect(self._session)
         self.hub.models_changed.connect(self._legend)
         self.hub.models_changed.connect(self._bank)
@@ -58,7 +69,8 @@ class MapsWidget(QWidget):
         rows.addRow("MC samples", self.samples)
         rows.addRow("entropy > gamma", self.gamma)
         col = QVBoxLayout(self)
-        col.addWidget(group("f0 prediction and entropy", form, hrow(self.slice_button, self.volume_button), self.job))
+        col.addWidget(group("f0 prediction and entropy", form, hrow(self.slice_button, self.volume_button), self.view,
+                            self.freshness, self.job))
         lam_row = QWidget()
         QFormLayout(lam_row).addRow("cost weight \u03bb", self.lam)
         col.addWidget(group("Routing (PaSeR policy)", self.route_button, lam_row, self.lam_note, self.legend,
@@ -88,9 +100,32 @@ class MapsWidget(QWidget):
         s = self.hub.session
         return self.lam.value() if s is not None and s.policy_lambdas else None
 
+    def _view_toggled(self, on: bool) -> None:
+        if on != self.hub.model_view:
+            self.hub.set_model_view(on)
+
+    def _view_changed(self, on: bool) -> None:
+        if self.view.isChecked() != on:
+            self.view.blockSignals(True)
+            self.view.setChecked(on)
+            self.view.blockSignals(False)
+
+    def _freshness(self) -> None:
+        """How many slices have maps of the current f0, and how many keep the previous model's."""
+        s = self.hub.session
+        if s is None or len(s.shape) != 3:
+            self.freshness.setText("")
+            return
+        fresh, stale = len(s.fresh_slices()), len(s.stale_slices())
+        text = f"maps: {fresh} of {s.n_slices} slices from the current f0"
+        if stale:
+            text += f"; {stale} from the previous model (refreshed when shown)"
+        self.freshness.setText(text)
+
     @guarded
     def compute(self, volume: bool = False) -> None:
-        """MC-dropout maps of the slice on screen (or every slice) in the background."""
+        """MC-dropout maps of the slice on screen (or every slice) in the background; the model's view
+        is shown when they are done (translucent: the image reads through)."""
         s = self.hub.require()
         zs = None if volume else self.hub.current_z()
         samples = self.samples.value()
@@ -100,39 +135,39 @@ class MapsWidget(QWidget):
         def job(should_stop):
             return (yield from s.compute_maps(zs, samples=samples, should_stop=should_stop))
 
-        self.hub.run(job, on_yield=self._progress, on_done=self._maps_done, what="computing maps")
+        self.hub.run(job, on_yield=self._progress, on_return=self._maps_done, what="computing maps")
 
     def _progress(self, event) -> None:
-        self.job.progress(event)
-        if event.stage == "maps":
+        if event.stage == "maps" and event.z == self.hub.current_z():
             self.hub.refresh_maps()
 
-    def _maps_done(self) -> None:
-        self.hub.refresh_maps()
+    def _maps_done(self, done: int) -> None:
         self.hub.set_gamma(self.gamma.value())
+        self.hub.set_model_view(True)
+        self.hub.refresh_maps()
 
     @guarded
-    def route(self, *_) -> None:
+    def route(self, *_, quiet: bool = False) -> None:
         """Route the slice on screen with the policy (f0 -> f1/f2 per patch) and show the cost."""
         s = self.hub.require()
         z = self.hub.current_z()
         if not s.has_policy:
-            s.route(z)  # raises the "no routing policy" message
+            s.pick_policy()  # raises the "no routing policy" message
         samples, lam = self.samples.value(), self._lam()
         self.hub.run(lambda should_stop: s.route(z, samples=samples, lam=lam), on_return=self.show_routing,
-                     what="routing")
+                     what="" if quiet else f"routing slice {z}", final="" if quiet else f"routed slice {z}")
 
     @guarded
     def live(self, *_) -> None:
-        """Re-route the slice on screen at the slider's lambda: instant once f0's state of the slice is known
-        (only the small policy runs; the cost comes from the map); else, if the overlay is shown, route it in
-        the background (the overlay never silently shows another lambda than the slider's)."""
+        """Re-route the slice on screen at the slider's lambda in a quick background preview once f0's state of
+        the slice is known (only the small policy runs; the cost comes from the map); else, if the overlay is
+        shown, route it as a job (the overlay never silently shows another lambda than the slider's)."""
         s, layers = self.hub.session, self.viewer.layers
         if s is None or not s.policy_lambdas:
             return
-        z, samples = self.hub.current_z(), self.samples.value()
+        z, samples, lam = self.hub.current_z(), self.samples.value(), self._lam()
         if s.has_state(z, samples):
-            self.show_routing(s.route(z, samples=samples, lam=self._lam(), execute=False))
+            self.hub.preview(lambda: s.route(z, samples=samples, lam=lam, execute=False), self.show_routing)
         elif ROUTING in layers and layers[ROUTING].visible and not self.hub.busy:
             self.route()
 
@@ -140,7 +175,7 @@ class MapsWidget(QWidget):
         """New weights: re-route the slice on screen if the overlay is shown."""
         s, layers = self.hub.session, self.viewer.layers
         if s is not None and s.has_policy and ROUTING in layers and layers[ROUTING].visible and not self.hub.busy:
-            self.route()
+            self.route(quiet=True)  # the job bars keep saying what the retrain did
 
     def show_routing(self, routed) -> None:
         self.hub.show_routing(routed)

@@ -8,7 +8,7 @@ from qtpy.QtWidgets import (
     QCheckBox, QComboBox, QFormLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget,
 )
 
-from napari_paser.gui.common import PathEdit, group, hrow
+from napari_paser.gui.common import JobBar, PathEdit, enable_while_idle, group, hrow
 from napari_paser.gui.hub import guarded, hub_for, info
 from napari_paser.errors import PaserInputError
 from napari_paser.gui.io import SESSION_KEY
@@ -41,7 +41,9 @@ class SessionWidget(QWidget):
         self.scratch_button = QPushButton("New untrained models")
         self.status = QLabel("no session")
         self.status.setWordWrap(True)
+        self.job = JobBar(self.hub)
         self._layout()
+        enable_while_idle(self.hub, self.start_button, self.open_button, self.load_button, self.scratch_button)
         self.start_button.clicked.connect(self.start)
         self.open_button.clicked.connect(self.open)
         self.load_button.clicked.connect(self.load_models)
@@ -67,6 +69,7 @@ class SessionWidget(QWidget):
         col.addWidget(group("Resume", self.open_folder, self.open_button))
         col.addWidget(group("Models", self.run_folder, self.load_button, hrow(*self.scratch.values()),
                             self.scratch_button))
+        col.addWidget(self.job)
         col.addWidget(self.status)
         col.addStretch()
 
@@ -94,42 +97,61 @@ class SessionWidget(QWidget):
 
     @guarded
     def start(self, *_) -> None:
+        """Create the session in the background (the image is copied into its folder); layers follow."""
         name = self.layer_box.currentText()
         if not name or name not in self.viewer.layers:
             raise PaserInputError("no image layer to label: open an image (File > Open, or File > Open Sample > PaSeR)")
         folder = Path(self.folder.text()) if self.folder.text() else _free_folder(name)
+
+        def ready(session) -> None:
+            self.folder.setText(str(folder))
+            info(f"session started in {folder}: load models or start from scratch, then compute maps")
+
         self.hub.start(folder, self.viewer.layers[name], self._split(self.classes.text()),
-                       self._split(self.colors.text()), self.region.value())
-        self.folder.setText(str(folder))
-        info(f"session started in {folder}: load models or start from scratch, then compute maps")
+                       self._split(self.colors.text()), self.region.value(), on_ready=ready)
 
     @guarded
     def open(self, *_) -> None:
+        """Resume a session folder in the background (its models load there too)."""
         if not self.open_folder.text():
             raise PaserInputError("choose a session folder (one holding session.json) to resume")
-        s = self.hub.open(self.open_folder.text())
-        info(f"resumed {s.folder}: {len(s.accepted)} accepted regions, models {', '.join(s.models) or 'none'}")
+
+        def ready(s) -> None:
+            info(f"resumed {s.folder}: {len(s.accepted)} accepted regions, models {', '.join(s.models) or 'none'}")
+
+        self.hub.open(self.open_folder.text(), on_ready=ready)
 
     @guarded
     def load_models(self, *_) -> None:
+        """Load a run folder's models and policies in the background (f2 alone is tens of MB)."""
         s = self.hub.require()
         if not self.run_folder.text():
             raise PaserInputError("choose a run folder written by `paser train` (it holds f0.pt), "
                                   "or start from scratch")
-        loaded = s.load_models(self.run_folder.text())
-        self.hub.models_changed.emit()
-        roles = [r for r in loaded if "@" not in r]
-        bank = f" and {len(s.policy_lambdas)} policies for lambda " + ", ".join(f"{v:g}" for v in s.policy_lambdas)
-        info(f"loaded {', '.join(roles)}{bank if s.policy_lambdas else ''}")
+        run = self.run_folder.text()
+
+        def loaded(roles) -> None:
+            self.hub.models_changed.emit()
+            names = [r for r in roles if "@" not in r]
+            bank = f" and {len(s.policy_lambdas)} policies for lambda " + ", ".join(f"{v:g}" for v in s.policy_lambdas)
+            info(f"loaded {', '.join(names)}{bank if s.policy_lambdas else ''}")
+
+        self.hub.run(lambda should_stop: s.load_models(run), on_return=loaded, what=f"loading the models of {run}",
+                     final="models loaded")
 
     @guarded
     def new_models(self, *_) -> None:
+        """New untrained models, built and saved in the background."""
         s = self.hub.require()
         sizes = {"f0": "tiny", "f1": "medium", "f2": "large"}
         roles = {r: sizes[r] for r, box in self.scratch.items() if box.isChecked()}
-        s.new_models(roles)
-        self.hub.models_changed.emit()
-        info(f"new untrained models {', '.join(roles)}: label a few regions and retrain")
+
+        def made(_roles) -> None:
+            self.hub.models_changed.emit()
+            info(f"new untrained models {', '.join(roles)}: label a few regions and retrain")
+
+        self.hub.run(lambda should_stop: s.new_models(roles), on_return=made, what="building new models",
+                     final="new models ready")
 
     def _show_status(self) -> None:
         s = self.hub.session

@@ -6,7 +6,9 @@ from dataclasses import replace
 
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
-from napari_paser.gui.common import JobBar, group, hrow
+from napari.utils.notifications import show_warning
+
+from napari_paser.gui.common import JobBar, enable_while_idle, group, hrow
 from napari_paser.gui.hub import guarded, hub_for, info
 from napari_paser.errors import PaserInputError
 from napari_paser.session.jobs import RETRAIN_CONFIG
@@ -16,32 +18,45 @@ TRAIN_THREADS = 1
 
 
 class CurvePlot(QWidget):
-    """Validation mIoU of f0 against the number of labeled regions (matplotlib)."""
+    """f0's mIoU and per-class IoU on the held-out regions against the number of labeled regions (matplotlib)."""
 
     def __init__(self) -> None:
         super().__init__()
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        self.figure = Figure(figsize=(3.2, 2.2), dpi=90, tight_layout=True)
+        self.figure = Figure(figsize=(3.2, 2.4), dpi=90, tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(180)
+        self.canvas.setMinimumHeight(200)
         self.axes = self.figure.add_subplot()
         QVBoxLayout(self).addWidget(self.canvas)
         self.plot([])
 
-    def plot(self, curve) -> None:
+    def plot(self, curve, class_names: tuple[str, ...] = ()) -> None:
         ax = self.axes
         ax.clear()
-        pts = [(p.n_labeled, p.val_miou) for p in curve if p.val_miou is not None]
+        pts = [p for p in curve if p.val_miou is not None]
         if pts:
-            ax.plot(*zip(*pts), "o-", color="#1f77b4")
+            xs = [p.n_labeled for p in pts]
+            ax.plot(xs, [p.val_miou for p in pts], "o-", color="#1f77b4", label="mIoU", lw=2)
+            names = list(class_names) or sorted({n for p in pts for n in (getattr(p, "class_iou", None) or {})})
+            for i, name in enumerate(names):
+                ys = [(getattr(p, "class_iou", None) or {}).get(name) for p in pts]
+                if any(y is not None for y in ys):
+                    ax.plot(xs, [float("nan") if y is None else y for y in ys], "--", lw=1,
+                            color=f"C{i + 1}", label=name)
+            kept = [p for p in pts if getattr(p, "kept_previous", False)]
+            if kept:
+                ax.plot([p.n_labeled for p in kept], [p.val_miou for p in kept], "x", color="#d62728",
+                        label="kept previous")
             ax.set_ylim(0, 1)
+            ax.legend(fontsize=6, loc="lower right")
+            ax.set_title(f"held out: {pts[-1].n_val} regions", fontsize=8)
         else:
             ax.text(0.5, 0.5, "no held-out regions yet\n(every 5th accepted region)", ha="center", va="center",
                     transform=ax.transAxes, fontsize=8)
         ax.set_xlabel("labeled regions", fontsize=8)
-        ax.set_ylabel("val mIoU (f0)", fontsize=8)
+        ax.set_ylabel("held-out IoU (f0)", fontsize=8)
         ax.tick_params(labelsize=7)
         self.canvas.draw_idle()
 
@@ -64,9 +79,10 @@ class TrainWidget(QWidget):
         self.job = JobBar(self.hub)
         self.curve = CurvePlot()
         self.last_result = None
+        self.last_report = None
         self._layout()
+        enable_while_idle(self.hub, self.train_button)
         self.train_button.clicked.connect(self.retrain)
-        self.hub.busy_changed.connect(self.job.running)
         self.hub.curve_changed.connect(self._plot)
         self.hub.accepted.connect(self._after_accept)
 
@@ -86,14 +102,15 @@ class TrainWidget(QWidget):
 
     @guarded
     def retrain(self, *_) -> None:
-        """Train on a snapshot of the labeled set in a thread worker; Cancel keeps the last weights."""
+        """Train on a snapshot of the labeled set in a thread worker, then refresh the maps of the slice on
+        screen and of the proposals' slices (the others when shown); Cancel keeps the last weights."""
         s = self.hub.require()
         roles = [r for r, box in self.roles.items() if box.isChecked()]
         if not roles:
             raise PaserInputError("choose at least one model to retrain (f0, f1 or f2)")
         gen = s.retrain(self.config(), roles)  # checks models and labeled regions at once
         gen.close()
-        cfg = self.config()
+        cfg, hub = self.config(), self.hub
 
         def job(should_stop):
             import torch
@@ -101,33 +118,44 @@ class TrainWidget(QWidget):
             threads = torch.get_num_threads()
             torch.set_num_threads(TRAIN_THREADS)
             try:
-                return (yield from s.retrain(cfg, roles, should_stop=should_stop))
+                result = yield from s.retrain(cfg, roles, should_stop=should_stop, refresh=False)
+                if result.cancelled or not s.state.maps:
+                    return result, None
+                report = yield from s.refresh(focus=hub.focus_z, everything=False, samples=hub.samples,
+                                              should_stop=should_stop)
+                return result, report
             finally:
                 torch.set_num_threads(threads)
 
-        self.last_result = None
-        self.hub.run(job, on_yield=self.job.progress, on_return=self._returned, on_done=self._done,
-                     what="retraining")
+        self.last_result = self.last_report = None
+        self.hub.run(job, on_return=self._returned, on_done=self._done, what="retraining")
 
-    def _returned(self, result) -> None:
-        self.last_result = result
+    def _returned(self, value) -> None:
+        self.last_result, self.last_report = value
 
     def _done(self) -> None:
-        result = self.last_result
+        result, report = self.last_result, self.last_report
         if result is None or result.cancelled:
-            self.job.message.setText("cancelled: the previous weights are kept")
+            message = "cancelled: the previous weights are kept"
+            self.job.message.setText(message)
             info("retraining cancelled; the previous weights are kept")
             return
-        self.hub.refresh_maps(show=False)
-        self.hub.refresh_regions()
-        self.hub.models_changed.emit()
-        self.hub.curve_changed.emit()
+        hub = self.hub  # the layer updates and the curve's redraw, one per event-loop turn
+        hub.later([hub.refresh_maps, hub.refresh_regions, hub.curve_changed.emit, hub.models_changed.emit])
         point = result.curve_point
-        miou = f", val mIoU {point.val_miou:.3f}" if point and point.val_miou is not None else ""
-        info(f"retrained on {point.n_train if point else '?'} regions{miou}: maps and proposals refreshed")
+        held = f", held-out mIoU {point.val_miou:.3f} on {point.n_val} regions" if point and point.val_miou is not None \
+            else ""
+        refreshed = report.message() if report is not None else "no maps to refresh"
+        message = f"retrained on {point.n_train if point else '?'} regions{held}: {refreshed}"
+        self.job.message.setText(message)
+        info(message)
+        if point is not None and getattr(point, "kept_previous", False):
+            show_warning(f"kept the previous weights: the retrained model did worse on the {point.n_val} held-out "
+                         "regions")
 
     def _plot(self) -> None:
-        self.curve.plot(self.hub.session.curve if self.hub.session else [])
+        s = self.hub.session
+        self.curve.plot(s.curve if s else [], s.classes.names if s else ())
 
     def _after_accept(self, _n: int) -> None:
         s = self.hub.session

@@ -54,7 +54,7 @@ from napari_paser.data.dataset import normalise, robust_range
 from napari_paser.errors import InputError, PaserInputError
 from napari_paser.data.labels_convention import layer_to_classes
 from napari_paser.session.jobs import RETRAIN_CONFIG, Progress, RetrainResult, retrain_steps, training_data
-from napari_paser.session import lock
+from napari_paser.session import lock, refresh
 from napari_paser.session.routing import SliceRouting, policy_models, route_slice
 from napari_paser.session.sampling import proposal_inputs
 from napari_paser.session.store import (
@@ -553,6 +553,23 @@ class Session:
         model = self._require_f0()
         zs = self._slices_arg(z)
         return self._maps_gen(model, zs, samples, tile, should_stop)
+
+    def stale_slices(self) -> list[int]:
+        """Slices whose maps come from an older f0 (shown until refreshed; samplers skip them)."""
+        return refresh.stale_slices(self)
+
+    def refresh_order(self, focus: int | None = None) -> tuple[list[int], list[int]]:
+        """Stale slices as (now, later): the slice `focus`, then the proposals' slices; then the rest (see
+        `session.refresh`)."""
+        return refresh.refresh_order(self, focus)
+
+    def refresh(self, focus: int | None = None, everything: bool = True, samples: int = 5,
+                should_stop: Callable[[], bool] | None = None) -> Generator[Progress, None, refresh.RefreshReport]:
+        """After new weights: recompute stale maps in `refresh_order` (with everything=False only the slice
+        on screen and the proposals' slices; the rest stay stale until shown), then repeat the last
+        proposal request. Returns a `RefreshReport` whose `message()` says exactly what was refreshed."""
+        self._require_f0()
+        return refresh.refresh(self, focus, everything, samples, should_stop)
 
     def _slices_arg(self, z) -> list[int]:
         zs = list(range(self.n_slices)) if z is None else [z] if np.isscalar(z) else list(z)

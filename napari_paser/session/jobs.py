@@ -20,7 +20,6 @@ from learners.lr_agent import LRAgent
 from learners.training import IGNORE_INDEX, EpochReport, StepReport, TrainConfig, TrainResult, iter_training
 from learners.unet import UNet
 from napari_paser.data.dataset import normalise
-from napari_paser.errors import PaserInputError
 from napari_paser.data.labels_convention import layer_to_classes
 from napari_paser.session.store import CurvePoint, State, load_crop, now_iso
 
@@ -128,15 +127,5 @@ def _commit_trained(session, trained: dict[str, UNet], results: dict[str, TrainR
 
 
 def _refresh(session, samples: int, should_stop) -> Generator[Progress, None, None]:
-    """After new weights: recompute the maps that were computed before, repeat the last proposal."""
-    had = sorted(int(z) for z in session.state.maps)
-    if had:
-        yield from session._maps_gen(session.models["f0"], had, samples, None, should_stop)
-    req = dict(session.state.proposal_request or {})
-    if req and not (should_stop is not None and should_stop()):
-        try:
-            session.propose(**req)
-        except PaserInputError as exc:  # e.g. fewer regions left than k: keep the old proposals
-            yield Progress("propose", 1, 1, f"proposals not refreshed: {exc}")
-        else:
-            yield Progress("propose", 1, 1, f"{len(session.state.proposals)} new proposals")
+    """After new weights: recompute the stale maps (slice order: `Session.refresh_order`), repeat the last proposal."""
+    yield from session.refresh(samples=samples, should_stop=should_stop)
