@@ -27,9 +27,8 @@ from napari_paser.errors import PaserInputError
 from napari_paser.gui import layers as L
 from napari_paser.gui import regions_layer
 from napari_paser.gui.io import SESSION_KEY
-from napari_paser.gui.layers import (  # noqa: F401 (re-exported: the layer names widgets and tests use)
-    ABOVE, ENTROPY, HIGHLIGHT, IMAGE, LABELS, MODEL_COLORS, MODEL_VIEW, PRED, REGIONS, ROUTED, ROUTING, LazyView,
-)
+from napari_paser.gui.layers import ABOVE, ENTROPY, IMAGE, LABELS, MODEL_VIEW, PRED, REGIONS, ROUTED, ROUTING
+from napari_paser.gui.layers import HIGHLIGHT, MODEL_COLORS, LazyView  # noqa: F401 (re-exported for widgets, tests)
 from napari_paser.session.core import Session
 
 SHORTCUTS = (

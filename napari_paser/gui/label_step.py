@@ -198,7 +198,7 @@ class LabelWidget(QWidget):
         rid, rank = self.current.region_id, self.current.rank
         s.skip(rid)
         self.hub.refresh_regions()
-        info(f"skipped region {rid} for this round ({len(s.pending_proposals)} proposals pending)")
+        self.viewer.status = f"skipped region {rid} for this round ({len(s.pending_proposals)} proposals pending)"
         prop = s.next_proposal(rank)
         self.current = None if prop is None else self.current
         if prop is None:
@@ -271,12 +271,14 @@ class LabelWidget(QWidget):
         s = self.hub.require()
         self.hub.refresh_regions()
         self.hub.accepted.emit(n)
-        info(f"accepted {what} ({len(s.accepted)} in the labeled set, saved)")
+        done = f"accepted {what} ({len(s.accepted)} in the labeled set, saved)"
+        self.viewer.status = done  # the status bar, not a toast per region: labeling is a quick rhythm
         if s.pending_proposals:
             self.next()
+            self.where.setText(f"{done}; now {self.where.text()}")
         else:
             self.current = None
-            self.where.setText("all proposals accepted: retrain, then propose again")
+            self.where.setText(f"{done}; all proposals done: retrain, then propose again")
 
 
 def shortcut_text() -> str:

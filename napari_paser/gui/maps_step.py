@@ -89,6 +89,8 @@ class MapsWidget(QWidget):
         s = self.hub.session
         lambdas = s.policy_lambdas if s is not None else []
         self.lam.setEnabled(bool(lambdas))
+        if s is not None and s.has_policy and self.readout.text().startswith("no routing yet"):
+            self.readout.setText("no routing yet: press 'Route current slice'")
         if lambdas:
             low, high = (lambdas[0], lambdas[-1]) if len(lambdas) > 1 else (0.0, 1.0)
             self.lam.setRange(low, high)
