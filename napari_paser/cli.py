@@ -29,7 +29,8 @@ import numpy as np
 
 from learners.errors import InputError
 from napari_paser.cli_args import (BUDGETS, COUNT, FRACTIONS, LAMBDAS, N_CLASSES, RATE, REGION, SEED, TILE, UNIT,
-                                   check_memory, float_range, int_range, os_error_line)
+                                   check_memory, float_range, int_range)
+from napari_paser.errors import os_error_line
 
 SYNTH_BYTES_PER_VOXEL = 48  # peak of synth_volume + write: float64 fields, float32 image, uint16 copy, labels
 MODEL_BYTES_PER_PIXEL = 2048  # peak activations of the largest preset's forward pass (64 channels, float32)

@@ -9,7 +9,6 @@ An argparse type raising `ArgumentTypeError` makes argparse print the usage and
 from __future__ import annotations
 
 import argparse
-import errno
 import math
 import os
 from collections.abc import Callable
@@ -107,25 +106,3 @@ def _human(nbytes: float) -> str:
             return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
         nbytes /= 1024
     return f"{nbytes:.1f} EiB"  # unreachable
-
-
-_OS_HINTS = {
-    errno.EACCES: "you may not write there: choose a folder you own",
-    errno.EPERM: "the operation is not permitted there: choose a folder you own",
-    errno.EROFS: "the file system is read-only: choose a writable folder",
-    errno.EEXIST: "it already exists: choose a new path, or remove it first",
-    errno.ENOTDIR: "a part of the path is a file, not a folder: fix the path",
-    errno.EISDIR: "it is a folder, not a file: give a file path",
-    errno.ENOENT: "no such file or folder: check the path",
-    errno.ENOSPC: "the disk is full: free space or write elsewhere",
-    errno.ENAMETOOLONG: "the path is too long: shorten it",
-}
-
-
-def os_error_line(exc: OSError) -> str:
-    """One line for an OS error on a path: which path, what the system said, what to do."""
-    path = exc.filename if exc.filename is not None else ""
-    reason = exc.strerror or str(exc) or type(exc).__name__
-    hint = _OS_HINTS.get(exc.errno, "check the path and its permissions")
-    where = f"{path}: " if path else ""
-    return f"{where}{reason} ({hint})"

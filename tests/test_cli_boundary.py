@@ -7,7 +7,8 @@ import pytest
 
 from learners.errors import InputError
 from napari_paser.cli import main
-from napari_paser.cli_args import check_memory, float_range, int_range, os_error_line
+from napari_paser.cli_args import check_memory, float_range, int_range
+from napari_paser.errors import os_error_line
 from napari_paser.errors import PaserInputError
 
 

@@ -406,3 +406,33 @@ def test_a_session_opened_from_the_file_menu_is_offered_for_resuming(make_napari
     idle(widget.hub)
     assert widget.hub.session is not None and widget.hub.session.folder.resolve() == (tmp_path / "sess").resolve()
     assert not [la.name for la in viewer.layers if la.name.startswith("sess ")]  # reader copies replaced
+
+
+def test_a_folder_held_elsewhere_resumes_read_only_with_a_warning(make_napari_viewer, tmp_path, monkeypatch, errors):
+    import json
+
+    from napari_paser.session.core import Session
+    from napari_paser.session.lock import LOCK_FILE
+
+    warned: list[str] = []
+    monkeypatch.setattr(_widgets_hub, "show_warning", warned.append)
+    Session.create(tmp_path / "sess", np.zeros((2, 64, 64), np.uint16) + np.arange(64, dtype=np.uint16)).close()
+    (tmp_path / "sess" / LOCK_FILE).write_text(json.dumps({"host": "elsewhere.example", "pid": 4242, "time": "t"}))
+    widget = PaserWidget(make_napari_viewer())
+    widget.steps["Session"].open_folder.setText(str(tmp_path / "sess"))
+    widget.steps["Session"].open()
+    idle(widget.hub)
+    session = widget.hub.require()
+    assert session.read_only and not errors
+    assert any("read-only" in w and "elsewhere.example" in w for w in warned)
+    assert json.loads((tmp_path / "sess" / LOCK_FILE).read_text())["host"] == "elsewhere.example"  # untouched
+
+
+def test_an_unwritable_export_folder_is_one_line_not_a_traceback(gui, tmp_path, errors):
+    viewer, widget = gui
+    start(widget, tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    widget.hub.run(lambda should_stop: widget.hub.require().export(blocker / "export", full_volume=True), what="exporting")
+    idle(widget.hub)
+    assert len(errors) == 1 and "a-file" in errors[0] and "\n" not in errors[0]

@@ -19,17 +19,18 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from learners.errors import InputError
-from napari_paser.errors import PaserInputError
+from napari_paser.errors import PaserInputError, os_error_line
 from napari_paser.gui import layers as L
 from napari_paser.gui import regions_layer
 from napari_paser.gui.io import SESSION_KEY
 from napari_paser.gui.layers import ABOVE, ENTROPY, IMAGE, LABELS, MODEL_VIEW, PRED, REGIONS, ROUTED, ROUTING
 from napari_paser.gui.layers import HIGHLIGHT, MODEL_COLORS, LazyView  # noqa: F401 (re-exported for widgets, tests)
 from napari_paser.session.core import Session
+from napari_paser.session.lock import FolderNotWritableError, SessionLockedError
 
 SHORTCUTS = (
     ("N", "next", "go to the next proposal"),
@@ -51,6 +52,9 @@ def guarded(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except InputError as exc:
             show_error(str(exc))
+            return None
+        except OSError as exc:  # a path the user chose cannot be read or written: theirs to fix
+            show_error(os_error_line(exc))
             return None
 
     return wrapper
@@ -130,7 +134,11 @@ class Hub(QObject):
         """Resume a session folder in the background: its image, labels, maps, regions and models."""
 
         def job(should_stop):
-            session = Session.open(folder)
+            try:
+                session = Session.open(folder)
+            except (SessionLockedError, FolderNotWritableError) as exc:  # view it; never a second writer
+                session = Session.open(folder, read_only=True)
+                session.warnings.insert(0, f"opened read-only: {exc}")
             return session, L.session_layers(session, lambda: self.gamma, with_image=True)
 
         def reader_copies(session) -> list[str]:  # File > Open's copies give way to the live layers
@@ -150,7 +158,11 @@ class Hub(QObject):
         session, makers = result
         old = [n for n in dict.fromkeys((*remove, IMAGE, ROUTING, ROUTED)) if n in self.viewer.layers]
         added: list[str] = []
+        previous = self.session
         steps = [functools.partial(setattr, self, "session", session)]
+        if previous is not None and previous is not session:
+            steps.append(previous.close)  # releases its hold on its folder (the lock is per folder and process)
+        steps += [functools.partial(show_warning, note) for note in session.warnings]
         steps += [functools.partial(self._add, make, added) for make in makers]
         steps.append(lambda: [self._remove(name) for name in old if name not in added])
 
@@ -377,6 +389,9 @@ class Hub(QObject):
         self.job_finished.emit("failed: " + str(exc))
         if isinstance(exc, InputError):
             show_error(str(exc))
+            return
+        if isinstance(exc, OSError):
+            show_error(os_error_line(exc))
             return
         traceback.print_exception(type(exc), exc, exc.__traceback__)  # a bug: keep the trace for the report
         show_error(f"the background job failed: {type(exc).__name__}: {exc}")
