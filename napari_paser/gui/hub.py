@@ -223,10 +223,8 @@ class Hub(QObject):
 
     def show_routing(self, routed) -> None:
         """The patch grid of slice `routed.z`, each patch filled with the colour of its model."""
-        from learners.grid import Grid
-
         s = self.require()
-        grid = Grid.divide(*routed.shape, *routed.routing.shape)
+        grid = routed.grid()
         rects, models = [], []
         for cell, box in enumerate(grid.boxes()):
             corners = np.array([[box.y0, box.x0], [box.y0, box.x0 + box.w], [box.y0 + box.h, box.x0 + box.w],

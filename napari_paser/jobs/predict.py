@@ -22,7 +22,7 @@ from learners.atomic import atomic_path, atomic_write_text
 from learners.checkpoint import load_checkpoint
 from learners.routing.policy import load_policy
 from learners.routing.bank import load_bank
-from learners.routing.router import RoutingCost, RoutingResult, route
+from learners.routing.router import RoutingCost, RoutingResult, make_grid, route
 from learners.uncertainty import UncertaintyMaps, uncertainty_maps
 from learners.unet import UNet
 from napari_paser.data.dataset import normalise, read_image, robust_range
@@ -102,8 +102,8 @@ def route_file(run: str | Path, image: str | Path, out: str | Path, lam: float |
              for z in tqdm(range(len(volume)), desc="route", unit="slice", disable=not progress)]
     result = RoutingResult.concat(parts)
     h, w = volume.shape[-2:]
-    cost = RoutingCost.of(models, h, w, policy.config.grid, samples, policy)
-    largest = policy.config.grid[0] * policy.config.grid[1] * cost.patch[-1] / 1e9
+    cost = RoutingCost.of(models, h, w, policy.config.patching, samples, policy)
+    largest = len(make_grid((h, w), policy.config.patching)) * cost.patch[-1] / 1e9
     summary = {"image": str(image), "run": str(run), "lambda": chosen, "slices": len(volume),
                "gflops_per_slice": result.gflops_per_image, f"gflops_per_slice_{result.names[-1]}_everywhere": largest,
                "patch_share": result.patch_share(), "samples": samples}
