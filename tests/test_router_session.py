@@ -183,3 +183,36 @@ def test_exported_session_run_routes_a_stack_through_paser_route(tmp_path):
                  "--lambda", "0", "--samples", "2", "--quiet"]) == 0
     assert tifffile.imread(tmp_path / "out" / "routed.tif").shape == (4, 40, 56)
     assert tifffile.imread(tmp_path / "out" / "routing.tif").shape == (4, 3, 4)
+
+
+def test_cli_trains_the_router_of_a_session_exports_it_and_runs_each_model_alone(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    s = Session.create(tmp_path / "s", (rng.random((2, 48, 48)) * 1000).astype(np.uint16), region_size=16)
+    s.new_models({"f0": TINY, "f1": TINY, "f2": UNetConfig(base=8, depth=2)})
+    for rid in range(12):
+        r = s.region(rid)
+        s.accept(rid, rng.integers(1, 4, (r.h, r.w)).astype(np.uint8))
+    s.close()
+    assert main(["session", "train-router", "--session", str(s.folder), "--lambdas", "0,1", "--epochs", "2",
+                 "--no-retrain", "--samples", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "10 training regions, 2 held out, 16x16 px patches" in out and "1.000" in out
+    run = tmp_path / "run"
+    assert main(["session", "export-run", "--session", str(s.folder), "--out", str(run)]) == 0
+    assert load_bank(run).lambdas == [0.0, 1.0]
+    tifffile.imwrite(tmp_path / "one.tif", (rng.random((40, 40)) * 1000).astype(np.uint16))
+    for model, samples in (("f0", "0"), ("f0", "2"), ("f2", "2")):
+        dest = tmp_path / f"{model}-{samples}"
+        assert main(["route", "--run", str(run), "--image", str(tmp_path / "one.tif"), "--out", str(dest),
+                     "--model", model, "--samples", samples, "--quiet"]) == 0
+        summary = json.loads((dest / "routing.json").read_text())
+        assert summary["model"] == model and summary["patch_share"][model] == 1.0
+        seg = tifffile.imread(dest / "routed.tif")
+        expected = load_checkpoint(run / f"{model}.pt").model.eval()
+        if samples == "0" or model == "f2":  # one deterministic pass on the whole slice
+            from napari_paser.data.dataset import normalise, robust_range
+            raw = tifffile.imread(tmp_path / "one.tif")
+            x = torch.from_numpy(normalise(raw, *robust_range(raw)))[None, None]
+            with torch.no_grad():
+                np.testing.assert_array_equal(seg.reshape(40, 40), expected(x).argmax(1)[0].numpy())
+    assert main(["session", "train-router", "--session", str(tmp_path / "nowhere")]) == 2

@@ -270,6 +270,21 @@ def _train_router(session, roles, lambdas, config, should_stop) -> Generator[Pro
     return RouterResult(False, bank, summary, retrained)
 
 
+def format_router(summary: dict) -> str:
+    """A terminal table of router.json: each lambda's held-out mIoU, GFLOPs per patch and shares (as `paser policy`)."""
+    from napari_paser.jobs.policy import format_bank
+
+    head = (f"{summary['train_regions']} training regions, {summary['val_regions']} held out, "
+            f"{summary['patch'][0]}x{summary['patch'][1]} px patches, models {', '.join(summary['models'])}")
+    if not summary.get("policies"):
+        return head + "\nno held-out regions to score the policies on: accept more regions (every 5th is held out)"
+    largest = f"{summary['models'][-1]}_alone"
+    table = {"policies": summary["policies"], "default_lambda": summary["default_lambda"], largest: summary[largest]}
+    rows = format_bank(table).replace("GFLOPs", "GF/patch").replace("val mIoU", "held mIoU")
+    alone = [f"{k[:2]:>7}{summary[k]['iou']:>10.3f}" for k in summary if k.endswith("_alone") and k != largest]
+    return "\n".join([head, rows] + alone)
+
+
 def install_bank(session, bank: PolicyBank) -> None:
     """Make `bank` the session's routing policies in one commit: older bank members and a loaded policy.pt
     (trained for other models) are dropped."""
