@@ -626,7 +626,8 @@ class Session:
         """Candidates and inputs of `sampler` from this session (see `session.sampling`)."""
         return proposal_inputs(sampler, self.pool, self.fresh_slices(), self._require_f0,
                                lambda: {name: self._map3d(name) for name in MAP_NAMES}, self.image_slice,
-                               self.labels, self.n_classes)
+                               self.labels, self.n_classes,
+                               lambda: [self.models[r] for r in MODEL_ROLES if r in self.models])
 
     # ------------------------------------------------------------------ accepting labels
 
