@@ -162,8 +162,8 @@ def run_sampler(sampler: str, args, pool, test) -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix=f"bsr-{sampler}-"))
     s = Session.create(work / "s", pool_x, classes=list(CLASSES), region_size=args.region, val_every=5)
     s.new_models({"f0": "tiny", "f1": size_config(args.f1), "f2": size_config(args.f2)}, seed=0)
-    retrain = TrainConfig(epochs=args.f0_epochs, batch_size=8, lr=1e-3, patience=3)
-    models_cfg = TrainConfig(epochs=args.model_epochs, batch_size=8, lr=1e-3, patience=3)
+    retrain = TrainConfig(epochs=args.f0_epochs, batch_size=8, lr=args.lr, patience=5)
+    models_cfg = TrainConfig(epochs=args.model_epochs, batch_size=8, lr=args.lr, patience=5)
     seconds = {"propose": 0.0, "retrain_f0": 0.0, "train_router": 0.0}
     drain(s.compute_maps(samples=args.samples))
     first = True
@@ -212,6 +212,7 @@ def main() -> None:
     p.add_argument("--rl-epochs", type=int, default=100)
     p.add_argument("--lambdas", default="0,0.05,0.1,0.3,1")
     p.add_argument("--samples", type=int, default=5)
+    p.add_argument("--lr", type=float, default=2e-3, help="learning rate of f0 and f1/f2 retraining")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     args.budgets = [int(b) for b in args.budgets.split(",")]

@@ -47,6 +47,7 @@ from learners.training import IGNORE_INDEX, TrainConfig
 from napari_paser.data.labels_convention import layer_to_classes
 from napari_paser.errors import PaserInputError
 from napari_paser.session.jobs import Progress, RetrainResult
+from napari_paser.session.jobs import _refresh as refresh_after  # the maps and proposals after new weights
 from napari_paser.session.store import load_crop
 
 ROUTER_LAMBDAS = (0.0, 0.1, 0.3, 0.5, 1.0)
@@ -68,6 +69,7 @@ class RouterConfig:
     samples: int = 5
     train_models: bool = True
     model_config: TrainConfig | None = None  # None: the session's retraining default
+    refresh: bool = True  # recompute the maps that were current (new models make them stale) and the proposals
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -266,6 +268,8 @@ def _train_router(session, roles, lambdas, config, should_stop) -> Generator[Pro
     install_bank(session, bank)
     atomic_write_text(session.folder / ROUTER_FILE, json.dumps(summary, indent=2))
     yield Progress("save", total, total, f"saved {len(bank)} routing policies")
+    if config.refresh:
+        yield from refresh_after(session, config.samples, should_stop)
     yield Progress("done", total, total, "router trained")
     return RouterResult(False, bank, summary, retrained)
 
