@@ -76,7 +76,7 @@ def predict_file(run: str | Path, image: str | Path, out: str | Path, samples: i
 def _write_tifs(out: Path, arrays: dict[str, np.ndarray]) -> None:
     for name, arr in arrays.items():
         with atomic_path(out / f"{name}.tif") as tmp:
-            tifffile.imwrite(tmp, arr, compression="zlib")
+            tifffile.imwrite(tmp, arr, compression="zlib", photometric="minisblack")  # never RGB, whatever N
 
 
 def run_policy(run: Path, lam: float | None):
