@@ -4,8 +4,8 @@ synthetic: 40 slices of 128x128 from `synth_volume` with correlation length 8 (f
 survive the 4x downsampling), degraded with `--preset` (default `lowres-shading`, as the SOC
 benchmark), f0/f1/f2 trained with the quick preset, then the bench. soc: a SOC dataset folder and run (`--soc-data`, `--soc-run`;
 by default the ones `benchmarks/bench_train_quality.py --dataset soc --degradation lowres
---keep runs/soc-lowres` leaves). Writes benchmarks/results/routing-<dataset>.json and .png
-(`--name` replaces <dataset>).
+--keep runs/soc-lowres` leaves). Writes `--out` (default benchmarks/results/routing-<dataset>.json,
+`--name` replacing <dataset>) and the .png beside it.
 
     .venv/bin/python benchmarks/bench_routing.py synthetic [--work /tmp/rs] [--preset P] [bench flags, e.g. --epochs-rl 60]
     .venv/bin/python benchmarks/bench_routing.py soc [--soc-data DIR --soc-run RUN] [bench flags]
@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--soc-run", type=Path, default=ROOT / "runs" / "soc-lowres" / "run")
     parser.add_argument("--preset", default="lowres-shading", help="synthetic: the degradation preset")
     parser.add_argument("--name", help="results name (default: the dataset)")
+    parser.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/routing-<name>.json)")
     args, extra = parser.parse_known_args()  # the rest goes to `paser bench routing`
     extra = [a for a in extra if a != "--"]
     if args.dataset == "synthetic":
@@ -56,7 +57,7 @@ def main() -> None:
         data, run = args.soc_data, args.soc_run
         if not (run / "f0.pt").exists():
             sys.exit(f"no SOC run at {run}; make it with benchmarks/bench_train_quality.py --keep runs/soc-lowres")
-    out = RESULTS / f"routing-{args.name or args.dataset}.json"
+    out = args.out or RESULTS / f"routing-{args.name or args.dataset}.json"
     sys.exit(cli.main(["bench", "routing", "--data", str(data), "--run", str(run), "--out", str(out), "--sweep",
                        *extra]))
 

@@ -5,7 +5,9 @@ Cells at the bottom and right border may be partial (clipped to the image); `ext
 them by reflection to the full cell size so patches batch together, and `paste` crops the
 padding away again. Routing uses `Grid.divide(H, W, 4, 4)` (cell = ceil(H/4) x ceil(W/4),
 so an image whose size is not a multiple of the grid gets a slightly smaller last row and
-column), labeling uses fixed cells such as 64 x 64.
+column), labeling uses fixed cells such as 64 x 64. `Patching` says how routing cuts a slice: a patch
+size in pixels (the default of a session's router: routing patches and labeling regions are one
+grid, whatever the slice size) or, as in the PaSeR paper, a fixed rows x cols count per image.
 """
 
 from __future__ import annotations
@@ -120,3 +122,47 @@ class Grid:
         elif op != "sum":
             raise ConfigError(f"op must be 'sum' or 'mean', got {op!r}")
         return out.reshape(np.shape(pixel_map)[:-2] + (len(self),))
+
+
+@dataclass(frozen=True)
+class Patching:
+    """How routing cuts a slice into patches: `size` (ph, pw) pixels per patch, or `count` (rows, cols).
+
+    With `size`, any slice routes at the same granularity: a slice whose side is not a multiple
+    of the patch gets a partial last row/column of patches (reflect-padded to the full size when
+    a model runs on it and cropped again after stitching; IoU counts only the slice's own pixels,
+    FLOPs the padded patch), and a slice smaller than a patch is one padded patch. With `count`
+    (the paper's 4x4 set-up, kept for the routing benchmark) the patch size follows the slice.
+    """
+
+    size: tuple[int, int] | None = None
+    count: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.size is None) == (self.count is None):
+            raise ConfigError("give the routing patches either a size in pixels or a rows x cols count, not both")
+        for name in ("size", "count"):
+            value = getattr(self, name)
+            if value is not None:
+                value = tuple(int(v) for v in value)
+                if len(value) != 2 or min(value) < 1:
+                    raise ConfigError(f"routing patch {name} must be two positive integers, got {value}")
+                object.__setattr__(self, name, value)
+
+    @classmethod
+    def of(cls, spec: Patching | tuple[int, int] | int) -> Patching:
+        """A Patching from itself, a (rows, cols) count (the older `grid` argument), or an int patch side."""
+        if isinstance(spec, Patching):
+            return spec
+        if isinstance(spec, (int, np.integer)):
+            return cls(size=(int(spec), int(spec)))
+        return cls(count=tuple(spec))
+
+    def grid(self, height: int, width: int) -> Grid:
+        """The patch grid of a `height` x `width` slice."""
+        if self.size is not None:
+            return Grid((int(height), int(width)), self.size)
+        return Grid.divide(int(height), int(width), *self.count)
+
+    def describe(self) -> str:
+        return f"{self.size[0]}x{self.size[1]} px patches" if self.size else f"a {self.count[0]}x{self.count[1]} grid"

@@ -6,6 +6,9 @@
     paser train        --data DIR --out RUN [--preset quick|paper] [--epochs N] [--seed K] [--overwrite]
     paser predict      --run RUN --image STACK.tif --out DIR     f0 segmentation + entropy/BALD maps
     paser segment      --run RUN --image VOLUME --out OUT.zarr [--what maps|route|f2] [--workers N | --scheduler ADDR]
+    paser route        --run RUN --image STACK.tif --out DIR [--lambda L | --model f0|f1|f2]   PaSeR (or one model alone)
+    paser session train-router --session DIR [--lambdas 0,0.1,0.3] [--epochs N] [--no-retrain]   router from accepted regions
+    paser session export-run   --session DIR --out RUN [--overwrite]   the session's models and policies as a run
     paser models       [--size 224x256] [--json]               parameters and GFLOPs per preset
     paser bench routing --data DIR --run RUN --out results.json [--lambda L] [--sweep]   PaSeR vs baselines
     paser bench al     --data DIR --samplers random,entropy,... --budgets 8,16,32 --seeds 3 --out results.json [--dqn AGENT.pt]
@@ -112,13 +115,79 @@ def cmd_policy(args: argparse.Namespace) -> int:
 def cmd_route(args: argparse.Namespace) -> int:
     from napari_paser.jobs.predict import route_file
 
-    summary = route_file(args.run, args.image, args.out, lam=args.lam, samples=args.samples, progress=not args.quiet)
+    summary = route_file(args.run, args.image, args.out, lam=args.lam, samples=args.samples, progress=not args.quiet,
+                         model=args.model)
     shares = ", ".join(f"{k} {v:.0%}" for k, v in summary["patch_share"].items())
     largest = next(v for k, v in summary.items() if k.endswith("_everywhere"))
-    print(f"routed {summary['slices']} slices (policy lambda {summary['lambda']}): {shares}; "
+    how = f"{args.model} alone" if args.model else f"policy lambda {summary['lambda']}"
+    print(f"routed {summary['slices']} slices ({how}): {shares}; "
           f"{summary['gflops_per_slice']:.2f} GFLOPs per slice vs {largest:.2f} for the largest model everywhere")
     print(f"routed.tif, routing.tif and routing.json in {args.out}")
     return 0
+
+
+def cmd_session_train_router(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from napari_paser.session.core import Session
+    from napari_paser.session.router_jobs import format_router
+
+    with Session.open(args.session) as session:
+        gen = session.train_router(lambdas=args.lambdas, epochs=args.epochs, train_models=not args.no_retrain,
+                                   samples=args.samples, seed=args.seed)
+        bars: dict[str, tqdm] = {}
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            bar = bars.get(event.stage)
+            if bar is None and not args.quiet:
+                bar = bars[event.stage] = tqdm(total=event.total, desc=event.stage, unit="step")
+            if bar is not None:
+                bar.total = event.total
+                bar.update(event.done - bar.n)
+        for bar in bars.values():
+            bar.close()
+    if result.cancelled:
+        print("router training cancelled; the previous policies are kept")
+        return 1
+    print(format_router(result.summary))
+    print(f"policies saved in {args.session} (router.json); route with the GUI's lambda control or "
+          f"`paser session export-run --session {args.session} --out RUN` then `paser route --run RUN`")
+    return 0
+
+
+def cmd_session_export_run(args: argparse.Namespace) -> int:
+    from napari_paser.session.core import Session
+
+    with Session.open(args.session, read_only=True) as session:
+        out = session.export_run(args.out, overwrite=args.overwrite)
+    print(f"run folder {out}: f0/f1/f2, policy.pt and policies/ (use it with `paser route --run {out}`)")
+    return 0
+
+
+def _session_parsers(sub) -> None:
+    """`paser session ...`: jobs on a labeling session folder."""
+    session = sub.add_parser("session", help="jobs on a labeling session folder").add_subparsers(
+        dest="session_command", required=True)
+    p = session.add_parser("train-router", help="retrain f1/f2 on the accepted regions, then train routing policies "
+                                                "(one per lambda) on them")
+    p.add_argument("--session", required=True, type=Path, help="session folder (session.json)")
+    p.add_argument("--lambdas", type=LAMBDAS, default=(0.0, 0.1, 0.3, 0.5, 1.0),
+                   help="cost weights, one policy each (default 0,0.1,0.3,0.5,1)")
+    p.add_argument("--epochs", type=COUNT, default=100, help="policy training epochs per lambda (default 100)")
+    p.add_argument("--no-retrain", action="store_true", help="keep f1/f2 as they are (train the policies only)")
+    p.add_argument("--samples", type=COUNT, default=5, help="f0 MC-dropout passes (default 5)")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_session_train_router)
+    p = session.add_parser("export-run", help="write the session's models and policies as a run folder")
+    p.add_argument("--session", required=True, type=Path, help="session folder (session.json)")
+    p.add_argument("--out", required=True, type=Path, help="new run folder")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    p.set_defaults(func=cmd_session_export_run)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -373,7 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, type=Path, help="greyscale TIFF slice or stack")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--lambda", dest="lam", type=UNIT, help="use the bank's policy nearest to this lambda")
-    p.add_argument("--samples", type=COUNT, default=5, help="f0 MC-dropout passes (default 5)")
+    p.add_argument("--model", choices=("f0", "f1", "f2"),
+                   help="no routing: this model alone on whole slices (f0: the mean of --samples MC passes, as "
+                        "PaSeR computes it; --samples 0: one deterministic pass)")
+    p.add_argument("--samples", type=int_range(0), default=5, help="f0 MC-dropout passes (default 5)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_route)
 
@@ -384,18 +456,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output OME-Zarr folder (rerun the same command to resume)")
     p.add_argument("--what", choices=("maps", "route", "f2"), default="route",
                    help="maps: f0 + entropy/BALD; route: PaSeR (default); f2: the largest model everywhere")
-    p.add_argument("--lambda", dest="lam", type=float, help="route: the bank's policy nearest to this lambda")
-    p.add_argument("--tile", type=int, default=512, help="block edge in pixels; route: the policy's grid cuts each tile "
+    p.add_argument("--lambda", dest="lam", type=UNIT, help="route: the bank's policy nearest to this lambda")
+    p.add_argument("--tile", type=TILE, default=512, help="block edge in pixels; route: the policy's grid cuts each tile "
                                                          "into patches (default 512: 4x4 patches of 128)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, help="local worker processes (default 1; 0 = in this process)")
+    where.add_argument("--workers", type=int_range(0), help="local worker processes (default 1; 0 = in this process)")
     where.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://HOST:8786")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    p.add_argument("--threads", type=int, help="torch threads per worker (default: the cores shared out)")
-    p.add_argument("--samples", type=int, default=5, help="f0 MC-dropout passes (default 5)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=COUNT, help="torch threads per worker (default: the cores shared out)")
+    p.add_argument("--samples", type=COUNT, default=5, help="f0 MC-dropout passes (default 5)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_segment)
+
+    _session_parsers(sub)
 
     p = sub.add_parser("models", help="parameters and GFLOPs per image of each model preset")
     p.add_argument("--size", type=_size, default=(224, 256), help="image size HxW (default 224x256)")

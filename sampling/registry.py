@@ -61,6 +61,12 @@ def _taudis(**options) -> Sampler:
     return TaudisSampler(**options)
 
 
+def _routing(**options) -> Sampler:
+    from sampling.routing_value import RoutingValueSampler
+
+    return RoutingValueSampler(**options)
+
+
 def _dqn(dqn_checkpoint: str | Path | None = None, pool_size: int = 10) -> Sampler:
     from learners.query_network import DQNAgent
     from sampling.dqn import DQNSampler, FeatureSpec
@@ -83,6 +89,8 @@ REGISTRY: dict[str, SamplerInfo] = {
         SamplerInfo("taudis", "uncertainty oversampling + similarity set cover", _taudis,
                     lambda s: frozenset({"bald" if s is None else s.measure, "embeddings"}),
                     ("alpha", "beta", "sigma", "measure", "center")),
+        SamplerInfo("routing", "where f0 and the larger models disagree most per unit of cost (labels that decide "
+                               "routing)", _routing, lambda s: frozenset({"prediction", "disagreement", "model_costs"})),
         SamplerInfo("dqn", "a trained RALIS query agent", _dqn,
                     lambda s: frozenset({"prediction", "entropy", "labels", "state_ids"}),
                     ("dqn_checkpoint", "pool_size")),
@@ -134,15 +142,19 @@ def gather_needs(
     embeddings: Callable[[], np.ndarray] | None = None,
     labels: Callable[[], object] | None = None,
     state_ids: Callable[[], np.ndarray] | None = None,
+    disagreement: Callable[[], np.ndarray] | None = None,
+    model_costs: Callable[[], np.ndarray] | None = None,
 ) -> dict:
     """The `needs` of a sampler's `select`: `pool` plus each input in `want` (`needs_of(sampler)`),
     each source called only if wanted.
 
     Sources: `maps()` -> {"prediction", "entropy", "bald"} (Z, H, W) arrays (lazy arrays welcome);
     `embeddings()` -> (len(pool), F); `labels()` -> (Z, H, W) class indices readable per region;
-    `state_ids()` -> the DQN's fixed state set.
+    `state_ids()` -> the DQN's fixed state set; `disagreement()` -> (len(pool), K) pixels where f_k and f0
+    disagree and `model_costs()` -> (K,) Eq. 3 cost shares (`sampling.routing_value`).
     """
-    sources = {"embeddings": embeddings, "labels": labels, "state_ids": state_ids}
+    sources = {"embeddings": embeddings, "labels": labels, "state_ids": state_ids, "disagreement": disagreement,
+               "model_costs": model_costs}
     out: dict = {"pool": pool}
     if want & set(MAPS):
         if maps is None:

@@ -74,6 +74,9 @@ def test_single_models_route_everything_to_themselves_and_cost_grows_with_size(b
     for k, name in enumerate(("f0", "f1", "f2")):
         assert methods[name]["patch_share"][name] == 1.0
     assert methods["f2"]["gflops_per_image"] > methods["f1"]["gflops_per_image"] > methods["f0"]["gflops_per_image"]
+    # f0 as PaSeR computes it (mean of its MC passes) pays every pass; the one-pass f0 pays one
+    assert methods["f0_mc"]["patch_share"]["f0"] == 1.0
+    assert methods["f0_mc"]["gflops_per_image"] > 2 * methods["f0"]["gflops_per_image"]
 
 
 def test_oracle_has_the_best_reward(bench):

@@ -5,7 +5,10 @@ outputs, for every patch of the routing grid, logits of a categorical distributi
 models {f0, ..., fm}. Three stride-2 convolutions give it context beyond its own patch; the
 input is reflect-padded to whole grid cells (as `learners.grid.Grid.extract` pads patches)
 and the features are average-pooled to the grid, so each output cell summarises its patch
-(exactly when the padded size is a multiple of 8 * grid, approximately otherwise). The last layer
+(exactly when the patch side is a multiple of 8, approximately otherwise). The routing grid is
+either a patch size in pixels (`PolicyConfig.patch`: the network is convolutional and pools to
+however many patches the slice has, so one policy routes slices of any size) or a fixed
+rows x cols count (`PolicyConfig.grid`, the paper's 4x4). The last layer
 starts at zero so an untrained policy is uniform (and its argmax is f0 everywhere). With 3
 classes, 3 models and width 16 it has 14,739 parameters (the paper's has 14,736).
 """
@@ -23,10 +26,12 @@ from torch import nn
 from learners.routing import GRID
 from learners.errors import ConfigError
 from learners.checkpoint import load_module, save_payload
-from learners.grid import Grid
+from learners.grid import Patching
 
 FORMAT = "napari-paser/policy"
-VERSION = 1
+VERSION = 2
+"""2 added `patch` (routing patches of a size in pixels); a version-1 reader would misread such a
+policy as a 4x4-grid one, so only those are written as version 2 (see `save_policy`)."""
 
 
 @dataclass(frozen=True)
@@ -35,11 +40,16 @@ class PolicyConfig:
 
     n_classes: int = 3
     n_models: int = 3
-    grid: tuple[int, int] = GRID
+    grid: tuple[int, int] = GRID  # rows x cols per image, used when `patch` is None
     width: int = 16
+    patch: tuple[int, int] | None = None  # patch size in pixels (overrides `grid`)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
+        if self.patch is not None:
+            object.__setattr__(self, "patch", tuple(int(p) for p in self.patch))
+            if len(self.patch) != 2 or min(self.patch) < 1:
+                raise ConfigError(f"invalid policy config {self}: the patch size must be two positive integers")
         if self.n_classes < 2 or self.n_models < 2 or self.width < 1 or min(self.grid) < 1:
             raise ConfigError(f"invalid policy config {self}: need n_classes >= 2, n_models >= 2, "
                              "width >= 1 and a grid of at least 1x1")
@@ -48,9 +58,15 @@ class PolicyConfig:
     def in_channels(self) -> int:
         return self.n_classes + 1
 
+    @property
+    def patching(self) -> Patching:
+        """How this policy cuts a slice into patches."""
+        return Patching(size=self.patch) if self.patch is not None else Patching(count=self.grid)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["grid"] = list(self.grid)
+        d["patch"] = None if self.patch is None else list(self.patch)
         return d
 
     @classmethod
@@ -77,7 +93,7 @@ class ChannelNorm(nn.Module):
 
 
 class PolicyNet(nn.Module):
-    """(N, C + 1, H, W) state -> (N, P, m + 1) logits, P = rows * cols of the grid (row-major)."""
+    """(N, C + 1, H, W) state -> (N, P, m + 1) logits, P = rows * cols of the slice's grid (row-major)."""
 
     def __init__(self, config: PolicyConfig = PolicyConfig()) -> None:
         super().__init__()
@@ -93,11 +109,10 @@ class PolicyNet(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
-        rows, cols = self.config.grid
-        grid = Grid.divide(state.shape[-2], state.shape[-1], rows, cols)
+        grid = self.config.patching.grid(state.shape[-2], state.shape[-1])
         ph, pw = grid.padded_shape()
         x = _pad_to(state, ph, pw)
-        x = F.adaptive_avg_pool2d(self.features(x), (rows, cols))
+        x = F.adaptive_avg_pool2d(self.features(x), (grid.rows, grid.cols))
         return self.head(x).flatten(2).transpose(1, 2)  # (N, P, K)
 
 
@@ -156,7 +171,8 @@ class PolicyCheckpoint:
 
 def save_policy(path: str | Path, policy: PolicyNet, meta: dict | None = None) -> Path:
     """Write the policy's weights, config and plain-value `meta` atomically."""
-    return save_payload(path, FORMAT, policy, policy.config.to_dict(), meta, version=VERSION)
+    version = VERSION if policy.config.patch is not None else 1
+    return save_payload(path, FORMAT, policy, policy.config.to_dict(), meta, version=version)
 
 
 def load_policy(path: str | Path) -> PolicyCheckpoint:

@@ -2,10 +2,11 @@
 
 Inference (`route`): f0 runs `samples` MC-dropout passes on the whole image; their mean is
 f0's prediction and their predictive entropy the uncertainty map. The policy reads both and
-picks the argmax model per patch of a `Grid.divide(H, W, rows, cols)` grid; only the chosen
-models run, each on a batch of just its patches, and the patches are stitched into one
-segmentation. Images whose size is not a multiple of the grid get reflect-padded border
-patches (the padding is cropped again after stitching, and counted in the FLOPs). A volume is
+picks the argmax model per patch of the policy's `learners.grid.Patching` (patches of a size in
+pixels, or a rows x cols grid); only the chosen models run, each on a batch of just its
+patches, and the patches are stitched into one segmentation. Every `grid` argument below takes
+a `Patching`, an int patch side, or a (rows, cols) count. Images whose size is not a multiple
+of the patch get reflect-padded border patches (the padding is cropped again after stitching, and counted in the FLOPs). A volume is
 routed slice by slice, in chunks.
 
 Training (stages 2 and 3) lives in `learners.routing.training`.
@@ -24,7 +25,7 @@ from torch import nn
 from learners.routing import GRID
 from learners.errors import ConfigError, InputError
 from learners.flops import cost_shares, image_flops
-from learners.grid import Grid
+from learners.grid import Grid, Patching
 from learners.metrics import confusion_matrix, iou_from_confusion, iou_per_gflop
 from learners.modes import eval_mode
 from learners.routing.policy import PolicyNet, policy_state
@@ -45,11 +46,14 @@ def as_stack(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x[:, None]
 
 
-def make_grid(shape: Sequence[int], grid: tuple[int, int]) -> Grid:
+def make_grid(shape: Sequence[int], grid: Patching | tuple[int, int] | int) -> Grid:
+    """The routing grid of images of `shape` (..., H, W) under `grid` (see `Patching.of`)."""
     h, w = int(shape[-2]), int(shape[-1])
-    if grid[0] > h or grid[1] > w:
-        raise InputError(f"a {h}x{w} image cannot be cut into a {grid[0]}x{grid[1]} patch grid; use a smaller grid")
-    return Grid.divide(h, w, *grid)
+    patching = Patching.of(grid)
+    if patching.count is not None and (patching.count[0] > h or patching.count[1] > w):
+        rows, cols = patching.count
+        raise InputError(f"a {h}x{w} image cannot be cut into a {rows}x{cols} patch grid; use a smaller grid")
+    return patching.grid(h, w)
 
 
 def model_costs(models: Sequence[nn.Module]) -> np.ndarray:
@@ -365,16 +369,17 @@ def policy_probabilities(policy: PolicyNet, state: F0State, batch_size: int = 32
                           for i in range(0, len(state), batch_size)])
 
 
-def check_policy(models: Sequence[nn.Module], policy: PolicyNet, grid: tuple[int, int] | None) -> tuple[int, int]:
+def check_policy(models: Sequence[nn.Module], policy: PolicyNet, grid: Patching | tuple[int, int] | None) -> Patching:
+    """The policy's patching, after checking it fits `models` (and `grid`, when given)."""
     cfg = policy.config
     if cfg.n_models != len(models):
         raise InputError(f"the policy routes between {cfg.n_models} models but {len(models)} were given")
     n_classes = getattr(getattr(models[0], "config", None), "n_classes", cfg.n_classes)
     if cfg.n_classes != n_classes:
         raise InputError(f"the policy reads {cfg.n_classes}-class predictions but f0 predicts {n_classes} classes")
-    if grid is not None and tuple(grid) != cfg.grid:
-        raise InputError(f"the policy was built for a {cfg.grid} grid, not {tuple(grid)}")
-    return cfg.grid
+    if grid is not None and Patching.of(grid) != cfg.patching:
+        raise InputError(f"the policy was built for {cfg.patching.describe()}, not {Patching.of(grid).describe()}")
+    return cfg.patching
 
 
 def route(
@@ -405,5 +410,6 @@ def _route_chunk(models, policy, images, grid, samples, seed, batch_size) -> Rou
     state = f0_state(models[0], images, samples, seed)
     probs = policy_probabilities(policy, state)
     result = execute_routing(models, images, probs.argmax(-1), grid, state, samples, seed, batch_size, policy)
-    result.probabilities = probs.reshape(len(images), *grid, -1).numpy()
+    g = make_grid(images.shape, grid)
+    result.probabilities = probs.reshape(len(images), g.rows, g.cols, -1).numpy()
     return result

@@ -157,8 +157,11 @@ def expected_step(
     ious: torch.Tensor,
     costs: torch.Tensor,
     lam: float,
+    mask: torch.Tensor | None = None,
 ) -> StepStats:
     """One update along the exact gradient of the expected reward E_{a ~ pi}[R] of a batch.
+
+    `mask` (B, P) marks the patches whose IoUs are known (labeled); the others add no reward.
 
     REINFORCE estimates this gradient from sampled routings. In stages 2 and 3 the table holds
     every model's IoU on every patch, so the expectation sum_p sum_a pi(a | s)_p r_p(a) can be
@@ -172,12 +175,15 @@ def expected_step(
     policy.train()
     probs = policy(states).softmax(-1)  # (B, P, K)
     table = action_rewards(ious, costs, lam)
+    if mask is not None:
+        table = table * mask[..., None]
     expected = (probs * table).sum(-1).sum(-1)  # (B,) expected image reward
     loss = -expected.mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    share = probs.detach().reshape(-1, probs.shape[-1]).mean(0).numpy()
+    flat = probs.detach().reshape(-1, probs.shape[-1])
+    share = (flat[mask.reshape(-1)] if mask is not None else flat).mean(0).numpy()
     return StepStats(float(loss.detach()), float(expected.detach().mean()), share)
 
 
@@ -216,11 +222,18 @@ class RoutingData:
     state: F0State
     ious: torch.Tensor  # (N, P, K) float32
     costs: torch.Tensor  # (K,)
+    mask: torch.Tensor | None = None  # (N, P) bool: patches with labels (None: all); the rest earn nothing
 
     @classmethod
-    def from_table(cls, state: F0State, table: PatchTable, costs: np.ndarray) -> RoutingData:
+    def from_table(cls, state: F0State, table: PatchTable, costs: np.ndarray,
+                   mask: np.ndarray | None = None) -> RoutingData:
         return cls(state, torch.as_tensor(np.nan_to_num(table.iou), dtype=torch.float32),
-                   torch.as_tensor(costs, dtype=torch.float32))
+                   torch.as_tensor(costs, dtype=torch.float32),
+                   None if mask is None else torch.as_tensor(np.asarray(mask), dtype=torch.bool))
+
+    def masked(self, r: torch.Tensor) -> torch.Tensor:
+        """Per-patch rewards (..., N, P) with unlabeled patches zeroed."""
+        return r if self.mask is None else r * self.mask
 
 
 def prepare_routing_data(models: Sequence[nn.Module], images: np.ndarray, labels: np.ndarray,
@@ -234,8 +247,9 @@ def greedy_outcome(policy: PolicyNet, data: RoutingData, lam: float) -> tuple[fl
     """Mean image reward and patch shares of the policy's argmax actions; also its distribution."""
     probs = policy_probabilities(policy, data.state)
     a = probs.argmax(-1)
-    r = rewards(a, data.ious, data.costs, lam).sum(-1).mean()
-    share = np.bincount(a.reshape(-1).numpy(), minlength=probs.shape[-1]) / a.numel()
+    r = data.masked(rewards(a, data.ious, data.costs, lam)).sum(-1).mean()
+    chosen = a if data.mask is None else a[data.mask]
+    share = np.bincount(chosen.reshape(-1).numpy(), minlength=probs.shape[-1]) / max(chosen.numel(), 1)
     return float(r), share, probs
 
 
@@ -246,10 +260,14 @@ def _policy_epoch(policy, opt, data, lam, alpha, cfg, gen, after_step=None) -> t
     for i in range(0, len(order), cfg.batch_size):
         idx = order[i:i + cfg.batch_size]
         states, ious = data.state.policy_input(idx), data.ious[idx]
+        mask = None if data.mask is None else data.mask[idx]
+        if mask is not None and (cfg.flips or cfg.gradient != "expected"):
+            raise ConfigError("partly labeled routing data (a mask) trains with the expected gradient and no flips")
         if cfg.flips:
-            states, ious = random_flip(states, ious, policy.config.grid, gen)
+            g = policy.config.patching.grid(*states.shape[-2:])
+            states, ious = random_flip(states, ious, (g.rows, g.cols), gen)
         if cfg.gradient == "expected":
-            stats = expected_step(policy, opt, states, ious, data.costs, lam)
+            stats = expected_step(policy, opt, states, ious, data.costs, lam, mask)
         else:
             stats = reinforce_step(policy, opt, states, ious, data.costs, lam, alpha, cfg.baseline, cfg.credit,
                                    gen, cfg.rollouts)

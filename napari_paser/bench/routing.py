@@ -61,7 +61,10 @@ from learners.routing import GRID
 
 ROLES = ("f0", "f1", "f2")
 N_PATCHES = GRID[0] * GRID[1]
-METHODS = ("f0", "f1", "f2", "idk_cascade", "idk_cascade_iou_match", "random", "paser", "oracle")
+METHODS = ("f0", "f0_mc", "f1", "f2", "idk_cascade", "idk_cascade_iou_match", "random", "paser", "oracle")
+METHOD_LABELS = {"f0": "f0 (one pass)", "f0_mc": "f0 (MC mean, as PaSeR computes it)"}
+"""f0 alone two ways: one deterministic pass (the cheapest f0), and the mean of its MC-dropout passes,
+which is what PaSeR's f0 patches are; routing is credited only for what it adds over the second."""
 SWEEP_LAMBDAS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 RANDOM_STEP = 0.25  # simplex grid of the random policy's routing probabilities
 
@@ -330,6 +333,8 @@ def run_methods(models, routers: Routers, x, y, tables: Tables, cfg: BenchConfig
 
     tick("f0")  # f0 alone needs no entropy: one deterministic pass
     out = {"f0": executed(execute_routing(models, x, np.zeros((n, N_PATCHES), int), samples=0, seed=cfg.seed))}
+    tick("f0_mc")  # f0 as PaSeR's f0 patches are: the mean of its MC passes
+    out["f0_mc"] = executed(execute_routing(models, x, np.zeros((n, N_PATCHES), int), samples=s, seed=cfg.seed))
     out["f1"], out["f2"] = scored(np.full((n, N_PATCHES), 1)), scored(np.full((n, N_PATCHES), 2))
     def cascade(thresholds: tuple[float, ...]) -> dict:
         if not cfg.fast:
@@ -523,7 +528,7 @@ class Progress:
 
 
 def total_ticks(cfg: BenchConfig) -> int:
-    n = (1 + len(STAGE2_ARMS)) * cfg.epochs_rl + 4 + 4 + 5  # stage 2 arms, stages/tables/search, methods, noise
+    n = (1 + len(STAGE2_ARMS)) * cfg.epochs_rl + 4 + 5 + 6  # stage 2 arms, stages/tables/search, methods, noise
     return n + (len(cfg.sweep_lambdas) * cfg.epochs_rl if cfg.sweep else 0)
 
 
@@ -615,6 +620,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         "params": {r: int(sum(p.numel() for p in m.parameters())) for r, m in zip(ROLES, tr.models)},
         "cost_shares": dict(zip(ROLES, map(float, model_costs(tr.models)))),
         "methods": methods,
+        "method_labels": METHOD_LABELS,
         "comparison": comparison,
         "stage2": {"paser": {"gradient": cfg.gradient, **history_summary(tr.history), "test": s2["paser"]},
                    **{name: {**history_summary(hist), "test": s2[name]} for name, (_, hist) in tr.arms.items()}},
@@ -690,6 +696,7 @@ def compare(methods: dict, front: list[CascadePoint]) -> dict:
         "cascade_gflops_at_paser_iou": need,
         "cascade_gflops_at_paser_iou_over_paser": None if need is None else need / p["gflops_per_image"],
         "cascade_max_iou": max((q.iou for q in front), default=None),
+        "paser_minus_f0_mc_iou": p["iou"] - methods["f0_mc"]["iou"],
         "oracle_minus_paser_iou": o["iou"] - p["iou"],
         "oracle_minus_paser_reward": o["reward"] - p["reward"],
         "oracle_gflops_over_paser": o["gflops_per_image"] / p["gflops_per_image"],
@@ -722,6 +729,7 @@ def format_table(results: dict) -> str:
         rows.append(f"{name:<23}{m['iou']:>7.3f}{m['gflops_per_image']:>9.3f}{m['iou_per_gflop']:>8.3f}"
                     f"{s['f0']:>6.2f}{s['f1']:>6.2f}{s['f2']:>6.2f}{m['reward']:>8.3f}{z['iou']:>7.3f}"
                     f"{z['iou_drop']:>7.3f}{z['share_upward_clean']:>6.2f}/{z['share_upward']:.2f}")
+    rows.append("; ".join(f"{k}: {v}" for k, v in METHOD_LABELS.items()))
     c = results["comparison"]
     need = c["cascade_gflops_at_paser_iou_over_paser"]
     rows.append(f"PaSeR/f2: IoU {c['paser_iou_over_f2']:.1%}, GFLOPs {c['paser_gflops_over_f2']:.1%}; cascade at "

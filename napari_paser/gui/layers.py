@@ -100,9 +100,7 @@ def session_layers(session, gamma: Callable[[], float], with_image: bool) -> lis
 
 def routing_rects(routed) -> tuple[list[np.ndarray], list[int]]:
     """The patch rectangles of a routed slice in (y, x) (slice 0 of a volume: the layer is translated to z)."""
-    from learners.grid import Grid
-
-    grid = Grid.divide(*routed.shape, *routed.routing.shape)
+    grid = routed.grid()
     rects, models = [], []
     for cell, box in enumerate(grid.boxes()):
         rects.append(np.array([[box.y0, box.x0], [box.y0, box.x0 + box.w], [box.y0 + box.h, box.x0 + box.w],

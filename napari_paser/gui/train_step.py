@@ -1,4 +1,4 @@
-"""Step 4: retrain in the background (progress, cancel) and the learning curve."""
+"""Step 4: retrain in the background (progress, cancel), train the session's own router, and the learning curve."""
 
 from __future__ import annotations
 
@@ -76,6 +76,9 @@ class TrainWidget(QWidget):
         self.roles["f0"].setChecked(True)
         self.auto = QCheckBox("retrain after each accepted batch")
         self.train_button = QPushButton("Retrain now")
+        self.router_button = QPushButton("Train router (f1, f2 + routing policies)")
+        self.router_button.setToolTip("retrain f1 and f2 on the accepted regions, then train one routing policy per "
+                                      "lambda on them; the routing overlay's lambda slider then uses them")
         self.job = JobBar(self.hub)
         self.curve = CurvePlot()
         self.last_result = None
@@ -83,6 +86,8 @@ class TrainWidget(QWidget):
         self._layout()
         enable_while_idle(self.hub, self.train_button)
         self.train_button.clicked.connect(self.retrain)
+        enable_while_idle(self.hub, self.router_button)
+        self.router_button.clicked.connect(self.train_router)
         self.hub.curve_changed.connect(self._plot)
         self.hub.accepted.connect(self._after_accept)
 
@@ -93,7 +98,7 @@ class TrainWidget(QWidget):
         rows.addRow("learning rate", self.scheduler)
         rows.addRow("models", hrow(*self.roles.values()))
         col = QVBoxLayout(self)
-        col.addWidget(group("Retrain", form, self.auto, self.train_button, self.job))
+        col.addWidget(group("Retrain", form, self.auto, self.train_button, self.router_button, self.job))
         col.addWidget(group("Learning curve", self.curve))
         col.addStretch()
 
@@ -132,6 +137,45 @@ class TrainWidget(QWidget):
 
     def _returned(self, value) -> None:
         self.last_result, self.last_report = value
+
+    @guarded
+    def train_router(self, *_) -> None:
+        """f1, f2 and the policy bank from the accepted regions in a thread worker; Cancel keeps the previous bank."""
+        s = self.hub.require()
+        cfg = self.config()
+        s.train_router(model_config=cfg).close()  # checks models and labeled regions at once
+
+        def job(should_stop):
+            import torch
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(TRAIN_THREADS)
+            try:
+                return (yield from s.train_router(model_config=cfg, should_stop=should_stop))
+            finally:
+                torch.set_num_threads(threads)
+
+        self.last_result = None
+        self.hub.run(job, on_return=self._router_returned, on_done=self._router_done,
+                     what="training the router")
+
+    def _router_returned(self, result) -> None:
+        self.last_result = result
+
+    def _router_done(self) -> None:
+        result = self.last_result
+        if result is None or result.cancelled:
+            self.job.message.setText("cancelled: the previous routing policies are kept")
+            info("router training cancelled; the previous routing policies are kept")
+            return
+        hub = self.hub
+        hub.later([hub.refresh_maps, hub.refresh_regions, hub.curve_changed.emit, hub.models_changed.emit])
+        held = result.summary.get("policies", {})
+        best = max(held.items(), key=lambda kv: kv[1]["iou"], default=None)
+        score = f"; best held-out mIoU {best[1]['iou']:.3f} at lambda {float(best[0]):g}" if best else ""
+        info(f"router trained: {len(result.bank)} policies (lambda {', '.join(f'{v:g}' for v in result.bank.lambdas)})"
+             f"{score}")
+
 
     def _done(self) -> None:
         result, report = self.last_result, self.last_report

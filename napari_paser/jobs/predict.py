@@ -22,11 +22,16 @@ from learners.atomic import atomic_path, atomic_write_text
 from learners.checkpoint import load_checkpoint
 from learners.routing.policy import load_policy
 from learners.routing.bank import load_bank
-from learners.routing.router import RoutingCost, RoutingResult, route
+from learners.grid import Patching
+from learners.routing.router import RoutingCost, RoutingResult, execute_routing, make_grid, route
 from learners.uncertainty import UncertaintyMaps, uncertainty_maps
 from learners.unet import UNet
 from napari_paser.data.dataset import normalise, read_image, robust_range
 from napari_paser.errors import PaserInputError
+
+
+WHOLE = Patching(count=(1, 1))
+"""A model alone runs on whole slices: one patch per slice."""
 
 
 @dataclass
@@ -71,7 +76,7 @@ def predict_file(run: str | Path, image: str | Path, out: str | Path, samples: i
 def _write_tifs(out: Path, arrays: dict[str, np.ndarray]) -> None:
     for name, arr in arrays.items():
         with atomic_path(out / f"{name}.tif") as tmp:
-            tifffile.imwrite(tmp, arr, compression="zlib")
+            tifffile.imwrite(tmp, arr, compression="zlib", photometric="minisblack")  # never RGB, whatever N
 
 
 def run_policy(run: Path, lam: float | None):
@@ -87,24 +92,45 @@ def run_policy(run: Path, lam: float | None):
                           f"`paser policy --data DIR --run {run}`")
 
 
+def model_alone(models, volume: np.ndarray, k: int, samples: int, progress: bool) -> RoutingResult:
+    """Model k alone on whole slices (one patch per slice): f0 as the mean of `samples` MC passes (one
+    deterministic pass with 0), f1.. one eval pass; FLOPs counted on the real passes."""
+    parts = [execute_routing(models, volume[z][None], np.full((1, 1), k), WHOLE, samples=samples, seed=z)
+             for z in tqdm(range(len(volume)), desc=f"f{k}", unit="slice", disable=not progress)]
+    return RoutingResult.concat(parts)
+
+
 def route_file(run: str | Path, image: str | Path, out: str | Path, lam: float | None = None, samples: int = 5,
-               progress: bool = True) -> dict:
+               progress: bool = True, model: str | None = None) -> dict:
     """PaSeR-segment `image` (TIFF) with the run's models and policy; write routed.tif (class indices),
-    routing.tif ((N, rows, cols) model index per patch) and routing.json (cost, shares); return the JSON."""
+    routing.tif ((N, rows, cols) model index per patch) and routing.json (cost, shares); return the JSON.
+    `model` ("f0", "f1", ...) segments with that model alone instead (no policy needed)."""
     from napari_paser.jobs.policy import load_run_models
 
     run, out = Path(run), Path(out)
-    chosen, policy = run_policy(run, lam)
-    models = load_run_models(run, policy.config.n_classes)[: policy.config.n_models]
+    if model is not None:
+        chosen, policy = None, None
+        n_classes = load_checkpoint(run / "f0.pt").model.config.n_classes if (run / "f0.pt").is_file() else 0
+        models = load_run_models(run, n_classes)
+        if int(model[1:]) >= len(models):
+            raise PaserInputError(f"{run} holds no {model}.pt: choose one of {', '.join(f'f{k}' for k in range(len(models)))}")
+    else:
+        chosen, policy = run_policy(run, lam)
+        models = load_run_models(run, policy.config.n_classes)[: policy.config.n_models]
     raw = read_image(image)
     volume = normalise(raw, *robust_range(raw))
-    parts = [route(models, policy, volume[z], samples=samples, seed=z)
-             for z in tqdm(range(len(volume)), desc="route", unit="slice", disable=not progress)]
-    result = RoutingResult.concat(parts)
     h, w = volume.shape[-2:]
-    cost = RoutingCost.of(models, h, w, policy.config.grid, samples, policy)
-    largest = policy.config.grid[0] * policy.config.grid[1] * cost.patch[-1] / 1e9
-    summary = {"image": str(image), "run": str(run), "lambda": chosen, "slices": len(volume),
+    if policy is None:
+        result = model_alone(models, volume, int(model[1:]), samples, progress)
+        patching = WHOLE
+    else:
+        parts = [route(models, policy, volume[z], samples=samples, seed=z)
+                 for z in tqdm(range(len(volume)), desc="route", unit="slice", disable=not progress)]
+        result = RoutingResult.concat(parts)
+        patching = policy.config.patching
+    cost = RoutingCost.of(models, h, w, patching, samples, policy)
+    largest = len(make_grid((h, w), patching)) * cost.patch[-1] / 1e9
+    summary = {"image": str(image), "run": str(run), "lambda": chosen, "model": model, "slices": len(volume),
                "gflops_per_slice": result.gflops_per_image, f"gflops_per_slice_{result.names[-1]}_everywhere": largest,
                "patch_share": result.patch_share(), "samples": samples}
     _write_tifs(out, {"routed": result.segmentation, "routing": result.routing.astype(np.uint8)})

@@ -38,6 +38,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Generator, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -56,6 +57,9 @@ from napari_paser.data.labels_convention import layer_to_classes
 from napari_paser.session.jobs import RETRAIN_CONFIG, Progress, RetrainResult, retrain_steps, training_data
 from napari_paser.session import lock, refresh
 from napari_paser.session.routing import SliceRouting, policy_models, route_slice
+
+if TYPE_CHECKING:
+    from napari_paser.session.router_jobs import RouterResult
 from napari_paser.session.sampling import proposal_inputs
 from napari_paser.session.store import (
     BACKUP_FILE, IMAGE, LABELS, MAPS, MODELS, STATE_FILE, AcceptedRegion, ClassSpec, CurvePoint, Proposal, State,
@@ -641,7 +645,8 @@ class Session:
         """Candidates and inputs of `sampler` from this session (see `session.sampling`)."""
         return proposal_inputs(sampler, self.pool, self.fresh_slices(), self._require_f0,
                                lambda: {name: self._map3d(name) for name in MAP_NAMES}, self.image_slice,
-                               self.labels, self.n_classes)
+                               self.labels, self.n_classes,
+                               lambda: [self.models[r] for r in MODEL_ROLES if r in self.models])
 
     # ------------------------------------------------------------------ accepting labels
 
@@ -873,6 +878,23 @@ class Session:
             raise PaserInputError("no accepted training regions yet: label and accept at least one region first")
         return retrain_steps(self, cfg, list(roles), data, should_stop, refresh, samples)
 
+    def train_router(self, lambdas: Sequence[float] | None = None, should_stop: Callable[[], bool] | None = None,
+                     **options) -> Generator[Progress, None, RouterResult]:
+        """Retrain f1, f2 on the accepted regions, then train the routing policy bank (one policy per
+        lambda) on them, as a progress generator; see `session.router_jobs`. A cancel keeps the previous
+        bank. `options` are `RouterConfig` fields (epochs, train_models, model_config, samples, ...)."""
+        from napari_paser.session.router_jobs import RouterConfig, iter_train_router
+
+        if lambdas is not None:
+            options["lambdas"] = tuple(lambdas)
+        return iter_train_router(self, RouterConfig(**options), should_stop)
+
+    def export_run(self, out: str | Path, overwrite: bool = False) -> Path:
+        """Write the session's f0/f1/f2 and policies as a run folder for `paser route` / `paser segment`."""
+        from napari_paser.session.router_jobs import export_run
+
+        return export_run(self, out, overwrite)
+
     # ------------------------------------------------------------------ export
 
     def export(self, out: str | Path, full_volume: bool = False, fmt: str = "tiff", edits: str = "refuse") -> Path:
@@ -888,7 +910,7 @@ class Session:
 
 
 READ_ONLY_REFUSES = ("propose", "accept", "accept_painted", "unaccept", "skip", "accept_edits", "sync_labels",
-                     "load_models", "load_policy", "new_models", "compute_maps", "retrain")
+                     "load_models", "load_policy", "new_models", "compute_maps", "retrain", "train_router")
 """The methods a read-only (or closed) session refuses with a PaserInputError (`_commit` refuses any other)."""
 
 

@@ -19,7 +19,7 @@ from torch import nn
 from learners.grid import Grid
 from learners.routing.policy import PolicyNet
 from learners.errors import InputError
-from learners.routing.router import (F0State, RoutingCost, check_policy, execute_routing, f0_state,
+from learners.routing.router import (F0State, RoutingCost, check_policy, execute_routing, f0_state, make_grid,
                                      policy_probabilities)
 from learners.unet import count_parameters
 from napari_paser.errors import PaserInputError
@@ -39,11 +39,17 @@ class SliceRouting:
     gflops_largest: float  # the largest model on every patch
     shares: dict[str, float]  # share of patches per model
     lam: float | None = None  # the cost weight the policy was trained with, when known
+    cell: tuple[int, int] | None = None  # patch size in pixels (the last row/column may be partial)
+
+    def grid(self) -> Grid:
+        """The patch grid of the slice: what each entry of `routing` covers."""
+        if self.cell is not None:
+            return Grid(self.shape, self.cell)
+        return Grid.divide(*self.shape, *self.routing.shape)
 
     def pixel_map(self) -> np.ndarray:
         """(H, W) model index per pixel, for an overlay layer."""
-        grid = Grid.divide(*self.shape, *self.routing.shape)
-        return self.routing.ravel()[grid.cell_index_map()]
+        return self.routing.ravel()[self.grid().cell_index_map()]
 
 
 def policy_models(policy: PolicyNet, models: dict[str, nn.Module], what: str) -> list[nn.Module]:
@@ -76,16 +82,19 @@ def route_slice(models: Sequence[nn.Module], policy: PolicyNet, image: np.ndarra
     `execute=False` only the routing map and its cost are computed (no routed model runs).
     """
     h, w = image.shape
-    rows, cols = policy.config.grid
-    if h < rows or w < cols:
-        raise PaserInputError(f"a {h}x{w} slice is smaller than the policy's {rows}x{cols} patch grid")
+    patching = policy.config.patching
+    try:
+        grid = make_grid((h, w), patching)
+    except InputError as exc:
+        raise PaserInputError(f"slice {z}: {exc}") from None
+    rows, cols = grid.rows, grid.cols
     models = list(models)
     state = state if state is not None else slice_state(models[0], image, z, samples)
     actions = policy_probabilities(policy, state).argmax(-1)
-    cost = RoutingCost.of(models, h, w, policy.config.grid, samples, policy)
+    cost = RoutingCost.of(models, h, w, patching, samples, policy)
     names = tuple(f"f{k}" for k in range(len(models)))
     if execute:
-        res = execute_routing(models, image[None], actions, policy.config.grid, state, samples, z, policy=policy)
+        res = execute_routing(models, image[None], actions, patching, state, samples, z, policy=policy)
         segmentation, flops = res.segmentation[0], res.flops
     else:
         segmentation, flops = None, cost.routed(actions, 1, 1)
@@ -94,5 +103,5 @@ def route_slice(models: Sequence[nn.Module], policy: PolicyNet, image: np.ndarra
         z=z, routing=actions.reshape(rows, cols).numpy(), segmentation=segmentation, shape=(h, w), names=names,
         params={n: count_parameters(m) for n, m in zip(names, models)},
         gflops=sum(flops.values()) / 1e9, gflops_largest=rows * cols * cost.patch[-1] / 1e9,
-        shares=dict(zip(names, map(float, counts))), lam=lam,
+        shares=dict(zip(names, map(float, counts))), lam=lam, cell=grid.cell,
     )

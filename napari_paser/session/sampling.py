@@ -38,11 +38,13 @@ class CanvasClasses:
 
 def proposal_inputs(sampler: Sampler, pool: RegionPool, fresh: Sequence[int], f0: Callable[[], nn.Module],
                     maps: Callable[[], Mapping[str, object]], image_of: Callable[[int], np.ndarray],
-                    canvas, n_classes: int) -> tuple[np.ndarray, dict]:
+                    canvas, n_classes: int, models: Callable[[], Sequence[nn.Module]] | None = None
+                    ) -> tuple[np.ndarray, dict]:
     """(candidate ids, needs) for `sampler.select` in a session.
 
     `fresh`: slices whose maps come from the current f0; `maps()` -> the (Z, H, W) map arrays;
-    `image_of(z)`: normalised slice z; `canvas`: the labels array (layer convention).
+    `image_of(z)`: normalised slice z; `canvas`: the labels array (layer convention); `models()` ->
+    f0, f1, ... (the routing sampler compares them).
     """
     candidates = pool.candidates()
     if not reads_maps(sampler):
@@ -62,5 +64,27 @@ def proposal_inputs(sampler: Sampler, pool: RegionPool, fresh: Sequence[int], f0
         state_ids = random_state_set(allowed, sampler.spec.state_regions)
         candidates = candidates[~np.isin(candidates, state_ids)]
     needs = gather_needs(want, pool, maps=maps, embeddings=lambda: region_embeddings(model, pool, image_of, fresh),
-                         labels=lambda: CanvasClasses(canvas, pool.shape), state_ids=lambda: state_ids)
+                         labels=lambda: CanvasClasses(canvas, pool.shape), state_ids=lambda: state_ids,
+                         disagreement=lambda: _disagreement(models, pool, image_of, maps, fresh),
+                         model_costs=lambda: _costs(models))
     return candidates, needs
+
+
+def _larger(models) -> list[nn.Module]:
+    chosen = list(models()) if models is not None else []
+    if len(chosen) < 2:
+        raise PaserInputError("the routing sampler compares f0 with f1/f2: load a run folder with f1.pt and f2.pt, "
+                              "or add them (new_models) and train them")
+    return chosen
+
+
+def _disagreement(models, pool, image_of, maps, fresh) -> np.ndarray:
+    from sampling.routing_value import model_disagreement
+
+    return model_disagreement(_larger(models)[1:], pool, image_of, maps()["prediction"], fresh)
+
+
+def _costs(models) -> np.ndarray:
+    from learners.routing.router import model_costs
+
+    return model_costs(_larger(models))

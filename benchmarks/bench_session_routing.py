@@ -1,0 +1,240 @@
+"""PaSeR on the person's own labels (issue 12): a router trained from a session's accepted regions.
+
+Through the real `Session` on SOC slices degraded with `lowres-shading`: the first slices are the
+session's volume, the last `--n-test` slices the test split (contiguous z blocks). Per sampler
+(TAUDIS and the cost-aware `routing` sampler), regions are proposed in rounds of `--k` (the first
+round random), accepted with the ground-truth labels, f0 retrained after each round
+(`Session.retrain`); at each budget N the session trains f1, f2 and the policy bank from its
+accepted regions (`Session.train_router`) and the test split is segmented by: f0 one pass, f0 as
+PaSeR computes it (MC mean), f1, f2 (on the routing patches, as routing runs them), PaSeR at each
+bank lambda (executed, wall time measured), the oracle router on the same models, and the
+ilastik-style random forest on the same labeled pixels (`napari_paser.data.baselines`, when that
+branch is merged). Writes `--out` (JSON).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_session_routing.py --out benchmarks/results/session-routing-soc.json \
+        [--budgets 16,32,64] [--crop 256] [--pool-slices 40] [--n-test 10] [--f1 medium --f2 large]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+
+from learners.atomic import atomic_write_text
+from learners.routing.reward import best_actions
+from learners.routing.router import (RoutingCost, build_patch_table, execute_routing, model_costs, route,
+                                     table_summary)
+from learners.training import TrainConfig
+from learners.unet import UNetConfig, preset_config
+from napari_paser.data.dataset import normalise, robust_range
+from napari_paser.data.degrade import degrade, get_degradation
+from napari_paser.jobs.predict import WHOLE
+from napari_paser.session.core import Session
+
+SOC = Path("/work/shared/data/soc_pristine")
+CLASSES = ("pore", "YSZ", "nickel")
+
+
+def load_soc(crop: int, pool_slices: int, n_test: int, preset: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(pool images raw-scaled uint16, pool labels, test images, test labels), degraded, centre-cropped."""
+    images, labels = tifffile.imread(SOC / "images.tif"), tifffile.imread(SOC / "labels.tif")
+    x = degrade(normalise(images, *robust_range(images)), get_degradation(preset), seed=0)
+    h, w = x.shape[-2:]
+    c = min(crop, h, w)
+    y0, x0 = (h - c) // 2, (w - c) // 2
+    x, labels = x[:, y0:y0 + c, x0:x0 + c], labels[:, y0:y0 + c, x0:x0 + c]
+    raw = (x * 60000).astype(np.uint16)
+    return raw[:pool_slices], labels[:pool_slices], raw[-n_test:], labels[-n_test:]
+
+
+def size_config(name: str) -> UNetConfig:
+    if name.startswith("base"):  # e.g. base16: a UNet of that width, depth 4
+        return UNetConfig(n_classes=3, base=int(name[4:]), depth=4, dropout=0.0)
+    return preset_config(name, n_classes=3)
+
+
+def accept_round(session: Session, labels: np.ndarray, k: int, sampler: str, seed: int) -> float:
+    """Propose k regions with `sampler` and accept them with the ground truth; seconds spent proposing."""
+    t = time.time()
+    props = session.propose(k, sampler, seed=seed)
+    spent = time.time() - t
+    for p in props:
+        r = session.region(p.region_id)
+        session.accept(p.region_id, labels[r.slices].astype(np.uint8) + 1)
+    return spent
+
+
+def drain(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def row(result, labels, wall) -> dict:
+    s = result.summary(labels, 3)
+    return {"iou": s["iou"], "gflops_per_image": s["gflops_per_image"], "wall_s": round(wall, 2),
+            "patch_share": s["patch_share"]}
+
+
+def rf_row(session: Session, test_x: np.ndarray, test_y: np.ndarray) -> dict:
+    """The ilastik-style random forest on the session's labeled pixels, if the baseline exists on this branch."""
+    try:
+        from napari_paser.data import baselines
+        fit = getattr(baselines, "fit_random_forest")
+        predict = getattr(baselines, "predict_random_forest")
+    except (ImportError, AttributeError):
+        return {"status": "napari_paser.data.baselines has no random forest on this branch (merge the baselines "
+                          "branch, then rerun)"}
+    x, y, vx, vy = session.training_data()
+    xs, ys = np.concatenate([x, vx]), np.concatenate([y, vy])
+    t = time.perf_counter()
+    model = fit(xs, ys, 3)
+    pred = predict(model, normalise(test_x, session.state.image["lo"], session.state.image["hi"]))
+    from learners.metrics import confusion_matrix, iou_from_confusion
+    iou = float(np.nanmean(iou_from_confusion(confusion_matrix(pred, test_y, 3))))
+    return {"iou": iou, "wall_s": round(time.perf_counter() - t, 2), "labeled_pixels": int((ys < 3).sum())}
+
+
+def chosen_lambda(summary: dict, bank_lambdas: list[float]) -> float:
+    """The bank member PaSeR is reported at: the best held-out-region mIoU (cheaper on a tie), never the test split."""
+    held = summary.get("policies") or {}
+    if not held:
+        return min(bank_lambdas, key=lambda lam: abs(lam - 0.3))
+    return float(max(held, key=lambda k: (round(held[k]["iou"], 4), -held[k]["gflops_per_image"])))
+
+
+def evaluate(session: Session, test_raw: np.ndarray, test_y: np.ndarray, samples: int, summary: dict) -> dict:
+    """Every method on the test slices with the session's models and bank."""
+    lo, hi = session.state.image["lo"], session.state.image["hi"]
+    x = normalise(test_raw, lo, hi)
+    models = [session.models[r] for r in ("f0", "f1", "f2")]
+    n = len(x)
+    lam_default, policy = session.bank.nearest(0.3)
+    patching = policy.config.patching
+    methods = {}
+    with torch.no_grad():
+        res, wall = timed(lambda: execute_routing(models, x, np.zeros((n, 1)), WHOLE, samples=0))
+        methods["f0"] = {**row(res, test_y, wall), "label": "f0 (one pass)"}
+        res, wall = timed(lambda: execute_routing(models, x, np.zeros((n, 1)), WHOLE, samples=samples))
+        methods["f0_mc"] = {**row(res, test_y, wall), "label": "f0 (MC mean, as PaSeR computes it)"}
+        table, state = build_patch_table(models, x, test_y, patching, samples)
+        p = table.iou.shape[1]
+        for k in (1, 2):
+            res, wall = timed(lambda: execute_routing(models, x, np.full((n, p), k), patching, samples=samples))
+            methods[f"f{k}"] = {**row(res, test_y, wall), "label": f"f{k} on every routing patch"}
+        costs = model_costs(models)
+        cost = RoutingCost.of(models, *x.shape[-2:], patching, samples)
+        paser = {}
+        for lam, pol in sorted(session.bank.policies.items()):
+            res, wall = timed(lambda: route(models, pol, x, samples=samples))
+            oracle = best_actions(table.iou, costs, lam).numpy()
+            paser[f"{lam:.3f}"] = {**row(res, test_y, wall),
+                                   "oracle": table_summary(table, oracle, cost.for_table(oracle, True))}
+    methods["paser_by_lambda"] = paser
+    best = f"{chosen_lambda(summary, session.bank.lambdas):.3f}"
+    methods["paser"] = {**paser[best], "lambda": float(best), "chosen_by": "held-out accepted regions"}
+    methods["oracle"] = {**paser[best]["oracle"], "lambda": float(best)}
+    return methods
+
+
+def run_sampler(sampler: str, args, pool, test) -> list[dict]:
+    pool_x, pool_y = pool
+    work = Path(tempfile.mkdtemp(prefix=f"bsr-{sampler}-"))
+    s = Session.create(work / "s", pool_x, classes=list(CLASSES), region_size=args.region, val_every=5)
+    s.new_models({"f0": "tiny", "f1": size_config(args.f1), "f2": size_config(args.f2)}, seed=0)
+    retrain = TrainConfig(epochs=args.f0_epochs, batch_size=8, lr=args.lr, patience=5)
+    models_cfg = TrainConfig(epochs=args.model_epochs, batch_size=8, lr=args.lr, patience=5)
+    seconds = {"propose": 0.0, "retrain_f0": 0.0, "train_router": 0.0}
+    drain(s.compute_maps(samples=args.samples))
+    first = True
+    for budget in args.budgets:
+        while len(s.accepted) < budget:
+            k = min(args.k, budget - len(s.accepted))
+            seconds["propose"] += accept_round(s, pool_y, k, "random" if first else sampler, len(s.accepted))
+            first = False
+            t = time.time()
+            drain(s.retrain(retrain, roles=("f0",), samples=args.samples, refresh=False))
+            drain(s.compute_maps(samples=args.samples))
+            seconds["retrain_f0"] += time.time() - t
+            print(f"[{sampler}] {len(s.accepted)} regions accepted", flush=True)
+        t = time.time()
+        result = drain(s.train_router(lambdas=args.lambdas, epochs=args.rl_epochs, model_config=models_cfg,
+                                      samples=args.samples))
+        seconds["train_router"] += time.time() - t
+        methods = evaluate(s, *test, args.samples, result.summary)
+        methods["random_forest"] = rf_row(s, *test)
+        entry = {"n_regions": budget, "sampler": sampler, "methods": methods, "router": result.summary,
+                 "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+        m = methods
+        print(f"[{sampler}] N={budget}: f0 {m['f0']['iou']:.3f} f0_mc {m['f0_mc']['iou']:.3f} f1 {m['f1']['iou']:.3f} "
+              f"f2 {m['f2']['iou']:.3f} paser {m['paser']['iou']:.3f} (lambda {m['paser']['lambda']}, "
+              f"{m['paser']['gflops_per_image']:.2f} GF, {m['paser']['wall_s']} s vs f2 {m['f2']['wall_s']} s) "
+              f"oracle {m['oracle']['iou']:.3f}", flush=True)
+        yield entry
+    s.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="results JSON")
+    p.add_argument("--budgets", default="16,32,64")
+    p.add_argument("--samplers", default="taudis,routing")
+    p.add_argument("--k", type=int, default=8, help="regions per round")
+    p.add_argument("--region", type=int, default=64, help="region = routing patch size (px)")
+    p.add_argument("--crop", type=int, default=501, help="centre crop of every slice (px)")
+    p.add_argument("--pool-slices", type=int, default=40)
+    p.add_argument("--n-test", type=int, default=10)
+    p.add_argument("--preset", default="lowres-shading")
+    p.add_argument("--f1", default="medium", help="f1 size: a preset (tiny, medium, large) or baseN")
+    p.add_argument("--f2", default="large")
+    p.add_argument("--f0-epochs", type=int, default=10)
+    p.add_argument("--model-epochs", type=int, default=20, help="f1/f2 retraining epochs per budget")
+    p.add_argument("--rl-epochs", type=int, default=100)
+    p.add_argument("--lambdas", default="0,0.05,0.1,0.3,1")
+    p.add_argument("--samples", type=int, default=5)
+    p.add_argument("--lr", type=float, default=2e-3, help="learning rate of f0 and f1/f2 retraining")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    args.budgets = [int(b) for b in args.budgets.split(",")]
+    args.lambdas = [float(v) for v in args.lambdas.split(",")]
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    started = time.time()
+    pool_x, pool_y, test_x, test_y = load_soc(args.crop, args.pool_slices, args.n_test, args.preset)
+    results = {"command": " ".join(shlex.quote(a) for a in sys.argv), "dataset": str(SOC), "preset": args.preset,
+               "config": {k: v for k, v in vars(args).items() if k != "out"} | {"out": str(args.out)},
+               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
+                           "load_before": os.getloadavg()},
+               "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+               "pool_shape": list(pool_x.shape), "test_shape": list(test_x.shape), "results": []}
+    for sampler in args.samplers.split(","):
+        for entry in run_sampler(sampler, args, (pool_x, pool_y), (test_x, test_y)):
+            results["results"].append(entry)
+            results["seconds"] = round(time.time() - started, 1)
+            results["machine"]["load_after"] = os.getloadavg()
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(args.out, json.dumps(results, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()

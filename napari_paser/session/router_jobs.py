@@ -1,0 +1,326 @@
+"""Train the session's own PaSeR router from its accepted regions, and export the session as a run.
+
+An accepted region is a labeled routing patch (routing patches and labeling regions are one
+grid of the session's region size), so the accepted regions give the PaSeR reward table
+directly: every model's IoU on every accepted region, scored the way routed inference would
+produce it (f0: the crop of its MC-dropout mean over the whole slice; f1..fm: one eval pass
+on the region's patch, reflect-padded at the slice border as `learners.grid.Grid.extract`
+pads it; unpainted pixels of a confirmed partial region are ignored).
+
+The policy reads f0's state, and at inference it sees a whole slice. For training, each region
+brings a window of 3 x 3 patches of its slice's f0 state centred on it (the slice padded to
+whole patches, then by one patch of reflection on every side), and only the centre patch earns
+a reward (`RoutingData.mask`): the policy's receptive field (15 px) is far inside one patch of
+context, so the centre's routing is the one whole-slice inference gives (up to the padding at
+the slice border). Policies train with the exact expected gradient of stage 2
+(`learners.routing.training`), one per lambda (`learners.routing.bank`), on the "train"
+regions; the "val" regions report each policy's mIoU, GFLOPs per patch and patch shares beside
+the largest model alone, as `paser policy` does (router.json in the session folder).
+
+f1..fm first retrain on the accepted regions through `Session.retrain` (their current weights
+are the starting point: load a run's pretrained f1/f2 to start from them). A cancel during
+retraining keeps the previous weights; a cancel at any point keeps the previous bank: the new
+bank replaces it in one commit only when every policy finished.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from learners.atomic import atomic_write_text
+from learners.checkpoint import save_checkpoint
+from learners.errors import InputError
+from learners.grid import Grid, Patching
+from learners.routing.bank import PolicyBank, check_lambdas, iter_bank_training, save_bank
+from learners.routing.policy import PolicyConfig, PolicyNet, save_policy
+from learners.routing.reward import PatchTable, patch_confusions
+from learners.routing.router import F0State, RoutingCost, model_costs, policy_probabilities, predict_patches, table_summary
+from learners.routing.training import PolicyEpoch, RLConfig, RoutingData
+from learners.training import IGNORE_INDEX, TrainConfig
+from napari_paser.data.labels_convention import layer_to_classes
+from napari_paser.errors import PaserInputError
+from napari_paser.session.jobs import Progress, RetrainResult
+from napari_paser.session.jobs import _refresh as refresh_after  # the maps and proposals after new weights
+from napari_paser.session.store import load_crop
+
+ROUTER_LAMBDAS = (0.0, 0.1, 0.3, 0.5, 1.0)
+DEFAULT_LAMBDA = 0.3
+ROUTER_FILE = "router.json"
+HALO = 1  # patches of f0 state on each side of a region in its policy window
+CENTRE = (2 * HALO + 1) ** 2 // 2
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """What `train_router` does: lambdas of the bank, stage 2 settings, whether f1..fm retrain first."""
+
+    lambdas: tuple[float, ...] = ROUTER_LAMBDAS
+    epochs: int = 100
+    batch_size: int = 8
+    lr: float = 1e-3  # 3e-3 (`paser policy`'s default) stuck on f2 everywhere in tests/test_router_session.py
+    width: int = 16
+    samples: int = 5
+    train_models: bool = True
+    model_config: TrainConfig | None = None  # None: the session's retraining default
+    refresh: bool = True  # recompute the maps that were current (new models make them stale) and the proposals
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.samples < 1 or self.width < 1:
+            raise PaserInputError("router training needs positive epochs, batch size, learning rate, width and samples")
+
+
+@dataclass
+class RegionRewards:
+    """The PaSeR reward table of a set of accepted regions, and the policy's view of each."""
+
+    region_ids: list[int]
+    splits: list[str]
+    table: PatchTable  # (N, 1, K, C, C): model k on region n
+    windows: F0State  # (N, 3 ph, 3 pw) f0 state around each region (centre patch = the region)
+    patch: tuple[int, int]
+
+    def take(self, split: str) -> RegionRewards:
+        keep = [i for i, s in enumerate(self.splits) if s == split]
+        return RegionRewards([self.region_ids[i] for i in keep], [split] * len(keep),
+                             PatchTable(self.table.confusion[keep]),
+                             F0State(self.windows.prediction[keep], self.windows.entropy[keep],
+                                     self.windows.n_classes, self.windows.samples), self.patch)
+
+    def routing_data(self, costs: np.ndarray) -> RoutingData:
+        """Stage 2's input: each window's reward row holds the region's IoUs at its centre patch only."""
+        n, k = len(self.region_ids), self.table.n_models
+        ious = np.zeros((n, (2 * HALO + 1) ** 2, k), np.float32)
+        ious[:, CENTRE] = np.nan_to_num(self.table.iou[:, 0])
+        mask = np.zeros(ious.shape[:2], bool)
+        mask[:, CENTRE] = True
+        return RoutingData(self.windows, torch.from_numpy(ious), torch.as_tensor(costs, dtype=torch.float32),
+                           torch.from_numpy(mask))
+
+
+@dataclass
+class RouterResult:
+    cancelled: bool
+    bank: PolicyBank = field(default_factory=PolicyBank)
+    summary: dict = field(default_factory=dict)
+    retrain: RetrainResult | None = None
+
+
+def router_models(session) -> list[str]:
+    """The roles routed between: f0 and the larger models the session holds, in order."""
+    roles = [r for r in ("f0", "f1", "f2") if r in session.models]
+    if "f0" not in roles or len(roles) < 2:
+        raise PaserInputError("training a router needs f0 and at least f1: load a run folder with f0.pt, f1.pt, "
+                              "f2.pt (`paser train`), or add them with new_models({'f1': 'medium', 'f2': 'large'})")
+    return roles
+
+
+def region_labels(session, rec) -> np.ndarray:
+    """Class indices of an accepted region's crop, IGNORE_INDEX where unpainted."""
+    classes, mask = layer_to_classes(load_crop(session.folder, rec.region_id, rec.seq), n_classes=session.n_classes)
+    return np.where(mask, classes, IGNORE_INDEX).astype(np.uint8)
+
+
+def _pad(a: np.ndarray, pad: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
+    """Reflect padding, edge replication where the array is too small to reflect (as `Grid.extract`)."""
+    if not any(p for pair in pad for p in pair):
+        return a
+    small = any(p >= s for pair, s in zip(pad, a.shape) for p in pair)
+    return np.pad(a, pad, mode="edge" if small else "reflect")
+
+
+def region_rewards(session, roles: Sequence[str], samples: int = 5,
+                   progress: Callable[[int, int], None] | None = None) -> RegionRewards:
+    """Every model's confusion on every accepted region, and each region's policy window (see the module doc)."""
+    models = [session.models[r] for r in roles]
+    ph, pw = session.pool.size
+    by_slice: dict[int, list] = {}
+    for rec in session.state.accepted:
+        by_slice.setdefault(rec.z, []).append(rec)
+    ids, splits, confs, preds, ents = [], [], [], [], []
+    for i, (z, recs) in enumerate(sorted(by_slice.items())):
+        image = session.image_slice(z)
+        state = session.f0_state(z, samples, image)
+        grid = Grid(image.shape, (ph, pw))
+        full_h, full_w = grid.padded_shape()
+        edge = ((0, full_h - image.shape[0]), (0, full_w - image.shape[1]))
+        halo = ((HALO * ph, HALO * ph), (HALO * pw, HALO * pw))
+        pred_pad = _pad(_pad(state.prediction[0].numpy(), edge), halo)
+        ent_pad = _pad(_pad(state.entropy[0].numpy(), edge), halo)
+        cells = [(rec.y0 // ph) * grid.cols + rec.x0 // pw for rec in recs]
+        patches = grid.extract(torch.from_numpy(image)[None, None])[cells]
+        outputs = [predict_patches(m, patches).numpy() for m in models[1:]]
+        for j, rec in enumerate(recs):
+            box = grid.box(cells[j])
+            labels = region_labels(session, rec)[None]
+            one = Grid((box.h, box.w), (box.h, box.w))
+            region_preds = [state.prediction[0].numpy()[box.slices]] + [o[j][:box.h, :box.w] for o in outputs]
+            confs.append(np.stack([patch_confusions(p[None], labels, one, session.n_classes)[0] for p in region_preds],
+                                  axis=1))  # (1, K, C, C)
+            r, c = box.y0 // ph, box.x0 // pw
+            win = (slice(r * ph, (r + 2 * HALO + 1) * ph), slice(c * pw, (c + 2 * HALO + 1) * pw))
+            preds.append(pred_pad[win])
+            ents.append(ent_pad[win])
+            ids.append(rec.region_id)
+            splits.append(rec.split)
+        if progress is not None:
+            progress(i + 1, len(by_slice))
+    windows = F0State(torch.from_numpy(np.stack(preds).astype(np.uint8)), torch.from_numpy(np.stack(ents)),
+                      session.n_classes, samples)
+    return RegionRewards(ids, splits, PatchTable(np.stack(confs)), windows, (ph, pw))
+
+
+def evaluate_regions(bank: PolicyBank, models, rewards: RegionRewards, samples: int) -> dict:
+    """Each policy's routing of held-out regions: mIoU (pixels pooled), GFLOPs per patch, patch shares,
+    beside the largest model on every region (the `paser policy` bank.json shape)."""
+    ph, pw = rewards.patch
+    patching = Patching(size=(ph, pw))
+    rows = {}
+    for lam, policy in sorted(bank.policies.items()):
+        actions = policy_probabilities(policy, rewards.windows).argmax(-1)[:, CENTRE:CENTRE + 1].numpy()
+        cost = RoutingCost.of(models, ph, pw, patching, samples, policy)
+        rows[f"{lam:.3f}"] = table_summary(rewards.table, actions, cost.for_table(actions, True, True))
+    cost = RoutingCost.of(models, ph, pw, patching, samples)
+    summary = {"policies": rows}
+    for k in range(len(models)):
+        alone = np.full((len(rewards.region_ids), 1), k)
+        summary[f"f{k}_alone"] = table_summary(rewards.table, alone, cost.for_table(alone, k == 0))
+    return summary
+
+
+def iter_train_router(session, config: RouterConfig = RouterConfig(),
+                      should_stop: Callable[[], bool] | None = None) -> Generator[Progress, None, RouterResult]:
+    """Check now, then return the progress generator of `Session.train_router`."""
+    roles = router_models(session)
+    lambdas = tuple(check_lambdas_or_fail(config.lambdas))
+    train = [r for r in session.state.accepted if r.split == "train"]
+    if not train:
+        raise PaserInputError("no accepted training regions yet: label and accept regions first (the router "
+                              "learns from them; every 5th accepted region is held out to score it)")
+    return _train_router(session, roles, lambdas, config, should_stop)
+
+
+def check_lambdas_or_fail(lambdas: Sequence[float]) -> list[float]:
+    try:
+        return check_lambdas(lambdas)
+    except InputError as exc:
+        raise PaserInputError(str(exc)) from None
+
+
+def _stopped(should_stop) -> bool:
+    return should_stop is not None and should_stop()
+
+
+def _train_router(session, roles, lambdas, config, should_stop) -> Generator[Progress, None, RouterResult]:
+    started = time.time()
+    retrained = None
+    larger = [r for r in roles if r != "f0"]
+    if config.train_models:
+        retrained = yield from session.retrain(config.model_config, roles=larger, should_stop=should_stop,
+                                               refresh=False, samples=config.samples)
+        if retrained.cancelled:
+            return RouterResult(True, retrain=retrained)
+    if _stopped(should_stop):
+        yield Progress("cancelled", 0, 1, "router training cancelled; the previous bank is kept")
+        return RouterResult(True, retrain=retrained)
+    events: list[Progress] = []
+    rewards = region_rewards(session, roles, config.samples,
+                             lambda done, total: events.append(Progress("score", done, total, "scoring regions")))
+    yield from events
+    models = [session.models[r] for r in roles]
+    train, held = rewards.take("train"), rewards.take("val")
+    data = train.routing_data(model_costs(models))
+    rl = RLConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+                  gradient="expected")
+
+    def make_policy() -> PolicyNet:
+        torch.manual_seed(config.seed)
+        return PolicyNet(PolicyConfig(n_classes=session.n_classes, n_models=len(models), width=config.width,
+                                      patch=rewards.patch))
+
+    total = len(lambdas) * config.epochs
+    gen = iter_bank_training(data, lambdas, make_policy, rl, should_stop)
+    done = 0
+    while True:
+        try:
+            epoch: PolicyEpoch = next(gen)
+        except StopIteration as stop:
+            bank = stop.value
+            break
+        done += 1
+        yield Progress("policy", done, total, f"lambda {epoch.lam:.2f}: epoch {epoch.epoch + 1}/{config.epochs}")
+    if len(bank) < len(lambdas) or _stopped(should_stop):
+        yield Progress("cancelled", done, total, "router training cancelled; the previous bank is kept")
+        return RouterResult(True, retrain=retrained)
+    summary = {"train_regions": len(train.region_ids), "val_regions": len(held.region_ids),
+               "patch": list(rewards.patch), "models": roles, "lambdas": bank.lambdas, "epochs": config.epochs,
+               "samples": config.samples, "default_lambda": bank.nearest(DEFAULT_LAMBDA)[0]}
+    if held.region_ids:
+        summary.update(evaluate_regions(bank, models, held, config.samples))
+    summary["seconds"] = round(time.time() - started, 1)
+    install_bank(session, bank)
+    atomic_write_text(session.folder / ROUTER_FILE, json.dumps(summary, indent=2))
+    yield Progress("save", total, total, f"saved {len(bank)} routing policies")
+    if config.refresh:
+        yield from refresh_after(session, config.samples, should_stop)
+    yield Progress("done", total, total, "router trained")
+    return RouterResult(False, bank, summary, retrained)
+
+
+def format_router(summary: dict) -> str:
+    """A terminal table of router.json: each lambda's held-out mIoU, GFLOPs per patch and shares (as `paser policy`)."""
+    from napari_paser.jobs.policy import format_bank
+
+    head = (f"{summary['train_regions']} training regions, {summary['val_regions']} held out, "
+            f"{summary['patch'][0]}x{summary['patch'][1]} px patches, models {', '.join(summary['models'])}")
+    if not summary.get("policies"):
+        return head + "\nno held-out regions to score the policies on: accept more regions (every 5th is held out)"
+    largest = f"{summary['models'][-1]}_alone"
+    table = {"policies": summary["policies"], "default_lambda": summary["default_lambda"], largest: summary[largest]}
+    rows = format_bank(table).replace("GFLOPs", "GF/patch").replace("val mIoU", "held mIoU")
+    alone = [f"{k[:2]:>7}{summary[k]['iou']:>10.3f}" for k in summary if k.endswith("_alone") and k != largest]
+    return "\n".join([head, rows] + alone)
+
+
+def install_bank(session, bank: PolicyBank) -> None:
+    """Make `bank` the session's routing policies in one commit: older bank members and a loaded policy.pt
+    (trained for other models) are dropped."""
+    from napari_paser.session.core import BANK_ROLE, POLICY, bank_role
+
+    new = {bank_role(lam): policy for lam, policy in bank.policies.items()}
+    old = [r for r in session.state.models if (r.startswith(BANK_ROLE) or r == POLICY) and r not in new]
+    session._install(new, source="train_router", drop=old)
+
+
+def export_run(session, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the session's models and policies as a run folder `paser route` and `paser segment` take:
+    f0.pt, f1.pt, f2.pt, policies/lambda-<L>.pt, policy.pt (the bank's member nearest lambda 0.3, or the
+    loaded policy) and run.json (where it came from)."""
+    out = Path(out)
+    if "f0" not in session.models:
+        raise PaserInputError("the session has no models to export: load or train them first")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise PaserInputError(f"{out} is not empty: choose a new folder, or pass overwrite=True (--overwrite)")
+    meta = {"class_names": list(session.classes.names), "source": f"session {session.folder.resolve()}",
+            "session_version": session.state.model_version}
+    roles = [r for r in ("f0", "f1", "f2") if r in session.models]
+    for role in roles:
+        save_checkpoint(out / f"{role}.pt", session.models[role], {**meta, "role": role})
+    policy, lam = session.policy, None
+    if len(session.bank):
+        save_bank(out, session.bank, meta)
+        lam, policy = session.bank.nearest(DEFAULT_LAMBDA)
+    if policy is not None:
+        save_policy(out / "policy.pt", policy, {**meta, "lambda": lam})
+    router = session.folder / ROUTER_FILE
+    info = {**meta, "models": roles, "lambdas": session.bank.lambdas, "policy_lambda": lam,
+            "router": json.loads(router.read_text()) if router.is_file() else None}
+    atomic_write_text(out / "run.json", json.dumps(info, indent=2))
+    return out

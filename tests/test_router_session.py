@@ -1,0 +1,218 @@
+"""The session trains its own PaSeR router from accepted regions, and exports itself as a run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from torch import nn
+
+from learners.checkpoint import load_checkpoint
+from learners.routing.bank import load_bank
+from learners.routing.policy import load_policy
+from learners.unet import UNetConfig
+from napari_paser.cli import main
+from napari_paser.errors import PaserInputError
+from napari_paser.session.core import Session
+from napari_paser.session.router_jobs import CENTRE, region_rewards
+
+TINY = UNetConfig(base=4, depth=2)
+
+
+def drain(gen):
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            return events, stop.value
+
+
+def hand_iou(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> float:
+    """Mean IoU over the classes present in the labeled pixels' truth or prediction (0 = unlabeled)."""
+    keep = labels > 0
+    truth, guess = labels[keep] - 1, pred[keep]
+    ious = []
+    for c in range(n_classes):
+        union = np.sum((truth == c) | (guess == c))
+        if union:
+            ious.append(np.sum((truth == c) & (guess == c)) / union)
+    return float(np.mean(ious))
+
+
+def test_reward_table_of_accepted_regions_is_each_models_iou_on_each_region(tmp_path):
+    rng = np.random.default_rng(0)
+    s = Session.create(tmp_path / "s", (rng.random((2, 40, 44)) * 1000).astype(np.uint16), region_size=16)
+    s.new_models({"f0": TINY, "f1": TINY, "f2": UNetConfig(base=8, depth=2)}, seed=3)
+    chosen = [0, 4, 8, 11, 13]  # 11: the partial corner region (8 x 12) of slice 0; 13: slice 1
+    for rid in chosen:
+        r = s.region(rid)
+        patch = rng.integers(1, 4, (r.h, r.w)).astype(np.uint8)
+        if rid == 4:
+            patch[:3] = 0  # a confirmed partial region: unpainted pixels are not scored
+        s.accept(rid, patch, confirm_partial=True)
+    rewards = region_rewards(s, ["f0", "f1", "f2"], samples=2)
+    assert rewards.region_ids == chosen
+    for n, rid in enumerate(chosen):
+        r = s.region(rid)
+        labels = s.accepted_labels(rid)
+        image = s.image_slice(r.z)
+        padded = np.pad(image, ((0, 48 - 40), (0, 48 - 44)), mode="reflect")  # whole 16 px patches
+        y0, x0 = r.y0, r.x0
+        patch = torch.from_numpy(padded[y0:y0 + 16, x0:x0 + 16].copy())[None, None]
+        preds = [s.f0_state(r.z, 2).prediction[0].numpy()[r.slices[1:]]]
+        for role in ("f1", "f2"):
+            with torch.no_grad():
+                s.models[role].eval()
+                preds.append(s.models[role](patch).argmax(1)[0].numpy()[:r.h, :r.w])
+        expected = [hand_iou(p, labels, 3) for p in preds]
+        np.testing.assert_allclose(rewards.table.iou[n, 0], expected, rtol=1e-12)
+    assert rewards.windows.prediction.shape == (5, 48, 48)  # 3 x 3 patches around each region
+    f0_pred = s.f0_state(0, 2).prediction[0].numpy()
+    np.testing.assert_array_equal(rewards.windows.prediction[0, 16:32, 16:32], f0_pred[:16, :16])
+    np.testing.assert_array_equal(rewards.windows.prediction[0, 32:48, 16:32], f0_pred[16:32, :16])
+
+
+class Threshold(nn.Module):
+    """A 2-of-3-class model of normalised intensity: class 1 above 0.5, else 0, inverted inside `band`;
+    confident far from 0.5, unsure near it. `size` dummy parameters set its Eq. 3 cost."""
+
+    def __init__(self, band: float, size: int) -> None:
+        super().__init__()
+        self.band, self.weight = band, nn.Parameter(torch.zeros(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = x - 0.5
+        inside = d.abs() < self.band
+        sign = torch.where(inside, -torch.sign(d), torch.sign(d))
+        strength = 40 * d.abs() + 0 * self.weight.sum()
+        return torch.cat([-sign * strength, sign * strength, torch.full_like(x, -10.0)], 1)
+
+
+def hard_cell_session(tmp_path, val_every=5):
+    """2 slices of 4 x 4 regions (16 px): easy regions are 0.1 / 0.9 (f0 right and sure), hard ones
+    0.5 +- 0.05 with labels that only f2 gets (f0 wrong and unsure there)."""
+    rng = np.random.default_rng(1)
+    hard = rng.random((2, 4, 4)) < 0.4
+    easy = np.where(rng.random((2, 64, 64)) < 0.5, 0.1, 0.9)
+    near = 0.5 + rng.uniform(-0.05, 0.05, (2, 64, 64))
+    big = np.repeat(np.repeat(hard, 16, 1), 16, 2)
+    img = np.where(big, near, easy).astype(np.float32)
+    img[:, 0, 0], img[:, 0, 1] = 0.1, 0.9
+    labels = np.where(big, img < 0.5, img >= 0.5).astype(np.uint8) + 1  # layer convention
+    s = Session.create(tmp_path / "s", img, region_size=16, val_every=val_every)
+    s.new_models({"f0": TINY, "f1": TINY, "f2": TINY})
+    lo, hi = s.state.image["lo"], s.state.image["hi"]
+    assert lo == pytest.approx(0.1, abs=0.01) and hi == pytest.approx(0.9, abs=0.01)
+    s.models["f0"], s.models["f1"], s.models["f2"] = Threshold(0.0, 10), Threshold(0.0, 100), Threshold(0.2, 1000)
+    for rid in range(len(s.pool)):
+        r = s.region(rid)
+        s.accept(rid, labels[r.slices])
+    return s, hard
+
+
+def test_a_router_trained_from_the_session_routes_regions_where_f2_is_better_up(tmp_path):
+    s, hard = hard_cell_session(tmp_path)
+    events, result = drain(s.train_router(lambdas=[0.1, 1.0], train_models=False, epochs=100, width=8,
+                                          samples=2))
+    assert not result.cancelled and events[-1].stage == "done"
+    assert {e.stage for e in events} >= {"score", "policy", "save"}
+    assert s.policy_lambdas == [0.1, 1.0]
+    for z in range(2):
+        up = s.route(z, lam=0.1, samples=2, execute=False).routing
+        assert (up == np.where(hard[z], 2, 0)).mean() >= 0.9
+        assert (s.route(z, lam=1.0, samples=2, execute=False).routing == 0).all()
+    summary = json.loads((s.folder / "router.json").read_text())
+    assert summary["val_regions"] == 6 and summary["train_regions"] == 26 and summary["patch"] == [16, 16]
+    held = summary["policies"]["0.100"]
+    assert held["iou"] == result.summary["policies"]["0.100"]["iou"]
+    assert held["iou"] > summary["f0_alone"]["iou"] + 0.3  # f0 is wrong on the hard held-out regions
+    assert held["patch_share"]["f2"] < summary["f2_alone"]["patch_share"]["f2"]
+
+
+def test_cancel_keeps_the_previous_bank(tmp_path):
+    s, _ = hard_cell_session(tmp_path)
+    drain(s.train_router(lambdas=[0.1, 0.5], train_models=False, epochs=3, samples=2))
+    before = {lam: [p.detach().clone() for p in pol.parameters()] for lam, pol in s.bank.policies.items()}
+    files = {r: i["file"] for r, i in s.state.models.items()}
+    calls = []
+    events, result = drain(s.train_router(lambdas=[0.0, 0.3], train_models=False, epochs=3, samples=2,
+                                          should_stop=lambda: calls.append(1) or len(calls) > 4))
+    assert result.cancelled and events[-1].stage == "cancelled"
+    assert s.policy_lambdas == [0.1, 0.5]
+    for lam, params in before.items():
+        assert all(torch.equal(a, b) for a, b in zip(params, s.bank.policies[lam].parameters()))
+    assert {r: i["file"] for r, i in s.state.models.items()} == files
+    s.close()
+    again = Session.open(s.folder)
+    assert again.policy_lambdas == [0.1, 0.5]
+
+
+def test_train_router_refuses_without_training_regions_or_larger_models(tmp_path):
+    s = Session.create(tmp_path / "s", np.zeros((32, 32), np.float32) + np.eye(32, dtype=np.float32), region_size=16)
+    s.new_models({"f0": TINY})
+    with pytest.raises(PaserInputError, match="f1"):
+        s.train_router()
+    s.new_models({"f1": TINY})
+    with pytest.raises(PaserInputError, match="no accepted training regions"):
+        s.train_router()
+
+
+def test_exported_session_run_routes_a_stack_through_paser_route(tmp_path):
+    rng = np.random.default_rng(0)
+    img = (rng.random((2, 48, 48)) * 1000).astype(np.uint16)
+    s = Session.create(tmp_path / "s", img, region_size=16)
+    s.new_models({"f0": TINY, "f1": TINY, "f2": UNetConfig(base=8, depth=2)})
+    for rid in range(6):
+        r = s.region(rid)
+        s.accept(rid, rng.integers(1, 4, (r.h, r.w)).astype(np.uint8))
+    drain(s.train_router(lambdas=[0.0, 0.5], train_models=False, epochs=2, samples=2))
+    run = s.export_run(tmp_path / "run")
+    assert {p.name for p in run.iterdir()} >= {"f0.pt", "f1.pt", "f2.pt", "policy.pt", "policies", "run.json"}
+    assert load_policy(run / "policy.pt").config.patch == (16, 16)
+    assert load_bank(run).lambdas == [0.0, 0.5]
+    assert load_checkpoint(run / "f2.pt").model.config.base == 8
+    with pytest.raises(PaserInputError, match="not empty"):
+        s.export_run(run)
+    stack = (rng.random((4, 40, 56)) * 1000).astype(np.uint16)  # another size: same 16 px patches
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    assert main(["route", "--run", str(run), "--image", str(tmp_path / "stack.tif"), "--out", str(tmp_path / "out"),
+                 "--lambda", "0", "--samples", "2", "--quiet"]) == 0
+    assert tifffile.imread(tmp_path / "out" / "routed.tif").shape == (4, 40, 56)
+    assert tifffile.imread(tmp_path / "out" / "routing.tif").shape == (4, 3, 4)
+
+
+def test_cli_trains_the_router_of_a_session_exports_it_and_runs_each_model_alone(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    s = Session.create(tmp_path / "s", (rng.random((2, 48, 48)) * 1000).astype(np.uint16), region_size=16)
+    s.new_models({"f0": TINY, "f1": TINY, "f2": UNetConfig(base=8, depth=2)})
+    for rid in range(12):
+        r = s.region(rid)
+        s.accept(rid, rng.integers(1, 4, (r.h, r.w)).astype(np.uint8))
+    s.close()
+    assert main(["session", "train-router", "--session", str(s.folder), "--lambdas", "0,1", "--epochs", "2",
+                 "--no-retrain", "--samples", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "10 training regions, 2 held out, 16x16 px patches" in out and "1.000" in out
+    run = tmp_path / "run"
+    assert main(["session", "export-run", "--session", str(s.folder), "--out", str(run)]) == 0
+    assert load_bank(run).lambdas == [0.0, 1.0]
+    tifffile.imwrite(tmp_path / "one.tif", (rng.random((40, 40)) * 1000).astype(np.uint16))
+    for model, samples in (("f0", "0"), ("f0", "2"), ("f2", "2")):
+        dest = tmp_path / f"{model}-{samples}"
+        assert main(["route", "--run", str(run), "--image", str(tmp_path / "one.tif"), "--out", str(dest),
+                     "--model", model, "--samples", samples, "--quiet"]) == 0
+        summary = json.loads((dest / "routing.json").read_text())
+        assert summary["model"] == model and summary["patch_share"][model] == 1.0
+        seg = tifffile.imread(dest / "routed.tif")
+        expected = load_checkpoint(run / f"{model}.pt").model.eval()
+        if samples == "0" or model == "f2":  # one deterministic pass on the whole slice
+            from napari_paser.data.dataset import normalise, robust_range
+            raw = tifffile.imread(tmp_path / "one.tif")
+            x = torch.from_numpy(normalise(raw, *robust_range(raw)))[None, None]
+            with torch.no_grad():
+                np.testing.assert_array_equal(seg.reshape(40, 40), expected(x).argmax(1)[0].numpy())
+    assert main(["session", "train-router", "--session", str(tmp_path / "nowhere")]) == 2
