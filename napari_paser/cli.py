@@ -6,6 +6,7 @@
     paser train        --data DIR --out RUN [--preset quick|paper] [--epochs N] [--seed K]
     paser predict      --run RUN --image STACK.tif --out DIR     f0 segmentation + entropy/BALD maps
     paser models       [--size 224x256] [--json]               parameters and GFLOPs per preset
+    paser weights      --out napari_paser/weights [--steps N]  rebuild the shipped starting weights (f0)
     paser bench routing --data DIR --run RUN --out results.json [--lambda L] [--sweep]   PaSeR vs baselines
     paser bench al     --data DIR --samplers random,entropy,... --budgets 8,16,32 --seeds 3 --out results.json [--dqn AGENT.pt]
     paser al train-dqn --data DIR --out AGENT.pt [--episodes E]   train the RALIS query agent by simulated labeling
@@ -92,6 +93,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                         init=args.init)
     print(format_metrics(metrics))
     print(f"checkpoints and metrics.json in {args.out}")
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from napari_paser.jobs.weights import make_starting_weights
+
+    record = make_starting_weights(args.out, steps=args.steps, seed=args.seed, progress=not args.quiet)
+    scores = ", ".join(f"{k} {v:.3f}" for k, v in record["heldout_synthetic_miou"].items())
+    print(f"wrote f0-3class.pt and f0-3class.json to {args.out} (held-out synthetic mIoU: {scores})")
     return 0
 
 
@@ -331,6 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="class names, comma-separated (default: the dataset's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("weights", help="train the starting weights new sessions begin from (f0 on synthetic data)")
+    p.add_argument("--out", required=True, type=Path, help="folder for f0-3class.pt and f0-3class.json "
+                                                          "(napari_paser/weights rebuilds the shipped ones)")
+    p.add_argument("--steps", type=int, default=3000, help="optimiser steps (default 3000, minutes on a CPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_weights)
 
     p = sub.add_parser("policy", help="train PaSeR routing policies (one per cost weight lambda) for a run folder")
     p.add_argument("--data", required=True, type=Path, help="the dataset the run was trained on (uses rl and val)")
