@@ -28,7 +28,8 @@ Methods, at each labeled-pixel budget (about 1k, 3k, 12k, 50k, 120k):
     PYTHONPATH=. .venv/bin/python benchmarks/bench_coldstart.py [--presets lowres-shading,lowres-varying]
         [--seeds 3] [--crop 192] [--pool 6] [--trees 50] [--out benchmarks/results/coldstart-soc.json]
 
-Each preset can run in its own process (--presets one) and --merge joins the per-preset files.
+Each preset and seed can run in its own process (--presets P --seed-list S --out part.json) and
+`--merge part*.json --out benchmarks/results/coldstart-soc.json` joins them.
 """
 
 from __future__ import annotations
@@ -241,6 +242,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", default="lowres-shading,lowres-varying")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seed-list", help="run these seeds only (e.g. 2), one process each; then --merge")
     parser.add_argument("--crop", type=int, default=192)
     parser.add_argument("--pool", type=int, default=6, help="session slices per seed (from the non-test slices)")
     parser.add_argument("--trees", type=int, default=50, help="random forest trees (ilastik's default is 100)")
@@ -251,6 +253,7 @@ def main() -> int:
     parser.add_argument("--merge", nargs="*", type=Path, help="join per-preset result files into --out and stop")
     args = parser.parse_args()
     args.budgets = [int(b) for b in args.budgets.split(",")]
+    args.seed_list = [int(v) for v in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
     if args.merge:
         return merge(args.merge, args.out)
     if not (SOC / "images.tif").is_file():
@@ -261,7 +264,7 @@ def main() -> int:
     for preset in args.presets.split(","):
         images, labels, splits = load(preset, args.crop)
         t0, runs = time.time(), []
-        for seed in range(args.seeds):  # written after every seed, so a stopped run keeps what it finished
+        for seed in args.seed_list:  # written after every seed, so a stopped run keeps what it finished
             runs.append(run_seed(preset, seed, images, labels, splits, args))
             details[preset] = {"summary": summarise(runs), "seconds": round(time.time() - t0), "seeds_done": len(runs)}
             write(details, args)
@@ -296,11 +299,22 @@ def write(details: dict, args) -> None:
 
 
 def merge(files: list[Path], out: Path) -> int:
+    """Join result files of separate processes (presets or seeds): per-seed values are pooled."""
     parts = [json.loads(f.read_text()) for f in files]
-    details = {k: v for p in parts for k, v in p["presets"].items()}
+    details: dict[str, dict] = {}
+    for part in parts:
+        for preset, d in part["presets"].items():
+            runs = details.setdefault(preset, {"per_seed": {}, "seconds": 0, "seeds_done": 0})
+            for key, v in d["summary"].items():
+                runs["per_seed"].setdefault(key, []).extend(v["per_seed"])
+            runs["seconds"] += d["seconds"]
+            runs["seeds_done"] += d.get("seeds_done", len(next(iter(d["summary"].values()))["per_seed"]))
+    for preset, d in details.items():
+        n = d["seeds_done"]
+        d["summary"] = summarise([{k: v[i] for k, v in d.pop("per_seed").items()} for i in range(n)])
     setup = parts[0]["setup"]
-    args = argparse.Namespace(out=out, budgets=parts[0]["budgets_pixels"], seeds=setup["seeds"], crop=setup["crop"],
-                              pool=setup["pool_slices"],
+    args = argparse.Namespace(out=out, budgets=parts[0]["budgets_pixels"], seeds=sum(d["seeds_done"] for d in
+                              details.values()) // len(details), crop=setup["crop"], pool=setup["pool_slices"],
                               trees=setup["rf_trees"], sampler=setup["sampler"])
     write(details, args)
     return 0
