@@ -9,6 +9,11 @@ fixed/step/cosine learning rates or the Q-learning agent (`learners.lr_agent`), 
 stopping on validation mIoU with the best weights restored, and cancellation between steps
 that keeps the last good weights.
 
+With `keep` > 0 the model also matches the predictions its starting weights make on the
+unlabeled pixels of each batch (soft cross entropy, "learning without forgetting"): a few
+labels then correct the model where they are, instead of erasing what it knew elsewhere,
+e.g. a phase absent from the first labeled region.
+
 With `crop` set, training draws a fixed number of random crops per epoch from labeled images
 of any size (`learners.augment.CropSampler`: class-balanced centres, partial labels), which
 is how a session fine-tunes on a handful of regions and scribbles: a step count that does
@@ -61,14 +66,15 @@ class TrainConfig:
     balanced: bool = False  # with crop: crop centres drawn class-balanced
     jitter: float = 0.0  # intensity jitter strength (contrast, brightness, gamma) of the augmentation
     early_stop: bool = True  # False: run every epoch and keep the last weights (validation only reported)
+    keep: float = 0.0  # weight of matching the starting weights' predictions on unlabeled pixels (no forgetting)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs, batch_size and lr must be positive")
         if (self.crop is not None and self.crop < 8) or (self.steps_per_epoch is not None and self.steps_per_epoch < 1):
             raise ValueError("crop must be >= 8 pixels and steps_per_epoch >= 1")
-        if self.jitter < 0:
-            raise ValueError("jitter must be >= 0")
+        if self.jitter < 0 or self.keep < 0:
+            raise ValueError("jitter and keep must be >= 0")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
 
@@ -179,6 +185,7 @@ def iter_training(
         for group in opt.param_groups:
             group["lr"] = agent.lr
     has_val = val_images is not None and len(val_images) > 0
+    anchor = copy.deepcopy(model).eval() if config.keep > 0 else None  # the starting weights, frozen
     result, best_state, bad_epochs = TrainResult(), None, 0
     best_score = -math.inf
     for epoch in range(config.epochs):
@@ -192,6 +199,8 @@ def iter_training(
                 batch = augment_batch(batch, gen, config.jitter)
             logits = model(batch[0])
             loss = F.cross_entropy(logits, batch[1], weight=weight, ignore_index=UNLABELED)
+            if anchor is not None:
+                loss = loss + config.keep * _keep_loss(anchor, batch[0], batch[1], logits)
             if len(batch) > 2 and config.kd_beta > 0:
                 loss = loss + config.kd_beta * F.mse_loss(logits, batch[2])  # Eq. 1
             opt.zero_grad(set_to_none=True)
@@ -231,6 +240,17 @@ def iter_training(
         result.best_val_miou = best_score if has_val else float("nan")
     model.eval()
     return result
+
+
+def _keep_loss(anchor: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Soft cross entropy towards the frozen starting model's predictions, on unlabeled pixels only."""
+    free = y == UNLABELED
+    if not free.any():
+        return logits.new_zeros(())
+    with torch.no_grad():
+        target = anchor(x).softmax(1)
+    per_pixel = -(target * logits.log_softmax(1)).sum(1)
+    return per_pixel[free].mean()
 
 
 def _class_weight(labels, n_classes: int) -> torch.Tensor:

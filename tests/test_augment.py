@@ -73,3 +73,27 @@ def test_crop_training_runs_fixed_steps_on_pieces_of_any_size():
     events = []
     result = drain(iter_training(model, pieces, labels, None, None, cfg), events.append)
     assert sum(1 for e in events if hasattr(e, "step")) == 14 and len(result.history) == 2 and not result.stopped_early
+
+
+def test_keep_preserves_the_starting_predictions_on_unlabeled_pixels():
+    """Labels of one class in a corner: without `keep` the model paints that class everywhere;
+    with it, unlabeled pixels keep far more of what the starting weights predicted."""
+    torch.manual_seed(0)
+    start = UNet(UNetConfig(base=4, depth=2, n_classes=3))
+    image = np.random.default_rng(0).random((48, 48)).astype(np.float32)
+    phases = np.digitize(image, [0.33, 0.66]).astype(np.uint8)  # the start model learns grey-level phases
+    drain(iter_training(start, [image], [phases], None, None,
+                        TrainConfig(epochs=1, steps_per_epoch=60, batch_size=4, crop=32, lr=2e-2, early_stop=False)))
+    labels = np.full((48, 48), UNLABELED, np.uint8)
+    labels[:12, :12] = 0
+    before = start.eval()(torch.from_numpy(image)[None, None]).argmax(1)
+    agreement = {}
+    for keep in (0.0, 3.0):
+        model = UNet(start.config)
+        model.load_state_dict(start.state_dict())
+        cfg = TrainConfig(epochs=1, steps_per_epoch=30, batch_size=4, crop=32, lr=1e-2, early_stop=False,
+                          class_weighted=False, keep=keep, augment=False)
+        drain(iter_training(model, [image], [labels], None, None, cfg))
+        after = model.eval()(torch.from_numpy(image)[None, None]).argmax(1)
+        agreement[keep] = float((after == before)[0, 12:, 12:].float().mean())
+    assert agreement[3.0] > agreement[0.0] + 0.2, agreement
