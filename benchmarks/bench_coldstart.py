@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -180,12 +181,22 @@ def run_seed(preset: str, seed: int, images, labels, splits, args) -> dict:
     feats_pool = [pixel_features(im) for im in px]
     feats_test = [pixel_features(im) for im in tx]
     out: dict[str, list] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        loops = {"session": Loop(Path(tmp) / "a", px, py, 32, args.sampler, False, seed),
-                 "session-scribble": Loop(Path(tmp) / "b", px, py, 64, "entropy", True, seed)}
-        lo, hi = loops["session"].s.state.image["lo"], loops["session"].s.state.image["hi"]
+    if args.loops == ["none"]:  # the references only: no labels, full supervision, the Otsu floor
+        lo, hi = float(np.percentile(px, 0.5)), float(np.percentile(px, 99.5))
         test_norm = normalise(tx, lo, hi)
-        out["start"] = [miou(predict_classes(loops["session"].s.models["f0"], test_norm), ty)]
+        out["start"] = [miou(predict_classes(starting_model("f0", _tiny()), test_norm), ty)]
+        th, band = fit_multiotsu(normalise(px, lo, hi), py, 3)
+        out["otsu-full"] = [miou(predict_multiotsu(test_norm, th, band), ty)]
+        out.update(full_supervision(px, py, lo, hi, test_norm, ty, feats_pool, feats_test, args, seed))
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        loops = {"session": lambda: Loop(Path(tmp) / "a", px, py, 32, args.sampler, False, seed),
+                 "session-scribble": lambda: Loop(Path(tmp) / "b", px, py, 64, "entropy", True, seed)}
+        loops = {name: make() for name, make in loops.items() if name in args.loops}
+        first = next(iter(loops.values())).s
+        lo, hi = first.state.image["lo"], first.state.image["hi"]
+        test_norm = normalise(tx, lo, hi)
+        out["start"] = [miou(predict_classes(first.models["f0"], test_norm), ty)]
         for name, loop in loops.items():
             rf_name = "rf" if name == "session" else "rf-scribble"
             for key in (name, rf_name, "otsu" if name == "session" else None, f"{name}-pixels"):
@@ -207,9 +218,12 @@ def run_seed(preset: str, seed: int, images, labels, splits, args) -> dict:
                 print(f"  {preset} seed {seed} {name:17s} {loop.labeled():7d} px: {out[name][-1]:.3f}  "
                       f"{rf_name} {out[rf_name][-1]:.3f} (rf {time.time() - t0:.0f} s)  [{loop.last_message}]",
                       flush=True)
+                if args.partial:  # what is done so far, in case the run is stopped
+                    args.partial.write_text(json.dumps(out))
             out[f"{name}-retrains-kept"] = [loop.kept, loop.retrains]
             out[f"{name}-seconds"] = [round(loop.seconds, 1)]
-        out.update(full_supervision(px, py, lo, hi, test_norm, ty, feats_pool, feats_test, args, seed))
+        if not args.no_full:
+            out.update(full_supervision(px, py, lo, hi, test_norm, ty, feats_pool, feats_test, args, seed))
     return out
 
 
@@ -250,12 +264,20 @@ def main() -> int:
     parser.add_argument("--sampler", default="taudis", help="session proposals: taudis or entropy")
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="labeled-pixel budgets")
     parser.add_argument("--out", type=Path, default=RESULTS / "coldstart-soc.json")
+    parser.add_argument("--loops", default="session,session-scribble", help="which session loops to run")
+    parser.add_argument("--no-full", action="store_true", help="skip the full-supervision reference")
+    parser.add_argument("--partial", type=Path, help="write per-budget results here as they come")
+    parser.add_argument("--from-logs", nargs="*", type=Path,
+                        help="build --out from the per-budget lines of stopped runs' logs (session, rf) and stop")
     parser.add_argument("--merge", nargs="*", type=Path, help="join per-preset result files into --out and stop")
     args = parser.parse_args()
     args.budgets = [int(b) for b in args.budgets.split(",")]
+    args.loops = args.loops.split(",")
     args.seed_list = [int(v) for v in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
     if args.merge:
         return merge(args.merge, args.out)
+    if args.from_logs:
+        return from_logs(args.from_logs, args)
     if not (SOC / "images.tif").is_file():
         print(f"no SOC data at {SOC}", file=sys.stderr)
         return 2
@@ -276,10 +298,14 @@ def write(details: dict, args) -> None:
     methods = {}
     names = ("session", "session-scribble", "rf", "rf-scribble", "otsu")
     for m in names:
+        if any(m not in details[p]["summary"] for p in details):
+            continue
         per = np.array([details[p]["summary"][m]["per_seed"] for p in details])  # (presets, seeds, budgets)
         flat = per.reshape(-1, per.shape[-1])
         methods[m] = {"miou_mean": flat.mean(0).round(4).tolist(), "miou_std": flat.std(0).round(4).tolist()}
-    for m in ("start", "full", "rf-full"):
+    for m in ("start", "full", "rf-full", "otsu-full"):
+        if any(m not in details[p]["summary"] for p in details):
+            continue
         flat = np.array([details[p]["summary"][m]["per_seed"] for p in details]).ravel()
         methods[m] = {"miou_mean": round(float(flat.mean()), 4), "miou_std": round(float(flat.std()), 4)}
     result = {
@@ -317,6 +343,49 @@ def merge(files: list[Path], out: Path) -> int:
                               details.values()) // len(details), crop=setup["crop"], pool=setup["pool_slices"],
                               trees=setup["rf_trees"], sampler=setup["sampler"])
     write(details, args)
+    return 0
+
+
+LINE = re.compile(r"^\s+(\S+) seed (\d+) (\S+)\s+(\d+) px: ([\d.]+)\s+(\S+) ([\d.]+)")
+
+
+def from_logs(logs: list[Path], args) -> int:
+    """Results of runs stopped before their end, from the lines they printed after every budget:
+    per preset, method and budget, mean and std over the seeds that reached it (and how many did)."""
+    rows: dict = {}
+    for log in logs:
+        for line in log.read_text().splitlines():
+            m = LINE.match(line)
+            if m:
+                preset, seed, name, px, score, rf_name, rf = m.groups()
+                for method, value in ((name, float(score)), (rf_name, float(rf)), (f"{name}-pixels", int(px))):
+                    rows.setdefault(preset, {}).setdefault(method, {}).setdefault(int(seed), []).append(value)
+    details, methods = {}, {}
+    for preset, per in rows.items():
+        summary = {}
+        for method, seeds in per.items():
+            n = max(len(v) for v in seeds.values())
+            cols = [[v[i] for v in seeds.values() if len(v) > i] for i in range(n)]
+            summary[method] = {"mean": [round(float(np.mean(c)), 4) for c in cols],
+                               "std": [round(float(np.std(c)), 4) for c in cols],
+                               "seeds": [len(c) for c in cols], "per_seed": {str(k): v for k, v in seeds.items()}}
+        details[preset] = {"summary": summary, "from_logs": [str(p) for p in logs]}
+    for method in {m for d in details.values() for m in d["summary"] if not m.endswith("-pixels")}:
+        cols: list[list[float]] = []
+        for d in details.values():
+            for seed_vals in d["summary"].get(method, {}).get("per_seed", {}).values():
+                for i, v in enumerate(seed_vals):
+                    cols.extend([] for _ in range(i + 1 - len(cols)))
+                    cols[i].append(v)
+        methods[method] = {"miou_mean": [round(float(np.mean(c)), 4) for c in cols],
+                           "miou_std": [round(float(np.std(c)), 4) for c in cols], "runs": [len(c) for c in cols]}
+    result = {"budgets_pixels": list(args.budgets), "methods": methods, "presets": details,
+              "setup": {"data": str(SOC), "crop": args.crop, "pool_slices": args.pool, "rf_trees": args.trees,
+                        "sampler": args.sampler, "note": "built from the per-budget log lines (--from-logs)",
+                        "machine": f"{platform.machine()}, torch 1 thread", "date": time.strftime("%Y-%m-%d")}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(methods, indent=1))
     return 0
 
 
