@@ -97,22 +97,22 @@ def row(result, labels, wall) -> dict:
 
 
 def rf_row(session: Session, test_x: np.ndarray, test_y: np.ndarray) -> dict:
-    """The ilastik-style random forest on the session's labeled pixels, if the baseline exists on this branch."""
-    try:
-        from napari_paser.data import baselines
-        fit = getattr(baselines, "fit_random_forest")
-        predict = getattr(baselines, "predict_random_forest")
-    except (ImportError, AttributeError):
-        return {"status": "napari_paser.data.baselines has no random forest on this branch (merge the baselines "
-                          "branch, then rerun)"}
-    x, y, vx, vy = session.training_data()
-    xs, ys = np.concatenate([x, vx]), np.concatenate([y, vy])
-    t = time.perf_counter()
-    model = fit(xs, ys, 3)
-    pred = predict(model, normalise(test_x, session.state.image["lo"], session.state.image["hi"]))
+    """The ilastik-style random forest (`napari_paser.data.baselines`) on the session's labeled pixels:
+    the training pieces and the held-out regions, as the session's own models see them."""
     from learners.metrics import confusion_matrix, iou_from_confusion
-    iou = float(np.nanmean(iou_from_confusion(confusion_matrix(pred, test_y, 3))))
-    return {"iou": iou, "wall_s": round(time.perf_counter() - t, 2), "labeled_pixels": int((ys < 3).sum())}
+    from napari_paser.data.baselines import fit_pixel_forest, pixel_features, predict_pixel_forest
+
+    data = session.training_data()
+    images = list(data.images) + list(data.val_images)
+    labels = list(data.labels) + list(data.val_labels)
+    t = time.perf_counter()
+    forest = fit_pixel_forest([pixel_features(im) for im in images], labels)
+    test = normalise(test_x, session.state.image["lo"], session.state.image["hi"])
+    pred = np.stack([predict_pixel_forest(forest, pixel_features(im)) for im in test])
+    n = session.n_classes
+    iou = float(np.nanmean(iou_from_confusion(confusion_matrix(pred, test_y, n))))
+    labeled = int(sum((lab < n).sum() for lab in labels))
+    return {"iou": iou, "wall_s": round(time.perf_counter() - t, 2), "labeled_pixels": labeled}
 
 
 def chosen_lambda(summary: dict, bank_lambdas: list[float]) -> float:

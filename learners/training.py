@@ -8,13 +8,24 @@ distillation towards a teacher's logits (the paper's Eq. 1), flips/rot90 augment
 fixed/step/cosine learning rates or the Q-learning agent (`learners.lr_agent`), early
 stopping on validation mIoU with the best weights restored, and cancellation between steps
 that keeps the last good weights.
+
+With `keep` > 0 the model also matches the predictions its starting weights make on the
+unlabeled pixels of each batch (soft cross entropy, "learning without forgetting"): a few
+labels then correct the model where they are, instead of erasing what it knew elsewhere,
+e.g. a phase absent from the first labeled region.
+
+With `crop` set, training draws a fixed number of random crops per epoch from labeled images
+of any size (`learners.augment.CropSampler`: class-balanced centres, partial labels), which
+is how a session fine-tunes on a handful of regions and scribbles: a step count that does
+not depend on how few crops there are, intensity jitter, and (early_stop=False) the last
+weights rather than the best epoch picked on a tiny validation set.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from learners.augment import IGNORE_INDEX, CropSampler, augment_batch
 from learners.errors import ConfigError
 from learners.generators import drain
 from learners.grid import Grid
@@ -31,9 +43,7 @@ from learners.lr_agent import LRAgent, LRAgentConfig
 from learners.metrics import confusion_matrix, iou_from_confusion
 
 SCHEDULERS = ("fixed", "step", "cosine", "agent")
-IGNORE_INDEX = 255
-"""Class-index value of pixels nobody labeled in training masks and exports: the loss and validation
-ignore it (partial labels). napari layers mark them 0 instead (`labels_convention.LAYER_UNLABELED`)."""
+# IGNORE_INDEX (255, defined in learners.augment): pixels nobody labeled, ignored by the loss and validation.
 
 
 @dataclass(frozen=True)
@@ -52,10 +62,20 @@ class TrainConfig:
     scheduler: str = "fixed"
     max_steps_per_epoch: int | None = None
     seed: int = 0
+    crop: int | None = None  # train on random crops of this size from images of any size (CropSampler)
+    steps_per_epoch: int | None = None  # with crop: optimiser steps per epoch (None: one pass over the pieces)
+    balanced: bool = False  # with crop: crop centres drawn class-balanced
+    jitter: float = 0.0  # intensity jitter strength (contrast, brightness, gamma) of the augmentation
+    early_stop: bool = True  # False: run every epoch and keep the last weights (validation only reported)
+    keep: float = 0.0  # weight of matching the starting weights' predictions on unlabeled pixels (no forgetting)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError(f"epochs, batch_size and lr must be positive, got {self.epochs}, {self.batch_size}, {self.lr}")
+        if (self.crop is not None and self.crop < 8) or (self.steps_per_epoch is not None and self.steps_per_epoch < 1):
+            raise ConfigError("crop must be >= 8 pixels and steps_per_epoch >= 1")
+        if self.jitter < 0 or self.keep < 0:
+            raise ConfigError("jitter and keep must be >= 0")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
 
@@ -98,18 +118,6 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def _augment(tensors: list[torch.Tensor], gen: torch.Generator) -> list[torch.Tensor]:
-    """The same random flips (and rot90 for square inputs) applied to every tensor of a batch."""
-    r = torch.rand(3, generator=gen)
-    if r[0] < 0.5:
-        tensors = [t.flip(-1) for t in tensors]
-    if r[1] < 0.5:
-        tensors = [t.flip(-2) for t in tensors]
-    if r[2] < 0.5 and tensors[0].shape[-1] == tensors[0].shape[-2]:
-        tensors = [t.rot90(1, (-2, -1)) for t in tensors]
-    return [t.contiguous() for t in tensors]
-
-
 def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
     if cfg.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=max(cfg.epochs // 3, 1), gamma=0.3)
@@ -149,8 +157,8 @@ def evaluate_miou(model: nn.Module, images: np.ndarray, labels: np.ndarray, n_cl
 
 def iter_training(
     model: nn.Module,
-    train_images: np.ndarray,
-    train_labels: np.ndarray,
+    train_images: np.ndarray | Sequence[np.ndarray],
+    train_labels: np.ndarray | Sequence[np.ndarray],
     val_images: np.ndarray | None,
     val_labels: np.ndarray | None,
     config: TrainConfig = TrainConfig(),
@@ -159,43 +167,42 @@ def iter_training(
     should_stop: Callable[[], bool] | None = None,
     lr_agent: LRAgent | None = None,
 ) -> Generator[StepReport | EpochReport, None, TrainResult]:
-    """Train `model` in place; yields progress, returns the result (best weights restored).
+    """Train `model` in place; yields progress, returns the result (best weights restored,
+    or the last ones with early_stop=False).
 
-    With scheduler="agent", `lr_agent` continues a saved agent (`LRAgent.from_dict`); else a
-    fresh one starts at config.lr.
+    With config.crop, train_images/train_labels may be sequences of 2D arrays of any sizes
+    (partial labels: IGNORE_INDEX pixels are ignored). With scheduler="agent", `lr_agent`
+    continues a saved agent (`LRAgent.from_dict`); else a fresh one starts at config.lr.
     """
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     n_classes = model.config.n_classes
-    x, y, t = _samples(train_images, train_labels, grid, teacher_logits)
-    weight = class_weights(train_labels, n_classes) if config.class_weighted else None
+    batches, steps = _batches(train_images, train_labels, config, grid, teacher_logits, n_classes, gen)
+    weight = _class_weight(train_labels, n_classes) if config.class_weighted else None
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = _scheduler(opt, config)
     agent = _lr_agent(config, lr_agent)
     if agent is not None:  # a saved agent may clamp config.lr into its [min_lr, max_lr]
         for group in opt.param_groups:
             group["lr"] = agent.lr
-    steps = math.ceil(len(x) / config.batch_size)
-    if config.max_steps_per_epoch:
-        steps = min(steps, config.max_steps_per_epoch)
     has_val = val_images is not None and len(val_images) > 0
+    anchor = copy.deepcopy(model).eval() if config.keep > 0 else None  # the starting weights, frozen
     result, best_state, bad_epochs = TrainResult(), None, 0
     best_score = -math.inf
     for epoch in range(config.epochs):
         model.train()
-        order = torch.randperm(len(x), generator=gen)
         losses = []
-        for step in range(steps):
+        for step, batch in enumerate(batches(steps)):
             if should_stop is not None and should_stop():
                 result.cancelled = True
                 break
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            batch = [x[idx], y[idx]] + ([t[idx]] if t is not None else [])
             if config.augment:
-                batch = _augment(batch, gen)
+                batch = augment_batch(batch, gen, config.jitter)
             logits = model(batch[0])
             loss = F.cross_entropy(logits, batch[1], weight=weight, ignore_index=IGNORE_INDEX)
-            if t is not None and config.kd_beta > 0:
+            if anchor is not None:
+                loss = loss + config.keep * _keep_loss(anchor, batch[0], batch[1], logits)
+            if len(batch) > 2 and config.kd_beta > 0:
                 loss = loss + config.kd_beta * F.mse_loss(logits, batch[2])  # Eq. 1
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -204,7 +211,7 @@ def iter_training(
             yield StepReport(epoch, step, steps, losses[-1])
         if result.cancelled:
             break
-        train_loss = float(np.mean(losses))
+        train_loss = float(np.mean(losses)) if losses else float("nan")
         score = evaluate_miou(model, val_images, val_labels, n_classes, grid) if has_val else -train_loss
         improved = score > best_score + config.min_delta
         if improved:
@@ -220,17 +227,75 @@ def iter_training(
         if agent is not None:
             for group in opt.param_groups:
                 group["lr"] = agent.step(score, train_loss)
-        if bad_epochs >= config.patience:
+        if config.early_stop and bad_epochs >= config.patience:
             result.stopped_early = True
             break
     if agent is not None:
         agent.finish()
         result.lr_agent = agent.to_dict()
-    if best_state is not None:
+    if not config.early_stop and result.history:  # the last weights; report their own validation score
+        result.best_epoch = result.history[-1].epoch
+        result.best_val_miou = result.history[-1].val_miou
+    elif best_state is not None:
         model.load_state_dict(best_state)
         result.best_val_miou = best_score if has_val else float("nan")
     model.eval()
     return result
+
+
+def _keep_loss(anchor: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Soft cross entropy towards the frozen starting model's predictions, on unlabeled pixels only."""
+    free = y == IGNORE_INDEX
+    if not free.any():
+        return logits.new_zeros(())
+    with torch.no_grad():
+        target = anchor(x).softmax(1)
+    per_pixel = -(target * logits.log_softmax(1)).sum(1)
+    return per_pixel[free].mean()
+
+
+def _class_weight(labels, n_classes: int) -> torch.Tensor:
+    """class_weights over one stack or over pieces of any sizes."""
+    if isinstance(labels, np.ndarray):
+        return class_weights(labels, n_classes)
+    return class_weights(np.concatenate([np.asarray(lab).ravel() for lab in labels]), n_classes)
+
+
+def _batches(images, labels, config: TrainConfig, grid, teacher, n_classes: int, gen: torch.Generator):
+    """(batches(steps) -> iterator of [x, y(, teacher)] tensors, steps per epoch) for either mode."""
+    if config.crop is not None:
+        if grid is not None or teacher is not None:
+            raise ConfigError("crop training takes neither a patch grid nor teacher logits")
+        sampler = CropSampler(list(images), list(labels), config.crop, n_classes, config.balanced, config.seed)
+        rng = np.random.default_rng(config.seed)
+        steps = config.steps_per_epoch or math.ceil(len(images) / config.batch_size)
+
+        def crops(n: int):
+            for _ in range(n):
+                x, y = sampler.sample(config.batch_size, rng)
+                yield [torch.from_numpy(x)[:, None], torch.from_numpy(y).long()]
+
+        return crops, steps
+    x, y, t = _samples(images, labels, grid, teacher)
+    steps = math.ceil(len(x) / config.batch_size)
+    if config.max_steps_per_epoch:
+        steps = min(steps, config.max_steps_per_epoch)
+
+    def passes(n: int):
+        order = torch.randperm(len(x), generator=gen)
+        for step in range(n):
+            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+            yield [x[idx], y[idx]] + ([t[idx]] if t is not None else [])
+
+    return passes, steps
+
+
+def steps_per_epoch(n_images: int, config: TrainConfig, grid: tuple[int, int] | None = None) -> int:
+    """Optimiser steps of one epoch of `iter_training` on n_images images (or pieces with crop)."""
+    if config.crop is not None:
+        return config.steps_per_epoch or math.ceil(n_images / config.batch_size)
+    steps = math.ceil(n_images * (grid[0] * grid[1] if grid else 1) / config.batch_size)
+    return min(steps, config.max_steps_per_epoch) if config.max_steps_per_epoch else steps
 
 
 def run_training(generator: Generator, total_steps: int | None = None, desc: str = "train", progress: bool = True):
@@ -250,10 +315,7 @@ def train(model: nn.Module, train_images, train_labels, val_images=None, val_lab
           config: TrainConfig = TrainConfig(), grid=None, teacher_logits=None, progress: bool = True,
           desc: str = "train", lr_agent: LRAgent | None = None) -> TrainResult:
     """`iter_training` run to the end with a progress bar."""
-    n = len(train_images) * (grid[0] * grid[1] if grid else 1)
-    steps = math.ceil(n / config.batch_size)
-    if config.max_steps_per_epoch:
-        steps = min(steps, config.max_steps_per_epoch)
+    steps = steps_per_epoch(len(train_images), config, grid)
     gen = iter_training(model, train_images, train_labels, val_images, val_labels, config, grid, teacher_logits,
                         lr_agent=lr_agent)
     return run_training(gen, steps * config.epochs, desc, progress)

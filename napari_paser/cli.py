@@ -10,6 +10,7 @@
     paser session train-router --session DIR [--lambdas 0,0.1,0.3] [--epochs N] [--no-retrain]   router from accepted regions
     paser session export-run   --session DIR --out RUN [--overwrite]   the session's models and policies as a run
     paser models       [--size 224x256] [--json]               parameters and GFLOPs per preset
+    paser weights      --out napari_paser/weights [--steps N]  rebuild the shipped starting weights (f0)
     paser bench routing --data DIR --run RUN --out results.json [--lambda L] [--sweep]   PaSeR vs baselines
     paser bench al     --data DIR --samplers random,entropy,... --budgets 8,16,32 --seeds 3 --out results.json [--dqn AGENT.pt]
     paser al train-dqn --data DIR --out AGENT.pt [--episodes E]   train the RALIS query agent by simulated labeling
@@ -97,6 +98,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                         init=args.init, overwrite=args.overwrite)
     print(format_metrics(metrics))
     print(f"checkpoints and metrics.json in {args.out}")
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from napari_paser.jobs.weights import make_starting_weights
+
+    record = make_starting_weights(args.out, steps=args.steps, seed=args.seed, progress=not args.quiet)
+    scores = ", ".join(f"{k} {v:.3f}" for k, v in record["heldout_synthetic_miou"].items())
+    print(f"wrote f0-3class.pt and f0-3class.json to {args.out} (held-out synthetic mIoU: {scores})")
     return 0
 
 
@@ -417,6 +427,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the run in a non-empty --out (its models, metrics and routing policies are removed)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("weights", help="train the starting weights new sessions begin from (f0 on synthetic data)")
+    p.add_argument("--out", required=True, type=Path, help="folder for f0-3class.pt and f0-3class.json "
+                                                          "(napari_paser/weights rebuilds the shipped ones)")
+    p.add_argument("--steps", type=int, default=3000, help="optimiser steps (default 3000, minutes on a CPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_weights)
 
     p = sub.add_parser("policy", help="train PaSeR routing policies (one per cost weight lambda) for a run folder")
     p.add_argument("--data", required=True, type=Path, help="the dataset the run was trained on (uses rl and val)")

@@ -20,7 +20,7 @@ from torch import nn
 
 from learners.modes import eval_mode
 from sampling.base import Sampler, SamplingError
-from sampling.regions import RegionPool
+from sampling.regions import RegionEmbedder, RegionPool
 
 MAPS = ("prediction", "entropy", "bald")
 """f0's per-pixel maps a sampler may read, (Z, H, W) each (`learners.uncertainty.uncertainty_maps`)."""
@@ -190,3 +190,36 @@ def region_embeddings(model: nn.Module, pool: RegionPool, image_of: Callable[[in
     if out is None:
         raise SamplingError("no slices to embed: compute maps on at least one slice first")
     return out
+
+
+class _SliceView:
+    """(Z, H, W) indexing over `image_of(z)` for `RegionEmbedder`, keeping the last few slices read
+    (the oversampled regions of one round fall on a handful of slices)."""
+
+    def __init__(self, image_of: Callable[[int], np.ndarray], shape: tuple[int, int, int], keep: int = 4) -> None:
+        self.image_of, self.shape, self.keep = image_of, tuple(shape), keep
+        self._slices: dict[int, np.ndarray] = {}
+
+    def __getitem__(self, index):
+        z, ys, xs = index
+        z = int(z)
+        if z not in self._slices:
+            if len(self._slices) >= self.keep:
+                self._slices.pop(next(iter(self._slices)))
+            self._slices[z] = np.asarray(self.image_of(z), np.float32)
+        return self._slices[z][ys, xs]
+
+
+def region_embedder(model: nn.Module, pool: RegionPool, image_of: Callable[[int], np.ndarray],
+                    halo: int = 32) -> RegionEmbedder:
+    """Region embeddings on demand: only the regions a sampler asks for are embedded (TAUDIS asks
+    for its alpha*k oversampled ones), from crops with `halo` pixels of context, so a proposal over
+    a large volume never runs the model on every slice. Session and simulation both use this."""
+
+    @torch.no_grad()
+    def features(x: torch.Tensor) -> torch.Tensor:
+        device = next(model.parameters()).device
+        with eval_mode(model):
+            return model.features(x.to(device)).cpu()
+
+    return RegionEmbedder(features, _SliceView(image_of, pool.shape), pool, halo)

@@ -14,7 +14,7 @@ from learners.unet import UNet, UNetConfig
 from napari_paser.bench.al_sim import Learner, SimConfig, Split, make_sampler as sim_sampler
 from napari_paser.session import Session
 from sampling.base import SamplingError
-from sampling.regions import RegionPool
+from sampling.regions import RegionEmbedder, RegionPool
 from sampling.taudis import TaudisSampler
 
 TINY = UNetConfig(base=4, depth=2)
@@ -25,7 +25,7 @@ def _image():
 
 
 def test_registry_names_construction_and_needs():
-    assert registry.SAMPLERS == ("random", "entropy", "bald", "taudis", "dqn")
+    assert registry.SAMPLERS == ("random", "entropy", "bald", "taudis", "routing", "dqn")
     assert registry.needs_of("random") == frozenset() and not registry.reads_maps("random")
     assert registry.needs_of("bald") == {"bald"}
     taudis = registry.make_sampler("taudis", measure="entropy", alpha=2.0)
@@ -82,7 +82,11 @@ def test_region_embeddings_are_the_same_for_session_and_simulation(tmp_path):
     assert every.shape == (8, TINY.base) and np.allclose(one[4:], every[4:]) and not one[:4].any()
     learner = Learner(Split(images, np.zeros((2, 64, 64), np.uint8)), 3, SimConfig(region=32))
     learner.model = model
-    np.testing.assert_allclose(learner.needs(frozenset({"embeddings"}))["embeddings"], every)
+    lazy = learner.needs(frozenset({"embeddings"}))["embeddings"]  # the on-demand embedder both use
+    assert isinstance(lazy, RegionEmbedder)
+    ids = np.array([5, 0, 7, 2])
+    np.testing.assert_allclose(lazy(ids), every[ids], atol=1e-5)
+    assert lazy.calls == len(ids)  # only the regions asked for were embedded
 
 
 def test_one_f0_state_whoever_asks():

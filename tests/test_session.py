@@ -367,8 +367,10 @@ def test_retrain_learning_curve_uses_held_out_regions(tmp_path):
     s.new_models({"f0": TINY})
     s.accept(0, full(s, 0, 1))
     s.accept(1, full(s, 1, 2))
-    x, y, vx, vy = s.training_data()
-    assert x.shape == (1, 32, 32) and vx.shape == (1, 32, 32) and x.dtype == np.float32 and x.max() <= 1
+    data = s.training_data()
+    x, vx = data.images, data.val_images
+    assert len(x) == 1 and x[0].shape == (64, 64) and vx.shape == (1, 32, 32) and x[0].dtype == np.float32
+    assert x[0].max() <= 1 and data.n_train_pixels == 32 * 32 and data.n_val_pixels == 32 * 32
     _, result = drain(s.retrain(FAST, refresh=False))
     point = s.curve[-1]
     assert (point.n_labeled, point.n_train, point.n_val) == (2, 1, 1)
@@ -383,8 +385,10 @@ def test_partial_border_regions_train_with_unlabeled_padding(tmp_path):
     patch = full(s, 3, 2)
     patch[0, 0] = 0
     s.accept(3, patch, confirm_partial=True)
-    x, y, _, _ = s.training_data()
-    assert x.shape == (1, 32, 32) and (y[0, 16:, :] == 255).all() and y[0, 0, 0] == 255 and y[0, 1, 1] == 1
+    data = s.training_data()  # the piece grows to 64x64 around the labels, within the 48x48 slice
+    y = data.labels[0]
+    assert len(data.labels) == 1 and y.shape == (48, 48) and (y[:32] == 255).all() and (y[:, :32] == 255).all()
+    assert y[32, 32] == 255 and y[33, 33] == 1 and data.n_train_pixels == 16 * 16 - 1
     drain(s.retrain(FAST, refresh=False))
 
 

@@ -161,7 +161,7 @@ def test_read_only_refuses_every_change(session):
     with pytest.raises(ValueError):  # the canvas itself is read-only
         view.labels[0, 0, 0] = 3
     assert (session.folder / "session.json").read_bytes() == before
-    assert view.edited_regions() == [] and len(view.training_data()[0]) == 1  # reading works
+    assert view.edited_regions() == [] and len(view.training_data().images) == 1  # reading works
 
 
 # ----------------------------------------------------------------------------- a way back
@@ -178,7 +178,7 @@ def test_unaccept_skip_and_reaccept_survive_reopening(tmp_path):
     s.unaccept(b)
     assert not crop_b.exists() and not s.is_accepted(b) and b in s.pool.candidates()
     assert s.labels[s._ix(*s.region(b).slices)].max() == 2  # the labels stay painted
-    assert len(s.training_data()[2]) == 0  # training no longer uses it
+    assert s.training_data().n_val_regions == 0  # training no longer uses it
     s.skip(c)
     assert [p.region_id for p in s.pending_proposals] == [b, d]
     assert s.next_proposal(after_rank=2).region_id == d
@@ -222,8 +222,8 @@ def test_edits_inside_accepted_regions_are_noticed_and_accepted(session, tmp_pat
     assert [r.region_id for r in saved] == [0] and session.edited_regions() == []
     assert (session.accepted_labels(0)[:4, :4] == 3).all() and (session.accepted_labels(0)[4:, 4:] == 1).all()
     assert not session.is_accepted(2) and session._record(1).seq == seq1  # erased: taken back; untouched: kept
-    _, y, _, _ = session.training_data()
-    assert sorted(np.unique(y).tolist()) == [0, 1, 2]  # training sees the edit (class 2 = layer 3)
+    y = np.concatenate([lab.ravel() for lab in session.training_data().labels])
+    assert sorted(np.unique(y[y != 255]).tolist()) == [0, 1, 2]  # training sees the edit (class 2 = layer 3)
     session.export(tmp_path / "out", full_volume=True)  # agrees now
     session.labels[r0.z, r0.y0 + 20, r0.x0 + 20] = 2  # an edit no accept has seen
     session.close()

@@ -158,7 +158,7 @@ def test_bad_input_shows_a_notification(gui, errors, tmp_path):
     assert "holds no f0.pt" in errors[-1]
     start(widget, tmp_path)
     widget.steps["Train"].retrain()
-    assert "no accepted training regions" in errors[-1]
+    assert "no training labels" in errors[-1]
     widget.steps["Maps"].route()
     assert "no routing policy" in errors[-1]
 

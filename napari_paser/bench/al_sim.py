@@ -33,7 +33,7 @@ from learners.unet import UNetConfig, build_unet
 from napari_paser.errors import PaserInputError
 from sampling.base import Sampler
 from sampling.dqn import DQNSampler, FeatureSpec, choose_state_set, play_episode
-from sampling.registry import MAPS, gather_needs, needs_of, region_embeddings
+from sampling.registry import MAPS, gather_needs, needs_of, region_embedder
 from sampling.registry import make_sampler as registry_sampler
 from sampling.regions import RegionPool
 
@@ -179,7 +179,7 @@ class Learner:
         return gather_needs(
             want, self.pool,
             maps=lambda: mc_maps(self.model, self.data.images, self.config.samples, self.seed * 7919 + self.fits),
-            embeddings=lambda: region_embeddings(self.model, self.pool, self.data.images.__getitem__),
+            embeddings=lambda: region_embedder(self.model, self.pool, self.data.images.__getitem__),
             labels=lambda: self.data.labels, state_ids=lambda: self.state_ids,
         )
 

@@ -54,7 +54,9 @@ from learners.unet import UNet, UNetConfig, preset_config
 from napari_paser.data.dataset import normalise, robust_range
 from napari_paser.errors import InputError, PaserInputError
 from napari_paser.data.labels_convention import layer_to_classes
-from napari_paser.session.jobs import RETRAIN_CONFIG, Progress, RetrainResult, retrain_steps, training_data
+from napari_paser.session.jobs import (
+    RETRAIN_CONFIG, Progress, RetrainResult, TrainingData, retrain_steps, training_data,
+)
 from napari_paser.session import lock, refresh
 from napari_paser.session.routing import SliceRouting, policy_models, route_slice
 
@@ -462,10 +464,20 @@ class Session:
     def _state_key(self, z: int, samples: int) -> tuple:
         return (int(z), int(samples), self.state.models.get("f0", {}).get("version"))
 
-    def new_models(self, roles: dict[str, str | UNetConfig] | None = None, seed: int = 0) -> list[str]:
-        """Untrained models from size presets ("tiny", "medium", "large") or configs, e.g. {"f0": "tiny"}."""
+    def new_models(self, roles: dict[str, str | UNetConfig] | None = None, seed: int = 0,
+                   start: str = "shipped") -> list[str]:
+        """New models from size presets ("tiny", "medium", "large") or configs, e.g. {"f0": "tiny"}.
+
+        start="shipped" (default): roles with starting weights in the package (f0 tiny, see
+        napari_paser.weights) begin from them (another class count: their body, a fresh head),
+        the others from a seeded random init; start="scratch": every role from a random init.
+        """
+        from napari_paser.weights import has_starting_weights, starting_model
+
+        if start not in ("shipped", "scratch"):
+            raise PaserInputError(f"start must be 'shipped' or 'scratch', got {start!r}")
         roles = roles or {"f0": "tiny"}
-        built = {}
+        built, sources = {}, {}
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             for role, spec in roles.items():
@@ -474,8 +486,13 @@ class Session:
                 if isinstance(spec, str) and spec not in MODEL_SIZES:
                     raise PaserInputError(f"unknown model size {spec!r}; choose one of {', '.join(MODEL_SIZES)}")
                 cfg = preset_config(spec, n_classes=self.n_classes) if isinstance(spec, str) else spec
-                built[role] = self._checked(UNet(cfg).eval(), f"the new {role} model")
-        self._install(built, source="scratch")
+                shipped = start == "shipped" and has_starting_weights(role, cfg)
+                model = starting_model(role, cfg, seed) if shipped else UNet(cfg).eval()
+                built[role], sources[role] = self._checked(model, f"the new {role} model"), "shipped" if shipped else "scratch"
+        for source in ("shipped", "scratch"):
+            group = {r: m for r, m in built.items() if sources[r] == source}
+            if group:
+                self._install(group, source=source)
         return list(built)
 
     def _checked(self, model: UNet, what: str) -> UNet:
@@ -770,7 +787,8 @@ class Session:
 
     def unaccept(self, region_id: int) -> None:
         """Take an accepted region back: its labels stay painted on the canvas, its saved crop is
-        removed, training and export no longer use it, and it can be accepted again (same split)."""
+        removed, it leaves the labeled set and the export, and it can be accepted again (same split).
+        Its painted pixels are scribbles then: they train, as any painted pixel does, until erased."""
         rec = self._record(region_id)
         self._accept_all([], drop=[rec.region_id])
 
@@ -854,29 +872,33 @@ class Session:
 
     # ------------------------------------------------------------------ training
 
-    def training_data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(train images, train labels, val images, val labels) of the accepted regions (see session.jobs)."""
+    def training_data(self) -> TrainingData:
+        """Every painted pixel outside held-out regions (train) and the accepted "val" regions (see session.jobs)."""
         return training_data(self)
 
     def retrain(self, config: TrainConfig | None = None, roles: Sequence[str] = ("f0",),
                 should_stop: Callable[[], bool] | None = None, refresh: bool = True,
-                samples: int = 5) -> Generator[Progress, None, RetrainResult]:
-        """Retrain `roles` on the accepted regions (a snapshot taken now), as a progress generator.
+                samples: int = 5, keep_if_worse: bool = True) -> Generator[Progress, None, RetrainResult]:
+        """Retrain `roles` on the labels (a snapshot taken now), as a progress generator.
 
-        Models train on copies; the new weights replace the old ones (saved, new model
-        version, a learning-curve point) only when every role finished, so a cancel (via
-        should_stop or closing the generator) keeps the last good weights. Then, with
-        `refresh`, maps of the slices that had maps are recomputed and the last proposal
-        request is repeated. Returns a RetrainResult.
+        Labels are every painted pixel (accepted regions, partial regions, strokes in any slice);
+        accepted "val" regions are held out. Models train on copies (RETRAIN_CONFIG: a fixed
+        number of steps on class-balanced augmented crops); then, with held-out regions, each
+        role's new weights replace the old ones only if they score at least as well there
+        (keep_if_worse); the RetrainResult's message says which were kept and why. Every
+        finished retrain adds a learning-curve point; a cancel (via should_stop or closing the
+        generator) changes nothing. Then, with `refresh` and new weights, maps of the slices that
+        had maps are recomputed and the last proposal request is repeated.
         """
         cfg = config or RETRAIN_CONFIG
         missing = [r for r in roles if r not in self.models]
         if missing:
-            raise PaserInputError(f"no model {', '.join(missing)} yet: load a run folder or start from scratch first")
+            raise PaserInputError(f"no model {', '.join(missing)} yet: load a run folder or start new models first")
         data = self.training_data()
-        if len(data[0]) == 0:
-            raise PaserInputError("no accepted training regions yet: label and accept at least one region first")
-        return retrain_steps(self, cfg, list(roles), data, should_stop, refresh, samples)
+        if not data.images:
+            raise PaserInputError("no training labels yet: paint some pixels in any slice, or label and accept at "
+                                  "least one region first")
+        return retrain_steps(self, cfg, list(roles), data, should_stop, refresh, samples, keep_if_worse)
 
     def train_router(self, lambdas: Sequence[float] | None = None, should_stop: Callable[[], bool] | None = None,
                      **options) -> Generator[Progress, None, RouterResult]:

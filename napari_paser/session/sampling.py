@@ -2,7 +2,7 @@
 
 The registry builds the sampler and says what it reads; this module supplies it from the
 session's folder: f0's stored maps (only slices whose maps come from the current f0 are
-candidates), region embeddings of those slices, the painted canvas as class indices, and the
+candidates), region embeddings computed for the regions a sampler asks about, the painted canvas as class indices, and the
 DQN's fixed state set. The AL benchmark (`napari_paser.bench.al_sim`) supplies the same
 inputs from its simulation, through the same registry.
 """
@@ -19,7 +19,7 @@ from napari_paser.data.labels_convention import layer_to_classes
 from napari_paser.errors import PaserInputError
 from sampling.base import Sampler
 from sampling.dqn import random_state_set
-from sampling.registry import gather_needs, needs_of, reads_maps, region_embeddings
+from sampling.registry import gather_needs, needs_of, reads_maps, region_embedder
 from sampling.regions import RegionPool
 
 
@@ -63,7 +63,7 @@ def proposal_inputs(sampler: Sampler, pool: RegionPool, fresh: Sequence[int], f0
         allowed = np.concatenate([pool.slice_ids(z) for z in fresh])
         state_ids = random_state_set(allowed, sampler.spec.state_regions)
         candidates = candidates[~np.isin(candidates, state_ids)]
-    needs = gather_needs(want, pool, maps=maps, embeddings=lambda: region_embeddings(model, pool, image_of, fresh),
+    needs = gather_needs(want, pool, maps=maps, embeddings=lambda: region_embedder(model, pool, image_of),
                          labels=lambda: CanvasClasses(canvas, pool.shape), state_ids=lambda: state_ids,
                          disagreement=lambda: _disagreement(models, pool, image_of, maps, fresh),
                          model_costs=lambda: _costs(models))

@@ -123,7 +123,11 @@ class AcceptedRegion:
 
 @dataclass
 class CurvePoint:
-    """One point of the learning curve: validation mIoU after a retrain on n_labeled regions."""
+    """One point of the learning curve: validation mIoU after a retrain on n_labeled regions.
+
+    val_miou and class_iou are the held-out scores of the weights in use after the retrain:
+    the previous ones when the new weights scored worse (kept_previous).
+    """
 
     n_labeled: int
     n_train: int
@@ -132,6 +136,9 @@ class CurvePoint:
     model_version: int
     epochs: int
     time: str
+    class_iou: dict[str, float] | None = None  # per-class IoU on the held-out regions (classes present)
+    kept_previous: bool = False  # the retrained weights scored worse on the held-out regions: not installed
+    n_train_pixels: int | None = None  # labeled training pixels (accepted regions and scribbles)
 
 
 @dataclass
