@@ -10,11 +10,18 @@ CPU-sized: central --crop crop of each slice, 16x16 regions, 20 optimiser steps 
 6 evaluation episodes each of DQN, imitation and teacher on the val split.
 
     .venv/bin/python benchmarks/bench_al.py [--only soc,imbalanced] [--seeds 10] [--episodes 50] [--crop 64]
+    .venv/bin/python benchmarks/bench_al.py --merge A.json B.json OUT.json
+
+`--merge` joins two `paser bench al` runs of the same data, budgets and settings but different
+samplers (on a shared CPU the heuristics and the DQN agents were run as two invocations):
+B's samplers are compared with A's random seed by seed over the seeds both ran. The runs
+are deterministic per seed; the merge checks that every seed starts from the same mIoU.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +53,42 @@ def prepare(name: str, work: Path) -> Path:
     return out
 
 
+class _Trace:
+    """What `paired_differences` reads of a trace, rebuilt from a results JSON."""
+
+    def __init__(self, budgets, miou, class_iou_final):
+        self.budgets, self.miou, self.class_iou = budgets, miou, [class_iou_final]
+
+
+def _traces(summary: dict, n: int) -> list:
+    return [_Trace(summary["budgets"], m, c) for m, c in
+            zip(summary["miou_per_seed"][:n], summary["class_iou_final_per_seed"][:n])]
+
+
+def merge(a_path: Path, b_path: Path, out: Path) -> dict:
+    """A's results with B's samplers added, each paired with A's random over the common seeds."""
+    from learners.atomic import atomic_write_text
+    from napari_paser.bench.al import paired_differences
+
+    a, b = json.loads(a_path.read_text()), json.loads(b_path.read_text())
+    n = min(a["seeds"], b["seeds"])
+    rand = a["samplers"]["random"]
+    for name, s in b["samplers"].items():
+        starts = [m[0] for m in s["miou_per_seed"][:n]]
+        if starts != [m[0] for m in rand["miou_per_seed"][:n]] or s["budgets"] != rand["budgets"]:
+            raise SystemExit(f"{b_path} is not paired with {a_path}: different seed sets or budgets")
+        a["samplers"][name] = s
+        a["vs_random"][name] = paired_differences(_traces(s, n), _traces(rand, n), a["rare_class"])
+    a["merged_from"] = {"A": str(a_path), "B": str(b_path), "B_command": b["command"], "B_seeds": b["seeds"],
+                        "B_wall_seconds": b["wall_seconds"]}
+    a["agent_train_seconds"] = {**a.get("agent_train_seconds", {}), **b.get("agent_train_seconds", {})}
+    a["dqn_agent"] = b["dqn_agent"]
+    best_end = max(s["miou_mean"][-1] for s in a["samplers"].values())
+    a["loose_target"] = bool(a["full_supervision_miou"] < best_end)
+    atomic_write_text(out, json.dumps(a, indent=1) + "\n")
+    return a
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="soc,imbalanced")
@@ -53,7 +96,13 @@ def main() -> int:
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--crop", default="64")
     parser.add_argument("--work", type=Path, default=Path("/tmp/paser-al15"))
+    parser.add_argument("--merge", nargs=3, type=Path, metavar=("A", "B", "OUT"))
     args = parser.parse_args()
+    if args.merge:
+        from napari_paser.bench.al import format_table
+
+        print(format_table(merge(*args.merge)))
+        return 0
     paser = [sys.executable, "-m", "napari_paser.cli"]
     crop = ["--crop", args.crop]
     for name in args.only.split(","):
