@@ -73,7 +73,11 @@ def merge(a_path: Path, b_path: Path, out: Path) -> dict:
     a, b = json.loads(a_path.read_text()), json.loads(b_path.read_text())
     n = min(a["seeds"], b["seeds"])
     rand = a["samplers"]["random"]
+    if b["samplers"].get("random", rand)["miou_per_seed"][:n] != rand["miou_per_seed"][:n]:
+        raise SystemExit(f"random's curves differ between {a_path} and {b_path}: not the same settings")
     for name, s in b["samplers"].items():
+        if name == "random":
+            continue
         starts = [m[0] for m in s["miou_per_seed"][:n]]
         if starts != [m[0] for m in rand["miou_per_seed"][:n]] or s["budgets"] != rand["budgets"]:
             raise SystemExit(f"{b_path} is not paired with {a_path}: different seed sets or budgets")
