@@ -22,6 +22,13 @@ valued by the query network. Two faults of the published code are avoided by con
 terminal transitions carry no next state and their target is the reward alone (no crash, no
 bootstrap past the end), and rewards are differences against a measured starting mIoU (see
 `sampling.dqn`), never against an initial 0.
+
+Imitation (learning from a teacher heuristic first, as DQfD's supervised margin term): every
+candidate pool the agent sees can be stored as a `Demo` with the teacher's score of each
+candidate (BALD in `sampling.dqn`). `imitation_loss` is a pairwise hinge on Q so that Q ranks
+the pool as the teacher does (Q_i - Q_j >= margin whenever the teacher prefers i to j);
+`DQNAgent.imitate` pre-trains on it alone and `learn` adds it, weighted, to the TD loss, so
+the double-DQN updates refine the teacher's ranking instead of replacing it.
 """
 
 from __future__ import annotations
@@ -141,6 +148,28 @@ class ReplayBuffer:
         return [self._items[i] for i in idx]
 
 
+@dataclass
+class Demo:
+    """One candidate pool with the teacher's score of each candidate (higher = the teacher prefers it)."""
+
+    state: np.ndarray  # (S, F)
+    actions: np.ndarray  # (N, A)
+    teacher: np.ndarray  # (N,)
+
+
+def imitation_loss(q: torch.Tensor, teacher: torch.Tensor, margin: float) -> torch.Tensor:
+    """Pairwise hinge: mean over pairs the teacher orders (t_i > t_j) of relu(margin - (q_i - q_j)).
+
+    q, teacher: (N,) for one pool. Zero exactly when Q orders every such pair as the teacher
+    does, at least `margin` apart; ties of the teacher impose nothing.
+    """
+    better = teacher[:, None] > teacher[None, :]
+    if not bool(better.any()):
+        return q.sum() * 0.0
+    gaps = q[:, None] - q[None, :]
+    return torch.relu(margin - gaps)[better].mean()
+
+
 @dataclass(frozen=True)
 class DQNConfig:
     """Learning settings. The paper (appendix B) uses SGD with momentum and weight decay 1e-3,
@@ -154,6 +183,9 @@ class DQNConfig:
     buffer_size: int = 600
     target_sync: int = 10  # learning steps between copies of the query network into the target
     optimizer: str = "adam"  # "adam" | "sgd" (with momentum, the paper)
+    imitation_weight: float = 1.0  # weight of the teacher-ranking hinge in each TD step (0: pure DQN)
+    margin: float = 0.1  # Q gap (reward units) the hinge asks between teacher-ordered candidates
+    demo_size: int = 2000  # teacher-scored pools kept
 
     def __post_init__(self) -> None:
         if not 0 <= self.gamma <= 1 or self.lr <= 0 or self.batch_size < 2 or self.target_sync < 1:
@@ -176,6 +208,7 @@ class DQNAgent:
         self.target = copy.deepcopy(self.net).eval()
         self.config = config
         self.buffer = ReplayBuffer(config.buffer_size)
+        self.demos: deque[Demo] = deque(maxlen=config.demo_size)
         if config.optimizer == "adam":
             self.opt = torch.optim.Adam(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         else:
@@ -234,8 +267,33 @@ class DQNAgent:
             ys[i] = ys[i] + self.config.gamma * np.array([next(values) for _ in batch[i].next_pools])
         return np.concatenate(ys)
 
+    def _demo_loss(self, rng: np.random.Generator) -> torch.Tensor:
+        """Mean imitation hinge over a batch of stored pools, all scored in one forward pass."""
+        idx = rng.choice(len(self.demos), size=min(self.config.batch_size, len(self.demos)), replace=False)
+        demos = [self.demos[i] for i in idx]
+        states = torch.cat([_t(d.state)[None].expand(len(d.actions), -1, -1) for d in demos])
+        q = self.net(states, torch.cat([_t(d.actions) for d in demos]))
+        parts = torch.split(q, [len(d.actions) for d in demos])
+        return torch.stack([imitation_loss(p, _t(d.teacher), self.config.margin) for p, d in zip(parts, demos)]).mean()
+
+    def imitate(self, steps: int, rng: np.random.Generator) -> list[float]:
+        """`steps` gradient steps on the imitation loss alone (pre-training); returns the losses."""
+        if not self.demos:
+            raise InputError("no teacher-scored pools to imitate; play episodes that record demos first")
+        losses = []
+        for _ in range(steps):
+            self.net.train()
+            loss = self._demo_loss(rng)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            losses.append(float(loss.detach()))
+        self.target.load_state_dict(self.net.state_dict())
+        return losses
+
     def learn(self, rng: np.random.Generator) -> float | None:
-        """One gradient step on a sampled batch (None while the buffer holds too few transitions)."""
+        """One gradient step on a sampled batch (None while the buffer holds too few transitions):
+        the TD loss (Eq. 2) plus `imitation_weight` times the imitation hinge when demos exist."""
         if len(self.buffer) < self.config.batch_size:
             return None
         batch = self.buffer.sample(self.config.batch_size, rng)
@@ -244,6 +302,8 @@ class DQNAgent:
         actions = torch.cat([_t(t.actions) for t in batch])
         self.net.train()
         loss = torch.mean((self.net(states, actions) - y) ** 2)  # Eq. 2
+        if self.demos and self.config.imitation_weight > 0:
+            loss = loss + self.config.imitation_weight * self._demo_loss(rng)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

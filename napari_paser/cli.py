@@ -13,7 +13,7 @@
     paser weights      --out napari_paser/weights [--steps N]  rebuild the shipped starting weights (f0)
     paser bench routing --data DIR --run RUN --out results.json [--lambda L] [--sweep]   PaSeR vs baselines
     paser bench al     --data DIR --samplers random,entropy,... --budgets 8,16,32 --seeds 3 --out results.json [--dqn AGENT.pt]
-    paser al train-dqn --data DIR --out AGENT.pt [--episodes E]   train the RALIS query agent by simulated labeling
+    paser al train-dqn --data DIR | --synthetic N --out AGENT.pt [--episodes E]   train the RALIS query agent (imitation + DQN)
     paser demo         [--out demo_out]                        the headless pipeline end to end
     paser demo --gui   [--out demo_out] [--close]              napari walkthrough, a screenshot per step (Xvfb without a display)
 
@@ -292,16 +292,41 @@ def cmd_bench_al(args: argparse.Namespace) -> int:
     return 0
 
 
+SYNTH_AGENT_FRACTIONS = (0.05, 0.35, 0.6)
+"""`paser al train-dqn --synthetic`: a rare phase, as in the imbalanced benchmark set."""
+
+
+def _synthetic_training_data(n: int, size: int, seed: int) -> Path:
+    """A degraded (`lowres-varying`) synthetic dataset folder in a temporary directory."""
+    import tempfile
+
+    from napari_paser.data.degrade import degrade_folder
+    from napari_paser.data.synth import write_synthetic
+
+    work = Path(tempfile.mkdtemp(prefix="paser-dqn-"))
+    write_synthetic(work / "clean", n, size, fractions=SYNTH_AGENT_FRACTIONS, seed=seed, correlation_length=8)
+    degrade_folder(work / "clean", work / "data", "lowres-varying", seed=seed)
+    return work / "data"
+
+
 def cmd_al_train_dqn(args: argparse.Namespace) -> int:
     from napari_paser.bench.al_sim import DQNTrainConfig, load_splits, train_dqn
 
-    (data, reward), n_classes = load_splits(args.data, [args.train_splits.split(","), args.reward_splits.split(",")],
+    if (args.data is None) == (args.synthetic is None):
+        raise InputError("give --data DIR (a labeled dataset folder) or --synthetic N (N generated slices), not both")
+    folder = args.data or _synthetic_training_data(args.synthetic, args.synthetic_size, args.seed)
+    (data, reward), n_classes = load_splits(folder, [args.train_splits.split(","), args.reward_splits.split(",")],
                                             args.crop)
-    cfg = DQNTrainConfig(episodes=args.episodes, steps=args.steps, k=args.k, n_seed=args.n_seed, seed=args.seed)
-    meta = {"dataset": str(args.data), "command": "paser " + " ".join(sys.argv[1:])}
+    cfg = DQNTrainConfig(episodes=args.episodes, steps=args.steps, k=args.k, n_seed=args.n_seed, seed=args.seed,
+                         teacher_episodes=args.teacher_episodes, imitation_steps=args.imitation_steps,
+                         imitation_weight=args.imitation_weight, eval_episodes=args.eval_episodes)
+    meta = {"dataset": str(args.data) if args.data else f"synthetic {args.synthetic} x {args.synthetic_size}^2, "
+            f"fractions {SYNTH_AGENT_FRACTIONS}, seed {args.seed}, lowres-varying",
+            "command": "paser " + " ".join(sys.argv[1:])}
     info = train_dqn(data, reward, n_classes, args.out, _sim_config(args), cfg, meta, progress=not args.quiet)
-    gains = [sum(r) for r in info["episode_rewards"]]
-    print(f"episode mIoU gains (points): first {gains[0]:.2f}, last {gains[-1]:.2f}; agent saved to {args.out}")
+    ev = {k: f"{np.mean(v):.2f}" for k, v in info["eval_gains"].items()}
+    print(f"reward-split mIoU gain per episode (points): {ev}; saved policy: {info['chosen']}; "
+          f"{info['seconds']['total']:.0f} s; agent saved to {args.out}")
     return 0
 
 
@@ -326,12 +351,15 @@ def _al_parsers(sub, bench) -> None:
     """`paser bench al` and `paser al train-dqn`."""
     p = bench.add_parser("al", help="label efficiency of the region samplers under simulated labeling")
     p.add_argument("--data", required=True, type=Path, help="labeled dataset folder")
-    p.add_argument("--samplers", default="random,entropy,bald,taudis", help="comma-separated: random,entropy,bald,taudis,dqn")
+    p.add_argument("--samplers", default="random,entropy,bald,taudis",
+                   help="comma-separated: random,entropy,bald,taudis,dqn (the --dqn agent, else the shipped one), "
+                        "dqn:shipped")
     p.add_argument("--budgets", type=BUDGETS, default=(8, 16, 24, 32, 48, 64),
                    help="labeled regions; the first is the random seed set (default 8,16,24,32,48,64)")
     p.add_argument("--seeds", type=COUNT, default=3)
     p.add_argument("--out", required=True, type=Path, help="results JSON (the plot goes beside it as .png)")
-    p.add_argument("--dqn", type=Path, help="agent checkpoint from `paser al train-dqn` (needed for the dqn sampler)")
+    p.add_argument("--dqn", type=Path,
+                   help="agent checkpoint from `paser al train-dqn` for the dqn sampler (default: the shipped agent)")
     p.add_argument("--pool-splits", default="pretrain,finetune", help="splits forming the unlabeled pool")
     p.add_argument("--test-split", default="test")
     _sim_arguments(p)
@@ -339,7 +367,10 @@ def _al_parsers(sub, bench) -> None:
 
     al = sub.add_parser("al", help="active learning").add_subparsers(dest="al_command", required=True)
     p = al.add_parser("train-dqn", help="train the RALIS query agent by playing simulated labeling episodes")
-    p.add_argument("--data", required=True, type=Path, help="labeled dataset folder")
+    p.add_argument("--data", type=Path, help="labeled dataset folder (or --synthetic)")
+    p.add_argument("--synthetic", type=COUNT, metavar="N",
+                   help="train on N generated slices (3 phases, one rare; lowres-varying): how the shipped agent is made")
+    p.add_argument("--synthetic-size", type=REGION, default=64, help="edge of the generated slices (default 64)")
     p.add_argument("--out", required=True, type=Path, help="agent checkpoint to write (.pt)")
     p.add_argument("--train-splits", default="rl", help="splits the episodes label from (default rl)")
     p.add_argument("--reward-splits", default="val", help="splits the reward mIoU is measured on (default val)")
@@ -347,6 +378,12 @@ def _al_parsers(sub, bench) -> None:
     p.add_argument("--steps", type=COUNT, default=5, help="proposal steps per episode (default 5)")
     p.add_argument("--k", type=COUNT, default=8, help="regions per step (default 8)")
     p.add_argument("--n-seed", type=COUNT, default=8, help="seed set regions (default 8)")
+    p.add_argument("--teacher-episodes", type=int, default=4, help="episodes played by the BALD teacher (default 4)")
+    p.add_argument("--imitation-steps", type=int, default=200, help="pre-training steps on its rankings (default 200)")
+    p.add_argument("--imitation-weight", type=float, default=1.0,
+                   help="weight of the imitation term in each DQN step (default 1; 0 = pure DQN)")
+    p.add_argument("--eval-episodes", type=COUNT, default=4,
+                   help="greedy episodes comparing DQN, imitation and teacher before saving (default 4)")
     p.add_argument("--seed", type=SEED, default=0)
     _sim_arguments(p)
     p.set_defaults(func=cmd_al_train_dqn)

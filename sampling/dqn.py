@@ -1,9 +1,11 @@
 """RALIS region sampler: state and action features, the episode loop, and the trained-agent sampler.
 
-Features (RALIS section 3.1, appendix A): a region is described by the share of its pixels
-predicted in each class and by its entropy map min-, mean- and max-pooled to a g x g grid
-(entropy divided by log C, so features lie in [0, 1]). The state is the features of every
-region of a small fixed state set. A candidate (sub-action) adds two normalised histograms
+Features (RALIS section 3.1, appendix A), made independent of the class count C so that one
+shipped agent serves any data: a region is described by a summary of its predicted class
+shares (`class_summary`: how mixed, the largest share, rarity against the predicted and the
+labeled class shares), its entropy map min-, mean- and max-pooled to a g x g grid and its
+BALD map mean-pooled (both divided by log C, so in [0, 1]). The state is the features of a
+small fixed state set, min/mean/max-pooled over its regions. A candidate (sub-action) adds two normalised histograms
 of KL divergences between its predicted class distribution and that of every labeled region
 (ground truth) and of the unlabeled regions (predictions; a fixed-size random subsample
 bounds the cost). Each step draws K disjoint pools of N unlabeled regions and the agent picks
@@ -24,7 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
-from learners.query_network import DQNAgent, QueryNetConfig, Transition
+from learners.query_network import Demo, DQNAgent, QueryNetConfig, Transition
 from sampling.base import Sampler, SamplingError, Selection, require
 from sampling.regions import RegionPool
 
@@ -59,14 +61,31 @@ def pooled_entropy(pool: RegionPool, ids: np.ndarray, entropy, grid: int = 4, sc
     return out.reshape(len(ids), -1)
 
 
-def region_features(pool: RegionPool, ids: np.ndarray, prediction, entropy, n_classes: int,
-                    grid: int = 4) -> np.ndarray:
-    """(n, C + 3 grid**2): predicted class shares and pooled normalised entropy (RALIS state/action base)."""
+def class_summary(fractions: np.ndarray, predicted: np.ndarray, labeled: np.ndarray) -> np.ndarray:
+    """(n, 4) class features whose size does not depend on the number of classes C.
+
+    From each region's class shares p (n, C): the normalised entropy of p (how mixed it is), its
+    largest share, and its rarity against the classes' shares among the unlabeled regions'
+    predictions and among the labeled pixels, sum_c p_c (1 - share_c): a region of a class
+    the labeled set lacks scores near 1, as RALIS's per-class shares let it learn.
+    """
+    c = fractions.shape[1]
+    p = np.clip(fractions, 0.0, 1.0)
+    ent = -(p * np.log(np.where(p > 0, p, 1.0))).sum(1) / math.log(c)
+    return np.stack([ent, p.max(1), p @ (1 - predicted), p @ (1 - labeled)], 1)
+
+
+def region_features(pool: RegionPool, ids: np.ndarray, maps: dict, n_classes: int, predicted: np.ndarray,
+                    labeled: np.ndarray, grid: int = 4) -> np.ndarray:
+    """(n, 4 + 4 grid**2): `class_summary`, entropy min/mean/max-pooled and BALD mean-pooled to a
+    grid x grid (both divided by log C, so in [0, 1] for any C). BALD's pooled mean is the
+    teacher's (the BALD sampler's) score up to the region's area, so the agent can reproduce it."""
     ids = np.asarray(ids, dtype=np.int64)
-    return np.hstack([
-        region_class_fractions(pool, ids, prediction, n_classes),
-        pooled_entropy(pool, ids, entropy, grid, math.log(n_classes)),
-    ])
+    scale = math.log(n_classes)
+    fr = region_class_fractions(pool, ids, maps["prediction"], n_classes)
+    bald = pooled_entropy(pool, ids, maps["bald"], grid, scale).reshape(len(ids), 3, -1)[:, 1]
+    return np.hstack([class_summary(fr, predicted, labeled), pooled_entropy(pool, ids, maps["entropy"], grid, scale),
+                      bald])
 
 
 def kl_histogram(dists: np.ndarray, refs: np.ndarray, bins: int = 8, kl_max: float = 3.0) -> np.ndarray:
@@ -85,23 +104,29 @@ def kl_histogram(dists: np.ndarray, refs: np.ndarray, bins: int = 8, kl_max: flo
     return hist / kl.shape[1]
 
 
-class FeatureSpec:
-    """Sizes of the RALIS features: classes, entropy grid, KL bins, state set size."""
+STATE_POOLS = 3
+"""The state: the state set's region features min-, mean- and max-pooled over its regions
+(rows), so its size depends neither on the state set's size nor on the number of classes."""
 
-    def __init__(self, n_classes: int, state_regions: int, grid: int = 4, bins: int = 8, kl_max: float = 3.0,
-                 n_reference: int = 256) -> None:
-        if n_classes < 2 or state_regions < 1 or grid < 1 or bins < 1:
-            raise SamplingError("features need n_classes >= 2, a non-empty state set, grid >= 1 and bins >= 1")
-        self.n_classes, self.state_regions, self.grid, self.bins = n_classes, state_regions, grid, bins
-        self.kl_max, self.n_reference = kl_max, n_reference
+
+class FeatureSpec:
+    """Sizes of the RALIS features: entropy grid, KL bins. None depends on the class count or on the
+    state set's size, so one agent serves any data (`n_reference` bounds the KL references)."""
+
+    def __init__(self, grid: int = 4, bins: int = 8, kl_max: float = 3.0, n_reference: int = 256,
+                 state_regions: int = 8) -> None:
+        if grid < 1 or bins < 1 or kl_max <= 0 or n_reference < 1 or state_regions < 1:
+            raise SamplingError("features need grid >= 1, bins >= 1, kl_max > 0, n_reference >= 1 and a state set")
+        self.grid, self.bins, self.kl_max, self.n_reference = grid, bins, kl_max, n_reference
+        self.state_regions = state_regions  # the state set a session draws (the network does not depend on it)
 
     @property
     def region_size(self) -> int:
-        return self.n_classes + 3 * self.grid**2
+        return 4 + 4 * self.grid**2
 
     def net_config(self, width: int = 64, norm: str = "layer") -> QueryNetConfig:
         """The query network for these features (the last 2 * bins action columns gate it)."""
-        sizes = (self.state_regions, self.region_size, self.region_size + 2 * self.bins, 2 * self.bins)
+        sizes = (STATE_POOLS, self.region_size, self.region_size + 2 * self.bins, 2 * self.bins)
         return QueryNetConfig(*sizes, width=width, norm=norm)
 
     def matches(self, config: QueryNetConfig) -> bool:
@@ -111,47 +136,72 @@ class FeatureSpec:
 
     def to_dict(self) -> dict:
         """JSON-able; save it in the agent's checkpoint meta so the sampler rebuilds the same features."""
-        return {"n_classes": self.n_classes, "state_regions": self.state_regions, "grid": self.grid,
-                "bins": self.bins, "kl_max": self.kl_max, "n_reference": self.n_reference}
+        return {"grid": self.grid, "bins": self.bins, "kl_max": self.kl_max, "n_reference": self.n_reference,
+                "state_regions": self.state_regions}
 
     @classmethod
     def from_dict(cls, data: dict) -> FeatureSpec:
-        return cls(**data)
+        try:
+            return cls(**data)
+        except TypeError:
+            raise SamplingError("this DQN agent uses an older, class-count-specific feature format; train it again "
+                                "with `paser al train-dqn` (or use the shipped agent)") from None
 
 
 ActionFeatures = Callable[[np.ndarray], np.ndarray]
 
 
+def infer_classes(needs: dict) -> int:
+    """The class count: `needs['n_classes']` when the caller knows it, else 1 + the largest class
+    the state set's predictions hold (at least 2)."""
+    if needs.get("n_classes"):
+        return int(needs["n_classes"])
+    pool, pred = needs["pool"], needs["prediction"]
+    top = max(int(np.asarray(pred[r.slices]).max()) for r in pool.regions(np.asarray(needs["state_ids"])))
+    return max(2, top + 1)
+
+
 def observe(spec: FeatureSpec, needs: dict, rng: np.random.Generator) -> tuple[np.ndarray, ActionFeatures]:
-    """The state (S, F) and a function giving action features (n, A) for region ids, from `needs`.
+    """The state (STATE_POOLS, F) and a function giving action features (n, A) for region ids.
 
     `needs`: pool (RegionPool, its labeled ids are the labeled set), prediction (Z, H, W)
-    class map, entropy (Z, H, W), labels (Z, H, W) ground truth (read only in labeled regions),
-    state_ids (S,) region ids of the fixed state set.
+    class map, entropy and bald (Z, H, W), labels (Z, H, W) ground truth (read only in labeled
+    regions), state_ids (the fixed state set, any size), optionally n_classes.
     """
     pool = require(needs, "pool", "dqn")
-    pred, ent = require(needs, "prediction", "dqn"), require(needs, "entropy", "dqn")
+    maps = {name: require(needs, name, "dqn") for name in ("prediction", "entropy", "bald")}
     state_ids = np.asarray(require(needs, "state_ids", "dqn"), dtype=np.int64)
-    if state_ids.size != spec.state_regions:
-        raise SamplingError(
-            f"the agent was trained with a state set of {spec.state_regions} regions, got {state_ids.size}"
-        )
-    state = region_features(pool, state_ids, pred, ent, spec.n_classes, spec.grid)
-    lab = np.zeros((0, spec.n_classes))
+    if state_ids.size < 1:
+        raise SamplingError("the DQN agent needs a non-empty state set")
+    c = infer_classes(needs)
+    lab = np.zeros((0, c))
     if pool.labeled_ids.size:
-        lab = region_class_fractions(pool, pool.labeled_ids, require(needs, "labels", "dqn"), spec.n_classes)
+        lab = region_class_fractions(pool, pool.labeled_ids, require(needs, "labels", "dqn"), c)
+    labeled = (lab * pool.area[pool.labeled_ids, None]).sum(0) / max(pool.area[pool.labeled_ids].sum(), 1)
     unl = pool.candidates()
     if unl.size > spec.n_reference:
         unl = np.sort(rng.choice(unl, spec.n_reference, replace=False))
-    unl_dist = region_class_fractions(pool, unl, pred, spec.n_classes)
+    unl_dist = region_class_fractions(pool, unl, maps["prediction"], c)
+    predicted = unl_dist.mean(0) if len(unl_dist) else np.full(c, 1 / c)
+    feats = region_features(pool, state_ids, maps, c, predicted, labeled, spec.grid)
+    state = np.stack([feats.min(0), feats.mean(0), feats.max(0)])
 
     def actions(ids: np.ndarray) -> np.ndarray:
-        base = region_features(pool, ids, pred, ent, spec.n_classes, spec.grid)
-        dist = base[:, : spec.n_classes]
+        ids = np.asarray(ids, dtype=np.int64)
+        base = region_features(pool, ids, maps, c, predicted, labeled, spec.grid)
+        dist = region_class_fractions(pool, ids, maps["prediction"], c)
         hists = [kl_histogram(dist, refs, spec.bins, spec.kl_max) for refs in (lab, unl_dist)]
         return np.hstack([base] + hists)
 
     return state, actions
+
+
+def teacher_scores(needs: dict, ids: np.ndarray) -> np.ndarray:
+    """The teacher's score of each region: its summed BALD, the BALD sampler's ranking (and
+    TAUDIS's, whose set cover acts on the batch, not within a pool)."""
+    from sampling.uncertainty import region_scores
+
+    return region_scores(np.asarray(ids, dtype=np.int64), needs, "bald", "dqn")
 
 
 def draw_pools(candidates: np.ndarray, k: int, pool_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -163,14 +213,21 @@ def draw_pools(candidates: np.ndarray, k: int, pool_size: int, rng: np.random.Ge
     return list(drawn.reshape(k, n))
 
 
+POLICIES = ("agent", "teacher")
+
+
 class DQNSampler(Sampler):
     """Runs a trained RALIS agent: k disjoint pools of `pool_size` random candidates, the region of
     highest Q in each (Eq. 1, no exploration). Needs what `observe` lists; keep the state set's
-    regions out of the candidates (RALIS holds D_S apart from the pool)."""
+    regions out of the candidates (RALIS holds D_S apart from the pool).
+
+    `policy="teacher"` picks the teacher's (BALD's) best region of each pool instead: what
+    `train_dqn` ships when its learned policy did not beat the teacher on the reward split.
+    """
 
     name = "dqn"
 
-    def __init__(self, agent: DQNAgent, spec: FeatureSpec, pool_size: int = 10) -> None:
+    def __init__(self, agent: DQNAgent, spec: FeatureSpec, pool_size: int = 10, policy: str = "agent") -> None:
         if not spec.matches(agent.net.config):
             raise SamplingError(
                 "the agent's network does not match these feature sizes; use the FeatureSpec it was trained with "
@@ -178,17 +235,26 @@ class DQNSampler(Sampler):
             )
         if pool_size < 1:
             raise SamplingError(f"pool_size must be positive, got {pool_size}")
-        self.agent, self.spec, self.pool_size = agent, spec, pool_size
+        if policy not in POLICIES:
+            raise SamplingError(f"policy must be one of {POLICIES}, got {policy!r}")
+        self.agent, self.spec, self.pool_size, self.policy = agent, spec, pool_size, policy
+        self.n_classes: int | None = None
 
     def check_classes(self, n_classes: int) -> None:
-        if self.spec.n_classes != n_classes:
-            raise SamplingError(f"the DQN agent was trained for {self.spec.n_classes} classes but the data has "
-                                f"{n_classes}: use an agent trained on {n_classes}-class data")
+        """Any class count works (the features do not depend on it); remember it for the features."""
+        if n_classes < 2:
+            raise SamplingError(f"the DQN sampler needs at least 2 classes, got {n_classes}")
+        self.n_classes = n_classes
 
     def _select(self, candidates, k, rng, **needs) -> Selection:
-        state, actions = observe(self.spec, needs, rng)
+        needs = {"n_classes": self.n_classes, **needs}
         pools = draw_pools(candidates, k, self.pool_size, rng)
-        picks, q = self.agent.act(state, [actions(p) for p in pools], 0.0, rng)
+        if self.policy == "teacher":
+            scores = [teacher_scores(needs, p) for p in pools]
+            picks, q = np.array([int(np.argmax(s)) for s in scores]), np.array([s.max() for s in scores])
+        else:
+            state, actions = observe(self.spec, needs, rng)
+            picks, q = self.agent.act(state, [actions(p) for p in pools], 0.0, rng)
         order = np.argsort(-q, kind="stable")  # best first, like every sampler
         return Selection(np.array([p[i] for p, i in zip(pools, picks)])[order], q[order])
 
@@ -207,31 +273,48 @@ class ALGame(Protocol):
 
 
 def _step_inputs(spec: FeatureSpec, game: ALGame, k: int, pool_size: int, rng: np.random.Generator):
-    """State, candidate pools (region ids) and their action features for the game's current model."""
+    """State, candidate pools (region ids), their action features and the teacher's scores, for
+    the game's current model."""
     needs = game.needs()
     state, actions = observe(spec, needs, rng)
     ids = draw_pools(needs["pool"].candidates(), k, pool_size, rng)
-    return state, ids, [actions(p) for p in ids]
+    return state, ids, [actions(p) for p in ids], [teacher_scores(needs, p) for p in ids]
 
 
 def play_episode(agent: DQNAgent, game: ALGame, spec: FeatureSpec, steps: int, k: int, rng: np.random.Generator,
-                 epsilon: float = 0.1, pool_size: int = 10, learn: bool = True) -> list[float]:
-    """Play `steps` AL steps of k regions, storing transitions (and learning); returns the rewards."""
+                 epsilon: float = 0.1, pool_size: int = 10, learn: bool = True, policy: str = "agent",
+                 record: bool = True) -> list[float]:
+    """Play `steps` AL steps of k regions, storing transitions (and learning); returns the rewards.
+
+    `policy`: "agent" (epsilon-greedy on Q) or "teacher" (the teacher's best of each pool, with
+    probability epsilon a uniform pick). Every pool seen is stored as a teacher-scored `Demo`
+    (`record`), so imitation has data from any policy; `record=False` with `learn=False`
+    evaluates a policy without touching the agent.
+    """
+    if policy not in POLICIES:
+        raise SamplingError(f"policy must be one of {POLICIES}, got {policy!r}")
     miou = game.reset(rng)  # the baseline of the first reward
-    state, ids, pools = _step_inputs(spec, game, k, pool_size, rng)
+    state, ids, pools, teach = _step_inputs(spec, game, k, pool_size, rng)
     rewards = []
     for step in range(steps):
-        picks, _ = agent.act(state, pools, epsilon, rng)
+        if record:
+            agent.demos.extend(Demo(state, a, t) for a, t in zip(pools, teach))
+        if policy == "teacher":
+            picks = np.array([int(rng.integers(len(t))) if rng.random() < epsilon else int(np.argmax(t)) for t in teach])
+        else:
+            picks, _ = agent.act(state, pools, epsilon, rng)
         new_miou = game.label(np.array([p[i] for p, i in zip(ids, picks)]))
         reward, miou = new_miou - miou, new_miou
         rewards.append(reward)
         taken = np.stack([pool[i] for pool, i in zip(pools, picks)])
         if step == steps - 1:
-            agent.buffer.push(Transition(state, taken, reward, done=True))
+            transition = Transition(state, taken, reward, done=True)
         else:
-            next_state, ids, pools = _step_inputs(spec, game, k, pool_size, rng)
-            agent.buffer.push(Transition(state, taken, reward, next_state, pools))
+            next_state, ids, pools, teach = _step_inputs(spec, game, k, pool_size, rng)
+            transition = Transition(state, taken, reward, next_state, pools)
             state = next_state
+        if record:
+            agent.buffer.push(transition)
         if learn:
             agent.learn(rng)
     return rewards

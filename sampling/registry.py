@@ -67,18 +67,25 @@ def _routing(**options) -> Sampler:
     return RoutingValueSampler(**options)
 
 
+SHIPPED_AGENT = Path(__file__).parent / "agents" / "dqn-agent.pt"
+"""The DQN agent the package ships (`paser al train-dqn --synthetic`, see the README); a session
+that picks "dqn" with no agent file uses it."""
+
+
 def _dqn(dqn_checkpoint: str | Path | None = None, pool_size: int = 10) -> Sampler:
     from learners.query_network import DQNAgent
     from sampling.dqn import DQNSampler, FeatureSpec
 
-    if dqn_checkpoint is None:
-        raise SamplingError("the dqn sampler needs a trained agent: train one with `paser al train-dqn` and pass its "
-                            ".pt file (dqn_checkpoint=, or --dqn on the command line)")
-    agent = DQNAgent.load(dqn_checkpoint)
+    path = SHIPPED_AGENT if dqn_checkpoint is None else Path(dqn_checkpoint)
+    if dqn_checkpoint is None and not path.exists():
+        raise SamplingError(f"the shipped DQN agent {path} is missing from this installation; reinstall napari-paser "
+                            "or train one with `paser al train-dqn` and pass its .pt file (dqn_checkpoint=, --dqn)")
+    agent = DQNAgent.load(path)
     if "features" not in agent.meta:
-        raise SamplingError(f"{dqn_checkpoint} has no feature sizes in its meta ('features'): it was not saved by "
+        raise SamplingError(f"{path} has no feature sizes in its meta ('features'): it was not saved by "
                             "`paser al train-dqn`; train an agent with it")
-    return DQNSampler(agent, FeatureSpec.from_dict(agent.meta["features"]), pool_size=pool_size)
+    return DQNSampler(agent, FeatureSpec.from_dict(agent.meta["features"]), pool_size=pool_size,
+                      policy=agent.meta.get("policy", "agent"))
 
 
 REGISTRY: dict[str, SamplerInfo] = {
@@ -91,8 +98,8 @@ REGISTRY: dict[str, SamplerInfo] = {
                     ("alpha", "beta", "sigma", "measure", "center")),
         SamplerInfo("routing", "where f0 and the larger models disagree most per unit of cost (labels that decide "
                                "routing)", _routing, lambda s: frozenset({"prediction", "disagreement", "model_costs"})),
-        SamplerInfo("dqn", "a trained RALIS query agent", _dqn,
-                    lambda s: frozenset({"prediction", "entropy", "labels", "state_ids"}),
+        SamplerInfo("dqn", "a trained RALIS query agent (the shipped one unless dqn_checkpoint is given)", _dqn,
+                    lambda s: frozenset({"prediction", "entropy", "bald", "labels", "state_ids"}),
                     ("dqn_checkpoint", "pool_size")),
     )
 }

@@ -128,7 +128,7 @@ def test_game_rewards_and_trained_agent_drive_the_dqn_sampler(splits, tmp_path):
     game = SegmentationGame(data, test, 3, CFG, n_seed=4, seed=0)
     m0 = game.reset(np.random.default_rng(0))
     assert m0 == pytest.approx(100 * game.learner.miou(test))  # the first reward's baseline, not 0
-    spec = FeatureSpec(3, 4, grid=2, bins=4)
+    spec = FeatureSpec(grid=2, bins=4)
     agent = DQNAgent(spec.net_config(16))
     rewards = play_episode(agent, game, spec, 2, 2, np.random.default_rng(0), epsilon=1.0, pool_size=3)
     assert len(game.learner.pool.labeled_ids) == 8 and len(rewards) == 2
@@ -136,21 +136,26 @@ def test_game_rewards_and_trained_agent_drive_the_dqn_sampler(splits, tmp_path):
     assert game.reset(np.random.default_rng(0)) == m0 and len(game.learner.pool.labeled_ids) == 4  # episodes restart
 
     path = tmp_path / "agent.pt"
-    cfg = al_sim.DQNTrainConfig(episodes=2, steps=1, k=2, n_seed=4, updates_per_episode=1, grid=2, bins=4, width=16)
+    cfg = al_sim.DQNTrainConfig(episodes=2, steps=1, k=2, n_seed=4, updates_per_episode=1, grid=2, bins=4, width=16,
+                                teacher_episodes=1, imitation_steps=3, eval_episodes=1)
     info = train_dqn(data, test, 3, path, CFG, cfg, progress=False)
-    assert len(info["episode_rewards"]) == 2 and info["sim"]["region"] == 32
+    assert len(info["episode_rewards"]) == 3 and info["sim"]["region"] == 32  # 1 teacher + 2 DQN episodes
+    assert set(info["eval_gains"]) == {"dqn", "imitation", "teacher"} and info["chosen"] in info["eval_gains"]
+    best = max(np.mean(info["eval_gains"][n]) for n in ("dqn", "imitation"))
+    assert (info["chosen"] == "teacher") == (best < np.mean(info["eval_gains"]["teacher"]))  # never below the teacher
     sampler = make_sampler("dqn", CFG, path)
-    assert isinstance(sampler, DQNSampler)
+    assert isinstance(sampler, DQNSampler) and sampler.policy == info["policy"]
     learner = start(data, 3, CFG, 4, seed=0)
     trace = simulate(learner, sampler, "dqn", test, [4, 7], np.random.default_rng(0))
     assert len(set(trace.chosen[0])) == 3
-    with pytest.raises(PaserInputError, match="region=32"):
-        make_sampler("dqn", SimConfig(region=16, state_regions=4), path)
+    assert len(trace.class_iou) == 2 and np.nanmean(trace.class_iou[-1]) == pytest.approx(trace.miou[-1], abs=1e-4)
+    other = make_sampler("dqn", SimConfig(region=16, state_regions=4), path)  # features fit any region size
+    assert isinstance(other, DQNSampler)
 
 
 def test_user_errors_are_clear(splits):
-    with pytest.raises(InputError, match="train-dqn"):
-        make_sampler("dqn", CFG)
+    with pytest.raises(InputError, match="query-network"):
+        make_sampler("dqn", CFG, "missing.pt")
     with pytest.raises(InputError, match="unknown sampler"):
         make_sampler("coreset", CFG)
     with pytest.raises(PaserInputError, match="increasing"):

@@ -180,6 +180,7 @@ class RareGame:
         for r in self.pool.regions(rare):
             self.labels[r.slices] = 1
         self.entropy = rng.random(self.labels.shape) * 0.3
+        self.bald = self.entropy / 3
         self.state_ids = choose_state_set(self.pool, self.labels, 2, 4, rng)
 
     def reset(self, rng):
@@ -193,8 +194,8 @@ class RareGame:
         return 0.4 + 0.5 * region_class_fractions(self.pool, lab, self.labels, 2)[:, 1].sum() / 12
 
     def needs(self):
-        return {"pool": self.pool, "prediction": self.labels, "entropy": self.entropy, "labels": self.labels,
-                "state_ids": self.state_ids}
+        return {"pool": self.pool, "prediction": self.labels, "entropy": self.entropy, "bald": self.bald,
+                "labels": self.labels, "state_ids": self.state_ids, "n_classes": 2}
 
     def label(self, ids):
         self.pool.mark_labeled(ids)
@@ -203,7 +204,7 @@ class RareGame:
 
 
 def _spec():
-    return FeatureSpec(n_classes=2, state_regions=4, grid=2, bins=4)
+    return FeatureSpec(grid=2, bins=4, state_regions=4)
 
 
 def test_first_reward_is_measured_against_the_starting_miou_and_last_step_is_terminal():
@@ -220,7 +221,8 @@ def test_first_reward_is_measured_against_the_starting_miou_and_last_step_is_ter
 
 def test_dqn_sampler_learns_to_ask_for_the_rare_class():
     game, spec = RareGame(seed=1), _spec()
-    agent = DQNAgent(spec.net_config(32), DQNConfig(gamma=0.5, batch_size=8), seed=0)
+    # the teacher (random BALD here) knows nothing of the rare class: pure DQN, no imitation term
+    agent = DQNAgent(spec.net_config(32), DQNConfig(gamma=0.5, batch_size=8, imitation_weight=0.0), seed=0)
     rng = np.random.default_rng(0)
     for e in range(60):
         play_episode(agent, game, spec, steps=3, k=2, rng=rng, epsilon=max(0.1, 1 - e / 30), pool_size=6)
@@ -246,9 +248,9 @@ def test_dqn_sampler_interface():
     with pytest.raises(InputError, match="only 7 candidates"):
         sampler.select(cands[:7], 8, np.random.default_rng(0), **game.needs())
     with pytest.raises(InputError, match="state set"):
-        sampler.select(cands, 2, np.random.default_rng(0), **{**game.needs(), "state_ids": np.arange(3)})
+        sampler.select(cands, 2, np.random.default_rng(0), **{**game.needs(), "state_ids": np.arange(0)})
     with pytest.raises(InputError, match="feature sizes"):
-        DQNSampler(DQNAgent(FeatureSpec(3, 4, grid=2, bins=4).net_config(16)), spec)
+        DQNSampler(DQNAgent(FeatureSpec(grid=3, bins=4).net_config(16)), spec)
     assert [p.size for p in draw_pools(np.arange(10), 3, 5, np.random.default_rng(0))] == [3, 3, 3]
 
 
@@ -265,3 +267,85 @@ def test_saved_agent_and_feature_spec_rebuild_the_same_sampler(tmp_path):
     a = DQNSampler(agent, spec, 5).select(cands, 3, np.random.default_rng(1), **game.needs())
     b = DQNSampler(loaded, spec2, 5).select(cands, 3, np.random.default_rng(1), **game.needs())
     assert np.array_equal(a.ids, b.ids) and np.allclose(a.scores, b.scores)
+
+
+# --- imitation of the teacher heuristic
+
+
+def test_imitation_loss_by_hand():
+    from learners.query_network import imitation_loss
+
+    t = torch.tensor([3.0, 2.0, 1.0])
+    assert float(imitation_loss(torch.tensor([2.0, 1.0, 0.0]), t, 0.1)) == 0.0  # same order, gaps >= margin
+    # reversed: pairs (0,1), (0,2), (1,2) violated by 1.1, 2.1, 1.1
+    assert float(imitation_loss(torch.tensor([0.0, 1.0, 2.0]), t, 0.1)) == pytest.approx((1.1 + 2.1 + 1.1) / 3)
+    assert float(imitation_loss(torch.tensor([0.0, 5.0]), torch.tensor([1.0, 1.0]), 0.1)) == 0.0  # ties: nothing
+
+
+def test_imitation_pretraining_reproduces_the_teachers_ranking():
+    from scipy.stats import spearmanr
+
+    from learners.query_network import Demo
+
+    rng = np.random.default_rng(0)
+    agent = DQNAgent(QueryNetConfig(3, 4, 6, 2, width=32), DQNConfig(lr=3e-3, batch_size=16), seed=0)
+
+    def teacher(a):  # a nonlinear heuristic of the candidate's features, blind to the state
+        return a[:, 0] - 0.5 * a[:, 1] ** 2 + 0.3 * a[:, 2] * a[:, 3]
+
+    def pool():
+        s, a = rng.random((3, 4)), rng.random((8, 6))
+        return s, a, teacher(a)
+
+    for _ in range(200):
+        agent.demos.append(Demo(*pool()))
+    before = [spearmanr(agent.q_values(s, a), t)[0] for s, a, t in (pool() for _ in range(30))]
+    losses = agent.imitate(400, rng)
+    assert np.mean(losses[-50:]) < 0.25 * np.mean(losses[:10])
+    fresh = [pool() for _ in range(30)]
+    rho = [spearmanr(agent.q_values(s, a), t)[0] for s, a, t in fresh]
+    top = [agent.q_values(s, a).argmax() == t.argmax() for s, a, t in fresh]
+    assert np.mean(rho) > 0.9 and np.mean(rho) > np.mean(before) + 0.3
+    assert np.mean(top) >= 0.8  # argmax Q is the teacher's pick in (nearly) every unseen pool
+    for a, b in zip(agent.net.state_dict().values(), agent.target.state_dict().values()):
+        assert torch.equal(a, b)  # the target starts from the imitated network
+
+
+def test_teacher_episodes_record_demos_and_the_teacher_policy_picks_bald():
+    game, spec = RareGame(), _spec()
+    agent = DQNAgent(spec.net_config(16), DQNConfig(batch_size=4))
+    play_episode(agent, game, spec, steps=2, k=2, rng=np.random.default_rng(0), epsilon=0.0, policy="teacher",
+                 learn=False)
+    assert len(agent.demos) == 4 and len(agent.buffer) == 2  # 2 steps x 2 pools
+    d = agent.demos[0]
+    assert d.actions.shape == (len(d.teacher), spec.net_config().action_features)
+    game.reset(np.random.default_rng(0))
+    sampler = DQNSampler(agent, spec, pool_size=5, policy="teacher")
+    cands = game.pool.candidates()
+    sel = sampler.select(cands, 3, np.random.default_rng(1), **game.needs())
+    pools = draw_pools(cands, 3, 5, np.random.default_rng(1))
+    sums = game.pool.reduce(game.bald, "sum")
+    assert sorted(sel.ids.tolist()) == sorted(int(p[np.argmax(sums[p])]) for p in pools)
+    n = len(agent.demos)
+    play_episode(agent, game, spec, steps=2, k=2, rng=np.random.default_rng(0), epsilon=0.0, learn=False,
+                 record=False)
+    assert len(agent.demos) == n and len(agent.buffer) == 2  # evaluation leaves the agent untouched
+
+
+def test_features_do_not_depend_on_the_class_count():
+    from sampling.dqn import observe
+
+    spec = _spec()
+    sizes = set()
+    for c in (2, 3, 5):
+        rng = np.random.default_rng(c)
+        labels = rng.integers(0, c, (2, 32, 32))
+        pool = RegionPool(labels.shape, 8)
+        pool.mark_labeled(np.arange(3))
+        needs = {"pool": pool, "prediction": labels, "entropy": rng.random(labels.shape), "bald": rng.random(labels.shape),
+                 "labels": labels, "state_ids": np.arange(3, 3 + c), "n_classes": c}
+        state, actions = observe(spec, needs, rng)
+        a = actions(pool.candidates()[:4])
+        sizes.add((state.shape, a.shape[1]))
+        assert np.isfinite(a).all() and a[:, :4].min() >= 0 and a[:, :4].max() <= 1
+    assert sizes == {((3, spec.region_size), spec.net_config().action_features)}

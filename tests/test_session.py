@@ -433,14 +433,12 @@ def test_dqn_sampler_from_a_saved_agent(ready, tmp_path):
     from learners.query_network import DQNAgent
     from sampling.dqn import FeatureSpec
 
-    spec = FeatureSpec(n_classes=3, state_regions=2, grid=2, bins=4)
+    spec = FeatureSpec(grid=2, bins=4, state_regions=2)
     path = DQNAgent(spec.net_config(width=8)).save(tmp_path / "dqn.pt", meta={"features": spec.to_dict()})
     ready.accept(0, full(ready, 0, 2))
     props = ready.propose(2, "dqn", seed=0, dqn_checkpoint=path, pool_size=2)
     assert len(props) == 2 and all(p.sampler == "dqn" and p.region_id != 0 for p in props)
     assert ready.state.proposal_request["dqn_checkpoint"] == str(path)
-    with pytest.raises(PaserInputError, match="dqn_checkpoint"):
-        ready.propose(2, "dqn")
 
 
 def test_routing_needs_a_policy_and_reports_cost(session, tmp_path):

@@ -436,3 +436,19 @@ def test_an_unwritable_export_folder_is_one_line_not_a_traceback(gui, tmp_path, 
     widget.hub.run(lambda should_stop: widget.hub.require().export(blocker / "export", full_volume=True), what="exporting")
     idle(widget.hub)
     assert len(errors) == 1 and "a-file" in errors[0] and "\n" not in errors[0]
+
+
+def test_dqn_proposes_with_the_shipped_agent_when_no_file_is_chosen(gui, errors, tmp_path):
+    from learners.generators import drain
+
+    viewer, widget = gui
+    s = start(widget, tmp_path, region=16)
+    drain(s.compute_maps(samples=2))
+    label = widget.steps["Label"]
+    label.sampler.setCurrentText("dqn")
+    assert label.dqn.text() == ""
+    label.k.setValue(2)
+    label.propose()
+    idle(widget.hub)
+    assert not errors and len(s.pending_proposals) == 2
+    assert {p.sampler for p in s.pending_proposals} == {"dqn"}

@@ -9,6 +9,14 @@ budget where the mean curve first reaches 95% of the fully supervised mIoU (the 
 trained on every region of the pool for as many steps as the longest AL run); the class
 shares of the labeled pixels; and the wall time of a proposal step (computing what the
 sampler reads + selecting) and of a retraining.
+
+Verdicts (issue 15): the comparison is paired per seed (same seed set, same test split), so
+each sampler's difference to random is taken seed by seed, at every budget and for the AUC,
+and reported with a percentile-bootstrap 95% interval of the mean difference (an interval
+excluding 0 is a verdict, one straddling it is not). The headline budget is the sustained one
+(from which the mean curve stays above 95% of full supervision), per seed too. Per-class test
+IoU is reported, so a sampler that labels more of a rare class is judged by whether that
+class improves. A full-supervision run that ends below an AL curve is flagged: its target is loose.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from learners.atomic import atomic_write_text
-from napari_paser.bench.al_sim import SimConfig, Split, check_budgets, load_splits, make_sampler, simulate, start
+from napari_paser.bench.al_sim import SHIPPED, SimConfig, Split, check_budgets, load_splits, make_sampler, simulate, start
 from napari_paser.errors import PaserInputError
 from sampling.regions import RegionPool
 from sampling.registry import SAMPLERS
@@ -83,6 +91,45 @@ def crossing(budgets: Sequence[float], miou: Sequence[float], target: float) -> 
     return None
 
 
+def bootstrap_ci(values: Sequence[float], n_boot: int = 4000, level: float = 0.95, seed: int = 0) -> dict:
+    """Mean of `values` (paired per-seed differences) and its percentile-bootstrap interval.
+
+    Resamples the seeds with replacement `n_boot` times; the interval is the (1 - level) / 2
+    and (1 + level) / 2 quantiles of the resampled means. One value gives a zero-width interval.
+    """
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return {"mean": None, "lo": None, "hi": None, "n": 0}
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, (n_boot, v.size))].mean(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return {"mean": round(float(v.mean()), 4), "lo": round(float(lo), 4), "hi": round(float(hi), 4), "n": int(v.size)}
+
+
+def verdict(ci: dict) -> str:
+    """'better' / 'worse' when the interval excludes 0, else 'tie'."""
+    if ci["mean"] is None:
+        return "n/a"
+    return "better" if ci["lo"] > 0 else "worse" if ci["hi"] < 0 else "tie"
+
+
+def paired_differences(traces: list, baseline: list, rare: int) -> dict:
+    """Per-seed differences of a sampler to the baseline (same seeds, in order): mIoU at each budget,
+    AUC, and the rare class's final IoU, each with its bootstrap interval and verdict."""
+    a, b = np.array([t.miou for t in traces]), np.array([t.miou for t in baseline])
+    budgets = traces[0].budgets
+    auc = [normalised_auc(budgets, x) - normalised_auc(budgets, y) for x, y in zip(a, b)]
+    rare_d = [t.class_iou[-1][rare] - u.class_iou[-1][rare] for t, u in zip(traces, baseline)]
+    at = [bootstrap_ci(a[:, i] - b[:, i]) for i in range(len(budgets))]
+    out = {"auc": bootstrap_ci(auc), "miou_at_budget": at, "rare_class_iou_final": bootstrap_ci(rare_d),
+           "auc_wins": int(np.sum(np.array(auc) > 0)), "seeds": len(auc)}
+    out["auc"]["verdict"] = verdict(out["auc"])
+    out["rare_class_iou_final"]["verdict"] = verdict(out["rare_class_iou_final"])
+    for ci in at:
+        ci["verdict"] = verdict(ci)
+    return out
+
+
 def full_supervision(base, test: Split, steps: int) -> float:
     """mIoU of the seed-trained model trained further on every region of the pool."""
     learner = base.clone()
@@ -91,8 +138,9 @@ def full_supervision(base, test: Split, steps: int) -> float:
     return learner.miou(test)
 
 
-def summarise(traces: list, full: float, n_classes: int) -> dict:
-    """Mean/std curves, AUC, budget to 95% of full supervision, labeled class shares, timings."""
+def summarise(traces: list, full: float, n_classes: int, rare: int) -> dict:
+    """Mean/std curves, AUC, budget to 95% of full supervision, labeled class shares, per-class
+    IoU, timings."""
     budgets = traces[0].budgets
     m = np.array([t.miou for t in traces])
     mean, std = m.mean(0), m.std(0)
@@ -112,6 +160,10 @@ def summarise(traces: list, full: float, n_classes: int) -> dict:
         "budget_to_95_sustained_per_seed": [budget_to_stay(budgets, r, target) for r in m],
         "labeled_class_fraction": np.round(shares.mean(0), 4).tolist(),  # per budget, per class
         "labeled_class_fraction_final": np.round(shares[:, -1].mean(0), 4).tolist(),
+        "rare_class_share_final": round(float(shares[:, -1, rare].mean()), 4),
+        "class_iou_mean": np.round(np.nanmean(np.array([t.class_iou for t in traces], dtype=np.float64), 0),
+                                   4).tolist(),  # per budget, per class
+        "class_iou_final_per_seed": [t.class_iou[-1] for t in traces],
         "propose_seconds_per_step": round(float(np.mean([s for t in traces for s in t.propose_seconds])), 3),
         "train_seconds_per_step": round(float(np.mean([s for t in traces for s in t.train_seconds])), 3),
     }
@@ -123,9 +175,9 @@ def _round(x: float | None) -> float | None:
 
 def run_bench(cfg: BenchConfig) -> dict:
     """Run every sampler for every seed; write the JSON (and a PNG beside it); return the results."""
-    unknown = [s for s in cfg.samplers if s not in SAMPLERS]
+    unknown = [s for s in cfg.samplers if s not in (*SAMPLERS, SHIPPED)]
     if unknown:
-        raise PaserInputError(f"unknown sampler(s) {unknown}; choose from {', '.join(SAMPLERS)}")
+        raise PaserInputError(f"unknown sampler(s) {unknown}; choose from {', '.join((*SAMPLERS, SHIPPED))}")
     if cfg.seeds < 1:
         raise PaserInputError("--seeds must be at least 1")
     (pool, test), n_classes = load_splits(cfg.data, [cfg.pool_splits, (cfg.test_split,)], cfg.crop)
@@ -146,14 +198,17 @@ def run_bench(cfg: BenchConfig) -> dict:
             traces[name].append(simulate(base.clone(), sampler, name, test, budgets, rng, bar))
     bar.close()
     full = float(np.mean(fulls))
+    class_fraction = np.bincount(pool.labels.ravel(), minlength=n_classes)[:n_classes] / pool.labels.size
+    rare = int(np.argmin(class_fraction))
+    summaries = {name: summarise(tr, full, n_classes, rare) for name, tr in traces.items()}
+    best_end = max(s["miou_mean"][-1] for s in summaries.values())
     results = {
         "dataset": str(cfg.data),
         "command": cfg.command,
         "machine": f"{platform.node()} {platform.machine()}, {torch.get_num_threads()} torch threads, CPU",
         "pool": {"splits": list(cfg.pool_splits), "slices": int(pool.images.shape[0]),
                  "slice_shape": list(pool.images.shape[1:]), "regions": len(probe),
-                 "class_fraction": np.round(np.bincount(pool.labels.ravel(), minlength=n_classes) / pool.labels.size,
-                                            4).tolist()},
+                 "class_fraction": np.round(class_fraction, 4).tolist()},
         "test": {"split": cfg.test_split, "slices": int(test.images.shape[0])},
         "seeds": cfg.seeds,
         "budget_unit": "labeled regions, seed set included (the first budget is the random seed set)",
@@ -164,13 +219,28 @@ def run_bench(cfg: BenchConfig) -> dict:
         "full_supervision_miou_per_seed": [round(f, 4) for f in fulls],
         "full_supervision_steps": full_steps,
         "target_95": round(0.95 * full, 4),
-        "samplers": {name: summarise(tr, full, n_classes) for name, tr in traces.items()},
+        "rare_class": rare,
+        "loose_target": bool(round(full, 4) < best_end),  # full supervision ends below an AL curve
+        "samplers": summaries,
+        "vs_random": ({name: paired_differences(tr, traces["random"], rare) for name, tr in traces.items()
+                       if name != "random"} if "random" in traces else {}),
+        "agent_train_seconds": agent_seconds(samplers),
         "wall_seconds": round(time.time() - t_start, 1),
     }
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     results["plot"] = str(plot(results, cfg.out.with_suffix(".png")))
     atomic_write_text(cfg.out, json.dumps(results, indent=1) + "\n")
     return results
+
+
+def agent_seconds(samplers: dict) -> dict:
+    """Training wall time of each DQN sampler's agent, as its checkpoint recorded it."""
+    out = {}
+    for name, sampler in samplers.items():
+        meta = getattr(getattr(sampler, "agent", None), "meta", None)
+        if meta is not None:
+            out[name] = (meta.get("seconds") or {}).get("total")
+    return out
 
 
 def plot(results: dict, path: Path) -> Path:
@@ -197,13 +267,28 @@ def plot(results: dict, path: Path) -> Path:
     return path
 
 
+def _ci(ci: dict) -> str:
+    return "-" if ci["mean"] is None else f"{ci['mean']:+.4f} [{ci['lo']:+.4f},{ci['hi']:+.4f}]"
+
+
 def format_table(results: dict) -> str:
-    """One line per sampler: AUC, budget to 95%, final mIoU, labeled class shares, step time."""
-    lines = [f"full supervision mIoU {results['full_supervision_miou']:.4f} (95%: {results['target_95']:.4f})",
-             f"{'sampler':<9}{'AUC':>8}{'to95':>7}{'final':>16}  {'labeled class shares':<24}{'propose s':>10}"]
+    """One line per sampler, the sustained budget to 95% first (mean curve, then per seed), then AUC
+    and its paired difference to random with the bootstrap 95% interval, final mIoU, the rare
+    class's labeled share and final IoU, and a proposal step's time."""
+    rare = results.get("rare_class", 0)
+    lines = [f"full supervision mIoU {results['full_supervision_miou']:.4f} (95%: {results['target_95']:.4f}); "
+             f"{results['seeds']} seeds, paired; rare class {rare}"]
+    if results.get("loose_target"):
+        lines.append("WARNING: full supervision ends below an AL curve: the 95% target is loose "
+                     "(give it more steps: --train-steps)")
+    lines.append(f"{'sampler':<12}{'stay95':>7}  {'per seed':<22}{'AUC':>7}  {'AUC - random [95% CI]':<28}"
+                 f"{'final':>8}{'rare lab':>9}{'rare IoU':>9}{'propose s':>10}")
+    vs = results.get("vs_random", {})
     for name, s in results["samplers"].items():
-        to95 = "-" if s["budget_to_95"] is None else str(s["budget_to_95"])
-        final = f"{s['miou_mean'][-1]:.4f}+-{s['miou_std'][-1]:.4f}"
-        shares = ",".join(f"{v:.3f}" for v in s["labeled_class_fraction_final"])
-        lines.append(f"{name:<9}{s['auc']:>8.4f}{to95:>7}{final:>16}  {shares:<24}{s['propose_seconds_per_step']:>10.2f}")
+        stay = "-" if s["budget_to_95_sustained"] is None else str(s["budget_to_95_sustained"])
+        per = ",".join("-" if b is None else str(b) for b in s["budget_to_95_sustained_per_seed"])
+        diff = f"{_ci(vs[name]['auc'])} {vs[name]['auc']['verdict']}" if name in vs else ""
+        rare_iou = s["class_iou_mean"][-1][rare]
+        lines.append(f"{name:<12}{stay:>7}  {per:<22}{s['auc']:>7.4f}  {diff:<28}{s['miou_mean'][-1]:>8.4f}"
+                     f"{s['rare_class_share_final']:>9.3f}{rare_iou:>9.3f}{s['propose_seconds_per_step']:>10.2f}")
     return "\n".join(lines)

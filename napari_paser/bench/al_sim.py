@@ -27,12 +27,14 @@ import numpy as np
 import torch
 
 from learners.query_network import DQNAgent, DQNConfig
+from learners.metrics import confusion_matrix, iou_from_confusion
+from learners.inference import predict_classes
 from learners.training import IGNORE_INDEX, TrainConfig, evaluate_miou, train
 from learners.uncertainty import uncertainty_maps
 from learners.unet import UNetConfig, build_unet
 from napari_paser.errors import PaserInputError
 from sampling.base import Sampler
-from sampling.dqn import DQNSampler, FeatureSpec, choose_state_set, play_episode
+from sampling.dqn import FeatureSpec, choose_state_set, play_episode
 from sampling.registry import MAPS, gather_needs, needs_of, region_embedder
 from sampling.registry import make_sampler as registry_sampler
 from sampling.regions import RegionPool
@@ -172,6 +174,12 @@ class Learner:
     def miou(self, split: Split) -> float:
         return evaluate_miou(self.model, split.images, split.labels, self.n_classes)
 
+    def class_iou(self, split: Split) -> np.ndarray:
+        """(C,) IoU of each class on the split (NaN for a class neither predicted nor present);
+        its nanmean is `miou`."""
+        pred = predict_classes(self.model, split.images)
+        return iou_from_confusion(confusion_matrix(pred, split.labels, self.n_classes))
+
     def needs(self, want: frozenset[str]) -> dict:
         """The inputs a sampler reads (`sampling.registry.needs_of`), for the current model; only
         those in `want` are computed. Labels are the ground truth: the DQN reads them only inside
@@ -199,21 +207,17 @@ def start(data: Split, n_classes: int, config: SimConfig, n_seed: int, seed: int
     return learner
 
 
+SHIPPED = "dqn:shipped"
+"""The bench's name for the DQN sampler with the agent the package ships (plain "dqn" uses --dqn)."""
+
+
 def make_sampler(name: str, config: SimConfig, agent_path: str | Path | None = None) -> Sampler:
-    """A sampler from the registry (`sampling.registry`, as a session builds it); a DQN agent
-    (`agent_path`, saved by `train_dqn`) must have been trained with this run's region settings."""
-    sampler = registry_sampler(name, context={"dqn_checkpoint": agent_path, "pool_size": config.pool_size})
-    if isinstance(sampler, DQNSampler):
-        trained = sampler.agent.meta.get("sim")
-        if trained is None:
-            raise PaserInputError(f"{agent_path} was not saved by `paser al train-dqn` (no simulation settings in its meta)")
-        for key in ("region", "state_regions"):
-            if trained.get(key) != getattr(config, key):
-                raise PaserInputError(
-                    f"the agent {agent_path} was trained with {key}={trained.get(key)}, this run uses "
-                    f"{getattr(config, key)}; use the same value or train a new agent"
-                )
-    return sampler
+    """A sampler from the registry (`sampling.registry`, as a session builds it). "dqn" loads
+    `agent_path` (saved by `train_dqn`), or the shipped agent without one; "dqn:shipped" always
+    the shipped agent. The agents' features do not depend on region size or class count."""
+    if name == SHIPPED:
+        return registry_sampler("dqn", pool_size=config.pool_size)
+    return registry_sampler(name, context={"dqn_checkpoint": agent_path, "pool_size": config.pool_size})
 
 
 @dataclass
@@ -223,6 +227,7 @@ class Trace:
     budgets: list[int]
     miou: list[float]
     class_counts: list[list[int]]  # labeled pixels per class at each budget
+    class_iou: list[list[float]] = field(default_factory=list)  # test IoU per class at each budget (NaN: absent)
     chosen: list[list[int]] = field(default_factory=list)  # region ids added at each step
     propose_seconds: list[float] = field(default_factory=list)  # needs + select, per step
     train_seconds: list[float] = field(default_factory=list)
@@ -238,7 +243,9 @@ def simulate(learner: Learner, sampler: Sampler, name: str, test: Split, budgets
     if len(pool.labeled_ids) != budgets[0]:
         raise PaserInputError(f"the learner holds {len(pool.labeled_ids)} labeled regions, the first budget is {budgets[0]}")
     counts = lambda: labeled_class_counts(pool, learner.data.labels, learner.n_classes).tolist()  # noqa: E731
-    trace = Trace([budgets[0]], [learner.miou(test)], [counts()])
+    sampler.check_classes(learner.n_classes)
+    ious = [learner.class_iou(test)]
+    trace = Trace([budgets[0]], [float(np.nanmean(ious[0]))], [counts()], [np.round(ious[0], 4).tolist()])
     for budget in budgets[1:]:
         t0 = time.perf_counter()
         needs = learner.needs(needs_of(sampler))
@@ -250,7 +257,9 @@ def simulate(learner: Learner, sampler: Sampler, name: str, test: Split, budgets
         trace.propose_seconds.append(t1 - t0)
         trace.chosen.append(sel.ids.tolist())
         trace.budgets.append(budget)
-        trace.miou.append(learner.miou(test))
+        ious = learner.class_iou(test)
+        trace.miou.append(float(np.nanmean(ious)))
+        trace.class_iou.append(np.round(ious, 4).tolist())
         trace.class_counts.append(counts())
         if progress is not None:
             progress.update(1)
@@ -292,7 +301,7 @@ class SegmentationGame:
         return self._start_miou
 
     def needs(self) -> dict:
-        return self.learner.needs(needs_of("dqn"))
+        return {**self.learner.needs(needs_of("dqn")), "n_classes": self.learner.n_classes}
 
     def label(self, ids: np.ndarray) -> float:
         self.learner.pool.mark_labeled(ids)
@@ -302,19 +311,29 @@ class SegmentationGame:
 
 @dataclass(frozen=True)
 class DQNTrainConfig:
-    """Episodes of the game: `steps` proposals of `k` regions after a seed set of `n_seed`."""
+    """Training of the query agent: `teacher_episodes` played by the teacher (BALD's best of each
+    pool, epsilon 0.3 exploration), `imitation_steps` of pre-training on the teacher's rankings
+    of every pool seen, then `episodes` of epsilon-greedy double DQN with the imitation term,
+    then `eval_episodes` greedy episodes of the imitation-only, the DQN and the teacher policy
+    on the reward split (same game seeds): the better learned policy is saved, and the teacher
+    itself (policy "teacher") if neither beats it, so the shipped policy is never worse than
+    its teacher on the reward split's measure."""
 
     episodes: int = 10
     steps: int = 5
     k: int = 8
     n_seed: int = 8
-    eps_start: float = 1.0
-    eps_end: float = 0.1
+    eps_start: float = 0.5
+    eps_end: float = 0.05
     updates_per_episode: int = 16  # extra replay updates after each episode (play_episode does one per step)
     grid: int = 4
     bins: int = 8
     width: int = 64
     seed: int = 0
+    teacher_episodes: int = 4
+    imitation_steps: int = 200
+    imitation_weight: float = 1.0
+    eval_episodes: int = 4
 
 
 def epsilon(episode: int, cfg: DQNTrainConfig) -> float:
@@ -323,12 +342,21 @@ def epsilon(episode: int, cfg: DQNTrainConfig) -> float:
     return cfg.eps_end + (cfg.eps_start - cfg.eps_end) * max(0.0, 1 - episode / half)
 
 
+def evaluate_policy(agent: DQNAgent, game: SegmentationGame, spec: FeatureSpec, cfg: DQNTrainConfig, sim: SimConfig,
+                    policy: str) -> list[float]:
+    """Total mIoU gain (points) of greedy episodes, game seeds 10_000 + e: every policy sees the same pools."""
+    return [round(sum(play_episode(agent, game, spec, cfg.steps, cfg.k, np.random.default_rng(10_000 + e), 0.0,
+                                   sim.pool_size, learn=False, policy=policy, record=False)), 4)
+            for e in range(cfg.eval_episodes)]
+
+
 def train_dqn(data: Split, reward: Split, n_classes: int, out: str | Path, sim: SimConfig = SimConfig(),
               cfg: DQNTrainConfig = DQNTrainConfig(), meta: dict | None = None, progress: bool = True) -> dict:
-    """Play `cfg.episodes` episodes, learning after every step, and save the agent to `out`.
+    """Imitate the teacher, improve with double DQN, keep the best of {imitation, DQN, teacher} on the
+    reward split, and save the agent to `out`.
 
-    Returns the saved meta: feature spec and simulation settings (which the sampler checks),
-    rewards per episode and the reset mIoU.
+    Returns the saved meta: feature spec, simulation settings, rewards per episode, the
+    evaluation gains of each policy, the chosen policy and the wall time of each phase.
     """
     from tqdm.auto import tqdm
 
@@ -336,19 +364,55 @@ def train_dqn(data: Split, reward: Split, n_classes: int, out: str | Path, sim: 
         data.images.shape[2] / sim.region
     ):
         raise PaserInputError("the training split has too few regions for n_seed + steps * k; lower them")
+    t0 = time.perf_counter()
     game = SegmentationGame(data, reward, n_classes, sim, cfg.n_seed, cfg.seed)
-    spec = FeatureSpec(n_classes, min(sim.state_regions, cfg.n_seed), cfg.grid, cfg.bins)
-    agent = DQNAgent(spec.net_config(cfg.width), DQNConfig(), seed=cfg.seed)
+    spec = FeatureSpec(cfg.grid, cfg.bins, state_regions=sim.state_regions)
+    agent = DQNAgent(spec.net_config(cfg.width), DQNConfig(imitation_weight=cfg.imitation_weight), seed=cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    history = []
-    bar = tqdm(range(cfg.episodes), desc="train-dqn", unit="episode", disable=not progress, dynamic_ncols=True)
-    for e in bar:
+    history, seconds = [], {}
+    total = cfg.teacher_episodes + cfg.episodes + 3 * cfg.eval_episodes
+    bar = tqdm(total=total, desc="train-dqn", unit="episode", disable=not progress, dynamic_ncols=True)
+    for _ in range(cfg.teacher_episodes):  # demonstrations (and transitions) from the teacher
+        rewards = play_episode(agent, game, spec, cfg.steps, cfg.k, rng, 0.3, sim.pool_size, learn=False,
+                               policy="teacher")
+        history.append([round(r, 4) for r in rewards])
+        bar.update(1)
+    seconds["teacher_episodes"] = round(time.perf_counter() - t0, 1)
+    t1 = time.perf_counter()
+    if cfg.imitation_steps and agent.demos:
+        agent.imitate(cfg.imitation_steps, rng)
+    imitation = agent.net.state_dict()
+    imitation = {k: v.clone() for k, v in imitation.items()}
+    seconds["imitation"] = round(time.perf_counter() - t1, 1)
+    t1 = time.perf_counter()
+    for e in range(cfg.episodes):
         rewards = play_episode(agent, game, spec, cfg.steps, cfg.k, rng, epsilon(e, cfg), sim.pool_size)
         for _ in range(cfg.updates_per_episode):
             agent.learn(rng)
         history.append([round(r, 4) for r in rewards])
+        bar.update(1)
         bar.set_postfix(eps=f"{epsilon(e, cfg):.2f}", gain=f"{sum(rewards):.2f}")
+    seconds["dqn_episodes"] = round(time.perf_counter() - t1, 1)
+    t1 = time.perf_counter()
+    dqn = {k: v.clone() for k, v in agent.net.state_dict().items()}
+    gains = {"dqn": evaluate_policy(agent, game, spec, cfg, sim, "agent")}
+    bar.update(cfg.eval_episodes)
+    agent.net.load_state_dict(imitation)
+    gains["imitation"] = evaluate_policy(agent, game, spec, cfg, sim, "agent")
+    bar.update(cfg.eval_episodes)
+    gains["teacher"] = evaluate_policy(agent, game, spec, cfg, sim, "teacher")
+    bar.update(cfg.eval_episodes)
+    bar.close()
+    mean = {name: float(np.mean(g)) if g else 0.0 for name, g in gains.items()}
+    chosen = "dqn" if mean["dqn"] >= mean["imitation"] else "imitation"
+    if mean[chosen] < mean["teacher"]:
+        chosen = "teacher"
+    agent.net.load_state_dict(dqn if chosen == "dqn" else imitation)
+    seconds["evaluation"] = round(time.perf_counter() - t1, 1)
+    seconds["total"] = round(time.perf_counter() - t0, 1)
     info = {"features": spec.to_dict(), "sim": asdict(sim), "train": asdict(cfg), "reward_unit": "mIoU percent points",
-            "start_miou": round(game._start_miou, 4), "episode_rewards": history, **(meta or {})}
+            "start_miou": round(game._start_miou, 4), "episode_rewards": history, "eval_gains": gains,
+            "chosen": chosen, "policy": "teacher" if chosen == "teacher" else "agent", "seconds": seconds,
+            "n_classes_trained": n_classes, **(meta or {})}
     agent.save(out, meta=info)
     return info

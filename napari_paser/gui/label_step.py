@@ -39,7 +39,7 @@ class LabelWidget(QWidget):
         self.k.setValue(8)
         self.seed = QSpinBox()
         self.seed.setRange(0, 10**6)
-        self.dqn = PathEdit("DQN agent .pt (from `paser al train-dqn`)", folder=False, caption="Choose a DQN agent")
+        self.dqn = PathEdit("DQN agent .pt (empty: the shipped agent; yours from `paser al train-dqn`)", folder=False, caption="Choose a DQN agent")
         self.propose_button = QPushButton("Propose")
         self.next_button = QPushButton("Next (N)")
         self.accept_button = QPushButton("Accept region (Shift-A)")
@@ -98,12 +98,10 @@ class LabelWidget(QWidget):
 
     @guarded
     def propose(self, *_) -> None:
-        """Rank regions in the background (TAUDIS embeds every fresh slice, DQN loads its agent)."""
+        """Rank regions in the background (TAUDIS embeds only its oversampled regions, DQN loads its agent)."""
         s = self.hub.require()
         sampler, k, seed, options = self.sampler.currentText(), self.k.value(), self.seed.value(), {}
-        if sampler == "dqn":
-            if not self.dqn.text():
-                raise PaserInputError("the DQN sampler needs a trained agent: choose its .pt file (paser al train-dqn)")
+        if sampler == "dqn" and self.dqn.text():  # empty: the agent the package ships
             options["dqn_checkpoint"] = self.dqn.text()
 
         def proposed(proposals) -> None:
