@@ -130,7 +130,9 @@ class Loop:
 
     def _label_batch(self, need: int, budget: int) -> bool:
         painted = set(self.s.painted_regions().tolist())
-        k = need + (len(painted) if self.scribbles else 0)
+        k = min(need + (len(painted) if self.scribbles else 0), len(self.s.pool.candidates()))
+        if k <= len(painted) and self.scribbles:  # every region already stroked: the pool is used up
+            return False
         props = [p for p in self.s.propose(k, self.sampler, seed=self.seed + self.retrains)
                  if p.region_id not in painted][:need]
         if not props:
