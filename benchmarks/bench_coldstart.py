@@ -130,7 +130,9 @@ class Loop:
 
     def _label_batch(self, need: int, budget: int) -> bool:
         painted = set(self.s.painted_regions().tolist())
-        k = need + (len(painted) if self.scribbles else 0)
+        k = min(need + (len(painted) if self.scribbles else 0), len(self.s.pool.candidates()))
+        if k <= len(painted) and self.scribbles:  # every region already stroked: the pool is used up
+            return False
         props = [p for p in self.s.propose(k, self.sampler, seed=self.seed + self.retrains)
                  if p.region_id not in painted][:need]
         if not props:
@@ -269,6 +271,8 @@ def main() -> int:
     parser.add_argument("--partial", type=Path, help="write per-budget results here as they come")
     parser.add_argument("--from-logs", nargs="*", type=Path,
                         help="build --out from the per-budget lines of stopped runs' logs (session, rf) and stop")
+    parser.add_argument("--refs", nargs="*", type=Path, default=[],
+                        help="with --from-logs: result files of --loops none runs (start, full, rf-full, otsu-full)")
     parser.add_argument("--merge", nargs="*", type=Path, help="join per-preset result files into --out and stop")
     args = parser.parse_args()
     args.budgets = [int(b) for b in args.budgets.split(",")]
@@ -379,6 +383,16 @@ def from_logs(logs: list[Path], args) -> int:
                     cols[i].append(v)
         methods[method] = {"miou_mean": [round(float(np.mean(c)), 4) for c in cols],
                            "miou_std": [round(float(np.std(c)), 4) for c in cols], "runs": [len(c) for c in cols]}
+    for ref in args.refs:
+        part = json.loads(ref.read_text())
+        for preset, d in part["presets"].items():
+            details.setdefault(preset, {"summary": {}})["summary"].update(d["summary"])
+        for method, v in part["methods"].items():
+            methods.setdefault(method, {"miou_mean": [], "miou_std": [], "runs": []})
+    for method in {m for p in args.refs for m in json.loads(p.read_text())["methods"]}:
+        flat = [x for d in details.values() if method in d["summary"] for x in np.ravel(d["summary"][method]["per_seed"])]
+        methods[method] = {"miou_mean": round(float(np.mean(flat)), 4), "miou_std": round(float(np.std(flat)), 4),
+                           "runs": len(flat)}
     result = {"budgets_pixels": list(args.budgets), "methods": methods, "presets": details,
               "setup": {"data": str(SOC), "crop": args.crop, "pool_slices": args.pool, "rf_trees": args.trees,
                         "sampler": args.sampler, "note": "built from the per-budget log lines (--from-logs)",
