@@ -38,7 +38,7 @@ class SessionWidget(QWidget):
                         (("f0", "tiny"), ("f1", "medium"), ("f2", "large"))}
         self.scratch["f0"].setChecked(True)
         self.scratch["f0"].setEnabled(False)
-        self.scratch_button = QPushButton("New untrained models")
+        self.scratch_button = QPushButton("New models (f0 from the shipped starting weights)")
         self.status = QLabel("no session")
         self.status.setWordWrap(True)
         self.job = JobBar(self.hub)
@@ -141,14 +141,15 @@ class SessionWidget(QWidget):
 
     @guarded
     def new_models(self, *_) -> None:
-        """New untrained models, built and saved in the background."""
+        """New models (f0 from the package's starting weights, f1/f2 from a random init), in the background."""
         s = self.hub.require()
         sizes = {"f0": "tiny", "f1": "medium", "f2": "large"}
         roles = {r: sizes[r] for r, box in self.scratch.items() if box.isChecked()}
 
         def made(_roles) -> None:
             self.hub.models_changed.emit()
-            info(f"new untrained models {', '.join(roles)}: label a few regions and retrain")
+            info(f"new models {', '.join(roles)} (f0 from the shipped starting weights): compute maps, label a few regions "
+                 "and retrain")
 
         self.hub.run(lambda should_stop: s.new_models(roles), on_return=made, what="building new models",
                      final="new models ready")
