@@ -104,7 +104,7 @@ def test_one_f0_state_whoever_asks():
 def _routable(tmp_path) -> Session:
     s = Session.create(tmp_path / "s", _image(), region_size=32)
     s.new_models({"f0": TINY, "f1": UNetConfig(base=6, depth=2)})
-    s._install({"policy": PolicyNet(PolicyConfig(n_models=2, grid=(2, 2), width=4))}, source="test")
+    s.install_models({"policy": PolicyNet(PolicyConfig(n_models=2, grid=(2, 2), width=4))}, source="test")
     return s
 
 

@@ -177,7 +177,7 @@ def test_unaccept_skip_and_reaccept_survive_reopening(tmp_path):
     crop_b = s.folder / "regions" / f"{b}-{s._record(b).seq}.npy"
     s.unaccept(b)
     assert not crop_b.exists() and not s.is_accepted(b) and b in s.pool.candidates()
-    assert s.labels[s._ix(*s.region(b).slices)].max() == 2  # the labels stay painted
+    assert s.labels[s.index(*s.region(b).slices)].max() == 2  # the labels stay painted
     assert s.training_data().n_val_regions == 0  # training no longer uses it
     s.skip(c)
     assert [p.region_id for p in s.pending_proposals] == [b, d]
@@ -211,7 +211,7 @@ def test_edits_inside_accepted_regions_are_noticed_and_accepted(session, tmp_pat
     r0 = session.region(0)
     session.labels[r0.z, r0.y0:r0.y0 + 4, r0.x0:r0.x0 + 4] = 3  # painted over after accepting
     r2 = session.region(2)
-    session.labels[session._ix(*r2.slices)] = 0  # erased entirely
+    session.labels[session.index(*r2.slices)] = 0  # erased entirely
     assert session.edited_regions() == [0, 2]
     with pytest.raises(PaserInputError, match=r"region\(s\) 0, 2 were painted over.*accept the edits"):
         session.export(tmp_path / "out", full_volume=True)

@@ -20,6 +20,8 @@ a temporary sibling folder and renamed into place, so a failed export leaves no 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import csv
 import io
 import json
@@ -37,6 +39,9 @@ from learners.atomic import atomic_write_text
 from learners.training import IGNORE_INDEX
 from napari_paser.errors import PaserInputError
 from napari_paser.data.labels_convention import layer_to_classes
+
+if TYPE_CHECKING:  # the job modules run on a Session; core imports them
+    from napari_paser.session.core import Session
 
 FORMAT = "napari-paser/labeled-set"
 VERSION = 1
@@ -216,13 +221,13 @@ class _VolumeClasses:
         self.session, self.shape = session, session.pool.shape
 
     def __getitem__(self, z: int) -> np.ndarray:
-        return layer_to_export(self.session.labels[self.session._ix(int(z))], self.session.n_classes)
+        return layer_to_export(self.session.labels[self.session.index(int(z))], self.session.n_classes)
 
 
 EDIT_CHOICES = ("refuse", "accept", "keep")
 
 
-def export_session(session, out: str | Path, full_volume: bool = False, fmt: str = "tiff",
+def export_session(session: Session, out: str | Path, full_volume: bool = False, fmt: str = "tiff",
                    edits: str = "refuse") -> Path:
     """Export a Session's accepted regions (and with full_volume its whole label canvas).
 

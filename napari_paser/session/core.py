@@ -326,16 +326,16 @@ class Session:
         later = [p for p in pending if p.rank > after_rank]
         return (later or pending or [None])[0]
 
-    def _ix(self, z: int, ys: slice = slice(None), xs: slice = slice(None)) -> tuple:
+    def index(self, z: int, ys: slice = slice(None), xs: slice = slice(None)) -> tuple:
         """Index into the 2D or 3D arrays of the folder."""
         return (z, ys, xs) if len(self.shape) == 3 else (ys, xs)
 
     def image_slice(self, z: int = 0) -> np.ndarray:
         """Slice z normalised to float32 [0, 1] by the volume's robust range (the model contract)."""
-        return normalise(np.asarray(self.image[self._ix(z)]), self.state.image["lo"], self.state.image["hi"])
+        return normalise(np.asarray(self.image[self.index(z)]), self.state.image["lo"], self.state.image["hi"])
 
     def raw_crop(self, region: Region) -> np.ndarray:
-        return np.asarray(self.image[self._ix(*region.slices)])
+        return np.asarray(self.image[self.index(*region.slices)])
 
     def accepted_labels(self, region_id: int) -> np.ndarray:
         """The accepted label crop of a region, in the layer convention (0 = not labeled)."""
@@ -350,7 +350,7 @@ class Session:
 
     # ------------------------------------------------------------------ commits
 
-    def _commit(self, mutate: Callable[[State], None]) -> None:
+    def commit(self, mutate: Callable[[State], None]) -> None:
         """Apply `mutate` to a copy of the state and write it; memory changes only if the write succeeds."""
         self._check_writable()
         with self._lock, self._commit_guard:
@@ -389,14 +389,14 @@ class Session:
             policy_models(policy, loaded, f"{run}/policies (lambda {lam})")
             loaded[bank_role(lam)] = policy
         dropped = [r for r in self.state.models if r not in loaded]  # a run replaces the whole set
-        self._install(loaded, source=str(run.resolve()), drop=dropped)
+        self.install_models(loaded, source=str(run.resolve()), drop=dropped)
         return list(loaded)
 
     def load_policy(self, path: str | Path) -> None:
         """Load a trained routing policy (f_RL) for the routing overlay; it must fit the loaded models."""
         policy = load_policy(path).policy
         policy_models(policy, self.models, str(path))
-        self._install({POLICY: policy}, source=str(Path(path).resolve()))
+        self.install_models({POLICY: policy}, source=str(Path(path).resolve()))
 
     @property
     def has_policy(self) -> bool:
@@ -443,7 +443,7 @@ class Session:
         with self._lock:
             if key in self._states:
                 return self._states[key]
-        f0 = self._require_f0()
+        f0 = self.require_f0()
         if int(z) in self.fresh_slices():
             maps = self.slice_maps(z)
             prediction, entropy = maps["prediction"], maps["entropy"]
@@ -492,7 +492,7 @@ class Session:
         for source in ("shipped", "scratch"):
             group = {r: m for r, m in built.items() if sources[r] == source}
             if group:
-                self._install(group, source=source)
+                self.install_models(group, source=source)
         return list(built)
 
     def _checked(self, model: UNet, what: str) -> UNet:
@@ -506,8 +506,8 @@ class Session:
             raise PaserInputError(f"{what} takes {cfg.in_channels} input channels; sessions hold greyscale images (1)")
         return model
 
-    def _install(self, models: dict[str, UNet], source: str, mutate_more: Callable[[State], None] | None = None,
-                 drop: Sequence[str] = ()) -> None:
+    def install_models(self, models: dict[str, nn.Module], source: str,
+                       mutate_more: Callable[[State], None] | None = None, drop: Sequence[str] = ()) -> None:
         """Save `models` as the next model version (and forget roles in `drop`), commit, then remove old files."""
         with self._lock:  # one model version at a time, whatever thread installs it
             version = self.state.model_version + 1
@@ -527,7 +527,7 @@ class Session:
                     mutate_more(s)
 
             old = [self.folder / info["file"] for role, info in self.state.models.items() if role in models or role in drop]
-            self._commit(mutate)
+            self.commit(mutate)
             for role in drop:
                 self._hold(role, None)
             for role, model in models.items():
@@ -550,7 +550,8 @@ class Session:
         else:
             self.models[role] = model
 
-    def _require_f0(self) -> UNet:
+    def require_f0(self) -> UNet:
+        """f0, or a PaserInputError saying how to get one."""
         if "f0" not in self.models:
             raise PaserInputError(
                 "no models yet: load a run folder (f0.pt from `paser train`) or start from scratch, then try again"
@@ -566,14 +567,14 @@ class Session:
 
     def slice_maps(self, z: int = 0) -> dict[str, np.ndarray]:
         """f0's prediction (class indices), entropy and BALD of slice z (zeros where not computed)."""
-        return {name: np.asarray(arr[self._ix(z)]) for name, arr in self.maps.items()}
+        return {name: np.asarray(arr[self.index(z)]) for name, arr in self.maps.items()}
 
     def compute_maps(self, z: int | Iterable[int] | None = None, samples: int = 5, tile: int | None = None,
                      should_stop: Callable[[], bool] | None = None) -> Generator[Progress, None, int]:
         """MC-dropout maps of slice(s) z (None: all) with f0, one slice at a time; returns slices done."""
-        model = self._require_f0()
+        model = self.require_f0()
         zs = self._slices_arg(z)
-        return self._maps_gen(model, zs, samples, tile, should_stop)
+        return self.map_steps(model, zs, samples, tile, should_stop)
 
     def stale_slices(self) -> list[int]:
         """Slices whose maps come from an older f0 (shown until refreshed; samplers skip them)."""
@@ -589,7 +590,7 @@ class Session:
         """After new weights: recompute stale maps in `refresh_order` (with everything=False only the slice
         on screen and the proposals' slices; the rest stay stale until shown), then repeat the last
         proposal request. Returns a `RefreshReport` whose `message()` says exactly what was refreshed."""
-        self._require_f0()
+        self.require_f0()
         return refresh.refresh(self, focus, everything, samples, should_stop)
 
     def _slices_arg(self, z) -> list[int]:
@@ -599,7 +600,10 @@ class Session:
             raise PaserInputError(f"slice(s) {bad} out of range: the image has slices 0..{self.n_slices - 1}")
         return [int(v) for v in zs]
 
-    def _maps_gen(self, model, zs, samples, tile, should_stop) -> Generator[Progress, None, int]:
+    def map_steps(self, model: UNet, zs: Sequence[int], samples: int, tile: int | None,
+                  should_stop: Callable[[], bool] | None) -> Generator[Progress, None, int]:
+        """Compute and store `model`'s maps of slices `zs`, one Progress per slice; returns slices done
+        (what `compute_maps` and `refresh` run)."""
         version = self.state.model_version
         for i, z in enumerate(zs):
             if should_stop is not None and should_stop():
@@ -617,8 +621,8 @@ class Session:
             if self.state.model_version != version:
                 return False
             for name, arr in (("prediction", m.prediction), ("entropy", m.entropy), ("bald", m.bald)):
-                self.maps[name][self._ix(z)] = arr
-            self._commit(lambda s: s.maps.__setitem__(str(z), version))
+                self.maps[name][self.index(z)] = arr
+            self.commit(lambda s: s.maps.__setitem__(str(z), version))
             return True
 
     def _map3d(self, name: str):
@@ -651,7 +655,7 @@ class Session:
         def mutate(s: State) -> None:
             s.proposals, s.proposal_request, s.skipped = proposals, request, []
 
-        self._commit(mutate)
+        self.commit(mutate)
         return proposals
 
     def _proposal(self, rank: int, region_id: int, score: float, sampler: str) -> Proposal:
@@ -660,7 +664,7 @@ class Session:
 
     def _map_needs(self, sampler) -> tuple[np.ndarray, dict]:
         """Candidates and inputs of `sampler` from this session (see `session.sampling`)."""
-        return proposal_inputs(sampler, self.pool, self.fresh_slices(), self._require_f0,
+        return proposal_inputs(sampler, self.pool, self.fresh_slices(), self.require_f0,
                                lambda: {name: self._map3d(name) for name in MAP_NAMES}, self.image_slice,
                                self.labels, self.n_classes,
                                lambda: [self.models[r] for r in MODEL_ROLES if r in self.models])
@@ -682,7 +686,7 @@ class Session:
         self._check_painted([(region, patch)], confirm_partial)
         with self._lock:
             if labels_patch is not None:
-                self.labels[self._ix(*region.slices)] = patch
+                self.labels[self.index(*region.slices)] = patch
             return self._accept_all([(region, patch)])[0]
 
     def painted_regions(self, z: int | None = None) -> np.ndarray:
@@ -690,7 +694,7 @@ class Session:
         one = RegionPool(self.pool.shape[1:], self.pool.size)
         found = []
         for zz in self._slices_arg(z):
-            painted = np.asarray(self.labels[self._ix(zz)]) > 0
+            painted = np.asarray(self.labels[self.index(zz)]) > 0
             if painted.any():
                 counts = one.reduce(painted.astype(np.uint8), "sum")
                 found.append(self.pool.slice_ids(zz)[counts > 0])
@@ -709,7 +713,7 @@ class Session:
 
     def _patch(self, region: Region, labels_patch) -> np.ndarray:
         if labels_patch is None:
-            patch = np.asarray(self.labels[self._ix(*region.slices)])
+            patch = np.asarray(self.labels[self.index(*region.slices)])
         else:
             patch = np.asarray(labels_patch)
             if patch.shape != (region.h, region.w):
@@ -777,7 +781,7 @@ class Session:
                 for g in gone:  # a region taken back keeps its split if it is accepted again
                     kept[str(g.region_id)] = g.split
 
-            self._commit(mutate)
+            self.commit(mutate)
             for rid, rec in old.items():
                 if rid in crops or rec in gone:
                     crop_path(self.folder, rid, rec.seq).unlink(missing_ok=True)
@@ -799,7 +803,7 @@ class Session:
             why = "it is accepted (unaccept it instead)" if self.is_accepted(rid) else (
                 "it was skipped already" if rid in self.state.skipped else "it is not among the current proposals")
             raise PaserInputError(f"cannot skip region {rid}: {why}")
-        self._commit(lambda s: s.skipped.append(rid))
+        self.commit(lambda s: s.skipped.append(rid))
 
     def edited_regions(self) -> list[int]:
         """Accepted regions whose canvas pixels differ from their saved (accepted) crop: painted
@@ -812,7 +816,7 @@ class Session:
         for z, recs in sorted(by_z.items()):
             y0, x0 = min(r.y0 for r in recs), min(r.x0 for r in recs)
             y1, x1 = max(r.y0 + r.h for r in recs), max(r.x0 + r.w for r in recs)
-            window = np.asarray(self.labels[self._ix(z, slice(y0, y1), slice(x0, x1))])
+            window = np.asarray(self.labels[self.index(z, slice(y0, y1), slice(x0, x1))])
             for rec in recs:
                 canvas = window[rec.y0 - y0:rec.y0 - y0 + rec.h, rec.x0 - x0:rec.x0 - x0 + rec.w]
                 if _crop_key(canvas) != self._saved_key(rec):
@@ -865,7 +869,7 @@ class Session:
                 "session's labels layer, or labels made for this image"
             )
         for z in range(self.n_slices):
-            ix = self._ix(z)
+            ix = self.index(z)
             data = np.asarray(layer_data[ix])
             layer_to_classes(data, n_classes=self.n_classes)
             self.labels[ix] = data.astype(np.uint8)
@@ -933,7 +937,7 @@ class Session:
 
 READ_ONLY_REFUSES = ("propose", "accept", "accept_painted", "unaccept", "skip", "accept_edits", "sync_labels",
                      "load_models", "load_policy", "new_models", "compute_maps", "retrain", "train_router")
-"""The methods a read-only (or closed) session refuses with a PaserInputError (`_commit` refuses any other)."""
+"""The methods a read-only (or closed) session refuses with a PaserInputError (`commit` refuses any other)."""
 
 
 def _refused_when_read_only(name: str, method: Callable) -> Callable:

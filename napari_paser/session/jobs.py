@@ -18,6 +18,8 @@ crops takes well under a second, so a cancel is honoured within a second.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import copy
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
@@ -34,6 +36,9 @@ from learners.unet import UNet
 from napari_paser.data.dataset import normalise
 from napari_paser.data.labels_convention import layer_to_classes
 from napari_paser.session.store import CurvePoint, State, load_crop, now_iso
+
+if TYPE_CHECKING:  # the job modules run on a Session; core imports them
+    from napari_paser.session.core import Session
 
 RETRAIN_CONFIG = TrainConfig(epochs=4, steps_per_epoch=75, batch_size=8, lr=1e-3, crop=64, balanced=True,
                              class_weighted=False, jitter=0.1, early_stop=False, keep=0.3)
@@ -95,7 +100,7 @@ class TrainingData:
         return int((self.val_labels != IGNORE_INDEX).sum())
 
 
-def training_data(session, min_side: int = PIECE_SIDE) -> TrainingData:
+def training_data(session: Session, min_side: int = PIECE_SIDE) -> TrainingData:
     """Training pieces from every painted pixel outside held-out regions, and the held-out regions."""
     lo, hi = session.state.image["lo"], session.state.image["hi"]
     accepted = {"train": [], "val": []}
@@ -107,16 +112,16 @@ def training_data(session, min_side: int = PIECE_SIDE) -> TrainingData:
         if lab is None:
             continue
         ys, xs = _bbox(lab != IGNORE_INDEX, min_side)
-        images.append(normalise(np.asarray(session.image[session._ix(z, ys, xs)]), lo, hi))
+        images.append(normalise(np.asarray(session.image[session.index(z, ys, xs)]), lo, hi))
         labels.append(lab[ys, xs])
     vx, vy = _region_crops(session, accepted["val"], lo, hi)
     return TrainingData(images, labels, vx, vy, len(accepted["train"]), len(accepted["val"]))
 
 
-def _slice_labels(session, z: int, accepted: dict[str, list]) -> np.ndarray | None:
+def _slice_labels(session: Session, z: int, accepted: dict[str, list]) -> np.ndarray | None:
     """Class indices of slice z's training labels (None when it has none): the canvas, accepted
     train crops over it, held-out regions blanked."""
-    canvas = np.asarray(session.labels[session._ix(z)])
+    canvas = np.asarray(session.labels[session.index(z)])
     train = [r for r in accepted["train"] if r.z == z]
     val = [r for r in accepted["val"] if r.z == z]
     if not canvas.any() and not train:
@@ -143,7 +148,7 @@ def _bbox(mask: np.ndarray, min_side: int) -> tuple[slice, slice]:
     return out[0], out[1]
 
 
-def _region_crops(session, records, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+def _region_crops(session: Session, records, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
     """Normalised image crops and class labels of accepted regions, padded to the region size."""
     sh, sw = session.pool.size
     xs, ys = [], []
@@ -164,7 +169,7 @@ def held_out_iou(model: UNet, images: np.ndarray, labels: np.ndarray) -> np.ndar
     return iou_from_confusion(confusion_matrix(predict_classes(model, images), labels, n))
 
 
-def retrain_steps(session, cfg: TrainConfig, roles: list[str], data: TrainingData,
+def retrain_steps(session: Session, cfg: TrainConfig, roles: list[str], data: TrainingData,
                   should_stop: Callable[[], bool] | None, refresh: bool, samples: int,
                   keep_if_worse: bool = True) -> Generator[Progress, None, RetrainResult]:
     """Train each role on a copy, keep or replace each by its held-out score, commit, refresh."""
@@ -203,7 +208,7 @@ def retrain_steps(session, cfg: TrainConfig, roles: list[str], data: TrainingDat
     return RetrainResult(False, results, point, kept, message)
 
 
-def _judge(session, trained: dict[str, UNet], data: TrainingData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _judge(session: Session, trained: dict[str, UNet], data: TrainingData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per role: (per-class IoU of the new weights, of the current ones) on the held-out regions."""
     return {role: (held_out_iou(model, data.val_images, data.val_labels),
                    held_out_iou(session.models[role], data.val_images, data.val_labels))
@@ -222,7 +227,7 @@ def _message(verdict, kept: list[str], point: CurvePoint) -> str:
     return f"retrained: val mIoU {point.val_miou:.3f} on {point.n_val} held-out regions"
 
 
-def _commit_trained(session, trained: dict[str, UNet], results: dict[str, TrainResult], data: TrainingData,
+def _commit_trained(session: Session, trained: dict[str, UNet], results: dict[str, TrainResult], data: TrainingData,
                     verdict: dict, kept: list[str]) -> CurvePoint:
     """The weights that won, a learning-curve point (f0's held-out scores) and the LR agents' Q-tables."""
     main = "f0" if "f0" in results else next(iter(results))
@@ -244,12 +249,12 @@ def _commit_trained(session, trained: dict[str, UNet], results: dict[str, TrainR
                 s.lr_agents[role] = res.lr_agent
 
     if trained:
-        session._install(trained, source="retrain", mutate_more=more)
+        session.install_models(trained, source="retrain", mutate_more=more)
     else:
-        session._commit(more)
+        session.commit(more)
     return point
 
 
-def _refresh(session, samples: int, should_stop) -> Generator[Progress, None, None]:
+def _refresh(session: Session, samples: int, should_stop) -> Generator[Progress, None, None]:
     """After new weights: recompute the stale maps (slice order: `Session.refresh_order`), repeat the last proposal."""
     yield from session.refresh(samples=samples, should_stop=should_stop)

@@ -10,11 +10,16 @@ reports exactly which slices were refreshed and how many keep the previous model
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 from napari_paser.errors import PaserInputError
 from napari_paser.session.jobs import Progress
+
+if TYPE_CHECKING:  # the job modules run on a Session; core imports them
+    from napari_paser.session.core import Session
 
 
 @dataclass
@@ -60,13 +65,13 @@ def _slices(zs: list[int]) -> str:
     return f"slices {text}"
 
 
-def stale_slices(session) -> list[int]:
+def stale_slices(session: Session) -> list[int]:
     """Slices whose maps come from an older f0: shown as they are until refreshed, skipped by samplers."""
     version = session.state.model_version
     return sorted(int(z) for z, v in session.state.maps.items() if v != version)
 
 
-def refresh_order(session, focus: int | None = None) -> tuple[list[int], list[int]]:
+def refresh_order(session: Session, focus: int | None = None) -> tuple[list[int], list[int]]:
     """Stale slices as (now, later). now: the slice `focus` (on screen), then the slices of the proposals,
     pending ones first by rank (what the person visits next and what repeating the proposal reads);
     later: the other stale slices, nearest to `focus` first."""
@@ -81,7 +86,7 @@ def refresh_order(session, focus: int | None = None) -> tuple[list[int], list[in
     return now, later
 
 
-def refresh(session, focus: int | None = None, everything: bool = True, samples: int = 5,
+def refresh(session: Session, focus: int | None = None, everything: bool = True, samples: int = 5,
             should_stop: Callable[[], bool] | None = None) -> Generator[Progress, None, RefreshReport]:
     """Recompute stale maps in `refresh_order` (all of them, or with everything=False only the "now"
     part), then repeat the last proposal request on the fresh slices. Returns what was done."""
@@ -89,7 +94,7 @@ def refresh(session, focus: int | None = None, everything: bool = True, samples:
     todo = now + later if everything else now
     done = 0
     if todo:
-        done = yield from session._maps_gen(session._require_f0(), todo, samples, None, should_stop)
+        done = yield from session.map_steps(session.require_f0(), todo, samples, None, should_stop)
     report = RefreshReport(refreshed=todo[:done], stale=stale_slices(session), cancelled=done < len(todo),
                            volume=len(session.shape) == 3)
     request = dict(session.state.proposal_request or {})

@@ -25,6 +25,8 @@ bank replaces it in one commit only when every policy finished.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -49,6 +51,9 @@ from napari_paser.errors import PaserInputError
 from napari_paser.session.jobs import Progress, RetrainResult
 from napari_paser.session.jobs import _refresh as refresh_after  # the maps and proposals after new weights
 from napari_paser.session.store import load_crop
+
+if TYPE_CHECKING:  # the job modules run on a Session; core imports them
+    from napari_paser.session.core import Session
 
 ROUTER_LAMBDAS = (0.0, 0.1, 0.3, 0.5, 1.0)
 DEFAULT_LAMBDA = 0.3
@@ -113,7 +118,7 @@ class RouterResult:
     retrain: RetrainResult | None = None
 
 
-def router_models(session) -> list[str]:
+def router_models(session: Session) -> list[str]:
     """The roles routed between: f0 and the larger models the session holds, in order."""
     roles = [r for r in ("f0", "f1", "f2") if r in session.models]
     if "f0" not in roles or len(roles) < 2:
@@ -122,7 +127,7 @@ def router_models(session) -> list[str]:
     return roles
 
 
-def region_labels(session, rec) -> np.ndarray:
+def region_labels(session: Session, rec) -> np.ndarray:
     """Class indices of an accepted region's crop, IGNORE_INDEX where unpainted."""
     classes, mask = layer_to_classes(load_crop(session.folder, rec.region_id, rec.seq), n_classes=session.n_classes)
     return np.where(mask, classes, IGNORE_INDEX).astype(np.uint8)
@@ -136,7 +141,7 @@ def _pad(a: np.ndarray, pad: tuple[tuple[int, int], tuple[int, int]]) -> np.ndar
     return np.pad(a, pad, mode="edge" if small else "reflect")
 
 
-def region_rewards(session, roles: Sequence[str], samples: int = 5,
+def region_rewards(session: Session, roles: Sequence[str], samples: int = 5,
                    progress: Callable[[int, int], None] | None = None) -> RegionRewards:
     """Every model's confusion on every accepted region, and each region's policy window (see the module doc)."""
     models = [session.models[r] for r in roles]
@@ -195,7 +200,7 @@ def evaluate_regions(bank: PolicyBank, models, rewards: RegionRewards, samples: 
     return summary
 
 
-def iter_train_router(session, config: RouterConfig = RouterConfig(),
+def iter_train_router(session: Session, config: RouterConfig = RouterConfig(),
                       should_stop: Callable[[], bool] | None = None) -> Generator[Progress, None, RouterResult]:
     """Check now, then return the progress generator of `Session.train_router`."""
     roles = router_models(session)
@@ -218,7 +223,7 @@ def _stopped(should_stop) -> bool:
     return should_stop is not None and should_stop()
 
 
-def _train_router(session, roles, lambdas, config, should_stop) -> Generator[Progress, None, RouterResult]:
+def _train_router(session: Session, roles, lambdas, config, should_stop) -> Generator[Progress, None, RouterResult]:
     started = time.time()
     retrained = None
     larger = [r for r in roles if r != "f0"]
@@ -289,17 +294,17 @@ def format_router(summary: dict) -> str:
     return "\n".join([head, rows] + alone)
 
 
-def install_bank(session, bank: PolicyBank) -> None:
+def install_bank(session: Session, bank: PolicyBank) -> None:
     """Make `bank` the session's routing policies in one commit: older bank members and a loaded policy.pt
     (trained for other models) are dropped."""
     from napari_paser.session.core import BANK_ROLE, POLICY, bank_role
 
     new = {bank_role(lam): policy for lam, policy in bank.policies.items()}
     old = [r for r in session.state.models if (r.startswith(BANK_ROLE) or r == POLICY) and r not in new]
-    session._install(new, source="train_router", drop=old)
+    session.install_models(new, source="train_router", drop=old)
 
 
-def export_run(session, out: str | Path, overwrite: bool = False) -> Path:
+def export_run(session: Session, out: str | Path, overwrite: bool = False) -> Path:
     """Write the session's models and policies as a run folder `paser route` and `paser segment` take:
     f0.pt, f1.pt, f2.pt, policies/lambda-<L>.pt, policy.pt (the bank's member nearest lambda 0.3, or the
     loaded policy) and run.json (where it came from)."""
