@@ -52,7 +52,7 @@ from skimage.morphology import disk, skeletonize
 from learners.inference import predict_classes
 from learners.metrics import confusion_matrix, iou_from_confusion
 from learners.training import IGNORE_INDEX, iter_training
-from learners.generators import drain
+from learners.generators import collect, drain
 from napari_paser.data.baselines import (
     fit_multiotsu, fit_pixel_forest, pixel_features, predict_multiotsu, predict_pixel_forest,
 )
@@ -152,7 +152,7 @@ class Loop:
         return True
 
     def retrain(self) -> None:
-        _, result = drain_result(self.s.retrain(self.cfg, samples=3))
+        _, result = collect(self.s.retrain(self.cfg, samples=3))
         self.retrains += 1
         self.kept += int(bool(result.kept_previous))
         self.last_message = result.message
@@ -161,15 +161,6 @@ class Loop:
         """(Z, H, W) class indices of every painted pixel (IGNORE_INDEX elsewhere)."""
         lab = np.asarray(self.s.labels[:]).astype(np.int16) - 1
         return np.where(lab >= 0, lab, IGNORE_INDEX).astype(np.uint8)
-
-
-def drain_result(gen):
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
 
 
 def run_seed(preset: str, seed: int, images, labels, splits, args) -> dict:

@@ -218,27 +218,22 @@ class StallSampler:
         return top
 
 
-def bench_run(folder: Path, n_classes: int) -> tuple[Path, Path]:
-    """A run folder with f0/f1/f2 of the shipped preset sizes, a bank of three routing policies, and a DQN
-    agent: untrained (latency does not depend on the weights, only on the work each action does)."""
+def bench_run(folder: Path, n_classes: int) -> Path:
+    """A run folder with f0/f1/f2 of the shipped preset sizes and a bank of three routing policies, untrained
+    (latency does not depend on the weights, only on the work each action does); DQN uses the shipped agent."""
     import torch
 
     from learners.checkpoint import save_checkpoint
-    from learners.query_network import DQNAgent
     from learners.routing.bank import PolicyBank, save_bank
     from learners.routing.policy import PolicyConfig, PolicyNet
     from learners.unet import UNet, preset_config
-    from sampling.dqn import FeatureSpec
 
     torch.manual_seed(0)
     folder.mkdir(parents=True, exist_ok=True)
     for role, size in (("f0", "tiny"), ("f1", "medium"), ("f2", "large")):
         save_checkpoint(folder / f"{role}.pt", UNet(preset_config(size, n_classes=n_classes)))
     save_bank(folder, PolicyBank({lam: PolicyNet(PolicyConfig(n_classes=n_classes)) for lam in (0.0, 0.3, 1.0)}))
-    spec = FeatureSpec(n_classes=n_classes, state_regions=16)
-    agent = DQNAgent(spec.net_config())
-    agent.save(folder / "dqn.pt", meta={"features": spec.to_dict()})
-    return folder, folder / "dqn.pt"
+    return folder
 
 
 def run_actions(slices: int, data: Path, skip_volume: bool = False) -> dict:
@@ -255,7 +250,7 @@ def run_actions(slices: int, data: Path, skip_volume: bool = False) -> dict:
     n_classes = int(truth.max()) + 1
     results, load = {}, {"start": [round(v, 2) for v in os.getloadavg()]}
     with tempfile.TemporaryDirectory() as tmp:
-        run, dqn = bench_run(Path(tmp) / "run", n_classes)
+        run = bench_run(Path(tmp) / "run", n_classes)
         viewer = napari.Viewer(title="ui actions")
         viewer.window.resize(1600, 1000)
         viewer.add_image(image, name="soc")
@@ -303,7 +298,7 @@ def run_actions(slices: int, data: Path, skip_volume: bool = False) -> dict:
                 record("compute_maps_slice", maps.slice_button.click)
         else:
             record("compute_maps_volume", maps.volume_button.click)
-        label.dqn.setText(str(dqn))
+        label.dqn.setText("")  # the agent the package ships, as a person gets it
         label.k.setValue(8)
         for sampler in ("random", "entropy", "bald", "taudis", "dqn"):
             label.sampler.setCurrentText(sampler)

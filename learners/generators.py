@@ -21,3 +21,10 @@ def drain(generator: Generator[Any, Any, R], on_event: Callable[[Any], None] | N
             return stop.value
         if on_event is not None:
             on_event(event)
+
+
+def collect(generator: Generator[Any, Any, R]) -> tuple[list, R]:
+    """Run `generator` to the end: (every event it yielded, its return value), for tests and
+    scripts that look at the events."""
+    events: list = []
+    return events, drain(generator, events.append)

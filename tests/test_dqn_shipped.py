@@ -38,12 +38,13 @@ def test_old_class_specific_agents_are_refused_clearly():
 
 
 def test_session_proposes_with_the_shipped_agent_and_no_file(tmp_path):
-    from tests.test_session import TINY, drain, full, image
+    from learners.generators import collect
+    from tests.test_session import TINY, full, image
     from napari_paser.session.core import Session
 
     session = Session.create(tmp_path / "s", image(), region_size=16)  # 2 slices of 64x64: 32 regions
     session.new_models({"f0": TINY})
-    drain(session.compute_maps(samples=2))
+    collect(session.compute_maps(samples=2))
     session.accept(0, full(session, 0, 2))
     props = session.propose(3, "dqn", seed=0)  # no dqn_checkpoint: the shipped agent
     ids = [p.region_id for p in props]

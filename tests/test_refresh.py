@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from learners.generators import collect
 from learners.unet import UNetConfig
 from napari_paser.errors import PaserInputError
 from napari_paser.session.core import Session
@@ -13,22 +14,13 @@ from napari_paser.session.refresh import RefreshReport
 TINY = UNetConfig(base=4, depth=2)
 
 
-def drain(gen):
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
-
-
 @pytest.fixture
 def stale(tmp_path) -> Session:
     """8 slices of 64x64 (regions 32: 4 per slice), maps of every slice from f0 version 1, then new weights."""
     rng = np.random.default_rng(0)
     s = Session.create(tmp_path / "s", (rng.random((8, 64, 64)) * 1000).astype(np.uint16), region_size=32)
     s.new_models({"f0": TINY})
-    drain(s.compute_maps(samples=1))
+    collect(s.compute_maps(samples=1))
     s.propose(3, "random", seed=1)
     s.new_models({"f0": TINY}, seed=1)  # new weights: every map is now the previous model's
     return s
@@ -51,7 +43,7 @@ def test_refresh_order_is_screen_then_proposals_then_nearest(stale):
 
 def test_lazy_refresh_does_only_what_is_needed_now_and_says_so(stale):
     now, later = stale.refresh_order(focus=2)
-    events, report = drain(stale.refresh(focus=2, everything=False, samples=1))
+    events, report = collect(stale.refresh(focus=2, everything=False, samples=1))
     assert report.refreshed == now and stale.fresh_slices() == sorted(now)
     assert report.stale == sorted(later) and not report.cancelled
     assert [e.z for e in events if e.stage == "maps"] == now  # in that order
@@ -63,7 +55,7 @@ def test_lazy_refresh_does_only_what_is_needed_now_and_says_so(stale):
 
 def test_a_cancelled_refresh_reports_exactly_what_was_refreshed(stale):
     calls = iter([False, False, True])  # two slices, then cancel
-    events, report = drain(stale.refresh(focus=3, samples=1, should_stop=lambda: next(calls)))
+    events, report = collect(stale.refresh(focus=3, samples=1, should_stop=lambda: next(calls)))
     assert report.cancelled and len(report.refreshed) == 2 and report.refreshed[0] == 3
     assert stale.fresh_slices() == sorted(report.refreshed) and len(report.stale) == 6
     assert report.proposals == ""  # a cancel does not re-propose
@@ -73,7 +65,7 @@ def test_a_cancelled_refresh_reports_exactly_what_was_refreshed(stale):
 
 
 def test_full_refresh_is_the_headless_default(stale):
-    _, report = drain(stale.refresh(samples=1))
+    _, report = collect(stale.refresh(samples=1))
     assert stale.stale_slices() == [] and stale.fresh_slices() == list(range(8)) and report.stale == []
     assert report.message().startswith("maps refreshed for slices 0-7")
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-import napari_paser.session.core as core
+import napari_paser.session.labeling as labeling
+import napari_paser.session.models as models
 import sampling.registry as registry
 from learners.modes import eval_mode
 from learners.routing.policy import PolicyConfig, PolicyNet
@@ -63,7 +64,7 @@ def test_session_and_simulation_build_samplers_through_the_registry(tmp_path, mo
         built.append(name)
         return real(name, context, **options)
 
-    monkeypatch.setattr(core, "make_sampler", spy)
+    monkeypatch.setattr(labeling, "make_sampler", spy)
     monkeypatch.setattr("napari_paser.bench.al_sim.registry_sampler", spy)
     s = Session.create(tmp_path / "s", _image(), region_size=32)
     s.propose(2, "random")
@@ -116,7 +117,7 @@ def test_route_reuses_the_stored_maps_of_the_current_model(tmp_path, monkeypatch
     def no_second_pass(*args, **kw):
         raise AssertionError("f0 ran again although the slice's maps are current")
 
-    monkeypatch.setattr(core, "uncertainty_maps", no_second_pass)
+    monkeypatch.setattr(models, "uncertainty_maps", no_second_pass)
     routed = s.route(1, samples=2)
     assert routed.segmentation.shape == (64, 64)
     np.testing.assert_array_equal(routed.segmentation, s.slice_maps(1)["prediction"])  # untrained policy: all f0

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from learners.generators import collect
 from learners.inference import predict_classes
 from learners.metrics import mean_iou
 from learners.unet import preset_config
@@ -24,15 +25,6 @@ from napari_paser.session.store import State
 from napari_paser.weights import provenance, starting_model, weights_path
 
 FAST = replace(RETRAIN_CONFIG, epochs=2, steps_per_epoch=40, crop=32)
-
-
-def drain(gen):
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
 
 
 def volume(contrast=(0.15, 0.5, 0.85), n=3, size=96, seed=0, preset="lowres"):
@@ -82,7 +74,7 @@ def test_retraining_from_the_starting_weights_on_a_few_regions_beats_the_startin
     for rid in (0, 2, 4, 6):
         r = s.region(rid)
         s.accept(rid, labels[r.slices] + 1)
-    _, result = drain(s.retrain(FAST, refresh=False))
+    _, result = collect(s.retrain(FAST, refresh=False))
     after = mean_iou(predict_classes(s.models["f0"], test_x), test_y, 3)
     assert not result.kept_previous and s.state.model_version == 2
     assert after > before + 0.1, (before, after)
@@ -99,7 +91,7 @@ def test_a_worse_retrain_keeps_the_previous_weights_and_says_so(tmp_path):
         truth = labels[r.slices]
         s.accept(rid, (truth if i % 2 else wrong[truth]) + 1)  # every 2nd accept is held out (val): correct
     assert [a.split for a in s.accepted][:2] == ["train", "val"]
-    events, result = drain(s.retrain(FAST, refresh=False))
+    events, result = collect(s.retrain(FAST, refresh=False))
     assert result.kept_previous == ["f0"] and result.message.startswith("kept previous weights: val mIoU ")
     new, prev = (float(v) for v in result.message.split("val mIoU ")[1].split(" < "))
     assert new < prev
@@ -112,7 +104,7 @@ def test_a_worse_retrain_keeps_the_previous_weights_and_says_so(tmp_path):
     assert set(point.class_iou) <= {"pore", "binder", "active"} and len(point.class_iou) >= 2
     again = Session.open(s.folder)
     assert again.curve[-1].kept_previous and again.curve[-1].class_iou == point.class_iou
-    _, forced = drain(s.retrain(FAST, refresh=False, keep_if_worse=False))
+    _, forced = collect(s.retrain(FAST, refresh=False, keep_if_worse=False))
     assert not forced.kept_previous and s.state.model_version == 2
 
 
@@ -129,7 +121,7 @@ def test_scribbles_in_an_unproposed_slice_become_training_pixels(tmp_path):
     assert len(data.images) == 1 and data.n_train_pixels == 3 * 55 and len(data.val_images) == 0
     assert data.images[0].shape == (64, 64)
     np.testing.assert_array_equal(data.labels[0][20:23, 5:60], labels[2, 20:23, 5:60])
-    _, result = drain(s.retrain(FAST, refresh=False))
+    _, result = collect(s.retrain(FAST, refresh=False))
     assert not result.cancelled and s.state.model_version == 2 and s.curve[-1].n_train_pixels == 165
     assert "no held-out regions" in result.message
 

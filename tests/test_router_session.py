@@ -10,6 +10,7 @@ import tifffile
 import torch
 from torch import nn
 
+from learners.generators import collect
 from learners.checkpoint import load_checkpoint
 from learners.routing.bank import load_bank
 from learners.routing.policy import load_policy
@@ -20,15 +21,6 @@ from napari_paser.session.core import Session
 from napari_paser.session.router_jobs import CENTRE, region_rewards
 
 TINY = UNetConfig(base=4, depth=2)
-
-
-def drain(gen):
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
 
 
 def hand_iou(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> float:
@@ -116,7 +108,7 @@ def hard_cell_session(tmp_path, val_every=5):
 
 def test_a_router_trained_from_the_session_routes_regions_where_f2_is_better_up(tmp_path):
     s, hard = hard_cell_session(tmp_path)
-    events, result = drain(s.train_router(lambdas=[0.1, 1.0], train_models=False, epochs=100, width=8,
+    events, result = collect(s.train_router(lambdas=[0.1, 1.0], train_models=False, epochs=100, width=8,
                                           samples=2))
     assert not result.cancelled and events[-1].stage == "done"
     assert {e.stage for e in events} >= {"score", "policy", "save"}
@@ -135,11 +127,11 @@ def test_a_router_trained_from_the_session_routes_regions_where_f2_is_better_up(
 
 def test_cancel_keeps_the_previous_bank(tmp_path):
     s, _ = hard_cell_session(tmp_path)
-    drain(s.train_router(lambdas=[0.1, 0.5], train_models=False, epochs=3, samples=2))
+    collect(s.train_router(lambdas=[0.1, 0.5], train_models=False, epochs=3, samples=2))
     before = {lam: [p.detach().clone() for p in pol.parameters()] for lam, pol in s.bank.policies.items()}
     files = {r: i["file"] for r, i in s.state.models.items()}
     calls = []
-    events, result = drain(s.train_router(lambdas=[0.0, 0.3], train_models=False, epochs=3, samples=2,
+    events, result = collect(s.train_router(lambdas=[0.0, 0.3], train_models=False, epochs=3, samples=2,
                                           should_stop=lambda: calls.append(1) or len(calls) > 4))
     assert result.cancelled and events[-1].stage == "cancelled"
     assert s.policy_lambdas == [0.1, 0.5]
@@ -169,7 +161,7 @@ def test_exported_session_run_routes_a_stack_through_paser_route(tmp_path):
     for rid in range(6):
         r = s.region(rid)
         s.accept(rid, rng.integers(1, 4, (r.h, r.w)).astype(np.uint8))
-    drain(s.train_router(lambdas=[0.0, 0.5], train_models=False, epochs=2, samples=2))
+    collect(s.train_router(lambdas=[0.0, 0.5], train_models=False, epochs=2, samples=2))
     run = s.export_run(tmp_path / "run")
     assert {p.name for p in run.iterdir()} >= {"f0.pt", "f1.pt", "f2.pt", "policy.pt", "policies", "run.json"}
     assert load_policy(run / "policy.pt").config.patch == (16, 16)

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from learners.generators import collect
 from learners.checkpoint import save_checkpoint
 from learners.training import TrainConfig
 from learners.unet import UNet, UNetConfig
 from napari_paser.errors import InputError, PaserInputError
-from napari_paser.session.core import PartialRegionError, Progress, Session
+from napari_paser.session.core import PartialRegionError, Session
+from napari_paser.session.jobs import Progress
 
 TINY = UNetConfig(base=4, depth=2)
 FAST = TrainConfig(epochs=1, batch_size=2, lr=1e-3, augment=False)
@@ -30,16 +32,6 @@ def full(session: Session, region_id: int, value: int = 1) -> np.ndarray:
     return np.full((r.h, r.w), value, np.uint8)
 
 
-def drain(gen):
-    """Run a progress generator to its end: (events, return value)."""
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
-
-
 @pytest.fixture
 def session(tmp_path) -> Session:
     return Session.create(tmp_path / "s", image(), region_size=32)
@@ -49,7 +41,7 @@ def session(tmp_path) -> Session:
 def ready(session) -> Session:
     """A session with an untrained tiny f0 and maps of every slice."""
     session.new_models({"f0": TINY})
-    drain(session.compute_maps(samples=2))
+    collect(session.compute_maps(samples=2))
     return session
 
 
@@ -161,7 +153,7 @@ def test_load_models_from_run_folder_and_class_mismatch(tmp_path, session):
 def test_compute_maps_yields_progress_and_can_be_cancelled(session):
     session.new_models({"f0": TINY})
     calls = iter([False, True])
-    events, done = drain(session.compute_maps(samples=1, should_stop=lambda: next(calls)))
+    events, done = collect(session.compute_maps(samples=1, should_stop=lambda: next(calls)))
     assert done == 1 and [e.stage for e in events] == ["maps", "cancelled"]
     assert events[0].z == 0 and events[0].total == 2
     assert session.fresh_slices() == [0]
@@ -177,7 +169,7 @@ def test_compute_maps_yields_progress_and_can_be_cancelled(session):
 
 def test_propose_ranks_regions_of_computed_slices(session):
     session.new_models({"f0": TINY})
-    drain(session.compute_maps(z=1, samples=2))
+    collect(session.compute_maps(z=1, samples=2))
     props = session.propose(3, "entropy", seed=1)
     assert [p.rank for p in props] == [1, 2, 3]
     assert all(p.z == 1 for p in props)  # only slice 1 has maps
@@ -332,7 +324,7 @@ def test_crash_while_saving_a_model_keeps_the_previous_weights(ready, monkeypatc
     old = {k: v.clone() for k, v in ready.models["f0"].state_dict().items()}
     monkeypatch.setattr(os, "replace", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
-        drain(ready.retrain(FAST, refresh=False))
+        collect(ready.retrain(FAST, refresh=False))
     monkeypatch.undo()
     again = Session.open(ready.folder)
     assert again.state.model_version == 1
@@ -347,7 +339,7 @@ def test_retrain_trains_commits_and_refreshes(ready):
     props = ready.propose(2, "entropy")
     ready.accept(props[0].region_id, full(ready, props[0].region_id, 2))
     old = {k: v.clone() for k, v in ready.models["f0"].state_dict().items()}
-    events, result = drain(ready.retrain(TrainConfig(epochs=2, batch_size=1, augment=False), samples=1))
+    events, result = collect(ready.retrain(TrainConfig(epochs=2, batch_size=1, augment=False), samples=1))
     stages = [e.stage for e in events]
     assert stages[:2] == ["train", "train"] and "save" in stages and "maps" in stages and stages[-1] == "done"
     assert all(isinstance(e, Progress) and e.done <= e.total for e in events)
@@ -371,7 +363,7 @@ def test_retrain_learning_curve_uses_held_out_regions(tmp_path):
     x, vx = data.images, data.val_images
     assert len(x) == 1 and x[0].shape == (64, 64) and vx.shape == (1, 32, 32) and x[0].dtype == np.float32
     assert x[0].max() <= 1 and data.n_train_pixels == 32 * 32 and data.n_val_pixels == 32 * 32
-    _, result = drain(s.retrain(FAST, refresh=False))
+    _, result = collect(s.retrain(FAST, refresh=False))
     point = s.curve[-1]
     assert (point.n_labeled, point.n_train, point.n_val) == (2, 1, 1)
     assert point.val_miou is not None and 0 <= point.val_miou <= 1
@@ -389,7 +381,7 @@ def test_partial_border_regions_train_with_unlabeled_padding(tmp_path):
     y = data.labels[0]
     assert len(data.labels) == 1 and y.shape == (48, 48) and (y[:32] == 255).all() and (y[:, :32] == 255).all()
     assert y[32, 32] == 255 and y[33, 33] == 1 and data.n_train_pixels == 16 * 16 - 1
-    drain(s.retrain(FAST, refresh=False))
+    collect(s.retrain(FAST, refresh=False))
 
 
 def test_retrain_cancel_keeps_the_last_good_weights(ready):
@@ -397,7 +389,7 @@ def test_retrain_cancel_keeps_the_last_good_weights(ready):
     ready.accept(1, full(ready, 1, 2))
     old = {k: v.clone() for k, v in ready.models["f0"].state_dict().items()}
     steps = iter(range(100))
-    events, result = drain(ready.retrain(TrainConfig(epochs=3, batch_size=1), should_stop=lambda: next(steps) >= 2))
+    events, result = collect(ready.retrain(TrainConfig(epochs=3, batch_size=1), should_stop=lambda: next(steps) >= 2))
     assert result.cancelled and events[-1].stage == "cancelled"
     assert ready.state.model_version == 1 and ready.curve == []
     for k, v in ready.models["f0"].state_dict().items():
@@ -412,9 +404,9 @@ def test_retrain_cancel_keeps_the_last_good_weights(ready):
 
 def test_retrain_with_the_lr_agent_saves_its_q_table(ready):
     ready.accept(0, full(ready, 0))
-    drain(ready.retrain(TrainConfig(epochs=2, batch_size=2, scheduler="agent"), refresh=False))
+    collect(ready.retrain(TrainConfig(epochs=2, batch_size=2, scheduler="agent"), refresh=False))
     assert "q_table" in Session.open(ready.folder).state.lr_agents["f0"]
-    drain(ready.retrain(TrainConfig(epochs=1, batch_size=2, scheduler="agent"), refresh=False))
+    collect(ready.retrain(TrainConfig(epochs=1, batch_size=2, scheduler="agent"), refresh=False))
     assert ready.state.model_version == 3
 
 

@@ -25,57 +25,47 @@ views a held folder), and a commit refuses to overwrite a session.json that anot
 use the session as a context manager) when done; the hold also ends at interpreter exit.
 Methods may be called from a worker thread and the GUI thread at once: state changes hold a
 lock, but run at most one `compute_maps` or `retrain` at a time (they share f0).
+
+The methods live in modules by concern: `labeling` (proposals, accepting, taking back, skipping,
+edits), `maps` (f0's maps and their refresh), `models` (runs, policies, new models, routing,
+retraining, the session's own router); this module holds creating, opening and closing a
+folder, the read-only views, the commit point and the export. The job modules (`jobs`,
+`refresh`, `router_jobs`, `data.export`) use only the public, typed interface (`index`,
+`commit`, `install_models`, `require_f0`, `map_steps`).
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import logging
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
-from learners.checkpoint import load_checkpoint, save_checkpoint
-from learners.routing.policy import PolicyNet, load_policy, save_policy
-from learners.routing.bank import PolicyBank, load_bank
-from learners.routing.router import F0State
-from learners.training import TrainConfig
-from learners.uncertainty import UncertaintyMaps, uncertainty_maps
-from learners.unet import UNet, UNetConfig, preset_config
+from learners.checkpoint import load_checkpoint
+from learners.routing.policy import PolicyNet, load_policy
+from learners.routing.bank import PolicyBank
+from learners.unet import UNet
 from napari_paser.data.dataset import normalise, robust_range
 from napari_paser.errors import InputError, PaserInputError
-from napari_paser.data.labels_convention import layer_to_classes
-from napari_paser.session.jobs import (
-    RETRAIN_CONFIG, Progress, RetrainResult, TrainingData, retrain_steps, training_data,
-)
-from napari_paser.session import lock, refresh
-from napari_paser.session.routing import SliceRouting, policy_models, route_slice
+from napari_paser.session import lock
 
-if TYPE_CHECKING:
-    from napari_paser.session.router_jobs import RouterResult
-from napari_paser.session.sampling import proposal_inputs
 from napari_paser.session.store import (
-    BACKUP_FILE, IMAGE, LABELS, MAPS, MODELS, STATE_FILE, AcceptedRegion, ClassSpec, CurvePoint, Proposal, State,
+    BACKUP_FILE, IMAGE, LABELS, MAPS, STATE_FILE, AcceptedRegion, ClassSpec, CurvePoint, Proposal, State,
     check_arrays, check_new_folder, clean_temp_files, create_array, crop_path, crops_of, load_crop, load_state,
-    now_iso, open_array, save_crop, state_digest, write_state,
+    now_iso, open_array, state_digest, write_state,
 )
 from sampling.regions import Region, RegionPool
-from sampling.registry import SAMPLERS, make_sampler  # noqa: F401 (SAMPLERS: the GUI's sampler menu)
+from sampling.registry import SAMPLERS  # noqa: F401 (the GUI's sampler menu)
+from napari_paser.session.labeling import LabelingMixin, PartialRegionError  # noqa: F401 (re-exported)
+from napari_paser.session.maps import MAP_NAMES, MapsMixin
+from napari_paser.session.models import POLICY, ModelsMixin
 
-MODEL_ROLES = ("f0", "f1", "f2")
-POLICY, POLICY_FILE = "policy", "policy.pt"
-BANK_ROLE = "policy@"  # + lambda: the policy bank's members, e.g. "policy@0.300"
-MODEL_SIZES = ("tiny", "medium", "large")
-MAP_NAMES = {"prediction": np.uint8, "entropy": np.float32, "bald": np.float32}
 MIN_SIDE = 16
 
 
@@ -84,19 +74,6 @@ log = logging.getLogger(__name__)
 
 class SessionWarning(UserWarning):
     """Something was repaired or is off on open (a restored session.json, a dropped record)."""
-
-
-def bank_role(lam: float) -> str:
-    """The session's model role of the bank's policy for `lam`."""
-    return f"{BANK_ROLE}{lam:.3f}"
-
-
-class PartialRegionError(PaserInputError):
-    """Regions with unpainted pixels: ask the person, then accept with confirm_partial=True."""
-
-    def __init__(self, message: str, region_ids: list[int], unpainted: list[int]) -> None:
-        super().__init__(message)
-        self.region_ids, self.unpainted = region_ids, unpainted
 
 
 def check_image(image) -> tuple[tuple[int, ...], np.dtype]:
@@ -121,7 +98,7 @@ def check_image(image) -> tuple[tuple[int, ...], np.dtype]:
     return shape, dtype
 
 
-class Session:
+class Session(LabelingMixin, MapsMixin, ModelsMixin):
     """Image, labels, regions, proposals, models and labeled set of one labeling session."""
 
     def __init__(self, folder: Path, state: State, read_only: bool = False, digest: str | None = None,
@@ -367,560 +344,6 @@ class Session:
             self.pool = RegionPool(tuple(new.pool["shape"]), tuple(new.settings["region_size"]))
             self.pool.mark_labeled(np.array([a.region_id for a in new.accepted], dtype=np.int64))
 
-    # ------------------------------------------------------------------ models
-
-    def load_models(self, run: str | Path, roles: Sequence[str] = MODEL_ROLES) -> list[str]:
-        """Load f0 (required) and whichever of f1, f2 exist from a `paser train` run folder."""
-        run = Path(run)
-        if not (run / "f0.pt").is_file():
-            raise PaserInputError(
-                f"{run} holds no f0.pt: choose a run folder written by `paser train` (f0.pt, f1.pt, f2.pt), "
-                "or start from scratch (new_models)"
-            )
-        loaded = {}
-        for role in roles:
-            if (run / f"{role}.pt").is_file():
-                loaded[role] = self._checked(load_checkpoint(run / f"{role}.pt").model, str(run / f"{role}.pt"))
-        if (run / POLICY_FILE).is_file():  # optional: routing needs it
-            policy = load_policy(run / POLICY_FILE).policy
-            policy_models(policy, loaded, str(run / POLICY_FILE))
-            loaded[POLICY] = policy
-        for lam, policy in load_bank(run).policies.items():  # optional: the live lambda control
-            policy_models(policy, loaded, f"{run}/policies (lambda {lam})")
-            loaded[bank_role(lam)] = policy
-        dropped = [r for r in self.state.models if r not in loaded]  # a run replaces the whole set
-        self.install_models(loaded, source=str(run.resolve()), drop=dropped)
-        return list(loaded)
-
-    def load_policy(self, path: str | Path) -> None:
-        """Load a trained routing policy (f_RL) for the routing overlay; it must fit the loaded models."""
-        policy = load_policy(path).policy
-        policy_models(policy, self.models, str(path))
-        self.install_models({POLICY: policy}, source=str(Path(path).resolve()))
-
-    @property
-    def has_policy(self) -> bool:
-        return self.policy is not None or len(self.bank) > 0
-
-    @property
-    def policy_lambdas(self) -> list[float]:
-        """The cost weights of the policy bank (empty without one: then lambda is fixed)."""
-        return self.bank.lambdas
-
-    def pick_policy(self, lam: float | None = None) -> tuple[float | None, PolicyNet]:
-        """The bank's policy nearest to `lam` (None: policy.pt, else the bank's middle one)."""
-        chosen = self.bank.pick(lam, None if self.policy is None else (None, self.policy))
-        if chosen is not None:
-            return chosen
-        raise PaserInputError(
-            "no routing policy loaded: load a run folder holding policy.pt or policies/ (train them with "
-            "`paser policy --data DIR --run RUN`), or a policy file (load_policy)"
-        )
-
-    def route(self, z: int = 0, samples: int = 5, lam: float | None = None, execute: bool = True) -> SliceRouting:
-        """PaSeR routing of slice z: model per patch, routed segmentation, GFLOPs vs the largest model.
-
-        `lam` picks the bank's policy nearest to it. f0's state of the slice is cached, so routing
-        the same slice again with another lambda and `execute=False` (map and cost only, no routed
-        model runs) takes milliseconds: what the live control does.
-        """
-        lam, policy = self.pick_policy(lam)
-        (z,) = self._slices_arg(z)
-        models = policy_models(policy, self.models, "the routing policy")
-        image = self.image_slice(z)
-        return route_slice(models, policy, image, z, samples, self.f0_state(z, samples, image), execute, lam)
-
-    def has_state(self, z: int, samples: int = 5) -> bool:
-        """Whether f0's state of slice z is known for the current f0 (routing it again is then instant)."""
-        return self._state_key(z, samples) in self._states or int(z) in self.fresh_slices()
-
-    def f0_state(self, z: int, samples: int = 5, image: np.ndarray | None = None) -> F0State:
-        """f0's state of slice z (prediction and entropy) for routing: the slice's stored maps when
-        they come from the current f0 (whatever `samples` they were computed with), else computed
-        now with `uncertainty_maps` and stored as the slice's maps, so maps, routing and proposals
-        share one f0 pass per slice and model version. Cached in memory for the current weights."""
-        key = self._state_key(z, samples)
-        with self._lock:
-            if key in self._states:
-                return self._states[key]
-        f0 = self.require_f0()
-        if int(z) in self.fresh_slices():
-            maps = self.slice_maps(z)
-            prediction, entropy = maps["prediction"], maps["entropy"]
-        else:
-            version = self.state.model_version
-            m = uncertainty_maps(f0, self.image_slice(z) if image is None else image, samples=samples, seed=int(z))
-            self._store_maps(int(z), m, version)
-            prediction, entropy = m.prediction, m.entropy
-        state = F0State(torch.from_numpy(np.asarray(prediction, np.uint8))[None],
-                        torch.from_numpy(np.asarray(entropy, np.float32))[None], self.n_classes, samples)
-        with self._lock:
-            self._states = {k: v for k, v in self._states.items() if k[2] == key[2]}  # drop older weights'
-            while len(self._states) >= 8:
-                self._states.pop(next(iter(self._states)))
-            self._states[key] = state
-        return state
-
-    def _state_key(self, z: int, samples: int) -> tuple:
-        return (int(z), int(samples), self.state.models.get("f0", {}).get("version"))
-
-    def new_models(self, roles: dict[str, str | UNetConfig] | None = None, seed: int = 0,
-                   start: str = "shipped") -> list[str]:
-        """New models from size presets ("tiny", "medium", "large") or configs, e.g. {"f0": "tiny"}.
-
-        start="shipped" (default): roles with starting weights in the package (f0 tiny, see
-        napari_paser.weights) begin from them (another class count: their body, a fresh head),
-        the others from a seeded random init; start="scratch": every role from a random init.
-        """
-        from napari_paser.weights import has_starting_weights, starting_model
-
-        if start not in ("shipped", "scratch"):
-            raise PaserInputError(f"start must be 'shipped' or 'scratch', got {start!r}")
-        roles = roles or {"f0": "tiny"}
-        built, sources = {}, {}
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            for role, spec in roles.items():
-                if role not in MODEL_ROLES:
-                    raise PaserInputError(f"unknown model role {role!r}; use {', '.join(MODEL_ROLES)}")
-                if isinstance(spec, str) and spec not in MODEL_SIZES:
-                    raise PaserInputError(f"unknown model size {spec!r}; choose one of {', '.join(MODEL_SIZES)}")
-                cfg = preset_config(spec, n_classes=self.n_classes) if isinstance(spec, str) else spec
-                shipped = start == "shipped" and has_starting_weights(role, cfg)
-                model = starting_model(role, cfg, seed) if shipped else UNet(cfg).eval()
-                built[role], sources[role] = self._checked(model, f"the new {role} model"), "shipped" if shipped else "scratch"
-        for source in ("shipped", "scratch"):
-            group = {r: m for r, m in built.items() if sources[r] == source}
-            if group:
-                self.install_models(group, source=source)
-        return list(built)
-
-    def _checked(self, model: UNet, what: str) -> UNet:
-        cfg = model.config
-        if cfg.n_classes != self.n_classes:
-            raise PaserInputError(
-                f"{what} was trained for {cfg.n_classes} classes but this session has {self.n_classes} "
-                f"({', '.join(self.classes.names)}): load a run trained on {self.n_classes} classes, or start from scratch"
-            )
-        if cfg.in_channels != 1:
-            raise PaserInputError(f"{what} takes {cfg.in_channels} input channels; sessions hold greyscale images (1)")
-        return model
-
-    def install_models(self, models: dict[str, nn.Module], source: str,
-                       mutate_more: Callable[[State], None] | None = None, drop: Sequence[str] = ()) -> None:
-        """Save `models` as the next model version (and forget roles in `drop`), commit, then remove old files."""
-        with self._lock:  # one model version at a time, whatever thread installs it
-            version = self.state.model_version + 1
-            files = {}
-            for role, model in models.items():
-                files[role] = f"{MODELS}/{role}-{version:04d}.pt"
-                meta = {"class_names": list(self.classes.names), "role": role, "source": source, "session_version": version}
-                (save_policy if role.startswith(POLICY) else save_checkpoint)(self.folder / files[role], model, meta)
-
-            def mutate(s: State) -> None:
-                s.model_version = version
-                for role in models:
-                    s.models[role] = {"file": files[role], "version": version, "source": source}
-                for role in drop:
-                    s.models.pop(role, None)
-                if mutate_more:
-                    mutate_more(s)
-
-            old = [self.folder / info["file"] for role, info in self.state.models.items() if role in models or role in drop]
-            self.commit(mutate)
-            for role in drop:
-                self._hold(role, None)
-            for role, model in models.items():
-                self._hold(role, model)
-            for path in old:
-                path.unlink(missing_ok=True)
-
-    def _hold(self, role: str, model: nn.Module | None) -> None:
-        """Keep `model` in its role's place (None forgets the role): models, policy or the bank."""
-        if role == POLICY:
-            self.policy = model
-        elif role.startswith(BANK_ROLE):
-            lam = float(role[len(BANK_ROLE):])
-            if model is None:
-                self.bank.policies.pop(lam, None)
-            else:
-                self.bank.policies[lam] = model
-        elif model is None:
-            self.models.pop(role, None)
-        else:
-            self.models[role] = model
-
-    def require_f0(self) -> UNet:
-        """f0, or a PaserInputError saying how to get one."""
-        if "f0" not in self.models:
-            raise PaserInputError(
-                "no models yet: load a run folder (f0.pt from `paser train`) or start from scratch, then try again"
-            )
-        return self.models["f0"]
-
-    # ------------------------------------------------------------------ maps
-
-    def fresh_slices(self) -> list[int]:
-        """Slices whose maps come from the current f0."""
-        v = self.state.model_version
-        return sorted(int(z) for z, ver in self.state.maps.items() if ver == v)
-
-    def slice_maps(self, z: int = 0) -> dict[str, np.ndarray]:
-        """f0's prediction (class indices), entropy and BALD of slice z (zeros where not computed)."""
-        return {name: np.asarray(arr[self.index(z)]) for name, arr in self.maps.items()}
-
-    def compute_maps(self, z: int | Iterable[int] | None = None, samples: int = 5, tile: int | None = None,
-                     should_stop: Callable[[], bool] | None = None) -> Generator[Progress, None, int]:
-        """MC-dropout maps of slice(s) z (None: all) with f0, one slice at a time; returns slices done."""
-        model = self.require_f0()
-        zs = self._slices_arg(z)
-        return self.map_steps(model, zs, samples, tile, should_stop)
-
-    def stale_slices(self) -> list[int]:
-        """Slices whose maps come from an older f0 (shown until refreshed; samplers skip them)."""
-        return refresh.stale_slices(self)
-
-    def refresh_order(self, focus: int | None = None) -> tuple[list[int], list[int]]:
-        """Stale slices as (now, later): the slice `focus`, then the proposals' slices; then the rest (see
-        `session.refresh`)."""
-        return refresh.refresh_order(self, focus)
-
-    def refresh(self, focus: int | None = None, everything: bool = True, samples: int = 5,
-                should_stop: Callable[[], bool] | None = None) -> Generator[Progress, None, refresh.RefreshReport]:
-        """After new weights: recompute stale maps in `refresh_order` (with everything=False only the slice
-        on screen and the proposals' slices; the rest stay stale until shown), then repeat the last
-        proposal request. Returns a `RefreshReport` whose `message()` says exactly what was refreshed."""
-        self.require_f0()
-        return refresh.refresh(self, focus, everything, samples, should_stop)
-
-    def _slices_arg(self, z) -> list[int]:
-        zs = list(range(self.n_slices)) if z is None else [z] if np.isscalar(z) else list(z)
-        bad = [int(v) for v in zs if not 0 <= int(v) < self.n_slices]
-        if bad:
-            raise PaserInputError(f"slice(s) {bad} out of range: the image has slices 0..{self.n_slices - 1}")
-        return [int(v) for v in zs]
-
-    def map_steps(self, model: UNet, zs: Sequence[int], samples: int, tile: int | None,
-                  should_stop: Callable[[], bool] | None) -> Generator[Progress, None, int]:
-        """Compute and store `model`'s maps of slices `zs`, one Progress per slice; returns slices done
-        (what `compute_maps` and `refresh` run)."""
-        version = self.state.model_version
-        for i, z in enumerate(zs):
-            if should_stop is not None and should_stop():
-                yield Progress("cancelled", i, len(zs), "maps cancelled")
-                return i
-            m = uncertainty_maps(model, self.image_slice(z), samples=samples, tile=tile, seed=z)
-            if not self._store_maps(z, m, version):  # models replaced meanwhile: these maps are stale
-                return i
-            yield Progress("maps", i + 1, len(zs), f"maps of slice {z}", z=z)
-        return len(zs)
-
-    def _store_maps(self, z: int, m: UncertaintyMaps, version: int) -> bool:
-        """Write slice z's maps computed by f0 of model `version` and commit; False if that version is gone."""
-        with self._lock:
-            if self.state.model_version != version:
-                return False
-            for name, arr in (("prediction", m.prediction), ("entropy", m.entropy), ("bald", m.bald)):
-                self.maps[name][self.index(z)] = arr
-            self.commit(lambda s: s.maps.__setitem__(str(z), version))
-            return True
-
-    def _map3d(self, name: str):
-        arr = self.maps[name]
-        return np.asarray(arr)[None] if len(self.shape) == 2 else arr
-
-    # ------------------------------------------------------------------ proposals
-
-    def propose(self, k: int = 8, sampler: str = "entropy", seed: int = 0, **options) -> list[Proposal]:
-        """Rank k unlabeled regions with `sampler` (one of SAMPLERS) and make them the current proposals.
-
-        Samplers other than "random" choose among slices whose maps are current (`compute_maps`).
-        options: TAUDIS alpha/beta/sigma/measure; DQN dqn_checkpoint (and pool_size).
-        """
-        try:
-            chooser = make_sampler(sampler, **options)
-            candidates, needs = self._map_needs(chooser)
-            if candidates.size == 0:
-                raise PaserInputError("no unlabeled regions left to propose" + (
-                    " in the slices with current maps: compute maps on more slices" if needs.keys() - {"pool"} else ""))
-            sel = chooser.select(candidates, int(k), np.random.default_rng(seed), **needs)
-        except PaserInputError:
-            raise
-        except InputError as exc:
-            raise PaserInputError(str(exc)) from None
-        proposals = [self._proposal(rank, rid, score, sampler)
-                     for rank, (rid, score) in enumerate(zip(sel.ids.tolist(), sel.scores.tolist()), 1)]
-        request = {"k": int(k), "sampler": sampler, "seed": int(seed), **{n: _plain(v) for n, v in options.items()}}
-
-        def mutate(s: State) -> None:
-            s.proposals, s.proposal_request, s.skipped = proposals, request, []
-
-        self.commit(mutate)
-        return proposals
-
-    def _proposal(self, rank: int, region_id: int, score: float, sampler: str) -> Proposal:
-        r = self.pool.region(region_id)
-        return Proposal(rank, r.id, r.z, r.y0, r.x0, r.h, r.w, float(score), sampler)
-
-    def _map_needs(self, sampler) -> tuple[np.ndarray, dict]:
-        """Candidates and inputs of `sampler` from this session (see `session.sampling`)."""
-        return proposal_inputs(sampler, self.pool, self.fresh_slices(), self.require_f0,
-                               lambda: {name: self._map3d(name) for name in MAP_NAMES}, self.image_slice,
-                               self.labels, self.n_classes,
-                               lambda: [self.models[r] for r in MODEL_ROLES if r in self.models])
-
-    # ------------------------------------------------------------------ accepting labels
-
-    def accept(self, region_id: int, labels_patch: np.ndarray | None = None,
-               confirm_partial: bool = False) -> AcceptedRegion:
-        """Accept the labels of one region and autosave.
-
-        labels_patch: the region's labels in the layer convention (0 = not painted, class k =
-        k + 1), shape (h, w) of the region; it is written into the canvas. None reads the
-        canvas (napari painted into `session.labels`). Unpainted pixels raise
-        `PartialRegionError` unless confirm_partial (they are then stored as unlabeled and
-        ignored by training). Accepting an accepted region again replaces its labels.
-        """
-        region = self.region(region_id)
-        patch = self._patch(region, labels_patch)
-        self._check_painted([(region, patch)], confirm_partial)
-        with self._lock:
-            if labels_patch is not None:
-                self.labels[self.index(*region.slices)] = patch
-            return self._accept_all([(region, patch)])[0]
-
-    def painted_regions(self, z: int | None = None) -> np.ndarray:
-        """Ids of regions not accepted yet that hold painted pixels in the canvas (slice z, or all)."""
-        one = RegionPool(self.pool.shape[1:], self.pool.size)
-        found = []
-        for zz in self._slices_arg(z):
-            painted = np.asarray(self.labels[self.index(zz)]) > 0
-            if painted.any():
-                counts = one.reduce(painted.astype(np.uint8), "sum")
-                found.append(self.pool.slice_ids(zz)[counts > 0])
-        ids = np.concatenate(found) if found else np.zeros(0, np.int64)
-        return ids[~self.pool.is_labeled(ids)] if ids.size else ids
-
-    def accept_painted(self, z: int | None = None, confirm_partial: bool = False) -> list[AcceptedRegion]:
-        """Accept every region painted outside the accepted set (slice z, or all), in one commit."""
-        ids = self.painted_regions(z)
-        if ids.size == 0:
-            where = "anywhere" if z is None else f"in slice {z}"
-            raise PaserInputError(f"no painted labels outside accepted regions {where}: paint a region first")
-        items = [(r, self._patch(r, None)) for r in self.pool.regions(ids)]
-        self._check_painted(items, confirm_partial)
-        return self._accept_all(items)
-
-    def _patch(self, region: Region, labels_patch) -> np.ndarray:
-        if labels_patch is None:
-            patch = np.asarray(self.labels[self.index(*region.slices)])
-        else:
-            patch = np.asarray(labels_patch)
-            if patch.shape != (region.h, region.w):
-                raise PaserInputError(
-                    f"labels for region {region.id} have shape {patch.shape} but the region is {region.h}x{region.w} "
-                    f"(slice {region.z}, y {region.y0}, x {region.x0}): crop the labels to the region, or pass "
-                    "nothing to read the session's labels layer"
-                )
-        if patch.size and np.issubdtype(patch.dtype, np.signedinteger) and patch.min() < 0:
-            raise PaserInputError(f"labels for region {region.id} hold negative values; paint with 1..{self.n_classes}")
-        layer_to_classes(patch, n_classes=self.n_classes)  # integer dtype and values 0..C
-        return patch.astype(np.uint8)
-
-    def _check_painted(self, items: list[tuple[Region, np.ndarray]], confirm: bool) -> None:
-        partial, counts = [], []
-        for region, patch in items:
-            unpainted = int((patch == 0).sum())
-            if unpainted == patch.size:
-                raise PaserInputError(f"region {region.id} has no painted pixels: paint it (labels 1..{self.n_classes}) first")
-            if unpainted:
-                partial.append(region.id)
-                counts.append(unpainted)
-        if partial and not confirm:
-            detail = ", ".join(f"{r} ({c} px)" for r, c in zip(partial[:5], counts[:5]))
-            raise PartialRegionError(
-                f"region(s) {detail}{' ...' if len(partial) > 5 else ''} have unpainted pixels: paint them, or confirm "
-                "to accept them as they are (unpainted pixels stay unlabeled and are ignored by training)",
-                partial, counts,
-            )
-
-    def _accept_all(self, items: list[tuple[Region, np.ndarray]], keep_origin: bool = False,
-                    drop: Sequence[int] = ()) -> list[AcceptedRegion]:
-        """Save the crops, then commit the records in one state write (and forget the regions in `drop`).
-
-        keep_origin: a region accepted before keeps its sampler and rank (re-saving edits).
-        """
-        with self._lock:
-            by_prop = {p.region_id: p for p in self.state.proposals}
-            seq0, records, crops = int(self.state.settings.get("next_seq", 0)), [], {}
-            old = {a.region_id: a for a in self.state.accepted}
-            former = self.state.settings.get("former_splits", {})
-            n_before = len(self.state.accepted)
-            for i, (region, patch) in enumerate(items):
-                prop = by_prop.get(region.id)
-                split = (old[region.id].split if region.id in old else former.get(str(region.id))
-                         or self._split_for(n_before + len(records)))
-                sampler, rank = (prop.sampler, prop.rank) if prop else ("manual", None)
-                if keep_origin and region.id in old:
-                    sampler, rank = old[region.id].sampler, old[region.id].rank
-                records.append(AcceptedRegion(
-                    region.id, region.z, region.y0, region.x0, region.h, region.w,
-                    sampler, rank, now_iso(), self._fractions(patch), split, seq0 + i,
-                ))
-                crops[region.id] = save_crop(self.folder, region.id, seq0 + i, patch)
-                self._crop_keys[(region.id, seq0 + i)] = _crop_key(patch)
-            gone = [old[int(r)] for r in drop if int(r) in old]
-
-            def mutate(s: State) -> None:
-                ids = {r.region_id for r in records} | {g.region_id for g in gone}
-                s.accepted = [a for a in s.accepted if a.region_id not in ids] + records
-                s.settings["next_seq"] = seq0 + len(records)
-                kept = s.settings.setdefault("former_splits", {})
-                for r in records:
-                    kept.pop(str(r.region_id), None)
-                for g in gone:  # a region taken back keeps its split if it is accepted again
-                    kept[str(g.region_id)] = g.split
-
-            self.commit(mutate)
-            for rid, rec in old.items():
-                if rid in crops or rec in gone:
-                    crop_path(self.folder, rid, rec.seq).unlink(missing_ok=True)
-            return records
-
-    # ------------------------------------------------------------------ taking back, skipping, edits
-
-    def unaccept(self, region_id: int) -> None:
-        """Take an accepted region back: its labels stay painted on the canvas, its saved crop is
-        removed, it leaves the labeled set and the export, and it can be accepted again (same split).
-        Its painted pixels are scribbles then: they train, as any painted pixel does, until erased."""
-        rec = self._record(region_id)
-        self._accept_all([], drop=[rec.region_id])
-
-    def skip(self, region_id: int) -> None:
-        """Drop a pending proposal for this round (saved); the next `propose` starts a new round."""
-        rid = int(region_id)
-        if rid not in {p.region_id for p in self.pending_proposals}:
-            why = "it is accepted (unaccept it instead)" if self.is_accepted(rid) else (
-                "it was skipped already" if rid in self.state.skipped else "it is not among the current proposals")
-            raise PaserInputError(f"cannot skip region {rid}: {why}")
-        self.commit(lambda s: s.skipped.append(rid))
-
-    def edited_regions(self) -> list[int]:
-        """Accepted regions whose canvas pixels differ from their saved (accepted) crop: painted
-        over since they were accepted. `accept_edits` saves them; until then training uses the
-        accepted crop while the canvas (and a full-volume export) shows the edits."""
-        edited = []
-        by_z: dict[int, list[AcceptedRegion]] = {}
-        for rec in self.state.accepted:
-            by_z.setdefault(rec.z, []).append(rec)
-        for z, recs in sorted(by_z.items()):
-            y0, x0 = min(r.y0 for r in recs), min(r.x0 for r in recs)
-            y1, x1 = max(r.y0 + r.h for r in recs), max(r.x0 + r.w for r in recs)
-            window = np.asarray(self.labels[self.index(z, slice(y0, y1), slice(x0, x1))])
-            for rec in recs:
-                canvas = window[rec.y0 - y0:rec.y0 - y0 + rec.h, rec.x0 - x0:rec.x0 - x0 + rec.w]
-                if _crop_key(canvas) != self._saved_key(rec):
-                    edited.append(rec.region_id)
-        return sorted(edited)
-
-    def _saved_key(self, rec: AcceptedRegion) -> bytes:
-        """A digest of a region's saved crop, remembered per (region, seq): crops never change in place."""
-        key = (rec.region_id, rec.seq)
-        if key not in self._crop_keys:
-            self._crop_keys[key] = _crop_key(load_crop(self.folder, rec.region_id, rec.seq))
-        return self._crop_keys[key]
-
-    def accept_edits(self, region_ids: Iterable[int] | None = None) -> list[AcceptedRegion]:
-        """Save the canvas of edited accepted regions (all `edited_regions()` by default) as their
-        accepted labels, in one commit, so training and export agree with what is painted.
-
-        A region keeps its sampler, rank and split. A region whose pixels were all erased is
-        taken back (`unaccept`): there is nothing left to accept. Returns the re-saved records.
-        """
-        with self._lock:
-            ids = self.edited_regions() if region_ids is None else [self._record(r).region_id for r in region_ids]
-            items, erased = [], []
-            for region in self.pool.regions(np.array(ids, dtype=np.int64)) if ids else []:
-                patch = self._patch(region, None)
-                if patch.any():
-                    items.append((region, patch))
-                else:
-                    erased.append(region.id)
-            if not items and not erased:
-                return []
-            return self._accept_all(items, keep_origin=True, drop=erased)
-
-    def _split_for(self, index: int) -> str:
-        every = int(self.state.settings.get("val_every", 0))
-        return "val" if every and index % every == every - 1 else "train"
-
-    def _fractions(self, patch: np.ndarray) -> dict[str, float]:
-        counts = np.bincount(patch.ravel(), minlength=self.n_classes + 1) / patch.size
-        return {"unlabeled": float(counts[0]), **{n: float(counts[k + 1]) for k, n in enumerate(self.classes.names)}}
-
-    def sync_labels(self, layer_data) -> None:
-        """Copy a Labels layer's data (layer convention, the image's shape) into the canvas."""
-        if layer_data is self.labels:
-            return
-        shape = tuple(int(s) for s in np.shape(layer_data))
-        if shape != self.shape:
-            raise PaserInputError(
-                f"the labels layer has shape {shape} but the session image has shape {self.shape}: use the "
-                "session's labels layer, or labels made for this image"
-            )
-        for z in range(self.n_slices):
-            ix = self.index(z)
-            data = np.asarray(layer_data[ix])
-            layer_to_classes(data, n_classes=self.n_classes)
-            self.labels[ix] = data.astype(np.uint8)
-
-    # ------------------------------------------------------------------ training
-
-    def training_data(self) -> TrainingData:
-        """Every painted pixel outside held-out regions (train) and the accepted "val" regions (see session.jobs)."""
-        return training_data(self)
-
-    def retrain(self, config: TrainConfig | None = None, roles: Sequence[str] = ("f0",),
-                should_stop: Callable[[], bool] | None = None, refresh: bool = True,
-                samples: int = 5, keep_if_worse: bool = True) -> Generator[Progress, None, RetrainResult]:
-        """Retrain `roles` on the labels (a snapshot taken now), as a progress generator.
-
-        Labels are every painted pixel (accepted regions, partial regions, strokes in any slice);
-        accepted "val" regions are held out. Models train on copies (RETRAIN_CONFIG: a fixed
-        number of steps on class-balanced augmented crops); then, with held-out regions, each
-        role's new weights replace the old ones only if they score at least as well there
-        (keep_if_worse); the RetrainResult's message says which were kept and why. Every
-        finished retrain adds a learning-curve point; a cancel (via should_stop or closing the
-        generator) changes nothing. Then, with `refresh` and new weights, maps of the slices that
-        had maps are recomputed and the last proposal request is repeated.
-        """
-        cfg = config or RETRAIN_CONFIG
-        missing = [r for r in roles if r not in self.models]
-        if missing:
-            raise PaserInputError(f"no model {', '.join(missing)} yet: load a run folder or start new models first")
-        data = self.training_data()
-        if not data.images:
-            raise PaserInputError("no training labels yet: paint some pixels in any slice, or label and accept at "
-                                  "least one region first")
-        return retrain_steps(self, cfg, list(roles), data, should_stop, refresh, samples, keep_if_worse)
-
-    def train_router(self, lambdas: Sequence[float] | None = None, should_stop: Callable[[], bool] | None = None,
-                     **options) -> Generator[Progress, None, RouterResult]:
-        """Retrain f1, f2 on the accepted regions, then train the routing policy bank (one policy per
-        lambda) on them, as a progress generator; see `session.router_jobs`. A cancel keeps the previous
-        bank. `options` are `RouterConfig` fields (epochs, train_models, model_config, samples, ...)."""
-        from napari_paser.session.router_jobs import RouterConfig, iter_train_router
-
-        if lambdas is not None:
-            options["lambdas"] = tuple(lambdas)
-        return iter_train_router(self, RouterConfig(**options), should_stop)
-
-    def export_run(self, out: str | Path, overwrite: bool = False) -> Path:
-        """Write the session's f0/f1/f2 and policies as a run folder for `paser route` / `paser segment`."""
-        from napari_paser.session.router_jobs import export_run
-
-        return export_run(self, out, overwrite)
-
     # ------------------------------------------------------------------ export
 
     def export(self, out: str | Path, full_volume: bool = False, fmt: str = "tiff", edits: str = "refuse") -> Path:
@@ -954,11 +377,6 @@ for _name in READ_ONLY_REFUSES:
         setattr(Session, _name, _refused_when_read_only(_name, getattr(Session, _name)))
 
 
-def _crop_key(crop: np.ndarray) -> bytes:
-    crop = np.ascontiguousarray(crop, dtype=np.uint8)
-    return hashlib.blake2b(crop.tobytes() + str(crop.shape).encode(), digest_size=16).digest()
-
-
 def _repair_records(folder: Path, state: State) -> list[str]:
     """Point accepted records at a crop that exists, and forget models whose file is gone (a
     session.json restored from its backup may name files the last commit replaced)."""
@@ -981,10 +399,6 @@ def _repair_records(folder: Path, state: State) -> list[str]:
             del state.models[role]
             notes.append(f"the {role} model file {info['file']} is missing: load a run folder or start from scratch")
     return notes
-
-
-def _plain(value):
-    return str(value) if isinstance(value, Path) else value
 
 
 def _copy_image(image, target) -> None:

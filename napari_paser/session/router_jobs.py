@@ -297,7 +297,7 @@ def format_router(summary: dict) -> str:
 def install_bank(session: Session, bank: PolicyBank) -> None:
     """Make `bank` the session's routing policies in one commit: older bank members and a loaded policy.pt
     (trained for other models) are dropped."""
-    from napari_paser.session.core import BANK_ROLE, POLICY, bank_role
+    from napari_paser.session.models import BANK_ROLE, POLICY, bank_role
 
     new = {bank_role(lam): policy for lam, policy in bank.policies.items()}
     old = [r for r in session.state.models if (r.startswith(BANK_ROLE) or r == POLICY) and r not in new]
