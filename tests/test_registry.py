@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import napari_paser.session.labeling as labeling
-import napari_paser.session.models as models
+import napari_paser.session.maps as maps
 import sampling.registry as registry
 from learners.modes import eval_mode
 from learners.routing.policy import PolicyConfig, PolicyNet
@@ -117,7 +117,7 @@ def test_route_reuses_the_stored_maps_of_the_current_model(tmp_path, monkeypatch
     def no_second_pass(*args, **kw):
         raise AssertionError("f0 ran again although the slice's maps are current")
 
-    monkeypatch.setattr(models, "uncertainty_maps", no_second_pass)
+    monkeypatch.setattr(maps, "uncertainty_maps", no_second_pass)
     routed = s.route(1, samples=2)
     assert routed.segmentation.shape == (64, 64)
     np.testing.assert_array_equal(routed.segmentation, s.slice_maps(1)["prediction"])  # untrained policy: all f0

@@ -273,7 +273,7 @@ def region_shapes(session, name: str = "regions") -> LayerData | None:
     if not items:
         return None
     three_d = len(session.shape) == 3
-    rects = [_rectangle(z, y0, x0, h, w, three_d) for _, z, y0, x0, h, w, _, _ in items]
+    rects = [rectangle(z, y0, x0, h, w, three_d) for _, z, y0, x0, h, w, _, _ in items]
     features = {"region_id": [i[0] for i in items], "rank": [i[6] for i in items], "status": [i[7] for i in items]}
     kwargs = {
         "name": name, "shape_type": "rectangle", "features": features, "face_color": "transparent",
@@ -284,8 +284,9 @@ def region_shapes(session, name: str = "regions") -> LayerData | None:
     return rects, kwargs, "shapes"
 
 
-def _rectangle(z: int, y0: int, x0: int, h: int, w: int, three_d: bool) -> np.ndarray:
-    """Corners of a region (pixel edges), with the slice index in front for volumes."""
+def rectangle(z: int, y0: int, x0: int, h: int, w: int, three_d: bool) -> np.ndarray:
+    """Corners of a box of pixels (their edges) for a Shapes layer, with the slice index in front
+    for volumes: the one rectangle of the reader's, the regions' and the routing overlay's layers."""
     corners = np.array([[y0, x0], [y0, x0 + w], [y0 + h, x0 + w], [y0 + h, x0]], dtype=float) - 0.5
     return np.hstack([np.full((4, 1), float(z)), corners]) if three_d else corners
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from napari_paser.gui import regions_layer
-from napari_paser.gui.io import SESSION_KEY
+from napari_paser.gui.io import SESSION_KEY, rectangle
 
 LABELS, PRED, ENTROPY, ABOVE = "paser labels", "paser f0 prediction", "paser f0 entropy", "paser entropy > gamma"
 ROUTING, REGIONS, ROUTED = "paser routing", "paser regions", "paser routed segmentation"
@@ -103,8 +103,7 @@ def routing_rects(routed) -> tuple[list[np.ndarray], list[int]]:
     grid = routed.grid()
     rects, models = [], []
     for cell, box in enumerate(grid.boxes()):
-        rects.append(np.array([[box.y0, box.x0], [box.y0, box.x0 + box.w], [box.y0 + box.h, box.x0 + box.w],
-                               [box.y0 + box.h, box.x0]], float) - 0.5)
+        rects.append(rectangle(0, box.y0, box.x0, box.h, box.w, three_d=False))
         models.append(int(routed.routing.ravel()[cell]))
     return rects, models
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_paser.gui.io import REGION_COLORS, SESSION_KEY
+from napari_paser.gui.io import REGION_COLORS, SESSION_KEY, rectangle
 
 
 @dataclass(frozen=True)
@@ -33,13 +33,6 @@ def region_items(session) -> list[RegionItem]:
     items = [RegionItem(p.region_id, p.z, p.y0, p.x0, p.h, p.w, p.rank, "proposed") for p in session.pending_proposals]
     items += [RegionItem(a.region_id, a.z, a.y0, a.x0, a.h, a.w, a.rank or 0, "accepted") for a in session.accepted]
     return items
-
-
-def rectangle(item: RegionItem, three_d: bool) -> np.ndarray:
-    """Corners of a region (pixel edges), with the slice index in front for volumes."""
-    corners = np.array([[item.y0, item.x0], [item.y0, item.x0 + item.w], [item.y0 + item.h, item.x0 + item.w],
-                        [item.y0 + item.h, item.x0]], dtype=float) - 0.5
-    return np.hstack([np.full((4, 1), float(item.z)), corners]) if three_d else corners
 
 
 def new_layer(session, name: str):
@@ -69,7 +62,7 @@ def sync(layer, items: list[RegionItem], three_d: bool) -> None:
     kept_set = set(kept)
     new = [it for it in items if it.region_id not in kept_set]
     if new:
-        layer.add([rectangle(it, three_d) for it in new], shape_type="rectangle", edge_width=2,
+        layer.add([rectangle(it.z, it.y0, it.x0, it.h, it.w, three_d) for it in new], shape_type="rectangle", edge_width=2,
                   edge_color=[REGION_COLORS[it.status] for it in new], face_color="transparent")
     order = [wanted[rid] for rid in kept] + new
     if not order and not gone and not new:

@@ -72,11 +72,20 @@ class MapsMixin:
             if should_stop is not None and should_stop():
                 yield Progress("cancelled", i, len(zs), "maps cancelled")
                 return i
-            m = uncertainty_maps(model, self.image_slice(z), samples=samples, tile=tile, seed=z)
-            if not self._store_maps(z, m, version):  # models replaced meanwhile: these maps are stale
+            if not self.slice_maps_now(model, z, samples, version, tile=tile)[1]:  # models replaced meanwhile
                 return i
             yield Progress("maps", i + 1, len(zs), f"maps of slice {z}", z=z)
         return len(zs)
+
+    def slice_maps_now(self, model: UNet, z: int, samples: int, version: int, tile: int | None = None,
+                       image: np.ndarray | None = None) -> tuple[UncertaintyMaps, bool]:
+        """Compute `model`'s maps of slice z (of `image` if given) and store them as model `version`'s:
+        the one f0 pass per slice that maps, routing and proposals share. (maps, stored): not stored
+        when that version was replaced meanwhile."""
+        z = int(z)
+        m = uncertainty_maps(model, self.image_slice(z) if image is None else image, samples=samples, tile=tile,
+                             seed=z)
+        return m, self._store_maps(z, m, version)
 
     def _store_maps(self, z: int, m: UncertaintyMaps, version: int) -> bool:
         """Write slice z's maps computed by f0 of model `version` and commit; False if that version is gone."""

@@ -16,7 +16,6 @@ from learners.routing.bank import load_bank
 from learners.routing.policy import PolicyNet, load_policy, save_policy
 from learners.routing.router import F0State
 from learners.training import TrainConfig
-from learners.uncertainty import uncertainty_maps
 from learners.unet import UNet, UNetConfig, preset_config
 from napari_paser.errors import PaserInputError
 from napari_paser.session.jobs import (
@@ -129,9 +128,7 @@ class ModelsMixin:
             maps = self.slice_maps(z)
             prediction, entropy = maps["prediction"], maps["entropy"]
         else:
-            version = self.state.model_version
-            m = uncertainty_maps(f0, self.image_slice(z) if image is None else image, samples=samples, seed=int(z))
-            self._store_maps(int(z), m, version)
+            m, _ = self.slice_maps_now(f0, z, samples, self.state.model_version, image=image)
             prediction, entropy = m.prediction, m.entropy
         state = F0State(torch.from_numpy(np.asarray(prediction, np.uint8))[None],
                         torch.from_numpy(np.asarray(entropy, np.float32))[None], self.n_classes, samples)
