@@ -10,7 +10,7 @@
     paser session train-router --session DIR [--lambdas 0,0.1,0.3] [--epochs N] [--no-retrain]   router from accepted regions
     paser session export-run   --session DIR --out RUN [--overwrite]   the session's models and policies as a run
     paser models       [--size 224x256] [--json]               parameters and GFLOPs per preset
-    paser weights      --out napari_paser/weights [--steps N]  rebuild the shipped starting weights (f0)
+    paser weights      --out napari_paser/weights [--role f0|f1] [--steps N]  rebuild the shipped starting weights
     paser bench routing --data DIR --run RUN --out results.json [--lambda L] [--sweep]   PaSeR vs baselines
     paser bench al     --data DIR --samplers random,entropy,... --budgets 8,16,32 --seeds 3 --out results.json [--dqn AGENT.pt]
     paser al train-dqn --data DIR | --synthetic N --out AGENT.pt [--episodes E]   train the RALIS query agent (imitation + DQN)
@@ -104,9 +104,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_weights(args: argparse.Namespace) -> int:
     from napari_paser.jobs.weights import make_starting_weights
 
-    record = make_starting_weights(args.out, steps=args.steps, seed=args.seed, progress=not args.quiet)
+    record = make_starting_weights(args.out, steps=args.steps, seed=args.seed, progress=not args.quiet, role=args.role)
     scores = ", ".join(f"{k} {v:.3f}" for k, v in record["heldout_synthetic_miou"].items())
-    print(f"wrote f0-3class.pt and f0-3class.json to {args.out} (held-out synthetic mIoU: {scores})")
+    print(f"wrote {args.role}-3class.pt and {args.role}-3class.json to {args.out} (held-out synthetic mIoU: {scores})")
     return 0
 
 
@@ -116,7 +116,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     summary = train_policies(args.data, args.run, lambdas=args.lambdas, default=args.default, epochs=args.epochs,
                              batch_size=args.batch_size, lr=args.lr, samples=args.samples, seed=args.seed,
                              rollouts=args.rollouts, flips=args.flips, gradient=args.gradient,
-                             progress=not args.quiet)
+                             progress=not args.quiet, halo=args.halo)
     print(format_bank(summary))
     print(f"policies in {args.run}/policies (bank.json), policy.pt = lambda {summary['default_lambda']}")
     return 0
@@ -144,7 +144,7 @@ def cmd_session_train_router(args: argparse.Namespace) -> int:
 
     with Session.open(args.session) as session:
         gen = session.train_router(lambdas=args.lambdas, epochs=args.epochs, train_models=not args.no_retrain,
-                                   samples=args.samples, seed=args.seed)
+                                   samples=args.samples, seed=args.seed, halo=args.halo)
         bars: dict[str, tqdm] = {}
         while True:
             try:
@@ -189,6 +189,8 @@ def _session_parsers(sub) -> None:
                    help="cost weights, one policy each (default 0,0.1,0.3,0.5,1)")
     p.add_argument("--epochs", type=COUNT, default=100, help="policy training epochs per lambda (default 100)")
     p.add_argument("--no-retrain", action="store_true", help="keep f1/f2 as they are (train the policies only)")
+    p.add_argument("--halo", type=int_range(0), help="pixels of context f1/f2 see around each routing patch "
+                                                     "(default: a quarter of the region size; 0: the patch alone)")
     p.add_argument("--samples", type=COUNT, default=5, help="f0 MC-dropout passes (default 5)")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--quiet", action="store_true")
@@ -465,9 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("weights", help="train the starting weights new sessions begin from (f0 on synthetic data)")
-    p.add_argument("--out", required=True, type=Path, help="folder for f0-3class.pt and f0-3class.json "
+    p = sub.add_parser("weights", help="train the starting weights new sessions begin from (f0 or f1, on synthetic data)")
+    p.add_argument("--out", required=True, type=Path, help="folder for <role>-3class.pt and <role>-3class.json "
                                                           "(napari_paser/weights rebuilds the shipped ones)")
+    p.add_argument("--role", choices=("f0", "f1"), default="f0", help="f0 (tiny, default) or f1 (medium)")
     p.add_argument("--steps", type=int, default=3000, help="optimiser steps (default 3000, minutes on a CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -480,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cost weights in [0, 1], comma-separated (default 0,0.05,0.1,0.2,0.3,0.5,1)")
     p.add_argument("--default", type=UNIT, default=0.3, help="lambda of the policy.pt the plugin loads (default 0.3)")
     p.add_argument("--epochs", type=COUNT, default=100, help="REINFORCE epochs per policy (default 100)")
+    p.add_argument("--halo", type=int_range(0), default=0,
+                   help="pixels of context f1/f2 see around each patch (default 0: the paper's patches alone)")
     _policy_arguments(p, "--lr")
     p.set_defaults(func=cmd_policy)
 

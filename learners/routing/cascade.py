@@ -196,14 +196,14 @@ def run_cascade(models: Sequence[nn.Module], images: np.ndarray, thresholds: Seq
     pred = g.extract(state.prediction[:, None].float())[:, 0].to(torch.uint8)
     stage = torch.zeros(len(pred), dtype=torch.long)
     active = torch.as_tensor(g.reduce(state.entropy.numpy(), "mean").reshape(-1) > thresholds[0])
-    patches, valid = g.extract(x), _valid_pixels(g, len(x))
+    patches, valid = g.context_patches(x), _valid_pixels(g, len(x))
     for k in range(1, len(models)):
         idx = active.nonzero()[:, 0]
         if not len(idx):
             break
         last = k == len(models) - 1
         out = patch_outputs(models[k], patches[idx], samples=0 if last else samples, seed=seed + 1000 * k,
-                            batch_size=batch_size)
+                            batch_size=batch_size, halo=g.halo)
         pred[idx], stage[idx] = out.prediction, k
         if not last:
             v = valid[idx]

@@ -29,9 +29,10 @@ from learners.checkpoint import load_module, save_payload
 from learners.grid import Patching
 
 FORMAT = "napari-paser/policy"
-VERSION = 2
-"""2 added `patch` (routing patches of a size in pixels); a version-1 reader would misread such a
-policy as a 4x4-grid one, so only those are written as version 2 (see `save_policy`)."""
+VERSION = 3
+"""2 added `patch` (routing patches of a size in pixels), 3 `halo` (context around each patch); an
+older reader would misread such a policy (as a 4x4-grid one, or without the halo its larger models
+were scored with), so only those are written with the newer version (see `save_policy`)."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class PolicyConfig:
     grid: tuple[int, int] = GRID  # rows x cols per image, used when `patch` is None
     width: int = 16
     patch: tuple[int, int] | None = None  # patch size in pixels (overrides `grid`)
+    halo: int = 0  # pixels of context f1..fm see around each patch (`learners.grid.Grid.context_patches`)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
@@ -50,6 +52,8 @@ class PolicyConfig:
             object.__setattr__(self, "patch", tuple(int(p) for p in self.patch))
             if len(self.patch) != 2 or min(self.patch) < 1:
                 raise ConfigError(f"invalid policy config {self}: the patch size must be two positive integers")
+        if self.halo < 0:
+            raise ConfigError(f"invalid policy config {self}: the halo must be >= 0 pixels")
         if self.n_classes < 2 or self.n_models < 2 or self.width < 1 or min(self.grid) < 1:
             raise ConfigError(f"invalid policy config {self}: need n_classes >= 2, n_models >= 2, "
                              "width >= 1 and a grid of at least 1x1")
@@ -61,7 +65,9 @@ class PolicyConfig:
     @property
     def patching(self) -> Patching:
         """How this policy cuts a slice into patches."""
-        return Patching(size=self.patch) if self.patch is not None else Patching(count=self.grid)
+        if self.patch is not None:
+            return Patching(size=self.patch, halo=self.halo)
+        return Patching(count=self.grid, halo=self.halo)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -171,7 +177,8 @@ class PolicyCheckpoint:
 
 def save_policy(path: str | Path, policy: PolicyNet, meta: dict | None = None) -> Path:
     """Write the policy's weights, config and plain-value `meta` atomically."""
-    version = VERSION if policy.config.patch is not None else 1
+    cfg = policy.config
+    version = 3 if cfg.halo else 2 if cfg.patch is not None else 1
     return save_payload(path, FORMAT, policy, policy.config.to_dict(), meta, version=version)
 
 

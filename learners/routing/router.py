@@ -25,7 +25,7 @@ from torch import nn
 from learners.routing import GRID
 from learners.errors import ConfigError, InputError
 from learners.flops import cost_shares, image_flops
-from learners.grid import Grid, Patching
+from learners.grid import Grid, Patching, crop_halo
 from learners.metrics import confusion_matrix, iou_from_confusion, iou_per_gflop
 from learners.modes import eval_mode
 from learners.routing.policy import PolicyNet, policy_state
@@ -124,20 +124,21 @@ class PatchOutputs:
 
 @torch.no_grad()
 def patch_outputs(model: nn.Module, patches: torch.Tensor, targets: torch.Tensor | None = None,
-                  samples: int = 0, seed: int = 0, batch_size: int = 64) -> PatchOutputs:
+                  samples: int = 0, seed: int = 0, batch_size: int = 64, halo: int = 0) -> PatchOutputs:
     """Prediction of a model on patches: eval mode (samples = 0) or the mean of MC-dropout passes.
 
     With MC passes the entropy map comes along; with `targets` (M, ch, cw) the per-pixel
-    negative log-likelihood of the label too. Only per-pixel maps are kept, batch by batch.
+    negative log-likelihood of the label too. Patches with `halo` pixels of context
+    (`Grid.context_patches`) give maps of their centre only. Only per-pixel maps are kept, batch by batch.
     """
     preds, ents, nlls = [], [], []
     for i, b in enumerate(patches.split(batch_size)):
         if samples > 0:  # MC passes: the same f0-state function as whole images, patch by patch
             state = f0_state(model, b[:, 0], samples, seed + i * batch_size, keep_probs=True)
-            p = state.mean_probs
-            ents.append(state.entropy)
+            p = crop_halo(state.mean_probs, halo)
+            ents.append(crop_halo(state.entropy, halo))
         else:
-            p = _eval_probs(model, b.to(model_device(model))).cpu()
+            p = crop_halo(_eval_probs(model, b.to(model_device(model))).cpu(), halo)
         preds.append(p.argmax(1).to(torch.uint8))
         if targets is not None:
             t = targets[i * batch_size:(i + 1) * batch_size].long().clamp(0, p.shape[1] - 1)
@@ -146,11 +147,11 @@ def patch_outputs(model: nn.Module, patches: torch.Tensor, targets: torch.Tensor
     return PatchOutputs(cat(preds), cat(ents), cat(nlls))
 
 
-def predict_patches(model: nn.Module, patches: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Class indices (M, ch, cw) of (M, 1, ch, cw) patches, eval mode (no dropout)."""
+def predict_patches(model: nn.Module, patches: torch.Tensor, batch_size: int = 64, halo: int = 0) -> torch.Tensor:
+    """Class indices (M, ch, cw) of (M, 1, ch + 2 halo, cw + 2 halo) patches, eval mode (no dropout)."""
     if len(patches) == 0:
-        return torch.empty((0, *patches.shape[-2:]), dtype=torch.uint8)
-    return patch_outputs(model, patches, batch_size=batch_size).prediction
+        return torch.empty((0, patches.shape[-2] - 2 * halo, patches.shape[-1] - 2 * halo), dtype=torch.uint8)
+    return patch_outputs(model, patches, batch_size=batch_size, halo=halo).prediction
 
 
 def build_patch_table(
@@ -186,12 +187,12 @@ def build_patch_table(
     if with_nll:
         t = torch.as_tensor(y, dtype=torch.long).clamp(0, state.n_classes - 1)
         nll[:, :, 0] = g.reduce(-state.mean_probs.gather(1, t[:, None])[:, 0].clamp_min(1e-12).log().numpy(), "mean")
-    patches = g.extract(x)
+    patches = g.context_patches(x)
     targets = g.extract(torch.as_tensor(y, dtype=torch.float32)[:, None])[:, 0] if with_nll else None
     stitch = lambda m: g.paste(m[:, None].float())[:, 0].numpy()  # noqa: E731
     for k in range(1, k_models):
         mc = samples if k in mc_models else 0
-        out = patch_outputs(models[k], patches, targets, mc, seed + 1000 * k, batch_size)
+        out = patch_outputs(models[k], patches, targets, mc, seed + 1000 * k, batch_size, g.halo)
         conf.append(patch_confusions(stitch(out.prediction), y, g, state.n_classes))
         if out.entropy is not None:
             ent[:, :, k] = g.reduce(stitch(out.entropy), "mean")
@@ -209,7 +210,7 @@ class RoutingCost:
 
     f0_image: int  # one f0 pass on a whole image
     policy_image: int  # one policy pass (0 without a policy)
-    patch: tuple[int, ...]  # one pass of f_k on one (padded) patch, k = 0..m
+    patch: tuple[int, ...]  # one pass of f_k on one (padded) patch with its halo, k = 0..m
     samples: int  # f0's MC passes
 
     @classmethod
@@ -217,7 +218,7 @@ class RoutingCost:
            samples: int = 5, policy: PolicyNet | None = None) -> RoutingCost:
         g = make_grid((height, width), grid)
         pol = image_flops(policy, height, width, policy.config.in_channels) if policy is not None else 0
-        patch = tuple(image_flops(m, *g.cell) for m in models)
+        patch = tuple(image_flops(m, g.cell[0] + 2 * g.halo, g.cell[1] + 2 * g.halo) for m in models)
         return cls(image_flops(models[0], height, width), pol, patch, samples)
 
     def f0_flops(self) -> int:
@@ -349,11 +350,11 @@ def execute_routing(
         f0_patches = g.extract(state.prediction[:, None].float())[:, 0].to(torch.uint8)
         pred[flat == 0] = f0_patches[flat == 0]
         entropy = state.entropy.numpy()
-    patches = g.extract(x) if bool((flat > 0).any()) else None
+    patches = g.context_patches(x) if bool((flat > 0).any()) else None
     for k in range(1, len(models)):
         idx = (flat == k).nonzero()[:, 0]
         if len(idx):
-            pred[idx] = predict_patches(models[k], patches[idx], batch_size)
+            pred[idx] = predict_patches(models[k], patches[idx], batch_size, g.halo)
     cost = RoutingCost.of(models, *x.shape[-2:], grid, state.samples if state is not None else samples, policy)
     flops = cost.routed(a, f0_images, len(x) if policy is not None else 0)
     seg = g.paste(pred[:, None])[:, 0].numpy()

@@ -42,7 +42,7 @@ from torch import nn
 from learners.routing import GRID
 from learners.errors import ConfigError
 from learners.generators import drain
-from learners.grid import Grid
+from learners.grid import Grid, crop_halo
 from learners.routing.policy import ALPHA_FINETUNE, ALPHA_RL, PolicyNet, linear_schedule, mix_uniform
 from learners.routing.reward import (PatchTable, action_rewards, confusion_iou, patch_confusions, rewards,
                             total_variation)
@@ -372,23 +372,23 @@ class _PatchSet:
     def __init__(self, images: np.ndarray, labels: np.ndarray, grid: Grid) -> None:
         x = as_stack(images)
         self.grid = grid
-        self.x = grid.extract(x)
+        self.x = grid.context_patches(x)  # f_k trains and is scored with the context it routes with
         self.y = grid.extract(torch.as_tensor(np.asarray(labels), dtype=torch.float32)[:, None])[:, 0].round().long()
         self.labels = np.asarray(labels)
 
     def rescore(self, model: nn.Module, n_classes: int) -> np.ndarray:
         """(N, P) patch IoUs of `model` (padding excluded)."""
-        pred = self.grid.paste(predict_patches(model, self.x)[:, None])[:, 0].numpy()
+        pred = self.grid.paste(predict_patches(model, self.x, halo=self.grid.halo)[:, None])[:, 0].numpy()
         return confusion_iou(patch_confusions(pred, self.labels, self.grid, n_classes))
 
 
-def _fit_patches(model, opt, x, y, weight, batch_size, gen) -> None:
-    """One pass of cross-entropy steps of `model` over the given patches."""
+def _fit_patches(model, opt, x, y, weight, batch_size, gen, halo: int = 0) -> None:
+    """One pass of cross-entropy steps of `model` over the given patches (loss on the cells, not their halo)."""
     model.train()
     order = torch.randperm(len(x), generator=gen)
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
-        loss = F.cross_entropy(model(x[idx]), y[idx], weight=weight)
+        loss = F.cross_entropy(crop_halo(model(x[idx]), halo), y[idx], weight=weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -456,7 +456,7 @@ def _finetune_models(models, policy, data, patch_set, model_opts, weight, alpha,
         idx = (actions == k).nonzero()[:, 0]
         if len(idx):
             _fit_patches(models[k], model_opts[k], patch_set.x[idx], patch_set.y[idx], weight,
-                         config.patch_batch_size, gen)
+                         config.patch_batch_size, gen, patch_set.grid.halo)
             result.patches_trained[f"f{k}"] += len(idx)
             scores = patch_set.rescore(models[k], data.state.n_classes)
             data.ious[:, :, k] = torch.as_tensor(np.nan_to_num(scores), dtype=torch.float32)

@@ -32,6 +32,7 @@ from learners.routing.router import RoutingCost, build_patch_table, model_costs,
 from learners.routing.training import RLConfig, RoutingData
 from napari_paser.data.dataset import normalise, read_dataset, robust_range
 from napari_paser.errors import PaserInputError
+from learners.grid import Patching
 from learners.routing import GRID
 from napari_paser.jobs.train import split_arrays
 
@@ -59,14 +60,15 @@ def load_run_models(run: Path, n_classes: int) -> list[torch.nn.Module]:
 
 def evaluate_bank(bank: PolicyBank, models, images: np.ndarray, labels: np.ndarray, samples: int, seed: int) -> dict:
     """Each policy's routing of `images` scored on a patch table (no routed passes): mIoU, GFLOPs, shares."""
-    table, state = build_patch_table(models, images, labels, GRID, samples, seed)
+    patching = next(iter(bank.policies.values())).config.patching  # one bank, one patching
+    table, state = build_patch_table(models, images, labels, patching, samples, seed)
     h, w = images.shape[-2:]
     rows = {}
     for lam, policy in sorted(bank.policies.items()):
-        cost = RoutingCost.of(models, h, w, GRID, samples, policy)
+        cost = RoutingCost.of(models, h, w, patching, samples, policy)
         actions = policy_probabilities(policy, state).argmax(-1).numpy()
         rows[f"{lam:.3f}"] = table_summary(table, actions, cost.for_table(actions, True, True))
-    cost = RoutingCost.of(models, h, w, GRID, samples)
+    cost = RoutingCost.of(models, h, w, patching, samples)
     last = np.full(table.iou.shape[:2], len(models) - 1)
     largest = table_summary(table, last, cost.for_table(last, False))
     return {"policies": rows, f"f{len(models) - 1}_alone": largest}
@@ -86,6 +88,7 @@ def train_policies(
     flips: bool = False,
     gradient: str = "expected",
     progress: bool = True,
+    halo: int = 0,
 ) -> dict:
     """Train the bank into `run` (see the module doc); return the summary written to bank.json."""
     started, run = time.time(), Path(run)
@@ -101,16 +104,16 @@ def train_policies(
     if progress:
         print(f"scoring {len(models)} models on {len(rl_x)} rl slices ...", flush=True)
     with torch.no_grad():
-        table, state = build_patch_table(models, rl_x, rl_y, GRID, samples, seed)
+        table, state = build_patch_table(models, rl_x, rl_y, Patching(count=GRID, halo=halo), samples, seed)
     routing = RoutingData.from_table(state, table, model_costs(models))
     config = RLConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, rollouts=rollouts, flips=flips,
                       gradient=gradient)
     meta = {"run": str(run.resolve()), "dataset": str(Path(data).resolve()), "epochs": epochs, "samples": samples,
-            "gradient": gradient, "rollouts": rollouts, "flips": flips}
+            "gradient": gradient, "rollouts": rollouts, "flips": flips, "halo": halo}
 
     def make_policy() -> PolicyNet:
         torch.manual_seed(seed)
-        return PolicyNet(PolicyConfig(n_classes=ds.n_classes, n_models=len(models), grid=GRID))
+        return PolicyNet(PolicyConfig(n_classes=ds.n_classes, n_models=len(models), grid=GRID, halo=halo))
 
     def saved(lam: float, policy: PolicyNet) -> None:
         save_bank(run, PolicyBank({lam: policy}), meta)

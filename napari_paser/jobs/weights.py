@@ -1,6 +1,6 @@
 """`paser weights`: the starting weights a new session begins from (napari_paser/weights).
 
-f0 (tiny) learns on the package's own synthetic microstructures (`napari_paser.data.synth`)
+f0 (tiny) and f1 (medium) learn on the package's own synthetic microstructures (`napari_paser.data.synth`)
 with random phase fractions, feature sizes (correlation length 3-9 px), heterogeneity, grey
 levels (ordered dark to bright: pore 0.05-0.25 < binder anywhere between < active 0.75-0.95)
 and texture, each volume degraded with one of the package's
@@ -9,10 +9,14 @@ session normalises its image. Training is the same crop training a session retra
 (class-balanced random crops, flips, rotations, intensity jitter), for a fixed number of
 steps. Everything is seeded, so the command below rebuilds the shipped file:
 
-    paser weights --out napari_paser/weights
+    paser weights --out napari_paser/weights              # f0-3class.pt (tiny), ~6 CPU min
+    paser weights --out napari_paser/weights --role f1    # f1-3class.pt (medium), ~40 CPU min
 
-writes f0-3class.pt and f0-3class.json (provenance: command, options, presets, per-preset
-mIoU on held-out synthetic volumes, torch version, date, time taken).
+writes <role>-3class.pt and <role>-3class.json (provenance: command, options, presets, per-preset
+mIoU on held-out synthetic volumes, torch version, date, time taken). f1 ships so that a
+session's router has a medium model that starts as knowing as f0 (trained from scratch on a
+few regions it lost to f0 everywhere, issue 12); the large f2 costs ~10 s per step here and
+does not ship.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from napari_paser.data.dataset import normalise, robust_range
 from napari_paser.data.degrade import PRESETS, degrade
 from napari_paser.data.synth import CLASS_NAMES_DEFAULT, synth_volume
 from napari_paser.errors import PaserInputError
-from napari_paser.weights import N_CLASSES, weights_path
+from napari_paser.weights import N_CLASSES, SHIPPED, weights_path
 
 TRAIN_PRESETS = ("clean", "lowres", "lowres-severe", "lowres-varying", "lowres-shading")
 """Degradations the starting weights see (every preset but salt-and-pepper)."""
@@ -85,8 +89,10 @@ def per_preset_miou(model: UNet, images: list, labels: list, presets: list[str])
 
 
 def make_starting_weights(out: str | Path, steps: int = 3000, seed: int = 0, n_volumes: int = 40,
-                          n_slices: int = 4, size: int = 160, progress: bool = True) -> dict:
-    """Train the starting f0 and write `f0-3class.pt` + `f0-3class.json` into `out`; return the record."""
+                          n_slices: int = 4, size: int = 160, progress: bool = True, role: str = "f0") -> dict:
+    """Train the starting weights of `role` and write `<role>-3class.pt` + `.json` into `out`; return the record."""
+    if role not in SHIPPED:
+        raise PaserInputError(f"starting weights exist for {', '.join(SHIPPED)}, not {role!r}")
     if steps < 50 or n_volumes < len(TRAIN_PRESETS) or size < 64:
         raise PaserInputError(f"need steps >= 50, n_volumes >= {len(TRAIN_PRESETS)} and size >= 64 "
                               f"(got {steps}, {n_volumes}, {size})")
@@ -100,11 +106,12 @@ def make_starting_weights(out: str | Path, steps: int = 3000, seed: int = 0, n_v
                       balanced=True, class_weighted=False, jitter=0.15, scheduler="cosine", early_stop=False,
                       seed=seed)
     torch.manual_seed(seed)
-    model = UNet(preset_config("tiny", n_classes=N_CLASSES))
+    size_name = SHIPPED[role]
+    model = UNet(preset_config(size_name, n_classes=N_CLASSES))
     gen = iter_training(model, x, y, None, None, cfg)
-    run_training(gen, cfg.epochs * cfg.steps_per_epoch, "f0 starting weights", progress)
+    run_training(gen, cfg.epochs * cfg.steps_per_epoch, f"{role} starting weights", progress)
     record = {
-        "what": "starting weights of f0 (tiny UNet) for new sessions, 3 classes ordered dark to bright",
+        "what": f"starting weights of {role} ({size_name} UNet) for new sessions, 3 classes ordered dark to bright",
         "class_names": list(CLASS_NAMES_DEFAULT),
         "command": "paser weights " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["weights"] else "paser weights",
         "options": {"steps": steps, "seed": seed, "n_volumes": n_volumes, "n_slices": n_slices, "size": size},
@@ -116,7 +123,7 @@ def make_starting_weights(out: str | Path, steps: int = 3000, seed: int = 0, n_v
         "torch": torch.__version__, "python": platform.python_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.time() - t0, 1),
     }
-    path = weights_path("f0", out)
+    path = weights_path(role, out)
     save_checkpoint(path, model, {"class_names": list(CLASS_NAMES_DEFAULT), "source": "paser weights",
                                   "seed": seed, "steps": steps})
     atomic_write_text(path.with_suffix(".json"), json.dumps(record, indent=1))

@@ -4,8 +4,12 @@ An accepted region is a labeled routing patch (routing patches and labeling regi
 grid of the session's region size), so the accepted regions give the PaSeR reward table
 directly: every model's IoU on every accepted region, scored the way routed inference would
 produce it (f0: the crop of its MC-dropout mean over the whole slice; f1..fm: one eval pass
-on the region's patch, reflect-padded at the slice border as `learners.grid.Grid.extract`
-pads it; unpainted pixels of a confirmed partial region are ignored).
+on the region's patch with a halo of context (`RouterConfig.halo`, a quarter of the patch
+side by default; reflect-padded at the slice border as `learners.grid.Grid.context_patches`
+pads it); unpainted pixels of a confirmed partial region are ignored). Without the halo the
+larger models see each patch cut from its neighbourhood and lose where they should win (a
+1M-parameter UNet: 0.887 test mIoU on whole SOC slices, 0.827 on 32 px patches, 0.879 with a
+16 px halo).
 
 The policy reads f0's state, and at inference it sees a whole slice. For training, each region
 brings a window of 3 x 3 patches of its slice's f0 state centred on it (the slice padded to
@@ -72,6 +76,7 @@ class RouterConfig:
     lr: float = 1e-3  # 3e-3 (`paser policy`'s default) stuck on f2 everywhere in tests/test_router_session.py
     width: int = 16
     samples: int = 5
+    halo: int | None = None  # context pixels around each patch for f1..fm; None: a quarter of the patch side
     train_models: bool = True
     model_config: TrainConfig | None = None  # None: the session's retraining default
     refresh: bool = True  # recompute the maps that were current (new models make them stale) and the proposals
@@ -80,6 +85,11 @@ class RouterConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.samples < 1 or self.width < 1:
             raise PaserInputError("router training needs positive epochs, batch size, learning rate, width and samples")
+        if self.halo is not None and self.halo < 0:
+            raise PaserInputError(f"the routing halo must be >= 0 pixels, got {self.halo}")
+
+    def halo_for(self, patch: tuple[int, int]) -> int:
+        return max(patch) // 4 if self.halo is None else int(self.halo)
 
 
 @dataclass
@@ -91,13 +101,14 @@ class RegionRewards:
     table: PatchTable  # (N, 1, K, C, C): model k on region n
     windows: F0State  # (N, 3 ph, 3 pw) f0 state around each region (centre patch = the region)
     patch: tuple[int, int]
+    halo: int = 0  # context f1..fm saw around each region
 
     def take(self, split: str) -> RegionRewards:
         keep = [i for i, s in enumerate(self.splits) if s == split]
         return RegionRewards([self.region_ids[i] for i in keep], [split] * len(keep),
                              PatchTable(self.table.confusion[keep]),
                              F0State(self.windows.prediction[keep], self.windows.entropy[keep],
-                                     self.windows.n_classes, self.windows.samples), self.patch)
+                                     self.windows.n_classes, self.windows.samples), self.patch, self.halo)
 
     def routing_data(self, costs: np.ndarray) -> RoutingData:
         """Stage 2's input: each window's reward row holds the region's IoUs at its centre patch only."""
@@ -142,7 +153,7 @@ def _pad(a: np.ndarray, pad: tuple[tuple[int, int], tuple[int, int]]) -> np.ndar
 
 
 def region_rewards(session: Session, roles: Sequence[str], samples: int = 5,
-                   progress: Callable[[int, int], None] | None = None) -> RegionRewards:
+                   progress: Callable[[int, int], None] | None = None, halo: int = 0) -> RegionRewards:
     """Every model's confusion on every accepted region, and each region's policy window (see the module doc)."""
     models = [session.models[r] for r in roles]
     ph, pw = session.pool.size
@@ -153,15 +164,15 @@ def region_rewards(session: Session, roles: Sequence[str], samples: int = 5,
     for i, (z, recs) in enumerate(sorted(by_slice.items())):
         image = session.image_slice(z)
         state = session.f0_state(z, samples, image)
-        grid = Grid(image.shape, (ph, pw))
+        grid = Grid(image.shape, (ph, pw), halo)
         full_h, full_w = grid.padded_shape()
         edge = ((0, full_h - image.shape[0]), (0, full_w - image.shape[1]))
-        halo = ((HALO * ph, HALO * ph), (HALO * pw, HALO * pw))
-        pred_pad = _pad(_pad(state.prediction[0].numpy(), edge), halo)
-        ent_pad = _pad(_pad(state.entropy[0].numpy(), edge), halo)
+        around = ((HALO * ph, HALO * ph), (HALO * pw, HALO * pw))  # the policy window's context patches
+        pred_pad = _pad(_pad(state.prediction[0].numpy(), edge), around)
+        ent_pad = _pad(_pad(state.entropy[0].numpy(), edge), around)
         cells = [(rec.y0 // ph) * grid.cols + rec.x0 // pw for rec in recs]
-        patches = grid.extract(torch.from_numpy(image)[None, None])[cells]
-        outputs = [predict_patches(m, patches).numpy() for m in models[1:]]
+        patches = grid.context_patches(torch.from_numpy(image)[None, None])[cells]
+        outputs = [predict_patches(m, patches, halo=halo).numpy() for m in models[1:]]
         for j, rec in enumerate(recs):
             box = grid.box(cells[j])
             labels = region_labels(session, rec)[None]
@@ -179,14 +190,14 @@ def region_rewards(session: Session, roles: Sequence[str], samples: int = 5,
             progress(i + 1, len(by_slice))
     windows = F0State(torch.from_numpy(np.stack(preds).astype(np.uint8)), torch.from_numpy(np.stack(ents)),
                       session.n_classes, samples)
-    return RegionRewards(ids, splits, PatchTable(np.stack(confs)), windows, (ph, pw))
+    return RegionRewards(ids, splits, PatchTable(np.stack(confs)), windows, (ph, pw), halo)
 
 
 def evaluate_regions(bank: PolicyBank, models, rewards: RegionRewards, samples: int) -> dict:
     """Each policy's routing of held-out regions: mIoU (pixels pooled), GFLOPs per patch, patch shares,
     beside the largest model on every region (the `paser policy` bank.json shape)."""
     ph, pw = rewards.patch
-    patching = Patching(size=(ph, pw))
+    patching = Patching(size=(ph, pw), halo=rewards.halo)
     rows = {}
     for lam, policy in sorted(bank.policies.items()):
         actions = policy_probabilities(policy, rewards.windows).argmax(-1)[:, CENTRE:CENTRE + 1].numpy()
@@ -237,7 +248,8 @@ def _train_router(session: Session, roles, lambdas, config, should_stop) -> Gene
         return RouterResult(True, retrain=retrained)
     events: list[Progress] = []
     rewards = region_rewards(session, roles, config.samples,
-                             lambda done, total: events.append(Progress("score", done, total, "scoring regions")))
+                             lambda done, total: events.append(Progress("score", done, total, "scoring regions")),
+                             config.halo_for(session.pool.size))
     yield from events
     models = [session.models[r] for r in roles]
     train, held = rewards.take("train"), rewards.take("val")
@@ -248,7 +260,7 @@ def _train_router(session: Session, roles, lambdas, config, should_stop) -> Gene
     def make_policy() -> PolicyNet:
         torch.manual_seed(config.seed)
         return PolicyNet(PolicyConfig(n_classes=session.n_classes, n_models=len(models), width=config.width,
-                                      patch=rewards.patch))
+                                      patch=rewards.patch, halo=rewards.halo))
 
     total = len(lambdas) * config.epochs
     gen = iter_bank_training(data, lambdas, make_policy, rl, should_stop)
@@ -265,7 +277,8 @@ def _train_router(session: Session, roles, lambdas, config, should_stop) -> Gene
         yield Progress("cancelled", done, total, "router training cancelled; the previous bank is kept")
         return RouterResult(True, retrain=retrained)
     summary = {"train_regions": len(train.region_ids), "val_regions": len(held.region_ids),
-               "patch": list(rewards.patch), "models": roles, "lambdas": bank.lambdas, "epochs": config.epochs,
+               "patch": list(rewards.patch), "halo": rewards.halo, "models": roles, "lambdas": bank.lambdas,
+               "epochs": config.epochs,
                "samples": config.samples, "default_lambda": bank.nearest(DEFAULT_LAMBDA)[0]}
     if held.region_ids:
         summary.update(evaluate_regions(bank, models, held, config.samples))
