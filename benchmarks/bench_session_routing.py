@@ -162,8 +162,9 @@ def run_sampler(sampler: str, args, pool, test) -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix=f"bsr-{sampler}-"))
     s = Session.create(work / "s", pool_x, classes=list(CLASSES), region_size=args.region, val_every=5)
     s.new_models({"f0": "tiny", "f1": size_config(args.f1), "f2": size_config(args.f2)}, seed=0)
-    retrain = TrainConfig(epochs=args.f0_epochs, batch_size=8, lr=args.lr, patience=5)
-    models_cfg = TrainConfig(epochs=args.model_epochs, batch_size=8, lr=args.lr, patience=5)
+    # 0 epochs: the session's own retraining default (RETRAIN_CONFIG), as the GUI's buttons run it
+    retrain = TrainConfig(epochs=args.f0_epochs, batch_size=8, lr=args.lr, patience=5) if args.f0_epochs else None
+    models_cfg = TrainConfig(epochs=args.model_epochs, batch_size=8, lr=args.lr, patience=5) if args.model_epochs else None
     seconds = {"propose": 0.0, "retrain_f0": 0.0, "train_router": 0.0}
     drain(s.compute_maps(samples=args.samples))
     first = True
@@ -179,7 +180,7 @@ def run_sampler(sampler: str, args, pool, test) -> list[dict]:
             print(f"[{sampler}] {len(s.accepted)} regions accepted", flush=True)
         t = time.time()
         result = drain(s.train_router(lambdas=args.lambdas, epochs=args.rl_epochs, model_config=models_cfg,
-                                      samples=args.samples))
+                                      samples=args.samples, halo=args.halo))
         seconds["train_router"] += time.time() - t
         methods = evaluate(s, *test, args.samples, result.summary)
         methods["random_forest"] = rf_row(s, *test)
@@ -207,8 +208,9 @@ def main() -> None:
     p.add_argument("--preset", default="lowres-shading")
     p.add_argument("--f1", default="medium", help="f1 size: a preset (tiny, medium, large) or baseN")
     p.add_argument("--f2", default="large")
-    p.add_argument("--f0-epochs", type=int, default=10)
-    p.add_argument("--model-epochs", type=int, default=20, help="f1/f2 retraining epochs per budget")
+    p.add_argument("--f0-epochs", type=int, default=10, help="f0 retraining epochs per round (0: the session default)")
+    p.add_argument("--model-epochs", type=int, default=20, help="f1/f2 retraining epochs per budget (0: the session default)")
+    p.add_argument("--halo", type=int, default=None, help="context px around routing patches (default: the session's)")
     p.add_argument("--rl-epochs", type=int, default=100)
     p.add_argument("--lambdas", default="0,0.05,0.1,0.3,1")
     p.add_argument("--samples", type=int, default=5)

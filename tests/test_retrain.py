@@ -14,7 +14,7 @@ import torch
 from learners.generators import collect
 from learners.inference import predict_classes
 from learners.metrics import mean_iou
-from learners.unet import preset_config
+from learners.unet import UNetConfig, preset_config
 from napari_paser.data.dataset import normalise, robust_range
 from napari_paser.data.degrade import PRESETS, degrade
 from napari_paser.data.synth import synth_volume
@@ -40,6 +40,17 @@ def test_shipped_weights_load_weights_only_and_segment_a_degraded_synthetic_slic
     image, labels = volume(n=2, size=128, seed=123, preset="lowres-shading")
     pred = predict_classes(model, normalise(image, *robust_range(image)))
     assert mean_iou(pred, labels, 3) > 0.6  # one class everywhere scores < 0.2, chance about 0.33
+
+
+def test_shipped_medium_f1_segments_electrodes_and_new_models_start_f1_from_it(tmp_path):
+    assert torch.load(weights_path("f1"), map_location="cpu", weights_only=True)["config"]["base"] == 16
+    model = starting_model("f1", preset_config("medium"))
+    image, labels = volume(n=2, size=128, seed=123, preset="lowres-shading")
+    assert mean_iou(predict_classes(model, normalise(image, *robust_range(image))), labels, 3) > 0.5  # 1 class: < 0.2
+    s = Session.create(tmp_path / "s", image[:1, :64, :64], region_size=32)
+    s.new_models({"f0": "tiny", "f1": "medium", "f2": UNetConfig(base=4, depth=2)})
+    assert [s.state.models[r]["source"] for r in ("f0", "f1", "f2")] == ["shipped", "shipped", "scratch"]
+    torch.testing.assert_close(s.models["f1"].head.weight, model.head.weight)
 
 
 def test_other_class_counts_start_from_the_shipped_body_with_a_fresh_head():

@@ -146,9 +146,9 @@ class ModelsMixin:
                    start: str = "shipped") -> list[str]:
         """New models from size presets ("tiny", "medium", "large") or configs, e.g. {"f0": "tiny"}.
 
-        start="shipped" (default): roles with starting weights in the package (f0 tiny, see
-        napari_paser.weights) begin from them (another class count: their body, a fresh head),
-        the others from a seeded random init; start="scratch": every role from a random init.
+        start="shipped" (default): roles with starting weights in the package (f0 tiny, f1 medium,
+        see napari_paser.weights) begin from them (another class count: their body, a fresh head),
+        the others (f2) from a seeded random init; start="scratch": every role from a random init.
         """
         from napari_paser.weights import has_starting_weights, starting_model
 
