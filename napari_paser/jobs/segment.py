@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from learners.atomic import atomic_write_text
 from learners.device import pick_device
 from learners.flops import image_flops
+from learners.generators import drain
 from learners.grid import Grid
 from learners.routing.router import F0State, execute_routing, policy_probabilities
 from learners.uncertainty import receptive_halo, uncertainty_maps  # noqa: F401 (receptive_halo: its home was here)
@@ -387,21 +388,19 @@ def segment_volume(run: str | Path, image: str | Path, out: str | Path, what: st
     """Run (or resume) the job with a tqdm bar; see the module doc and `segment_steps`."""
     gen = segment_steps(run, image, out, what, lam, tile, workers, scheduler, device, samples, seed, threads,
                         processes, max_blocks)
-    bar = None
+    bars: list = []
+
+    def show(event: SegmentProgress) -> None:
+        if not bars:
+            bars.append(tqdm(total=event.total, initial=event.done, desc=f"segment ({what})", unit="block",
+                             disable=not progress, smoothing=0.1))
+        bars[0].update(event.done - bars[0].n)
+
     try:
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if bar is None:
-                bar = tqdm(total=event.total, initial=event.done, desc=f"segment ({what})", unit="block",
-                           disable=not progress, smoothing=0.1)
-            else:
-                bar.update(event.done - bar.n)
+        return drain(gen, show)
     finally:
         gen.close()
-        if bar is not None:
+        for bar in bars:
             bar.close()
 
 
