@@ -287,6 +287,28 @@ def _resume_or_refuse(job: SegmentJob, previous: dict) -> SegmentJob:
     return prev  # keeps the stored normalisation
 
 
+def lazy_output(out: str | Path, name: str, offset: int = 0):
+    """A lazy (Z, Y, X) dask view of output array `name` in which the blocks not finished yet read as 0 and
+    finished ones as their values + `offset` (1 for a napari Labels layer of class indices; NaN entropy
+    reads as 0): what a viewer shows while the job runs. Each read checks the blocks' markers, so a
+    re-read (napari's `layer.refresh()`, with the layer's dask cache off) shows the blocks done since."""
+    import dask.array as da
+    import zarr
+
+    done_dir = Path(out) / JOB_DIR / DONE_DIR
+    arr = da.from_zarr(zarr.open_array(str(Path(out) / name / "0"), mode="r"))
+
+    def finished_only(block: np.ndarray, block_info=None) -> np.ndarray:
+        (z, _), (y0, _), (x0, _) = block_info[0]["array-location"]
+        if not (done_dir / f"z{z}-y{y0}-x{x0}.json").is_file():
+            return np.zeros_like(block)
+        if block.dtype.kind == "f":
+            return np.nan_to_num(block, nan=0.0)
+        return block + np.asarray(offset, block.dtype) if offset else block
+
+    return arr.map_blocks(finished_only, dtype=arr.dtype)
+
+
 # ----------------------------------------------------------------------------- planning the job
 
 

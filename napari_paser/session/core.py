@@ -212,6 +212,12 @@ class Session(LabelingMixin, MapsMixin, ModelsMixin):
         """The volume spec of an image read in place (None when the session holds its own copy)."""
         return self.state.image.get("path") or None
 
+    @property
+    def volume_spec(self) -> str:
+        """Where `open_volume` (and `paser segment --image`) reads the session's image: the source it reads
+        in place, else the folder's own image.zarr."""
+        return self.image_path or str((self.folder / IMAGE).resolve())
+
     @classmethod
     def open(cls, folder: str | Path, read_only: bool = False) -> Session:
         """Resume a session exactly as last committed (accepted regions are out of the candidates).
