@@ -164,3 +164,17 @@ def test_maps_of_the_slice_on_screen_start_with_the_tiles_in_view(gui, qtbot, tm
     qtbot.waitUntil(lambda: not widget.hub.busy, timeout=WAIT_MS)
     stored = s.slice_maps(1)["entropy"] > 0
     assert stored[48:64, 0:16].all() and stored.sum() == 16 * 16  # the one tile in view, done first
+
+
+def test_a_session_read_in_place_reopens(gui, qtbot, tmp_path):
+    viewer, widget, root, _ = gui
+    s = start(qtbot, widget, tmp_path)
+    folder = s.folder
+    w = widget.steps["Session"]
+    w.open_folder.setText(str(folder))
+    w.open_button.click()
+    qtbot.waitUntil(lambda: not widget.hub.busy, timeout=WAIT_MS)
+    again = widget.hub.require()
+    assert again is not s and again.image_path == s.image_path
+    shown = viewer.layers["paser image"]
+    np.testing.assert_array_equal(np.asarray(shown.data[1]), zarr.open_array(str(root / "scan.zarr"))[1])
