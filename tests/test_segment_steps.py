@@ -69,6 +69,13 @@ def test_cancel_keeps_finished_blocks_and_a_rerun_finishes_only_the_rest(setup, 
     marked = sorted((tmp_path / "o.zarr" / seg.JOB_DIR / seg.DONE_DIR).glob("*.json"))
     assert 3 <= len(marked) < 8  # a cluster may finish a block or two more before the cancel reaches it
     assert not zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs["paser"]["complete"]
+    shown = np.asarray(seg.lazy_output(tmp_path / "o.zarr", "segmentation", offset=1))  # what the dock shows
+    done = {p.stem for p in marked}
+    for b in seg.plan_blocks(shown.shape, TILE):
+        block = shown[b.z, b.y0:b.y1, b.x0:b.x1]
+        assert (block >= 1).all() if b.name in done else not block.any(), b.name
+    entropy = np.asarray(seg.lazy_output(tmp_path / "o.zarr", "entropy"))
+    assert np.isfinite(entropy).all()  # unfinished blocks' NaN fill reads as 0
     events, rest = drive(seg.segment_steps(run, root / "v.tif", tmp_path / "o.zarr", "route", **kw))
     assert rest.done_before == len(marked) and len([e for e in events if e.stage == "segment"]) == 8 - len(marked)
     seg.segment_volume(run, root / "v.tif", tmp_path / "ref.zarr", "route", progress=False, **kw)

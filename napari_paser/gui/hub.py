@@ -296,7 +296,7 @@ class Hub(QObject):
         and the canvas size, through the labels layer's world-to-data transform); None when unknown."""
         s = self.session
         layers = self.viewer.layers
-        if s is None or LABELS not in layers:
+        if s is None or LABELS not in layers or self.viewer.dims.ndisplay != 2:
             return None
         height, width = self.viewer.canvas.size
         camera = self.camera()

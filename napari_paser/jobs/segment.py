@@ -21,6 +21,12 @@ or killed job resumes where it stopped and ends with the output an uninterrupted
 (MC dropout is seeded by the block index). A worker that dies mid-block has its blocks
 rescheduled by dask.
 
+The job is one generator, `segment_steps`, yielding a `SegmentProgress` per finished block and
+returning the `SegmentSummary`: `segment_volume` (the CLI) drives it with a tqdm bar, the napari
+dock (`gui.segment_step`) in a thread worker with its job bar, and `should_stop` (or closing the
+generator) cancels it with the same resumable state a Ctrl-C leaves. `lazy_output` is the output
+as a viewer sees it while the job runs (unfinished blocks read as 0).
+
 Output (OME-Zarr, NGFF 0.4, zarr format 2): OUT.zarr/segmentation/0 (uint8 class indices),
 entropy/0 and bald/0 (float32 nats; not in f2 mode), routing/0 (uint8 model index per pixel),
 each an NGFF image group; OUT.zarr's attributes hold the provenance under "paser" (run,
