@@ -391,8 +391,11 @@ def run_segment(slices: int, data: Path, what: str, tile: int, workers: int, sho
         session_w.layer_box.setCurrentText("soc")
         session_w.folder.setText(str(Path(tmp) / "session"))
         record("start_in_place", session_w.start_button.click)
-        session_w.run_folder.setText(str(run))
-        record("load_models", session_w.load_button.click)
+        if what == "maps":  # f0 from the shipped starting weights: a screenshot worth looking at
+            record("new_models", session_w.scratch_button.click)
+        else:
+            session_w.run_folder.setText(str(run))
+            record("load_models", session_w.load_button.click)
         vol = dock.show_step("Volume")
         vol.what.setCurrentText(what)
         vol.tile.setValue(tile)
@@ -407,6 +410,9 @@ def run_segment(slices: int, data: Path, what: str, tile: int, workers: int, sho
         record("segment_volume_cancelled", vol.button.click)
         hub.progress.disconnect(cancel_halfway)
         halfway = vol.last
+        per_slice = halfway.blocks // slices
+        viewer.dims.set_current_step(0, min(halfway.blocks_done // per_slice, slices - 1))  # the slice being filled
+        viewer.layers.selection.active = viewer.layers[SEGMENTATION]
         shot("cancelled")
         record("segment_volume_resumed", vol.button.click)
         viewer.dims.set_current_step(0, slices - 1)

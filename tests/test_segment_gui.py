@@ -116,7 +116,7 @@ def test_segment_volume_runs_the_segment_job_into_lazy_layers(gui, qtbot, tmp_pa
     assert type(layer.data).__module__.startswith("dask")  # lazy: read slice by slice as shown
     np.testing.assert_array_equal(np.asarray(layer.data), cli["segmentation"] + 1)
     assert ROUTING_MAP in viewer.layers and ENTROPY_MAP in viewer.layers
-    assert "segmented 8 blocks" in w.summary.text()
+    assert "segmented 8 blocks" in w.job.message.text()
 
 
 def test_cancel_keeps_finished_blocks_and_running_again_finishes_the_rest(gui, qtbot, tmp_path):
@@ -124,7 +124,7 @@ def test_cancel_keeps_finished_blocks_and_running_again_finishes_the_rest(gui, q
     start(qtbot, widget, tmp_path, run)
     w, _ = _segment(qtbot, widget, "maps", cancel_after=2)
     assert w.last.cancelled and 2 <= w.last.blocks_done < 8
-    assert "run the same job again" in w.summary.text()
+    assert "run the same job again" in w.job.message.text()
     done = w.last.blocks_done
     shown = np.asarray(viewer.layers[SEGMENTATION].data)
     assert 0 < (shown > 0).mean() < 1  # unfinished blocks read as unlabeled

@@ -13,7 +13,7 @@ import math
 import time
 from pathlib import Path
 
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
 from napari_paser.errors import PaserInputError
 from napari_paser.gui.common import JobBar, PathEdit, enable_while_idle, group
@@ -54,8 +54,6 @@ class SegmentWidget(QWidget):
         self.out = PathEdit("output .zarr (empty: beside the session folder)")
         self.button = QPushButton("Segment volume")
         self.job = JobBar(self.hub)
-        self.summary = QLabel("")
-        self.summary.setWordWrap(True)
         self.last = None  # the last job's SegmentSummary
         self._shown_at = 0.0
         self._what = "route"
@@ -66,7 +64,7 @@ class SegmentWidget(QWidget):
                          ("output", self.out)):
             rows.addRow(label, w)
         col = QVBoxLayout(self)
-        col.addWidget(group("Segment the whole volume (paser segment)", form, self.button, self.job, self.summary))
+        col.addWidget(group("Segment the whole volume (paser segment)", form, self.button, self.job))
         col.addStretch()
         enable_while_idle(self.hub, self.button)
         self.button.clicked.connect(self.segment)
@@ -96,7 +94,6 @@ class SegmentWidget(QWidget):
             return (yield from segment_steps(run, should_stop=should_stop, **kw))
 
         self.last, self._what = None, kw["what"]
-        self.summary.setText("")
         return self.hub.run(job, on_yield=self._progress, on_return=self._done,
                             what=f"segmenting {Path(kw['image']).name} ({kw['what']}) into {Path(kw['out']).name}")
 
@@ -109,8 +106,7 @@ class SegmentWidget(QWidget):
     def _done(self, summary) -> None:
         self.last = summary
         self.refresh()
-        self.summary.setText(summary.line())
-        self.hub.job_finished.emit(summary.line())
+        self.hub.job_finished.emit(summary.line())  # the job bars' last message
         info(summary.line())
 
     def refresh(self) -> None:
@@ -151,10 +147,18 @@ class SegmentWidget(QWidget):
                         blending="additive", visible=False, cache=False, metadata={"paser_out": out}))
 
     def _put(self, layer) -> None:
+        """Add the layer, or give a previous job's layer of that name the new data (cheaper than a new layer)."""
         layers = self.viewer.layers
-        if layer.name in layers:
-            layers.remove(layer.name)
+        old = layers[layer.name] if layer.name in layers else None
+        if old is not None and type(old) is type(layer) and old.ndim == layer.ndim:
+            old.data, old.metadata = layer.data, layer.metadata
+            return
+        active = layers.selection.active  # the layer the person paints with stays selected
+        if old is not None:
+            layers.remove(old)
         layers.append(layer)
+        if active is not None and active in layers:
+            layers.selection.active = active
 
 
 def session_run(session) -> str:

@@ -467,10 +467,11 @@ def segment_steps(run: str | Path, image: str | Path, out: str | Path, what: str
     flops = _sum_flops(job, blocks)
     f2_all = f2_everywhere_flops(job, len(blocks))
     _write_provenance(job, blocks, flops, f2_all, finished)
+    on_disk = sum(_marker(job.out, b).is_file() for b in blocks)  # a cluster may finish a block past a cancel
     summary = SegmentSummary(job.out, what, len(blocks), done_before, time.perf_counter() - started,
-                             sum(flops.values()) / 1e9, f2_all / 1e9, flops, cancelled, done)
+                             sum(flops.values()) / 1e9, f2_all / 1e9, flops, cancelled, on_disk)
     if cancelled:
-        yield SegmentProgress("cancelled", done, len(blocks), summary.line(), job.out)
+        yield SegmentProgress("cancelled", on_disk, len(blocks), summary.line(), job.out)
     return summary
 
 
