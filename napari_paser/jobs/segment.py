@@ -391,8 +391,9 @@ class SegmentSummary:
         if self.cancelled:
             return (f"cancelled after {self.blocks_done} of {self.blocks} blocks ({self.what}); finished blocks are "
                     f"kept in {self.out}: run the same job again to finish the rest")
-        return (f"segmented {self.blocks} blocks{resumed} in {self.seconds:.1f} s ({self.what}): "
-                f"{self.gflops:.1f} GFLOPs, {share:.0%} of the largest model everywhere; output in {self.out}")
+        cost = (f"{self.gflops:.1f} GFLOPs" if self.what == "maps"  # f0's MC maps: no routing to compare
+                else f"{self.gflops:.1f} GFLOPs, {share:.0%} of the largest model everywhere")
+        return f"segmented {self.blocks} blocks{resumed} in {self.seconds:.1f} s ({self.what}): {cost}; output in {self.out}"
 
 
 @dataclass
