@@ -115,7 +115,7 @@ def test_segment_volume_runs_the_segment_job_into_lazy_layers(gui, qtbot, tmp_pa
     layer = viewer.layers[SEGMENTATION]
     assert type(layer.data).__module__.startswith("dask")  # lazy: read slice by slice as shown
     np.testing.assert_array_equal(np.asarray(layer.data), cli["segmentation"] + 1)
-    assert ROUTING_MAP in viewer.layers and ENTROPY_MAP in viewer.layers
+    assert ROUTING_MAP in viewer.layers and ENTROPY_MAP not in viewer.layers
     assert "segmented 8 blocks" in w.job.message.text()
 
 
@@ -125,6 +125,7 @@ def test_cancel_keeps_finished_blocks_and_running_again_finishes_the_rest(gui, q
     w, _ = _segment(qtbot, widget, "maps", cancel_after=2)
     assert w.last.cancelled and 2 <= w.last.blocks_done < 8
     assert "run the same job again" in w.job.message.text()
+    assert ENTROPY_MAP in viewer.layers and ROUTING_MAP not in viewer.layers  # maps: the entropy beside
     done = w.last.blocks_done
     shown = np.asarray(viewer.layers[SEGMENTATION].data)
     assert 0 < (shown > 0).mean() < 1  # unfinished blocks read as unlabeled

@@ -117,13 +117,14 @@ class SegmentWidget(QWidget):
                 self.viewer.layers[name].refresh()
 
     def _show(self, out: str) -> None:
-        """The job's output as lazy layers (replacing a previous job's), one per event-loop turn."""
-        names = arrays_of(self._what)
+        """The job's output as lazy layers (a previous job's layers get the new data), one per event-loop turn:
+        the segmentation, and the routing map (route) or the entropy (maps). A new napari layer costs
+        0.1-1 s of the GUI thread (vispy nodes, controls), so no more layers than that."""
         makers = [lambda: self._labels(out, "segmentation", SEGMENTATION, self._class_colors(), True)]
-        if "routing" in names and self._what == "route":
+        if self._what == "route":
             colors = {k + 1: c for k, c in enumerate(MODEL_COLORS)}
             makers.append(lambda: self._labels(out, "routing", ROUTING_MAP, colors, False))
-        if "entropy" in names:
+        elif "entropy" in arrays_of(self._what):
             makers.append(lambda: self._entropy(out))
         self.hub.later(makers)
 
