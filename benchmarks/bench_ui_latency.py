@@ -212,7 +212,11 @@ class StallSampler:
 
         while True:
             time.sleep(0.05)
-            if self.probe.timer.isActive() and time.perf_counter() - self.probe.last > 0.15:
+            try:
+                active = self.probe.timer.isActive()
+            except RuntimeError:  # the QTimer went with the application: the run is over
+                return
+            if active and time.perf_counter() - self.probe.last > 0.15:
                 frame = sys._current_frames().get(self.main)
                 if frame is not None:
                     stack = [f for f in traceback.extract_stack(frame) if "bench_ui_latency" not in f.filename]
