@@ -8,11 +8,17 @@ its map refresh), export, resume. A precise 5 ms QTimer ticks while each action 
 background job finishes; the longest gap between ticks is what a person feels as a freeze.
 Writes `results/ui-actions.json`: {"actions": {NAME: {"max_gap_ms", "p99_ms", ...}}}.
 
+`segment` (issue 13) opens a zarr made from the first `--slices` SOC slices with the plugin's reader, starts a
+session on it (read in place), and runs the dock's "Segment volume" (the `paser segment` job on a LocalCluster
+of `--workers` processes), cancelled halfway, then resumed; the longest gap of each, and a screenshot of the
+window after the cancel (the output layer half filled) and at the end (`--shots DIR`). Writes
+`results/ui-segment.json`.
+
 `training` (the issue-5 run) measures the timer's lateness idle and during a background retrain
 on the synthetic sample (16 x 128 x 128), browsing slices every 100 ms, then the Cancel time;
 writes `results/ui-latency.json`.
 
-    .venv/bin/python benchmarks/bench_ui_latency.py [--mode actions|training] [--slices 50] [--seconds 10]
+    .venv/bin/python benchmarks/bench_ui_latency.py [--mode actions|segment|training] [--slices 50] [--seconds 10]
     (runs itself under xvfb-run without a display)
 """
 
@@ -34,6 +40,7 @@ import numpy as np
 
 OUT = Path(__file__).parent / "results" / "ui-latency.json"
 ACTIONS_OUT = Path(__file__).parent / "results" / "ui-actions.json"
+SEGMENT_OUT = Path(__file__).parent / "results" / "ui-segment.json"
 TICK_MS = 10
 PROBE_MS = 5
 SOC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "soc_pristine"
@@ -205,7 +212,11 @@ class StallSampler:
 
         while True:
             time.sleep(0.05)
-            if self.probe.timer.isActive() and time.perf_counter() - self.probe.last > 0.15:
+            try:
+                active = self.probe.timer.isActive()
+            except RuntimeError:  # the QTimer went with the application: the run is over
+                return
+            if active and time.perf_counter() - self.probe.last > 0.15:
                 frame = sys._current_frames().get(self.main)
                 if frame is not None:
                     stack = [f for f in traceback.extract_stack(frame) if "bench_ui_latency" not in f.filename]
@@ -338,11 +349,103 @@ def run_actions(slices: int, data: Path, skip_volume: bool = False) -> dict:
     }
 
 
+def run_segment(slices: int, data: Path, what: str, tile: int, workers: int, shots: Path | None) -> dict:
+    """The dock's volume actions on a zarr of SOC slices: start a session on it in place, segment the volume
+    (cancel halfway, resume); the longest event-loop gap of each, screenshots of the window."""
+    import napari
+    import torch
+    import zarr
+
+    from napari_paser.data.dataset import read_dataset
+    from napari_paser.gui.segment_step import SEGMENTATION
+    from napari_paser.gui.widgets import PaserWidget
+
+    ds = read_dataset(data)
+    image = ds.images[:slices]
+    results, load, pictures = {}, {"start": [round(v, 2) for v in os.getloadavg()]}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "soc.zarr"
+        zarr.create_array(str(src), data=image, chunks=(1, 256, 256))
+        run = bench_run(Path(tmp) / "run", ds.n_classes)
+        viewer = napari.Viewer(title="segment volume")
+        viewer.window.resize(1600, 1000)
+        viewer.open(str(src), plugin="napari-paser")
+        dock = PaserWidget(viewer)
+        viewer.window.add_dock_widget(dock, name="PaSeR")
+        hub, probe = dock.hub, GapProbe()
+        stalls = StallSampler(probe)
+
+        def record(name: str, action) -> None:
+            res = probe.measure(action, hub)
+            res["stalls"] = stalls.take()
+            results[name] = res
+            print(f"  {name:24s} max gap {res['max_gap_ms']:7.1f} ms  p99 {res['p99_ms']:6.1f} ms  "
+                  f"({res['seconds']} s)", flush=True)
+
+        def shot(name: str) -> None:
+            if shots is not None:
+                shots.mkdir(parents=True, exist_ok=True)
+                path = shots / f"segment-{name}.png"
+                viewer.screenshot(str(path), canvas_only=False, flash=False)
+                pictures.append(str(path))
+
+        torch.set_num_threads(1)
+        record("idle", lambda: None)
+        session_w = dock.steps["Session"]
+        session_w.layer_box.setCurrentText("soc")
+        session_w.folder.setText(str(Path(tmp) / "session"))
+        record("start_in_place", session_w.start_button.click)
+        if what == "maps":  # f0 from the shipped starting weights: a screenshot worth looking at
+            record("new_models", session_w.scratch_button.click)
+        else:
+            session_w.run_folder.setText(str(run))
+            record("load_models", session_w.load_button.click)
+        vol = dock.show_step("Volume")
+        vol.what.setCurrentText(what)
+        vol.tile.setValue(tile)
+        vol.workers.setValue(workers)
+        viewer.dims.set_current_step(0, 0)
+
+        def cancel_halfway(event) -> None:
+            if getattr(event, "stage", "") == "segment" and event.done >= event.total // 2:
+                vol.job.cancel.click()
+
+        hub.progress.connect(cancel_halfway)
+        record("segment_volume_cancelled", vol.button.click)
+        hub.progress.disconnect(cancel_halfway)
+        halfway = vol.last
+        per_slice = halfway.blocks // slices
+        viewer.dims.set_current_step(0, min(halfway.blocks_done // per_slice, slices - 1))  # the slice being filled
+        viewer.layers.selection.active = viewer.layers[SEGMENTATION]
+        shot("cancelled")
+        record("segment_volume_resumed", vol.button.click)
+        viewer.dims.set_current_step(0, slices - 1)
+        shot("done")
+        filled = float((np.asarray(viewer.layers[SEGMENTATION].data) > 0).mean())
+        summary = vol.last
+        load["end"] = [round(v, 2) for v in os.getloadavg()]
+        viewer.close()
+    return {
+        "benchmark": "ui-segment", "command": "python benchmarks/bench_ui_latency.py " + " ".join(sys.argv[1:]),
+        "data": f"{data} (first {slices} slices, {image.shape[1]} x {image.shape[2]} {image.dtype}, as zarr)",
+        "what": what, "tile": tile, "workers": workers, "probe_ms": PROBE_MS, "targets": {"max_gap_ms": 100},
+        "actions": results, "cancelled_after_blocks": halfway.blocks_done, "blocks": summary.blocks,
+        "resumed_done_before": summary.done_before, "segmentation_filled": filled, "summary": summary.line(),
+        "screenshots": pictures,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average": load, "torch_threads_gui": 1},
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", choices=("actions", "training"), default="actions")
+    parser.add_argument("--mode", choices=("actions", "segment", "training"), default="actions")
+    parser.add_argument("--what", choices=("maps", "route", "f2"), default="maps", help="segment mode: the job")
+    parser.add_argument("--tile", type=int, default=256, help="segment mode: block side")
+    parser.add_argument("--workers", type=int, default=1, help="segment mode: LocalCluster processes (0: in napari)")
+    parser.add_argument("--shots", type=Path, default=None, help="segment mode: folder for the screenshots")
     parser.add_argument("--seconds", type=float, default=10.0, help="training mode: length of each phase")
-    parser.add_argument("--slices", type=int, default=50, help="actions mode: SOC slices in the volume")
+    parser.add_argument("--slices", type=int, default=50, help="actions/segment mode: SOC slices in the volume")
     parser.add_argument("--data", type=Path, default=SOC, help="actions mode: folder with images.tif, labels.tif")
     parser.add_argument("--no-volume-maps", action="store_true",
                         help="actions mode: maps of 8 slices instead of the whole volume (quicker)")
@@ -354,10 +457,13 @@ def main() -> int:
             print("no display and no xvfb-run: install xvfb", file=sys.stderr)
             return 2
         return subprocess.call([exe, "-a", "-s", "-screen 0 1920x1200x24", sys.executable, *sys.argv])
-    if args.mode == "actions":
-        if not (args.data / "images.tif").is_file():
-            print(f"no SOC data in {args.data}: pass --data with images.tif and labels.tif", file=sys.stderr)
-            return 2
+    if args.mode in ("actions", "segment") and not (args.data / "images.tif").is_file():
+        print(f"no SOC data in {args.data}: pass --data with images.tif and labels.tif", file=sys.stderr)
+        return 2
+    if args.mode == "segment":
+        result = run_segment(args.slices, args.data, args.what, args.tile, args.workers, args.shots)
+        out = args.out or SEGMENT_OUT
+    elif args.mode == "actions":
         result = run_actions(args.slices, args.data, args.no_volume_maps)
         out = args.out or ACTIONS_OUT
     else:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from learners.errors import ConfigError, ShapeError
-from learners.grid import Grid
+from learners.grid import Box, Grid
 
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
@@ -235,32 +235,85 @@ def uncertainty_maps(
 
     With `tile`, the image is processed in `tile` x `tile` cells, each run with `halo` pixels
     of surrounding context, so memory stays bounded on large slices. With `tile` and `halo`
-    multiples of 2**depth and `halo` at least the receptive-field radius, a model without
-    dropout gives the whole-image maps exactly; with dropout the masks (not the
+    multiples of 2**depth and `halo` at least the receptive-field radius (`receptive_halo`), a
+    model without dropout gives the whole-image maps exactly; with dropout the masks (not the
     expectation) differ between tiles.
     """
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim != 2:
-        raise ShapeError(f"uncertainty_maps takes one 2D slice, got shape {image.shape}")
+    image = _slice_image(image)
+    h, w = image.shape
+    mean = ent = mi = None
+    for box, m in iter_tile_maps(model, image, samples, tile, halo, seed):
+        if mean is None:
+            mean = np.empty((m.mean_probs.shape[0], h, w), np.float32)
+            ent, mi = np.empty((h, w), np.float32), np.empty((h, w), np.float32)
+        ys, xs = box.slices
+        mean[:, ys, xs], ent[ys, xs], mi[ys, xs] = m.mean_probs, m.entropy, m.bald
+    return UncertaintyMaps(mean, ent, mi)
+
+
+def iter_tile_maps(
+    model: nn.Module,
+    image: np.ndarray,
+    samples: int = 5,
+    tile: int | None = None,
+    halo: int = 16,
+    seed: int | None = 0,
+    view: tuple[int, int, int, int] | None = None,
+) -> Iterator[tuple[Box, UncertaintyMaps]]:
+    """The maps of each `tile` x `tile` cell of a 2D image (run with `halo` pixels of context), one cell
+    at a time, so a caller can store and show each as it is done with memory bounded by one tile.
+
+    `view` = (y0, x0, y1, x1), the part of the image on screen: its cells come first (`visible_first`).
+    Every cell uses the same dropout seed, so the order never changes the maps.
+    """
+    image = _slice_image(image)
     h, w = image.shape
     device = model_device(model)
     grid = Grid((h, w), (tile, tile) if tile else (h, w))
-    n_classes = None
-    mean = ent = mi = None
-    for box in grid.boxes():
+    for box in visible_first(grid, view):
         y0, x0 = max(box.y0 - halo, 0), max(box.x0 - halo, 0)
         y1, x1 = min(box.y0 + box.h + halo, h), min(box.x0 + box.w + halo, w)
         x = torch.from_numpy(image[y0:y1, x0:x1].copy())[None, None].to(device)
         probs = mc_probabilities(model, x, samples=samples, seed=seed)[:, 0]  # (T, C, h, w)
-        inner = (slice(None), slice(box.y0 - y0, box.y0 - y0 + box.h), slice(box.x0 - x0, box.x0 - x0 + box.w))
-        probs = probs[(slice(None),) + inner]
-        if n_classes is None:
-            n_classes = probs.shape[1]
-            mean = np.empty((n_classes, h, w), np.float32)
-            ent, mi = np.empty((h, w), np.float32), np.empty((h, w), np.float32)
-        ys, xs = box.slices
-        mean[:, ys, xs], ent[ys, xs], mi[ys, xs] = (t.cpu().numpy() for t in _summaries(probs))
-    return UncertaintyMaps(mean, ent, mi)
+        probs = probs[:, :, box.y0 - y0:box.y0 - y0 + box.h, box.x0 - x0:box.x0 - x0 + box.w]
+        mean, ent, mi = (t.cpu().numpy() for t in _summaries(probs))
+        yield box, UncertaintyMaps(mean, ent, mi)
+
+
+def _slice_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 2:
+        raise ShapeError(f"uncertainty_maps takes one 2D slice, got shape {image.shape}")
+    return image
+
+
+def visible_first(grid: Grid, view: tuple[int, int, int, int] | None = None) -> list[Box]:
+    """The grid's cells, those intersecting `view` = (y0, x0, y1, x1) first, each group nearest the
+    view's centre first (what a person looks at is computed first); row-major without a view."""
+    boxes = grid.boxes()
+    if view is None:
+        return boxes
+    vy0, vx0, vy1, vx1 = view
+    cy, cx = (vy0 + vy1) / 2, (vx0 + vx1) / 2
+
+    def key(b: Box) -> tuple[bool, float]:
+        inside = b.y0 < vy1 and b.y0 + b.h > vy0 and b.x0 < vx1 and b.x0 + b.w > vx0
+        return (not inside, (b.y0 + b.h / 2 - cy) ** 2 + (b.x0 + b.w / 2 - cx) ** 2)
+
+    return sorted(boxes, key=key)
+
+
+def receptive_halo(model: nn.Module) -> int:
+    """Pixels of context a UNet needs on each side for exact tiled maps, a multiple of 2**depth.
+
+    Two 3x3 convolutions per UNet level (radius 2 * 2**level), a max-pool and a bilinear
+    upsampling per level change (up to 2**level each), summed over encoder and decoder.
+    """
+    depth = len(getattr(model, "downs", ())) or 4
+    enc = sum(2 * 2**lv + 2**lv for lv in range(depth + 1))
+    dec = sum(2 * 2**lv + 2**lv for lv in range(depth))
+    step = 2**depth
+    return -(-(enc + dec) // step) * step
 
 
 def _summaries(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

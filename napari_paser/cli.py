@@ -9,6 +9,7 @@
     paser route        --run RUN --image STACK.tif --out DIR [--lambda L | --model f0|f1|f2]   PaSeR (or one model alone)
     paser session train-router --session DIR [--lambdas 0,0.1,0.3] [--epochs N] [--no-retrain]   router from accepted regions
     paser session export-run   --session DIR --out RUN [--overwrite]   the session's models and policies as a run
+    paser session relink       --session DIR --image PATH      a session reading its image in place: the image moved
     paser models       [--size 224x256] [--json]               parameters and GFLOPs per preset
     paser weights      --out napari_paser/weights [--role f0|f1] [--steps N]  rebuild the shipped starting weights
     paser bench routing --data DIR --run RUN --out results.json [--lambda L] [--sweep]   PaSeR vs baselines
@@ -178,6 +179,14 @@ def cmd_session_export_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_session_relink(args: argparse.Namespace) -> int:
+    from napari_paser.session.core import Session
+
+    spec = Session.relink_image(args.session, args.image)
+    print(f"session {args.session} now reads its image from {spec}")
+    return 0
+
+
 def _session_parsers(sub) -> None:
     """`paser session ...`: jobs on a labeling session folder."""
     session = sub.add_parser("session", help="jobs on a labeling session folder").add_subparsers(
@@ -200,6 +209,10 @@ def _session_parsers(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="new run folder")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     p.set_defaults(func=cmd_session_export_run)
+    p = session.add_parser("relink", help="point a session that reads its image in place at the image's new place")
+    p.add_argument("--session", required=True, type=Path, help="session folder (session.json)")
+    p.add_argument("--image", required=True, help="the moved zarr / OME-Zarr folder or FILE.h5:/dataset")
+    p.set_defaults(func=cmd_session_relink)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -117,7 +117,7 @@ def test_route_reuses_the_stored_maps_of_the_current_model(tmp_path, monkeypatch
     def no_second_pass(*args, **kw):
         raise AssertionError("f0 ran again although the slice's maps are current")
 
-    monkeypatch.setattr(maps, "uncertainty_maps", no_second_pass)
+    monkeypatch.setattr(maps, "iter_tile_maps", no_second_pass)  # the session's one f0 pass per slice
     routed = s.route(1, samples=2)
     assert routed.segmentation.shape == (64, 64)
     np.testing.assert_array_equal(routed.segmentation, s.slice_maps(1)["prediction"])  # untrained policy: all f0

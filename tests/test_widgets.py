@@ -86,7 +86,7 @@ def paint(s, region_id: int, value: int = 1, rows: int | None = None) -> None:
 
 
 @pytest.mark.parametrize("name", ["PaSeR (all steps)", "1 Session and models", "2 Uncertainty and routing",
-                                  "3 Propose and label", "4 Training", "5 Export"])
+                                  "3 Propose and label", "4 Training", "5 Export", "6 Segment volume"])
 def test_widgets_load_from_the_manifest(make_napari_viewer, name):
     viewer = make_napari_viewer()
     dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)

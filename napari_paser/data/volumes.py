@@ -86,6 +86,41 @@ def cached_volume(spec: str) -> Volume:
     return open_volume(spec)
 
 
+IN_PLACE_KINDS = ("zarr", "ome-zarr", "hdf5")
+"""Chunked formats a session reads in place instead of copying (any block reads fast)."""
+
+
+class VolumeView:
+    """A volume as a read-only array of a session's shape ((Y, X) for a 2D image, else (Z, Y, X)):
+    each read is computed in the calling thread (never through a dask.distributed client that
+    may be the process's default), so napari and the session read only what they show or use."""
+
+    def __init__(self, volume: Volume, ndim: int = 3) -> None:
+        self.volume = volume
+        self.array = volume.array if ndim == 3 else volume.array[0]
+        self.shape, self.dtype = tuple(int(s) for s in self.array.shape), np.dtype(volume.dtype)
+        self.ndim = len(self.shape)
+
+    @property
+    def chunks(self) -> tuple:
+        return self.array.chunks
+
+    def __getitem__(self, index) -> np.ndarray:
+        return np.asarray(self.array[index].compute(scheduler="synchronous"))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self[...], dtype=dtype)
+
+
+def spec_file(spec: str | Path) -> Path:
+    """The file or folder a volume spec names (the HDF5 file of `scan.h5:/entry/data`)."""
+    m = _HDF5_SPEC.match(str(spec))
+    return Path(m.group("file") if m else str(spec))
+
+
 # ----------------------------------------------------------------------------- checks
 
 

@@ -113,22 +113,25 @@ class Hub(QObject):
         return self.session
 
     def start(self, folder: str | Path, layer, classes=None, colors=None, region_size: int = 64,
-              on_ready: Callable[[Session], None] | None = None):
+              on_ready: Callable[[Session], None] | None = None, copy: bool = False):
         """A new session on an image layer, created in the background; the layer stays as it is and the
-        label canvas goes on top. `on_ready(session)` runs once its layers are in the viewer."""
+        label canvas goes on top. A layer read from a zarr, OME-Zarr or HDF5 file is read in place from
+        that file (nothing copied) unless `copy`. `on_ready(session)` runs once its layers are in the viewer."""
         if getattr(layer, "rgb", False):
             raise PaserInputError(f"layer {layer.name!r} is RGB: convert it to greyscale first (one value per pixel)")
         if getattr(layer, "multiscale", False):
             raise PaserInputError(f"layer {layer.name!r} is multiscale: open its full-resolution level as an image")
-        data, source = layer.data, layer.name
+        data, source, path = layer.data, layer.name, layer_path(layer)
 
         def job(should_stop):
-            session = Session.create(folder, data, classes=classes, colors=colors, region_size=region_size,
-                                     source=source)
+            image = data if copy or path is None else in_place(path, data) or data
+            session = Session.create(folder, image, classes=classes, colors=colors, region_size=region_size,
+                                     source=source, copy=copy)
             return session, L.session_layers(session, lambda: self.gamma, with_image=False)
 
+        how = f"reading {Path(path).name} in place" if path and not copy else "copying the image"
         return self.run(job, on_return=functools.partial(self._install, on_ready=on_ready, remove=()),
-                        what="starting the session (copying the image)")
+                        what=f"starting the session ({how})")
 
     def open(self, folder: str | Path, on_ready: Callable[[Session], None] | None = None):
         """Resume a session folder in the background: its image, labels, maps, regions and models."""
@@ -288,6 +291,28 @@ class Hub(QObject):
         scene = getattr(self.viewer, "scene", None)
         return scene.camera if scene is not None else self.viewer.camera
 
+    def view_box(self) -> tuple[int, int, int, int] | None:
+        """(y0, x0, y1, x1) of the session's slice on screen, in its pixels (from the camera's centre and zoom
+        and the canvas size, through the labels layer's world-to-data transform); None when unknown."""
+        s = self.session
+        layers = self.viewer.layers
+        if s is None or LABELS not in layers or self.viewer.dims.ndisplay != 2:
+            return None
+        height, width = self.viewer.canvas.size
+        camera = self.camera()
+        if not (height and width and camera.zoom):
+            return None
+        cy, cx = camera.center[-2:]
+        dy, dx = height / 2 / camera.zoom, width / 2 / camera.zoom
+        layer = layers[LABELS]
+        lead = list(self.viewer.dims.point[:-2])  # the slice shown in the world's other axes
+        corners = [layer.world_to_data([*lead, y, x])[-2:] for y, x in ((cy - dy, cx - dx), (cy + dy, cx + dx))]
+        (y0, x0), (y1, x1) = corners
+        h, w = s.shape[-2:]
+        box = (max(0, int(min(y0, y1))), max(0, int(min(x0, x1))), min(h, int(max(y0, y1)) + 1),
+               min(w, int(max(x0, x1)) + 1))
+        return box if box[0] < box[2] and box[1] < box[3] else None
+
     def show_routing(self, routed) -> None:
         """The routing overlay of slice `routed.z` (in place when its grid is unchanged)."""
         active = self.viewer.layers.selection.active
@@ -429,6 +454,26 @@ class Hub(QObject):
     @property
     def previewing(self) -> bool:
         return bool(self._light)
+
+
+def layer_path(layer) -> str | None:
+    """The file a layer was read from (the PaSeR reader's metadata "source", else napari's layer.source)."""
+    path = layer.metadata.get("source") or getattr(getattr(layer, "source", None), "path", None)
+    return str(path) if path else None
+
+
+def in_place(path: str, data) -> str | None:
+    """`path` when it is a zarr, OME-Zarr or HDF5 volume holding the layer's array (same shape and dtype),
+    so a session can read it in place; None otherwise (the layer's data is copied)."""
+    from napari_paser.data.volumes import IN_PLACE_KINDS, open_volume
+
+    try:
+        volume = open_volume(path)
+    except InputError:
+        return None
+    shape = tuple(int(v) for v in data.shape)
+    same = volume.shape == shape or (len(shape) == 2 and volume.shape == (1, *shape))
+    return path if volume.kind in IN_PLACE_KINDS and same and volume.dtype == data.dtype else None
 
 
 _HUBS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -121,22 +121,30 @@ def read_dataset_folder(path: str | Path) -> list[LayerData]:
 
 
 def read_zarr(path: str | Path) -> list[LayerData]:
-    """A zarr array (lazily, never loaded whole), or each 2D/3D array of a zarr group, as image layers."""
+    """A zarr array (lazily, never loaded whole), an OME-Zarr image (its full-resolution level, singleton
+    time/channel axes dropped), or each 2D/3D array of a zarr group, as image layers; each layer's
+    metadata "source" names what it was read from (a session started on it reads it in place)."""
+    from napari_paser.data.volumes import VolumeView, ngff_multiscales, open_volume
+
     path = Path(path)
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as exc:  # zarr raises many types for foreign or damaged stores
         raise PaserInputError(f"cannot open {path} as zarr ({type(exc).__name__}: {exc})") from None
     if isinstance(node, zarr.Array):
-        arrays = [(path.stem, node)]
+        arrays = [(path.stem, node, path)]
+    elif ngff_multiscales(dict(node.attrs)) is not None:
+        volume = open_volume(path)
+        view = VolumeView(volume, 2 if volume.shape[0] == 1 else 3)
+        arrays = [(path.stem, view, path)]
     else:
-        arrays = [(f"{path.stem}/{k}", a) for k, a in sorted(node.arrays()) if len(a.shape) in (2, 3)]
+        arrays = [(f"{path.stem}/{k}", a, path / k) for k, a in sorted(node.arrays()) if len(a.shape) in (2, 3)]
     if not arrays:
         raise PaserInputError(f"{path} is a zarr group without 2D or 3D arrays: open one of its arrays instead")
     layers = []
-    for name, arr in arrays:
+    for name, arr, source in arrays:
         _check_greyscale(tuple(arr.shape), f"{path} ({name})")
-        layers.append((arr, {"name": name, "colormap": "gray", "metadata": {"source": str(path)}}, "image"))
+        layers.append((arr, {"name": name, "colormap": "gray", "metadata": {"source": str(source)}}, "image"))
     return layers
 
 

@@ -126,16 +126,17 @@ class MapsWidget(QWidget):
 
     @guarded
     def compute(self, volume: bool = False) -> None:
-        """MC-dropout maps of the slice on screen (or every slice) in the background; the model's view
-        is shown when they are done (translucent: the image reads through)."""
+        """MC-dropout maps of the slice on screen (or every slice) in the background, a large slice tile by
+        tile with the part on screen first; the model's view is shown when they are done (translucent: the
+        image reads through)."""
         s = self.hub.require()
         zs = None if volume else self.hub.current_z()
-        samples = self.samples.value()
+        samples, view = self.samples.value(), self.hub.view_box()
         gen_check = s.compute_maps(zs, samples=samples)  # raises at once on no models / bad slice
         gen_check.close()
 
         def job(should_stop):
-            return (yield from s.compute_maps(zs, samples=samples, should_stop=should_stop))
+            return (yield from s.compute_maps(zs, samples=samples, should_stop=should_stop, view=view))
 
         self.hub.run(job, on_yield=self._progress, on_return=self._maps_done, what="computing maps")
 

@@ -29,6 +29,9 @@ class SessionWidget(QWidget):
         self.region.setRange(8, 1024)
         self.region.setValue(64)
         self.folder = PathEdit("new session folder (default: beside the working directory)")
+        self.copy = QCheckBox("copy the image into the session folder")
+        self.copy.setToolTip("an image read from a zarr, OME-Zarr or HDF5 file is read in place (nothing copied, "
+                             "the session needs the file where it is); check to keep a copy in the session instead")
         self.start_button = QPushButton("Start session")
         self.open_folder = PathEdit("existing session folder")
         self.open_button = QPushButton("Open session")
@@ -64,6 +67,7 @@ class SessionWidget(QWidget):
         rows.addRow("colours", self.colors)
         rows.addRow("region size", self.region)
         rows.addRow("folder", self.folder)
+        rows.addRow("", self.copy)
         col = QVBoxLayout(self)
         col.addWidget(group("New session", form, self.start_button))
         col.addWidget(group("Resume", self.open_folder, self.open_button))
@@ -97,7 +101,8 @@ class SessionWidget(QWidget):
 
     @guarded
     def start(self, *_) -> None:
-        """Create the session in the background (the image is copied into its folder); layers follow."""
+        """Create the session in the background (the image is copied into its folder, or read in place from
+        its zarr / OME-Zarr / HDF5 file); layers follow."""
         name = self.layer_box.currentText()
         if not name or name not in self.viewer.layers:
             raise PaserInputError("no image layer to label: open an image (File > Open, or File > Open Sample > PaSeR)")
@@ -108,7 +113,8 @@ class SessionWidget(QWidget):
             info(f"session started in {folder}: load models or start from scratch, then compute maps")
 
         self.hub.start(folder, self.viewer.layers[name], self._split(self.classes.text()),
-                       self._split(self.colors.text()), self.region.value(), on_ready=ready)
+                       self._split(self.colors.text()), self.region.value(), on_ready=ready,
+                       copy=self.copy.isChecked())
 
     @guarded
     def open(self, *_) -> None:
@@ -162,6 +168,8 @@ class SessionWidget(QWidget):
         models = ", ".join(s.models) or "none (load a run or start from scratch)"
         policy = " + routing policy" if s.has_policy else ""
         source = s.state.image.get("source") or "image"
+        if s.image_path:
+            source += ", read in place"
         self.status.setText(f"{s.folder.name} ({source}, {' x '.join(map(str, s.shape))}): classes "
                             f"{', '.join(s.classes.names)}; models {models}{policy}; {len(s.accepted)} accepted")
 

@@ -6,9 +6,9 @@ the one background job. The steps of a person's workflow, each also a widget of 
 
 1. Session and models (`SessionWidget`)    4. Training and learning curve (`TrainWidget`)
 2. Uncertainty and routing (`MapsWidget`)  5. Export (`ExportWidget`)
-3. Propose and label (`LabelWidget`)
+3. Propose and label (`LabelWidget`)       6. Segment the whole volume (`SegmentWidget`)
 
-`PaserWidget` stacks all five as tabs: one dock for the whole workflow.
+`PaserWidget` stacks all six as tabs: one dock for the whole workflow.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from napari_paser.gui.export_step import ExportWidget
 from napari_paser.gui.hub import Hub, hub_for
 from napari_paser.gui.label_step import LabelWidget
 from napari_paser.gui.maps_step import MapsWidget
+from napari_paser.gui.segment_step import SegmentWidget
 from napari_paser.gui.session_step import SessionWidget
 from napari_paser.gui.train_step import TrainWidget
 
 STEPS = (("Session", SessionWidget), ("Maps", MapsWidget), ("Label", LabelWidget), ("Train", TrainWidget),
-         ("Export", ExportWidget))
+         ("Export", ExportWidget), ("Volume", SegmentWidget))
 
 
 class PaserWidget(QWidget):
@@ -53,4 +54,5 @@ class PaserWidget(QWidget):
         return self.steps[title]
 
 
-__all__ = ["PaserWidget", "SessionWidget", "MapsWidget", "LabelWidget", "TrainWidget", "ExportWidget", "hub_for"]
+__all__ = ["PaserWidget", "SessionWidget", "MapsWidget", "LabelWidget", "TrainWidget", "ExportWidget", "SegmentWidget",
+           "hub_for"]

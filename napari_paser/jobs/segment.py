@@ -21,6 +21,12 @@ or killed job resumes where it stopped and ends with the output an uninterrupted
 (MC dropout is seeded by the block index). A worker that dies mid-block has its blocks
 rescheduled by dask.
 
+The job is one generator, `segment_steps`, yielding a `SegmentProgress` per finished block and
+returning the `SegmentSummary`: `segment_volume` (the CLI) drives it with a tqdm bar, the napari
+dock (`gui.segment_step`) in a thread worker with its job bar, and `should_stop` (or closing the
+generator) cancels it with the same resumable state a Ctrl-C leaves. `lazy_output` is the output
+as a viewer sees it while the job runs (unfinished blocks read as 0).
+
 Output (OME-Zarr, NGFF 0.4, zarr format 2): OUT.zarr/segmentation/0 (uint8 class indices),
 entropy/0 and bald/0 (float32 nats; not in f2 mode), routing/0 (uint8 model index per pixel),
 each an NGFF image group; OUT.zarr's attributes hold the provenance under "paser" (run,
@@ -36,7 +42,7 @@ import shlex
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,9 +53,10 @@ from tqdm.auto import tqdm
 from learners.atomic import atomic_write_text
 from learners.device import pick_device
 from learners.flops import image_flops
+from learners.generators import drain
 from learners.grid import Grid
 from learners.routing.router import F0State, execute_routing, policy_probabilities
-from learners.uncertainty import uncertainty_maps
+from learners.uncertainty import receptive_halo, uncertainty_maps  # noqa: F401 (receptive_halo: its home was here)
 from napari_paser.data.dataset import normalise
 from napari_paser.data.volumes import cached_volume, ngff_attrs, open_volume
 from napari_paser.errors import PaserInputError
@@ -117,19 +124,6 @@ def plan_blocks(shape: tuple[int, int, int], tile: int) -> list[Block]:
         for b in g.boxes():
             out.append(Block(len(out), z, b.y0, b.y0 + b.h, b.x0, b.x0 + b.w))
     return out
-
-
-def receptive_halo(model: torch.nn.Module) -> int:
-    """Pixels of context f0 needs on each side for exact tiled maps, a multiple of 2**depth.
-
-    Two 3x3 convolutions per UNet level (radius 2 * 2**level), a max-pool and a bilinear
-    upsampling per level change (up to 2**level each), summed over encoder and decoder.
-    """
-    depth = len(getattr(model, "downs", ())) or 4
-    enc = sum(2 * 2**lv + 2**lv for lv in range(depth + 1))
-    dec = sum(2 * 2**lv + 2**lv for lv in range(depth))
-    step = 2**depth
-    return -(-(enc + dec) // step) * step
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -299,6 +293,28 @@ def _resume_or_refuse(job: SegmentJob, previous: dict) -> SegmentJob:
     return prev  # keeps the stored normalisation
 
 
+def lazy_output(out: str | Path, name: str, offset: int = 0):
+    """A lazy (Z, Y, X) dask view of output array `name` in which the blocks not finished yet read as 0 and
+    finished ones as their values + `offset` (1 for a napari Labels layer of class indices; NaN entropy
+    reads as 0): what a viewer shows while the job runs. Each read checks the blocks' markers, so a
+    re-read (napari's `layer.refresh()`, with the layer's dask cache off) shows the blocks done since."""
+    import dask.array as da
+    import zarr
+
+    done_dir = Path(out) / JOB_DIR / DONE_DIR
+    arr = da.from_zarr(zarr.open_array(str(Path(out) / name / "0"), mode="r"))
+
+    def finished_only(block: np.ndarray, block_info=None) -> np.ndarray:
+        (z, _), (y0, _), (x0, _) = block_info[0]["array-location"]
+        if not (done_dir / f"z{z}-y{y0}-x{x0}.json").is_file():
+            return np.zeros_like(block)
+        if block.dtype.kind == "f":
+            return np.nan_to_num(block, nan=0.0)
+        return block + np.asarray(offset, block.dtype) if offset else block
+
+    return arr.map_blocks(finished_only, dtype=arr.dtype)
+
+
 # ----------------------------------------------------------------------------- planning the job
 
 
@@ -366,20 +382,69 @@ class SegmentSummary:
     gflops: float
     f2_everywhere_gflops: float
     flops: dict = field(default_factory=dict)
+    cancelled: bool = False
+    blocks_done: int = 0
 
     def line(self) -> str:
         share = self.gflops / self.f2_everywhere_gflops if self.f2_everywhere_gflops else float("nan")
         resumed = f" ({self.done_before} already done)" if self.done_before else ""
-        return (f"segmented {self.blocks} blocks{resumed} in {self.seconds:.1f} s ({self.what}): "
-                f"{self.gflops:.1f} GFLOPs, {share:.0%} of the largest model everywhere; output in {self.out}")
+        if self.cancelled:
+            return (f"cancelled after {self.blocks_done} of {self.blocks} blocks ({self.what}); finished blocks are "
+                    f"kept in {self.out}: run the same job again to finish the rest")
+        cost = (f"{self.gflops:.1f} GFLOPs" if self.what == "maps"  # f0's MC maps: no routing to compare
+                else f"{self.gflops:.1f} GFLOPs, {share:.0%} of the largest model everywhere")
+        return f"segmented {self.blocks} blocks{resumed} in {self.seconds:.1f} s ({self.what}): {cost}; output in {self.out}"
+
+
+@dataclass
+class SegmentProgress:
+    """One event of a running job, for a progress bar (tqdm in the CLI, the dock's job bar in napari):
+    `done` of `total` blocks; stage "plan" (output ready: its layers may be shown), "segment" (a block
+    finished: `block`), "cancelled"."""
+
+    stage: str
+    done: int
+    total: int
+    message: str
+    out: str
+    block: Block | None = None
 
 
 def segment_volume(run: str | Path, image: str | Path, out: str | Path, what: str = "route", lam: float | None = None,
                    tile: int = 512, workers: int = 1, scheduler: str | None = None, device: str = "auto",
                    samples: int = 5, seed: int = 0, threads: int | None = None, progress: bool = True,
                    processes: bool = True, max_blocks: int | None = None) -> SegmentSummary:
-    """Run (or resume) the job; see the module doc. `max_blocks` stops after that many new blocks
-    (to test resuming); `processes=False` runs a LocalCluster's workers as threads."""
+    """Run (or resume) the job with a tqdm bar; see the module doc and `segment_steps`."""
+    gen = segment_steps(run, image, out, what, lam, tile, workers, scheduler, device, samples, seed, threads,
+                        processes, max_blocks)
+    bars: list = []
+
+    def show(event: SegmentProgress) -> None:
+        if not bars:
+            bars.append(tqdm(total=event.total, initial=event.done, desc=f"segment ({what})", unit="block",
+                             disable=not progress, smoothing=0.1))
+        bars[0].update(event.done - bars[0].n)
+
+    try:
+        return drain(gen, show)
+    finally:
+        gen.close()
+        for bar in bars:
+            bar.close()
+
+
+def segment_steps(run: str | Path, image: str | Path, out: str | Path, what: str = "route", lam: float | None = None,
+                  tile: int = 512, workers: int = 1, scheduler: str | None = None, device: str = "auto",
+                  samples: int = 5, seed: int = 0, threads: int | None = None, processes: bool = True,
+                  max_blocks: int | None = None, should_stop: Callable[[], bool] | None = None,
+                  ) -> Generator[SegmentProgress, None, SegmentSummary]:
+    """The job as a generator of `SegmentProgress` (what `paser segment` and the napari dock both drive).
+
+    `max_blocks` stops after that many new blocks (to test resuming); `processes=False` runs a
+    LocalCluster's workers as threads; `should_stop` (checked between blocks, and every 0.2 s while
+    waiting for a cluster) cancels: running blocks are dropped, finished ones keep their markers, so
+    running the same job again finishes only the missing blocks. Closing the generator does the same.
+    """
     started = time.perf_counter()
     if scheduler is None:
         pick_device(device)  # a device this machine lacks fails here, before any worker starts
@@ -389,38 +454,60 @@ def segment_volume(run: str | Path, image: str | Path, out: str | Path, what: st
     done_before = len(blocks) - len(todo)
     if max_blocks is not None:
         todo = todo[:max_blocks]
-    with tqdm(total=len(blocks), initial=done_before, desc=f"segment ({what})", unit="block",
-              disable=not progress, smoothing=0.1) as bar:
-        for _ in _run_blocks(job, todo, workers, scheduler, device, threads, processes):
-            bar.update(1)
+    done, cancelled = done_before, False
+    yield SegmentProgress("plan", done, len(blocks), f"{done} of {len(blocks)} blocks done; starting", job.out)
+    stop = should_stop or (lambda: False)
+    for block in _run_blocks(job, todo, workers, scheduler, device, threads, processes, stop):
+        if block is None:
+            cancelled = True
+            break
+        done += 1
+        eta = _eta(time.perf_counter() - started, done - done_before, len(blocks) - done)
+        yield SegmentProgress("segment", done, len(blocks), f"block {done} of {len(blocks)}{eta}", job.out, block)
     finished = all(_marker(job.out, b).is_file() for b in blocks)
     flops = _sum_flops(job, blocks)
     f2_all = f2_everywhere_flops(job, len(blocks))
     _write_provenance(job, blocks, flops, f2_all, finished)
-    return SegmentSummary(job.out, what, len(blocks), done_before, time.perf_counter() - started,
-                          sum(flops.values()) / 1e9, f2_all / 1e9, flops)
+    on_disk = sum(_marker(job.out, b).is_file() for b in blocks)  # a cluster may finish a block past a cancel
+    summary = SegmentSummary(job.out, what, len(blocks), done_before, time.perf_counter() - started,
+                             sum(flops.values()) / 1e9, f2_all / 1e9, flops, cancelled, on_disk)
+    if cancelled:
+        yield SegmentProgress("cancelled", on_disk, len(blocks), summary.line(), job.out)
+    return summary
 
 
-def _run_blocks(job, todo, workers, scheduler, device, threads, processes) -> Iterator[dict]:
+def _eta(elapsed: float, new: int, left: int) -> str:
+    if new < 1 or left < 1:
+        return ""
+    s = elapsed / new * left
+    return f", about {s:.0f} s left" if s < 120 else f", about {s / 60:.0f} min left"
+
+
+def _run_blocks(job, todo, workers, scheduler, device, threads, processes, stop) -> Iterator[Block | None]:
+    """Each finished block; None (then nothing more) when `stop()` turned true."""
     if not todo:
         return
     if scheduler is None and workers == 0:
         t = threads or 0
         for b in todo:
-            yield process_block(job, b, device, t)
+            if stop():
+                yield None
+                return
+            process_block(job, b, device, t)
+            yield b
         return
-    yield from _run_distributed(job, todo, workers, scheduler, device, threads, processes)
+    yield from _run_distributed(job, todo, workers, scheduler, device, threads, processes, stop)
 
 
-def _run_distributed(job, todo, workers, scheduler, device, threads, processes) -> Iterator[dict]:
+def _run_distributed(job, todo, workers, scheduler, device, threads, processes, stop) -> Iterator[Block | None]:
     import logging
 
     from distributed import Client, LocalCluster, as_completed
 
     cluster = None
     if scheduler is not None:
-        try:
-            client = Client(scheduler, timeout="5s")
+        try:  # never the process's default scheduler: napari's and the session's dask reads stay local
+            client = Client(scheduler, timeout="5s", set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
             raise PaserInputError(f"cannot reach the dask scheduler at {scheduler} ({type(exc).__name__}): start one "
                                   "(`dask scheduler`) or check the address, e.g. tcp://HOST:8786") from None
@@ -430,15 +517,25 @@ def _run_distributed(job, todo, workers, scheduler, device, threads, processes) 
             raise PaserInputError("--workers must be at least 1 (0 runs in this process)")
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
                                dashboard_address=None, silence_logs=logging.ERROR)
-        client = Client(cluster)
+        client = Client(cluster, set_as_default=False)
         per_worker = threads or max(1, (os.cpu_count() or 1) // workers)
     futures = []
     try:
         futures = client.map(process_block, [job] * len(todo), todo, device=device, threads=per_worker,
                              key=[f"paser-block-{b.name}-{os.getpid()}" for b in todo], retries=2, pure=False)
-        for fut in as_completed(futures):
-            yield fut.result()
-    finally:  # Ctrl-C or an error: stop the rest; finished blocks keep their markers
+        block_of = {f.key: b for f, b in zip(futures, todo)}
+        pending = as_completed(futures, loop=client.loop)
+        while not pending.is_empty():
+            if stop():
+                yield None
+                return
+            if not pending.has_ready():
+                time.sleep(0.2)
+                continue
+            for fut in pending.next_batch(block=False):
+                fut.result()
+                yield block_of[fut.key]
+    finally:  # Ctrl-C, cancel or an error: stop the rest; finished blocks keep their markers
         client.cancel(futures)
         client.close()
         if cluster is not None:

@@ -58,7 +58,7 @@ from napari_paser.session import lock
 from napari_paser.session.store import (
     BACKUP_FILE, IMAGE, LABELS, MAPS, STATE_FILE, AcceptedRegion, ClassSpec, CurvePoint, Proposal, State,
     check_arrays, check_new_folder, clean_temp_files, create_array, crop_path, crops_of, load_crop, load_state,
-    now_iso, open_array, state_digest, write_state,
+    now_iso, open_array, open_image, state_digest, write_state,
 )
 from sampling.regions import Region, RegionPool
 from sampling.registry import SAMPLERS  # noqa: F401 (the GUI's sampler menu)
@@ -112,7 +112,7 @@ class Session(LabelingMixin, MapsMixin, ModelsMixin):
         self._commit_guard = lock.commit_guard(folder)
         self._crop_keys: dict[tuple[int, int], bytes] = {}  # (region, seq) -> digest of its saved crop
         mode = "r" if read_only else "r+"
-        self.image = open_array(folder / IMAGE, "r")
+        self.image = open_image(folder, state.image)
         self.labels = open_array(folder / LABELS, mode)
         self.maps = {name: open_array(folder / MAPS / name, mode) for name in MAP_NAMES}
         self._check_arrays()
@@ -134,14 +134,21 @@ class Session(LabelingMixin, MapsMixin, ModelsMixin):
     @classmethod
     def create(cls, folder: str | Path, image, classes: Sequence[str] | None = None,
                colors: Sequence[str] | None = None, region_size: int = 64, val_every: int = 5,
-               source: str = "") -> Session:
-        """A new session on `image` (numpy, dask or zarr; (Y, X) or (Z, Y, X)) in an empty `folder`.
+               source: str = "", copy: bool = False) -> Session:
+        """A new session on `image` in an empty `folder`: an array (numpy, dask or zarr; (Y, X) or
+        (Z, Y, X)) or the path of a volume (`napari_paser.data.volumes`: TIFF, TIFF folder, zarr,
+        OME-Zarr, `FILE.h5:/dataset`).
 
-        The image is copied slice by slice into the folder (so the session reopens without its
-        source). Every `val_every`-th accepted region is held out for the learning curve (0: none).
+        A zarr, OME-Zarr or HDF5 path is read in place (session.json records it; nothing is
+        copied, so a scan of many GB starts at once) unless `copy`; anything else is copied slice
+        by slice into the folder (so the session reopens without its source). Every
+        `val_every`-th accepted region is held out for the learning curve (0: none).
         """
         folder = Path(folder)
         check_new_folder(folder)
+        reference = None
+        if isinstance(image, (str, Path)):
+            image, reference, source = _image_at(image, copy, source)
         shape, dtype = check_image(image)
         spec = ClassSpec(tuple(classes) if classes else ClassSpec().names, tuple(colors or ()))
         if region_size < 8 or val_every < 0:
@@ -151,25 +158,65 @@ class Session(LabelingMixin, MapsMixin, ModelsMixin):
         lock.acquire(folder)
         try:
             check_new_folder(folder)  # again, under the lock: another process may have created it meanwhile
-            return cls._create_locked(folder, image, shape, dtype, spec, region_size, val_every, lo, hi, source)
+            return cls._create_locked(folder, image, shape, dtype, spec, region_size, val_every, lo, hi, source,
+                                      reference)
         except BaseException:
             lock.release(folder)
             raise
 
     @classmethod
-    def _create_locked(cls, folder, image, shape, dtype, spec, region_size, val_every, lo, hi, source) -> Session:
-        _copy_image(image, create_array(folder / IMAGE, shape, dtype))
+    def _create_locked(cls, folder, image, shape, dtype, spec, region_size, val_every, lo, hi, source,
+                       reference=None) -> Session:
+        if reference is None:
+            _copy_image(image, create_array(folder / IMAGE, shape, dtype))
         create_array(folder / LABELS, shape, np.uint8)
         for name, dt in MAP_NAMES.items():
             create_array(folder / MAPS / name, shape, dt)
         pool = RegionPool(shape, region_size)
         state = State(
-            image={"shape": list(shape), "dtype": dtype.str, "lo": lo, "hi": hi, "source": str(source)},
+            image={"shape": list(shape), "dtype": dtype.str, "lo": lo, "hi": hi, "source": str(source),
+                   **(reference or {})},
             classes=spec, pool={"shape": list(pool.shape), "size": list(pool.size)},
             settings={"region_size": list(pool.size), "val_every": int(val_every), "next_seq": 0},
             created=now_iso(),
         )
         return cls(folder, state, digest=write_state(folder, state), held=True)
+
+    @staticmethod
+    def relink_image(folder: str | Path, image: str | Path) -> str:
+        """Point a session that reads its image in place at the image's new place (after it moved);
+        the new one must have the recorded shape and dtype. Returns the new volume spec."""
+        from napari_paser.data.volumes import VolumeView, open_volume
+
+        folder = Path(folder)
+        fresh = lock.acquire(folder)
+        try:
+            loaded = load_state(folder, restore=True)
+            state = loaded.state
+            if not state.image.get("path"):
+                raise PaserInputError(f"session {folder} keeps its own copy of the image ({IMAGE}): nothing to relink")
+            view = VolumeView(open_volume(image), len(state.image["shape"]))
+            if view.shape != tuple(state.image["shape"]) or view.dtype != np.dtype(state.image["dtype"]):
+                raise PaserInputError(
+                    f"{image} has shape {view.shape} and dtype {view.dtype}, but session {folder} was made on shape "
+                    f"{tuple(state.image['shape'])} and dtype {np.dtype(state.image['dtype'])}: choose the same image")
+            state.image["path"] = view.volume.spec
+            write_state(folder, state)
+            return view.volume.spec
+        finally:
+            if fresh:
+                lock.release(folder)
+
+    @property
+    def image_path(self) -> str | None:
+        """The volume spec of an image read in place (None when the session holds its own copy)."""
+        return self.state.image.get("path") or None
+
+    @property
+    def volume_spec(self) -> str:
+        """Where `open_volume` (and `paser segment --image`) reads the session's image: the source it reads
+        in place, else the folder's own image.zarr."""
+        return self.image_path or str((self.folder / IMAGE).resolve())
 
     @classmethod
     def open(cls, folder: str | Path, read_only: bool = False) -> Session:
@@ -399,6 +446,17 @@ def _repair_records(folder: Path, state: State) -> list[str]:
             del state.models[role]
             notes.append(f"the {role} model file {info['file']} is missing: load a run folder or start from scratch")
     return notes
+
+
+def _image_at(path: str | Path, copy: bool, source: str) -> tuple[object, dict | None, str]:
+    """(array, reference, source name) of an image given by path: read in place (reference = its spec and
+    kind for session.json) when it is chunked (zarr, OME-Zarr, HDF5) and not `copy`; else to be copied."""
+    from napari_paser.data.volumes import IN_PLACE_KINDS, VolumeView, open_volume
+
+    volume = open_volume(path)
+    view = VolumeView(volume, 2 if volume.shape[0] == 1 else 3)
+    reference = None if copy or volume.kind not in IN_PLACE_KINDS else {"path": volume.spec, "kind": volume.kind}
+    return view, reference, source or Path(str(path)).name
 
 
 def _copy_image(image, target) -> None:

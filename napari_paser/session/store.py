@@ -4,7 +4,9 @@ A session folder holds
 
     session.json     the state: classes, accepted regions, proposals, model files, learning
                      curve; written atomically, it is the commit point of every change
-    image.zarr       the image (raw values, the input's own 2D or 3D shape), one chunk per slice tile
+    image.zarr       the image (raw values, the input's own 2D or 3D shape), one chunk per slice tile;
+                     absent when session.json's image names a "path": a zarr, OME-Zarr or HDF5 image
+                     read in place (`open_image`), never copied
     labels.zarr      the label canvas, uint8 in the napari Labels convention (0 = not labeled,
                      class k = k + 1), same shape as the image; napari paints into it directly
     maps.zarr/       f0's prediction (class indices), entropy and BALD, per slice
@@ -368,6 +370,32 @@ def open_array(path: Path, mode: str = "r+") -> zarr.Array:
         return zarr.open_array(str(path), mode=mode)
     except Exception as exc:  # zarr raises several types for a missing or damaged store
         raise PaserInputError(f"cannot open {path} ({type(exc).__name__}: {exc}); the session folder is incomplete") from None
+
+
+def open_image(folder: Path, image: dict):
+    """The session's image: its own image.zarr, or the source it reads in place (`image["path"]`, a volume
+    spec), checked against the shape and dtype session.json records; a source that moved, changed or
+    cannot be read is one PaserInputError line naming the path and the fix."""
+    from napari_paser.data.volumes import VolumeView, open_volume, spec_file
+
+    spec = image.get("path")
+    if not spec:
+        return open_array(folder / IMAGE, "r")
+    fix = (f"move it back there, or point the session at its new place: paser session relink --session {folder} "
+           "--image NEW_PATH")
+    if not spec_file(spec).exists():
+        raise PaserInputError(f"session {folder}: its image is read in place from {spec}, which does not exist any "
+                              f"more (moved or deleted?): {fix}")
+    try:
+        view = VolumeView(open_volume(spec), len(image["shape"]))
+    except PaserInputError as exc:
+        raise PaserInputError(f"session {folder}: its image {spec} cannot be read ({exc}): {fix}") from None
+    if view.shape != tuple(image["shape"]) or view.dtype != np.dtype(image["dtype"]):
+        raise PaserInputError(
+            f"session {folder}: the image at {spec} has shape {view.shape} and dtype {view.dtype}, but the session "
+            f"was made on shape {tuple(image['shape'])} and dtype {np.dtype(image['dtype'])}: it is another image; "
+            f"{fix}")
+    return view
 
 
 def crop_path(folder: Path, region_id: int, seq: int) -> Path:
