@@ -11,7 +11,7 @@ import torch
 import zarr
 
 sys.path.insert(0, str(Path(__file__).parent))
-from segment_helpers import make_run, volume  # noqa: E402
+from segment_helpers import _f0_states, make_run, volume  # noqa: E402
 
 from learners.checkpoint import load_checkpoint  # noqa: E402
 from learners.grid import Grid  # noqa: E402
@@ -200,3 +200,41 @@ def test_a_device_the_machine_lacks_is_one_line_and_exit_2(setup, tmp_path, caps
                       "--device", "cuda", "--workers", "0", "--quiet"], capsys)
     assert code == 2 and "no CUDA" in err and "\n" not in err
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_a_session_style_policy_routes_its_own_patch_size_and_halo_blockwise(setup, tmp_path):
+    """A session exports policies that route fixed 16 px patches with a halo: each 32 px tile is 2 x 2 of
+    them, and f1/f2 see each patch with its context, as in `execute_routing` on the tile."""
+    import shutil
+
+    from learners.grid import Patching
+    from learners.routing.policy import PolicyConfig, PolicyNet, save_policy
+    from learners.routing.router import execute_routing
+
+    root, v, run, _ = setup
+    run2 = tmp_path / "run"
+    shutil.copytree(run, run2)
+    torch.manual_seed(1)
+    policy = PolicyNet(PolicyConfig(n_classes=3, n_models=3, patch=(16, 16), halo=4, width=4))
+    with torch.no_grad():
+        for name, prm in policy.named_parameters():
+            if "norm" not in name:
+                prm.normal_(0, 1.0)
+        policy.head.bias.zero_()  # centred logits on the test volume: every model gets patches
+        policy.head.bias.copy_(-policy.eval()(_f0_states(run2, tile=TILE)).mean((0, 1)))
+    save_policy(run2 / "policy.pt", policy, {"lambda": 0.3})
+    assert seg.tile_grid(policy.config.patching, TILE) == (2, 2)
+    out = _read(_segment(run2, root / "v.tif", tmp_path / "r.zarr", "route").out)[0]
+    routing = out["routing"][0]
+    cells = routing[:96 // 16 * 16, :80 // 16 * 16].reshape(6, 16, 5, 16)
+    assert (cells == cells[:, :1, :, :1]).all()  # one model per 16 px patch of the volume's grid
+    x = normalise(v, *robust_range(v))
+    models = [load_checkpoint(run2 / f"{r}.pt").model for r in ("f0", "f1", "f2")]
+    with torch.no_grad():  # the first tile, every patch to f1, with the policy's halo
+        f1_tile = execute_routing(models, x[:1, :TILE, :TILE], np.ones((1, 4), int),
+                                  Patching(size=(16, 16), halo=4), samples=1).segmentation[0]
+    mine = routing[:TILE, :TILE] == 1
+    assert mine.any() and len(np.unique(routing)) >= 2  # the random policy really routes, to f1 here too
+    np.testing.assert_array_equal(out["segmentation"][0][:TILE, :TILE][mine], f1_tile[mine])
+    with pytest.raises(Exception, match="multiple of 16"):
+        seg.tile_grid(policy.config.patching, 24)

@@ -41,7 +41,7 @@ class SessionWidget(QWidget):
                         (("f0", "tiny"), ("f1", "medium"), ("f2", "large"))}
         self.scratch["f0"].setChecked(True)
         self.scratch["f0"].setEnabled(False)
-        self.scratch_button = QPushButton("New models (f0 from the shipped starting weights)")
+        self.scratch_button = QPushButton("New models (f0, f1 from the shipped starting weights)")
         self.status = QLabel("no session")
         self.status.setWordWrap(True)
         self.job = JobBar(self.hub)

@@ -54,7 +54,7 @@ from learners.atomic import atomic_write_text
 from learners.device import pick_device
 from learners.flops import image_flops
 from learners.generators import drain
-from learners.grid import Grid
+from learners.grid import Grid, Patching
 from learners.routing.router import F0State, execute_routing, policy_probabilities
 from learners.uncertainty import receptive_halo, uncertainty_maps  # noqa: F401 (receptive_halo: its home was here)
 from napari_paser.data.dataset import normalise
@@ -89,6 +89,7 @@ class SegmentJob:
     hi: float
     grid: tuple[int, int]  # routing grid per tile
     n_classes: int
+    patch_halo: int = 0  # context f1/f2 see around each routing patch (the policy's; reflected at tile borders)
 
     def identity(self) -> dict:
         """The fields a rerun must match to resume (normalisation is read from the job, not compared)."""
@@ -177,6 +178,17 @@ def process_block(job: SegmentJob, block: Block, device: str = "auto", threads: 
     return flops
 
 
+def tile_grid(patching: Patching, tile: int) -> tuple[int, int]:
+    """The routing grid of one tile: the policy's count, or as many of its fixed-size patches as fit
+    (a session's policy routes 64 px patches: a 512 px tile is 8 x 8 of them, on the volume's own grid)."""
+    if patching.size is None:
+        return tuple(patching.count)
+    ph, pw = patching.size
+    if tile % ph or tile % pw:
+        raise PaserInputError(f"--tile {tile}: the policy routes {ph}x{pw} px patches; use a multiple of {ph}")
+    return tile // ph, tile // pw
+
+
 def _segment_block(job: SegmentJob, block: Block, wm: WorkerModels) -> tuple[dict, dict]:
     vol = cached_volume(job.image)
     ny, nx = job.shape[1:]
@@ -210,8 +222,8 @@ def _segment_block(job: SegmentJob, block: Block, wm: WorkerModels) -> tuple[dic
     else:
         actions = torch.full((1, job.grid[0] * job.grid[1]), len(wm.models) - 1, dtype=torch.long)
         state = None
-    result = execute_routing(wm.models, tile_img[None], actions.cpu(), job.grid, state, job.samples, seed,
-                             policy=wm.policy)
+    result = execute_routing(wm.models, tile_img[None], actions.cpu(), Patching(count=job.grid, halo=job.patch_halo),
+                             state, job.samples, seed, policy=wm.policy)
     routed = {k: int(v) for k, v in result.flops.items() if k != "f0"}
     flops.update(routed)
     cells = Grid.divide(job.tile, job.tile, *job.grid).cell
@@ -333,12 +345,12 @@ def plan_job(run: str | Path, image: str | Path, out: str | Path, what: str = "r
     if samples < 1:
         raise PaserInputError("--samples must be at least 1")
     volume = open_volume(image)
-    lam_chosen, grid = None, (4, 4)
+    lam_chosen, grid, patch_halo = None, (4, 4), 0
     if what == "route":
         from napari_paser.jobs.predict import run_policy
 
         lam_chosen, policy = run_policy(run, lam)
-        grid = tuple(policy.config.grid)
+        grid, patch_halo = tile_grid(policy.config.patching, tile), policy.config.halo
     elif what == "f2":
         from napari_paser.jobs.train import GRID
 
@@ -350,7 +362,7 @@ def plan_job(run: str | Path, image: str | Path, out: str | Path, what: str = "r
     out = Path(out).resolve()
     previous = _previous_job(out)
     job = SegmentJob(str(run), volume.spec, str(out), what, lam_chosen, int(tile), receptive_halo(f0), int(samples),
-                     int(seed), volume.shape, 0.0, 1.0, grid, int(f0.config.n_classes))
+                     int(seed), volume.shape, 0.0, 1.0, grid, int(f0.config.n_classes), int(patch_halo))
     if previous is not None:
         return _resume_or_refuse(job, previous), True
     lo, hi = volume.intensity_range()
