@@ -147,15 +147,15 @@ class SessionWidget(QWidget):
 
     @guarded
     def new_models(self, *_) -> None:
-        """New models (f0 from the package's starting weights, f1/f2 from a random init), in the background."""
+        """New models (f0, f1 from the package's starting weights, f2 from a random init), in the background."""
         s = self.hub.require()
         sizes = {"f0": "tiny", "f1": "medium", "f2": "large"}
         roles = {r: sizes[r] for r, box in self.scratch.items() if box.isChecked()}
 
         def made(_roles) -> None:
             self.hub.models_changed.emit()
-            info(f"new models {', '.join(roles)} (f0 from the shipped starting weights): compute maps, label a few regions "
-                 "and retrain")
+            sources = ", ".join(f"{r} {s.state.models[r]['source']}" for r in roles)
+            info(f"new models ({sources}): compute maps, label a few regions and retrain")
 
         self.hub.run(lambda should_stop: s.new_models(roles), on_return=made, what="building new models",
                      final="new models ready")
