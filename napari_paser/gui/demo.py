@@ -89,9 +89,8 @@ def walkthrough(out: Path, keep_open: bool) -> int:
     run = models_ready(out)
     shots = out / "gui"
     torch.set_num_threads(demo_threads())
-    viewer = napari.Viewer(title="napari-paser demo", show=False)
-    viewer.window.resize(*WINDOW)  # before showing: toasts raised on show sit in the corner of the final window
-    viewer.window.show()
+    viewer = napari.Viewer(title="napari-paser demo")
+    viewer.window.resize(*WINDOW)  # after showing: napari's show() sets its own (settings') size
     run_steps(viewer, run, shots)
     print(f"screenshots in {shots}")
     if keep_open:
