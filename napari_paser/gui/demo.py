@@ -224,10 +224,11 @@ class Steps:
         self.wait()
         self.shot("proposals")
 
-    def paint_and_accept(self, n: int) -> None:
-        """Paint the proposal on screen from the ground truth and accept it, n times."""
+    def paint_and_accept(self, n: int) -> int | None:
+        """Paint the proposal on screen from the ground truth and accept it, n times; the last one's slice."""
         w = self.dock.show_step("Label")
         s, truth = self.hub.require(), self.viewer.layers[TRUTH_LAYER].data
+        z = None
         for _ in range(n):
             p = w.current
             if p is None:
@@ -237,9 +238,14 @@ class Steps:
             self.viewer.layers["paser labels"].refresh()
             w.accept_button.click()
             _settle(0.1)
+            z = p.z
+        return z
 
     def accept(self) -> None:
-        self.paint_and_accept(ACCEPT)
+        z = self.paint_and_accept(ACCEPT)
+        if z is not None:  # look back at the whole slice: painted, accepted (cyan) and pending (yellow) regions
+            self.viewer.dims.set_current_step(0, z)
+            self.viewer.reset_view()
         self.shot("accepted")
 
     def retrain(self) -> None:
