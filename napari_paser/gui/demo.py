@@ -8,7 +8,7 @@ per lambda, `paser policy`) is trained briefly on the demo data's "rl" split the
 cached in `<out>/run/policies`. The image the walkthrough opens is the demo data's held-back test
 slices, which neither the models nor the policies saw. With no display the demo re-runs itself under `xvfb-run`
 and exits after the last screenshot; with a display it leaves napari open for the person.
-The "person" of the walkthrough paints proposals from the sample's ground truth, clicks the
+The "person" of the walkthrough paints proposals from the demo data's ground truth, clicks the
 dock's buttons and waits for each background job as a person would; the screenshots show the
 window as it is (overlays and notifications included), through public napari API only.
 """
@@ -31,6 +31,7 @@ ACCEPT, RETRAIN_EPOCHS, ROUNDS = 5, 3, 3  # rounds of propose, accept, retrain: 
 XVFB_ENV = "PASER_DEMO_UNDER_XVFB"
 WINDOW = (1800, 1050)  # wide enough for the dock (tabs, learning curve) beside the canvas
 REGION = 32  # labeling regions = the routing patches of the demo's 128 x 128 slices (4 x 4 per slice)
+IMAGE_LAYER, TRUTH_LAYER = "demo scan (held-back slices)", "phases (ground truth)"
 GAMMA = 0.9  # of log(3) = 1.10: the quick demo f0 is unsure almost everywhere
 
 
@@ -118,9 +119,6 @@ def _demo_data(run: Path) -> Path:
     from napari_paser.jobs.demo import embedded_dataset
 
     return embedded_dataset(run.parent / "data")
-
-
-IMAGE_LAYER, TRUTH_LAYER = "demo scan (held-back slices)", "phases (ground truth)"
 
 
 def open_held_back(viewer, data: Path) -> None:
