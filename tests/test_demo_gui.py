@@ -30,6 +30,17 @@ def tiny_run(folder):
     return folder
 
 
+def _recording_shot(shot, routed: list):
+    """Steps.shot that also records, per screenshot name, the model of each patch on the routing layer."""
+
+    def recording(self, name: str):
+        if name.startswith("routing"):
+            routed.append((name, list(self.viewer.layers["paser routing"].features["model"])))
+        return shot(self, name)
+
+    return recording
+
+
 def test_walkthrough_does_every_step_and_saves_a_screenshot_of_each(make_napari_viewer, tmp_path, monkeypatch):
     from qtpy.QtCore import Qt
 
@@ -43,12 +54,18 @@ def test_walkthrough_does_every_step_and_saves_a_screenshot_of_each(make_napari_
     window.setAttribute(Qt.WidgetAttribute.WA_DontShowOnScreen)
     window.resize(1200, 800)
     window.show()
+    routed = []
+    monkeypatch.setattr(demo_gui.Steps, "shot", _recording_shot(demo_gui.Steps.shot, routed))
     paths = demo_gui.run_steps(viewer, tiny_run(tmp_path / "run"), tmp_path / "gui")
     assert [p.name for p in paths] == ["01-session.png", "02-entropy.png", "03-routing.png", "04-routing-lambda1.png",
                                        "05-proposals.png", "06-accepted.png", "07-retrained.png", "08-export.png"]
     shots = {p.stem[3:]: imread(p) for p in paths}
     assert all(img.ndim == 3 and img[..., :3].std() > 5 for img in shots.values())
     assert np.abs(shots["routing"].astype(int) - shots["routing-lambda1"].astype(int)).mean() > 0.5  # re-routed
+    by_shot = dict(routed)  # what the routing layer held at each screenshot: lambda 0 all f2, lambda 1 all f0
+    assert set(by_shot["routing"]) == {"f2"} and set(by_shot["routing-lambda1"]) == {"f0"}
+    image = viewer.layers[demo_gui.IMAGE_LAYER]
+    assert image.metadata["slices"] == sorted(image.metadata["slices"]) and len(image.data) == 8  # the test split
     session = Session.open(tmp_path / "gui-session")
     assert len(session.accepted) == 2 * demo_gui.ACCEPT and session.policy_lambdas == [0.0, 1.0]
     points = [p for p in session.curve if p.val_miou is not None]

@@ -1,18 +1,21 @@
-"""`paser demo --gui`: napari with the PaSeR dock on the sample data and models ready, walking
+"""`paser demo --gui`: napari with the PaSeR dock on the demo data and models ready, walking
 through the workflow (session, maps, routing, proposals, accept, retrain, export) and saving
 a screenshot of each step into the output folder.
 
 Models come from the headless demo's cache (`napari_paser.jobs.demo`: f0/f1/f2 trained once in
-`<out>/run`); a bank of routing policies (one per lambda, `paser policy`) is trained briefly on
-the demo data's "rl" split the first time and cached in `<out>/run/policies`. With no display the demo re-runs itself under `xvfb-run`
+`<out>/run` on synthetic slices degraded with `lowres-shading`); a bank of routing policies (one
+per lambda, `paser policy`) is trained briefly on the demo data's "rl" split the first time and
+cached in `<out>/run/policies`. The image the walkthrough opens is the demo data's held-back test
+slices, which neither the models nor the policies saw. With no display the demo re-runs itself under `xvfb-run`
 and exits after the last screenshot; with a display it leaves napari open for the person.
-The "person" of the walkthrough paints proposals from the sample's ground truth, clicks the
+The "person" of the walkthrough paints proposals from the demo data's ground truth, clicks the
 dock's buttons and waits for each background job as a person would; the screenshots show the
 window as it is (overlays and notifications included), through public napari API only.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -27,6 +30,8 @@ POLICY_EPOCHS, POLICY_LAMBDAS = 40, (0.0, 0.05, 0.3, 1.0)  # the quick demo mode
 ACCEPT, RETRAIN_EPOCHS, ROUNDS = 5, 3, 3  # rounds of propose, accept, retrain: a learning curve of 3 points
 XVFB_ENV = "PASER_DEMO_UNDER_XVFB"
 WINDOW = (1800, 1050)  # wide enough for the dock (tabs, learning curve) beside the canvas
+REGION = 32  # labeling regions = the routing patches of the demo's 128 x 128 slices (4 x 4 per slice)
+IMAGE_LAYER, TRUTH_LAYER = "demo scan (held-back slices)", "phases (ground truth)"
 GAMMA = 0.9  # of log(3) = 1.10: the quick demo f0 is unsure almost everywhere
 
 
@@ -58,7 +63,7 @@ def _rerun_under_xvfb(out: Path) -> int:
 
 def models_ready(out: Path) -> Path:
     """The demo run folder, with its models and policy bank trained on first use."""
-    from napari_paser.jobs.demo import run_demo
+    from napari_paser.jobs.demo import embedded_dataset, run_demo
     from napari_paser.jobs.policy import format_bank, train_policies
 
     run_demo(out)
@@ -66,7 +71,8 @@ def models_ready(out: Path) -> Path:
     bank = run / "policies" / "bank.json"
     if not bank.is_file() or bank.stat().st_mtime < (run / "f2.pt").stat().st_mtime:
         print(f"training routing policies for {run} (lambda {', '.join(map(str, POLICY_LAMBDAS))}) ...")
-        summary = train_policies(out / "data" / "lowres", run, POLICY_LAMBDAS, default=0.0, epochs=POLICY_EPOCHS)
+        summary = train_policies(embedded_dataset(out / "data"), run, POLICY_LAMBDAS, default=0.0,
+                                 epochs=POLICY_EPOCHS)
         print(format_bank(summary))
     return run
 
@@ -79,11 +85,13 @@ def walkthrough(out: Path, keep_open: bool) -> int:
     import napari
     import torch
 
+    from napari_paser.jobs.demo import demo_threads
+
     run = models_ready(out)
     shots = out / "gui"
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    torch.set_num_threads(demo_threads())
     viewer = napari.Viewer(title="napari-paser demo")
-    viewer.window.resize(*WINDOW)
+    viewer.window.resize(*WINDOW)  # after showing: napari's show() sets its own (settings') size
     run_steps(viewer, run, shots)
     print(f"screenshots in {shots}")
     if keep_open:
@@ -93,10 +101,11 @@ def walkthrough(out: Path, keep_open: bool) -> int:
     return 0
 
 
-def run_steps(viewer, run: Path, shots: Path) -> list[Path]:
-    """On `viewer`: open the sample, dock the plugin, do every step with `run`'s models; the screenshots."""
+def run_steps(viewer, run: Path, shots: Path, data: Path | None = None) -> list[Path]:
+    """On `viewer`: open the demo's held-back slices (`data`, default the dataset beside `run`), dock the
+    plugin, do every step with `run`'s models; the screenshots."""
     shots.mkdir(parents=True, exist_ok=True)
-    viewer.open_sample(PLUGIN, "synthetic_lowres")
+    open_held_back(viewer, data if data is not None else _demo_data(run))
     _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, DOCK)
     _settle(0.5)
     viewer.reset_view()
@@ -104,6 +113,36 @@ def run_steps(viewer, run: Path, shots: Path) -> list[Path]:
     for step in (steps.session, steps.maps, steps.routing, steps.propose, steps.accept, steps.retrain, steps.export):
         step()
     return steps.paths
+
+
+def _demo_data(run: Path) -> Path:
+    from napari_paser.jobs.demo import embedded_dataset
+
+    return embedded_dataset(run.parent / "data")
+
+
+def open_held_back(viewer, data: Path) -> None:
+    """The demo data's test slices as the person's scan, with their ground truth (hidden once the session starts)."""
+    from napari_paser.data.labels_convention import classes_to_layer
+    from napari_paser.jobs.demo import DEMO_DEGRADATION, held_back
+
+    images, labels, idx = held_back(data)
+    viewer.add_image(images, name=IMAGE_LAYER, colormap="gray", contrast_limits=(0.0, 1.0),
+                     metadata={"source": str(data), "slices": idx, "degradation": DEMO_DEGRADATION})
+    viewer.add_labels(classes_to_layer(labels, n_classes=3), name=TRUTH_LAYER, opacity=0.4)
+
+
+def focus_slice(run: Path, n_slices: int) -> int:
+    """The held-back slice where f1 and f2 beat f0 on the most patches (`patch-gains.json`), else the middle one:
+    the slice where routing has the most to decide."""
+    from napari_paser.jobs.demo import GAINS_FILE
+
+    path = run / GAINS_FILE
+    if not path.is_file():
+        return n_slices // 2
+    gains = json.loads(path.read_text())
+    won = np.add(gains["f1"]["per_slice_won"], gains["f2"]["per_slice_won"])
+    return int(np.argmax(won)) if len(won) == n_slices else n_slices // 2
 
 
 class Steps:
@@ -131,17 +170,18 @@ class Steps:
 
     def session(self) -> None:
         w = self.dock.show_step("Session")
-        w.layer_box.setCurrentText("synthetic low-res (lowres)")
+        w.layer_box.setCurrentText(IMAGE_LAYER)
         folder = self.shots.parent / "gui-session"
         shutil.rmtree(folder, ignore_errors=True)
         w.folder.setText(str(folder))
+        w.region.setValue(REGION)
         w.start_button.click()
         self.wait()
         w.run_folder.setText(str(self.run))
         w.load_button.click()
         self.wait()
-        self.viewer.layers["phases (ground truth)"].visible = False  # the person's own image has no ground truth
-        self.viewer.dims.set_current_step(0, 8)
+        self.viewer.layers[TRUTH_LAYER].visible = False  # the person's own image has no ground truth
+        self.viewer.dims.set_current_step(0, focus_slice(self.run, len(self.viewer.layers[IMAGE_LAYER].data)))
         self.shot("session")
 
     def maps(self) -> None:
@@ -182,10 +222,11 @@ class Steps:
         self.wait()
         self.shot("proposals")
 
-    def paint_and_accept(self, n: int) -> None:
-        """Paint the proposal on screen from the ground truth and accept it, n times."""
+    def paint_and_accept(self, n: int) -> int | None:
+        """Paint the proposal on screen from the ground truth and accept it, n times; the last one's slice."""
         w = self.dock.show_step("Label")
-        s, truth = self.hub.require(), self.viewer.layers["phases (ground truth)"].data
+        s, truth = self.hub.require(), self.viewer.layers[TRUTH_LAYER].data
+        z = None
         for _ in range(n):
             p = w.current
             if p is None:
@@ -195,9 +236,14 @@ class Steps:
             self.viewer.layers["paser labels"].refresh()
             w.accept_button.click()
             _settle(0.1)
+            z = p.z
+        return z
 
     def accept(self) -> None:
-        self.paint_and_accept(ACCEPT)
+        z = self.paint_and_accept(ACCEPT)
+        if z is not None:  # look back at the whole slice: painted, accepted (cyan) and pending (yellow) regions
+            self.viewer.dims.set_current_step(0, z)
+            self.viewer.reset_view()
         self.shot("accepted")
 
     def retrain(self) -> None:
