@@ -164,3 +164,20 @@ def test_the_weights_command_rebuilds_starting_weights_with_provenance(tmp_path)
     model = starting_model("f0", preset_config("tiny"), folder=tmp_path / "w")
     assert model.config == preset_config("tiny")
     assert main(["weights", "--out", str(tmp_path / "x"), "--steps", "10"]) == 2  # too few steps: one clear line
+
+
+def test_a_retrain_of_retrained_weights_runs_at_the_warm_learning_rate(tmp_path, monkeypatch):
+    from napari_paser.session import jobs
+
+    image, labels = volume(n=1, size=64)
+    s = Session.create(tmp_path / "s", image, region_size=32, val_every=0)
+    s.new_models()
+    for rid in (0, 3):
+        s.accept(rid, labels[s.region(rid).slices] + 1)
+    seen, real = [], jobs.iter_training
+    monkeypatch.setattr(jobs, "iter_training", lambda model, *a, **k: seen.append(a[4].lr) or real(model, *a, **k))
+    tiny = replace(FAST, epochs=1, steps_per_epoch=2)
+    collect(s.retrain(tiny, refresh=False))  # from the shipped weights: the configured rate
+    assert s.state.models["f0"]["source"] == "retrain"
+    collect(s.retrain(tiny, refresh=False))  # weights this session retrained: the warm rate
+    assert seen == [tiny.lr, pytest.approx(tiny.lr * jobs.WARM_LR_FACTOR)] and jobs.WARM_LR_FACTOR < 1
