@@ -181,3 +181,30 @@ def test_a_retrain_of_retrained_weights_runs_at_the_warm_learning_rate(tmp_path,
     assert s.state.models["f0"]["source"] == "retrain"
     collect(s.retrain(tiny, refresh=False))  # weights this session retrained: the warm rate
     assert seen == [tiny.lr, pytest.approx(tiny.lr * jobs.WARM_LR_FACTOR)] and jobs.WARM_LR_FACTOR < 1
+
+
+def test_a_drop_within_the_held_out_noise_installs_the_new_weights_and_says_so(tmp_path, monkeypatch):
+    from napari_paser.session import jobs
+    from napari_paser.session.guard import judge as real_judge
+
+    image, labels = volume(n=1, size=64)
+    s = Session.create(tmp_path / "s", image, region_size=32, val_every=2)
+    s.new_models()
+    for rid in range(4):
+        s.accept(rid, labels[s.region(rid).slices] + 1)
+    verdicts = []
+
+    def noisy(new, old, **kw):  # two held-out regions: the new weights much worse on one, better on the other
+        old, new = np.zeros((2, 3, 3), np.int64), np.zeros((2, 3, 3), np.int64)
+        for k in range(3):
+            old[:, k, k], old[:, k, (k + 1) % 3] = 85, 15
+            new[:, k, k], new[:, k, (k + 1) % 3] = (60, 95), (40, 5)
+        verdicts.append(real_judge(new, old, **kw))
+        return verdicts[-1]
+
+    monkeypatch.setattr(jobs, "judge", noisy)
+    _, result = collect(s.retrain(replace(FAST, epochs=1, steps_per_epoch=2), refresh=False))
+    v = verdicts[0]
+    assert v.new_miou < v.old_miou and not v.worse  # lower, but on one region of two
+    assert not result.kept_previous and s.state.model_version == 2 and not s.curve[-1].kept_previous
+    assert s.curve[-1].val_miou == pytest.approx(v.new_miou) and "within the held-out noise" in result.message
