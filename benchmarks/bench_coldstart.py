@@ -334,8 +334,8 @@ def merge(files: list[Path], out: Path) -> int:
             runs["seconds"] += d["seconds"]
             runs["seeds_done"] += d.get("seeds_done", len(next(iter(d["summary"].values()))["per_seed"]))
     for preset, d in details.items():
-        n = d["seeds_done"]
-        d["summary"] = summarise([{k: v[i] for k, v in d.pop("per_seed").items()} for i in range(n)])
+        n, per_seed = d["seeds_done"], d.pop("per_seed")
+        d["summary"] = summarise([{k: v[i] for k, v in per_seed.items()} for i in range(n)])
     setup = parts[0]["setup"]
     args = argparse.Namespace(out=out, budgets=parts[0]["budgets_pixels"], seeds=sum(d["seeds_done"] for d in
                               details.values()) // len(details), crop=setup["crop"], pool=setup["pool_slices"],
