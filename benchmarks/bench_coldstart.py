@@ -10,8 +10,8 @@ Methods, at each labeled-pixel budget (about 1k, 3k, 12k, 50k, 120k):
 - session: the real `Session` (napari_paser.session.Session) started with `new_models()`
   (the shipped starting weights), proposals by `--sampler` (TAUDIS by default; entropy with
   --sampler entropy) on the maps of every slice, each proposed region accepted with its
-  ground truth, `Session.retrain` (RETRAIN_CONFIG, keep-if-worse on held-out regions) after
-  each batch; 32x32 regions, so a region is 1,024 labeled pixels (held-out "val" regions,
+  ground truth, `Session.retrain` (RETRAIN_CONFIG; previous weights kept only on a drop beyond
+  the held-out noise, `session.guard`) after each batch; 32x32 regions, so a region is 1,024 labeled pixels (held-out "val" regions,
   every 5th, count in the budget but do not train);
 - session-scribble: the same loop (64x64 regions, entropy proposals) where the person paints
   strokes instead of whole regions: per proposed region and phase, the skeleton of the phase
@@ -58,8 +58,8 @@ from napari_paser.data.baselines import (
 )
 from napari_paser.data.dataset import make_splits, normalise, read_dataset
 from napari_paser.data.degrade import get_degradation, degrade
-from napari_paser.session import Session
-from napari_paser.session.jobs import RETRAIN_CONFIG
+from napari_paser.session import Session, guard
+from napari_paser.session.jobs import RETRAIN_CONFIG, WARM_LR_FACTOR
 from napari_paser.weights import starting_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -311,6 +311,9 @@ def write(details: dict, args) -> None:
                   "pool_slices": args.pool, "rf_trees": args.trees, "sampler": args.sampler,
                   "seeds_done": {p: d.get("seeds_done", args.seeds) for p, d in details.items()},
                   "retrain_config": {k: v for k, v in vars(RETRAIN_CONFIG).items()},
+                  "warm_lr_factor": WARM_LR_FACTOR,
+                  "keep_previous_if": {"p_worse_at_least": guard.LEVEL, "drop_at_least": guard.MIN_DROP,
+                                       "resamples": guard.RESAMPLES},
                   "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch 1 thread",
                   "date": time.strftime("%Y-%m-%d")},
     }
@@ -331,8 +334,8 @@ def merge(files: list[Path], out: Path) -> int:
             runs["seconds"] += d["seconds"]
             runs["seeds_done"] += d.get("seeds_done", len(next(iter(d["summary"].values()))["per_seed"]))
     for preset, d in details.items():
-        n = d["seeds_done"]
-        d["summary"] = summarise([{k: v[i] for k, v in d.pop("per_seed").items()} for i in range(n)])
+        n, per_seed = d["seeds_done"], d.pop("per_seed")
+        d["summary"] = summarise([{k: v[i] for k, v in per_seed.items()} for i in range(n)])
     setup = parts[0]["setup"]
     args = argparse.Namespace(out=out, budgets=parts[0]["budgets_pixels"], seeds=sum(d["seeds_done"] for d in
                               details.values()) // len(details), crop=setup["crop"], pool=setup["pool_slices"],
