@@ -189,13 +189,16 @@ class TrainWidget(QWidget):
         point = result.curve_point
         held = f", held-out mIoU {point.val_miou:.3f} on {point.n_val} regions" if point and point.val_miou is not None \
             else ""
+        if point is not None and getattr(point, "kept_previous", False):  # the step says so too, not only a toast
+            message = result.message or f"kept the previous weights: the retrained model did worse on the {point.n_val} " \
+                                        "held-out regions"
+            self.job.message.setText(message)
+            show_warning(message)
+            return
         refreshed = report.message() if report is not None else "no maps to refresh"
         message = f"retrained on {point.n_train if point else '?'} regions{held}: {refreshed}"
         self.job.message.setText(message)
         info(message)
-        if point is not None and getattr(point, "kept_previous", False):
-            show_warning(f"kept the previous weights: the retrained model did worse on the {point.n_val} held-out "
-                         "regions")
 
     def _plot(self) -> None:
         s = self.hub.session
