@@ -164,7 +164,10 @@ def test_maps_of_the_slice_on_screen_start_with_the_tiles_in_view(gui, qtbot, tm
     maps.slice_button.click()
     qtbot.waitUntil(lambda: not widget.hub.busy, timeout=WAIT_MS)
     stored = s.slice_maps(1)["entropy"] > 0
-    assert stored[48:64, 0:16].all() and stored.sum() == 16 * 16  # the one tile in view, done first
+    # the tile in view is done, and the cancel (clicked on the first tile's event; the worker may finish one
+    # more tile before the click reaches it) stopped the slice early; the exact order is tested headless
+    # (test_session_tiles)
+    assert stored[48:64, 0:16].all() and stored.sum() <= 2 * 16 * 16
 
 
 def test_a_session_read_in_place_reopens(gui, qtbot, tmp_path):
