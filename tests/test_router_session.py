@@ -18,7 +18,7 @@ from learners.unet import UNetConfig
 from napari_paser.cli import main
 from napari_paser.errors import PaserInputError
 from napari_paser.session.core import Session
-from napari_paser.session.router_jobs import CENTRE, region_rewards
+from napari_paser.session.router_jobs import region_rewards
 
 TINY = UNetConfig(base=4, depth=2)
 
@@ -208,3 +208,45 @@ def test_cli_trains_the_router_of_a_session_exports_it_and_runs_each_model_alone
             with torch.no_grad():
                 np.testing.assert_array_equal(seg.reshape(40, 40), expected(x).argmax(1)[0].numpy())
     assert main(["session", "train-router", "--session", str(tmp_path / "nowhere")]) == 2
+
+
+def test_cross_fitted_rewards_come_from_models_that_never_saw_the_region(tmp_path):
+    """Fold models train on every label but their fold's, and score exactly their fold's regions."""
+    from dataclasses import replace
+
+    from napari_paser.session.jobs import RETRAIN_CONFIG, training_data
+    from napari_paser.session.router_jobs import cross_fit_models
+
+    s, _ = hard_cell_session(tmp_path)
+    s.new_models({"f0": TINY, "f1": TINY})
+    train = [r.region_id for r in s.state.accepted if r.split == "train"]
+    part = set(train[::2])
+    data = training_data(s, hold_out=part)
+    assert [lab.shape for lab in data.labels] == [(64, 64), (64, 64)]  # one whole-slice piece per slice
+    for rid in train:  # a held-back region's pixels never train; the others do
+        r = s.region(rid)
+        assert (data.labels[r.z][r.slices[1:]] == 255).all() == (rid in part)
+    assert data.n_val_regions == sum(r.split == "val" for r in s.state.accepted)  # not added to validation
+    cfg = replace(RETRAIN_CONFIG, epochs=1, steps_per_epoch=2, batch_size=2)
+    events, folds = collect(cross_fit_models(s, ["f0", "f1"], 2, cfg, None))
+    assert {e.stage for e in events} == {"cross-fit"} and events[-1].done == events[-1].total == 2 * 2 * 2
+    assert [ids for _, ids in folds] == [set(train[0::2]), set(train[1::2])]
+    assert all(len(m) == 2 and m[0] is not s.models["f0"] for m, _ in folds)
+
+    class Constant(nn.Module):  # predicts class c everywhere: its reward is the IoU of that guess
+        def __init__(self, c):
+            super().__init__()
+            self.c = c
+
+        def forward(self, x):
+            out = torch.full((x.shape[0], 3, *x.shape[-2:]), -9.0)
+            out[:, self.c] = 9.0
+            return out
+
+    rewards = region_rewards(s, ["f0", "f1"], samples=1, scorers=[([Constant(2), Constant(2)], part)])
+    for n, rid in enumerate(rewards.region_ids):
+        row = rewards.table.iou[n, 0]
+        if rid in part:  # class 2 is in no label: IoU 0 for both scorers
+            assert np.nanmax(row) == 0.0
+        else:
+            assert np.nanmax(row) > 0.0

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import copy
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -106,12 +106,16 @@ class TrainingData:
         return int((self.val_labels != IGNORE_INDEX).sum())
 
 
-def training_data(session: Session, min_side: int = PIECE_SIDE) -> TrainingData:
-    """Training pieces from every painted pixel outside held-out regions, and the held-out regions."""
+def training_data(session: Session, min_side: int = PIECE_SIDE, hold_out: Collection[int] = ()) -> TrainingData:
+    """Training pieces from every painted pixel outside held-out regions, and the held-out regions.
+
+    `hold_out`: accepted regions whose pixels are left out of training as well (cross-fitting: models
+    trained without them score them), without joining the validation set."""
     lo, hi = session.state.image["lo"], session.state.image["hi"]
-    accepted = {"train": [], "val": []}
+    accepted = {"train": [], "val": [], "out": []}
     for rec in session.state.accepted:
-        accepted[rec.split if rec.split in accepted else "train"].append(rec)
+        split = rec.split if rec.split in ("train", "val") else "train"
+        accepted["out" if rec.region_id in hold_out else split].append(rec)
     images, labels = [], []
     for z in range(session.n_slices):
         lab = _slice_labels(session, z, accepted)
@@ -129,7 +133,7 @@ def _slice_labels(session: Session, z: int, accepted: dict[str, list]) -> np.nda
     train crops over it, held-out regions blanked."""
     canvas = np.asarray(session.labels[session.index(z)])
     train = [r for r in accepted["train"] if r.z == z]
-    val = [r for r in accepted["val"] if r.z == z]
+    val = [r for r in accepted["val"] + accepted.get("out", []) if r.z == z]
     if not canvas.any() and not train:
         return None
     classes, mask = layer_to_classes(canvas, n_classes=session.n_classes)
