@@ -180,7 +180,7 @@ def run_sampler(sampler: str, args, pool, test) -> list[dict]:
             print(f"[{sampler}] {len(s.accepted)} regions accepted", flush=True)
         t = time.time()
         result = drain(s.train_router(lambdas=args.lambdas, epochs=args.rl_epochs, model_config=models_cfg,
-                                      samples=args.samples, halo=args.halo))
+                                      samples=args.samples, halo=args.halo, cross_fit=args.cross_fit))
         seconds["train_router"] += time.time() - t
         methods = evaluate(s, *test, args.samples, result.summary)
         methods["random_forest"] = rf_row(s, *test)
@@ -211,6 +211,7 @@ def main() -> None:
     p.add_argument("--f0-epochs", type=int, default=10, help="f0 retraining epochs per round (0: the session default)")
     p.add_argument("--model-epochs", type=int, default=20, help="f1/f2 retraining epochs per budget (0: the session default)")
     p.add_argument("--halo", type=int, default=None, help="context px around routing patches (default: the session's)")
+    p.add_argument("--cross-fit", type=int, default=2, help="folds of the cross-fitted reward table (0: off)")
     p.add_argument("--rl-epochs", type=int, default=100)
     p.add_argument("--lambdas", default="0,0.05,0.1,0.3,1")
     p.add_argument("--samples", type=int, default=5)
