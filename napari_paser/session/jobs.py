@@ -173,6 +173,19 @@ def _region_crops(session: Session, records, lo: float, hi: float) -> tuple[np.n
     return np.stack(xs).astype(np.float32), np.stack(ys)
 
 
+def step_progress(gen: Generator, stage: str, done: int, total: int,
+                  message: Callable[[StepReport | EpochReport], str]) -> Generator[Progress, None, tuple[TrainResult, int]]:
+    """Drive a training generator (`iter_training`), one Progress per event with optimiser steps counted
+    from `done` of `total`; return its result and the new count."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value, done
+        done += isinstance(event, StepReport)
+        yield Progress(stage, done, total, message(event), event=event)
+
+
 def retrain_steps(session: Session, cfg: TrainConfig, roles: list[str], data: TrainingData,
                   should_stop: Callable[[], bool] | None, refresh: bool, samples: int,
                   keep_if_worse: bool = True) -> Generator[Progress, None, RetrainResult]:
@@ -190,14 +203,8 @@ def retrain_steps(session: Session, cfg: TrainConfig, roles: list[str], data: Tr
             agent = LRAgent.from_dict(session.state.lr_agents[role], seed=cfg.seed)
         gen = iter_training(model, data.images, data.labels, vx, vy, role_config(session, cfg, role),
                             should_stop=should_stop, lr_agent=agent)
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            done += isinstance(event, StepReport)
-            yield Progress("train", done, total, f"{role}: epoch {event.epoch + 1}/{cfg.epochs}", event=event)
+        result, done = yield from step_progress(gen, "train", done, total,
+                                                lambda e, role=role: f"{role}: epoch {e.epoch + 1}/{cfg.epochs}")
         if result.cancelled:
             yield Progress("cancelled", done, total, "training cancelled; the previous weights are kept")
             return RetrainResult(True, results, message="training cancelled; the previous weights are kept")

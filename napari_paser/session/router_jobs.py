@@ -57,11 +57,11 @@ from learners.routing.reward import PatchTable, patch_confusions
 from learners.routing.router import (F0State, RoutingCost, f0_state, model_costs, policy_probabilities, predict_patches,
                                      table_summary)
 from learners.routing.training import PolicyEpoch, RLConfig, RoutingData
-from learners.training import IGNORE_INDEX, StepReport, TrainConfig, iter_training, steps_per_epoch
+from learners.training import IGNORE_INDEX, TrainConfig, iter_training, steps_per_epoch
 from learners.unet import UNet
 from napari_paser.data.labels_convention import layer_to_classes
 from napari_paser.errors import PaserInputError
-from napari_paser.session.jobs import RETRAIN_CONFIG, Progress, RetrainResult, training_data
+from napari_paser.session.jobs import RETRAIN_CONFIG, Progress, RetrainResult, step_progress, training_data
 from napari_paser.session.jobs import _refresh as refresh_after  # the maps and proposals after new weights
 from napari_paser.session.store import load_crop
 
@@ -254,14 +254,8 @@ def cross_fit_models(session: Session, roles: Sequence[str], folds: int, config:
                 torch.manual_seed(config.seed + f)
                 model = starting_model(role, cfg, config.seed) if has_starting_weights(role, cfg) else UNet(cfg)
             gen = iter_training(model, d.images, d.labels, None, None, config, should_stop=should_stop)
-            while True:
-                try:
-                    event = next(gen)
-                except StopIteration as stop:
-                    trained = stop.value
-                    break
-                done += isinstance(event, StepReport)
-                yield Progress("cross-fit", done, total, f"fold {f + 1}/{k}: {role}")
+            trained, done = yield from step_progress(gen, "cross-fit", done, total,
+                                                     lambda _e, role=role: f"fold {f + 1}/{k}: {role}")
             if trained.cancelled:
                 return None
             fold_models.append(model.eval())
