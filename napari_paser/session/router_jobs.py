@@ -185,7 +185,8 @@ def region_rewards(session: Session, roles: Sequence[str], samples: int = 5,
         around = ((HALO * ph, HALO * ph), (HALO * pw, HALO * pw))  # the policy window's context patches
         pred_pad = _pad(_pad(state.prediction[0].numpy(), edge), around)
         ent_pad = _pad(_pad(state.entropy[0].numpy(), edge), around)
-        scored = _score_regions(session, recs, image, grid, state, models, scorers, samples, z)
+        patches = grid.context_patches(torch.from_numpy(image)[None, None])  # once per slice, for every scorer
+        scored = _score_regions(recs, image, patches, grid, state, models, scorers, samples, z)
         for rec in recs:
             box = grid.box((rec.y0 // ph) * grid.cols + rec.x0 // pw)
             labels = region_labels(session, rec)[None]
@@ -205,7 +206,7 @@ def region_rewards(session: Session, roles: Sequence[str], samples: int = 5,
     return RegionRewards(ids, splits, PatchTable(np.stack(confs)), windows, (ph, pw), halo)
 
 
-def _score_regions(session: Session, recs, image: np.ndarray, grid: Grid, state: F0State, models: list,
+def _score_regions(recs, image: np.ndarray, patches: torch.Tensor, grid: Grid, state: F0State, models: list,
                    scorers, samples: int, z: int) -> dict[int, list[np.ndarray]]:
     """{region id: [f0's prediction, f1's, ...] on the region}, each region by its scorer's models."""
     groups = [(m, ids) for m, ids in scorers] + [(models, None)]
@@ -219,8 +220,7 @@ def _score_regions(session: Session, recs, image: np.ndarray, grid: Grid, state:
         else:  # a fold's f0 as PaSeR runs f0: the MC mean over the whole slice
             f0_pred = f0_state(group_models[0], torch.from_numpy(image)[None], samples, seed=z).prediction[0].numpy()
         cells = [(r.y0 // grid.cell[0]) * grid.cols + r.x0 // grid.cell[1] for r in mine]
-        patches = grid.context_patches(torch.from_numpy(image)[None, None])[cells]
-        outputs = [predict_patches(m, patches, halo=grid.halo).numpy() for m in group_models[1:]]
+        outputs = [predict_patches(m, patches[cells], halo=grid.halo).numpy() for m in group_models[1:]]
         for j, rec in enumerate(mine):
             box = grid.box(cells[j])
             out[rec.region_id] = [f0_pred[box.slices]] + [o[j][:box.h, :box.w] for o in outputs]
