@@ -67,7 +67,8 @@ def test_cancel_keeps_finished_blocks_and_a_rerun_finishes_only_the_rest(setup, 
             seen.append(e.block)
     assert summary.cancelled and events[-1].stage == "cancelled" and "run the same job again" in events[-1].message
     marked = sorted((tmp_path / "o.zarr" / seg.JOB_DIR / seg.DONE_DIR).glob("*.json"))
-    assert 3 <= len(marked) < 8  # a cluster may finish a block or two more before the cancel reaches it
+    in_flight = 2 * workers  # the cluster keeps two blocks per worker thread submitted, no more
+    assert len(seen) <= len(marked) <= len(seen) + in_flight < 8
     assert not zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs["paser"]["complete"]
     shown = np.asarray(seg.lazy_output(tmp_path / "o.zarr", "segmentation", offset=1))  # what the dock shows
     done = {p.stem for p in marked}

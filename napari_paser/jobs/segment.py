@@ -531,12 +531,22 @@ def _run_distributed(job, todo, workers, scheduler, device, threads, processes, 
                                dashboard_address=None, silence_logs=logging.ERROR)
         client = Client(cluster, set_as_default=False)
         per_worker = threads or max(1, (os.cpu_count() or 1) // workers)
-    futures = []
+    futures: list = []  # in flight: at most two per worker thread, so a cancel stops within a block or two
     try:
-        futures = client.map(process_block, [job] * len(todo), todo, device=device, threads=per_worker,
-                             key=[f"paser-block-{b.name}-{os.getpid()}" for b in todo], retries=2, pure=False)
-        block_of = {f.key: b for f, b in zip(futures, todo)}
-        pending = as_completed(futures, loop=client.loop)
+        queue, block_of = list(todo), {}
+        pending = as_completed([], loop=client.loop)
+
+        def top_up() -> None:  # the window follows workers that join or leave a running cluster
+            n = max(2, 2 * sum(client.nthreads().values())) - len(futures)
+            for b in queue[:max(n, 0)]:
+                f = client.submit(process_block, job, b, device=device, threads=per_worker, retries=2, pure=False,
+                                  key=f"paser-block-{b.name}-{os.getpid()}")
+                block_of[f.key] = b
+                futures.append(f)
+                pending.add(f)
+            del queue[:max(n, 0)]
+
+        top_up()
         while not pending.is_empty():
             if stop():
                 yield None
@@ -546,7 +556,9 @@ def _run_distributed(job, todo, workers, scheduler, device, threads, processes, 
                 continue
             for fut in pending.next_batch(block=False):
                 fut.result()
-                yield block_of[fut.key]
+                futures.remove(fut)
+                top_up()
+                yield block_of.pop(fut.key)
     finally:  # Ctrl-C, cancel or an error: stop the rest; finished blocks keep their markers
         client.cancel(futures)
         client.close()
