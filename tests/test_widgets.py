@@ -320,7 +320,28 @@ def test_routing_overlay_screenshot_is_not_blank(gui, qtbot, tmp_path, errors):
     widget.hub.models_changed.emit()  # new weights (e.g. after a retrain): the shown overlay re-routes
     wait_idle(qtbot, widget.hub)
     assert "GFLOPs" in maps.readout.text() and ROUTING in viewer.layers
+    overlay, routed = viewer.layers[ROUTING], viewer.layers[ROUTED]
+    widget.hub.open(s.folder)  # resuming: the routing layers are emptied and hidden in place, never removed
+    wait_idle(qtbot, widget.hub)
+    assert viewer.layers[ROUTING] is overlay and viewer.layers[ROUTED] is routed
+    assert len(overlay.data) == 0 and not overlay.visible and not routed.visible and not routed.data.any()
+    maps.route()  # the emptied overlay takes the new routing's rectangles
+    wait_idle(qtbot, widget.hub)
+    assert viewer.layers[ROUTING] is overlay and len(overlay.data) == 4 and len(overlay.features) == 4
+    assert overlay.visible and np.array_equal(routed.data[0], widget.hub.session.route(z, samples=1).segmentation + 1)
     assert not errors
+
+
+def test_the_dock_warms_imports_and_freezes_long_lived_objects_off_the_gui_thread(gui):
+    import gc
+    import sys
+
+    from napari_paser.gui.warmup import WARM_MODULES, warm_up
+
+    thread = warm_up()  # started by the first dock of the process; a second call is the same thread
+    thread.join(timeout=120)
+    assert thread.name == "paser-warm-up" and not thread.is_alive() and warm_up() is thread
+    assert all(m in sys.modules for m in WARM_MODULES) and gc.get_freeze_count() > 0
 
 
 def test_lambda_slider_reroutes_live_from_the_policy_bank(gui, qtbot, tmp_path, errors):

@@ -27,8 +27,10 @@ from napari_paser.errors import PaserInputError, os_error_line
 from napari_paser.gui import layers as L
 from napari_paser.gui import regions_layer
 from napari_paser.gui.io import SESSION_KEY
-from napari_paser.gui.layers import ABOVE, ENTROPY, IMAGE, LABELS, MODEL_VIEW, PRED, REGIONS, ROUTED, ROUTING
-from napari_paser.gui.layers import HIGHLIGHT, MODEL_COLORS, LazyView  # noqa: F401 (re-exported for widgets, tests)
+from napari_paser.gui.layers import ABOVE, IMAGE, LABELS, MODEL_VIEW, REGIONS
+from napari_paser.gui.layers import (  # noqa: F401 (re-exported for widgets, tests)
+    ENTROPY, HIGHLIGHT, MODEL_COLORS, PRED, ROUTED, ROUTING, LazyView)
+from napari_paser.gui.warmup import warm_up
 from napari_paser.session.core import Session
 from napari_paser.session.lock import FolderNotWritableError, SessionLockedError
 
@@ -145,8 +147,9 @@ class Hub(QObject):
             return session, L.session_layers(session, lambda: self.gamma, with_image=True)
 
         def reader_copies(session) -> list[str]:  # File > Open's copies give way to the live layers
-            opened = str(session.folder.resolve())
-            return [la.name for la in self.viewer.layers if la.metadata.get(SESSION_KEY) == opened]
+            opened, ours = str(session.folder.resolve()), {IMAGE, *L.SESSION_LAYERS}
+            return [la.name for la in self.viewer.layers
+                    if la.metadata.get(SESSION_KEY) == opened and la.name not in ours]
 
         def install(result) -> None:
             self._install(result, on_ready=on_ready, remove=reader_copies(result[0]))
@@ -159,7 +162,7 @@ class Hub(QObject):
         Layers of the previous session are reused (new data set in place) rather than removed and added:
         cheaper, and removing all of them before adding new ones crashed vispy's next draw."""
         session, makers = result
-        old = [n for n in dict.fromkeys((*remove, IMAGE, ROUTING, ROUTED)) if n in self.viewer.layers]
+        old = [n for n in dict.fromkeys((*remove, IMAGE)) if n in self.viewer.layers]
         added: list[str] = []
         previous = self.session
         steps = [functools.partial(setattr, self, "session", session)]
@@ -167,7 +170,9 @@ class Hub(QObject):
             steps.append(previous.close)  # releases its hold on its folder (the lock is per folder and process)
         steps += [functools.partial(show_warning, note) for note in session.warnings]
         steps += [functools.partial(self._add, make, added) for make in makers]
-        steps.append(lambda: [self._remove(name) for name in old if name not in added])
+        steps += [lambda n=name: n in added or self._remove(n) for name in old]  # one per turn: each removal
+        # costs napari a full garbage collection
+        steps.append(lambda: L.reset_routing(self.viewer, len(session.shape)))
 
         def done() -> None:
             self.refresh_regions()
@@ -211,7 +216,7 @@ class Hub(QObject):
             self.viewer.layers.remove(name)
 
     def remove_layers(self) -> None:
-        for name in (IMAGE, LABELS, PRED, ENTROPY, ABOVE, ROUTING, ROUTED, REGIONS):
+        for name in (IMAGE, *L.SESSION_LAYERS):
             self._remove(name)
 
     def select(self, name: str) -> None:
@@ -316,9 +321,12 @@ class Hub(QObject):
     def show_routing(self, routed) -> None:
         """The routing overlay of slice `routed.z` (in place when its grid is unchanged)."""
         active = self.viewer.layers.selection.active
-        L.show_routing(self.viewer, self.require(), routed)
-        if active is not None and active in self.viewer.layers:
-            self.viewer.layers.selection.active = active
+
+        def reselect() -> None:  # adding a layer selects it; the person's active layer stays
+            if active is not None and active in self.viewer.layers:
+                self.viewer.layers.selection.active = active
+
+        self.later([*L.routing_steps(self.viewer, self.require(), routed), reselect])
 
     # ------------------------------------------------------------------ shortcuts and lazy refresh
 
@@ -483,6 +491,7 @@ def hub_for(viewer) -> Hub:
     """The hub of `viewer` (one per viewer, shared by all its PaSeR widgets)."""
     hub = _HUBS.get(viewer)
     if hub is None:
+        warm_up()
         hub = _HUBS[viewer] = Hub(viewer)
     return hub
 

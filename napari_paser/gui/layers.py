@@ -19,6 +19,8 @@ from napari_paser.gui.io import SESSION_KEY, rectangle
 LABELS, PRED, ENTROPY, ABOVE = "paser labels", "paser f0 prediction", "paser f0 entropy", "paser entropy > gamma"
 ROUTING, REGIONS, ROUTED = "paser routing", "paser regions", "paser routed segmentation"
 IMAGE = "paser image"
+SESSION_LAYERS = (PRED, ENTROPY, ABOVE, LABELS, REGIONS, ROUTING, ROUTED)
+"""The layers a session adds besides its image (`IMAGE` when it has no reader layer)."""
 MODEL_VIEW = (PRED, ENTROPY, ABOVE, ROUTING, ROUTED)
 """The model's view: what one toggle (and the H key) shows or hides."""
 MODEL_VIEW_DEFAULT = (ENTROPY, ABOVE)
@@ -108,9 +110,18 @@ def routing_rects(routed) -> tuple[list[np.ndarray], list[int]]:
     return rects, models
 
 
-def show_routing(viewer, session, routed) -> None:
-    """The routing overlay of slice `routed.z`: one rectangle per patch filled with its model's colour.
-    Updated in place (colours, labels, the slice it sits on) when the patch grid is unchanged."""
+def routing_steps(viewer, session, routed) -> list[Callable[[], None]]:
+    """Show slice `routed.z`'s routing: the overlay (one rectangle per patch filled with its model's colour),
+    then PaSeR's segmentation; two steps for two event-loop turns (a first add of each builds vispy nodes)."""
+    steps = [lambda: _show_overlay(viewer, session, routed)]
+    if routed.segmentation is not None:
+        steps.append(lambda: _show_routed(viewer, session, routed))
+    return steps
+
+
+def _show_overlay(viewer, session, routed) -> None:
+    """The routing overlay, updated in place when the layer exists (colours, labels, the slice it sits on;
+    the rectangles too when the grid changed): removing a layer costs napari a full garbage collection."""
     import pandas as pd
 
     rects, models = routing_rects(routed)
@@ -121,20 +132,44 @@ def show_routing(viewer, session, routed) -> None:
     features = pd.DataFrame({"model": [routed.names[m] for m in models]})
     translate = (float(routed.z), 0.0, 0.0) if three_d else (0.0, 0.0)
     layer = viewer.layers[ROUTING] if ROUTING in viewer.layers else None
-    if layer is not None and len(layer.data) == len(rects) and all(
-            np.allclose(a, b) for a, b in zip(layer.data, rects)):
-        layer.features = features
-        layer.face_color = colors
-        layer.translate = translate
-        layer.visible = True
-    else:
-        if layer is not None:
-            viewer.layers.remove(layer)
+    if layer is not None and layer.ndim != len(rects[0][0]):
+        viewer.layers.remove(layer)
+        layer = None
+    if layer is None:
         viewer.add_shapes(rects, shape_type="rectangle", name=ROUTING, face_color=colors, edge_color="white",
                           edge_width=1, opacity=OPACITY[ROUTING], features=features, translate=translate,
                           text={"string": "{model}", "color": "white", "size": 9})
-    if routed.segmentation is not None:
-        _show_routed(viewer, session, routed)
+        return
+    if len(layer.data) != len(rects) or not all(np.allclose(a, b) for a, b in zip(layer.data, rects)):
+        _empty_shapes(layer)
+        layer.add(rects, shape_type="rectangle", edge_color="white", edge_width=1, face_color=colors)
+    layer.features = features
+    layer.face_color = colors
+    layer.translate = translate
+    layer.visible = True
+
+
+def _empty_shapes(layer) -> None:
+    if len(layer.data):
+        layer.selected_data = set(range(len(layer.data)))
+        layer.remove_selected()
+
+
+def reset_routing(viewer, ndim: int) -> None:
+    """Empty and hide the routing layers for a new session (kept, not removed: see `_show_overlay`);
+    removed only when the new session's dimensionality differs."""
+    for name in (ROUTING, ROUTED):
+        if name not in viewer.layers:
+            continue
+        layer = viewer.layers[name]
+        if layer.ndim != ndim:
+            viewer.layers.remove(layer)
+            continue
+        layer.visible = False
+        if name == ROUTING:
+            _empty_shapes(layer)
+        else:
+            layer.data = np.zeros_like(layer.data)
 
 
 def _show_routed(viewer, session, routed) -> None:
