@@ -30,7 +30,7 @@ from napari_paser.gui.io import SESSION_KEY
 from napari_paser.gui.layers import ABOVE, IMAGE, LABELS, MODEL_VIEW, REGIONS
 from napari_paser.gui.layers import (  # noqa: F401 (re-exported for widgets, tests)
     ENTROPY, HIGHLIGHT, MODEL_COLORS, PRED, ROUTED, ROUTING, LazyView)
-from napari_paser.gui.warmup import warm_up
+from napari_paser.gui.warmup import warm_imports
 from napari_paser.session.core import Session
 from napari_paser.session.lock import FolderNotWritableError, SessionLockedError
 
@@ -491,7 +491,7 @@ def hub_for(viewer) -> Hub:
     """The hub of `viewer` (one per viewer, shared by all its PaSeR widgets)."""
     hub = _HUBS.get(viewer)
     if hub is None:
-        warm_up()
+        warm_imports()
         hub = _HUBS[viewer] = Hub(viewer)
     return hub
 

@@ -1,21 +1,17 @@
-"""Take one-time costs off the GUI thread before the first action: imports, and the garbage
-collector's scans of objects that live as long as the process.
+"""Import in a background thread what the first actions would otherwise import on the GUI thread.
 
 Measured in a napari window on the SOC volume (2 cores): the session's first Labels layer imports
 pandas (napari's layer features), 1.0 s of a 2.4 s freeze at Start; the first routing imports
-torch._dynamo (~800 modules, through `F.pad`'s compile guard) in the job's worker. And every full
-garbage collection (napari runs one each time a layer is removed, Python when its counters say so)
-scanned the millions of objects of torch, napari and their imports: 0.6-1.5 s of frozen window each.
-So a daemon thread imports those modules while the person is still choosing an image, then
-`gc.freeze()` moves everything alive into the collector's permanent generation; later collections
-scan only what was made afterwards (measured 0.08-0.28 s). Frozen objects are still freed by
-reference counting; only cycles among them stay, a one-time cost.
+torch._dynamo (~800 modules, through `F.pad`'s compile guard) in the job's worker. Importing them
+while the person is still choosing an image takes that time off the first actions. (Freezing the
+collector's long-lived objects with `gc.freeze()` afterwards would also shorten napari's full
+collections, 0.6-1.5 s each on layer removal, to 0.1-0.3 s; not done: a viewer alive at the freeze
+could then never be collected. The session's layers are reset in place instead of removed.)
 A module that fails to import here is left for the action that needs it to report.
 """
 
 from __future__ import annotations
 
-import gc
 import importlib
 import threading
 
@@ -23,19 +19,18 @@ WARM_MODULES = ("pandas", "torch._dynamo")
 _started: list[threading.Thread] = []
 
 
-def warm_up(modules: tuple[str, ...] = WARM_MODULES) -> threading.Thread:
-    """Start (once per process) a daemon thread that imports `modules`, then freezes the collector; return it."""
+def warm_imports(modules: tuple[str, ...] = WARM_MODULES) -> threading.Thread:
+    """Start (once per process) a daemon thread that imports `modules`; return it."""
     if not _started:
-        thread = threading.Thread(target=_run, args=(modules,), name="paser-warm-up", daemon=True)
+        thread = threading.Thread(target=_import_all, args=(modules,), name="paser-warm-imports", daemon=True)
         _started.append(thread)
         thread.start()
     return _started[0]
 
 
-def _run(modules: tuple[str, ...]) -> None:
+def _import_all(modules: tuple[str, ...]) -> None:
     for name in modules:
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - the action that needs it raises with its own message
             continue
-    gc.freeze()
