@@ -9,7 +9,8 @@ from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QPushButton, QSpinBox
 from superqt import QLabeledDoubleSlider
 
 from napari_paser.gui.common import JobBar, enable_while_idle, group, hrow
-from napari_paser.gui.hub import MODEL_COLORS, ROUTED, ROUTING, guarded, hub_for, info
+from napari_paser.gui.hub import MODEL_COLORS, ROUTED, guarded, hub_for, info
+from napari_paser.gui.layers import overlay_shown
 
 
 class MapsWidget(QWidget):
@@ -171,13 +172,13 @@ class MapsWidget(QWidget):
         z, samples, lam = self.hub.current_z(), self.samples.value(), self._lam()
         if s.has_state(z, samples):
             self.hub.preview(lambda: s.route(z, samples=samples, lam=lam, execute=False), self.show_routing)
-        elif ROUTING in layers and layers[ROUTING].visible and not self.hub.busy:
+        elif overlay_shown(layers) and not self.hub.busy:
             self.route()
 
     def _reroute(self) -> None:
         """New weights: re-route the slice on screen if the overlay is shown."""
-        s, layers = self.hub.session, self.viewer.layers
-        if s is not None and s.has_policy and ROUTING in layers and layers[ROUTING].visible and not self.hub.busy:
+        s = self.hub.session
+        if s is not None and s.has_policy and overlay_shown(self.viewer.layers) and not self.hub.busy:
             self.route(quiet=True)  # the job bars keep saying what the retrain did
 
     def show_routing(self, routed) -> None:
