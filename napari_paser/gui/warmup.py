@@ -1,9 +1,11 @@
 """Import in a background thread what the first actions would otherwise import on the GUI thread.
 
 Measured in a napari window on the SOC volume (2 cores): the session's first Labels layer imports
-pandas (napari's layer features), 1.0 s of a 2.4 s freeze at Start; the first routing imports
-torch._dynamo (~800 modules, through `F.pad`'s compile guard) in the job's worker. Importing them
-while the person is still choosing an image takes that time off the first actions. (Freezing the
+pandas (napari's layer features), 1.0 s of a 2.4 s freeze at Start. Importing it while the person
+is still choosing an image takes that second off Start; a Start clicked sooner waits for the same
+import, as it would have anyway. (torch._dynamo, ~800 modules that the first routing imports through
+`F.pad`'s compile guard, is left to the routing worker: importing it here competed with the GUI
+thread for seconds.) (Freezing the
 collector's long-lived objects with `gc.freeze()` afterwards would also shorten napari's full
 collections, 0.6-1.5 s each on layer removal, to 0.1-0.3 s; not done: a viewer alive at the freeze
 could then never be collected. The session's layers are reset in place instead of removed.)
@@ -15,7 +17,7 @@ from __future__ import annotations
 import importlib
 import threading
 
-WARM_MODULES = ("pandas", "torch._dynamo")
+WARM_MODULES = ("pandas",)
 _started: list[threading.Thread] = []
 
 
