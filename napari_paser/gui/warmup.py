@@ -5,10 +5,9 @@ pandas (napari's layer features), 1.0 s of a 2.4 s freeze at Start. Importing it
 is still choosing an image takes that second off Start; a Start clicked sooner waits for the same
 import, as it would have anyway. (torch._dynamo, ~800 modules that the first routing imports through
 `F.pad`'s compile guard, is left to the routing worker: importing it here competed with the GUI
-thread for seconds.) (Freezing the
-collector's long-lived objects with `gc.freeze()` afterwards would also shorten napari's full
-collections, 0.6-1.5 s each on layer removal, to 0.1-0.3 s; not done: a viewer alive at the freeze
-could then never be collected. The session's layers are reset in place instead of removed.)
+thread for seconds. Freezing the collector's long-lived objects with `gc.freeze()` would shorten
+napari's full collections, 0.6-1.5 s on each layer removal, to 0.1-0.3 s; not done: a viewer alive
+at the freeze could never be collected. The session's layers are reused in place instead.)
 A module that fails to import here is left for the action that needs it to report.
 """
 
