@@ -116,3 +116,12 @@ def test_walkthrough_does_every_step_and_saves_a_screenshot_of_each(make_napari_
     assert len(points) == 2 and [p.n_val for p in points] == [1, 2]  # a learning curve of two held-out points
     manifest = read_export(tmp_path / "gui-export")
     assert len(manifest.regions) == 2 * demo_gui.ACCEPT
+
+
+def test_opening_lambdas_are_the_most_mixed_member_and_the_one_most_unlike_it(tmp_path):
+    rows = {0.0: (0.2, 0.8, 0.0), 0.05: (0.4, 0.6, 0.0), 0.1: (1.0, 0.0, 0.0), 1.0: (1.0, 0.0, 0.0)}
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "bank.json").write_text(json.dumps({"policies": {
+        f"{lam:.3f}": {"patch_share": dict(zip(("f0", "f1", "f2"), shares))} for lam, shares in rows.items()}}))
+    assert demo_gui.opening_lambdas(tmp_path, sorted(rows)) == (0.05, 1.0)  # 0.1 and 1 tie: the farther one
+    assert demo_gui.opening_lambdas(tmp_path / "elsewhere", [0.0, 0.3, 1.0]) == (0.0, 1.0)  # no bank.json

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 PLUGIN, DOCK = "napari-paser", "PaSeR (all steps)"
-POLICY_EPOCHS, POLICY_LAMBDAS = 40, (0.0, 0.05, 0.1, 0.2, 0.3, 1.0)  # f1 costs 6% of the three models' parameters
-POLICY_DEFAULT = 0.2  # policy.pt: where f1's gain over f0 on the demo data about pays for its cost
+POLICY_EPOCHS, POLICY_LAMBDAS = 40, (0.0, 0.05, 0.07, 0.1, 0.3, 1.0)  # f1 costs 6% of the models' parameters
+POLICY_DEFAULT = 0.05  # policy.pt: below the lambda where f1's gain over f0 on the demo data stops paying for its cost
 ACCEPT, RETRAIN_EPOCHS, ROUNDS = 5, 3, 3  # rounds of propose, accept, retrain: a learning curve of 3 points
 XVFB_ENV = "PASER_DEMO_UNDER_XVFB"
 WINDOW = (1800, 1050)  # wide enough for the dock (tabs, learning curve) beside the canvas
@@ -86,7 +86,7 @@ def models_ready(out: Path) -> Path:
 def opening_lambdas(run: Path, lambdas: list[float]) -> tuple[float, float]:
     """The lambda the routing step opens at and the one it moves to: the bank member whose routing of the
     val slices is the most mixed (largest share of its second model; `bank.json`), and the member whose
-    shares differ most from it. Without bank.json (a run from elsewhere): the lowest and the highest."""
+    shares differ most from it (the farthest lambda among equals). Without bank.json (a run from elsewhere): the lowest and the highest."""
     path = run / "policies" / "bank.json"
     rows = json.loads(path.read_text())["policies"] if path.is_file() else {}
     shares = {lam: np.array(list(rows[f"{lam:.3f}"]["patch_share"].values())) for lam in lambdas
@@ -94,7 +94,7 @@ def opening_lambdas(run: Path, lambdas: list[float]) -> tuple[float, float]:
     if len(shares) < 2:
         return lambdas[0], lambdas[-1]
     first = max(shares, key=lambda lam: np.sort(shares[lam])[-2])
-    second = max(shares, key=lambda lam: np.abs(shares[lam] - shares[first]).sum())
+    second = max(shares, key=lambda lam: (round(float(np.abs(shares[lam] - shares[first]).sum()), 6), abs(lam - first)))
     return first, second
 
 
