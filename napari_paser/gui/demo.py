@@ -7,8 +7,8 @@ Models come from the headless demo's cache (`napari_paser.jobs.demo`: f0/f1/f2 t
 (one per lambda, `paser policy`, patches with the demo's halo of context) is trained briefly on the
 demo data's "rl" split the first time and cached in `<out>/run/policies`. The routing step opens at
 the bank's lambda whose routing of the "val" slices is the most mixed (`opening_lambdas`) and then
-moves the slider to the lambda that routes most differently from it. The image the walkthrough opens is the demo data's held-back test
-slices, which neither the models nor the policies saw. With no display the demo re-runs itself under `xvfb-run`
+moves the slider to the lambda that routes most differently from it. The image the walkthrough
+opens is the demo data's held-back test slices, which neither the models nor the policies saw. With no display the demo re-runs itself under `xvfb-run`
 and exits after the last screenshot; with a display it leaves napari open for the person.
 The "person" of the walkthrough paints proposals from the demo data's ground truth, clicks the
 dock's buttons and waits for each background job as a person would; the screenshots show the
@@ -71,10 +71,7 @@ def models_ready(out: Path) -> Path:
 
     run_demo(out)
     run = out / "run"
-    bank = run / "policies" / "bank.json"
-    if not bank.is_file() or bank.stat().st_mtime < (run / "f2.pt").stat().st_mtime or \
-            json.loads(bank.read_text()).get("halo") != DEMO_HALO or json.loads(bank.read_text()).get("lambdas") != \
-            list(POLICY_LAMBDAS):
+    if not _bank_is_current(run, DEMO_HALO):
         print(f"training routing policies for {run} (lambda {', '.join(map(str, POLICY_LAMBDAS))}, "
               f"halo {DEMO_HALO} px) ...")
         summary = train_policies(embedded_dataset(out / "data"), run, POLICY_LAMBDAS, default=POLICY_DEFAULT,
@@ -83,10 +80,20 @@ def models_ready(out: Path) -> Path:
     return run
 
 
+def _bank_is_current(run: Path, halo: int) -> bool:
+    """Whether `run` holds a bank trained after its f2, with the demo's lambdas and halo."""
+    path = run / "policies" / "bank.json"
+    if not path.is_file() or path.stat().st_mtime < (run / "f2.pt").stat().st_mtime:
+        return False
+    bank = json.loads(path.read_text())
+    return bank.get("halo") == halo and bank.get("lambdas") == list(POLICY_LAMBDAS)
+
+
 def opening_lambdas(run: Path, lambdas: list[float]) -> tuple[float, float]:
     """The lambda the routing step opens at and the one it moves to: the bank member whose routing of the
     val slices is the most mixed (largest share of its second model; `bank.json`), and the member whose
-    shares differ most from it (the farthest lambda among equals). Without bank.json (a run from elsewhere): the lowest and the highest."""
+    shares differ most from it (the farthest lambda among equals). Without bank.json (a run from
+    elsewhere): the lowest and the highest."""
     path = run / "policies" / "bank.json"
     rows = json.loads(path.read_text())["policies"] if path.is_file() else {}
     shares = {lam: np.array(list(rows[f"{lam:.3f}"]["patch_share"].values())) for lam in lambdas
@@ -94,7 +101,8 @@ def opening_lambdas(run: Path, lambdas: list[float]) -> tuple[float, float]:
     if len(shares) < 2:
         return lambdas[0], lambdas[-1]
     first = max(shares, key=lambda lam: np.sort(shares[lam])[-2])
-    second = max(shares, key=lambda lam: (round(float(np.abs(shares[lam] - shares[first]).sum()), 6), abs(lam - first)))
+    distance = {lam: round(float(np.abs(v - shares[first]).sum()), 6) for lam, v in shares.items()}
+    second = max(shares, key=lambda lam: (distance[lam], abs(lam - first)))
     return first, second
 
 
