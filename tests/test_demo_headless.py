@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from learners.checkpoint import save_checkpoint
+from learners.grid import Patching
 from learners.routing import GRID
 from learners.routing.router import build_patch_table
 from learners.unet import UNet, UNetConfig
@@ -30,7 +31,9 @@ def data(tmp_path_factory):
 
 
 def test_held_back_slices_are_the_test_split_normalised(data):
-    assert data.name == demo.DEMO_DEGRADATION == "lowres-shading"
+    assert data.name == demo.DEMO_DEGRADATION == "lowres-sparse-angle"
+    spec = json.loads((data / "degradation.json").read_text())["spec"]
+    assert "angles=30" in spec and "factor=4" in spec
     images, labels, idx = demo.held_back(data)
     ds = read_dataset(data)
     assert idx == sorted(ds.split["test"]) and not set(idx) & set(ds.split["pretrain"] + ds.split["rl"])
@@ -50,7 +53,7 @@ def test_patch_gains_count_the_patches_each_model_wins_and_are_cached(data, tmp_
 
     x = normalise(ds.images, *robust_range(ds.images))[idx]
     with torch.no_grad():
-        table, _ = build_patch_table(models, x, ds.labels[idx], GRID, samples=5)
+        table, _ = build_patch_table(models, x, ds.labels[idx], Patching(count=GRID, halo=demo.DEMO_HALO), samples=5)
     iou = table.iou.reshape(-1, 3)
     for k in (1, 2):
         won = iou[:, k] - iou[:, 0] >= demo.MIN_GAIN
@@ -59,7 +62,8 @@ def test_patch_gains_count_the_patches_each_model_wins_and_are_cached(data, tmp_
     assert sum(gains["best"].values()) == 1.0 and gains["patches"] == len(idx) * GRID[0] * GRID[1]
     assert gains["oracle_patch_miou"] >= max(gains["patch_miou"].values())
     text = demo.format_gains(gains)
-    assert "f1 beats f0" in text and "f2 beats f0" in text
+    assert "f1 beats f0" in text and "f2 beats f0" in text and f"halo {demo.DEMO_HALO} px" in text
+    assert demo.patch_gains(ds, run, halo=0)["halo"] == 0  # another halo is scored anew, not read from the cache
 
     (run / demo.GAINS_FILE).write_text(json.dumps({**gains, "patches": -1}))  # a cached file is read back ...
     assert demo.patch_gains(ds, run)["patches"] == -1
@@ -73,3 +77,26 @@ def test_demo_threads_leave_busy_cores_alone(monkeypatch):
     assert demo.demo_threads() == 1
     monkeypatch.setattr(demo.os, "getloadavg", lambda: (0.2, 0.1, 0.1))
     assert demo.demo_threads() == 2
+
+
+def test_shipped_start_gives_f0_and_f1_the_package_weights_and_f2_none():
+    from learners.unet import preset_config
+    from napari_paser.jobs.train import MODEL_PRESETS, ROLES, shipped_models
+    from napari_paser.weights import starting_model
+
+    configs = [preset_config(MODEL_PRESETS[r], n_classes=3) for r in ROLES]
+    f0, f1, f2 = shipped_models(configs)
+    assert f2 is None
+    for role, model in (("f0", f0), ("f1", f1)):
+        ref = starting_model(role, model.config).state_dict()
+        assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
+    four = shipped_models([preset_config(MODEL_PRESETS[r], n_classes=4) for r in ROLES])  # another class count:
+    assert four[1].config.n_classes == 4 and torch.equal(four[1].stem.weight, f1.stem.weight)
+
+
+def test_train_run_refuses_a_shipped_start_with_a_run_to_start_from(data, tmp_path):
+    from napari_paser.errors import PaserInputError
+    from napari_paser.jobs.train import train_run
+
+    with pytest.raises(PaserInputError, match="not both"):
+        train_run(data, tmp_path / "run", init=tmp_path, shipped=True, progress=False)

@@ -3,10 +3,12 @@ through the workflow (session, maps, routing, proposals, accept, retrain, export
 a screenshot of each step into the output folder.
 
 Models come from the headless demo's cache (`napari_paser.jobs.demo`: f0/f1/f2 trained once in
-`<out>/run` on synthetic slices degraded with `lowres-shading`); a bank of routing policies (one
-per lambda, `paser policy`) is trained briefly on the demo data's "rl" split the first time and
-cached in `<out>/run/policies`. The image the walkthrough opens is the demo data's held-back test
-slices, which neither the models nor the policies saw. With no display the demo re-runs itself under `xvfb-run`
+`<out>/run` on synthetic slices of a sparse-angle, low-resolution scan); a bank of routing policies
+(one per lambda, `paser policy`, patches with the demo's halo of context) is trained briefly on the
+demo data's "rl" split the first time and cached in `<out>/run/policies`. The routing step opens at
+the bank's lambda whose routing of the "val" slices is the most mixed (`opening_lambdas`) and then
+moves the slider to the lambda that routes most differently from it. The image the walkthrough
+opens is the demo data's held-back test slices, which neither the models nor the policies saw. With no display the demo re-runs itself under `xvfb-run`
 and exits after the last screenshot; with a display it leaves napari open for the person.
 The "person" of the walkthrough paints proposals from the demo data's ground truth, clicks the
 dock's buttons and waits for each background job as a person would; the screenshots show the
@@ -26,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 PLUGIN, DOCK = "napari-paser", "PaSeR (all steps)"
-POLICY_EPOCHS, POLICY_LAMBDAS = 40, (0.0, 0.05, 0.3, 1.0)  # the quick demo models are close: small lambdas matter
+POLICY_EPOCHS, POLICY_LAMBDAS = 40, (0.0, 0.05, 0.07, 0.1, 0.3, 1.0)  # f1 costs 6% of the models' parameters
+POLICY_DEFAULT = 0.05  # policy.pt: below the lambda where f1's gain over f0 on the demo data stops paying for its cost
 ACCEPT, RETRAIN_EPOCHS, ROUNDS = 5, 3, 3  # rounds of propose, accept, retrain: a learning curve of 3 points
 XVFB_ENV = "PASER_DEMO_UNDER_XVFB"
 WINDOW = (1800, 1050)  # wide enough for the dock (tabs, learning curve) beside the canvas
@@ -63,18 +66,44 @@ def _rerun_under_xvfb(out: Path) -> int:
 
 def models_ready(out: Path) -> Path:
     """The demo run folder, with its models and policy bank trained on first use."""
-    from napari_paser.jobs.demo import embedded_dataset, run_demo
+    from napari_paser.jobs.demo import DEMO_HALO, embedded_dataset, run_demo
     from napari_paser.jobs.policy import format_bank, train_policies
 
     run_demo(out)
     run = out / "run"
-    bank = run / "policies" / "bank.json"
-    if not bank.is_file() or bank.stat().st_mtime < (run / "f2.pt").stat().st_mtime:
-        print(f"training routing policies for {run} (lambda {', '.join(map(str, POLICY_LAMBDAS))}) ...")
-        summary = train_policies(embedded_dataset(out / "data"), run, POLICY_LAMBDAS, default=0.0,
-                                 epochs=POLICY_EPOCHS)
+    if not _bank_is_current(run, DEMO_HALO):
+        print(f"training routing policies for {run} (lambda {', '.join(map(str, POLICY_LAMBDAS))}, "
+              f"halo {DEMO_HALO} px) ...")
+        summary = train_policies(embedded_dataset(out / "data"), run, POLICY_LAMBDAS, default=POLICY_DEFAULT,
+                                 epochs=POLICY_EPOCHS, halo=DEMO_HALO)
         print(format_bank(summary))
     return run
+
+
+def _bank_is_current(run: Path, halo: int) -> bool:
+    """Whether `run` holds a bank trained after its f2, with the demo's lambdas and halo."""
+    path = run / "policies" / "bank.json"
+    if not path.is_file() or path.stat().st_mtime < (run / "f2.pt").stat().st_mtime:
+        return False
+    bank = json.loads(path.read_text())
+    return bank.get("halo") == halo and bank.get("lambdas") == list(POLICY_LAMBDAS)
+
+
+def opening_lambdas(run: Path, lambdas: list[float]) -> tuple[float, float]:
+    """The lambda the routing step opens at and the one it moves to: the bank member whose routing of the
+    val slices is the most mixed (largest share of its second model; `bank.json`), and the member whose
+    shares differ most from it (the farthest lambda among equals). Without bank.json (a run from
+    elsewhere): the lowest and the highest."""
+    path = run / "policies" / "bank.json"
+    rows = json.loads(path.read_text())["policies"] if path.is_file() else {}
+    shares = {lam: np.array(list(rows[f"{lam:.3f}"]["patch_share"].values())) for lam in lambdas
+              if f"{lam:.3f}" in rows}
+    if len(shares) < 2:
+        return lambdas[0], lambdas[-1]
+    first = max(shares, key=lambda lam: np.sort(shares[lam])[-2])
+    distance = {lam: round(float(np.abs(v - shares[first]).sum()), 6) for lam, v in shares.items()}
+    second = max(shares, key=lambda lam: (distance[lam], abs(lam - first)))
+    return first, second
 
 
 # ----------------------------------------------------------------------------- walkthrough
@@ -193,14 +222,15 @@ class Steps:
 
     def routing(self) -> None:
         w = self.dock.show_step("Maps")
-        w.lam.setValue(0.0)
+        first, second = opening_lambdas(self.run, self.hub.require().policy_lambdas)
+        w.lam.setValue(first)
         w.route_button.click()
         self.wait()
         self.shot("routing")
-        w.lam.setValue(1.0)  # live: the bank's lambda-1 policy re-routes the slice
+        w.lam.setValue(second)  # live: the bank's policy at that lambda re-routes the slice
         self.wait()
-        self.shot("routing-lambda1")
-        w.lam.setValue(0.0)
+        self.shot("routing-other-lambda")
+        w.lam.setValue(first)
         self.wait()
         self.press("model_view")  # done looking at the model: hide its view (H) to label on the image itself
 

@@ -1,12 +1,18 @@
 """`paser demo`: the headless pipeline on the embedded synthetic dataset, and the models of the GUI demo.
 
-Generate a synthetic three-phase volume, degrade it with `lowres-shading` (a smooth background
-shading on top of the 4x down-sampling: where it is strong, a pixel's phase can only be told from
-a wide neighbourhood, so the larger patch models win on some patches and f0 on the others, and
-routing has something to decide; with plain `lowres` f0 wins almost everywhere), train f0/f1/f2
-briefly (progress bars), print per-model test IoU, GFLOPs and parameters, and the per-patch
-comparison on the held-back test slices (`patch_gains`). Data and weights are reused on a second
-run when nothing changed.
+Generate a synthetic three-phase volume, degrade it as a fast, low-dose scan (`DEMO_DEGRADATION`:
+the 4x down-sampling of `lowres` reconstructed from only 30 projection angles, so streaks cross
+every slice and a pixel's phase depends on how its neighbourhood streaks), fine-tune f0 and f1
+from the package's starting weights and train f2 briefly (progress bars), print per-model test
+IoU, GFLOPs and parameters, and the per-patch comparison on the held-back test slices
+(`patch_gains`, scored as routing runs them: f1/f2 on each patch with a `DEMO_HALO` of context).
+Data and weights are reused on a second run when nothing changed.
+
+Why this data (BENCHMARKS.md, "Demo data", session 7): with `lowres-shading` on these 128 x 128
+slices f0 beat the patch models on most patches and routing had nothing to decide; with the
+sparse-angle streaks the medium f1 from the starting weights beats f0 on about half of the
+patches, by different amounts, so the policies route a mix near the lambda where its gain pays
+for its cost.
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ from napari_paser.data.degrade import degrade_folder
 from napari_paser.data.synth import write_synthetic
 from napari_paser.jobs.train import format_metrics, train_run
 
-DEMO_SLICES, DEMO_SIZE, DEMO_SEED, DEMO_DEGRADATION = 40, 128, 0, "lowres-shading"
+DEMO_SLICES, DEMO_SIZE, DEMO_SEED = 40, 128, 0
+DEMO_DEGRADATION, DEMO_SPEC = "lowres-sparse-angle", ("lowres", "angles=30")  # folder name; preset + overrides
+DEMO_HALO = 16  # pixels of context f1/f2 see around each 32 x 32 routing patch (session 6: a halo gives back
+# what cutting the slice into patches costs)
 DEMO_CORRELATION = 8.0  # phase features of ~8 px survive the 4x down-sampling
 DEMO_TRAIN_SPLITS = ("pretrain",)
 GAINS_FILE = "patch-gains.json"
@@ -49,7 +58,7 @@ def embedded_dataset(folder: Path) -> Path:
     clean, low = folder / "clean", folder / DEMO_DEGRADATION
     if not (low / "labels.tif").exists():
         write_synthetic(clean, DEMO_SLICES, DEMO_SIZE, seed=DEMO_SEED, correlation_length=DEMO_CORRELATION)
-        degrade_folder(clean, low, DEMO_DEGRADATION, seed=DEMO_SEED)
+        degrade_folder(clean, low, DEMO_SPEC[0], seed=DEMO_SEED, overrides=DEMO_SPEC[1])
     return low
 
 
@@ -73,11 +82,12 @@ def run_demo(out: Path, progress: bool = True) -> dict:
     metrics_path = run / "metrics.json"
     ds = read_dataset(data)
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
-    if metrics is None or metrics.get("fingerprint") != fingerprint(ds.images, ds.labels):
-        print(f"training f0 (tiny), f1 (medium), f2 (large) on {data} ({DEMO_DEGRADATION}, "
-              f"{torch.get_num_threads()} threads) ...")
+    if metrics is None or metrics.get("fingerprint") != fingerprint(ds.images, ds.labels) or \
+            not metrics.get("shipped_start"):  # a run of an older demo (models trained from scratch)
+        print(f"training f0 (tiny) and f1 (medium) from the starting weights, f2 (large) from scratch, on {data} "
+              f"({DEMO_DEGRADATION}, {torch.get_num_threads()} threads) ...")
         metrics = train_run(data, run, preset="quick", progress=progress, overwrite=True,  # a stale run goes
-                            train_splits=DEMO_TRAIN_SPLITS)
+                            train_splits=DEMO_TRAIN_SPLITS, shipped=True)
     else:
         print(f"reusing the trained models in {run} (delete it to retrain)")
     print(f"\nsynthetic {DEMO_SLICES} slices of {DEMO_SIZE}x{DEMO_SIZE}, degradation {DEMO_DEGRADATION}; test split:")
@@ -86,21 +96,22 @@ def run_demo(out: Path, progress: bool = True) -> dict:
     return metrics
 
 
-def patch_gains(ds: Dataset, run: Path, split: str = "test") -> dict:
+def patch_gains(ds: Dataset, run: Path, split: str = "test", halo: int = DEMO_HALO) -> dict:
     """Where f1/f2 beat f0 on the held-back slices, patch by patch (the routing grid), cached in the run.
 
     Every model is scored on every patch as PaSeR runs it (f0 on the whole slice with MC dropout,
-    f1/f2 on the patch alone); `won` is the share of patches where a model's patch IoU is at least
+    f1/f2 on the patch with `halo` pixels of context); `won` is the share of patches where a model's patch IoU is at least
     MIN_GAIN above f0's and `gain` its mean advantage there; `best` is the share each model would
     get from a router that knew the labels (the oracle at lambda 0)."""
     import torch
 
     from learners.checkpoint import load_checkpoint
+    from learners.grid import Patching
     from learners.routing import GRID
     from learners.routing.router import build_patch_table
 
     path = run / GAINS_FILE
-    stamp = {"split": split, "f2_mtime": (run / "f2.pt").stat().st_mtime}
+    stamp = {"split": split, "halo": halo, "f2_mtime": (run / "f2.pt").stat().st_mtime}
     if path.is_file():
         cached = json.loads(path.read_text())
         if {k: cached.get(k) for k in stamp} == stamp:
@@ -109,7 +120,7 @@ def patch_gains(ds: Dataset, run: Path, split: str = "test") -> dict:
     x = normalise(ds.images, *robust_range(ds.images))[idx]
     models = [load_checkpoint(run / f"f{k}.pt").model.eval() for k in range(3)]
     with torch.no_grad():
-        table, _ = build_patch_table(models, x, ds.labels[idx], GRID, samples=5)
+        table, _ = build_patch_table(models, x, ds.labels[idx], Patching(count=GRID, halo=halo), samples=5)
     iou = table.iou.reshape(-1, len(models))  # (slices x patches, models)
     best = np.nanargmax(np.nan_to_num(iou, nan=-1.0), axis=1)
     out = {**stamp, "slices": idx, "grid": list(GRID), "patches": int(len(iou)), "min_gain": MIN_GAIN,
@@ -128,8 +139,8 @@ def patch_gains(ds: Dataset, run: Path, split: str = "test") -> dict:
 
 def format_gains(g: dict) -> str:
     """The per-patch comparison as a few lines for the terminal."""
-    rows = [f"per patch ({g['grid'][0]}x{g['grid'][1]} grid, {g['patches']} patches of the held-back slices "
-            f"{g['slices'][0]}-{g['slices'][-1]}):"]
+    rows = [f"per patch ({g['grid'][0]}x{g['grid'][1]} grid, halo {g['halo']} px, {g['patches']} patches of the "
+            f"held-back slices {g['slices'][0]}-{g['slices'][-1]}):"]
     for k in ("f1", "f2"):
         rows.append(f"  {k} beats f0 by >= {g['min_gain']:g} IoU on {g[k]['won']:.0%} of patches "
                     f"(by {g[k]['gain']:+.3f} on average there), loses on {g[k]['lost']:.0%}")

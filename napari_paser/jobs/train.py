@@ -76,6 +76,15 @@ def init_models(run: str | Path, configs: list) -> list[UNet]:
     return models
 
 
+def shipped_models(configs: list, seed: int = 0) -> list[UNet | None]:
+    """The package's starting weights (napari_paser/weights) for the roles that ship them and fit
+    their config (a fresh head for another number of classes); None for the others (f2)."""
+    from napari_paser.weights import has_starting_weights, starting_model
+
+    return [starting_model(role, config, seed) if has_starting_weights(role, config) else None
+            for role, config in zip(ROLES, configs)]
+
+
 RUN_FILES = ("run.json", "metrics.json", "policy.pt", "policies", *(f"{r}.pt" for r in ROLES),
              *(f"{r}-lr-agent.json" for r in ROLES))
 """What `paser train` and `paser policy` write into a run folder: an overwrite removes them."""
@@ -170,15 +179,20 @@ def train_run(
     progress: bool = True,
     init: str | Path | None = None,
     overwrite: bool = False,
+    shipped: bool = False,
 ) -> dict:
     """Train f0, f1, f2 on `data`, write checkpoints and metrics into `out`; return the metrics.
 
     `init`: a run folder whose f0/f1/f2 the models start from (warm start, to train longer;
-    it may be `out` itself with `overwrite`). `out` must be new or empty unless `overwrite`,
+    it may be `out` itself with `overwrite`). `shipped`: f0 and f1 start from the package's
+    starting weights instead (fine-tuned on `data`; f2 from scratch), so the small data of a
+    demo gives them electrodes they already know. `out` must be new or empty unless `overwrite`,
     which removes the previous run's files (stale policies included) before training.
     """
     started = time.time()
     check_run_folder(Path(out), overwrite)
+    if shipped and init is not None:
+        raise PaserInputError("start from a run folder (--init) or from the shipped starting weights, not both")
     ds = read_dataset(data)
     names = tuple(class_names or ds.class_names)
     if len(names) != ds.n_classes:
@@ -192,13 +206,15 @@ def train_run(
     _check_size(x.shape[-2:], max(c.depth for c in configs[1:]), configs[0].depth)
     out = Path(out)
     starts = init_models(init, configs) if init is not None else None  # before an overwrite removes them
+    if shipped:
+        starts = shipped_models(configs, seed)
     if overwrite and out.is_dir():
         clear_run_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     command = " ".join(shlex.quote(a) for a in sys.argv) if sys.argv else ""
     options = {"data": str(data), "preset": preset, "epochs": epochs, "seed": seed, "scheduler": scheduler,
                "train_splits": list(train_splits), "class_names": list(names), "command": command,
-               "init": str(init) if init is not None else None}
+               "init": str(init) if init is not None else None, "shipped": shipped}
     atomic_write_text(out / "run.json", json.dumps(options, indent=2))
     meta = {
         "class_names": list(names),
@@ -230,6 +246,7 @@ def train_run(
     otsu = predict_multiotsu(test_x, thresholds, mapping)
     metrics = {
         "dataset": str(data),
+        "shipped_start": [r for r, m in zip(ROLES, starts or []) if m is not None] if shipped else [],
         "fingerprint": meta["fingerprint"],
         "command": command,
         "preset": preset,
