@@ -96,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     names = tuple(args.classes.split(",")) if args.classes else None
     metrics = train_run(args.data, args.out, preset=args.preset, epochs=args.epochs, seed=args.seed, scheduler=args.scheduler,
                         train_splits=tuple(args.splits.split(",")), class_names=names, progress=not args.quiet,
-                        init=args.init, overwrite=args.overwrite)
+                        init=args.init, overwrite=args.overwrite, shipped=args.shipped)
     print(format_metrics(metrics))
     print(f"checkpoints and metrics.json in {args.out}")
     return 0
@@ -469,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quick: minutes on a laptop CPU; long: 3x quick's steps for f1/f2; paper: the PaSeR "
                         "paper's 200 epochs, batch 32, Adam 1e-4")
     p.add_argument("--init", type=Path, help="start from this run folder's f0/f1/f2 (warm start, to train longer)")
+    p.add_argument("--shipped", action="store_true",
+                   help="start f0 and f1 from the package's starting weights (f2 from scratch); not with --init")
     p.add_argument("--epochs", type=COUNT, help="override the preset's number of epochs")
     p.add_argument("--scheduler", choices=("fixed", "step", "cosine", "agent"), default="fixed",
                    help="learning-rate schedule; agent = the Q-learning scheduler (learners.lr_agent)")

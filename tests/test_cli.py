@@ -94,6 +94,9 @@ def test_bad_inputs_give_one_line_messages(tmp_path, capsys):
     assert "missing" in err and "Traceback" not in err
     (tmp_path / "empty").mkdir()
     assert "empty" in _run_error(["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r")], capsys)
+    err = _run_error(["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), "--shipped", "--init",
+                      str(tmp_path)], capsys)
+    assert "not both" in err and "--init" in err
     bad = tmp_path / "bad"
     bad.mkdir()
     tifffile.imwrite(bad / "images.tif", np.zeros((6, 64, 64), np.uint16))
