@@ -172,6 +172,7 @@ class Hub(QObject):
         steps += [functools.partial(self._add, make, added) for make in makers]
         steps += [lambda n=name: n in added or self._remove(n) for name in old]  # one per turn: each removal
         # costs napari a full garbage collection
+        steps.append(lambda: L.reset_routing(self.viewer, len(session.shape)))
 
         def done() -> None:
             self.refresh_regions()
@@ -197,10 +198,9 @@ class Hub(QObject):
                 layers.remove(old)
             layers.append(layer)
             return
-        if name in (REGIONS, ROUTING):  # emptied here, filled by refresh_regions and routing
+        if name == REGIONS:  # emptied here, filled by refresh_regions
             old.selected_data = set(range(len(old.data)))
             old.remove_selected()
-            old.visible = layer.visible
         else:
             old.data = layer.data
             old.colormap = layer.colormap

@@ -20,7 +20,7 @@ LABELS, PRED, ENTROPY, ABOVE = "paser labels", "paser f0 prediction", "paser f0 
 ROUTING, REGIONS, ROUTED = "paser routing", "paser regions", "paser routed segmentation"
 IMAGE = "paser image"
 SESSION_LAYERS = (PRED, ENTROPY, ABOVE, LABELS, REGIONS, ROUTING, ROUTED)
-"""The layers a session adds besides its image (`IMAGE` when it has no reader layer), all at start."""
+"""The layers a session adds besides its image (`IMAGE` when it has no reader layer)."""
 MODEL_VIEW = (PRED, ENTROPY, ABOVE, ROUTING, ROUTED)
 """The model's view: what one toggle (and the H key) shows or hides."""
 MODEL_VIEW_DEFAULT = (ENTROPY, ABOVE)
@@ -70,8 +70,9 @@ def prediction_view(session) -> LazyView:
 
 
 def session_layers(session, gamma: Callable[[], float], with_image: bool) -> list[Callable[[], object]]:
-    """Makers of the session's layers, bottom to top: (image,) prediction, entropy, entropy > gamma, routed
-    segmentation, labels, regions, routing. Called on the GUI thread one per event-loop turn (a layer built in a worker thread crashed
+    """Makers of the session's layers, bottom to top: (image,) prediction, entropy, entropy > gamma, labels,
+    regions. The routing layers come with the first routing (built here, empty and hidden, they made each map
+    refresh and model-view toggle 30-40 ms slower for a person who never routes). Called on the GUI thread one per event-loop turn (a layer built in a worker thread crashed
     vispy's next draw on resume)."""
     from napari.layers import Image, Labels
 
@@ -95,27 +96,9 @@ def session_layers(session, gamma: Callable[[], float], with_image: bool) -> lis
                                 contrast_limits=(0.0, math.log(session.n_classes)), blending="translucent",
                                 opacity=OPACITY[ENTROPY], visible=False, metadata=m))
     makers.append(above)
-    makers.append(lambda: Labels(np.zeros(routed_shape(session), np.uint8), name=ROUTED, colormap=colors, opacity=0.5,
-                                 visible=False, metadata=m))
     makers.append(lambda: Labels(session.labels, name=LABELS, colormap=colors, opacity=OPACITY[LABELS], metadata=m))
     makers.append(lambda: regions_layer.new_layer(session, REGIONS))
-    makers.append(lambda: routing_layer(session))
     return makers
-
-
-def routed_shape(session) -> tuple[int, ...]:
-    """PaSeR's segmentation layer holds one slice (placed at its z in a volume)."""
-    return (1, *session.shape[-2:]) if len(session.shape) == 3 else tuple(session.shape)
-
-
-def routing_layer(session):
-    """The routing overlay, empty and hidden until a slice is routed (built with the session's layers,
-    so the first routing only fills it in place)."""
-    from napari.layers import Shapes
-
-    return Shapes(None, ndim=len(session.shape), name=ROUTING, shape_type="rectangle", edge_color="white",
-                  edge_width=1, opacity=OPACITY[ROUTING], features={"model": np.zeros(0, str)},
-                  text={"string": "{model}", "color": "white", "size": 9}, visible=False, metadata=meta(session))
 
 
 def routing_rects(routed) -> tuple[list[np.ndarray], list[int]]:
@@ -138,13 +121,13 @@ def routing_steps(viewer, session, routed) -> list[Callable[[], None]]:
 
 
 def overlay_shown(layers) -> bool:
-    """Whether the routing overlay shows a routed slice (it exists, empty and hidden, from the start)."""
+    """Whether the routing overlay shows a routed slice (a resumed session empties and hides it)."""
     return ROUTING in layers and layers[ROUTING].visible and len(layers[ROUTING].data) > 0
 
 
 def _show_overlay(viewer, session, routed) -> None:
-    """The routing overlay, updated in place (colours, labels, the slice it sits on; the rectangles too when
-    the grid changed): removing a layer costs napari a full garbage collection. Added if the person removed it."""
+    """The routing overlay: added by the first routing, then updated in place (colours, labels, the slice it
+    sits on; the rectangles too when the grid changed): removing a layer costs napari a full garbage collection."""
     import pandas as pd
 
     rects, models = routing_rects(routed)
@@ -170,6 +153,23 @@ def _show_overlay(viewer, session, routed) -> None:
     layer.face_color = colors
     layer.translate = translate
     layer.visible = True
+
+
+def reset_routing(viewer, ndim: int) -> None:
+    """Empty and hide the routing layers for a new session: kept, not removed (see `_show_overlay`), unless
+    the new session's dimensionality differs."""
+    for name in (ROUTING, ROUTED):
+        if name not in viewer.layers:
+            continue
+        layer = viewer.layers[name]
+        if layer.ndim != ndim:
+            viewer.layers.remove(layer)
+            continue
+        layer.visible = False
+        if name == ROUTING:
+            _empty_shapes(layer)
+        else:
+            layer.data = np.zeros_like(layer.data)
 
 
 def _empty_shapes(layer) -> None:
