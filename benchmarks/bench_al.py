@@ -73,8 +73,10 @@ def merge(a_path: Path, b_path: Path, out: Path) -> dict:
             raise SystemExit(f"{b_path} is not paired with {a_path}: different seed sets or budgets")
         a["samplers"][name] = s
         a["vs_random"][name] = paired_differences(stored_traces(s, n), stored_traces(rand, n), a["rare_class"])
-    a["merged_from"] = {"A": str(a_path), "B": str(b_path), "B_command": b["command"], "B_seeds": b["seeds"],
-                        "B_wall_seconds": b["wall_seconds"]}
+    earlier = a.get("merged_from", [])
+    a["merged_from"] = [*(earlier if isinstance(earlier, list) else [earlier]),
+                        {"A": str(a_path), "B": str(b_path), "B_command": b["command"], "B_seeds": b["seeds"],
+                         "B_wall_seconds": b["wall_seconds"], "B_samplers": [n for n in b["samplers"] if n != "random"]}]
     a["agent_train_seconds"] = {**a.get("agent_train_seconds", {}), **b.get("agent_train_seconds", {})}
     a["dqn_agent"] = b["dqn_agent"] or a.get("dqn_agent")
     a["vs_taudis"] = vs_taudis(a["samplers"], a["rare_class"])
