@@ -11,11 +11,13 @@ CPU-sized: central --crop crop of each slice, 16x16 regions, 20 optimiser steps 
 
     .venv/bin/python benchmarks/bench_al.py [--only soc,imbalanced] [--seeds 10] [--episodes 50] [--crop 64]
     .venv/bin/python benchmarks/bench_al.py --merge A.json B.json OUT.json
+    .venv/bin/python benchmarks/bench_al.py --pair-taudis RESULTS.json
 
 `--merge` joins two `paser bench al` runs of the same data, budgets and settings but different
 samplers (on a shared CPU the heuristics and the DQN agents were run as two invocations):
 B's samplers are compared with A's random seed by seed over the seeds both ran. The runs
 are deterministic per seed; the merge checks that every seed starts from the same mIoU.
+Every DQN sampler is also paired with TAUDIS (`vs_taudis`; `--pair-taudis` adds it to older results).
 """
 
 from __future__ import annotations
@@ -53,22 +55,10 @@ def prepare(name: str, work: Path) -> Path:
     return out
 
 
-class _Trace:
-    """What `paired_differences` reads of a trace, rebuilt from a results JSON."""
-
-    def __init__(self, budgets, miou, class_iou_final):
-        self.budgets, self.miou, self.class_iou = budgets, miou, [class_iou_final]
-
-
-def _traces(summary: dict, n: int) -> list:
-    return [_Trace(summary["budgets"], m, c) for m, c in
-            zip(summary["miou_per_seed"][:n], summary["class_iou_final_per_seed"][:n])]
-
-
 def merge(a_path: Path, b_path: Path, out: Path) -> dict:
     """A's results with B's samplers added, each paired with A's random over the common seeds."""
     from learners.atomic import atomic_write_text
-    from napari_paser.bench.al import paired_differences
+    from napari_paser.bench.al import paired_differences, stored_traces, vs_taudis
 
     a, b = json.loads(a_path.read_text()), json.loads(b_path.read_text())
     n = min(a["seeds"], b["seeds"])
@@ -82,15 +72,29 @@ def merge(a_path: Path, b_path: Path, out: Path) -> dict:
         if starts != [m[0] for m in rand["miou_per_seed"][:n]] or s["budgets"] != rand["budgets"]:
             raise SystemExit(f"{b_path} is not paired with {a_path}: different seed sets or budgets")
         a["samplers"][name] = s
-        a["vs_random"][name] = paired_differences(_traces(s, n), _traces(rand, n), a["rare_class"])
-    a["merged_from"] = {"A": str(a_path), "B": str(b_path), "B_command": b["command"], "B_seeds": b["seeds"],
-                        "B_wall_seconds": b["wall_seconds"]}
+        a["vs_random"][name] = paired_differences(stored_traces(s, n), stored_traces(rand, n), a["rare_class"])
+    earlier = a.get("merged_from", [])
+    a["merged_from"] = [*(earlier if isinstance(earlier, list) else [earlier]),
+                        {"A": str(a_path), "B": str(b_path), "B_command": b["command"], "B_seeds": b["seeds"],
+                         "B_wall_seconds": b["wall_seconds"], "B_samplers": [n for n in b["samplers"] if n != "random"]}]
     a["agent_train_seconds"] = {**a.get("agent_train_seconds", {}), **b.get("agent_train_seconds", {})}
-    a["dqn_agent"] = b["dqn_agent"]
+    a["dqn_agent"] = b["dqn_agent"] or a.get("dqn_agent")
+    a["vs_taudis"] = vs_taudis(a["samplers"], a["rare_class"])
     best_end = max(s["miou_mean"][-1] for s in a["samplers"].values())
     a["loose_target"] = bool(a["full_supervision_miou"] < best_end)
     atomic_write_text(out, json.dumps(a, indent=1) + "\n")
     return a
+
+
+def pair_taudis(path: Path) -> dict:
+    """`path`'s results with "vs_taudis" (re)computed from its per-seed curves, written in place."""
+    from learners.atomic import atomic_write_text
+    from napari_paser.bench.al import vs_taudis
+
+    results = json.loads(path.read_text())
+    results["vs_taudis"] = vs_taudis(results["samplers"], results["rare_class"])
+    atomic_write_text(path, json.dumps(results, indent=1) + "\n")
+    return results
 
 
 def main() -> int:
@@ -101,11 +105,13 @@ def main() -> int:
     parser.add_argument("--crop", default="64")
     parser.add_argument("--work", type=Path, default=Path("/tmp/paser-al15"))
     parser.add_argument("--merge", nargs=3, type=Path, metavar=("A", "B", "OUT"))
+    parser.add_argument("--pair-taudis", type=Path, metavar="RESULTS",
+                        help="add each DQN sampler's paired differences to TAUDIS to a results JSON, print its table")
     args = parser.parse_args()
-    if args.merge:
+    if args.merge or args.pair_taudis:
         from napari_paser.bench.al import format_table
 
-        print(format_table(merge(*args.merge)))
+        print(format_table(merge(*args.merge) if args.merge else pair_taudis(args.pair_taudis)))
         return 0
     paser = [sys.executable, "-m", "napari_paser.cli"]
     crop = ["--crop", args.crop]

@@ -130,6 +130,34 @@ def paired_differences(traces: list, baseline: list, rare: int) -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class StoredTrace:
+    """What `paired_differences` reads of one seed's trace, rebuilt from a results JSON."""
+
+    budgets: list
+    miou: list
+    class_iou: list  # [final per-class IoU]: only the last budget is stored per seed
+
+
+def stored_traces(summary: dict, n: int) -> list[StoredTrace]:
+    """The first n seeds of a sampler's summary (`summarise` output) as traces."""
+    return [StoredTrace(summary["budgets"], m, [c]) for m, c in
+            zip(summary["miou_per_seed"][:n], summary["class_iou_final_per_seed"][:n])]
+
+
+def vs_taudis(samplers: dict, rare: int) -> dict:
+    """Each DQN sampler's paired per-seed differences to TAUDIS (issue 15's target: the DQN at or above
+    TAUDIS), over the seeds both ran; {} without TAUDIS."""
+    if "taudis" not in samplers:
+        return {}
+    out = {}
+    for name, s in samplers.items():
+        if name.startswith("dqn"):
+            n = min(len(s["miou_per_seed"]), len(samplers["taudis"]["miou_per_seed"]))
+            out[name] = paired_differences(stored_traces(s, n), stored_traces(samplers["taudis"], n), rare)
+    return out
+
+
 def full_supervision(base, test: Split, steps: int) -> float:
     """mIoU of the seed-trained model trained further on every region of the pool."""
     learner = base.clone()
@@ -224,6 +252,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         "samplers": summaries,
         "vs_random": ({name: paired_differences(tr, traces["random"], rare) for name, tr in traces.items()
                        if name != "random"} if "random" in traces else {}),
+        "vs_taudis": vs_taudis(summaries, rare),
         "agent_train_seconds": agent_seconds(samplers),
         "wall_seconds": round(time.time() - t_start, 1),
     }
@@ -291,4 +320,7 @@ def format_table(results: dict) -> str:
         rare_iou = s["class_iou_mean"][-1][rare]
         lines.append(f"{name:<12}{stay:>7}  {per:<22}{s['auc']:>7.4f}  {diff:<28}{s['miou_mean'][-1]:>8.4f}"
                      f"{s['rare_class_share_final']:>9.3f}{rare_iou:>9.3f}{s['propose_seconds_per_step']:>10.2f}")
+    for name, d in results.get("vs_taudis", {}).items():
+        lines.append(f"{name} - taudis, paired over {d['seeds']} seeds: AUC {_ci(d['auc'])} {d['auc']['verdict']}, "
+                     f"ahead on {d['auc_wins']} of {d['seeds']}")
     return "\n".join(lines)
