@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_coldstart as bc  # noqa: E402
 
+from learners.inference import predict_logits  # noqa: E402
 from learners.training import IGNORE_INDEX, iter_training  # noqa: E402
 from napari_paser.data.baselines import fit_pixel_forest, pixel_features  # noqa: E402
 from napari_paser.data.dataset import normalise  # noqa: E402
@@ -38,7 +39,7 @@ from napari_paser.session.jobs import role_config  # noqa: E402
 
 def probs(model, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return torch.softmax(model.eval()(torch.from_numpy(x[:, None]).float()), 1).numpy()
+        return torch.softmax(predict_logits(model, x), 1).numpy()
 
 
 def dihedral_probs(model, x: np.ndarray) -> np.ndarray:
