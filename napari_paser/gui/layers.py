@@ -71,9 +71,9 @@ def prediction_view(session) -> LazyView:
 
 def session_layers(session, gamma: Callable[[], float], with_image: bool) -> list[Callable[[], object]]:
     """Makers of the session's layers, bottom to top: (image,) prediction, entropy, entropy > gamma, labels,
-    regions. The routing layers come with the first routing (built here, empty and hidden, they made each map
-    refresh and model-view toggle 30-40 ms slower for a person who never routes). Called on the GUI thread one per event-loop turn (a layer built in a worker thread crashed
-    vispy's next draw on resume)."""
+    regions. Called on the GUI thread one per event-loop turn (a layer built in a worker thread crashed
+    vispy's next draw on resume). The routing layers come with the first routing: built here, empty and
+    hidden, they made each map refresh and model-view toggle 30-40 ms slower for a person who never routes."""
     from napari.layers import Image, Labels
 
     m, colors = meta(session), session.classes.layer_colors()
