@@ -537,14 +537,14 @@ def _run_distributed(job, todo, workers, scheduler, device, threads, processes, 
         pending = as_completed([], loop=client.loop)
 
         def top_up() -> None:  # the window follows workers that join or leave a running cluster
-            n = max(2, 2 * sum(client.nthreads().values())) - len(futures)
-            for b in queue[:max(n, 0)]:
+            n = max(0, max(2, 2 * sum(client.nthreads().values())) - len(futures))
+            for b in queue[:n]:
                 f = client.submit(process_block, job, b, device=device, threads=per_worker, retries=2, pure=False,
                                   key=f"paser-block-{b.name}-{os.getpid()}")
                 block_of[f.key] = b
                 futures.append(f)
                 pending.add(f)
-            del queue[:max(n, 0)]
+            del queue[:n]
 
         top_up()
         while not pending.is_empty():

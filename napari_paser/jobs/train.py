@@ -79,10 +79,9 @@ def init_models(run: str | Path, configs: list) -> list[UNet]:
 def shipped_models(configs: list, seed: int = 0) -> list[UNet | None]:
     """The package's starting weights (napari_paser/weights) for the roles that ship them and fit
     their config (a fresh head for another number of classes); None for the others (f2)."""
-    from napari_paser.weights import has_starting_weights, starting_model
+    from napari_paser.weights import shipped_start
 
-    return [starting_model(role, config, seed) if has_starting_weights(role, config) else None
-            for role, config in zip(ROLES, configs)]
+    return [shipped_start(role, config, seed) for role, config in zip(ROLES, configs)]
 
 
 RUN_FILES = ("run.json", "metrics.json", "policy.pt", "policies", *(f"{r}.pt" for r in ROLES),

@@ -150,7 +150,7 @@ class ModelsMixin:
         see napari_paser.weights) begin from them (another class count: their body, a fresh head),
         the others (f2) from a seeded random init; start="scratch": every role from a random init.
         """
-        from napari_paser.weights import has_starting_weights, starting_model
+        from napari_paser.weights import shipped_start
 
         if start not in ("shipped", "scratch"):
             raise PaserInputError(f"start must be 'shipped' or 'scratch', got {start!r}")
@@ -164,9 +164,10 @@ class ModelsMixin:
                 if isinstance(spec, str) and spec not in MODEL_SIZES:
                     raise PaserInputError(f"unknown model size {spec!r}; choose one of {', '.join(MODEL_SIZES)}")
                 cfg = preset_config(spec, n_classes=self.n_classes) if isinstance(spec, str) else spec
-                shipped = start == "shipped" and has_starting_weights(role, cfg)
-                model = starting_model(role, cfg, seed) if shipped else UNet(cfg).eval()
-                built[role], sources[role] = self._checked(model, f"the new {role} model"), "shipped" if shipped else "scratch"
+                model = shipped_start(role, cfg, seed) if start == "shipped" else None
+                source = "scratch" if model is None else "shipped"
+                model = UNet(cfg).eval() if model is None else model
+                built[role], sources[role] = self._checked(model, f"the new {role} model"), source
         for source in ("shipped", "scratch"):
             group = {r: m for r, m in built.items() if sources[r] == source}
             if group:

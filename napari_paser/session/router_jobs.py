@@ -234,7 +234,7 @@ def cross_fit_models(session: Session, roles: Sequence[str], folds: int, config:
     init) on every label but that fold's. Their scores make the router's reward table: scored by models
     trained on them, every model looks right on every training region and the policy learns nothing
     about where a larger model generalises better. None when cancelled or with too few regions."""
-    from napari_paser.weights import has_starting_weights, starting_model
+    from napari_paser.weights import shipped_start
 
     train = [r.region_id for r in session.state.accepted if r.split == "train"]
     k = min(folds, len(train))
@@ -252,7 +252,8 @@ def cross_fit_models(session: Session, roles: Sequence[str], folds: int, config:
             cfg = session.models[role].config
             with torch.random.fork_rng():
                 torch.manual_seed(config.seed + f)
-                model = starting_model(role, cfg, config.seed) if has_starting_weights(role, cfg) else UNet(cfg)
+                model = shipped_start(role, cfg, config.seed)
+                model = UNet(cfg) if model is None else model
             gen = iter_training(model, d.images, d.labels, None, None, config, should_stop=should_stop)
             trained, done = yield from step_progress(gen, "cross-fit", done, total,
                                                      lambda _e, role=role: f"fold {f + 1}/{k}: {role}")

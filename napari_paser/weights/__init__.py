@@ -57,3 +57,8 @@ def starting_model(role: str, config: UNetConfig, seed: int = 0, folder: str | P
     body = {k: v for k, v in ckpt.model.state_dict().items() if not k.startswith("head.")}
     model.load_state_dict(body, strict=False)
     return model.eval()
+
+
+def shipped_start(role: str, config: UNetConfig, seed: int = 0) -> UNet | None:
+    """`starting_model` where shipped weights fit `role` and `config`; None where they do not (f2)."""
+    return starting_model(role, config, seed) if has_starting_weights(role, config) else None
