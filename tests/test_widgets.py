@@ -17,7 +17,7 @@ from learners.routing.policy import PolicyConfig, PolicyNet, save_policy  # noqa
 from learners.unet import UNet, UNetConfig  # noqa: E402
 from napari_paser.gui import hub as _widgets_hub  # noqa: E402
 from napari_paser.gui.widgets import PaserWidget  # noqa: E402
-from napari_paser.gui.hub import ABOVE, ENTROPY, LABELS, PRED, REGIONS, ROUTED, ROUTING, hub_for  # noqa: E402
+from napari_paser.gui.hub import ABOVE, ENTROPY, IMAGE, LABELS, PRED, REGIONS, ROUTED, ROUTING, hub_for  # noqa: E402
 from napari_paser.gui.io import REGION_COLORS  # noqa: E402
 
 PLUGIN = "napari-paser"
@@ -325,6 +325,8 @@ def test_routing_overlay_screenshot_is_not_blank(gui, qtbot, tmp_path, errors):
     wait_idle(qtbot, widget.hub)
     assert viewer.layers[ROUTING] is overlay and viewer.layers[ROUTED] is routed
     assert len(overlay.data) == 0 and not overlay.visible and not routed.visible and not routed.data.any()
+    order = [la.name for la in viewer.layers]  # the resumed session's own image goes under its overlays
+    assert order.index(IMAGE) < min(order.index(n) for n in (LABELS, PRED, ROUTING, ROUTED)), order
     maps.route()  # the emptied overlay takes the new routing's rectangles
     wait_idle(qtbot, widget.hub)
     assert viewer.layers[ROUTING] is overlay and len(overlay.data) == 4 and len(overlay.features) == 4

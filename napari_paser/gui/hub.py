@@ -154,7 +154,8 @@ class Hub(QObject):
         def install(result) -> None:
             self._install(result, on_ready=on_ready, remove=reader_copies(result[0]))
 
-        return self.run(job, on_return=install, what="opening the session (loading its models)")
+        return self.run(job, on_return=install, what="opening the session (loading its models)",
+                        final=f"opened the session {Path(folder).name}")
 
     def _install(self, result, on_ready, remove) -> None:
         """Swap in a new session's layers, one layer per event-loop turn (each add builds vispy nodes).
@@ -196,7 +197,8 @@ class Hub(QObject):
         if old is None or type(old) is not type(layer) or old.ndim != layer.ndim:
             if old is not None:
                 layers.remove(old)
-            layers.append(layer)
+            below = [i for i, la in enumerate(layers) if la.name in L.SESSION_LAYERS] if name == IMAGE else []
+            layers.insert(min(below), layer) if below else layers.append(layer)  # the scan under its overlays
             return
         if name == REGIONS:  # emptied here, filled by refresh_regions
             old.selected_data = set(range(len(old.data)))
