@@ -5,16 +5,16 @@ Data: the SOC slices (`../shared/data/soc_pristine`) degraded with `lowres-shadi
 slices of "pretrain" (every pixel labeled, the session's crop training `RETRAIN_CONFIG` for
 `--steps` steps), and are scored on the 10 "test" slices.
 
-Models: f0 = the shipped starting weights (tiny) fine-tuned; f1 = a medium UNet from scratch and,
-when `napari_paser/weights/f1-3class.pt` exists, from the shipped medium starting weights.
-Each f1 runs the shipped routed-inference path (`execute_routing`, every patch to f1) at patch
+Models: f0 = the shipped starting weights (tiny) fine-tuned; the larger model of `--role` (f1: medium,
+f2: wide, the sizes that ship) from scratch and, when `napari_paser/weights/<role>-3class.pt` exists,
+from the shipped starting weights. Each runs the shipped routed-inference path (`execute_routing`, every patch to f1) at patch
 sizes 32 and 64 px with halos 0/8/16/32 px, beside its whole-slice prediction; the patch table
 (`build_patch_table`, f0 as PaSeR computes it: MC mean) gives, per setting, the share of test
-patches where f1 beats f0 by more than 0.01 IoU, the oracle's mIoU (best model per patch) and
-the GFLOPs f1 spends per slice.
+patches where the larger model beats f0 by more than 0.01 IoU, the oracle's mIoU (best model per
+patch) and the GFLOPs the larger model spends per slice.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_patch_context.py [--steps 300] [--crop 256]
-        [--out benchmarks/results/patch-context-soc.json]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_patch_context.py [--role f1|f2] [--steps 300] [--crop 256]
+        [--patches 32,64] [--halos 0,8,16,32] [--out benchmarks/results/patch-context-soc.json]
 """
 
 from __future__ import annotations
@@ -42,11 +42,10 @@ from learners.unet import UNet, preset_config
 from napari_paser.data.dataset import make_splits, normalise, read_dataset, robust_range
 from napari_paser.data.degrade import degrade, get_degradation
 from napari_paser.session.jobs import RETRAIN_CONFIG
-from napari_paser.weights import has_starting_weights, starting_model
+from napari_paser.weights import SHIPPED, has_starting_weights, starting_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SOC = ROOT.parent / "shared" / "data" / "soc_pristine"
-PATCHES, HALOS = (32, 64), (0, 8, 16, 32)
 
 
 def load(crop: int, preset: str) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -69,13 +68,15 @@ def trained(model: UNet, x: np.ndarray, y: np.ndarray, steps: int, seed: int) ->
     return model.eval(), round(time.time() - t, 1)
 
 
-def score_f1(f0: UNet, f1: UNet, x: np.ndarray, y: np.ndarray, samples: int) -> dict:
-    """f1 whole-slice and patch by patch at every patch size and halo, against f0 per patch."""
+def score_larger(f0: UNet, f1: UNet, x: np.ndarray, y: np.ndarray, samples: int, role: str,
+                 patches: list[int], halos: list[int]) -> dict:
+    """The larger model `f1` (role `role`) whole-slice and patch by patch at every patch size and halo,
+    against f0 per patch."""
     with torch.no_grad(), eval_mode(f1):
         whole = f1(torch.from_numpy(x)[:, None]).argmax(1).numpy()
     out = {"whole_slice_miou": miou(whole, y), "settings": []}
-    for size in PATCHES:
-        for halo in HALOS:
+    for size in patches:
+        for halo in halos:
             patching = Patching(size=(size, size), halo=halo)
             with torch.no_grad():
                 res = execute_routing([f0, f1], x, np.ones((len(x), len(patching.grid(*x.shape[-2:]))), int),
@@ -86,20 +87,25 @@ def score_f1(f0: UNet, f1: UNet, x: np.ndarray, y: np.ndarray, samples: int) -> 
             best = np.nan_to_num(table.iou, nan=-1.0).argmax(-1)  # the oracle: the better model per patch
             cost = RoutingCost.of([f0, f1], *x.shape[-2:], patching, samples)
             out["settings"].append({
-                "patch": size, "halo": halo, "f1_routed_miou": miou(res.segmentation, y),
-                "f1_beats_f0_share": round(float((gain > 0.01).mean()), 3),
-                "f0_beats_f1_share": round(float((gain < -0.01).mean()), 3),
+                "patch": size, "halo": halo, f"{role}_routed_miou": miou(res.segmentation, y),
+                f"{role}_beats_f0_share": round(float((gain > 0.01).mean()), 3),
+                f"f0_beats_{role}_share": round(float((gain < -0.01).mean()), 3),
                 "mean_patch_gain": round(float(gain.mean()), 4),
-                "oracle_miou": table.miou(best), "f1_gflops_per_slice": round(cost.patch[1] * len(gain[0]) / 1e9, 3),
+                "oracle_miou": table.miou(best),
+                f"{role}_gflops_per_slice": round(cost.patch[1] * len(gain[0]) / 1e9, 3),
             })
             s = out["settings"][-1]
-            print(f"  patch {size} halo {halo}: f1 {s['f1_routed_miou']:.4f} beats f0 on {s['f1_beats_f0_share']:.0%} "
-                  f"(f0 wins {s['f0_beats_f1_share']:.0%}), oracle {s['oracle_miou']:.4f}", flush=True)
+            print(f"  patch {size} halo {halo}: {role} {s[f'{role}_routed_miou']:.4f} beats f0 on "
+                  f"{s[f'{role}_beats_f0_share']:.0%} (f0 wins {s[f'f0_beats_{role}_share']:.0%}), "
+                  f"oracle {s['oracle_miou']:.4f}", flush=True)
     return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--role", choices=("f1", "f2"), default="f1", help="the larger model: f1 (medium) or f2 (wide)")
+    p.add_argument("--patches", default="32,64", help="routing patch sizes in pixels, comma-separated")
+    p.add_argument("--halos", default="0,8,16,32", help="halos of context in pixels, comma-separated")
     p.add_argument("--steps", type=int, default=300, help="crop-training steps of every model (session default 300)")
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--train-slices", type=int, default=12)
@@ -108,10 +114,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "patch-context-soc.json")
     args = p.parse_args()
+    patches, halos = ([int(v) for v in text.split(",")] for text in (args.patches, args.halos))
     torch.set_num_threads(1)
     x, y, splits = load(args.crop, args.preset)
     tr, te = splits["pretrain"][:args.train_slices], splits["test"]
-    medium = preset_config("medium", n_classes=3)
+    size = SHIPPED[args.role]
+    larger = preset_config(size, n_classes=3)
     f0, f0_s = trained(starting_model("f0", preset_config("tiny", n_classes=3)), x[tr], y[tr], args.steps, args.seed)
     with torch.no_grad(), eval_mode(f0):
         f0_one = miou(f0(torch.from_numpy(x[te])[:, None]).argmax(1).numpy(), y[te])
@@ -120,15 +128,16 @@ def main() -> None:
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "load_before": list(os.getloadavg()), "torch_threads": 1},
               "dataset": str(SOC), "preset": args.preset, "crop": args.crop, "train_slices": tr, "test_slices": te,
-              "steps": args.steps, "f0": {"miou_one_pass": f0_one, "train_s": f0_s}, "f1": {}}
-    starts = {"scratch": lambda: UNet(medium)}
-    if has_starting_weights("f1", medium):
-        starts["shipped"] = lambda: starting_model("f1", medium)
+              "steps": args.steps, "f0": {"miou_one_pass": f0_one, "train_s": f0_s}, args.role: {}, "size": size}
+    starts = {"scratch": lambda: UNet(larger)}
+    if has_starting_weights(args.role, larger):
+        starts["shipped"] = lambda: starting_model(args.role, larger)
     for name, make in starts.items():
         torch.manual_seed(args.seed)
-        f1, secs = trained(make(), x[tr], y[tr], args.steps, args.seed)
-        print(f"f1 medium from {name} ({secs} s):", flush=True)
-        result["f1"][name] = {"train_s": secs, **score_f1(f0, f1, x[te], y[te], args.samples)}
+        model, secs = trained(make(), x[tr], y[tr], args.steps, args.seed)
+        print(f"{args.role} {size} from {name} ({secs} s):", flush=True)
+        result[args.role][name] = {"train_s": secs, **score_larger(f0, model, x[te], y[te], args.samples, args.role,
+                                                                   patches, halos)}
     result["machine"]["load_after"] = list(os.getloadavg())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(result, indent=1))

@@ -12,7 +12,7 @@ ilastik-style random forest on the same labeled pixels (`napari_paser.data.basel
 branch is merged). Writes `--out` (JSON).
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_session_routing.py --out benchmarks/results/session-routing-soc.json \
-        [--budgets 16,32,64] [--crop 256] [--pool-slices 40] [--n-test 10] [--f1 medium --f2 large]
+        [--budgets 16,32,64] [--crop 256] [--pool-slices 40] [--n-test 10] [--f1 medium --f2 wide] [--seed 0]
 """
 
 from __future__ import annotations
@@ -171,7 +171,8 @@ def run_sampler(sampler: str, args, pool, test) -> list[dict]:
     for budget in args.budgets:
         while len(s.accepted) < budget:
             k = min(args.k, budget - len(s.accepted))
-            seconds["propose"] += accept_round(s, pool_y, k, "random" if first else sampler, len(s.accepted))
+            seconds["propose"] += accept_round(s, pool_y, k, "random" if first else sampler,
+                                               1000 * args.seed + len(s.accepted))
             first = False
             t = time.time()
             drain(s.retrain(retrain, roles=("f0",), samples=args.samples, refresh=False))
@@ -184,7 +185,7 @@ def run_sampler(sampler: str, args, pool, test) -> list[dict]:
         seconds["train_router"] += time.time() - t
         methods = evaluate(s, *test, args.samples, result.summary)
         methods["random_forest"] = rf_row(s, *test)
-        entry = {"n_regions": budget, "sampler": sampler, "methods": methods, "router": result.summary,
+        entry = {"n_regions": budget, "sampler": sampler, "seed": args.seed, "methods": methods, "router": result.summary,
                  "seconds": {k: round(v, 1) for k, v in seconds.items()}}
         m = methods
         print(f"[{sampler}] N={budget}: f0 {m['f0']['iou']:.3f} f0_mc {m['f0_mc']['iou']:.3f} f1 {m['f1']['iou']:.3f} "
@@ -206,8 +207,9 @@ def main() -> None:
     p.add_argument("--pool-slices", type=int, default=40)
     p.add_argument("--n-test", type=int, default=10)
     p.add_argument("--preset", default="lowres-shading")
-    p.add_argument("--f1", default="medium", help="f1 size: a preset (tiny, medium, large) or baseN")
-    p.add_argument("--f2", default="large")
+    p.add_argument("--f1", default="medium", help="f1 size: a preset (tiny, medium, wide, large) or baseN")
+    p.add_argument("--f2", default="wide", help="f2 size (default wide: the f2 that ships starting weights)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the proposals (the first round is random)")
     p.add_argument("--f0-epochs", type=int, default=10, help="f0 retraining epochs per round (0: the session default)")
     p.add_argument("--model-epochs", type=int, default=20, help="f1/f2 retraining epochs per budget (0: the session default)")
     p.add_argument("--halo", type=int, default=None, help="context px around routing patches (default: the session's)")

@@ -3,7 +3,7 @@
     paser data synth   --out DIR --n N --size S --seed K      synthetic dataset folder
     paser data degrade --data DIR --out DIR --preset lowres    low-resolution copy of a dataset
     paser data info    --data DIR                              shape, classes, splits
-    paser train        --data DIR --out RUN [--preset quick|paper] [--epochs N] [--seed K] [--overwrite]
+    paser train        --data DIR --out RUN [--preset quick|paper] [--shipped] [--epochs N] [--seed K] [--overwrite]
     paser predict      --run RUN --image STACK.tif --out DIR     f0 segmentation + entropy/BALD maps
     paser segment      --run RUN --image VOLUME --out OUT.zarr [--what maps|route|f2] [--workers N | --scheduler ADDR]
     paser route        --run RUN --image STACK.tif --out DIR [--lambda L | --model f0|f1|f2]   PaSeR (or one model alone)
@@ -11,7 +11,7 @@
     paser session export-run   --session DIR --out RUN [--overwrite]   the session's models and policies as a run
     paser session relink       --session DIR --image PATH      a session reading its image in place: the image moved
     paser models       [--size 224x256] [--json]               parameters and GFLOPs per preset
-    paser weights      --out napari_paser/weights [--role f0|f1] [--steps N]  rebuild the shipped starting weights
+    paser weights      --out napari_paser/weights [--role f0|f1|f2] [--steps N]  rebuild the shipped starting weights
     paser bench routing --data DIR --run RUN --out results.json [--lambda L] [--sweep]   PaSeR vs baselines
     paser bench al     --data DIR --samplers random,entropy,... --budgets 8,16,32 --seeds 3 --out results.json [--dqn AGENT.pt]
     paser al train-dqn --data DIR | --synthetic N --out AGENT.pt [--episodes E]   train the RALIS query agent (imitation + DQN)
@@ -470,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "paper's 200 epochs, batch 32, Adam 1e-4")
     p.add_argument("--init", type=Path, help="start from this run folder's f0/f1/f2 (warm start, to train longer)")
     p.add_argument("--shipped", action="store_true",
-                   help="start f0 and f1 from the package's starting weights (f2 from scratch); not with --init")
+                   help="start f0, f1, f2 from the package's starting weights (f2 then the wide size that ships); "
+                        "not with --init")
     p.add_argument("--epochs", type=COUNT, help="override the preset's number of epochs")
     p.add_argument("--scheduler", choices=("fixed", "step", "cosine", "agent"), default="fixed",
                    help="learning-rate schedule; agent = the Q-learning scheduler (learners.lr_agent)")
@@ -482,10 +483,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("weights", help="train the starting weights new sessions begin from (f0 or f1, on synthetic data)")
+    p = sub.add_parser("weights", help="train the starting weights new sessions begin from (f0, f1 or f2, on synthetic data)")
     p.add_argument("--out", required=True, type=Path, help="folder for <role>-3class.pt and <role>-3class.json "
                                                           "(napari_paser/weights rebuilds the shipped ones)")
-    p.add_argument("--role", choices=("f0", "f1"), default="f0", help="f0 (tiny, default) or f1 (medium)")
+    p.add_argument("--role", choices=("f0", "f1", "f2"), default="f0", help="f0 (tiny, default), f1 (medium) or f2 (wide)")
     p.add_argument("--steps", type=int, default=3000, help="optimiser steps (default 3000, minutes on a CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -38,9 +38,9 @@ def test_degrade_keeps_labels_and_records_spec(synth_dir, tmp_path):
 def test_models_json_lists_presets_with_costs(capsys):
     assert main(["models", "--size", "64x96", "--json"]) == 0
     costs = json.loads(capsys.readouterr().out)
-    assert list(costs) == ["tiny", "medium", "large"]
-    assert costs["tiny"]["params"] < costs["medium"]["params"] < costs["large"]["params"]
-    assert 0 < costs["tiny"]["gflops"] < costs["medium"]["gflops"] < costs["large"]["gflops"]
+    assert list(costs) == ["tiny", "medium", "wide", "large"]
+    assert [costs[n]["params"] for n in costs] == sorted(costs[n]["params"] for n in costs)
+    assert 0 < costs["tiny"]["gflops"] < costs["medium"]["gflops"] < costs["wide"]["gflops"] < costs["large"]["gflops"]
 
 
 def test_train_writes_checkpoints_and_metrics(synth_dir, tmp_path, capsys):

@@ -79,19 +79,21 @@ def test_demo_threads_leave_busy_cores_alone(monkeypatch):
     assert demo.demo_threads() == 2
 
 
-def test_shipped_start_gives_f0_and_f1_the_package_weights_and_f2_none():
+def test_shipped_start_gives_every_role_the_package_weights_and_the_paper_large_f2_none():
     from learners.unet import preset_config
-    from napari_paser.jobs.train import MODEL_PRESETS, ROLES, shipped_models
+    from napari_paser.jobs.train import MODEL_PRESETS, ROLES, model_presets, shipped_models
     from napari_paser.weights import starting_model
 
-    configs = [preset_config(MODEL_PRESETS[r], n_classes=3) for r in ROLES]
-    f0, f1, f2 = shipped_models(configs)
-    assert f2 is None
-    for role, model in (("f0", f0), ("f1", f1)):
+    presets = model_presets(shipped=True)
+    assert presets == {"f0": "tiny", "f1": "medium", "f2": "wide"} and model_presets(False) == MODEL_PRESETS
+    configs = [preset_config(presets[r], n_classes=3) for r in ROLES]
+    models = shipped_models(configs)
+    for role, model in zip(ROLES, models):
         ref = starting_model(role, model.config).state_dict()
         assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
-    four = shipped_models([preset_config(MODEL_PRESETS[r], n_classes=4) for r in ROLES])  # another class count:
-    assert four[1].config.n_classes == 4 and torch.equal(four[1].stem.weight, f1.stem.weight)
+    assert shipped_models([preset_config(MODEL_PRESETS[r], n_classes=3) for r in ROLES])[2] is None  # large: none
+    four = shipped_models([preset_config(presets[r], n_classes=4) for r in ROLES])  # another class count:
+    assert four[2].config.n_classes == 4 and torch.equal(four[2].stem.weight, models[2].stem.weight)
 
 
 def test_train_run_refuses_a_shipped_start_with_a_run_to_start_from(data, tmp_path):
@@ -100,3 +102,15 @@ def test_train_run_refuses_a_shipped_start_with_a_run_to_start_from(data, tmp_pa
 
     with pytest.raises(PaserInputError, match="not both"):
         train_run(data, tmp_path / "run", init=tmp_path, shipped=True, progress=False)
+
+
+def test_a_run_trained_from_the_shipped_weights_is_recognised_so_init_keeps_its_sizes(tmp_path):
+    from napari_paser.jobs.train import run_was_shipped
+
+    assert not run_was_shipped(tmp_path)  # no run.json
+    (tmp_path / "run.json").write_text('{"shipped": true}')
+    assert run_was_shipped(tmp_path)
+    (tmp_path / "run.json").write_text('{"shipped": false}')
+    assert not run_was_shipped(tmp_path)
+    (tmp_path / "run.json").write_text("{trunc")
+    assert not run_was_shipped(tmp_path)

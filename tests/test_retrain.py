@@ -25,6 +25,7 @@ from napari_paser.session.jobs import RETRAIN_CONFIG
 from napari_paser.session.store import State
 from napari_paser.weights import provenance, starting_model, weights_path
 
+TINY = UNetConfig(base=4, depth=2)
 FAST = replace(RETRAIN_CONFIG, epochs=2, steps_per_epoch=40, crop=32)
 
 
@@ -52,6 +53,19 @@ def test_shipped_medium_f1_segments_electrodes_and_new_models_start_f1_from_it(t
     s.new_models({"f0": "tiny", "f1": "medium", "f2": UNetConfig(base=4, depth=2)})
     assert [s.state.models[r]["source"] for r in ("f0", "f1", "f2")] == ["shipped", "shipped", "scratch"]
     torch.testing.assert_close(s.models["f1"].head.weight, model.head.weight)
+
+
+def test_shipped_wide_f2_segments_electrodes_and_only_the_wide_size_starts_from_it(tmp_path):
+    assert torch.load(weights_path("f2"), map_location="cpu", weights_only=True)["config"]["base"] == 32
+    model = starting_model("f2", preset_config("wide"))
+    image, labels = volume(n=2, size=128, seed=123, preset="lowres-shading")
+    assert mean_iou(predict_classes(model, normalise(image, *robust_range(image))), labels, 3) > 0.5  # 1 class: < 0.2
+    s = Session.create(tmp_path / "s", image[:1, :64, :64], region_size=32)
+    s.new_models({"f0": TINY, "f2": "wide"})
+    assert s.state.models["f2"]["source"] == "shipped"
+    torch.testing.assert_close(s.models["f2"].head.weight, model.head.weight)
+    s.new_models({"f2": "large"})  # the paper's large ships nothing: a seeded random init
+    assert s.state.models["f2"]["source"] == "scratch"
 
 
 def test_other_class_counts_start_from_the_shipped_body_with_a_fresh_head():

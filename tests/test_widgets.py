@@ -321,10 +321,14 @@ def test_routing_overlay_screenshot_is_not_blank(gui, qtbot, tmp_path, errors):
     wait_idle(qtbot, widget.hub)
     assert "GFLOPs" in maps.readout.text() and ROUTING in viewer.layers
     overlay, routed = viewer.layers[ROUTING], viewer.layers[ROUTED]
+    routed.visible = True  # both shown (napari draws a hidden layer's thumbnail only once it is shown)
+    assert overlay.thumbnail[..., :3].any() and routed.thumbnail[..., :3].any()
     widget.hub.open(s.folder)  # resuming: the routing layers are emptied and hidden in place, never removed
     wait_idle(qtbot, widget.hub)
     assert viewer.layers[ROUTING] is overlay and viewer.layers[ROUTED] is routed
     assert len(overlay.data) == 0 and not overlay.visible and not routed.visible and not routed.data.any()
+    # the layer list shows them empty (napari draws an empty layer's thumbnail black)
+    assert not overlay.thumbnail[..., :3].any() and not routed.thumbnail[..., :3].any()
     order = [la.name for la in viewer.layers]  # the resumed session's own image goes under its overlays
     assert order.index(IMAGE) < min(order.index(n) for n in (LABELS, PRED, ROUTING, ROUTED)), order
     maps.route()  # the emptied overlay takes the new routing's rectangles

@@ -165,11 +165,11 @@ def reset_routing(viewer, ndim: int) -> None:
         if layer.ndim != ndim:
             viewer.layers.remove(layer)
             continue
-        layer.visible = False
-        if name == ROUTING:
+        if name == ROUTING:  # emptied before hiding: napari refreshes a hidden layer's thumbnail only when shown
             _empty_shapes(layer)
         else:
             layer.data = np.zeros_like(layer.data)
+        layer.visible = False
 
 
 def _empty_shapes(layer) -> None:

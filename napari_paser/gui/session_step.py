@@ -13,6 +13,7 @@ from napari_paser.gui.hub import guarded, hub_for, info
 from napari_paser.errors import PaserInputError
 from napari_paser.gui.io import SESSION_KEY
 from napari_paser.session.store import DEFAULT_CLASSES
+from napari_paser.weights import SHIPPED
 
 
 class SessionWidget(QWidget):
@@ -38,10 +39,10 @@ class SessionWidget(QWidget):
         self.run_folder = PathEdit("run folder from `paser train` (f0.pt, f1.pt, f2.pt, policy.pt)")
         self.load_button = QPushButton("Load models")
         self.scratch = {role: QCheckBox(f"{role} ({size})") for role, size in
-                        (("f0", "tiny"), ("f1", "medium"), ("f2", "large"))}
+                        SHIPPED.items()}
         self.scratch["f0"].setChecked(True)
         self.scratch["f0"].setEnabled(False)
-        self.scratch_button = QPushButton("New models (f0, f1 from the shipped starting weights)")
+        self.scratch_button = QPushButton("New models (from the shipped starting weights)")
         self.status = QLabel("no session")
         self.status.setWordWrap(True)
         self.job = JobBar(self.hub)
@@ -147,10 +148,9 @@ class SessionWidget(QWidget):
 
     @guarded
     def new_models(self, *_) -> None:
-        """New models (f0, f1 from the package's starting weights, f2 from a random init), in the background."""
+        """New models from the package's starting weights, in the background."""
         s = self.hub.require()
-        sizes = {"f0": "tiny", "f1": "medium", "f2": "large"}
-        roles = {r: sizes[r] for r, box in self.scratch.items() if box.isChecked()}
+        roles = {r: SHIPPED[r] for r, box in self.scratch.items() if box.isChecked()}
 
         def made(_roles) -> None:
             self.hub.models_changed.emit()

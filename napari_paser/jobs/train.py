@@ -29,13 +29,14 @@ from learners.inference import predict_classes
 from learners.metrics import confusion_matrix, iou_from_confusion, iou_per_gflop
 from learners.pretrain import pretrain_segmenters
 from learners.training import TrainConfig
-from learners.unet import UNet, count_parameters, preset_config
+from learners.unet import UNet, count_parameters, preset_config, preset_of
 from napari_paser.data.baselines import fit_multiotsu, predict_multiotsu
 from napari_paser.data.dataset import Dataset, fingerprint, normalise, read_dataset, robust_range
 from napari_paser.errors import PaserInputError
 
 ROLES = ("f0", "f1", "f2")
 MODEL_PRESETS = {"f0": "tiny", "f1": "medium", "f2": "large"}
+"""The paper's sizes, trained from scratch (or from --init)."""
 MC_SAMPLES = 5
 
 
@@ -74,6 +75,23 @@ def init_models(run: str | Path, configs: list) -> list[UNet]:
                                   "start from a run trained on the same classes with the default model sizes")
         models.append(model)
     return models
+
+
+def model_presets(shipped: bool) -> dict[str, str]:
+    """Size preset per role: the paper's, or with shipped starting weights the sizes that ship
+    (f2 "wide": the paper's large is ~5 s per training step on a CPU and has no starting weights)."""
+    from napari_paser.weights import SHIPPED
+
+    return {r: SHIPPED.get(r, p) for r, p in MODEL_PRESETS.items()} if shipped else dict(MODEL_PRESETS)
+
+
+def run_was_shipped(run: str | Path) -> bool:
+    """Whether run folder `run` was trained from the shipped starting weights (its sizes then are those)."""
+    path = Path(run) / "run.json"
+    try:
+        return bool(json.loads(path.read_text(encoding="utf-8")).get("shipped"))
+    except (OSError, ValueError):
+        return False
 
 
 def shipped_models(configs: list, seed: int = 0) -> list[UNet | None]:
@@ -143,7 +161,7 @@ def evaluate_model(model: UNet, role: str, images: np.ndarray, labels: np.ndarra
     gflops = gflops_per_image(model, h, w) if grid is None else GRID[0] * GRID[1] * patch_flops(model, h, w, GRID) / 1e9
     miou = float(np.nanmean(ious))
     out = {
-        "preset": MODEL_PRESETS.get(role, "custom"),
+        "preset": preset_of(model.config),
         "params": count_parameters(model),
         "iou": miou,
         "iou_per_class": {n: (None if np.isnan(v) else float(v)) for n, v in zip(class_names, ious)},
@@ -183,9 +201,9 @@ def train_run(
     """Train f0, f1, f2 on `data`, write checkpoints and metrics into `out`; return the metrics.
 
     `init`: a run folder whose f0/f1/f2 the models start from (warm start, to train longer;
-    it may be `out` itself with `overwrite`). `shipped`: f0 and f1 start from the package's
-    starting weights instead (fine-tuned on `data`; f2 from scratch), so the small data of a
-    demo gives them electrodes they already know. `out` must be new or empty unless `overwrite`,
+    it may be `out` itself with `overwrite`; its model sizes are kept). `shipped`: f0, f1 and f2
+    start from the package's starting weights instead (fine-tuned on `data`; f2 is then the
+    "wide" size that ships), so the small data of a demo gives them electrodes they already know. `out` must be new or empty unless `overwrite`,
     which removes the previous run's files (stale policies included) before training.
     """
     started = time.time()
@@ -198,7 +216,8 @@ def train_run(
         raise PaserInputError(f"{len(names)} class names given for a dataset with {ds.n_classes} classes")
     lo, hi = robust_range(ds.images)
     x = normalise(ds.images, lo, hi)
-    configs = [preset_config(MODEL_PRESETS[r], n_classes=ds.n_classes) for r in ROLES]
+    presets = model_presets(shipped or (init is not None and run_was_shipped(init)))
+    configs = [preset_config(presets[r], n_classes=ds.n_classes) for r in ROLES]
     tx, ty = split_arrays(ds, list(train_splits), x)
     vx, vy = split_arrays(ds, ["val"], x)
     test_x, test_y = split_arrays(ds, ["test"], x)
@@ -227,7 +246,7 @@ def train_run(
 
     def save(i: int, model: UNet, result) -> None:
         role = ROLES[i]
-        extra = {"role": role, "preset": MODEL_PRESETS[role], "patchwise": role != "f0",
+        extra = {"role": role, "preset": presets[role], "patchwise": role != "f0",
                  "best_val_miou": result.best_val_miou, "epochs_run": len(result.history)}
         save_checkpoint(out / f"{role}.pt", model, {**meta, **extra})
         if result.lr_agent is not None:  # the learning-rate agent's Q-table travels with the run
@@ -235,7 +254,7 @@ def train_run(
 
     cfgs = train_configs(preset, epochs, seed, scheduler)
     res = pretrain_segmenters(configs, tx, ty, vx, vy, cfgs, grid=GRID, kd_beta=cfgs[0].kd_beta,
-                              seed=seed, progress=progress, names=[f"{r} ({MODEL_PRESETS[r]})" for r in ROLES],
+                              seed=seed, progress=progress, names=[f"{r} ({presets[r]})" for r in ROLES],
                               on_model_done=save, init=starts)
     models = {}
     for role, model, result in zip(ROLES, res.models, res.results):

@@ -35,7 +35,7 @@ from napari_paser.session.store import MODELS, State
 MODEL_ROLES = ("f0", "f1", "f2")
 POLICY, POLICY_FILE = "policy", "policy.pt"
 BANK_ROLE = "policy@"  # + lambda: the policy bank's members, e.g. "policy@0.300"
-MODEL_SIZES = ("tiny", "medium", "large")
+MODEL_SIZES = ("tiny", "medium", "wide", "large")
 
 
 def bank_role(lam: float) -> str:
@@ -144,11 +144,12 @@ class ModelsMixin:
 
     def new_models(self, roles: dict[str, str | UNetConfig] | None = None, seed: int = 0,
                    start: str = "shipped") -> list[str]:
-        """New models from size presets ("tiny", "medium", "large") or configs, e.g. {"f0": "tiny"}.
+        """New models from size presets ("tiny", "medium", "wide", "large") or configs, e.g. {"f0": "tiny"}.
 
-        start="shipped" (default): roles with starting weights in the package (f0 tiny, f1 medium,
-        see napari_paser.weights) begin from them (another class count: their body, a fresh head),
-        the others (f2) from a seeded random init; start="scratch": every role from a random init.
+        start="shipped" (default): roles whose size has starting weights in the package (f0 tiny,
+        f1 medium, f2 wide, see napari_paser.weights) begin from them (another class count: their
+        body, a fresh head), the others (f2 large) from a seeded random init; start="scratch":
+        every role from a random init.
         """
         from napari_paser.weights import shipped_start
 

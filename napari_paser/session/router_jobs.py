@@ -145,7 +145,7 @@ def router_models(session: Session) -> list[str]:
     roles = [r for r in ("f0", "f1", "f2") if r in session.models]
     if "f0" not in roles or len(roles) < 2:
         raise PaserInputError("training a router needs f0 and at least f1: load a run folder with f0.pt, f1.pt, "
-                              "f2.pt (`paser train`), or add them with new_models({'f1': 'medium', 'f2': 'large'})")
+                              "f2.pt (`paser train`), or add them with new_models({'f1': 'medium', 'f2': 'wide'})")
     return roles
 
 

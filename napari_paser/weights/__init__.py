@@ -23,7 +23,7 @@ from learners.checkpoint import load_checkpoint
 from learners.unet import UNet, UNetConfig, preset_config
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
-SHIPPED = {"f0": "tiny", "f1": "medium"}  # role -> size preset of the weights `paser weights --role` trains
+SHIPPED = {"f0": "tiny", "f1": "medium", "f2": "wide"}  # role -> size preset of the weights `paser weights --role` trains
 N_CLASSES = 3
 
 
