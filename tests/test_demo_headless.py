@@ -104,13 +104,16 @@ def test_train_run_refuses_a_shipped_start_with_a_run_to_start_from(data, tmp_pa
         train_run(data, tmp_path / "run", init=tmp_path, shipped=True, progress=False)
 
 
-def test_a_run_trained_from_the_shipped_weights_is_recognised_so_init_keeps_its_sizes(tmp_path):
-    from napari_paser.jobs.train import run_was_shipped
+def test_init_keeps_the_sizes_of_the_run_it_starts_from_and_refuses_other_classes(tmp_path):
+    from learners.checkpoint import save_checkpoint
+    from learners.unet import UNet, UNetConfig, preset_of
+    from napari_paser.errors import PaserInputError
+    from napari_paser.jobs.train import init_models
 
-    assert not run_was_shipped(tmp_path)  # no run.json
-    (tmp_path / "run.json").write_text('{"shipped": true}')
-    assert run_was_shipped(tmp_path)
-    (tmp_path / "run.json").write_text('{"shipped": false}')
-    assert not run_was_shipped(tmp_path)
-    (tmp_path / "run.json").write_text("{trunc")
-    assert not run_was_shipped(tmp_path)
+    sizes = {"f0": UNetConfig(base=8, depth=2), "f1": UNetConfig(base=16, depth=4), "f2": UNetConfig(base=32, depth=4)}
+    for role, cfg in sizes.items():
+        save_checkpoint(tmp_path / f"{role}.pt", UNet(cfg), {"class_names": ["a", "b", "c"]})
+    models = init_models(tmp_path, 3)
+    assert [preset_of(m.config) for m in models] == ["tiny", "medium", "wide"]
+    with pytest.raises(PaserInputError, match="segments 3 classes"):
+        init_models(tmp_path, 4)

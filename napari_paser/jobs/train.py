@@ -61,18 +61,19 @@ TRAIN_PRESETS: dict[str, tuple[TrainConfig, TrainConfig]] = {
 }
 
 
-def init_models(run: str | Path, configs: list) -> list[UNet]:
-    """The models of run folder `run` to start from; each must have the architecture it replaces."""
+def init_models(run: str | Path, n_classes: int) -> list[UNet]:
+    """The models of run folder `run` to start from (their sizes are kept); each must segment `n_classes`."""
     run = Path(run)
     models = []
-    for role, config in zip(ROLES, configs):
+    for role in ROLES:
         path = run / f"{role}.pt"
         if not path.is_file():
             raise PaserInputError(f"--init {run}: no {role}.pt there; give a run folder written by `paser train`")
         model = load_checkpoint(path).model
-        if model.config != config:
-            raise PaserInputError(f"--init {run}: {role}.pt is a {model.config} but this run trains a {config}; "
-                                  "start from a run trained on the same classes with the default model sizes")
+        if model.config.n_classes != n_classes or model.config.in_channels != 1:
+            raise PaserInputError(f"--init {run}: {role}.pt segments {model.config.n_classes} classes "
+                                  f"({model.config.in_channels} channels) but this dataset has {n_classes} (1 channel); "
+                                  "start from a run trained on the same classes")
         models.append(model)
     return models
 
@@ -83,15 +84,6 @@ def model_presets(shipped: bool) -> dict[str, str]:
     from napari_paser.weights import SHIPPED
 
     return {r: SHIPPED.get(r, p) for r, p in MODEL_PRESETS.items()} if shipped else dict(MODEL_PRESETS)
-
-
-def run_was_shipped(run: str | Path) -> bool:
-    """Whether run folder `run` was trained from the shipped starting weights (its sizes then are those)."""
-    path = Path(run) / "run.json"
-    try:
-        return bool(json.loads(path.read_text(encoding="utf-8")).get("shipped"))
-    except (OSError, ValueError):
-        return False
 
 
 def shipped_models(configs: list, seed: int = 0) -> list[UNet | None]:
@@ -197,14 +189,17 @@ def train_run(
     init: str | Path | None = None,
     overwrite: bool = False,
     shipped: bool = False,
+    sizes: dict[str, str] | None = None,
 ) -> dict:
     """Train f0, f1, f2 on `data`, write checkpoints and metrics into `out`; return the metrics.
 
     `init`: a run folder whose f0/f1/f2 the models start from (warm start, to train longer;
     it may be `out` itself with `overwrite`; its model sizes are kept). `shipped`: f0, f1 and f2
     start from the package's starting weights instead (fine-tuned on `data`; f2 is then the
-    "wide" size that ships), so the small data of a demo gives them electrodes they already know. `out` must be new or empty unless `overwrite`,
-    which removes the previous run's files (stale policies included) before training.
+    "wide" size that ships), so the small data of a demo gives them electrodes they already know.
+    `sizes`: a size preset per role instead (roles whose size ships no weights start from scratch).
+    `out` must be new or empty unless `overwrite`, which removes the previous run's files (stale
+    policies included) before training.
     """
     started = time.time()
     check_run_folder(Path(out), overwrite)
@@ -216,14 +211,16 @@ def train_run(
         raise PaserInputError(f"{len(names)} class names given for a dataset with {ds.n_classes} classes")
     lo, hi = robust_range(ds.images)
     x = normalise(ds.images, lo, hi)
-    presets = model_presets(shipped or (init is not None and run_was_shipped(init)))
-    configs = [preset_config(presets[r], n_classes=ds.n_classes) for r in ROLES]
+    starts = init_models(init, ds.n_classes) if init is not None else None  # before an overwrite removes them
+    presets = {**model_presets(shipped), **(sizes or {})}
+    if starts is not None:
+        presets = {r: preset_of(m.config) for r, m in zip(ROLES, starts)}
+    configs = [m.config for m in starts] if starts else [preset_config(presets[r], n_classes=ds.n_classes) for r in ROLES]
     tx, ty = split_arrays(ds, list(train_splits), x)
     vx, vy = split_arrays(ds, ["val"], x)
     test_x, test_y = split_arrays(ds, ["test"], x)
     _check_size(x.shape[-2:], max(c.depth for c in configs[1:]), configs[0].depth)
     out = Path(out)
-    starts = init_models(init, configs) if init is not None else None  # before an overwrite removes them
     if shipped:
         starts = shipped_models(configs, seed)
     if overwrite and out.is_dir():
@@ -232,7 +229,7 @@ def train_run(
     command = " ".join(shlex.quote(a) for a in sys.argv) if sys.argv else ""
     options = {"data": str(data), "preset": preset, "epochs": epochs, "seed": seed, "scheduler": scheduler,
                "train_splits": list(train_splits), "class_names": list(names), "command": command,
-               "init": str(init) if init is not None else None, "shipped": shipped}
+               "init": str(init) if init is not None else None, "shipped": shipped, "sizes": presets}
     atomic_write_text(out / "run.json", json.dumps(options, indent=2))
     meta = {
         "class_names": list(names),
