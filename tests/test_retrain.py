@@ -44,27 +44,23 @@ def test_shipped_weights_load_weights_only_and_segment_a_degraded_synthetic_slic
     assert mean_iou(pred, labels, 3) > 0.6  # one class everywhere scores < 0.2, chance about 0.33
 
 
-def test_shipped_medium_f1_segments_electrodes_and_new_models_start_f1_from_it(tmp_path):
-    assert torch.load(weights_path("f1"), map_location="cpu", weights_only=True)["config"]["base"] == 16
-    model = starting_model("f1", preset_config("medium"))
+@pytest.mark.parametrize("role, size, base", [("f1", "medium", 16), ("f2", "wide", 32)])
+def test_shipped_larger_models_segment_electrodes_and_new_models_start_from_them(tmp_path, role, size, base):
+    assert torch.load(weights_path(role), map_location="cpu", weights_only=True)["config"]["base"] == base
+    model = starting_model(role, preset_config(size))
     image, labels = volume(n=2, size=128, seed=123, preset="lowres-shading")
     assert mean_iou(predict_classes(model, normalise(image, *robust_range(image))), labels, 3) > 0.5  # 1 class: < 0.2
     s = Session.create(tmp_path / "s", image[:1, :64, :64], region_size=32)
-    s.new_models({"f0": "tiny", "f1": "medium", "f2": UNetConfig(base=4, depth=2)})
-    assert [s.state.models[r]["source"] for r in ("f0", "f1", "f2")] == ["shipped", "shipped", "scratch"]
-    torch.testing.assert_close(s.models["f1"].head.weight, model.head.weight)
+    other = "f2" if role == "f1" else "f1"
+    s.new_models({"f0": "tiny", role: size, other: TINY})
+    assert [s.state.models[r]["source"] for r in ("f0", role, other)] == ["shipped", "shipped", "scratch"]
+    torch.testing.assert_close(s.models[role].head.weight, model.head.weight)
 
 
-def test_shipped_wide_f2_segments_electrodes_and_only_the_wide_size_starts_from_it(tmp_path):
-    assert torch.load(weights_path("f2"), map_location="cpu", weights_only=True)["config"]["base"] == 32
-    model = starting_model("f2", preset_config("wide"))
-    image, labels = volume(n=2, size=128, seed=123, preset="lowres-shading")
-    assert mean_iou(predict_classes(model, normalise(image, *robust_range(image))), labels, 3) > 0.5  # 1 class: < 0.2
-    s = Session.create(tmp_path / "s", image[:1, :64, :64], region_size=32)
-    s.new_models({"f0": TINY, "f2": "wide"})
-    assert s.state.models["f2"]["source"] == "shipped"
-    torch.testing.assert_close(s.models["f2"].head.weight, model.head.weight)
-    s.new_models({"f2": "large"})  # the paper's large ships nothing: a seeded random init
+def test_the_paper_large_f2_ships_no_weights_and_starts_from_a_seeded_init(tmp_path):
+    image, _ = volume(n=1, size=64)
+    s = Session.create(tmp_path / "s", image, region_size=32)
+    s.new_models({"f0": TINY, "f2": "large"})
     assert s.state.models["f2"]["source"] == "scratch"
 
 
