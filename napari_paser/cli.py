@@ -261,10 +261,24 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps(costs, indent=2))
         return 0
     print(f"model presets for {args.n_classes} classes, one {args.size[0]}x{args.size[1]} image:")
-    print(f"{'preset':<8}{'role':<6}{'params':>12}{'GFLOPs':>10}")
-    for role, (name, c) in zip(("f0", "f1", "f2"), costs.items()):
-        print(f"{name:<8}{role:<6}{c['params']:>12,}{c['gflops']:>10.3f}")
+    print(f"{'preset':<8}{'params':>12}{'GFLOPs':>10}  used as")
+    for name, c in costs.items():
+        print(f"{name:<8}{c['params']:>12,}{c['gflops']:>10.3f}  {preset_roles(name)}")
     return 0
+
+
+def preset_roles(name: str) -> str:
+    """Where a size preset serves: the paper's sizes in `paser train`, the shipped ones in new sessions."""
+    from napari_paser.jobs.train import MODEL_PRESETS
+    from napari_paser.weights import SHIPPED
+
+    train = [r for r, p in MODEL_PRESETS.items() if p == name]
+    shipped = [r for r, p in SHIPPED.items() if p == name]
+    if train and train == shipped:
+        return f"{'/'.join(train)} (shipped starting weights)"
+    uses = [f"{'/'.join(shipped)} of new sessions and `paser train --shipped` (shipped starting weights)"] if shipped else []
+    uses += [f"{'/'.join(train)} of `paser train`"] if train else []
+    return "; ".join(uses) or "-"
 
 
 def cmd_bench_routing(args: argparse.Namespace) -> int:

@@ -43,6 +43,13 @@ def test_models_json_lists_presets_with_costs(capsys):
     assert 0 < costs["tiny"]["gflops"] < costs["medium"]["gflops"] < costs["wide"]["gflops"] < costs["large"]["gflops"]
 
 
+def test_models_table_lists_every_preset_and_where_it_serves(capsys):
+    assert main(["models", "--size", "64x64"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert list(rows) == ["tiny", "medium", "wide", "large"]  # the large f2 was missing from this table
+    assert "f2 of new sessions" in rows["wide"] and "f2 of `paser train`" in rows["large"] and "f0" in rows["tiny"]
+
+
 def test_train_writes_checkpoints_and_metrics(synth_dir, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--data", str(synth_dir), "--out", str(run), "--epochs", "2", "--quiet", "--scheduler", "agent"]) == 0
