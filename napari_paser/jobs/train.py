@@ -212,10 +212,12 @@ def train_run(
     lo, hi = robust_range(ds.images)
     x = normalise(ds.images, lo, hi)
     starts = init_models(init, ds.n_classes) if init is not None else None  # before an overwrite removes them
-    presets = {**model_presets(shipped), **(sizes or {})}
     if starts is not None:
-        presets = {r: preset_of(m.config) for r, m in zip(ROLES, starts)}
-    configs = [m.config for m in starts] if starts else [preset_config(presets[r], n_classes=ds.n_classes) for r in ROLES]
+        configs = [m.config for m in starts]
+    else:
+        chosen = {**model_presets(shipped), **(sizes or {})}
+        configs = [preset_config(chosen[r], n_classes=ds.n_classes) for r in ROLES]
+    presets = {r: preset_of(c) for r, c in zip(ROLES, configs)}
     tx, ty = split_arrays(ds, list(train_splits), x)
     vx, vy = split_arrays(ds, ["val"], x)
     test_x, test_y = split_arrays(ds, ["test"], x)

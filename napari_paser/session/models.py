@@ -16,7 +16,7 @@ from learners.routing.bank import load_bank
 from learners.routing.policy import PolicyNet, load_policy, save_policy
 from learners.routing.router import F0State
 from learners.training import TrainConfig
-from learners.unet import UNet, UNetConfig, preset_config
+from learners.unet import PRESETS, UNet, UNetConfig, preset_config
 from napari_paser.errors import PaserInputError
 from napari_paser.session.jobs import (
     RETRAIN_CONFIG,
@@ -35,7 +35,7 @@ from napari_paser.session.store import MODELS, State
 MODEL_ROLES = ("f0", "f1", "f2")
 POLICY, POLICY_FILE = "policy", "policy.pt"
 BANK_ROLE = "policy@"  # + lambda: the policy bank's members, e.g. "policy@0.300"
-MODEL_SIZES = ("tiny", "medium", "wide", "large")
+MODEL_SIZES = tuple(PRESETS)  # tiny, medium, wide, large
 
 
 def bank_role(lam: float) -> str:
