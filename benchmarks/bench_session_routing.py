@@ -119,7 +119,7 @@ def chosen_lambda(summary: dict, bank_lambdas: list[float]) -> float:
     """The bank member PaSeR is reported at: the best held-out-region mIoU (cheaper on a tie), never the test split."""
     held = summary.get("policies") or {}
     if not held:
-        return min(bank_lambdas, key=lambda lam: abs(lam - 0.3))
+        return bank_lambdas[len(bank_lambdas) // 2]  # the bank's default member (`PolicyBank.default_lambda`)
     return float(max(held, key=lambda k: (round(held[k]["iou"], 4), -held[k]["gflops_per_image"])))
 
 
@@ -215,13 +215,13 @@ def main() -> None:
     p.add_argument("--halo", type=int, default=None, help="context px around routing patches (default: the session's)")
     p.add_argument("--cross-fit", type=int, default=2, help="folds of the cross-fitted reward table (0: off)")
     p.add_argument("--rl-epochs", type=int, default=100)
-    p.add_argument("--lambdas", default="0,0.05,0.1,0.3,1")
+    p.add_argument("--lambdas", default=None, help="bank cost weights (default: the session's, ROUTER_LAMBDAS)")
     p.add_argument("--samples", type=int, default=5)
     p.add_argument("--lr", type=float, default=2e-3, help="learning rate of f0 and f1/f2 retraining")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     args.budgets = [int(b) for b in args.budgets.split(",")]
-    args.lambdas = [float(v) for v in args.lambdas.split(",")]
+    args.lambdas = None if args.lambdas is None else [float(v) for v in args.lambdas.split(",")]
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     started = time.time()

@@ -7,7 +7,7 @@
     paser predict      --run RUN --image STACK.tif --out DIR     f0 segmentation + entropy/BALD maps
     paser segment      --run RUN --image VOLUME --out OUT.zarr [--what maps|route|f2] [--workers N | --scheduler ADDR]
     paser route        --run RUN --image STACK.tif --out DIR [--lambda L | --model f0|f1|f2]   PaSeR (or one model alone)
-    paser session train-router --session DIR [--lambdas 0,0.1,0.3] [--epochs N] [--no-retrain]   router from accepted regions
+    paser session train-router --session DIR [--lambdas 0,0.01,0.05] [--epochs N] [--no-retrain]   router from accepted regions
     paser session export-run   --session DIR --out RUN [--overwrite]   the session's models and policies as a run
     paser session relink       --session DIR --image PATH      a session reading its image in place: the image moved
     paser models       [--size 224x256] [--json]               parameters and GFLOPs per preset
@@ -194,8 +194,8 @@ def _session_parsers(sub) -> None:
     p = session.add_parser("train-router", help="retrain f1/f2 on the accepted regions, then train routing policies "
                                                 "(one per lambda) on them")
     p.add_argument("--session", required=True, type=Path, help="session folder (session.json)")
-    p.add_argument("--lambdas", type=LAMBDAS, default=(0.0, 0.1, 0.3, 0.5, 1.0),
-                   help="cost weights, one policy each (default 0,0.1,0.3,0.5,1)")
+    p.add_argument("--lambdas", type=LAMBDAS, help="cost weights, one policy each (default 0,0.005,0.01,0.02,0.05,0.1: "
+                                                    "with f2's 80%% parameter share, larger ones route f0 everywhere)")
     p.add_argument("--epochs", type=COUNT, default=100, help="policy training epochs per lambda (default 100)")
     p.add_argument("--no-retrain", action="store_true", help="keep f1/f2 as they are (train the policies only)")
     p.add_argument("--halo", type=int_range(0), help="pixels of context f1/f2 see around each routing patch "

@@ -63,7 +63,8 @@ def test_pick_prefers_the_asked_lambda_then_the_default_then_the_middle():
     bank, fallback = PolicyBank(members), (0.3, _policy(2))
     assert bank.pick(0.9, fallback)[0] == 1.0
     assert bank.pick(None, fallback) is fallback
-    assert bank.pick(None) == (0.5, members[0.5])
+    assert bank.pick(None) == (0.5, members[0.5]) and bank.default_lambda == 0.5
+    assert PolicyBank({**members, 0.01: _policy()}).default_lambda == 0.5  # the upper middle of an even bank
     assert PolicyBank().pick(0.2, fallback) is fallback and PolicyBank().pick(0.2) is None
 
 

@@ -18,7 +18,7 @@ from learners.unet import UNetConfig
 from napari_paser.cli import main
 from napari_paser.errors import PaserInputError
 from napari_paser.session.core import Session
-from napari_paser.session.router_jobs import region_rewards
+from napari_paser.session.router_jobs import ROUTER_LAMBDAS, region_rewards
 
 TINY = UNetConfig(base=4, depth=2)
 
@@ -161,11 +161,12 @@ def test_exported_session_run_routes_a_stack_through_paser_route(tmp_path):
     for rid in range(6):
         r = s.region(rid)
         s.accept(rid, rng.integers(1, 4, (r.h, r.w)).astype(np.uint8))
-    collect(s.train_router(lambdas=[0.0, 0.5], train_models=False, epochs=2, samples=2))
+    collect(s.train_router(lambdas=[0.0, 0.01, 0.5], train_models=False, epochs=2, samples=2))
     run = s.export_run(tmp_path / "run")
     assert {p.name for p in run.iterdir()} >= {"f0.pt", "f1.pt", "f2.pt", "policy.pt", "policies", "run.json"}
-    assert load_policy(run / "policy.pt").config.patch == (16, 16)
-    assert load_bank(run).lambdas == [0.0, 0.5]
+    policy = load_policy(run / "policy.pt")
+    assert policy.config.patch == (16, 16) and policy.meta["lambda"] == 0.01  # the member routing defaults to
+    assert load_bank(run).lambdas == [0.0, 0.01, 0.5]
     assert load_checkpoint(run / "f2.pt").model.config.base == 8
     with pytest.raises(PaserInputError, match="not empty"):
         s.export_run(run)
@@ -185,13 +186,14 @@ def test_cli_trains_the_router_of_a_session_exports_it_and_runs_each_model_alone
         r = s.region(rid)
         s.accept(rid, rng.integers(1, 4, (r.h, r.w)).astype(np.uint8))
     s.close()
-    assert main(["session", "train-router", "--session", str(s.folder), "--lambdas", "0,1", "--epochs", "2",
+    assert main(["session", "train-router", "--session", str(s.folder), "--epochs", "2",
                  "--no-retrain", "--samples", "2", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "10 training regions, 2 held out, 16x16 px patches" in out and "1.000" in out
+    assert "10 training regions, 2 held out, 16x16 px patches" in out and "0.005" in out and "0.100" in out
+    assert json.loads((s.folder / "router.json").read_text())["default_lambda"] == 0.02
     run = tmp_path / "run"
     assert main(["session", "export-run", "--session", str(s.folder), "--out", str(run)]) == 0
-    assert load_bank(run).lambdas == [0.0, 1.0]
+    assert load_bank(run).lambdas == list(ROUTER_LAMBDAS)  # the session's default bank
     tifffile.imwrite(tmp_path / "one.tif", (rng.random((40, 40)) * 1000).astype(np.uint16))
     for model, samples in (("f0", "0"), ("f0", "2"), ("f2", "2")):
         dest = tmp_path / f"{model}-{samples}"

@@ -366,6 +366,7 @@ def test_lambda_slider_reroutes_live_from_the_policy_bank(gui, qtbot, tmp_path, 
     widget.steps["Session"].load_models()
     idle(widget.hub)
     assert maps.lam.isEnabled() and "0, 1" in maps.lam_note.text()
+    assert maps.lam.value() == 1.0  # a new bank opens at the member routing defaults to (`PolicyBank.default_lambda`)
     maps.samples.setValue(1)
     maps.lam.setValue(0.0)  # no overlay and f0's state of the slice unknown: nothing runs yet
     assert not widget.hub.busy and ROUTING not in viewer.layers

@@ -52,6 +52,13 @@ class PolicyBank:
     def lambdas(self) -> list[float]:
         return sorted(self.policies)
 
+    @property
+    def default_lambda(self) -> float:
+        """The member routing uses when no lambda is asked for: the middle one (the upper of two)."""
+        if not self.policies:
+            raise InputError("the policy bank is empty: train it with `paser policy` first")
+        return self.lambdas[len(self) // 2]
+
     def nearest(self, lam: float) -> tuple[float, PolicyNet]:
         """The trained lambda closest to `lam` (the lower one on a tie) and its policy."""
         if not self.policies:
@@ -62,12 +69,12 @@ class PolicyBank:
     def pick(self, lam: float | None, default: tuple[float | None, PolicyNet] | None = None
              ) -> tuple[float | None, PolicyNet] | None:
         """What to route with: the member nearest to `lam` when one is asked for, else `default`
-        (a run's policy.pt with its lambda, if known), else the middle member; None if there is none."""
+        (a run's policy.pt with its lambda, if known), else `default_lambda`'s; None if there is none."""
         if lam is not None and self.policies:
             return self.nearest(lam)
         if default is not None:
             return default
-        return self.nearest(self.lambdas[len(self) // 2]) if self.policies else None
+        return self.nearest(self.default_lambda) if self.policies else None
 
 
 def save_bank(folder: str | Path, bank: PolicyBank, meta: dict | None = None) -> list[Path]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QSignalBlocker, Qt
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
 from superqt import QLabeledDoubleSlider
 
@@ -36,7 +36,9 @@ class MapsWidget(QWidget):
         self.route_button = QPushButton("Route current slice")
         self.lam = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
         self.lam.setRange(0.0, 1.0)
+        self.lam.setDecimals(3)  # a session's bank trains at 0.005 ... 0.1 (`router_jobs.ROUTER_LAMBDAS`)
         self.lam.setValue(0.3)
+        self._lambdas: list[float] = []  # the bank the slider was last set up for
         self.lam.setToolTip("cost weight lambda of the policy: 0 routes by accuracy alone, 1 by cost alone; "
                             "picks the nearest policy of the run's bank (`paser policy`) and re-routes live")
         self.lam_note = QLabel("")
@@ -92,9 +94,13 @@ class MapsWidget(QWidget):
         self.lam.setEnabled(bool(lambdas))
         if s is not None and s.has_policy and self.readout.text().startswith("no routing yet"):
             self.readout.setText("no routing yet: press 'Route current slice'")
-        if lambdas:
+        if lambdas and lambdas != self._lambdas:  # a new bank opens at its default member, as routing without one
             low, high = (lambdas[0], lambdas[-1]) if len(lambdas) > 1 else (0.0, 1.0)
-            self.lam.setRange(low, high)
+            with QSignalBlocker(self.lam):
+                self.lam.setRange(low, high)
+                self.lam.setValue(s.bank.default_lambda)
+        self._lambdas = list(lambdas)
+        if lambdas:
             self.lam_note.setText("policies trained at \u03bb = " + ", ".join(f"{v:g}" for v in lambdas))
         else:
             self.lam_note.setText("one policy, \u03bb fixed at training: `paser policy` trains a bank for live control")

@@ -68,8 +68,12 @@ from napari_paser.session.store import load_crop
 if TYPE_CHECKING:  # the job modules run on a Session; core imports them
     from napari_paser.session.core import Session
 
-ROUTER_LAMBDAS = (0.0, 0.1, 0.3, 0.5, 1.0)
-DEFAULT_LAMBDA = 0.3
+ROUTER_LAMBDAS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)
+"""The bank's cost weights, where the decisions live: Eq. 2 pays (1 - lambda) * (IoU gain) against
+lambda * C(f_k), C the parameter share, so a larger model pays on a patch only while lambda <
+gain / (gain + C). Per-patch gains on real slices are 0.5 to 5 IoU points and a 4.3M-parameter f2
+next to a 17k f0 and a 1.1M f1 has C = 0.80: every member from 0.1 up routed f0 everywhere (SOC
+benchmark, session 8: the members 0.1, 0.3 and 1 were identical, and the GUI opened at 0.3)."""
 ROUTER_FILE = "router.json"
 HALO = 1  # patches of f0 state on each side of a region in its policy window
 CENTRE = (2 * HALO + 1) ** 2 // 2
@@ -357,7 +361,7 @@ def _train_router(session: Session, roles, lambdas, config, should_stop) -> Gene
     summary = {"train_regions": len(train.region_ids), "val_regions": len(held.region_ids),
                "patch": list(rewards.patch), "halo": rewards.halo, "models": roles, "lambdas": bank.lambdas,
                "epochs": config.epochs, "cross_fit_folds": len(scorers),
-               "samples": config.samples, "default_lambda": bank.nearest(DEFAULT_LAMBDA)[0]}
+               "samples": config.samples, "default_lambda": bank.default_lambda}
     if held.region_ids:
         summary.update(evaluate_regions(bank, models, held, config.samples))
     summary["seconds"] = round(time.time() - started, 1)
@@ -397,8 +401,8 @@ def install_bank(session: Session, bank: PolicyBank) -> None:
 
 def export_run(session: Session, out: str | Path, overwrite: bool = False) -> Path:
     """Write the session's models and policies as a run folder `paser route` and `paser segment` take:
-    f0.pt, f1.pt, f2.pt, policies/lambda-<L>.pt, policy.pt (the bank's member nearest lambda 0.3, or the
-    loaded policy) and run.json (where it came from)."""
+    f0.pt, f1.pt, f2.pt, policies/lambda-<L>.pt, policy.pt (the bank's default member, the one routing
+    without a lambda uses; else the loaded policy) and run.json (where it came from)."""
     out = Path(out)
     if "f0" not in session.models:
         raise PaserInputError("the session has no models to export: load or train them first")
@@ -412,7 +416,7 @@ def export_run(session: Session, out: str | Path, overwrite: bool = False) -> Pa
     policy, lam = session.policy, None
     if len(session.bank):
         save_bank(out, session.bank, meta)
-        lam, policy = session.bank.nearest(DEFAULT_LAMBDA)
+        lam, policy = session.bank.nearest(session.bank.default_lambda)
     if policy is not None:
         save_policy(out / "policy.pt", policy, {**meta, "lambda": lam})
     router = session.folder / ROUTER_FILE
