@@ -42,6 +42,7 @@ from napari_paser.data.dataset import normalise, robust_range
 from napari_paser.data.degrade import degrade, get_degradation
 from napari_paser.jobs.predict import WHOLE
 from napari_paser.session.core import Session
+from napari_paser.session.router_jobs import held_out_choice
 
 SOC = Path("/work/shared/data/soc_pristine")
 CLASSES = ("pore", "YSZ", "nickel")
@@ -115,14 +116,6 @@ def rf_row(session: Session, test_x: np.ndarray, test_y: np.ndarray) -> dict:
     return {"iou": iou, "wall_s": round(time.perf_counter() - t, 2), "labeled_pixels": labeled}
 
 
-def chosen_lambda(summary: dict, bank_lambdas: list[float]) -> float:
-    """The bank member PaSeR is reported at: the best held-out-region mIoU (cheaper on a tie), never the test split."""
-    held = summary.get("policies") or {}
-    if not held:
-        return bank_lambdas[len(bank_lambdas) // 2]  # the bank's default member (`PolicyBank.default_lambda`)
-    return float(max(held, key=lambda k: (round(held[k]["iou"], 4), -held[k]["gflops_per_image"])))
-
-
 def evaluate(session: Session, test_raw: np.ndarray, test_y: np.ndarray, samples: int, summary: dict) -> dict:
     """Every method on the test slices with the session's models and bank."""
     lo, hi = session.state.image["lo"], session.state.image["hi"]
@@ -151,10 +144,31 @@ def evaluate(session: Session, test_raw: np.ndarray, test_y: np.ndarray, samples
             paser[f"{lam:.3f}"] = {**row(res, test_y, wall),
                                    "oracle": table_summary(table, oracle, cost.for_table(oracle, True))}
     methods["paser_by_lambda"] = paser
-    best = f"{chosen_lambda(summary, session.bank.lambdas):.3f}"
-    methods["paser"] = {**paser[best], "lambda": float(best), "chosen_by": "held-out accepted regions"}
-    methods["oracle"] = {**paser[best]["oracle"], "lambda": float(best)}
+    return pick_paser(methods, summary, session.bank.default_lambda)
+
+
+def pick_paser(methods: dict, summary: dict, default: float) -> dict:
+    """The "paser" row: what the held-out regions recommend (`held_out_choice`: a bank member, or f0 alone,
+    PaSeR's f0 = the MC mean), never the test split; the bank's default member without held-out regions."""
+    choice = held_out_choice(summary) if summary.get("policies") else default
+    best = f"{default if choice is None else choice:.3f}"
+    if choice is None:
+        methods["paser"] = {**methods["f0_mc"], "lambda": None, "chosen_by": "held-out accepted regions: f0 alone"}
+    else:
+        methods["paser"] = {**methods["paser_by_lambda"][best], "lambda": float(best),
+                            "chosen_by": "held-out accepted regions"}
+    methods["oracle"] = {**methods["paser_by_lambda"][best]["oracle"], "lambda": float(best)}
     return methods
+
+
+def rechoose(path: Path, out: Path) -> None:
+    """Apply `pick_paser` again to a stored results file (a change of the choice rule needs no rerun)."""
+    results = json.loads(path.read_text())
+    for entry in results["results"]:
+        entry["router"]["held_out_choice"] = held_out_choice(entry["router"])
+        pick_paser(entry["methods"], entry["router"], entry["router"]["default_lambda"])
+    results["rechosen"] = " ".join(shlex.quote(a) for a in sys.argv)
+    atomic_write_text(out, json.dumps(results, indent=2, default=float))
 
 
 def run_sampler(sampler: str, args, pool, test) -> list[dict]:
@@ -185,7 +199,8 @@ def run_sampler(sampler: str, args, pool, test) -> list[dict]:
         seconds["train_router"] += time.time() - t
         methods = evaluate(s, *test, args.samples, result.summary)
         methods["random_forest"] = rf_row(s, *test)
-        entry = {"n_regions": budget, "sampler": sampler, "seed": args.seed, "methods": methods, "router": result.summary,
+        entry = {"n_regions": budget, "sampler": sampler, "seed": args.seed, "session": str(s.folder),
+                 "methods": methods, "router": result.summary,
                  "seconds": {k: round(v, 1) for k, v in seconds.items()}}
         m = methods
         print(f"[{sampler}] N={budget}: f0 {m['f0']['iou']:.3f} f0_mc {m['f0_mc']['iou']:.3f} f1 {m['f1']['iou']:.3f} "
@@ -219,9 +234,12 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=5)
     p.add_argument("--lr", type=float, default=2e-3, help="learning rate of f0 and f1/f2 retraining")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rechoose", type=Path, help="only re-pick the paser row of this results file into --out")
     args = p.parse_args()
     args.budgets = [int(b) for b in args.budgets.split(",")]
     args.lambdas = None if args.lambdas is None else [float(v) for v in args.lambdas.split(",")]
+    if args.rechoose:
+        return rechoose(args.rechoose, args.out)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     started = time.time()

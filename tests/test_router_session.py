@@ -123,6 +123,27 @@ def test_a_router_trained_from_the_session_routes_regions_where_f2_is_better_up(
     assert held["iou"] == result.summary["policies"]["0.100"]["iou"]
     assert held["iou"] > summary["f0_alone"]["iou"] + 0.3  # f0 is wrong on the hard held-out regions
     assert held["patch_share"]["f2"] < summary["f2_alone"]["patch_share"]["f2"]
+    assert summary["held_out_choice"] == 0.1  # the member that routes the hard regions up, not f0 alone
+
+
+def test_held_out_choice_falls_back_to_f0_alone_when_every_policy_loses_there():
+    from napari_paser.session.router_jobs import format_router, held_out_choice
+
+    def row(iou, gflops):
+        return {"iou": iou, "gflops_per_image": gflops, "patch_share": {"f0": 0.5, "f1": 0.5, "f2": 0.0}}
+
+    summary = {"train_regions": 10, "val_regions": 2, "patch": [64, 64], "models": ["f0", "f1", "f2"],
+               "default_lambda": 0.02, "policies": {"0.000": row(0.90, 3.0), "0.020": row(0.90, 2.0),
+                                                    "0.100": row(0.88, 1.0)},
+               "f0_alone": row(0.89, 0.1), "f1_alone": row(0.85, 1.0), "f2_alone": row(0.87, 4.0)}
+    assert held_out_choice(summary) == 0.02  # the best held-out mIoU, the cheaper of a tie
+    summary["held_out_choice"] = 0.02
+    assert "recommend lambda 0.02" in format_router(summary)
+    summary["f0_alone"] = row(0.91, 0.1)  # f0 alone beats every member on the held-out regions
+    assert held_out_choice(summary) is None
+    summary["held_out_choice"] = None
+    assert "f0 alone beats every policy" in format_router(summary)
+    assert held_out_choice({"policies": {}}) is None
 
 
 def test_cancel_keeps_the_previous_bank(tmp_path):

@@ -11,6 +11,7 @@ pytest.importorskip("napari")
 from learners.unet import UNetConfig  # noqa: E402
 from napari_paser.gui import hub as _widgets_hub  # noqa: E402
 from napari_paser.gui.widgets import PaserWidget  # noqa: E402
+from napari_paser.session.router_jobs import ROUTER_LAMBDAS  # noqa: E402
 
 TINY = UNetConfig(base=4, depth=2)
 
@@ -44,5 +45,6 @@ def test_train_router_button_trains_the_bank_in_a_worker(make_napari_viewer, tmp
         train.router_button.click()
     qtbot.waitUntil(lambda: not widget.hub.busy, timeout=120_000)
     assert train.last_result is not None and not train.last_result.cancelled
-    assert s.policy_lambdas == [0.0, 0.1, 0.3, 0.5, 1.0]
+    assert s.policy_lambdas == list(ROUTER_LAMBDAS)
+    assert "held_out_choice" in train.last_result.summary  # what the done message reports
     assert len(errors) == 1

@@ -170,9 +170,12 @@ class TrainWidget(QWidget):
             return
         hub = self.hub
         hub.later([hub.refresh_maps, hub.refresh_regions, hub.curve_changed.emit, hub.models_changed.emit])
-        held = result.summary.get("policies", {})
-        best = max(held.items(), key=lambda kv: kv[1]["iou"], default=None)
-        score = f"; best held-out mIoU {best[1]['iou']:.3f} at lambda {float(best[0]):g}" if best else ""
+        summary, score = result.summary, ""
+        if summary.get("policies"):  # what the held-out regions recommend (`router_jobs.held_out_choice`)
+            lam = summary["held_out_choice"]
+            score = (f"; best held-out mIoU {summary['policies'][f'{lam:.3f}']['iou']:.3f} at lambda {lam:g}"
+                     if lam is not None else f"; f0 alone is better on the held-out regions "
+                     f"({summary['f0_alone']['iou']:.3f}): label more regions across the volume")
         info(f"router trained: {len(result.bank)} policies (lambda {', '.join(f'{v:g}' for v in result.bank.lambdas)})"
              f"{score}")
 

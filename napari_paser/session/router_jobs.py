@@ -364,6 +364,7 @@ def _train_router(session: Session, roles, lambdas, config, should_stop) -> Gene
                "samples": config.samples, "default_lambda": bank.default_lambda}
     if held.region_ids:
         summary.update(evaluate_regions(bank, models, held, config.samples))
+        summary["held_out_choice"] = held_out_choice(summary)
     summary["seconds"] = round(time.time() - started, 1)
     install_bank(session, bank)
     atomic_write_text(session.folder / ROUTER_FILE, json.dumps(summary, indent=2))
@@ -372,6 +373,20 @@ def _train_router(session: Session, roles, lambdas, config, should_stop) -> Gene
         yield from refresh_after(session, config.samples, should_stop)
     yield Progress("done", total, total, "router trained")
     return RouterResult(False, bank, summary, retrained)
+
+
+def held_out_choice(summary: dict) -> float | None:
+    """What the held-out regions recommend: the bank member with the best held-out mIoU (the cheaper on
+    a tie), or None when f0 alone scores higher than every member (then route f0 alone: a policy
+    that looks right on the cross-fitted table can lose on regions no model saw; SOC, session 9: every
+    member sent every patch to f1, 3 points below f0 on the held-out regions and 1.8 on the test
+    slices). None too without held-out regions (nothing to recommend from)."""
+    held = summary.get("policies") or {}
+    if not held:
+        return None
+    lam = max(held, key=lambda k: (round(held[k]["iou"], 4), -held[k]["gflops_per_image"]))
+    f0 = summary.get("f0_alone")
+    return None if f0 is not None and round(f0["iou"], 4) > round(held[lam]["iou"], 4) else float(lam)
 
 
 def format_router(summary: dict) -> str:
@@ -386,7 +401,13 @@ def format_router(summary: dict) -> str:
     table = {"policies": summary["policies"], "default_lambda": summary["default_lambda"], largest: summary[largest]}
     rows = format_bank(table).replace("GFLOPs", "GF/patch").replace("val mIoU", "held mIoU")
     alone = [f"{k[:2]:>7}{summary[k]['iou']:>10.3f}" for k in summary if k.endswith("_alone") and k != largest]
-    return "\n".join([head, rows] + alone)
+    if "held_out_choice" not in summary:  # router.json of an older version
+        return "\n".join([head, rows] + alone)
+    choice = summary["held_out_choice"]
+    advice = (f"held-out regions recommend lambda {choice:g}" if choice is not None else
+              "f0 alone beats every policy on the held-out regions: route f0 alone (--model f0), or label more "
+              "regions across the volume and train the router again")
+    return "\n".join([head, rows] + alone + [advice])
 
 
 def install_bank(session: Session, bank: PolicyBank) -> None:
