@@ -47,7 +47,7 @@ def main() -> None:
     for folder in args.session:
         s = Session.open(folder, read_only=True)
         models = [s.models[r] for r in ("f0", "f1", "f2")]
-        patching = s.bank.nearest(0.0)[1].config.patching
+        patching = s.pick_policy()[1].config.patching  # every bank member routes on the same patches
         rows = {}
         for lo, hi in bands:
             x = normalise(raw[lo:hi], s.state.image["lo"], s.state.image["hi"])

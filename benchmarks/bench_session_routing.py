@@ -122,7 +122,7 @@ def evaluate(session: Session, test_raw: np.ndarray, test_y: np.ndarray, samples
     x = normalise(test_raw, lo, hi)
     models = [session.models[r] for r in ("f0", "f1", "f2")]
     n = len(x)
-    lam_default, policy = session.bank.nearest(0.3)
+    policy = session.pick_policy()[1]  # the default member: every member routes on the same patches
     patching = policy.config.patching
     methods = {}
     with torch.no_grad():
