@@ -116,35 +116,49 @@ def rf_row(session: Session, test_x: np.ndarray, test_y: np.ndarray) -> dict:
     return {"iou": iou, "wall_s": round(time.perf_counter() - t, 2), "labeled_pixels": labeled}
 
 
-def evaluate(session: Session, test_raw: np.ndarray, test_y: np.ndarray, samples: int, summary: dict) -> dict:
-    """Every method on the test slices with the session's models and bank."""
+def evaluate(session: Session, test_raw: np.ndarray, test_y: np.ndarray, samples: int, summary: dict,
+             singles: dict | None = None) -> dict:
+    """Every method on the test slices with the session's models and bank; `singles`: the single models'
+    rows already measured for these models (then only the bank is routed)."""
     lo, hi = session.state.image["lo"], session.state.image["hi"]
     x = normalise(test_raw, lo, hi)
     models = [session.models[r] for r in ("f0", "f1", "f2")]
     n = len(x)
     policy = session.pick_policy()[1]  # the default member: every member routes on the same patches
     patching = policy.config.patching
-    methods = {}
+    ranked = session.bank.knob == "share"
     with torch.no_grad():
-        res, wall = timed(lambda: execute_routing(models, x, np.zeros((n, 1)), WHOLE, samples=0))
-        methods["f0"] = {**row(res, test_y, wall), "label": "f0 (one pass)"}
-        res, wall = timed(lambda: execute_routing(models, x, np.zeros((n, 1)), WHOLE, samples=samples))
-        methods["f0_mc"] = {**row(res, test_y, wall), "label": "f0 (MC mean, as PaSeR computes it)"}
-        table, state = build_patch_table(models, x, test_y, patching, samples)
-        p = table.iou.shape[1]
-        for k in (1, 2):
-            res, wall = timed(lambda: execute_routing(models, x, np.full((n, p), k), patching, samples=samples))
-            methods[f"f{k}"] = {**row(res, test_y, wall), "label": f"f{k} on every routing patch"}
+        table, _ = build_patch_table(models, x, test_y, patching, samples)
+        methods = dict(singles) if singles is not None else single_rows(models, x, test_y, table, patching, samples)
         costs = model_costs(models)
         cost = RoutingCost.of(models, *x.shape[-2:], patching, samples)
         paser = {}
-        for lam, pol in sorted(session.bank.policies.items()):
+        for key, pol in sorted(session.bank.policies.items()):
             res, wall = timed(lambda: route(models, pol, x, samples=samples))
-            oracle = best_actions(table.iou, costs, lam).numpy()
-            paser[f"{lam:.3f}"] = {**row(res, test_y, wall),
+            oracle = best_actions(table.iou, costs, 0.0 if ranked else key).numpy()  # ranked: the accuracy bound
+            paser[f"{key:.3f}"] = {**row(res, test_y, wall),
                                    "oracle": table_summary(table, oracle, cost.for_table(oracle, True))}
     methods["paser_by_lambda"] = paser
+    if ranked:  # the product routes with the default member: held-out levels do not set the share
+        key = f"{session.bank.default_lambda:.3f}"
+        methods["paser"] = {**paser[key], "share": float(key), "chosen_by": "the bank's default member"}
+        methods["oracle"] = {**paser[key]["oracle"], "lambda": 0.0}
+        return methods
     return pick_paser(methods, summary, session.bank.default_lambda)
+
+
+def single_rows(models, x: np.ndarray, test_y: np.ndarray, table, patching, samples: int) -> dict:
+    """f0 one pass, f0 as PaSeR computes it (MC mean), f1 and f2 on every routing patch."""
+    n, p = len(x), table.iou.shape[1]
+    methods = {}
+    res, wall = timed(lambda: execute_routing(models, x, np.zeros((n, 1)), WHOLE, samples=0))
+    methods["f0"] = {**row(res, test_y, wall), "label": "f0 (one pass)"}
+    res, wall = timed(lambda: execute_routing(models, x, np.zeros((n, 1)), WHOLE, samples=samples))
+    methods["f0_mc"] = {**row(res, test_y, wall), "label": "f0 (MC mean, as PaSeR computes it)"}
+    for k in (1, 2):
+        res, wall = timed(lambda: execute_routing(models, x, np.full((n, p), k), patching, samples=samples))
+        methods[f"f{k}"] = {**row(res, test_y, wall), "label": f"f{k} on every routing patch"}
+    return methods
 
 
 def pick_paser(methods: dict, summary: dict, default: float) -> dict:
@@ -165,8 +179,15 @@ def rechoose(path: Path, out: Path) -> None:
     """Apply `pick_paser` again to a stored results file (a change of the choice rule needs no rerun)."""
     results = json.loads(path.read_text())
     for entry in results["results"]:
-        entry["router"]["held_out_choice"] = held_out_choice(entry["router"])
-        pick_paser(entry["methods"], entry["router"], entry["router"]["default_lambda"])
+        router = entry.get("router_network", entry["router"])  # the network bank's row (session 10 on), or the only one
+        router["held_out_choice"] = held_out_choice(router)
+        m = entry["methods"]
+        if "router_network" in entry:
+            rows = {"f0_mc": m["f0_mc"], "paser_by_lambda": m["paser_network_by_lambda"]}
+            pick_paser(rows, router, router["default_lambda"])
+            m["paser_network"], m["oracle_network"] = rows["paser"], rows["oracle"]
+        else:
+            pick_paser(m, router, router["default_lambda"])
     results["rechosen"] = " ".join(shlex.quote(a) for a in sys.argv)
     atomic_write_text(out, json.dumps(results, indent=2, default=float))
 
@@ -193,20 +214,32 @@ def run_sampler(sampler: str, args, pool, test) -> list[dict]:
             drain(s.compute_maps(samples=args.samples))
             seconds["retrain_f0"] += time.time() - t
             print(f"[{sampler}] {len(s.accepted)} regions accepted", flush=True)
-        t = time.time()
-        result = drain(s.train_router(lambdas=args.lambdas, epochs=args.rl_epochs, model_config=models_cfg,
-                                      samples=args.samples, halo=args.halo, cross_fit=args.cross_fit))
+        t = time.time()  # the network bank first (it retrains f1/f2), then the ranked bank on the same models
+        lambdas = {} if args.lambdas is None else {"lambdas": args.lambdas}
+        network = drain(s.train_router(policy="network", **lambdas, epochs=args.rl_epochs, model_config=models_cfg,
+                                       samples=args.samples, halo=args.halo, cross_fit=args.cross_fit))
         seconds["train_router"] += time.time() - t
-        methods = evaluate(s, *test, args.samples, result.summary)
+        net = evaluate(s, *test, args.samples, network.summary)
+        t = time.time()
+        shares = {} if args.shares is None else {"shares": args.shares}
+        result = drain(s.train_router(policy="ranked", **shares, train_models=False, samples=args.samples,
+                                      halo=args.halo))
+        seconds["train_router_ranked"] = round(time.time() - t, 1)
+        singles = {k: v for k, v in net.items() if k in ("f0", "f0_mc", "f1", "f2")}
+        methods = evaluate(s, *test, args.samples, result.summary, singles)
+        methods["paser_by_share"] = methods.pop("paser_by_lambda")
+        methods["paser_network"] = net["paser"]
+        methods["paser_network_by_lambda"] = net["paser_by_lambda"]
+        methods["oracle_network"] = net["oracle"]
         methods["random_forest"] = rf_row(s, *test)
         entry = {"n_regions": budget, "sampler": sampler, "seed": args.seed, "session": str(s.folder),
-                 "methods": methods, "router": result.summary,
+                 "methods": methods, "router": result.summary, "router_network": network.summary,
                  "seconds": {k: round(v, 1) for k, v in seconds.items()}}
         m = methods
         print(f"[{sampler}] N={budget}: f0 {m['f0']['iou']:.3f} f0_mc {m['f0_mc']['iou']:.3f} f1 {m['f1']['iou']:.3f} "
-              f"f2 {m['f2']['iou']:.3f} paser {m['paser']['iou']:.3f} (lambda {m['paser']['lambda']}, "
+              f"f2 {m['f2']['iou']:.3f} paser {m['paser']['iou']:.3f} (share {m['paser']['share']}, "
               f"{m['paser']['gflops_per_image']:.2f} GF, {m['paser']['wall_s']} s vs f2 {m['f2']['wall_s']} s) "
-              f"oracle {m['oracle']['iou']:.3f}", flush=True)
+              f"oracle {m['oracle']['iou']:.3f}; network {m['paser_network']['iou']:.3f}", flush=True)
         yield entry
     s.close()
 
@@ -231,6 +264,7 @@ def main() -> None:
     p.add_argument("--cross-fit", type=int, default=2, help="folds of the cross-fitted reward table (0: off)")
     p.add_argument("--rl-epochs", type=int, default=100)
     p.add_argument("--lambdas", default=None, help="bank cost weights (default: the session's, ROUTER_LAMBDAS)")
+    p.add_argument("--shares", default=None, help="ranked bank shares (default: the session's, ROUTER_SHARES)")
     p.add_argument("--samples", type=int, default=5)
     p.add_argument("--lr", type=float, default=2e-3, help="learning rate of f0 and f1/f2 retraining")
     p.add_argument("--threads", type=int, default=2)
@@ -238,6 +272,7 @@ def main() -> None:
     args = p.parse_args()
     args.budgets = [int(b) for b in args.budgets.split(",")]
     args.lambdas = None if args.lambdas is None else [float(v) for v in args.lambdas.split(",")]
+    args.shares = None if args.shares is None else [float(v) for v in args.shares.split(",")]
     if args.rechoose:
         return rechoose(args.rechoose, args.out)
     torch.set_num_threads(args.threads)

@@ -23,7 +23,8 @@ from learners.modes import eval_mode
 @torch.no_grad()
 def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     """FLOPs of one forward pass of `model` on a zero tensor of `input_shape` (N, C, H, W)."""
-    x = torch.zeros(tuple(input_shape), dtype=next(model.parameters()).dtype)
+    weight = next(model.parameters(), None)  # a rule without weights (a ranked policy) reads float32
+    x = torch.zeros(tuple(input_shape), dtype=torch.float32 if weight is None else weight.dtype)
     with eval_mode(model), FlopCounterMode(display=False) as counter:
         model(x)
     return int(counter.get_total_flops())

@@ -7,7 +7,7 @@
     paser predict      --run RUN --image STACK.tif --out DIR     f0 segmentation + entropy/BALD maps
     paser segment      --run RUN --image VOLUME --out OUT.zarr [--what maps|route|f2] [--workers N | --scheduler ADDR]
     paser route        --run RUN --image STACK.tif --out DIR [--lambda L | --model f0|f1|f2]   PaSeR (or one model alone)
-    paser session train-router --session DIR [--lambdas 0,0.01,0.05] [--epochs N] [--no-retrain]   router from accepted regions
+    paser session train-router --session DIR [--shares 0.1,0.2] [--policy network --lambdas 0,0.01] [--no-retrain]   router
     paser session export-run   --session DIR --out RUN [--overwrite]   the session's models and policies as a run
     paser session relink       --session DIR --image PATH      a session reading its image in place: the image moved
     paser models       [--size 224x256] [--json]               parameters and GFLOPs per preset
@@ -144,7 +144,11 @@ def cmd_session_train_router(args: argparse.Namespace) -> int:
     from napari_paser.session.router_jobs import format_router
 
     with Session.open(args.session) as session:
-        gen = session.train_router(lambdas=args.lambdas, epochs=args.epochs, train_models=not args.no_retrain,
+        policy = args.policy or ("network" if args.lambdas is not None else "ranked")
+        keys = {"shares": args.shares} if args.shares is not None else {}
+        if args.lambdas is not None:
+            keys["lambdas"] = args.lambdas
+        gen = session.train_router(policy=policy, **keys, epochs=args.epochs, train_models=not args.no_retrain,
                                    samples=args.samples, seed=args.seed, halo=args.halo)
         bars: dict[str, tqdm] = {}
         while True:
@@ -165,7 +169,7 @@ def cmd_session_train_router(args: argparse.Namespace) -> int:
         print("router training cancelled; the previous policies are kept")
         return 1
     print(format_router(result.summary))
-    print(f"policies saved in {args.session} (router.json); route with the GUI's lambda control or "
+    print(f"policies saved in {args.session} (router.json); route with the GUI's {result.bank.knob} control or "
           f"`paser session export-run --session {args.session} --out RUN` then `paser route --run RUN`")
     return 0
 
@@ -191,12 +195,19 @@ def _session_parsers(sub) -> None:
     """`paser session ...`: jobs on a labeling session folder."""
     session = sub.add_parser("session", help="jobs on a labeling session folder").add_subparsers(
         dest="session_command", required=True)
-    p = session.add_parser("train-router", help="retrain f1/f2 on the accepted regions, then train routing policies "
-                                                "(one per lambda) on them")
+    p = session.add_parser("train-router", help="retrain f1/f2 on the accepted regions, then make the routing policies: "
+                                                "one per share of patches sent to f2 by f0's uncertainty (default), "
+                                                "or one policy network per lambda (--policy network)")
     p.add_argument("--session", required=True, type=Path, help="session folder (session.json)")
-    p.add_argument("--lambdas", type=LAMBDAS, help="cost weights, one policy each (default 0,0.005,0.01,0.02,0.05,0.1: "
-                                                    "with f2's 80%% parameter share, larger ones route f0 everywhere)")
-    p.add_argument("--epochs", type=COUNT, default=100, help="policy training epochs per lambda (default 100)")
+    p.add_argument("--policy", choices=("ranked", "network"), help="ranked (default): the most uncertain patches by "
+                   "f0's entropy go to f2; network: PaSeR's policy network trained on the regions' reward table "
+                   "(the default with --lambdas)")
+    p.add_argument("--shares", type=LAMBDAS, help="ranked: shares of the session's patches sent to f2, one policy each "
+                                                   "(default 0,0.05,0.1,0.2,0.3,0.5; routing uses 0.2)")
+    p.add_argument("--lambdas", type=LAMBDAS, help="network: cost weights, one policy each (default 0,0.005,0.01,0.02,"
+                                                    "0.05,0.1: with f2's 80%% parameter share, larger ones route f0 "
+                                                    "everywhere)")
+    p.add_argument("--epochs", type=COUNT, default=100, help="network: training epochs per lambda (default 100)")
     p.add_argument("--no-retrain", action="store_true", help="keep f1/f2 as they are (train the policies only)")
     p.add_argument("--halo", type=int_range(0), help="pixels of context f1/f2 see around each routing patch "
                                                      "(default: a quarter of the region size; 0: the patch alone)")
@@ -531,7 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, type=Path, help="run folder with f0/f1/f2 and policy.pt or policies/")
     p.add_argument("--image", required=True, type=Path, help="greyscale TIFF slice or stack")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--lambda", dest="lam", type=UNIT, help="use the bank's policy nearest to this lambda")
+    p.add_argument("--lambda", "--share", dest="lam", type=UNIT,
+                   help="use the bank's policy nearest to this lambda (a session's ranked bank: share of patches to f2)")
     p.add_argument("--model", choices=("f0", "f1", "f2"),
                    help="no routing: this model alone on whole slices (f0: the mean of --samples MC passes, as "
                         "PaSeR computes it; --samples 0: one deterministic pass)")
@@ -546,7 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output OME-Zarr folder (rerun the same command to resume)")
     p.add_argument("--what", choices=("maps", "route", "f2"), default="route",
                    help="maps: f0 + entropy/BALD; route: PaSeR (default); f2: the largest model everywhere")
-    p.add_argument("--lambda", dest="lam", type=UNIT, help="route: the bank's policy nearest to this lambda")
+    p.add_argument("--lambda", "--share", dest="lam", type=UNIT,
+                   help="route: the bank's policy nearest to this lambda (a ranked bank: share of patches to f2)")
     p.add_argument("--tile", type=TILE, default=512, help="block edge in pixels; route: the policy's grid cuts each tile "
                                                          "into patches (default 512: 4x4 patches of 128)")
     where = p.add_mutually_exclusive_group()

@@ -36,7 +36,7 @@ def _user_error(argv, capsys) -> str:
     (["train", "--data", "d", "--out", "o", "--epochs", "0"], "--epochs: 0 is out of range"),
     (["policy", "--data", "d", "--run", "r", "--lambdas", "0,1.5"], "1.5 is out of range"),
     (["policy", "--data", "d", "--run", "r", "--lr", "0"], "--lr: 0 is out of range"),
-    (["route", "--run", "r", "--image", "i", "--out", "o", "--lambda", "nan"], "--lambda: nan is out of range"),
+    (["route", "--run", "r", "--image", "i", "--out", "o", "--lambda", "nan"], "--lambda/--share: nan is out of range"),
     (["bench", "al", "--data", "d", "--out", "o", "--budgets", "8,0"], "0 is out of range"),
     (["bench", "al", "--data", "d", "--out", "o", "--region", "4"], "--region: 4 is out of range"),
     (["bench", "routing", "--data", "d", "--run", "r", "--out", "o", "--threads", "0"], "--threads: 0"),

@@ -18,7 +18,7 @@ from learners.unet import UNetConfig
 from napari_paser.cli import main
 from napari_paser.errors import PaserInputError
 from napari_paser.session.core import Session
-from napari_paser.session.router_jobs import ROUTER_LAMBDAS, region_rewards
+from napari_paser.session.router_jobs import ROUTER_SHARES, region_rewards
 
 TINY = UNetConfig(base=4, depth=2)
 
@@ -126,6 +126,36 @@ def test_a_router_trained_from_the_session_routes_regions_where_f2_is_better_up(
     assert summary["held_out_choice"] == 0.1  # the member that routes the hard regions up, not f0 alone
 
 
+def test_the_default_ranked_router_sends_the_uncertain_regions_up_without_training_on_them(tmp_path):
+    s, hard = hard_cell_session(tmp_path)
+    events, result = collect(s.train_router(shares=[0.0, 0.2, 0.5], train_models=False, samples=2))
+    assert not result.cancelled and events[-1].stage == "done"
+    assert {e.stage for e in events} >= {"score", "thresholds", "save"} and "policy" not in {e.stage for e in events}
+    assert s.policy_lambdas == [0.0, 0.2, 0.5] and s.bank.knob == "share" and s.bank.default_lambda == 0.2
+    share = hard.mean()  # 0.375 of the cells: f0 is unsure on exactly those
+    for z in range(2):
+        assert (s.route(z, lam=0.5, samples=2, execute=False).routing == np.where(hard[z], 2, 0)).all()
+        assert (s.route(z, lam=0.0, samples=2, execute=False).routing == 0).all()
+    some = np.stack([s.route(z, lam=0.2, samples=2, execute=False).routing for z in range(2)])
+    assert (some[~hard] == 0).all() and 0 < (some == 2).mean() <= 0.2 + 1 / 32 < share
+    summary = json.loads((s.folder / "router.json").read_text())
+    assert summary["policy"] == "ranked" and summary["knob"] == "share" and summary["pool_slices"] == 2
+    assert summary["thresholds"]["0.000"] > 1 and "held_out_choice" not in summary
+    assert summary["policies"]["0.500"]["iou"] > summary["f0_alone"]["iou"] + 0.3  # the hard held-out regions go up
+
+
+def test_a_cancelled_ranked_router_keeps_the_previous_bank(tmp_path):
+    s, _ = hard_cell_session(tmp_path)
+    collect(s.train_router(shares=[0.1, 0.5], train_models=False, samples=2))
+    before = {k: p.thresholds.clone() for k, p in s.bank.policies.items()}
+    stops = iter([False, False, True])
+    events, result = collect(s.train_router(shares=[0.3], train_models=False, samples=2,
+                                          should_stop=lambda: next(stops, True)))
+    assert result.cancelled and events[-1].stage == "cancelled"
+    assert s.policy_lambdas == [0.1, 0.5]
+    assert all(torch.equal(before[k], p.thresholds) for k, p in s.bank.policies.items())
+
+
 def test_held_out_choice_falls_back_to_f0_alone_when_every_policy_loses_there():
     from napari_paser.session.router_jobs import format_router, held_out_choice
 
@@ -207,14 +237,21 @@ def test_cli_trains_the_router_of_a_session_exports_it_and_runs_each_model_alone
         r = s.region(rid)
         s.accept(rid, rng.integers(1, 4, (r.h, r.w)).astype(np.uint8))
     s.close()
-    assert main(["session", "train-router", "--session", str(s.folder), "--epochs", "2",
-                 "--no-retrain", "--samples", "2", "--quiet"]) == 0
+    assert main(["session", "train-router", "--session", str(s.folder), "--policy", "network", "--lambdas", "0,0.01",
+                 "--epochs", "2", "--no-retrain", "--samples", "2", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "10 training regions, 2 held out, 16x16 px patches" in out and "0.005" in out and "0.100" in out
-    assert json.loads((s.folder / "router.json").read_text())["default_lambda"] == 0.02
+    assert " lambda  held mIoU" in out and "0.010" in out and ("recommend lambda" in out or "f0 alone beats" in out)
+    assert json.loads((s.folder / "router.json").read_text())["policy"] == "network"
+    assert main(["session", "train-router", "--session", str(s.folder), "--no-retrain", "--samples", "2",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "10 training regions, 2 held out, 16x16 px patches" in out and "  share  held mIoU" in out
+    assert "0.050" in out and "0.500" in out and "routing sends the 20% most uncertain patches" in out
+    assert json.loads((s.folder / "router.json").read_text())["default_lambda"] == 0.2
     run = tmp_path / "run"
     assert main(["session", "export-run", "--session", str(s.folder), "--out", str(run)]) == 0
-    assert load_bank(run).lambdas == list(ROUTER_LAMBDAS)  # the session's default bank
+    assert load_bank(run).lambdas == list(ROUTER_SHARES)  # the session's default bank, the network one replaced
+    assert load_policy(run / "policy.pt").config.kind == "ranked"
     tifffile.imwrite(tmp_path / "one.tif", (rng.random((40, 40)) * 1000).astype(np.uint16))
     for model, samples in (("f0", "0"), ("f0", "2"), ("f2", "2")):
         dest = tmp_path / f"{model}-{samples}"

@@ -11,7 +11,8 @@ pytest.importorskip("napari")
 from learners.unet import UNetConfig  # noqa: E402
 from napari_paser.gui import hub as _widgets_hub  # noqa: E402
 from napari_paser.gui.widgets import PaserWidget  # noqa: E402
-from napari_paser.session.router_jobs import ROUTER_LAMBDAS  # noqa: E402
+from napari_paser.gui import train_step as _train_step  # noqa: E402
+from napari_paser.session.router_jobs import ROUTER_SHARES  # noqa: E402
 
 TINY = UNetConfig(base=4, depth=2)
 
@@ -19,6 +20,8 @@ TINY = UNetConfig(base=4, depth=2)
 def test_train_router_button_trains_the_bank_in_a_worker(make_napari_viewer, tmp_path, qtbot, monkeypatch):
     errors: list[str] = []
     monkeypatch.setattr(_widgets_hub, "show_error", errors.append)
+    notes: list[str] = []
+    monkeypatch.setattr(_train_step, "info", notes.append)
     monkeypatch.chdir(tmp_path)
     viewer = make_napari_viewer()
     rng = np.random.default_rng(0)
@@ -45,6 +48,18 @@ def test_train_router_button_trains_the_bank_in_a_worker(make_napari_viewer, tmp
         train.router_button.click()
     qtbot.waitUntil(lambda: not widget.hub.busy, timeout=120_000)
     assert train.last_result is not None and not train.last_result.cancelled
-    assert s.policy_lambdas == list(ROUTER_LAMBDAS)
-    assert "held_out_choice" in train.last_result.summary  # what the done message reports
+    assert s.policy_lambdas == list(ROUTER_SHARES) and s.bank.knob == "share"
+    assert notes and "routing sends the 20% most uncertain patches to f2" in notes[-1]
+    maps = widget.steps["Maps"]
+    qtbot.waitUntil(lambda: maps.lam.isEnabled(), timeout=10_000)
+    assert maps.lam_label.text() == "share to f2" and maps.lam.value() == pytest.approx(0.2)
+    assert "most uncertain patches" in maps.lam_note.text()
+    assert train.last_result.retrain is not None  # f1 and f2 retrained first
+    train.router_retrain.setChecked(False)  # only the policies again: f1 and f2 kept as they are
+    files = {r: s.state.models[r]["file"] for r in ("f1", "f2")}
+    with qtbot.waitSignal(widget.hub.models_changed, timeout=120_000):
+        train.router_button.click()
+    qtbot.waitUntil(lambda: not widget.hub.busy, timeout=120_000)
+    assert not train.last_result.cancelled and train.last_result.retrain is None
+    assert {r: s.state.models[r]["file"] for r in ("f1", "f2")} == files
     assert len(errors) == 1

@@ -53,6 +53,13 @@ class PolicyBank:
         return sorted(self.policies)
 
     @property
+    def knob(self) -> str:
+        """What the keys are: "share" (ranked policies: the share of patches sent to the largest model,
+        `learners.routing.ranked`) or "lambda" (policies trained with that cost weight)."""
+        kinds = {getattr(p.config, "kind", "network") for p in self.policies.values()}
+        return "share" if kinds == {"ranked"} else "lambda"
+
+    @property
     def default_lambda(self) -> float:
         """The member routing uses when no lambda is asked for: the middle one (the upper of two)."""
         if not self.policies:

@@ -29,10 +29,12 @@ from learners.checkpoint import load_module, save_payload
 from learners.grid import Patching
 
 FORMAT = "napari-paser/policy"
-VERSION = 3
-"""2 added `patch` (routing patches of a size in pixels), 3 `halo` (context around each patch); an
-older reader would misread such a policy (as a 4x4-grid one, or without the halo its larger models
-were scored with), so only those are written with the newer version (see `save_policy`)."""
+VERSION = 4
+"""2 added `patch` (routing patches of a size in pixels), 3 `halo` (context around each patch), 4 `kind`
+(the uncertainty-ranked policy, `learners.routing.ranked`); an older reader would misread such a policy
+(as a 4x4-grid one, without the halo its larger models were scored with, or as a network), so only
+those are written with the newer version (see `save_policy`)."""
+KINDS = ("network", "ranked")
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,11 @@ class PolicyConfig:
     width: int = 16
     patch: tuple[int, int] | None = None  # patch size in pixels (overrides `grid`)
     halo: int = 0  # pixels of context f1..fm see around each patch (`learners.grid.Grid.context_patches`)
+    kind: str = "network"  # or "ranked": f0's patch entropy against thresholds (`learners.routing.ranked`)
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"invalid policy config {self}: kind must be one of {', '.join(KINDS)}")
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
         if self.patch is not None:
             object.__setattr__(self, "patch", tuple(int(p) for p in self.patch))
@@ -117,12 +122,12 @@ class PolicyNet(nn.Module):
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         grid = self.config.patching.grid(state.shape[-2], state.shape[-1])
         ph, pw = grid.padded_shape()
-        x = _pad_to(state, ph, pw)
+        x = pad_to_grid(state, ph, pw)
         x = F.adaptive_avg_pool2d(self.features(x), (grid.rows, grid.cols))
         return self.head(x).flatten(2).transpose(1, 2)  # (N, P, K)
 
 
-def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def pad_to_grid(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Pad the bottom/right like `Grid.extract` does, so pooled cells match grid patches."""
     pad = (0, width - x.shape[-1], 0, height - x.shape[-2])
     if not any(pad):
@@ -167,6 +172,15 @@ ALPHA_FINETUNE = (0.95, 1.0)
 """The same during joint fine-tuning."""
 
 
+def build_policy(config: PolicyConfig) -> nn.Module:
+    """An untrained policy of `config`'s kind: the network, or the ranked rule (thresholds unset)."""
+    if config.kind == "ranked":
+        from learners.routing.ranked import RankedPolicy  # it builds on this module
+
+        return RankedPolicy(config)
+    return PolicyNet(config)
+
+
 @dataclass
 class PolicyCheckpoint:
     policy: PolicyNet
@@ -178,12 +192,12 @@ class PolicyCheckpoint:
 def save_policy(path: str | Path, policy: PolicyNet, meta: dict | None = None) -> Path:
     """Write the policy's weights, config and plain-value `meta` atomically."""
     cfg = policy.config
-    version = 3 if cfg.halo else 2 if cfg.patch is not None else 1
+    version = 4 if cfg.kind != "network" else 3 if cfg.halo else 2 if cfg.patch is not None else 1
     return save_payload(path, FORMAT, policy, policy.config.to_dict(), meta, version=version)
 
 
 def load_policy(path: str | Path) -> PolicyCheckpoint:
     """Rebuild a policy saved by `save_policy`; every fault becomes a `CheckpointError`."""
     policy, config, meta = load_module(path, FORMAT, "policy checkpoint", "train the router first",
-                                       PolicyConfig.from_dict, PolicyNet, version=VERSION)
+                                       PolicyConfig.from_dict, build_policy, version=VERSION)
     return PolicyCheckpoint(policy, config, meta, Path(path))

@@ -12,6 +12,14 @@ from napari_paser.gui.common import JobBar, enable_while_idle, group, hrow
 from napari_paser.gui.hub import MODEL_COLORS, ROUTED, guarded, hub_for, info
 from napari_paser.gui.layers import overlay_shown
 
+KNOB_LABELS = {"lambda": "cost weight \u03bb", "share": "share to f2"}
+KNOB_TIPS = {
+    "lambda": "cost weight lambda of the policy: 0 routes by accuracy alone, 1 by cost alone; picks the nearest "
+              "policy of the run's bank (`paser policy`) and re-routes live",
+    "share": "share of the session's patches sent to the largest model, the most uncertain first (f0's entropy); "
+             "picks the nearest policy of the session's bank (Train router) and re-routes live",
+}
+
 
 class MapsWidget(QWidget):
     """Uncertainty and routing: where f0 is unsure, and which model each patch goes to."""
@@ -39,8 +47,7 @@ class MapsWidget(QWidget):
         self.lam.setDecimals(3)  # a session's bank trains at 0.005 ... 0.1 (`router_jobs.ROUTER_LAMBDAS`)
         self.lam.setValue(0.3)
         self._lambdas: list[float] = []  # the bank the slider was last set up for
-        self.lam.setToolTip("cost weight lambda of the policy: 0 routes by accuracy alone, 1 by cost alone; "
-                            "picks the nearest policy of the run's bank (`paser policy`) and re-routes live")
+        self.lam.setToolTip(KNOB_TIPS["lambda"])
         self.lam_note = QLabel("")
         self.legend = QLabel("")
         self.readout = QLabel("no routing yet: needs a run folder with policy.pt (f_RL)")
@@ -75,7 +82,8 @@ class MapsWidget(QWidget):
         col.addWidget(group("f0 prediction and entropy", form, hrow(self.slice_button, self.volume_button), self.view,
                             self.freshness, self.job))
         lam_row = QWidget()
-        QFormLayout(lam_row).addRow("cost weight \u03bb", self.lam)
+        self.lam_label = QLabel(KNOB_LABELS["lambda"])
+        QFormLayout(lam_row).addRow(self.lam_label, self.lam)
         col.addWidget(group("Routing (PaSeR policy)", self.route_button, lam_row, self.lam_note, self.legend,
                             self.readout, self.shares))
         col.addStretch()
@@ -100,7 +108,13 @@ class MapsWidget(QWidget):
                 self.lam.setRange(low, high)
                 self.lam.setValue(s.bank.default_lambda)
         self._lambdas = list(lambdas)
-        if lambdas:
+        knob = s.bank.knob if lambdas else "lambda"
+        self.lam_label.setText(KNOB_LABELS[knob])
+        self.lam.setToolTip(KNOB_TIPS[knob])
+        if knob == "share":
+            self.lam_note.setText("the most uncertain patches (f0's entropy) go to the largest model; shares "
+                                  + ", ".join(f"{v:g}" for v in lambdas))
+        elif lambdas:
             self.lam_note.setText("policies trained at \u03bb = " + ", ".join(f"{v:g}" for v in lambdas))
         else:
             self.lam_note.setText("one policy, \u03bb fixed at training: `paser policy` trains a bank for live control")

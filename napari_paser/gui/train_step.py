@@ -77,8 +77,13 @@ class TrainWidget(QWidget):
         self.auto = QCheckBox("retrain after each accepted batch")
         self.train_button = QPushButton("Retrain now")
         self.router_button = QPushButton("Train router (f1, f2 + routing policies)")
-        self.router_button.setToolTip("retrain f1 and f2 on the accepted regions, then train one routing policy per "
-                                      "lambda on them; the routing overlay's lambda slider then uses them")
+        self.router_button.setToolTip("retrain f1 and f2 on the accepted regions, then make one routing policy per "
+                                      "share of patches sent to f2, the most uncertain by f0's entropy first; the "
+                                      "routing overlay's share slider then uses them")
+        self.router_retrain = QCheckBox("retrain f1, f2 first")
+        self.router_retrain.setChecked(True)
+        self.router_retrain.setToolTip("untick to keep f1 and f2 as they are and only redo the routing policies "
+                                       "(seconds: after f0 retrained, its entropy and so the shares' thresholds moved)")
         self.job = JobBar(self.hub)
         self.curve = CurvePlot()
         self.last_result = None
@@ -98,7 +103,8 @@ class TrainWidget(QWidget):
         rows.addRow("learning rate", self.scheduler)
         rows.addRow("models", hrow(*self.roles.values()))
         col = QVBoxLayout(self)
-        col.addWidget(group("Retrain", form, self.auto, self.train_button, self.router_button, self.job))
+        col.addWidget(group("Retrain", form, self.auto, self.train_button, hrow(self.router_button, self.router_retrain),
+                            self.job))
         col.addWidget(group("Learning curve", self.curve))
         col.addStretch()
 
@@ -142,8 +148,8 @@ class TrainWidget(QWidget):
     def train_router(self, *_) -> None:
         """f1, f2 and the policy bank from the accepted regions in a thread worker; Cancel keeps the previous bank."""
         s = self.hub.require()
-        cfg = self.config()
-        s.train_router(model_config=cfg).close()  # checks models and labeled regions at once
+        cfg, retrain = self.config(), self.router_retrain.isChecked()
+        s.train_router(model_config=cfg, train_models=retrain).close()  # checks models and labeled regions at once
 
         def job(should_stop):
             import torch
@@ -151,7 +157,7 @@ class TrainWidget(QWidget):
             threads = torch.get_num_threads()
             torch.set_num_threads(TRAIN_THREADS)
             try:
-                return (yield from s.train_router(model_config=cfg, should_stop=should_stop))
+                return (yield from s.train_router(model_config=cfg, train_models=retrain, should_stop=should_stop))
             finally:
                 torch.set_num_threads(threads)
 
@@ -171,12 +177,16 @@ class TrainWidget(QWidget):
         hub = self.hub
         hub.later([hub.refresh_maps, hub.refresh_regions, hub.curve_changed.emit, hub.models_changed.emit])
         summary, score = result.summary, ""
-        if summary.get("policies"):  # what the held-out regions recommend (`router_jobs.held_out_choice`)
+        if result.bank.knob == "share":
+            score = (f"; routing sends the {result.bank.default_lambda:.0%} most uncertain patches to "
+                     f"{summary['models'][-1]} (the share control in step 3)")
+        elif summary.get("policies"):  # what the held-out regions recommend (`router_jobs.held_out_choice`)
             lam = summary["held_out_choice"]
             score = (f"; best held-out mIoU {summary['policies'][f'{lam:.3f}']['iou']:.3f} at lambda {lam:g}"
                      if lam is not None else f"; f0 alone is better on the held-out regions "
                      f"({summary['f0_alone']['iou']:.3f}): label more regions across the volume")
-        info(f"router trained: {len(result.bank)} policies (lambda {', '.join(f'{v:g}' for v in result.bank.lambdas)})"
+        info(f"router trained: {len(result.bank)} policies ({result.bank.knob} "
+             f"{', '.join(f'{v:g}' for v in result.bank.lambdas)})"
              f"{score}")
 
 

@@ -270,13 +270,18 @@ class ModelsMixin:
 
     def train_router(self, lambdas: Sequence[float] | None = None, should_stop: Callable[[], bool] | None = None,
                      **options) -> Generator[Progress, None, RouterResult]:
-        """Retrain f1, f2 on the accepted regions, then train the routing policy bank (one policy per
-        lambda) on them, as a progress generator; see `session.router_jobs`. A cancel keeps the previous
-        bank. `options` are `RouterConfig` fields (epochs, train_models, model_config, samples, ...)."""
+        """Retrain f1, f2 on the accepted regions, then make the routing policy bank, as a progress
+        generator; see `session.router_jobs`. The bank is one uncertainty-ranked policy per share of
+        patches (`shares=`), or with `lambdas` (or policy="network") one policy network per lambda. A
+        cancel keeps the previous bank. `options` are `RouterConfig` fields (policy, shares, epochs,
+        train_models, model_config, samples, ...)."""
         from napari_paser.session.router_jobs import RouterConfig, iter_train_router
 
         if lambdas is not None:
             options["lambdas"] = tuple(lambdas)
+            options.setdefault("policy", "network")
+        if "shares" in options:
+            options["shares"] = tuple(options["shares"])
         return iter_train_router(self, RouterConfig(**options), should_stop)
 
     def export_run(self, out: str | Path, overwrite: bool = False) -> Path:

@@ -1,5 +1,13 @@
 """Train the session's own PaSeR router from its accepted regions, and export the session as a run.
 
+Two kinds of bank (`RouterConfig.policy`):
+- "ranked" (the default): per share of patches in `ROUTER_SHARES`, the rule "a patch whose mean f0
+  entropy is among the top share of the session's patches goes to the largest model"
+  (`learners.routing.ranked`: why labels do not set the share). Its thresholds come from f0's maps of
+  `POOL_SLICES` slices of the session; nothing is trained on the reward table, which only scores
+  the members on the held-out regions. Bank keys are shares (`PolicyBank.knob` == "share").
+- "network": PaSeR's policy network per lambda, trained on the reward table (below).
+
 An accepted region is a labeled routing patch (routing patches and labeling regions are one
 grid of the session's region size), so the accepted regions give the PaSeR reward table
 directly: every model's IoU on every accepted region, scored the way routed inference would
@@ -21,7 +29,7 @@ the slice border). Policies train with the exact expected gradient of stage 2
 regions; the "val" regions report each policy's mIoU, GFLOPs per patch and patch shares beside
 the largest model alone, as `paser policy` does (router.json in the session folder).
 
-The reward table of the *training* regions is cross-fitted (`RouterConfig.cross_fit` folds,
+For the network, the reward table of the *training* regions is cross-fitted (`RouterConfig.cross_fit` folds,
 `cross_fit_models`): each fold is scored by f0..fm trained from their starting points on every
 label but that fold's, because the session's own models were just trained on those regions and
 would all look right there (measured on SOC: every policy kept f0 on 96-100% of patches while f2
@@ -53,6 +61,7 @@ from learners.errors import InputError
 from learners.grid import Grid, Patching
 from learners.routing.bank import PolicyBank, check_lambdas, iter_bank_training, save_bank
 from learners.routing.policy import PolicyConfig, PolicyNet, save_policy
+from learners.routing.ranked import from_share, patch_entropy
 from learners.routing.reward import PatchTable, patch_confusions
 from learners.routing.router import (F0State, RoutingCost, f0_state, model_costs, policy_probabilities, predict_patches,
                                      table_summary)
@@ -74,6 +83,12 @@ lambda * C(f_k), C the parameter share, so a larger model pays on a patch only w
 gain / (gain + C). Per-patch gains on real slices are 0.5 to 5 IoU points and a 4.3M-parameter f2
 next to a 17k f0 and a 1.1M f1 has C = 0.80: every member from 0.1 up routed f0 everywhere (SOC
 benchmark, session 8: the members 0.1, 0.3 and 1 were identical, and the GUI opened at 0.3)."""
+ROUTER_SHARES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
+"""The ranked bank's shares of patches sent to the largest model (`learners.routing.ranked`); its default
+member is the middle one, 0.2: the top 20% by f0's entropy beat the best single model in all five SOC
+benchmark sessions (+0.2 to +1.1 mIoU points)."""
+POLICIES = ("ranked", "network")
+POOL_SLICES = 32  # slices of the session whose f0 entropy sets the ranked policies' thresholds
 ROUTER_FILE = "router.json"
 HALO = 1  # patches of f0 state on each side of a region in its policy window
 CENTRE = (2 * HALO + 1) ** 2 // 2
@@ -81,8 +96,12 @@ CENTRE = (2 * HALO + 1) ** 2 // 2
 
 @dataclass(frozen=True)
 class RouterConfig:
-    """What `train_router` does: lambdas of the bank, stage 2 settings, whether f1..fm retrain first."""
+    """What `train_router` does: the kind of policies and their bank (shares or lambdas), stage 2 settings
+    of the network, whether f1..fm retrain first."""
 
+    policy: str = "ranked"  # "ranked": f0 entropy thresholds per share (`learners.routing.ranked`); "network":
+    # PaSeR's policy network per lambda, trained on the cross-fitted reward table
+    shares: tuple[float, ...] = ROUTER_SHARES
     lambdas: tuple[float, ...] = ROUTER_LAMBDAS
     epochs: int = 100
     batch_size: int = 8
@@ -98,6 +117,8 @@ class RouterConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise PaserInputError(f"unknown router policy {self.policy!r}: choose one of {', '.join(POLICIES)}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.samples < 1 or self.width < 1:
             raise PaserInputError("router training needs positive epochs, batch size, learning rate, width and samples")
         if self.halo is not None and self.halo < 0:
@@ -290,18 +311,21 @@ def iter_train_router(session: Session, config: RouterConfig = RouterConfig(),
                       should_stop: Callable[[], bool] | None = None) -> Generator[Progress, None, RouterResult]:
     """Check now, then return the progress generator of `Session.train_router`."""
     roles = router_models(session)
-    lambdas = tuple(check_lambdas_or_fail(config.lambdas))
+    keys = tuple(check_bank_keys(config.shares if config.policy == "ranked" else config.lambdas, config.policy))
     train = [r for r in session.state.accepted if r.split == "train"]
     if not train:
         raise PaserInputError("no accepted training regions yet: label and accept regions first (the router "
                               "learns from them; every 5th accepted region is held out to score it)")
-    return _train_router(session, roles, lambdas, config, should_stop)
+    return _train_router(session, roles, keys, config, should_stop)
 
 
-def check_lambdas_or_fail(lambdas: Sequence[float]) -> list[float]:
+def check_bank_keys(keys: Sequence[float], policy: str = "network") -> list[float]:
+    """Sorted distinct lambdas (network) or shares (ranked) in [0, 1]; else one line naming the fault."""
     try:
-        return check_lambdas(lambdas)
+        return check_lambdas(keys)
     except InputError as exc:
+        if policy == "ranked":
+            raise PaserInputError(f"shares of patches must lie in [0, 1], e.g. 0,0.1,0.2,0.3; got {list(keys)}") from None
         raise PaserInputError(str(exc)) from None
 
 
@@ -309,7 +333,12 @@ def _stopped(should_stop) -> bool:
     return should_stop is not None and should_stop()
 
 
-def _train_router(session: Session, roles, lambdas, config, should_stop) -> Generator[Progress, None, RouterResult]:
+def _cancelled(retrained) -> Generator[Progress, None, RouterResult]:
+    yield Progress("cancelled", 0, 1, "router training cancelled; the previous bank is kept")
+    return RouterResult(True, retrain=retrained)
+
+
+def _train_router(session: Session, roles, keys, config, should_stop) -> Generator[Progress, None, RouterResult]:
     started = time.time()
     retrained = None
     larger = [r for r in roles if r != "f0"]
@@ -319,23 +348,47 @@ def _train_router(session: Session, roles, lambdas, config, should_stop) -> Gene
         if retrained.cancelled:
             return RouterResult(True, retrain=retrained)
     if _stopped(should_stop):
-        yield Progress("cancelled", 0, 1, "router training cancelled; the previous bank is kept")
-        return RouterResult(True, retrain=retrained)
+        return (yield from _cancelled(retrained))
     scorers = []
-    if config.cross_fit > 1 and config.train_models:  # models kept as loaded were not fitted to these regions
+    if config.policy == "network" and config.cross_fit > 1 and config.train_models:  # models kept as loaded were
+        # not fitted to these regions
         scorers = yield from cross_fit_models(session, roles, config.cross_fit, config.model_config or RETRAIN_CONFIG,
                                               should_stop)
         if scorers is None:
-            yield Progress("cancelled", 0, 1, "router training cancelled; the previous bank is kept")
-            return RouterResult(True, retrain=retrained)
+            return (yield from _cancelled(retrained))
     events: list[Progress] = []
     rewards = region_rewards(session, roles, config.samples,
                              lambda done, total: events.append(Progress("score", done, total, "scoring regions")),
                              config.halo_for(session.pool.size), scorers)
     yield from events
     models = [session.models[r] for r in roles]
-    train, held = rewards.take("train"), rewards.take("val")
-    data = train.routing_data(model_costs(models))
+    make = ranked_bank if config.policy == "ranked" else network_bank
+    bank, info = yield from make(session, models, rewards, keys, config, should_stop)
+    if bank is None or len(bank) < len(keys) or _stopped(should_stop):
+        return (yield from _cancelled(retrained))
+    held = rewards.take("val")
+    summary = {"policy": config.policy, "knob": bank.knob, "train_regions": len(rewards.take("train").region_ids),
+               "val_regions": len(held.region_ids), "patch": list(rewards.patch), "halo": rewards.halo,
+               "models": roles, "lambdas": bank.lambdas, **info, "samples": config.samples,
+               "default_lambda": bank.default_lambda}
+    if held.region_ids:
+        summary.update(evaluate_regions(bank, models, held, config.samples))
+        if config.policy == "network":  # a ranked bank's share is not chosen by labels (`learners.routing.ranked`)
+            summary["held_out_choice"] = held_out_choice(summary)
+    summary["seconds"] = round(time.time() - started, 1)
+    install_bank(session, bank)
+    atomic_write_text(session.folder / ROUTER_FILE, json.dumps(summary, indent=2))
+    yield Progress("save", 1, 1, f"saved {len(bank)} routing policies")
+    if config.refresh:
+        yield from refresh_after(session, config.samples, should_stop)
+    yield Progress("done", 1, 1, "router trained")
+    return RouterResult(False, bank, summary, retrained)
+
+
+def network_bank(session: Session, models, rewards: RegionRewards, lambdas, config: RouterConfig, should_stop
+                 ) -> Generator[Progress, None, tuple[PolicyBank | None, dict]]:
+    """PaSeR's policy network per lambda, trained by stage 2 on the training regions' reward table."""
+    data = rewards.take("train").routing_data(model_costs(models))
     rl = RLConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
                   gradient="expected")
 
@@ -351,28 +404,34 @@ def _train_router(session: Session, roles, lambdas, config, should_stop) -> Gene
         try:
             epoch: PolicyEpoch = next(gen)
         except StopIteration as stop:
-            bank = stop.value
-            break
+            return stop.value, {"epochs": config.epochs, "cross_fit_folds": config.cross_fit if config.train_models
+                                else 0}
         done += 1
         yield Progress("policy", done, total, f"lambda {epoch.lam:.2f}: epoch {epoch.epoch + 1}/{config.epochs}")
-    if len(bank) < len(lambdas) or _stopped(should_stop):
-        yield Progress("cancelled", done, total, "router training cancelled; the previous bank is kept")
-        return RouterResult(True, retrain=retrained)
-    summary = {"train_regions": len(train.region_ids), "val_regions": len(held.region_ids),
-               "patch": list(rewards.patch), "halo": rewards.halo, "models": roles, "lambdas": bank.lambdas,
-               "epochs": config.epochs, "cross_fit_folds": len(scorers),
-               "samples": config.samples, "default_lambda": bank.default_lambda}
-    if held.region_ids:
-        summary.update(evaluate_regions(bank, models, held, config.samples))
-        summary["held_out_choice"] = held_out_choice(summary)
-    summary["seconds"] = round(time.time() - started, 1)
-    install_bank(session, bank)
-    atomic_write_text(session.folder / ROUTER_FILE, json.dumps(summary, indent=2))
-    yield Progress("save", total, total, f"saved {len(bank)} routing policies")
-    if config.refresh:
-        yield from refresh_after(session, config.samples, should_stop)
-    yield Progress("done", total, total, "router trained")
-    return RouterResult(False, bank, summary, retrained)
+
+
+def pool_slices(session: Session, n: int = POOL_SLICES) -> list[int]:
+    """Up to `n` slices evenly spread through the session's volume (every slice when it has fewer)."""
+    return sorted({int(z) for z in np.linspace(0, session.n_slices - 1, min(n, session.n_slices)).round()})
+
+
+def ranked_bank(session: Session, models, rewards: RegionRewards, shares, config: RouterConfig, should_stop
+                ) -> Generator[Progress, None, tuple[PolicyBank | None, dict]]:
+    """One ranked policy per share: the threshold is that share's quantile of the patch-mean f0 entropy over
+    `pool_slices` of the session (their maps, shared with the viewer, computed where missing)."""
+    cfg = PolicyConfig(n_classes=session.n_classes, n_models=len(models), patch=rewards.patch, halo=rewards.halo,
+                       kind="ranked")
+    zs = pool_slices(session)
+    entropies = []
+    for i, z in enumerate(zs):
+        if _stopped(should_stop):
+            return None, {}
+        entropies.append(patch_entropy(session.f0_state(z, config.samples).policy_input(), cfg).numpy().ravel())
+        yield Progress("thresholds", i + 1, len(zs), f"f0 entropy of slice {z}")
+    values = np.concatenate(entropies)
+    bank = PolicyBank({share: from_share(cfg, values, share) for share in shares})
+    thresholds = {f"{k:.3f}": float(p.thresholds[-1]) for k, p in bank.policies.items()}
+    return bank, {"pool_slices": len(zs), "pool_patches": int(values.size), "thresholds": thresholds}
 
 
 def held_out_choice(summary: dict) -> float | None:
@@ -400,7 +459,14 @@ def format_router(summary: dict) -> str:
     largest = f"{summary['models'][-1]}_alone"
     table = {"policies": summary["policies"], "default_lambda": summary["default_lambda"], largest: summary[largest]}
     rows = format_bank(table).replace("GFLOPs", "GF/patch").replace("val mIoU", "held mIoU")
+    if summary.get("knob") == "share":
+        rows = rows.replace(" lambda", "  share", 1)
     alone = [f"{k[:2]:>7}{summary[k]['iou']:>10.3f}" for k in summary if k.endswith("_alone") and k != largest]
+    if summary.get("knob") == "share":
+        return "\n".join([head, rows] + alone + [
+            f"routing sends the {summary['default_lambda']:.0%} most uncertain patches (f0's entropy on "
+            f"{summary['pool_slices']} slices) to {summary['models'][-1]};",
+            f"the held-out rows ({summary['val_regions']} regions near your labels) guide, they do not choose"])
     if "held_out_choice" not in summary:  # router.json of an older version
         return "\n".join([head, rows] + alone)
     choice = summary["held_out_choice"]
