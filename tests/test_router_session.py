@@ -176,6 +176,23 @@ def test_held_out_choice_falls_back_to_f0_alone_when_every_policy_loses_there():
     assert held_out_choice({"policies": {}}) is None
 
 
+def test_a_ranked_table_says_what_routing_does_and_warns_when_f0_alone_leads_on_the_held_out_regions():
+    from napari_paser.session.router_jobs import format_router
+
+    def row(iou, f2):
+        return {"iou": iou, "gflops_per_image": 1.0 + f2, "patch_share": {"f0": 1 - f2, "f1": 0.0, "f2": f2}}
+
+    summary = {"policy": "ranked", "knob": "share", "train_regions": 10, "val_regions": 2, "patch": [64, 64],
+               "models": ["f0", "f1", "f2"], "default_lambda": 0.2, "pool_slices": 32,
+               "policies": {"0.000": row(0.85, 0.0), "0.200": row(0.84, 0.3), "0.500": row(0.83, 0.6)},
+               "f0_alone": row(0.85, 0.0), "f1_alone": row(0.80, 0.0), "f2_alone": row(0.80, 1.0)}
+    text = format_router(summary)
+    assert "  share  held mIoU" in text and "0.200     0.840" in text and "(policy.pt)" in text
+    assert "routing sends the 20% most uncertain patches" in text and "f0 alone beats every share" in text
+    summary["policies"]["0.200"] = row(0.86, 0.3)
+    assert "f0 alone beats" not in format_router(summary)
+
+
 def test_cancel_keeps_the_previous_bank(tmp_path):
     s, _ = hard_cell_session(tmp_path)
     collect(s.train_router(lambdas=[0.1, 0.5], train_models=False, epochs=3, samples=2))
@@ -192,6 +209,27 @@ def test_cancel_keeps_the_previous_bank(tmp_path):
     s.close()
     again = Session.open(s.folder)
     assert again.policy_lambdas == [0.1, 0.5]
+
+
+def test_a_bank_made_with_an_older_f0_is_stale_until_the_router_is_made_again(tmp_path):
+    from dataclasses import replace
+
+    from napari_paser.session.jobs import RETRAIN_CONFIG
+
+    rng = np.random.default_rng(0)
+    s = Session.create(tmp_path / "s", (rng.random((2, 48, 48)) * 1000).astype(np.uint16), region_size=16)
+    s.new_models({"f0": TINY, "f1": TINY, "f2": TINY})
+    for rid in range(8):
+        r = s.region(rid)
+        s.accept(rid, rng.integers(1, 4, (r.h, r.w)).astype(np.uint8))
+    assert not s.bank_stale  # no bank yet
+    collect(s.train_router(train_models=False, samples=2, refresh=False))
+    assert not s.bank_stale
+    collect(s.retrain(replace(RETRAIN_CONFIG, epochs=1, steps_per_epoch=1, batch_size=2), roles=("f0",), samples=2,
+                      refresh=False))
+    assert s.bank_stale  # its thresholds read the previous f0's entropy
+    collect(s.train_router(train_models=False, samples=2, refresh=False))
+    assert not s.bank_stale
 
 
 def test_train_router_refuses_without_training_regions_or_larger_models(tmp_path):

@@ -54,6 +54,9 @@ def test_train_router_button_trains_the_bank_in_a_worker(make_napari_viewer, tmp
     qtbot.waitUntil(lambda: maps.lam.isEnabled(), timeout=10_000)
     assert maps.lam_label.text() == "share to f2" and maps.lam.value() == pytest.approx(0.2)
     assert "most uncertain patches" in maps.lam_note.text()
+    maps.route_button.click()
+    qtbot.waitUntil(lambda: "policy share = 0.2" in maps.readout.text(), timeout=60_000)
+    qtbot.waitUntil(lambda: not widget.hub.busy, timeout=60_000)
     assert train.last_result.retrain is not None  # f1 and f2 retrained first
     train.router_retrain.setChecked(False)  # only the policies again: f1 and f2 kept as they are
     files = {r: s.state.models[r]["file"] for r in ("f1", "f2")}
@@ -62,4 +65,9 @@ def test_train_router_button_trains_the_bank_in_a_worker(make_napari_viewer, tmp
     qtbot.waitUntil(lambda: not widget.hub.busy, timeout=120_000)
     assert not train.last_result.cancelled and train.last_result.retrain is None
     assert {r: s.state.models[r]["file"] for r in ("f1", "f2")} == files
+    assert "older f0" not in maps.lam_note.text()
+    with qtbot.waitSignal(widget.hub.models_changed, timeout=120_000):
+        train.train_button.click()  # f0 retrains: the shares' thresholds read the previous f0's entropy
+    qtbot.waitUntil(lambda: not widget.hub.busy, timeout=120_000)
+    assert s.bank_stale and "older f0" in maps.lam_note.text()
     assert len(errors) == 1

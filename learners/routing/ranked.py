@@ -5,13 +5,15 @@ Why not only the policy network (`learners.routing.policy.PolicyNet`): trained f
 accepted regions (about 50 labeled patches) it did not learn where the larger models pay. On five
 SOC benchmark sessions (64 regions, test slices 10 to 40 slices from the labels), ranking the test
 patches by f0's patch-mean entropy and sending the top 20% of them to f2 beat the best single model
-by +0.2 to +1.1 mIoU points in all five. The network's own ranking of the same patches (top 20% by
-p(f2) or 1 - p(f0)) was 0.3 to 2.8 points below the entropy's in four of the five (equal in one), and
-a threshold fitted by Eq. 2 on the labeled regions (cross-fitted and held out) ranged from -1.3 to
-+0.9 points against the best single model: the labeled regions' per-model IoU levels disagree with
-the test slices' (f2 the worst model on one run's held-out regions and the best on its test slices),
-while the ranking by uncertainty holds. A second tier to f1 (the next 20% of patches)
-lost 0.1 to 0.5 points in four of five runs, so the middle models are skipped.
+by +0.4 to +1.1 mIoU points in all five (offline, on their dumped reward tables; through the session
+benchmark on three: +0.3, -0.2, +0.7 at 21-28% of f2's FLOPs; BENCHMARKS.md, session 10). The
+network's own ranking of the same patches (top 20% by p(f2)) was 0.3 to 2.8 points below the
+entropy's in four of the five (equal in one), and a threshold fitted by Eq. 2 on the labeled regions
+(cross-fitted and held out) ranged from -1.3 to +0.9 points against the best single model: the
+labeled regions' per-model IoU levels disagree with the test slices' (f2 the worst model on one
+run's held-out regions and the best on its test slices), while the ranking by uncertainty holds. A
+second tier to f1 (the next 20% of patches) lost 0.1 to 0.5 points in four of five runs, so the
+middle models are skipped.
 
 So the labels are not trusted to set the level, and the share is the compute knob: the threshold is
 the (1 - share) quantile of the patch-mean entropy over a sample of the session's own slices. A volume

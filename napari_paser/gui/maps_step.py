@@ -111,11 +111,13 @@ class MapsWidget(QWidget):
         knob = s.bank.knob if lambdas else "lambda"
         self.lam_label.setText(KNOB_LABELS[knob])
         self.lam.setToolTip(KNOB_TIPS[knob])
+        stale = (" <b>Made with an older f0</b>: Train router again (Train step; untick 'retrain f1, f2 first' "
+                 "for seconds)." if lambdas and s.bank_stale else "")
         if knob == "share":
             self.lam_note.setText("the most uncertain patches (f0's entropy) go to the largest model; shares "
-                                  + ", ".join(f"{v:g}" for v in lambdas))
+                                  + ", ".join(f"{v:g}" for v in lambdas) + "." + stale)
         elif lambdas:
-            self.lam_note.setText("policies trained at \u03bb = " + ", ".join(f"{v:g}" for v in lambdas))
+            self.lam_note.setText("policies trained at \u03bb = " + ", ".join(f"{v:g}" for v in lambdas) + "." + stale)
         else:
             self.lam_note.setText("one policy, \u03bb fixed at training: `paser policy` trains a bank for live control")
 
@@ -205,7 +207,9 @@ class MapsWidget(QWidget):
         self.hub.show_routing(routed)
         shares = ", ".join(f"{n} {routed.shares.get(n, 0.0):.0%}" for n in routed.names)
         ratio = routed.gflops / routed.gflops_largest if routed.gflops_largest else 0.0
-        trained = "" if routed.lam is None else f" (policy \u03bb = {routed.lam:g})"
+        s = self.hub.session
+        knob = "share" if s is not None and len(s.bank) and s.bank.knob == "share" else "\u03bb"
+        trained = "" if routed.lam is None else f" (policy {knob} = {routed.lam:g})"
         self.readout.setText(f"slice {routed.z}{trained}: <b>{routed.gflops:.3f}</b> GFLOPs spent vs "
                              f"{routed.gflops_largest:.3f} for {routed.names[-1]} everywhere ({ratio:.0%} of it)")
         self.shares.setText(f"patches per model: {shares}")

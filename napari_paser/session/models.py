@@ -83,6 +83,14 @@ class ModelsMixin:
         return self.policy is not None or len(self.bank) > 0
 
     @property
+    def bank_stale(self) -> bool:
+        """The policy bank was made with an older f0 than the current one: its thresholds (ranked) or its
+        training (network) read that f0's entropy, so its shares of patches have drifted."""
+        made = [info["version"] for role, info in self.state.models.items() if role.startswith(BANK_ROLE)]
+        f0 = self.state.models.get("f0")
+        return bool(made) and f0 is not None and f0["version"] > min(made)
+
+    @property
     def policy_lambdas(self) -> list[float]:
         """The cost weights of the policy bank (empty without one: then lambda is fixed)."""
         return self.bank.lambdas

@@ -85,8 +85,8 @@ next to a 17k f0 and a 1.1M f1 has C = 0.80: every member from 0.1 up routed f0 
 benchmark, session 8: the members 0.1, 0.3 and 1 were identical, and the GUI opened at 0.3)."""
 ROUTER_SHARES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 """The ranked bank's shares of patches sent to the largest model (`learners.routing.ranked`); its default
-member is the middle one, 0.2: the top 20% by f0's entropy beat the best single model in all five SOC
-benchmark sessions (+0.2 to +1.1 mIoU points)."""
+member is the middle one, 0.2: on the SOC session benchmark it scored +0.3, -0.2 and +0.7 mIoU points
+against the best single model at 21-28% of f2's FLOPs (BENCHMARKS.md, "PaSeR routing", session 10)."""
 POLICIES = ("ranked", "network")
 POOL_SLICES = 32  # slices of the session whose f0 entropy sets the ranked policies' thresholds
 ROUTER_FILE = "router.json"
@@ -364,6 +364,8 @@ def _train_router(session: Session, roles, keys, config, should_stop) -> Generat
     models = [session.models[r] for r in roles]
     make = ranked_bank if config.policy == "ranked" else network_bank
     bank, info = yield from make(session, models, rewards, keys, config, should_stop)
+    if config.policy == "network":
+        info["cross_fit_folds"] = len(scorers)
     if bank is None or len(bank) < len(keys) or _stopped(should_stop):
         return (yield from _cancelled(retrained))
     held = rewards.take("val")
@@ -404,8 +406,7 @@ def network_bank(session: Session, models, rewards: RegionRewards, lambdas, conf
         try:
             epoch: PolicyEpoch = next(gen)
         except StopIteration as stop:
-            return stop.value, {"epochs": config.epochs, "cross_fit_folds": config.cross_fit if config.train_models
-                                else 0}
+            return stop.value, {"epochs": config.epochs}
         done += 1
         yield Progress("policy", done, total, f"lambda {epoch.lam:.2f}: epoch {epoch.epoch + 1}/{config.epochs}")
 
@@ -463,10 +464,7 @@ def format_router(summary: dict) -> str:
         rows = rows.replace(" lambda", "  share", 1)
     alone = [f"{k[:2]:>7}{summary[k]['iou']:>10.3f}" for k in summary if k.endswith("_alone") and k != largest]
     if summary.get("knob") == "share":
-        return "\n".join([head, rows] + alone + [
-            f"routing sends the {summary['default_lambda']:.0%} most uncertain patches (f0's entropy on "
-            f"{summary['pool_slices']} slices) to {summary['models'][-1]};",
-            f"the held-out rows ({summary['val_regions']} regions near your labels) guide, they do not choose"])
+        return "\n".join([head, rows] + alone + _ranked_notes(summary))
     if "held_out_choice" not in summary:  # router.json of an older version
         return "\n".join([head, rows] + alone)
     choice = summary["held_out_choice"]
@@ -474,6 +472,20 @@ def format_router(summary: dict) -> str:
               "f0 alone beats every policy on the held-out regions: route f0 alone (--model f0), or label more "
               "regions across the volume and train the router again")
     return "\n".join([head, rows] + alone + [advice])
+
+
+def _ranked_notes(summary: dict) -> list[str]:
+    """What a ranked bank does, and a warning when f0 alone beats every share that routes on the held-out
+    regions (they lie near the labels: a warning, not a switch; BENCHMARKS.md, session 10)."""
+    largest, f0 = summary["models"][-1], summary["f0_alone"]["iou"]
+    notes = [f"routing sends the {summary['default_lambda']:.0%} most uncertain patches (f0's entropy on "
+             f"{summary['pool_slices']} slices) to {largest};",
+             f"the held-out rows ({summary['val_regions']} regions near your labels) guide, they do not choose"]
+    routed = [r["iou"] for r in summary["policies"].values() if r["patch_share"].get("f0", 1.0) < 1.0]
+    if routed and all(round(f0, 4) > round(iou, 4) for iou in routed):
+        notes.append(f"f0 alone beats every share on them ({f0:.3f}): {largest} may not pay on this volume; "
+                     "label regions across it and compare")
+    return notes
 
 
 def install_bank(session: Session, bank: PolicyBank) -> None:
