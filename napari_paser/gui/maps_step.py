@@ -44,7 +44,7 @@ class MapsWidget(QWidget):
         self.route_button = QPushButton("Route current slice")
         self.lam = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
         self.lam.setRange(0.0, 1.0)
-        self.lam.setDecimals(3)  # a session's bank trains at 0.005 ... 0.1 (`router_jobs.ROUTER_LAMBDAS`)
+        self.lam.setDecimals(3)  # a session's shares 0.05 ... 0.5, its network's lambdas 0.005 ... 0.1 (`router_jobs`)
         self.lam.setValue(0.3)
         self._lambdas: list[float] = []  # the bank the slider was last set up for
         self.lam.setToolTip(KNOB_TIPS["lambda"])
@@ -108,7 +108,7 @@ class MapsWidget(QWidget):
                 self.lam.setRange(low, high)
                 self.lam.setValue(s.bank.default_lambda)
         self._lambdas = list(lambdas)
-        knob = s.bank.knob if lambdas else "lambda"
+        knob = self._knob()
         self.lam_label.setText(KNOB_LABELS[knob])
         self.lam.setToolTip(KNOB_TIPS[knob])
         stale = (" <b>Made with an older f0</b>: Train router again (Train step; untick 'retrain f1, f2 first' "
@@ -120,6 +120,11 @@ class MapsWidget(QWidget):
             self.lam_note.setText("policies trained at \u03bb = " + ", ".join(f"{v:g}" for v in lambdas) + "." + stale)
         else:
             self.lam_note.setText("one policy, \u03bb fixed at training: `paser policy` trains a bank for live control")
+
+    def _knob(self) -> str:
+        """What the slider sets: "share" (a session's ranked bank) or "lambda" (a network bank, one policy)."""
+        s = self.hub.session
+        return s.bank.knob if s is not None and len(s.bank) else "lambda"
 
     def _lam(self) -> float | None:
         s = self.hub.session
@@ -207,8 +212,7 @@ class MapsWidget(QWidget):
         self.hub.show_routing(routed)
         shares = ", ".join(f"{n} {routed.shares.get(n, 0.0):.0%}" for n in routed.names)
         ratio = routed.gflops / routed.gflops_largest if routed.gflops_largest else 0.0
-        s = self.hub.session
-        knob = "share" if s is not None and len(s.bank) and s.bank.knob == "share" else "\u03bb"
+        knob = "share" if self._knob() == "share" else "\u03bb"
         trained = "" if routed.lam is None else f" (policy {knob} = {routed.lam:g})"
         self.readout.setText(f"slice {routed.z}{trained}: <b>{routed.gflops:.3f}</b> GFLOPs spent vs "
                              f"{routed.gflops_largest:.3f} for {routed.names[-1]} everywhere ({ratio:.0%} of it)")
