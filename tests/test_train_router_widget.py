@@ -53,7 +53,7 @@ def test_train_router_button_trains_the_bank_in_a_worker(make_napari_viewer, tmp
     maps = widget.steps["Maps"]
     qtbot.waitUntil(lambda: maps.lam.isEnabled(), timeout=10_000)
     assert maps.lam_label.text() == "share to f2" and maps.lam.value() == pytest.approx(0.2)
-    assert "most uncertain patches" in maps.lam_note.text()
+    assert "most uncertain patches" in maps.lam_note.text() and "0.05" in maps.lam_note.text()
     maps.route_button.click()
     qtbot.waitUntil(lambda: "policy share = 0.2" in maps.readout.text(), timeout=60_000)
     qtbot.waitUntil(lambda: not widget.hub.busy, timeout=60_000)

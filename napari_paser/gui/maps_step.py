@@ -111,10 +111,10 @@ class MapsWidget(QWidget):
         knob = self._knob()
         self.lam_label.setText(KNOB_LABELS[knob])
         self.lam.setToolTip(KNOB_TIPS[knob])
-        stale = (" <b>Made with an older f0</b>: Train router again (Train step; untick 'retrain f1, f2 first' "
-                 "for seconds)." if lambdas and s.bank_stale else "")
+        stale = (" <b>Made with an older f0</b>: Train router again (policies only: seconds)."
+                 if lambdas and s.bank_stale else "")
         if knob == "share":
-            self.lam_note.setText("the most uncertain patches (f0's entropy) go to the largest model; shares "
+            self.lam_note.setText("most uncertain patches (f0's entropy) first; shares "
                                   + ", ".join(f"{v:g}" for v in lambdas) + "." + stale)
         elif lambdas:
             self.lam_note.setText("policies trained at \u03bb = " + ", ".join(f"{v:g}" for v in lambdas) + "." + stale)
