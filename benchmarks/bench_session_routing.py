@@ -117,9 +117,10 @@ def rf_row(session: Session, test_x: np.ndarray, test_y: np.ndarray) -> dict:
 
 
 def evaluate(session: Session, test_raw: np.ndarray, test_y: np.ndarray, samples: int, summary: dict,
-             singles: dict | None = None) -> dict:
-    """Every method on the test slices with the session's models and bank; `singles`: the single models'
-    rows already measured for these models (then only the bank is routed)."""
+             measured: tuple[dict, object] | None = None) -> tuple[dict, object]:
+    """(every method on the test slices with the session's models and bank, the test patch table);
+    `measured`: the single models' rows and the table already measured for these models (then only the
+    bank is routed)."""
     lo, hi = session.state.image["lo"], session.state.image["hi"]
     x = normalise(test_raw, lo, hi)
     models = [session.models[r] for r in ("f0", "f1", "f2")]
@@ -128,8 +129,11 @@ def evaluate(session: Session, test_raw: np.ndarray, test_y: np.ndarray, samples
     patching = policy.config.patching
     ranked = session.bank.knob == "share"
     with torch.no_grad():
-        table, _ = build_patch_table(models, x, test_y, patching, samples)
-        methods = dict(singles) if singles is not None else single_rows(models, x, test_y, table, patching, samples)
+        if measured is None:
+            table, _ = build_patch_table(models, x, test_y, patching, samples)
+            methods = single_rows(models, x, test_y, table, patching, samples)
+        else:
+            methods, table = dict(measured[0]), measured[1]
         costs = model_costs(models)
         cost = RoutingCost.of(models, *x.shape[-2:], patching, samples)
         paser = {}
@@ -143,8 +147,8 @@ def evaluate(session: Session, test_raw: np.ndarray, test_y: np.ndarray, samples
         key = f"{session.bank.default_lambda:.3f}"
         methods["paser"] = {**paser[key], "share": float(key), "chosen_by": "the bank's default member"}
         methods["oracle"] = {**paser[key]["oracle"], "lambda": 0.0}
-        return methods
-    return pick_paser(methods, summary, session.bank.default_lambda)
+        return methods, table
+    return pick_paser(methods, summary, session.bank.default_lambda), table
 
 
 def single_rows(models, x: np.ndarray, test_y: np.ndarray, table, patching, samples: int) -> dict:
@@ -219,14 +223,14 @@ def run_sampler(sampler: str, args, pool, test) -> list[dict]:
         network = drain(s.train_router(policy="network", **lambdas, epochs=args.rl_epochs, model_config=models_cfg,
                                        samples=args.samples, halo=args.halo, cross_fit=args.cross_fit))
         seconds["train_router"] += time.time() - t
-        net = evaluate(s, *test, args.samples, network.summary)
+        net, table = evaluate(s, *test, args.samples, network.summary)
         t = time.time()
         shares = {} if args.shares is None else {"shares": args.shares}
         result = drain(s.train_router(policy="ranked", **shares, train_models=False, samples=args.samples,
                                       halo=args.halo))
         seconds["train_router_ranked"] = round(time.time() - t, 1)
         singles = {k: v for k, v in net.items() if k in ("f0", "f0_mc", "f1", "f2")}
-        methods = evaluate(s, *test, args.samples, result.summary, singles)
+        methods, _ = evaluate(s, *test, args.samples, result.summary, (singles, table))
         methods["paser_by_share"] = methods.pop("paser_by_lambda")
         methods["paser_network"] = net["paser"]
         methods["paser_network_by_lambda"] = net["paser_by_lambda"]

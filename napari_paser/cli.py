@@ -144,12 +144,12 @@ def cmd_session_train_router(args: argparse.Namespace) -> int:
     from napari_paser.session.router_jobs import format_router
 
     with Session.open(args.session) as session:
-        policy = args.policy or ("network" if args.lambdas is not None else "ranked")
-        keys = {"shares": args.shares} if args.shares is not None else {}
-        if args.lambdas is not None:
-            keys["lambdas"] = args.lambdas
-        gen = session.train_router(policy=policy, **keys, epochs=args.epochs, train_models=not args.no_retrain,
-                                   samples=args.samples, seed=args.seed, halo=args.halo)
+        options = {"policy": args.policy} if args.policy else {}  # --lambdas alone means the network
+        if args.shares is not None:
+            options["shares"] = args.shares
+        gen = session.train_router(lambdas=args.lambdas, **options, epochs=args.epochs,
+                                   train_models=not args.no_retrain, samples=args.samples, seed=args.seed,
+                                   halo=args.halo)
         bars: dict[str, tqdm] = {}
         while True:
             try:

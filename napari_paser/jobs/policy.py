@@ -144,11 +144,12 @@ def policy_tick(bar: tqdm, epoch) -> None:
     bar.update(1)
 
 
-def format_bank(summary: dict) -> str:
-    """A terminal table of bank.json: one row per lambda."""
+def format_bank(summary: dict, key: str = "lambda", score: str = "val mIoU", cost: str = "GFLOPs") -> str:
+    """A terminal table of bank.json: one row per bank member (`key`: what the members are keyed by)."""
     largest_key = next(k for k in summary if k.endswith("_alone"))
     largest = summary[largest_key]
-    rows = [f"{'lambda':>7}{'val mIoU':>10}{'GFLOPs':>9}{'vs ' + largest_key[:2]:>8}  patch shares"]
+    rows = [f"{key:>7}{score:>{max(10, len(score) + 2)}}{cost:>{max(9, len(cost) + 2)}}{'vs ' + largest_key[:2]:>8}"
+            "  patch shares"]
     for lam, row in summary["policies"].items():
         shares = " ".join(f"{k} {v:.0%}" for k, v in row["patch_share"].items())
         mark = " (policy.pt)" if float(lam) == summary["default_lambda"] else ""

@@ -459,9 +459,7 @@ def format_router(summary: dict) -> str:
         return head + "\nno held-out regions to score the policies on: accept more regions (every 5th is held out)"
     largest = f"{summary['models'][-1]}_alone"
     table = {"policies": summary["policies"], "default_lambda": summary["default_lambda"], largest: summary[largest]}
-    rows = format_bank(table).replace("GFLOPs", "GF/patch").replace("val mIoU", "held mIoU")
-    if summary.get("knob") == "share":
-        rows = rows.replace(" lambda", "  share", 1)
+    rows = format_bank(table, key=summary.get("knob", "lambda"), score="held mIoU", cost="GF/patch")
     alone = [f"{k[:2]:>7}{summary[k]['iou']:>10.3f}" for k in summary if k.endswith("_alone") and k != largest]
     if summary.get("knob") == "share":
         return "\n".join([head, rows] + alone + _ranked_notes(summary))
