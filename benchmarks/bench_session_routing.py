@@ -124,7 +124,6 @@ def evaluate(session: Session, test_raw: np.ndarray, test_y: np.ndarray, samples
     lo, hi = session.state.image["lo"], session.state.image["hi"]
     x = normalise(test_raw, lo, hi)
     models = [session.models[r] for r in ("f0", "f1", "f2")]
-    n = len(x)
     policy = session.pick_policy()[1]  # the default member: every member routes on the same patches
     patching = policy.config.patching
     ranked = session.bank.knob == "share"
@@ -218,32 +217,36 @@ def run_sampler(sampler: str, args, pool, test) -> list[dict]:
             drain(s.compute_maps(samples=args.samples))
             seconds["retrain_f0"] += time.time() - t
             print(f"[{sampler}] {len(s.accepted)} regions accepted", flush=True)
-        t = time.time()  # the network bank first (it retrains f1/f2), then the ranked bank on the same models
-        lambdas = {} if args.lambdas is None else {"lambdas": args.lambdas}
-        network = drain(s.train_router(policy="network", **lambdas, epochs=args.rl_epochs, model_config=models_cfg,
-                                       samples=args.samples, halo=args.halo, cross_fit=args.cross_fit))
-        seconds["train_router"] += time.time() - t
-        net, table = evaluate(s, *test, args.samples, network.summary)
+        network, net, measured = None, None, None
+        if "network" in args.banks:  # the network bank first (it retrains f1/f2), then the ranked bank on the same models
+            t = time.time()
+            lambdas = {} if args.lambdas is None else {"lambdas": args.lambdas}
+            network = drain(s.train_router(policy="network", **lambdas, epochs=args.rl_epochs, model_config=models_cfg,
+                                           samples=args.samples, halo=args.halo, cross_fit=args.cross_fit))
+            seconds["train_router"] += time.time() - t
+            net, table = evaluate(s, *test, args.samples, network.summary)
+            measured = ({k: v for k, v in net.items() if k in ("f0", "f0_mc", "f1", "f2")}, table)
         t = time.time()
         shares = {} if args.shares is None else {"shares": args.shares}
-        result = drain(s.train_router(policy="ranked", **shares, train_models=False, samples=args.samples,
-                                      halo=args.halo))
+        result = drain(s.train_router(policy="ranked", **shares, train_models=network is None, model_config=models_cfg,
+                                      samples=args.samples, halo=args.halo))
         seconds["train_router_ranked"] = round(time.time() - t, 1)
-        singles = {k: v for k, v in net.items() if k in ("f0", "f0_mc", "f1", "f2")}
-        methods, _ = evaluate(s, *test, args.samples, result.summary, (singles, table))
+        methods, _ = evaluate(s, *test, args.samples, result.summary, measured)
         methods["paser_by_share"] = methods.pop("paser_by_lambda")
-        methods["paser_network"] = net["paser"]
-        methods["paser_network_by_lambda"] = net["paser_by_lambda"]
-        methods["oracle_network"] = net["oracle"]
+        if net is not None:
+            methods["paser_network"] = net["paser"]
+            methods["paser_network_by_lambda"] = net["paser_by_lambda"]
+            methods["oracle_network"] = net["oracle"]
         methods["random_forest"] = rf_row(s, *test)
         entry = {"n_regions": budget, "sampler": sampler, "seed": args.seed, "session": str(s.folder),
-                 "methods": methods, "router": result.summary, "router_network": network.summary,
+                 "methods": methods, "router": result.summary,
+                 **({"router_network": network.summary} if network is not None else {}),
                  "seconds": {k: round(v, 1) for k, v in seconds.items()}}
         m = methods
         print(f"[{sampler}] N={budget}: f0 {m['f0']['iou']:.3f} f0_mc {m['f0_mc']['iou']:.3f} f1 {m['f1']['iou']:.3f} "
               f"f2 {m['f2']['iou']:.3f} paser {m['paser']['iou']:.3f} (share {m['paser']['share']}, "
               f"{m['paser']['gflops_per_image']:.2f} GF, {m['paser']['wall_s']} s vs f2 {m['f2']['wall_s']} s) "
-              f"oracle {m['oracle']['iou']:.3f}; network {m['paser_network']['iou']:.3f}", flush=True)
+              f"oracle {m['oracle']['iou']:.3f}" + (f"; network {m['paser_network']['iou']:.3f}" if net else ""), flush=True)
         yield entry
     s.close()
 
@@ -268,6 +271,8 @@ def main() -> None:
     p.add_argument("--cross-fit", type=int, default=2, help="folds of the cross-fitted reward table (0: off)")
     p.add_argument("--rl-epochs", type=int, default=100)
     p.add_argument("--lambdas", default=None, help="bank cost weights (default: the session's, ROUTER_LAMBDAS)")
+    p.add_argument("--banks", default="network,ranked",
+                   help="banks to train and compare: network,ranked (ranked alone: f2 retrains inside it, no network)")
     p.add_argument("--shares", default=None, help="ranked bank shares (default: the session's, ROUTER_SHARES)")
     p.add_argument("--samples", type=int, default=5)
     p.add_argument("--lr", type=float, default=2e-3, help="learning rate of f0 and f1/f2 retraining")
@@ -277,6 +282,9 @@ def main() -> None:
     args.budgets = [int(b) for b in args.budgets.split(",")]
     args.lambdas = None if args.lambdas is None else [float(v) for v in args.lambdas.split(",")]
     args.shares = None if args.shares is None else [float(v) for v in args.shares.split(",")]
+    args.banks = args.banks.split(",")
+    if not set(args.banks) <= {"network", "ranked"} or "ranked" not in args.banks:
+        p.error("--banks: ranked, or network,ranked")
     if args.rechoose:
         return rechoose(args.rechoose, args.out)
     torch.set_num_threads(args.threads)

@@ -195,8 +195,9 @@ def _session_parsers(sub) -> None:
     """`paser session ...`: jobs on a labeling session folder."""
     session = sub.add_parser("session", help="jobs on a labeling session folder").add_subparsers(
         dest="session_command", required=True)
-    p = session.add_parser("train-router", help="retrain f1/f2 on the accepted regions, then make the routing policies: "
-                                                "one per share of patches sent to f2 by f0's uncertainty (default), "
+    p = session.add_parser("train-router", help="retrain f2 (network: f1 and f2) on the accepted regions, then make "
+                                                "the routing policies: one per share of patches sent to f2 by f0's "
+                                                "uncertainty (default), "
                                                 "or one policy network per lambda (--policy network)")
     p.add_argument("--session", required=True, type=Path, help="session folder (session.json)")
     p.add_argument("--policy", choices=("ranked", "network"), help="ranked (default): the most uncertain patches by "
@@ -208,7 +209,7 @@ def _session_parsers(sub) -> None:
                                                     "0.05,0.1: with f2's 80%% parameter share, larger ones route f0 "
                                                     "everywhere)")
     p.add_argument("--epochs", type=COUNT, default=100, help="network: training epochs per lambda (default 100)")
-    p.add_argument("--no-retrain", action="store_true", help="keep f1/f2 as they are (train the policies only)")
+    p.add_argument("--no-retrain", action="store_true", help="keep f1/f2 as they are (only the policies: seconds)")
     p.add_argument("--halo", type=int_range(0), help="pixels of context f1/f2 see around each routing patch "
                                                      "(default: a quarter of the region size; 0: the patch alone)")
     p.add_argument("--samples", type=COUNT, default=5, help="f0 MC-dropout passes (default 5)")

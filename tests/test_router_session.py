@@ -348,3 +348,26 @@ def test_cross_fitted_rewards_come_from_models_that_never_saw_the_region(tmp_pat
             assert np.nanmax(row) == 0.0
         else:
             assert np.nanmax(row) > 0.0
+
+
+def test_train_router_retrains_the_models_its_bank_routes_to(tmp_path):
+    """A ranked bank routes only to f2, so only f2 retrains (for ROUTED_RETRAIN's steps unless told); the
+    network retrains f1 and f2."""
+    from dataclasses import replace
+
+    from napari_paser.session.jobs import RETRAIN_CONFIG
+    from napari_paser.session.router_jobs import ROUTED_RETRAIN, RouterConfig
+
+    assert RouterConfig().model_config is None and ROUTED_RETRAIN.epochs > RETRAIN_CONFIG.epochs
+    rng = np.random.default_rng(0)
+    s = Session.create(tmp_path / "s", (rng.random((2, 32, 32)) * 1000).astype(np.uint16), region_size=16)
+    s.new_models({"f0": TINY, "f1": TINY, "f2": TINY})
+    for rid in range(6):
+        r = s.region(rid)
+        s.accept(rid, rng.integers(1, 4, (r.h, r.w)).astype(np.uint8))
+    quick = replace(RETRAIN_CONFIG, epochs=1, steps_per_epoch=2, crop=16)
+    _, ranked = collect(s.train_router(model_config=quick, shares=[0.2], samples=2, refresh=False))
+    assert set(ranked.retrain.results) == {"f2"}
+    _, network = collect(s.train_router(policy="network", lambdas=[0.0], model_config=quick, epochs=1, cross_fit=0,
+                                        samples=2, refresh=False))
+    assert set(network.retrain.results) == {"f1", "f2"}

@@ -1,4 +1,4 @@
-"""The Train step's *Train router* button: f1, f2 and the policy bank from the accepted regions, in a worker;
+"""The Train step's *Train router* button: f2 and the policy bank from the accepted regions, in a worker;
 the routing overlay's lambda control then has the session's own policies."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from learners.unet import UNetConfig  # noqa: E402
 from napari_paser.gui import hub as _widgets_hub  # noqa: E402
 from napari_paser.gui.widgets import PaserWidget  # noqa: E402
 from napari_paser.gui import train_step as _train_step  # noqa: E402
-from napari_paser.session.router_jobs import ROUTER_SHARES  # noqa: E402
+from napari_paser.session.router_jobs import ROUTED_RETRAIN, ROUTER_SHARES  # noqa: E402
 
 TINY = UNetConfig(base=4, depth=2)
 
@@ -43,7 +43,9 @@ def test_train_router_button_trains_the_bank_in_a_worker(make_napari_viewer, tmp
     for rid in range(6):
         r = s.region(rid)
         s.accept(rid, rng.integers(1, 4, (r.h, r.w)).astype(np.uint8))
-    train.epochs.setValue(1)
+    assert train.router_epochs.value() == ROUTED_RETRAIN.epochs
+    train.router_epochs.setValue(1)
+    files = {"f1": s.state.models["f1"]["file"]}
     with qtbot.waitSignal(widget.hub.models_changed, timeout=120_000):
         train.router_button.click()
     qtbot.waitUntil(lambda: not widget.hub.busy, timeout=120_000)
@@ -57,7 +59,8 @@ def test_train_router_button_trains_the_bank_in_a_worker(make_napari_viewer, tmp
     maps.route_button.click()
     qtbot.waitUntil(lambda: "policy share = 0.2" in maps.readout.text(), timeout=60_000)
     qtbot.waitUntil(lambda: not widget.hub.busy, timeout=60_000)
-    assert train.last_result.retrain is not None  # f1 and f2 retrained first
+    assert train.last_result.retrain is not None  # f2 retrained first; f1, which a ranked bank never uses, not
+    assert set(train.last_result.retrain.results) == {"f2"} and s.state.models["f1"]["file"] == files["f1"]
     train.router_retrain.setChecked(False)  # only the policies again: f1 and f2 kept as they are
     files = {r: s.state.models[r]["file"] for r in ("f1", "f2")}
     with qtbot.waitSignal(widget.hub.models_changed, timeout=120_000):

@@ -12,6 +12,7 @@ from napari_paser.gui.common import JobBar, enable_while_idle, group, hrow
 from napari_paser.gui.hub import guarded, hub_for, info
 from napari_paser.errors import PaserInputError
 from napari_paser.session.jobs import RETRAIN_CONFIG
+from napari_paser.session.router_jobs import ROUTED_RETRAIN
 
 TRAIN_THREADS = 1
 """Torch threads while retraining: small models train fastest on one thread, and the GUI thread keeps a core."""
@@ -76,14 +77,20 @@ class TrainWidget(QWidget):
         self.roles["f0"].setChecked(True)
         self.auto = QCheckBox("retrain after each accepted batch")
         self.train_button = QPushButton("Retrain now")
-        self.router_button = QPushButton("Train router (f1, f2 + routing policies)")
-        self.router_button.setToolTip("retrain f1 and f2 on the accepted regions, then make one routing policy per "
-                                      "share of patches sent to f2, the most uncertain by f0's entropy first; the "
-                                      "routing overlay's share slider then uses them")
-        self.router_retrain = QCheckBox("retrain f1, f2 first")
+        self.router_button = QPushButton("Train router (f2 + routing policies)")
+        self.router_button.setToolTip(f"retrain f2 on the accepted regions ({ROUTED_RETRAIN.epochs} epochs, minutes), "
+                                      "then make one routing policy per share of patches sent to f2, the most "
+                                      "uncertain by f0's entropy first; the routing overlay's share slider then uses "
+                                      "them")
+        self.router_epochs = QSpinBox()
+        self.router_epochs.setRange(1, 1000)
+        self.router_epochs.setValue(ROUTED_RETRAIN.epochs)
+        self.router_epochs.setToolTip("epochs of f2's retraining when the router trains (75 steps each); f2 needs "
+                                      "more than f0 to beat it")
+        self.router_retrain = QCheckBox("retrain f2 first")
         self.router_retrain.setChecked(True)
-        self.router_retrain.setToolTip("untick to keep f1 and f2 as they are and only redo the routing policies "
-                                       "(seconds: after f0 retrained, its entropy and so the shares' thresholds moved)")
+        self.router_retrain.setToolTip("untick to keep f2 as it is and only redo the routing policies (seconds: after "
+                                       "f0 retrained, its entropy and so the shares' thresholds moved)")
         self.job = JobBar(self.hub)
         self.curve = CurvePlot()
         self.last_result = None
@@ -102,6 +109,7 @@ class TrainWidget(QWidget):
         rows.addRow("epochs", self.epochs)
         rows.addRow("learning rate", self.scheduler)
         rows.addRow("models", hrow(*self.roles.values()))
+        rows.addRow("router: f2 epochs", self.router_epochs)
         col = QVBoxLayout(self)
         col.addWidget(group("Retrain", form, self.auto, self.train_button, hrow(self.router_button, self.router_retrain),
                             self.job))
@@ -146,9 +154,11 @@ class TrainWidget(QWidget):
 
     @guarded
     def train_router(self, *_) -> None:
-        """f1, f2 and the policy bank from the accepted regions in a thread worker; Cancel keeps the previous bank."""
+        """f2 and the policy bank from the accepted regions in a thread worker; Cancel keeps the previous bank.
+        f2 trains for the router's own epochs (`ROUTED_RETRAIN`), with the learning-rate schedule chosen above."""
         s = self.hub.require()
-        cfg, retrain = self.config(), self.router_retrain.isChecked()
+        cfg = replace(ROUTED_RETRAIN, epochs=self.router_epochs.value(), scheduler=self.scheduler.currentText())
+        retrain = self.router_retrain.isChecked()
         s.train_router(model_config=cfg, train_models=retrain).close()  # checks models and labeled regions at once
 
         def job(should_stop):

@@ -278,7 +278,7 @@ class ModelsMixin:
 
     def train_router(self, lambdas: Sequence[float] | None = None, should_stop: Callable[[], bool] | None = None,
                      **options) -> Generator[Progress, None, RouterResult]:
-        """Retrain f1, f2 on the accepted regions, then make the routing policy bank, as a progress
+        """Retrain f2 (network: f1, f2) on the accepted regions, then make the routing policy bank, as a progress
         generator; see `session.router_jobs`. The bank is one uncertainty-ranked policy per share of
         patches (`shares=`), or with `lambdas` (or policy="network") one policy network per lambda. A
         cancel keeps the previous bank. `options` are `RouterConfig` fields (policy, shares, epochs,

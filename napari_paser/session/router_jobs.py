@@ -36,8 +36,10 @@ would all look right there (measured on SOC: every policy kept f0 on 96-100% of 
 alone was 3.4 points better on the test slices). The held-out regions are scored by the
 session's models (no model trained on them).
 
-f1..fm first retrain on the accepted regions through `Session.retrain` (their current weights
-are the starting point: load a run's pretrained f1/f2 to start from them). A cancel during
+The routed larger models first retrain on the accepted regions through `Session.retrain` (their
+current weights are the starting point: load a run's pretrained f1/f2 to start from them), for
+`ROUTED_RETRAIN`'s steps: f2 for a ranked bank (the only larger model it routes to), f1..fm for the
+network. A cancel during
 retraining keeps the previous weights; a cancel at any point keeps the previous bank: the new
 bank replaces it in one commit only when every policy finished.
 """
@@ -87,6 +89,11 @@ ROUTER_SHARES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 """The ranked bank's shares of patches sent to the largest model (`learners.routing.ranked`); its default
 member is the middle one, 0.2: on the SOC session benchmark it scored +0.3, -0.2 and +0.7 mIoU points
 against the best single model at 21-28% of f2's FLOPs (BENCHMARKS.md, "PaSeR routing", session 10)."""
+ROUTED_RETRAIN = replace(RETRAIN_CONFIG, epochs=12)
+"""Training of the routed larger models: 900 steps, three times f0's retrain (which runs after every batch of
+regions, so f0 has had many). With f0's 300, f2 (4.3M parameters) lost to the 17k f0 on the SOC test slices
+in two of three session benchmark runs (0.889 vs 0.916, 0.888 vs 0.876 f0's MC mean); 600 more steps gave
+f2 0.920 and 0.905 (BENCHMARKS.md, "PaSeR routing", session 11)."""
 POLICIES = ("ranked", "network")
 POOL_SLICES = 32  # slices of the session whose f0 entropy sets the ranked policies' thresholds
 ROUTER_FILE = "router.json"
@@ -112,7 +119,7 @@ class RouterConfig:
     cross_fit: int = 2  # folds of models that never saw the regions they score (0 or 1, or train_models=False: the
     # session's own models score them)
     train_models: bool = True
-    model_config: TrainConfig | None = None  # None: the session's retraining default
+    model_config: TrainConfig | None = None  # None: ROUTED_RETRAIN
     refresh: bool = True  # recompute the maps that were current (new models make them stale) and the proposals
     seed: int = 0
 
@@ -163,6 +170,13 @@ class RouterResult:
     bank: PolicyBank = field(default_factory=PolicyBank)
     summary: dict = field(default_factory=dict)
     retrain: RetrainResult | None = None
+
+
+def routed_larger(roles: Sequence[str], policy: str) -> list[str]:
+    """The larger models a bank of `policy` routes to, so the ones `train_router` retrains: a ranked bank
+    sends patches only to the largest (`learners.routing.ranked.from_share`), the network to any."""
+    larger = [r for r in roles if r != "f0"]
+    return larger[-1:] if policy == "ranked" else larger
 
 
 def router_models(session: Session) -> list[str]:
@@ -341,10 +355,10 @@ def _cancelled(retrained) -> Generator[Progress, None, RouterResult]:
 def _train_router(session: Session, roles, keys, config, should_stop) -> Generator[Progress, None, RouterResult]:
     started = time.time()
     retrained = None
-    larger = [r for r in roles if r != "f0"]
+    model_config = config.model_config or ROUTED_RETRAIN
     if config.train_models:
-        retrained = yield from session.retrain(config.model_config, roles=larger, should_stop=should_stop,
-                                               refresh=False, samples=config.samples)
+        retrained = yield from session.retrain(model_config, roles=routed_larger(roles, config.policy),
+                                               should_stop=should_stop, refresh=False, samples=config.samples)
         if retrained.cancelled:
             return RouterResult(True, retrain=retrained)
     if _stopped(should_stop):
@@ -352,7 +366,7 @@ def _train_router(session: Session, roles, keys, config, should_stop) -> Generat
     scorers = []
     if config.policy == "network" and config.cross_fit > 1 and config.train_models:  # models kept as loaded were
         # not fitted to these regions
-        scorers = yield from cross_fit_models(session, roles, config.cross_fit, config.model_config or RETRAIN_CONFIG,
+        scorers = yield from cross_fit_models(session, roles, config.cross_fit, model_config,
                                               should_stop)
         if scorers is None:
             return (yield from _cancelled(retrained))
@@ -461,8 +475,8 @@ def format_router(summary: dict) -> str:
     table = {"policies": summary["policies"], "default_lambda": summary["default_lambda"], largest: summary[largest]}
     rows = format_bank(table, key=summary.get("knob", "lambda"), score="held mIoU", cost="GF/patch")
     alone = [f"{k[:2]:>7}{summary[k]['iou']:>10.3f}" for k in summary if k.endswith("_alone") and k != largest]
-    if summary.get("knob") == "share":
-        return "\n".join([head, rows] + alone + _ranked_notes(summary))
+    if summary.get("knob") == "share":  # the middle models: not routed to, not retrained
+        return "\n".join([head, rows, alone[0]] + _ranked_notes(summary))
     if "held_out_choice" not in summary:  # router.json of an older version
         return "\n".join([head, rows] + alone)
     choice = summary["held_out_choice"]
