@@ -30,6 +30,28 @@ def test_new_weights_make_every_map_stale(stale):
     assert stale.fresh_slices() == [] and stale.stale_slices() == list(range(8))
 
 
+def test_maps_are_f0s_so_new_larger_models_or_policies_leave_them_current(tmp_path):
+    """Maps are f0's alone: new f1/f2 weights or a routing bank (new model versions) must not make a volume's
+    maps stale (each stale slice is an f0 pass again: hours for a 2048^2 x 1000 scan); a new f0 must."""
+    rng = np.random.default_rng(0)
+    s = Session.create(tmp_path / "s", (rng.random((3, 32, 32)) * 1000).astype(np.uint16), region_size=16)
+    s.new_models({"f0": TINY, "f1": TINY, "f2": TINY})
+    collect(s.compute_maps(samples=1))
+    for rid in range(6):
+        r = s.region(rid)
+        s.accept(rid, rng.integers(1, 4, (r.h, r.w)).astype(np.uint8))
+    version = s.state.model_version
+    s.new_models({"f2": TINY}, seed=1)
+    events, result = collect(s.train_router(train_models=False, shares=[0.2], samples=1))
+    assert s.state.model_version == version + 2 and not result.cancelled
+    assert s.fresh_slices() == [0, 1, 2] and s.stale_slices() == []
+    assert not [e for e in events if e.stage == "maps"]  # the refresh after the bank recomputed nothing
+    s.new_models({"f0": TINY}, seed=2)
+    assert s.fresh_slices() == [] and s.stale_slices() == [0, 1, 2]
+    collect(s.compute_maps(1, samples=1))
+    assert s.fresh_slices() == [1]
+
+
 def test_refresh_order_is_screen_then_proposals_then_nearest(stale):
     props = [p.z for p in stale.proposals]
     stale.accept(stale.proposals[0].region_id, np.ones((32, 32), np.uint8))  # accepted: its slice comes after pending

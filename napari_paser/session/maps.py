@@ -36,10 +36,16 @@ class MapsMixin:
 
     # ------------------------------------------------------------------ maps
 
+    def maps_version(self) -> int:
+        """The model version the maps are current for: f0's, since they are f0's alone (new f1/f2 weights or
+        routing policies leave them current; measured in the model versions of `install_models`)."""
+        f0 = self.state.models.get("f0")
+        return int(f0["version"]) if f0 else self.state.model_version
+
     def fresh_slices(self) -> list[int]:
-        """Slices whose maps come from the current f0."""
-        v = self.state.model_version
-        return sorted(int(z) for z, ver in self.state.maps.items() if ver == v)
+        """Slices whose maps come from the current f0 (recorded at its version or later)."""
+        v = self.maps_version()
+        return sorted(int(z) for z, ver in self.state.maps.items() if ver >= v)
 
     def slice_maps(self, z: int = 0) -> dict[str, np.ndarray]:
         """f0's prediction (class indices), entropy and BALD of slice z (zeros where not computed)."""
@@ -90,7 +96,7 @@ class MapsMixin:
         """Compute and store `model`'s maps of slices `zs`, one Progress per tile (per slice when a slice is
         one tile); returns slices done (what `compute_maps` and `refresh` run). A stop is honoured between
         tiles; a slice stopped midway keeps its previous maps' status (its stored tiles are recomputed)."""
-        version = self.state.model_version
+        version = self.maps_version()
         n = len(self.map_tiles(tile=tile))
         stop = should_stop or (lambda: False)
         for i, z in enumerate(zs):
@@ -99,7 +105,7 @@ class MapsMixin:
                 return i
             tiles = self._map_tiles(model, z, samples, version, tile, view=view)
             for j, (_box, _maps, stored) in enumerate(tiles, 1):
-                if not stored:  # models replaced meanwhile
+                if not stored:  # f0 replaced meanwhile
                     tiles.close()
                     return i
                 if j < n:
@@ -115,9 +121,9 @@ class MapsMixin:
 
     def slice_maps_now(self, model: UNet, z: int, samples: int, version: int, tile: int | None = None,
                        image: np.ndarray | None = None) -> tuple[UncertaintyMaps, bool]:
-        """Compute `model`'s maps of slice z (of `image` if given) and store them as model `version`'s:
-        the one f0 pass per slice that maps, routing and proposals share. (maps, stored): not stored
-        when that version was replaced meanwhile."""
+        """Compute `model`'s maps of slice z (of `image` if given) and store them as f0 `version`'s
+        (`maps_version`): the one f0 pass per slice that maps, routing and proposals share. (maps, stored):
+        not stored when that f0 was replaced meanwhile."""
         z = int(z)
         image = self.image_slice(z) if image is None else image
         h, w = image.shape
@@ -136,14 +142,14 @@ class MapsMixin:
                    image: np.ndarray | None = None,
                    view: View | None = None) -> Generator[tuple[Box, UncertaintyMaps, bool], None, None]:
         """Slice z's maps tile by tile (those meeting `view` first), each written into the folder's maps while
-        model `version` is current: (box, maps of the box, written). The slice is committed by `_commit_maps`."""
+        f0 `version` is current: (box, maps of the box, written). The slice is committed by `_commit_maps`."""
         z = int(z)
         image = self.image_slice(z) if image is None else image
         grid = self.map_tiles(image.shape, tile)
         tiles = iter_tile_maps(model, image, samples, grid.cell[0], receptive_halo(model), seed=z, view=view)
         for box, m in tiles:
             with self._lock:
-                current = self.state.model_version == version
+                current = self.maps_version() == version
                 if current:
                     ys, xs = box.slices
                     for name, arr in (("prediction", m.prediction), ("entropy", m.entropy), ("bald", m.bald)):
@@ -151,9 +157,9 @@ class MapsMixin:
             yield box, m, current
 
     def _commit_maps(self, z: int, version: int) -> bool:
-        """Record slice z's stored maps as model `version`'s; False if that version is gone."""
+        """Record slice z's stored maps as f0 `version`'s; False if that f0 was replaced meanwhile."""
         with self._lock:
-            if self.state.model_version != version:
+            if self.maps_version() != version:
                 return False
             self.commit(lambda s: s.maps.__setitem__(str(z), version))
             return True

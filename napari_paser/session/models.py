@@ -136,7 +136,7 @@ class ModelsMixin:
             maps = self.slice_maps(z)
             prediction, entropy = maps["prediction"], maps["entropy"]
         else:
-            m, _ = self.slice_maps_now(f0, z, samples, self.state.model_version, image=image)
+            m, _ = self.slice_maps_now(f0, z, samples, self.maps_version(), image=image)
             prediction, entropy = m.prediction, m.entropy
         state = F0State(torch.from_numpy(np.asarray(prediction, np.uint8))[None],
                         torch.from_numpy(np.asarray(entropy, np.float32))[None], self.n_classes, samples)

@@ -1,11 +1,12 @@
 """Which maps to refresh after new weights, in which order, and what a person is told about it.
 
-After a retrain every slice's maps come from the previous f0 ("stale": `State.maps` names the
-model version each slice's maps came from). Refreshing all of them took 107 s for 50 slices of
-501x501, so the GUI refreshes first what the person sees and what the next proposals read (the
-slice on screen, then the slices of the proposals, pending ones first), and the rest when they
-are shown; the headless default still refreshes every stale slice, in the same order. A cancel
-reports exactly which slices were refreshed and how many keep the previous model's maps.
+After f0 retrains every slice's maps come from the previous f0 ("stale": `State.maps` names the
+f0 version each slice's maps came from; new f1/f2 weights or policies leave them current).
+Refreshing all of them took 107 s for 50 slices of 501x501, so the GUI refreshes first what the
+person sees and what the next proposals read (the slice on screen, then the slices of the
+proposals, pending ones first), and the rest when they are shown; the headless default still
+refreshes every stale slice, in the same order. A cancel reports exactly which slices were
+refreshed and how many keep the previous model's maps.
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def _slices(zs: list[int]) -> str:
 
 def stale_slices(session: Session) -> list[int]:
     """Slices whose maps come from an older f0: shown as they are until refreshed, skipped by samplers."""
-    version = session.state.model_version
-    return sorted(int(z) for z, v in session.state.maps.items() if v != version)
+    version = session.maps_version()
+    return sorted(int(z) for z, v in session.state.maps.items() if v < version)
 
 
 def refresh_order(session: Session, focus: int | None = None) -> tuple[list[int], list[int]]:
