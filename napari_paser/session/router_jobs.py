@@ -39,9 +39,8 @@ session's models (no model trained on them).
 The routed larger models first retrain on the accepted regions through `Session.retrain` (their
 current weights are the starting point: load a run's pretrained f1/f2 to start from them), for
 `ROUTED_RETRAIN`'s steps: f2 for a ranked bank (the only larger model it routes to), f1..fm for the
-network. A cancel during
-retraining keeps the previous weights; a cancel at any point keeps the previous bank: the new
-bank replaces it in one commit only when every policy finished.
+network. A cancel during retraining keeps the previous weights; a cancel at any point keeps the
+previous bank: the new bank replaces it in one commit only when every policy finished.
 """
 
 from __future__ import annotations
@@ -120,7 +119,7 @@ class RouterConfig:
     # session's own models score them)
     train_models: bool = True
     model_config: TrainConfig | None = None  # None: ROUTED_RETRAIN
-    refresh: bool = True  # recompute the maps that were current (new models make them stale) and the proposals
+    refresh: bool = True  # repeat the last proposal request (the routing sampler reads f1/f2); maps are f0's: current
     seed: int = 0
 
     def __post_init__(self) -> None:
