@@ -28,6 +28,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -141,12 +142,14 @@ def cmd_session_train_router(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from napari_paser.session.core import Session
-    from napari_paser.session.router_jobs import format_router
+    from napari_paser.session.router_jobs import ROUTED_RETRAIN, format_router
 
     with Session.open(args.session) as session:
         options = {"policy": args.policy} if args.policy else {}  # --lambdas alone means the network
         if args.shares is not None:
             options["shares"] = args.shares
+        if args.model_epochs is not None:
+            options["model_config"] = replace(ROUTED_RETRAIN, epochs=args.model_epochs)
         gen = session.train_router(lambdas=args.lambdas, **options, epochs=args.epochs,
                                    train_models=not args.no_retrain, samples=args.samples, seed=args.seed,
                                    halo=args.halo)
@@ -209,6 +212,8 @@ def _session_parsers(sub) -> None:
                                                     "0.05,0.1: with f2's 80%% parameter share, larger ones route f0 "
                                                     "everywhere)")
     p.add_argument("--epochs", type=COUNT, default=100, help="network: training epochs per lambda (default 100)")
+    p.add_argument("--model-epochs", type=COUNT, help="epochs of f2's (network: f1's and f2's) retraining, 75 steps "
+                                                       "each (default 12: f2 needs more steps than f0 to beat it)")
     p.add_argument("--no-retrain", action="store_true", help="keep f1/f2 as they are (only the policies: seconds)")
     p.add_argument("--halo", type=int_range(0), help="pixels of context f1/f2 see around each routing patch "
                                                      "(default: a quarter of the region size; 0: the patch alone)")

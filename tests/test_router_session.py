@@ -371,3 +371,8 @@ def test_train_router_retrains_the_models_its_bank_routes_to(tmp_path):
     _, network = collect(s.train_router(policy="network", lambdas=[0.0], model_config=quick, epochs=1, cross_fit=0,
                                         samples=2, refresh=False))
     assert set(network.retrain.results) == {"f1", "f2"}
+    s.close()
+    assert main(["session", "train-router", "--session", str(s.folder), "--model-epochs", "1", "--shares", "0.2",
+                 "--samples", "2", "--quiet"]) == 0
+    with Session.open(s.folder, read_only=True) as again:
+        assert again.state.curve[-1].epochs == 1 and len(again.state.curve) == 3  # one more retrain: f2, 1 epoch
