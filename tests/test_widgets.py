@@ -377,6 +377,7 @@ def test_lambda_slider_reroutes_live_from_the_policy_bank(gui, qtbot, tmp_path, 
     maps.lam.setValue(0.8)  # nearest trained lambda 1: a quick preview off the GUI thread, not an exclusive job
     assert not widget.hub.busy and widget.hub.previewing
     qtbot.waitUntil(lambda: not widget.hub.previewing, timeout=WAIT_MS)
+    wait_idle(qtbot, widget.hub)  # the overlay's layer steps run after the preview returns (`Hub.later`)
     assert set(viewer.layers[ROUTING].features["model"]) == {"f0"} and "f0 100%" in maps.shares.text()
     assert "\u03bb = 1" in maps.readout.text() and maps.readout.text() != spent_up
     assert s.has_state(widget.hub.current_z(), 1)
