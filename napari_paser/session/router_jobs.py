@@ -87,12 +87,15 @@ benchmark, session 8: the members 0.1, 0.3 and 1 were identical, and the GUI ope
 ROUTER_SHARES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 """The ranked bank's shares of patches sent to the largest model (`learners.routing.ranked`); its default
 member is the middle one, 0.2: on the SOC session benchmark it scored +0.3, -0.2 and +0.7 mIoU points
-against the best single model at 21-28% of f2's FLOPs (BENCHMARKS.md, "PaSeR routing", session 10)."""
+against the best single model at 21-28% of f2's FLOPs (BENCHMARKS.md, "PaSeR routing", session 10); with
+f2 trained longer (session 11) +1.0, 0.0, +0.3 at 32 regions and +0.2, -0.9, -0.7 at 64, where f2 alone
+had become better on most patches."""
 ROUTED_RETRAIN = replace(RETRAIN_CONFIG, epochs=12)
 """Training of the routed larger models: 900 steps, three times f0's retrain (which runs after every batch of
-regions, so f0 has had many). With f0's 300, f2 (4.3M parameters) lost to the 17k f0 on the SOC test slices
-in two of three session benchmark runs (0.889 vs 0.916, 0.888 vs 0.876 f0's MC mean); 600 more steps gave
-f2 0.920 and 0.905 (BENCHMARKS.md, "PaSeR routing", session 11)."""
+regions, so f0 has had many). With f0's 300, f2 (4.3M parameters) scored 0.888 / 0.889 / 0.904 on the SOC
+session benchmark's test slices (f0: 0.876 / 0.916 / 0.909); 600 more steps gave 0.905 / 0.920 / 0.905, and
+trained this way at 16, 32 and 64 regions f2 reached 0.903 / 0.882 / 0.926 (BENCHMARKS.md, "PaSeR routing",
+session 11: a better f2 alone, and a smaller margin for the 20% share over it)."""
 POLICIES = ("ranked", "network")
 POOL_SLICES = 32  # slices of the session whose f0 entropy sets the ranked policies' thresholds
 ROUTER_FILE = "router.json"
