@@ -35,6 +35,18 @@ def hand_iou(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> float:
     return float(np.mean(ious))
 
 
+def random_labeled_session(tmp_path, side: int, n_regions: int) -> Session:
+    """Two random slices of side x side, regions of 16 px, f0 = f1 = f2 = TINY, the first n_regions accepted
+    with random labels."""
+    rng = np.random.default_rng(0)
+    s = Session.create(tmp_path / "s", (rng.random((2, side, side)) * 1000).astype(np.uint16), region_size=16)
+    s.new_models({"f0": TINY, "f1": TINY, "f2": TINY})
+    for rid in range(n_regions):
+        r = s.region(rid)
+        s.accept(rid, rng.integers(1, 4, (r.h, r.w)).astype(np.uint8))
+    return s
+
+
 def test_reward_table_of_accepted_regions_is_each_models_iou_on_each_region(tmp_path):
     rng = np.random.default_rng(0)
     s = Session.create(tmp_path / "s", (rng.random((2, 40, 44)) * 1000).astype(np.uint16), region_size=16)
@@ -216,12 +228,7 @@ def test_a_bank_made_with_an_older_f0_is_stale_until_the_router_is_made_again(tm
 
     from napari_paser.session.jobs import RETRAIN_CONFIG
 
-    rng = np.random.default_rng(0)
-    s = Session.create(tmp_path / "s", (rng.random((2, 48, 48)) * 1000).astype(np.uint16), region_size=16)
-    s.new_models({"f0": TINY, "f1": TINY, "f2": TINY})
-    for rid in range(8):
-        r = s.region(rid)
-        s.accept(rid, rng.integers(1, 4, (r.h, r.w)).astype(np.uint8))
+    s = random_labeled_session(tmp_path, 48, 8)
     assert not s.bank_stale  # no bank yet
     collect(s.train_router(train_models=False, samples=2, refresh=False))
     assert not s.bank_stale
@@ -359,12 +366,7 @@ def test_train_router_retrains_the_models_its_bank_routes_to(tmp_path):
     from napari_paser.session.router_jobs import ROUTED_RETRAIN, RouterConfig
 
     assert RouterConfig().model_config is None and ROUTED_RETRAIN.epochs > RETRAIN_CONFIG.epochs
-    rng = np.random.default_rng(0)
-    s = Session.create(tmp_path / "s", (rng.random((2, 32, 32)) * 1000).astype(np.uint16), region_size=16)
-    s.new_models({"f0": TINY, "f1": TINY, "f2": TINY})
-    for rid in range(6):
-        r = s.region(rid)
-        s.accept(rid, rng.integers(1, 4, (r.h, r.w)).astype(np.uint8))
+    s = random_labeled_session(tmp_path, 32, 6)
     quick = replace(RETRAIN_CONFIG, epochs=1, steps_per_epoch=2, crop=16)
     _, ranked = collect(s.train_router(model_config=quick, shares=[0.2], samples=2, refresh=False))
     assert set(ranked.retrain.results) == {"f2"}
