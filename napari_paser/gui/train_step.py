@@ -85,8 +85,8 @@ class TrainWidget(QWidget):
         self.router_epochs = QSpinBox()
         self.router_epochs.setRange(1, 1000)
         self.router_epochs.setValue(ROUTED_RETRAIN.epochs)
-        self.router_epochs.setToolTip("epochs of f2's retraining when the router trains (75 steps each); f2 needs "
-                                      "more than f0 to beat it")
+        self.router_epochs.setToolTip(f"epochs of f2's retraining when the router trains "
+                                      f"({ROUTED_RETRAIN.steps_per_epoch} steps each); f2 needs more than f0 to beat it")
         self.router_retrain = QCheckBox("retrain f2 first")
         self.router_retrain.setChecked(True)
         self.router_retrain.setToolTip("untick to keep f2 as it is and only redo the routing policies (seconds: after "
