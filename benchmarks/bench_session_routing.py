@@ -33,7 +33,7 @@ import tifffile
 import torch
 
 from learners.atomic import atomic_write_text
-from learners.routing.reward import best_actions
+from learners.routing.reward import best_actions, best_at_share
 from learners.routing.router import (RoutingCost, build_patch_table, execute_routing, model_costs, route,
                                      table_summary)
 from learners.training import TrainConfig
@@ -146,8 +146,42 @@ def evaluate(session: Session, test_raw: np.ndarray, test_y: np.ndarray, samples
         key = f"{session.bank.default_lambda:.3f}"
         methods["paser"] = {**paser[key], "share": float(key), "chosen_by": "the bank's default member"}
         methods["oracle"] = {**paser[key]["oracle"], "lambda": 0.0}
+        methods["oracle_at_share"] = share_oracle(table, methods["paser"]["patch_share"]["f2"], cost)
         return methods, table
     return pick_paser(methods, summary, session.bank.default_lambda), table
+
+
+def share_oracle(table, share: float, cost: RoutingCost) -> dict:
+    """The best routing with f2 on the same share of the test patches as PaSeR's (`best_at_share`): what a
+    perfect ranking would reach at PaSeR's compute."""
+    actions = best_at_share(table.iou, share)
+    return {**table_summary(table, actions, cost.for_table(actions, True)), "share": round(float(share), 4)}
+
+
+def rescore(path: Path, out: Path, samples: int) -> None:
+    """Add the `share_oracle` row to each run's last entry of a results file (a session folder holds its last
+    models only), from the session's models and bank as they are."""
+    results = json.loads(path.read_text())
+    last = {}
+    for entry in results["results"]:
+        last[entry["session"]] = entry
+    _, _, test_x, test_y = load_soc(**{k: results["configs"][0][k] for k in ("crop", "pool_slices", "n_test")},
+                                    preset=results["preset"])
+    for entry in last.values():
+        with Session.open(entry["session"], read_only=True) as s:
+            x = normalise(test_x, s.state.image["lo"], s.state.image["hi"])
+            models = [s.models[r] for r in ("f0", "f1", "f2")]
+            patching = s.pick_policy()[1].config.patching
+            with torch.no_grad():
+                table, _ = build_patch_table(models, x, test_y, patching, samples)
+            cost = RoutingCost.of(models, *x.shape[-2:], patching, samples)
+            paser = entry["methods"]["paser"]
+            entry["methods"]["oracle_at_share"] = share_oracle(table, paser["patch_share"]["f2"], cost)
+            print(f"[{entry['sampler']} {entry['seed']} N={entry['n_regions']}] paser {paser['iou']:.3f}, the oracle "
+                  f"at its f2 share {paser['patch_share']['f2']:.2f}: {entry['methods']['oracle_at_share']['iou']:.3f}",
+                  flush=True)
+    results["rescored"] = " ".join(shlex.quote(a) for a in sys.argv)
+    atomic_write_text(out, json.dumps(results, indent=2, default=float))
 
 
 def single_rows(models, x: np.ndarray, test_y: np.ndarray, table, patching, samples: int) -> dict:
@@ -278,6 +312,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="learning rate of f0 and f1/f2 retraining")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rechoose", type=Path, help="only re-pick the paser row of this results file into --out")
+    p.add_argument("--rescore", type=Path, help="only add the oracle at PaSeR's share to each run's last entry of "
+                                                "this results file (its sessions as they are) into --out")
     args = p.parse_args()
     args.budgets = [int(b) for b in args.budgets.split(",")]
     args.lambdas = None if args.lambdas is None else [float(v) for v in args.lambdas.split(",")]
@@ -287,6 +323,9 @@ def main() -> None:
         p.error("--banks: ranked, or network,ranked")
     if args.rechoose:
         return rechoose(args.rechoose, args.out)
+    if args.rescore:
+        torch.set_num_threads(args.threads)
+        return rescore(args.rescore, args.out, args.samples)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     started = time.time()

@@ -32,11 +32,13 @@ class CropSampler:
     IGNORE_INDEX where not labeled); a piece smaller than the crop is padded (edge values,
     IGNORE_INDEX labels). With `balanced`, the centre pixel's class is drawn uniformly among the
     classes present, so a rare phase is seen about as often as the majority one; otherwise the
-    centre is a uniform labeled pixel.
+    centre is a uniform labeled pixel. With `centre_weights` (one non-negative array per image, of its
+    shape), a centre is drawn within its class with probability proportional to its weight: training
+    then dwells where the weights are high (a routed larger model on the patches f0 is unsure of).
     """
 
     def __init__(self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], crop: int, n_classes: int,
-                 balanced: bool = True, seed: int = 0) -> None:
+                 balanced: bool = True, seed: int = 0, centre_weights: Sequence[np.ndarray] | None = None) -> None:
         if len(images) != len(labels) or not len(images):
             raise ConfigError("CropSampler needs one label array per image and at least one image")
         if crop < 1:
@@ -60,6 +62,7 @@ class CropSampler:
         if not self.centres:
             raise ConfigError("no labeled pixels to train on: every label is IGNORE_INDEX")
         self.counts = {c: len(v) for c, v in self.centres.items()}
+        self.cdf = None if centre_weights is None else self._weight_cdfs(centre_weights)
 
     @property
     def n_labeled(self) -> int:
@@ -77,9 +80,33 @@ class CropSampler:
         xs = np.empty((batch, self.crop, self.crop), np.float32)
         ys = np.empty((batch, self.crop, self.crop), np.uint8)
         for b, c in enumerate(classes):
-            piece, cy, cx = self.centres[int(c)][rng.integers(len(self.centres[int(c)]))]
+            piece, cy, cx = self.centres[int(c)][self._pick(int(c), rng)]
             xs[b], ys[b] = self._window(int(piece), int(cy), int(cx), rng)
         return xs, ys
+
+    def _weight_cdfs(self, weights: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
+        """Per class, the cumulative weights of its centres (a class whose centres all weigh 0: uniform)."""
+        if len(weights) != len(self.images):
+            raise ConfigError(f"need one centre-weight array per image: {len(weights)} for {len(self.images)}")
+        weights = [np.asarray(w, np.float64) for w in weights]
+        for w, im in zip(weights, self.images):
+            if w.shape != im.shape or not np.isfinite(w).all() or (w < 0).any():
+                raise ShapeError(f"centre weights must be finite, >= 0 and of the image's shape {im.shape}, got {w.shape}")
+        cdfs = {}
+        for c, rows in self.centres.items():
+            w = np.zeros(len(rows))
+            for i in np.unique(rows[:, 0]):
+                mine = rows[:, 0] == i
+                w[mine] = weights[i][rows[mine, 1], rows[mine, 2]]
+            cdfs[c] = np.cumsum(w) if w.sum() > 0 else np.arange(1, len(w) + 1, dtype=np.float64)
+        return cdfs
+
+    def _pick(self, c: int, rng: np.random.Generator) -> int:
+        """Index of a centre of class c: uniform, or by the centre weights."""
+        if self.cdf is None:
+            return int(rng.integers(len(self.centres[c])))
+        cdf = self.cdf[c]
+        return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(cdf) - 1))
 
     def _window(self, piece: int, cy: int, cx: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """A crop holding (cy, cx) at a random position, inside the piece where it is large enough."""

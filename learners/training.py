@@ -166,6 +166,7 @@ def iter_training(
     teacher_logits: np.ndarray | torch.Tensor | None = None,
     should_stop: Callable[[], bool] | None = None,
     lr_agent: LRAgent | None = None,
+    centre_weights: Sequence[np.ndarray] | None = None,
 ) -> Generator[StepReport | EpochReport, None, TrainResult]:
     """Train `model` in place; yields progress, returns the result (best weights restored,
     or the last ones with early_stop=False).
@@ -173,11 +174,13 @@ def iter_training(
     With config.crop, train_images/train_labels may be sequences of 2D arrays of any sizes
     (partial labels: IGNORE_INDEX pixels are ignored). With scheduler="agent", `lr_agent`
     continues a saved agent (`LRAgent.from_dict`); else a fresh one starts at config.lr.
+    `centre_weights` (crop mode): one array per training image, crop centres drawn in proportion
+    (`CropSampler`).
     """
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     n_classes = model.config.n_classes
-    batches, steps = _batches(train_images, train_labels, config, grid, teacher_logits, n_classes, gen)
+    batches, steps = _batches(train_images, train_labels, config, grid, teacher_logits, n_classes, gen, centre_weights)
     weight = _class_weight(train_labels, n_classes) if config.class_weighted else None
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = _scheduler(opt, config)
@@ -261,12 +264,16 @@ def _class_weight(labels, n_classes: int) -> torch.Tensor:
     return class_weights(np.concatenate([np.asarray(lab).ravel() for lab in labels]), n_classes)
 
 
-def _batches(images, labels, config: TrainConfig, grid, teacher, n_classes: int, gen: torch.Generator):
+def _batches(images, labels, config: TrainConfig, grid, teacher, n_classes: int, gen: torch.Generator,
+             centre_weights=None):
     """(batches(steps) -> iterator of [x, y(, teacher)] tensors, steps per epoch) for either mode."""
+    if config.crop is None and centre_weights is not None:
+        raise ConfigError("centre weights steer crop training: set TrainConfig.crop")
     if config.crop is not None:
         if grid is not None or teacher is not None:
             raise ConfigError("crop training takes neither a patch grid nor teacher logits")
-        sampler = CropSampler(list(images), list(labels), config.crop, n_classes, config.balanced, config.seed)
+        sampler = CropSampler(list(images), list(labels), config.crop, n_classes, config.balanced, config.seed,
+                              centre_weights)
         rng = np.random.default_rng(config.seed)
         steps = config.steps_per_epoch or math.ceil(len(images) / config.batch_size)
 

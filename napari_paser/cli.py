@@ -150,6 +150,8 @@ def cmd_session_train_router(args: argparse.Namespace) -> int:
             options["shares"] = args.shares
         if args.model_epochs is not None:
             options["model_config"] = replace(ROUTED_RETRAIN, epochs=args.model_epochs)
+        if args.focus is not None:
+            options["focus"] = args.focus
         gen = session.train_router(lambdas=args.lambdas, **options, epochs=args.epochs,
                                    train_models=not args.no_retrain, samples=args.samples, seed=args.seed,
                                    halo=args.halo)
@@ -214,6 +216,10 @@ def _session_parsers(sub) -> None:
     p.add_argument("--epochs", type=COUNT, default=100, help="network: training epochs per lambda (default 100)")
     p.add_argument("--model-epochs", type=COUNT, help="epochs of f2's (network: f1's and f2's) retraining, 75 steps "
                                                        "each (default 12: f2 needs more steps than f0 to beat it)")
+    p.add_argument("--focus", type=float_range(0), help="draw f2's training crops where f0 is unsure: centres "
+                                                         "weighted by f0's region-mean entropy to this power (default "
+                                                         "0: anywhere on the labels; 2 made f2 worse where f0 is sure "
+                                                         "and routing no better on SOC, BENCHMARKS.md)")
     p.add_argument("--no-retrain", action="store_true", help="keep f1/f2 as they are (only the policies: seconds)")
     p.add_argument("--halo", type=int_range(0), help="pixels of context f1/f2 see around each routing patch "
                                                      "(default: a quarter of the region size; 0: the patch alone)")

@@ -63,6 +63,30 @@ def test_crop_sampler_pads_small_pieces_and_centres_on_labels():
         CropSampler([np.ones((8, 8))], [np.full((8, 8), IGNORE_INDEX, np.uint8)], 8, 2)
 
 
+def test_centre_weights_draw_crop_centres_in_proportion():
+    """crop 1: the crop is its centre pixel, whose image value names it; the left column weighs 9, the
+    rest 1, so it holds 9 * 8 / (9 * 8 + 7 * 8) = 56% of the centres (12.5% without weights)."""
+    image = np.arange(64, dtype=np.float32).reshape(8, 8)
+    labels = np.zeros((8, 8), np.uint8)
+    weights = np.ones((8, 8))
+    weights[:, 0] = 9
+    left = {}
+    for w in (None, [weights]):
+        xs, _ = CropSampler([image], [labels], 1, 1, centre_weights=w).sample(4000, np.random.default_rng(0))
+        left[w is not None] = float(np.mean(xs[:, 0, 0] % 8 == 0))
+    assert abs(left[True] - 72 / 128) < 0.03 and abs(left[False] - 1 / 8) < 0.02
+    zero = np.zeros((8, 8))
+    zero[2, 3] = 1.0  # one centre carries all the weight
+    xs, _ = CropSampler([image], [labels], 1, 1, centre_weights=[zero]).sample(50, np.random.default_rng(1))
+    assert (xs == 19).all()
+    for bad in ([np.ones((4, 4))], [-weights], [weights, weights]):
+        with pytest.raises(ValueError, match="centre-weight|centre weights"):
+            CropSampler([image], [labels], 1, 1, centre_weights=bad)
+    with pytest.raises(ValueError, match="TrainConfig.crop"):
+        drain(iter_training(UNet(UNetConfig(base=4, depth=2, n_classes=2)), image[None], labels[None], None, None,
+                            TrainConfig(epochs=1), centre_weights=[weights]))
+
+
 def test_crop_training_runs_fixed_steps_on_pieces_of_any_size():
     rng = np.random.default_rng(0)
     pieces = [rng.random((40, 50)).astype(np.float32), rng.random((20, 20)).astype(np.float32)]

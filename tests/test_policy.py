@@ -11,7 +11,7 @@ from learners.grid import Grid
 from learners.metrics import confusion_matrix, mean_iou
 from learners.routing.policy import (ALPHA_FINETUNE, ALPHA_RL, PolicyConfig, PolicyNet, linear_schedule, load_policy,
                              mix_uniform, policy_state, save_policy)
-from learners.routing.reward import (PatchTable, best_actions, image_rewards, patch_confusions, patch_ious, rewards,
+from learners.routing.reward import (PatchTable, best_actions, best_at_share, image_rewards, patch_confusions, patch_ious, rewards,
                              total_variation)
 from learners.unet import UNet, UNetConfig, count_parameters
 
@@ -133,3 +133,13 @@ def test_total_variation_distance_on_known_distributions():
     assert total_variation(torch.tensor(p), torch.tensor(p)) == 0.0
     with pytest.raises(ValueError):
         total_variation(p, q[..., :2])
+
+
+def test_the_oracle_at_a_share_sends_up_the_patches_where_the_largest_model_gains_most():
+    iou = np.zeros((2, 3, 3))
+    iou[..., 0] = 0.5
+    iou[..., 2] = [[0.9, 0.4, 0.6], [0.55, 0.8, 0.5]]  # gains +0.4, -0.1, +0.1 / +0.05, +0.3, 0
+    assert best_at_share(iou, 2 / 6).tolist() == [[2, 0, 0], [0, 2, 0]]
+    assert best_at_share(iou, 0.5).tolist() == [[2, 0, 2], [0, 2, 0]]
+    assert best_at_share(iou, 1.0).tolist() == [[2, 0, 2], [2, 2, 0]]  # never where it does not gain
+    assert best_at_share(iou, 0.0).sum() == 0 and best_at_share(iou, 0.5, model=1).sum() == 0

@@ -239,6 +239,30 @@ def test_a_bank_made_with_an_older_f0_is_stale_until_the_router_is_made_again(tm
     assert not s.bank_stale
 
 
+def test_a_full_refresh_sets_a_stale_ranked_bank_again_for_the_new_f0(tmp_path):
+    """After f0 retrains, a refresh that leaves every threshold slice's maps current makes the ranked bank
+    again (same shares, thresholds from the new f0's entropy); a refresh that leaves them stale does not."""
+    from dataclasses import replace
+
+    from napari_paser.session.jobs import RETRAIN_CONFIG
+    from napari_paser.session.router_jobs import ROUTER_FILE
+
+    s = random_labeled_session(tmp_path, 48, 8)
+    collect(s.train_router(train_models=False, shares=[0.1, 0.3], samples=2, refresh=False))
+    before = {k: float(p.thresholds[-1]) for k, p in s.bank.policies.items()}
+    quick = replace(RETRAIN_CONFIG, epochs=1, steps_per_epoch=2, batch_size=2, crop=16)
+    events, result = collect(s.retrain(quick, roles=("f0",), samples=2, refresh=False, keep_if_worse=False))
+    assert s.bank_stale
+    _, report = collect(s.refresh(everything=False, samples=2))  # nothing on screen: the maps stay stale
+    assert s.bank_stale and not report.rethresholded
+    _, report = collect(s.refresh(samples=2))
+    assert report.rethresholded and "routing shares set again" in report.message() and not s.bank_stale
+    after = {k: float(p.thresholds[-1]) for k, p in s.bank.policies.items()}
+    assert sorted(after) == [0.1, 0.3] and after != before and after[0.1] >= after[0.3]
+    saved = json.loads((s.folder / ROUTER_FILE).read_text())["thresholds"]
+    assert saved == {f"{k:.3f}": v for k, v in after.items()}
+
+
 def test_train_router_refuses_without_training_regions_or_larger_models(tmp_path):
     s = Session.create(tmp_path / "s", np.zeros((32, 32), np.float32) + np.eye(32, dtype=np.float32), region_size=16)
     s.new_models({"f0": TINY})
@@ -378,3 +402,44 @@ def test_train_router_retrains_the_models_its_bank_routes_to(tmp_path):
                  "--samples", "2", "--quiet"]) == 0
     with Session.open(s.folder, read_only=True) as again:
         assert again.state.curve[-1].epochs == 1 and len(again.state.curve) == 3  # one more retrain: f2, 1 epoch
+
+
+def test_focus_trains_the_routed_model_where_f0_is_unsure(tmp_path):
+    """focus > 0: crop centres weigh f0's region-mean MC entropy to that power. On slices whose grey level
+    gives the class on the left half and is noise on the right, a trained f0 is unsure on the right, so the
+    right half weighs more; the same steps from the same weights then end elsewhere, while focus 0
+    repeats the uniform draw exactly."""
+    from dataclasses import replace
+
+    from napari_paser.session.jobs import RETRAIN_CONFIG, uncertainty_focus
+    from napari_paser.session.router_jobs import RouterConfig
+
+    rng = np.random.default_rng(0)
+    classes = np.kron(rng.integers(0, 3, (2, 12, 12)), np.ones((1, 4, 4), int))  # 4 px blocks
+    image = classes * 300.0 + 100
+    image[:, :, 24:] = rng.random((2, 48, 24)) * 900  # no clue to the class on the right
+    s = Session.create(tmp_path / "s", image.astype(np.uint16), region_size=16)
+    s.new_models({"f0": TINY, "f1": TINY, "f2": TINY})
+    for rid in range(len(s.pool)):
+        r = s.region(rid)
+        s.accept(rid, (classes[r.z, r.y0:r.y0 + r.h, r.x0:r.x0 + r.w] + 1).astype(np.uint8))
+    collect(s.retrain(replace(RETRAIN_CONFIG, epochs=1, steps_per_epoch=60, crop=16, lr=1e-2, keep=0.0), roles=("f0",),
+                      samples=2, refresh=False, keep_if_worse=False))
+    images = s.training_data().images
+    one, two = uncertainty_focus(s, images, 1.0, 2), uncertainty_focus(s, images, 2.0, 2)
+    assert [w.shape for w in one] == [im.shape for im in images]
+    assert all(np.allclose(b, a ** 2) for a, b in zip(one, two))
+    assert all(w[:, 32:].mean() > 1.5 * w[:, :16].mean() for w in two)
+    quick = replace(RETRAIN_CONFIG, epochs=1, steps_per_epoch=3, crop=16, jitter=0.0)
+    collect(s.retrain(quick, roles=("f2",), samples=2, refresh=False, keep_if_worse=False))  # then every run
+    start = {k: v.clone() for k, v in s.models["f2"].state_dict().items()}  # below trains at the warm lr
+    trained = {}
+    for focus in (0.0, 0.0, 4.0):
+        s.models["f2"].load_state_dict(start)
+        collect(s.retrain(quick, roles=("f2",), samples=2, refresh=False, keep_if_worse=False, focus=focus))
+        trained.setdefault(focus, []).append({k: v.clone() for k, v in s.models["f2"].state_dict().items()})
+    same = trained[0.0]
+    assert all(torch.equal(same[0][k], same[1][k]) for k in start)
+    assert any(not torch.equal(same[0][k], trained[4.0][0][k]) for k in start)
+    with pytest.raises(PaserInputError, match="focus"):
+        RouterConfig(focus=-1)

@@ -130,6 +130,22 @@ def best_actions(ious: np.ndarray | torch.Tensor, costs: np.ndarray | torch.Tens
     return action_rewards(torch.as_tensor(np.asarray(ious), dtype=torch.float64), np.asarray(costs), lam).argmax(-1)
 
 
+def best_at_share(ious: np.ndarray | torch.Tensor, share: float, model: int = -1) -> np.ndarray:
+    """(N, P) actions of the oracle at a fixed compute: `model` on the `share` of all patches where it gains
+    most over f0 (largest IoU gain first, at most where it gains), f0 elsewhere. The bound a ranked router
+    sending that share up can reach: how much its ranking, not the share, leaves on the table."""
+    iou = np.asarray(ious, np.float64)
+    if iou.ndim != 3:
+        raise ShapeError(f"ious must be (N, P, K), got {iou.shape}")
+    k = model % iou.shape[-1]
+    gain = (iou[..., k] - iou[..., 0]).ravel()
+    take = np.argsort(-gain, kind="stable")[: int(round(float(share) * gain.size))]
+    take = take[gain[take] > 0]
+    actions = np.zeros(gain.size, np.int64)
+    actions[take] = k
+    return actions.reshape(iou.shape[:2])
+
+
 def total_variation(p: torch.Tensor | np.ndarray, q: torch.Tensor | np.ndarray) -> float:
     """Mean over patches of 0.5 * sum_k |p_k - q_k|: 0 for equal policies, 1 for disjoint ones.
 

@@ -23,15 +23,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import copy
-from collections.abc import Callable, Collection, Generator
+from collections.abc import Callable, Collection, Generator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from scipy.ndimage import uniform_filter
 
 from learners.lr_agent import LRAgent
 from learners.training import (
     IGNORE_INDEX, EpochReport, StepReport, TrainConfig, TrainResult, iter_training, steps_per_epoch,
 )
+from learners.uncertainty import uncertainty_maps
 from learners.unet import UNet
 from napari_paser.data.dataset import normalise
 from napari_paser.data.labels_convention import layer_to_classes
@@ -128,6 +130,19 @@ def training_data(session: Session, min_side: int = PIECE_SIDE, hold_out: Collec
     return TrainingData(images, labels, vx, vy, len(accepted["train"]), len(accepted["val"]))
 
 
+def uncertainty_focus(session: Session, images: Sequence[np.ndarray], focus: float, samples: int) -> list[np.ndarray]:
+    """Crop-centre weights that train a routed larger model where it will be used: f0's MC entropy averaged
+    over a region-sized window around each pixel (the ranked router sends a patch up by its mean f0 entropy),
+    to the power `focus` (0: uniform; higher: more of the steps on the most uncertain patches)."""
+    f0 = session.models["f0"]
+    out = []
+    for im in images:
+        entropy = uncertainty_maps(f0, np.asarray(im, np.float32), samples=max(samples, 1), seed=0).entropy
+        out.append(np.clip(uniform_filter(entropy.astype(np.float64), size=session.pool.size, mode="reflect"), 0, None)
+                   ** focus)
+    return out
+
+
 def _slice_labels(session: Session, z: int, accepted: dict[str, list]) -> np.ndarray | None:
     """Class indices of slice z's training labels (None when it has none): the canvas, accepted
     train crops over it, held-out regions blanked."""
@@ -188,7 +203,8 @@ def step_progress(gen: Generator, stage: str, done: int, total: int,
 
 def retrain_steps(session: Session, cfg: TrainConfig, roles: list[str], data: TrainingData,
                   should_stop: Callable[[], bool] | None, refresh: bool, samples: int,
-                  keep_if_worse: bool = True) -> Generator[Progress, None, RetrainResult]:
+                  keep_if_worse: bool = True, centre_weights: list[np.ndarray] | None = None,
+                  ) -> Generator[Progress, None, RetrainResult]:
     """Train each role on a copy, keep or replace each by its held-out score, commit, refresh."""
     if cfg.crop is None:  # an epoch-style config: crops of the region size, one pass over the pieces
         cfg = replace(cfg, crop=max(session.pool.size))
@@ -202,7 +218,7 @@ def retrain_steps(session: Session, cfg: TrainConfig, roles: list[str], data: Tr
         if cfg.scheduler == "agent" and role in session.state.lr_agents:
             agent = LRAgent.from_dict(session.state.lr_agents[role], seed=cfg.seed)
         gen = iter_training(model, data.images, data.labels, vx, vy, role_config(session, cfg, role),
-                            should_stop=should_stop, lr_agent=agent)
+                            should_stop=should_stop, lr_agent=agent, centre_weights=centre_weights)
         result, done = yield from step_progress(gen, "train", done, total,
                                                 lambda e, role=role: f"{role}: epoch {e.epoch + 1}/{cfg.epochs}")
         if result.cancelled:

@@ -25,6 +25,7 @@ from napari_paser.session.jobs import (
     TrainingData,
     retrain_steps,
     training_data,
+    uncertainty_focus,
 )
 from napari_paser.session.routing import SliceRouting, policy_models, route_slice
 
@@ -254,7 +255,7 @@ class ModelsMixin:
 
     def retrain(self, config: TrainConfig | None = None, roles: Sequence[str] = ("f0",),
                 should_stop: Callable[[], bool] | None = None, refresh: bool = True,
-                samples: int = 5, keep_if_worse: bool = True) -> Generator[Progress, None, RetrainResult]:
+                samples: int = 5, keep_if_worse: bool = True, focus: float = 0.0) -> Generator[Progress, None, RetrainResult]:
         """Retrain `roles` on the labels (a snapshot taken now), as a progress generator.
 
         Labels are every painted pixel (accepted regions, partial regions, strokes in any slice);
@@ -264,7 +265,8 @@ class ModelsMixin:
         (keep_if_worse); the RetrainResult's message says which were kept and why. Every
         finished retrain adds a learning-curve point; a cancel (via should_stop or closing the
         generator) changes nothing. Then, with `refresh` and new weights, maps of the slices that
-        had maps are recomputed and the last proposal request is repeated.
+        had maps are recomputed and the last proposal request is repeated. `focus` > 0 draws the
+        training crops where f0 is unsure (`session.jobs.uncertainty_focus`): for the routed models.
         """
         cfg = config or RETRAIN_CONFIG
         missing = [r for r in roles if r not in self.models]
@@ -274,7 +276,10 @@ class ModelsMixin:
         if not data.images:
             raise PaserInputError("no training labels yet: paint some pixels in any slice, or label and accept at "
                                   "least one region first")
-        return retrain_steps(self, cfg, list(roles), data, should_stop, refresh, samples, keep_if_worse)
+        if focus < 0:
+            raise PaserInputError(f"focus must be >= 0 (0: crops anywhere on the labels), got {focus}")
+        weights = uncertainty_focus(self, data.images, focus, samples) if focus > 0 else None
+        return retrain_steps(self, cfg, list(roles), data, should_stop, refresh, samples, keep_if_worse, weights)
 
     def train_router(self, lambdas: Sequence[float] | None = None, should_stop: Callable[[], bool] | None = None,
                      **options) -> Generator[Progress, None, RouterResult]:

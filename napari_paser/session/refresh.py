@@ -32,6 +32,7 @@ class RefreshReport:
     cancelled: bool = False
     proposals: str = ""  # "8 new proposals", "proposals not refreshed: ...", or ""
     volume: bool = True  # False for a 2D image (no slice numbers to report)
+    rethresholded: bool = False  # the ranked routing bank was made again for the new f0 (`router_jobs.rethreshold`)
 
     def message(self) -> str:
         """One line for a notification, e.g. "maps refreshed for slices 3, 7; 48 slices keep the previous
@@ -47,6 +48,8 @@ class RefreshReport:
             n = len(self.stale)
             verbs = ("slices", "keep", "refresh") if n != 1 else ("slice", "keeps", "refreshes")
             parts.append(f"{n} {verbs[0]} {verbs[1]} the previous model's maps and {verbs[2]} when shown")
+        if self.rethresholded:
+            parts.append("routing shares set again for the new f0")
         if self.proposals:
             parts.append(self.proposals)
         return "; ".join(parts)
@@ -98,6 +101,10 @@ def refresh(session: Session, focus: int | None = None, everything: bool = True,
         done = yield from session.map_steps(session.require_f0(), todo, samples, None, should_stop)
     report = RefreshReport(refreshed=todo[:done], stale=stale_slices(session), cancelled=done < len(todo),
                            volume=len(session.shape) == 3)
+    if not report.cancelled:
+        from napari_paser.session.router_jobs import rethreshold
+
+        report.rethresholded = yield from rethreshold(session, samples, should_stop)
     request = dict(session.state.proposal_request or {})
     if request and not report.cancelled and not (should_stop is not None and should_stop()):
         try:

@@ -41,6 +41,9 @@ current weights are the starting point: load a run's pretrained f1/f2 to start f
 `ROUTED_RETRAIN`'s steps: f2 for a ranked bank (the only larger model it routes to), f1..fm for the
 network. A cancel during retraining keeps the previous weights; a cancel at any point keeps the
 previous bank: the new bank replaces it in one commit only when every policy finished.
+
+A ranked bank's thresholds are f0's entropy quantiles, so they drift when f0 retrains; a refresh that
+leaves the slices they read with the new f0's maps makes the bank again at once (`rethreshold`).
 """
 
 from __future__ import annotations
@@ -122,6 +125,8 @@ class RouterConfig:
     # session's own models score them)
     train_models: bool = True
     model_config: TrainConfig | None = None  # None: ROUTED_RETRAIN
+    focus: float = 0.0  # > 0: the routed models train where f0 is unsure (`session.jobs.uncertainty_focus`); 2 on
+    # the SOC sessions: f2 alone 0 to 2.4 points worse, routing at 20% no better (BENCHMARKS.md, session 12)
     refresh: bool = True  # repeat the last proposal request (the routing sampler reads f1/f2); maps are f0's: current
     seed: int = 0
 
@@ -130,6 +135,8 @@ class RouterConfig:
             raise PaserInputError(f"unknown router policy {self.policy!r}: choose one of {', '.join(POLICIES)}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.samples < 1 or self.width < 1:
             raise PaserInputError("router training needs positive epochs, batch size, learning rate, width and samples")
+        if self.focus < 0:
+            raise PaserInputError(f"focus must be >= 0 (0: crops anywhere on the labels), got {self.focus}")
         if self.halo is not None and self.halo < 0:
             raise PaserInputError(f"the routing halo must be >= 0 pixels, got {self.halo}")
 
@@ -335,6 +342,24 @@ def iter_train_router(session: Session, config: RouterConfig = RouterConfig(),
     return _train_router(session, roles, keys, config, should_stop)
 
 
+def rethreshold(session: Session, samples: int = 5, should_stop: Callable[[], bool] | None = None
+                ) -> Generator[Progress, None, bool]:
+    """Make a stale ranked bank again for the current f0, when that is nearly free: its thresholds read the
+    previous f0's entropy, so its shares drift as f0 retrains (SOC session benchmark: thresholds made at 32
+    regions sent 22%, 9% and 18% of the patches up instead of 20% under the f0 of 64), and when every slice
+    they read has the current f0's maps (a full refresh leaves them so) the policies-only training costs the
+    scoring of the accepted regions. The same shares, patch and halo; f2 is not retrained. True when redone."""
+    bank = session.bank
+    if not len(bank) or bank.knob != "share" or not session.bank_stale:
+        return False
+    if not set(pool_slices(session)) <= set(session.fresh_slices()):
+        return False  # the maps it would read are the previous f0's: computing them is a refresh's work
+    halo = next(iter(bank.policies.values())).config.halo
+    config = RouterConfig(shares=tuple(bank.lambdas), train_models=False, refresh=False, samples=samples, halo=halo)
+    result = yield from _train_router(session, router_models(session), config.shares, config, should_stop)
+    return not result.cancelled
+
+
 def check_bank_keys(keys: Sequence[float], policy: str = "network") -> list[float]:
     """Sorted distinct lambdas (network) or shares (ranked) in [0, 1]; else one line naming the fault."""
     try:
@@ -360,7 +385,8 @@ def _train_router(session: Session, roles, keys, config, should_stop) -> Generat
     model_config = config.model_config or ROUTED_RETRAIN
     if config.train_models:
         retrained = yield from session.retrain(model_config, roles=routed_larger(roles, config.policy),
-                                               should_stop=should_stop, refresh=False, samples=config.samples)
+                                               should_stop=should_stop, refresh=False, samples=config.samples,
+                                               focus=config.focus)
         if retrained.cancelled:
             return RouterResult(True, retrain=retrained)
     if _stopped(should_stop):
