@@ -203,11 +203,11 @@ def step_progress(gen: Generator, stage: str, done: int, total: int,
 
 def retrain_steps(session: Session, cfg: TrainConfig, roles: list[str], data: TrainingData,
                   should_stop: Callable[[], bool] | None, refresh: bool, samples: int,
-                  keep_if_worse: bool = True, centre_weights: list[np.ndarray] | None = None,
-                  ) -> Generator[Progress, None, RetrainResult]:
+                  keep_if_worse: bool = True, focus: float = 0.0) -> Generator[Progress, None, RetrainResult]:
     """Train each role on a copy, keep or replace each by its held-out score, commit, refresh."""
     if cfg.crop is None:  # an epoch-style config: crops of the region size, one pass over the pieces
         cfg = replace(cfg, crop=max(session.pool.size))
+    centre_weights = uncertainty_focus(session, data.images, focus, samples) if focus > 0 else None
     has_val = len(data.val_images) > 0
     vx, vy = (data.val_images, data.val_labels) if has_val else (None, None)
     total = steps_per_epoch(len(data.images), cfg) * cfg.epochs * len(roles)

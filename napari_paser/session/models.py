@@ -25,7 +25,6 @@ from napari_paser.session.jobs import (
     TrainingData,
     retrain_steps,
     training_data,
-    uncertainty_focus,
 )
 from napari_paser.session.routing import SliceRouting, policy_models, route_slice
 
@@ -278,8 +277,7 @@ class ModelsMixin:
                                   "least one region first")
         if focus < 0:
             raise PaserInputError(f"focus must be >= 0 (0: crops anywhere on the labels), got {focus}")
-        weights = uncertainty_focus(self, data.images, focus, samples) if focus > 0 else None
-        return retrain_steps(self, cfg, list(roles), data, should_stop, refresh, samples, keep_if_worse, weights)
+        return retrain_steps(self, cfg, list(roles), data, should_stop, refresh, samples, keep_if_worse, focus)
 
     def train_router(self, lambdas: Sequence[float] | None = None, should_stop: Callable[[], bool] | None = None,
                      **options) -> Generator[Progress, None, RouterResult]:

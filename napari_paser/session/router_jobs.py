@@ -352,11 +352,17 @@ def rethreshold(session: Session, samples: int = 5, should_stop: Callable[[], bo
     bank = session.bank
     if not len(bank) or bank.knob != "share" or not session.bank_stale:
         return False
+    if not any(r.split == "train" for r in session.state.accepted):
+        return False  # every training region was unaccepted since: the next train_router says what to do
     if not set(pool_slices(session)) <= set(session.fresh_slices()):
         return False  # the maps it would read are the previous f0's: computing them is a refresh's work
+    try:
+        roles = router_models(session)
+    except PaserInputError:  # the larger models were dropped since: nothing to route to
+        return False
     halo = next(iter(bank.policies.values())).config.halo
     config = RouterConfig(shares=tuple(bank.lambdas), train_models=False, refresh=False, samples=samples, halo=halo)
-    result = yield from _train_router(session, router_models(session), config.shares, config, should_stop)
+    result = yield from _train_router(session, roles, config.shares, config, should_stop)
     return not result.cancelled
 
 
