@@ -152,6 +152,8 @@ def cmd_session_train_router(args: argparse.Namespace) -> int:
             options["model_config"] = replace(ROUTED_RETRAIN, epochs=args.model_epochs)
         if args.focus is not None:
             options["focus"] = args.focus
+        if args.tail is not None:
+            options["tail"] = args.tail
         gen = session.train_router(lambdas=args.lambdas, **options, epochs=args.epochs,
                                    train_models=not args.no_retrain, samples=args.samples, seed=args.seed,
                                    halo=args.halo)
@@ -216,6 +218,9 @@ def _session_parsers(sub) -> None:
     p.add_argument("--epochs", type=COUNT, default=100, help="network: training epochs per lambda (default 100)")
     p.add_argument("--model-epochs", type=COUNT, help="epochs of f2's (network: f1's and f2's) retraining, 75 steps "
                                                        "each (default 12: f2 needs more steps than f0 to beat it)")
+    p.add_argument("--tail", type=float_range(0, 1), help="ranked: score a patch by its share of the session's "
+                                                           "TAIL most uncertain pixels (default 0.1; 0: by its mean "
+                                                           "entropy)")
     p.add_argument("--focus", type=float_range(0), help="draw f2's training crops where f0 is unsure: centres "
                                                          "weighted by f0's region-mean entropy to this power (default "
                                                          "0: anywhere on the labels; 2 made f2 worse where f0 is sure "

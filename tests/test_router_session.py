@@ -263,6 +263,35 @@ def test_a_full_refresh_sets_a_stale_ranked_bank_again_for_the_new_f0(tmp_path):
     assert saved == {f"{k:.3f}": v for k, v in after.items()}
 
 
+def test_the_ranked_bank_scores_patches_by_their_share_of_the_most_uncertain_pixels(tmp_path):
+    """Default: an entropy level set so that TAIL of the threshold slices' pixels lie above it, then the share of
+    patches above each threshold is the member's share; tail=0 gives the mean-entropy bank; a redo after f0
+    retrains keeps the kind the bank was made with."""
+    from dataclasses import replace
+
+    from learners.routing.ranked import TAIL, patch_score
+    from napari_paser.session.jobs import RETRAIN_CONFIG
+    from napari_paser.session.router_jobs import ROUTER_FILE, pool_slices
+
+    s = random_labeled_session(tmp_path, 64, 8)
+    collect(s.train_router(train_models=False, shares=[0.25], samples=2, refresh=False))
+    policy = s.bank.policies[0.25]
+    level = policy.config.level
+    entropy = np.concatenate([s.f0_state(z, 2).policy_input()[:, -1].numpy().ravel() for z in pool_slices(s)])
+    assert abs(np.mean(entropy > level) - TAIL) < 0.01
+    scores = np.concatenate([patch_score(s.f0_state(z, 2).policy_input(), policy.config).numpy().ravel()
+                             for z in pool_slices(s)])
+    assert np.mean(scores > float(policy.thresholds[-1])) <= 0.25 < np.mean(scores >= float(policy.thresholds[-1]))
+    assert json.loads((s.folder / ROUTER_FILE).read_text())["tail"] == TAIL
+    collect(s.train_router(train_models=False, shares=[0.25], tail=0.0, samples=2, refresh=False))
+    assert s.bank.policies[0.25].config.level is None
+    quick = replace(RETRAIN_CONFIG, epochs=1, steps_per_epoch=2, batch_size=2, crop=16)
+    collect(s.retrain(quick, roles=("f0",), samples=2, keep_if_worse=False))  # the full refresh redoes the bank
+    assert not s.bank_stale and s.bank.policies[0.25].config.level is None
+    with pytest.raises(PaserInputError, match="tail"):
+        s.train_router(tail=1.0)
+
+
 def test_train_router_refuses_without_training_regions_or_larger_models(tmp_path):
     s = Session.create(tmp_path / "s", np.zeros((32, 32), np.float32) + np.eye(32, dtype=np.float32), region_size=16)
     s.new_models({"f0": TINY})

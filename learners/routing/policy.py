@@ -29,10 +29,11 @@ from learners.checkpoint import load_module, save_payload
 from learners.grid import Patching
 
 FORMAT = "napari-paser/policy"
-VERSION = 4
+VERSION = 5
 """2 added `patch` (routing patches of a size in pixels), 3 `halo` (context around each patch), 4 `kind`
-(the uncertainty-ranked policy, `learners.routing.ranked`); an older reader would misread such a policy
-(as a 4x4-grid one, without the halo its larger models were scored with, or as a network), so only
+(the uncertainty-ranked policy, `learners.routing.ranked`), 5 `level` (a ranked policy scoring a patch by
+its share of pixels above an entropy level); an older reader would misread such a policy (as a 4x4-grid
+one, without the halo its larger models were scored with, as a network, or by its mean entropy), so only
 those are written with the newer version (see `save_policy`)."""
 KINDS = ("network", "ranked")
 
@@ -48,6 +49,8 @@ class PolicyConfig:
     patch: tuple[int, int] | None = None  # patch size in pixels (overrides `grid`)
     halo: int = 0  # pixels of context f1..fm see around each patch (`learners.grid.Grid.context_patches`)
     kind: str = "network"  # or "ranked": f0's patch entropy against thresholds (`learners.routing.ranked`)
+    level: float | None = None  # ranked: None scores a patch by its mean scaled entropy, a level in [0, 1] by the
+    # share of its pixels above it (`learners.routing.ranked.patch_score`)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -59,6 +62,8 @@ class PolicyConfig:
                 raise ConfigError(f"invalid policy config {self}: the patch size must be two positive integers")
         if self.halo < 0:
             raise ConfigError(f"invalid policy config {self}: the halo must be >= 0 pixels")
+        if self.level is not None and not 0.0 <= self.level <= 1.0:
+            raise ConfigError(f"invalid policy config {self}: the entropy level must lie in [0, 1]")
         if self.n_classes < 2 or self.n_models < 2 or self.width < 1 or min(self.grid) < 1:
             raise ConfigError(f"invalid policy config {self}: need n_classes >= 2, n_models >= 2, "
                              "width >= 1 and a grid of at least 1x1")
@@ -192,7 +197,8 @@ class PolicyCheckpoint:
 def save_policy(path: str | Path, policy: PolicyNet, meta: dict | None = None) -> Path:
     """Write the policy's weights, config and plain-value `meta` atomically."""
     cfg = policy.config
-    version = 4 if cfg.kind != "network" else 3 if cfg.halo else 2 if cfg.patch is not None else 1
+    version = (5 if cfg.level is not None else 4 if cfg.kind != "network" else 3 if cfg.halo
+               else 2 if cfg.patch is not None else 1)
     return save_payload(path, FORMAT, policy, policy.config.to_dict(), meta, version=version)
 
 

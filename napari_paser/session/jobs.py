@@ -132,7 +132,7 @@ def training_data(session: Session, min_side: int = PIECE_SIDE, hold_out: Collec
 
 def uncertainty_focus(session: Session, images: Sequence[np.ndarray], focus: float, samples: int) -> list[np.ndarray]:
     """Crop-centre weights that train a routed larger model where it will be used: f0's MC entropy averaged
-    over a region-sized window around each pixel (the ranked router sends a patch up by its mean f0 entropy),
+    over a region-sized window around each pixel (the ranked router sends a patch up by f0's entropy on it),
     to the power `focus` (0: uniform; higher: more of the steps on the most uncertain patches)."""
     f0 = session.models["f0"]
     out = []

@@ -1,8 +1,9 @@
 """Train the session's own PaSeR router from its accepted regions, and export the session as a run.
 
 Two kinds of bank (`RouterConfig.policy`):
-- "ranked" (the default): per share of patches in `ROUTER_SHARES`, the rule "a patch whose mean f0
-  entropy is among the top share of the session's patches goes to the largest model"
+- "ranked" (the default): per share of patches in `ROUTER_SHARES`, the rule "a patch whose f0 uncertainty
+  score (its share of the session's `TAIL` most uncertain pixels; `tail=0`: its mean entropy) is among the
+  top share of the session's patches goes to the largest model"
   (`learners.routing.ranked`: why labels do not set the share). Its thresholds come from f0's maps of
   `POOL_SLICES` slices of the session; nothing is trained on the reward table, which only scores
   the members on the held-out regions. Bank keys are shares (`PolicyBank.knob` == "share").
@@ -65,7 +66,7 @@ from learners.errors import InputError
 from learners.grid import Grid, Patching
 from learners.routing.bank import PolicyBank, check_lambdas, iter_bank_training, save_bank
 from learners.routing.policy import PolicyConfig, PolicyNet, save_policy
-from learners.routing.ranked import from_share, patch_entropy
+from learners.routing.ranked import TAIL, entropy_sample, from_share, patch_score, tail_level
 from learners.routing.reward import PatchTable, patch_confusions
 from learners.routing.router import (F0State, RoutingCost, f0_state, model_costs, policy_probabilities, predict_patches,
                                      table_summary)
@@ -114,6 +115,8 @@ class RouterConfig:
     policy: str = "ranked"  # "ranked": f0 entropy thresholds per share (`learners.routing.ranked`); "network":
     # PaSeR's policy network per lambda, trained on the cross-fitted reward table
     shares: tuple[float, ...] = ROUTER_SHARES
+    tail: float = TAIL  # ranked: a patch's score is its share of the session's `tail` most uncertain pixels (0: its
+    # mean entropy, as up to session 11; `learners.routing.ranked`)
     lambdas: tuple[float, ...] = ROUTER_LAMBDAS
     epochs: int = 100
     batch_size: int = 8
@@ -135,6 +138,8 @@ class RouterConfig:
             raise PaserInputError(f"unknown router policy {self.policy!r}: choose one of {', '.join(POLICIES)}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.samples < 1 or self.width < 1:
             raise PaserInputError("router training needs positive epochs, batch size, learning rate, width and samples")
+        if not 0.0 <= self.tail < 1.0:
+            raise PaserInputError(f"the tail share of pixels must lie in [0, 1) (0: mean entropy), got {self.tail}")
         if self.focus < 0:
             raise PaserInputError(f"focus must be >= 0 (0: crops anywhere on the labels), got {self.focus}")
         if self.halo is not None and self.halo < 0:
@@ -361,9 +366,21 @@ def rethreshold(session: Session, samples: int = 5, should_stop: Callable[[], bo
     except PaserInputError:  # the larger models were dropped since: nothing to route to
         return False
     halo = next(iter(bank.policies.values())).config.halo
-    config = RouterConfig(shares=tuple(bank.lambdas), train_models=False, refresh=False, samples=samples, halo=halo)
+    config = RouterConfig(shares=tuple(bank.lambdas), train_models=False, refresh=False, samples=samples, halo=halo,
+                          tail=bank_tail(session))
     result = yield from _train_router(session, roles, config.shares, config, should_stop)
     return not result.cancelled
+
+
+def bank_tail(session: Session) -> float:
+    """The tail the session's ranked bank was made with: 0 when its policies score patches by mean entropy,
+    else router.json's (`TAIL` when that file is unreadable)."""
+    if next(iter(session.bank.policies.values())).config.level is None:
+        return 0.0
+    try:
+        return float(json.loads((session.folder / ROUTER_FILE).read_text())["tail"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return TAIL
 
 
 def check_bank_keys(keys: Sequence[float], policy: str = "network") -> list[float]:
@@ -466,21 +483,32 @@ def pool_slices(session: Session, n: int = POOL_SLICES) -> list[int]:
 
 def ranked_bank(session: Session, models, rewards: RegionRewards, shares, config: RouterConfig, should_stop
                 ) -> Generator[Progress, None, tuple[PolicyBank | None, dict]]:
-    """One ranked policy per share: the threshold is that share's quantile of the patch-mean f0 entropy over
-    `pool_slices` of the session (their maps, shared with the viewer, computed where missing)."""
-    cfg = PolicyConfig(n_classes=session.n_classes, n_models=len(models), patch=rewards.patch, halo=rewards.halo,
-                       kind="ranked")
+    """One ranked policy per share: the threshold is that share's quantile of the patch scores over
+    `pool_slices` of the session (their maps, shared with the viewer, computed where missing); with a tail,
+    a first pass over the same slices sets the entropy level of their `tail` most uncertain pixels."""
     zs = pool_slices(session)
-    entropies = []
+    level, steps = None, len(zs) * (2 if config.tail else 1)
+    if config.tail:
+        sample = []
+        for i, z in enumerate(zs):
+            if _stopped(should_stop):
+                return None, {}
+            sample.append(entropy_sample(session.f0_state(z, config.samples).policy_input()))
+            yield Progress("thresholds", i + 1, steps, f"f0 entropy of slice {z}")
+        level = tail_level(np.concatenate(sample), config.tail)
+    cfg = PolicyConfig(n_classes=session.n_classes, n_models=len(models), patch=rewards.patch, halo=rewards.halo,
+                       kind="ranked", level=level)
+    scores = []
     for i, z in enumerate(zs):
         if _stopped(should_stop):
             return None, {}
-        entropies.append(patch_entropy(session.f0_state(z, config.samples).policy_input(), cfg).numpy().ravel())
-        yield Progress("thresholds", i + 1, len(zs), f"f0 entropy of slice {z}")
-    values = np.concatenate(entropies)
+        scores.append(patch_score(session.f0_state(z, config.samples).policy_input(), cfg).numpy().ravel())
+        yield Progress("thresholds", steps - len(zs) + i + 1, steps, f"f0 patch scores of slice {z}")
+    values = np.concatenate(scores)
     bank = PolicyBank({share: from_share(cfg, values, share) for share in shares})
     thresholds = {f"{k:.3f}": float(p.thresholds[-1]) for k, p in bank.policies.items()}
-    return bank, {"pool_slices": len(zs), "pool_patches": int(values.size), "thresholds": thresholds}
+    return bank, {"pool_slices": len(zs), "pool_patches": int(values.size), "thresholds": thresholds,
+                  "tail": config.tail, "entropy_level": level}
 
 
 def held_out_choice(summary: dict) -> float | None:
