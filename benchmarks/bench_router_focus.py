@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_session_routing import drain, evaluate, load_soc  # noqa: E402
+from bench_session_routing import drain, evaluate, last_entries, load_soc  # noqa: E402
 
 from learners.atomic import atomic_write_text  # noqa: E402
 from napari_paser.session.core import Session  # noqa: E402
@@ -33,13 +33,10 @@ from napari_paser.session.core import Session  # noqa: E402
 
 def entries(path: Path, budget: int | None) -> list[dict]:
     """The results file's entries at `budget` (default: each run's last)."""
-    rows = json.loads(path.read_text())["results"]
+    results = json.loads(path.read_text())
     if budget is None:
-        last = {}
-        for e in rows:
-            last[(e["sampler"], e["seed"])] = e
-        return list(last.values())
-    return [e for e in rows if e["n_regions"] == budget]
+        return last_entries(results)
+    return [e for e in results["results"] if e["n_regions"] == budget]
 
 
 def one(entry: dict, focus: float, test, samples: int) -> dict:

@@ -158,13 +158,19 @@ def share_oracle(table, share: float, cost: RoutingCost) -> dict:
     return {**table_summary(table, actions, cost.for_table(actions, True)), "share": round(float(share), 4)}
 
 
+def last_entries(results: dict) -> list[dict]:
+    """Each run's last entry of a results file: the models its session folder holds now."""
+    last = {}
+    for entry in results["results"]:
+        last[entry["session"]] = entry
+    return list(last.values())
+
+
 def rescore(path: Path, out: Path, samples: int) -> None:
     """Add the `share_oracle` row to each run's last entry of a results file (a session folder holds its last
     models only), from the session's models and bank as they are."""
     results = json.loads(path.read_text())
-    last = {}
-    for entry in results["results"]:
-        last[entry["session"]] = entry
+    last = {entry["session"]: entry for entry in last_entries(results)}
     _, _, test_x, test_y = load_soc(**{k: results["configs"][0][k] for k in ("crop", "pool_slices", "n_test")},
                                     preset=results["preset"])
     for entry in last.values():
