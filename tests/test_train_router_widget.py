@@ -73,4 +73,8 @@ def test_train_router_button_trains_the_bank_in_a_worker(make_napari_viewer, tmp
         train.train_button.click()  # f0 retrains: the shares' thresholds read the previous f0's entropy
     qtbot.waitUntil(lambda: not widget.hub.busy, timeout=120_000)
     assert s.bank_stale and "older f0" in maps.lam_note.text()
+    with qtbot.waitSignal(widget.hub.models_changed, timeout=120_000):
+        maps.volume_button.click()  # the maps of every slice: then the bank is made again from them
+    qtbot.waitUntil(lambda: not widget.hub.busy, timeout=120_000)
+    assert not s.bank_stale and "older f0" not in maps.lam_note.text() and s.policy_lambdas == list(ROUTER_SHARES)
     assert len(errors) == 1

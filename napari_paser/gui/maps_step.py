@@ -156,7 +156,10 @@ class MapsWidget(QWidget):
     def compute(self, volume: bool = False) -> None:
         """MC-dropout maps of the slice on screen (or every slice) in the background, a large slice tile by
         tile with the part on screen first; the model's view is shown when they are done (translucent: the
-        image reads through)."""
+        image reads through). After the whole volume, a ranked bank older than f0 is made again from the
+        fresh maps (`router_jobs.rethreshold`)."""
+        from napari_paser.session.router_jobs import rethreshold
+
         s = self.hub.require()
         zs = None if volume else self.hub.current_z()
         samples, view = self.samples.value(), self.hub.view_box()
@@ -164,7 +167,9 @@ class MapsWidget(QWidget):
         gen_check.close()
 
         def job(should_stop):
-            return (yield from s.compute_maps(zs, samples=samples, should_stop=should_stop, view=view))
+            done = yield from s.compute_maps(zs, samples=samples, should_stop=should_stop, view=view)
+            redone = bool(volume) and (yield from rethreshold(s, samples, should_stop))
+            return done, redone
 
         self.hub.run(job, on_yield=self._progress, on_return=self._maps_done, what="computing maps")
 
@@ -172,10 +177,13 @@ class MapsWidget(QWidget):
         if event.stage == "maps" and event.z == self.hub.current_z():
             self.hub.refresh_maps()
 
-    def _maps_done(self, done: int) -> None:
+    def _maps_done(self, value: tuple[int, bool]) -> None:
         self.hub.set_gamma(self.gamma.value())
         self.hub.set_model_view(True)
         self.hub.refresh_maps()
+        if value[1]:
+            self.hub.models_changed.emit()
+            info("routing shares set again for the new f0 from the volume's fresh maps")
 
     @guarded
     def route(self, *_, quiet: bool = False) -> None:
