@@ -18,19 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_session_routing import drain, evaluate, load_soc  # noqa: E402
+from bench_session_routing import drain, evaluate, load_soc, session_copy  # noqa: E402
 
 from learners.atomic import atomic_write_text  # noqa: E402
-from napari_paser.session.core import Session  # noqa: E402
 
 KEEP = ("f0", "f0_mc", "f1", "f2", "paser", "oracle", "oracle_at_share", "paser_by_lambda")
 
@@ -38,19 +35,14 @@ KEEP = ("f0", "f0_mc", "f1", "f2", "paser", "oracle", "oracle_at_share", "paser_
 def rank_session(folder: str, tails: list[float], test, samples: int) -> list[dict]:
     """One row per tail on a copy of the session folder."""
     rows, measured = [], None
-    with tempfile.TemporaryDirectory(prefix="ranking-") as tmp:
-        shutil.copytree(folder, Path(tmp) / "s", ignore=shutil.ignore_patterns("session.lock"))
-        s = Session.open(Path(tmp) / "s")
-        try:
-            for tail in tails:
-                result = drain(s.train_router(policy="ranked", train_models=False, tail=tail, samples=samples,
-                                              refresh=False))
-                methods, table = evaluate(s, *test, samples, result.summary, measured)
-                measured = ({k: v for k, v in methods.items() if k in ("f0", "f0_mc", "f1", "f2")}, table)
-                rows.append({"session": folder, "tail": tail, "entropy_level": result.summary.get("entropy_level"),
-                             "accepted": len(s.accepted), "methods": {k: methods[k] for k in KEEP}})
-        finally:
-            s.close()
+    with session_copy(folder) as s:
+        for tail in tails:
+            result = drain(s.train_router(policy="ranked", train_models=False, tail=tail, samples=samples,
+                                          refresh=False))
+            methods, table = evaluate(s, *test, samples, result.summary, measured)
+            measured = ({k: v for k, v in methods.items() if k in ("f0", "f0_mc", "f1", "f2")}, table)
+            rows.append({"session": folder, "tail": tail, "entropy_level": result.summary.get("entropy_level"),
+                         "accepted": len(s.accepted), "methods": {k: methods[k] for k in KEEP}})
     return rows
 
 

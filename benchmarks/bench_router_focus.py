@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,10 +23,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_session_routing import drain, evaluate, last_entries, load_soc  # noqa: E402
+from bench_session_routing import drain, evaluate, last_entries, load_soc, session_copy  # noqa: E402
 
 from learners.atomic import atomic_write_text  # noqa: E402
-from napari_paser.session.core import Session  # noqa: E402
 
 
 def entries(path: Path, budget: int | None) -> list[dict]:
@@ -41,26 +38,20 @@ def entries(path: Path, budget: int | None) -> list[dict]:
 
 def one(entry: dict, focus: float, test, samples: int) -> dict:
     """Train the router with `focus` on a copy of the entry's session; the test rows."""
-    work = Path(tempfile.mkdtemp(prefix="focus-"))
-    try:
-        shutil.copytree(entry["session"], work / "s")
-        s = Session.open(work / "s")
+    with session_copy(entry["session"]) as s:
         t = time.time()
         result = drain(s.train_router(policy="ranked", focus=focus, samples=samples, refresh=False))
         seconds = time.time() - t
         methods, table = evaluate(s, *test, samples, result.summary)
-        iou = np.asarray(table.iou)
-        gain = (iou[:, :, 2] - iou[:, :, 0]).ravel()
-        ent = np.asarray(table.entropy[:, :, 0]).ravel()
-        top = ent >= np.quantile(ent, 0.8)
-        s.close()
-        kept = list(result.retrain.kept_previous) if result.retrain is not None else []
-        return {"sampler": entry["sampler"], "seed": entry["seed"], "n_regions": entry["n_regions"], "focus": focus,
-                "f2_kept_previous": "f2" in kept, "seconds": round(seconds, 1),
-                "f2_gain_top_fifth": float(gain[top].mean()), "f2_gain_rest": float(gain[~top].mean()),
-                "methods": {k: methods[k] for k in ("f0", "f0_mc", "f2", "paser", "oracle", "paser_by_lambda")}}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    iou = np.asarray(table.iou)
+    gain = (iou[:, :, 2] - iou[:, :, 0]).ravel()
+    ent = np.asarray(table.entropy[:, :, 0]).ravel()
+    top = ent >= np.quantile(ent, 0.8)
+    kept = list(result.retrain.kept_previous) if result.retrain is not None else []
+    return {"sampler": entry["sampler"], "seed": entry["seed"], "n_regions": entry["n_regions"], "focus": focus,
+            "f2_kept_previous": "f2" in kept, "seconds": round(seconds, 1),
+            "f2_gain_top_fifth": float(gain[top].mean()), "f2_gain_rest": float(gain[~top].mean()),
+            "methods": {k: methods[k] for k in ("f0", "f0_mc", "f2", "paser", "oracle", "paser_by_lambda")}}
 
 
 def main() -> None:

@@ -22,10 +22,12 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +158,19 @@ def share_oracle(table, share: float, cost: RoutingCost) -> dict:
     perfect ranking would reach at PaSeR's compute."""
     actions = best_at_share(table.iou, share)
     return {**table_summary(table, actions, cost.for_table(actions, True)), "share": round(float(share), 4)}
+
+
+@contextmanager
+def session_copy(folder: str | Path):
+    """An open Session on a throw-away copy of a benchmark session folder (its lock left behind): experiments
+    on a finished run's models that leave the run as it was."""
+    with tempfile.TemporaryDirectory(prefix="bsr-copy-") as tmp:
+        shutil.copytree(folder, Path(tmp) / "s", ignore=shutil.ignore_patterns("session.lock"))
+        s = Session.open(Path(tmp) / "s")
+        try:
+            yield s
+        finally:
+            s.close()
 
 
 def last_entries(results: dict) -> list[dict]:

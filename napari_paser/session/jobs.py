@@ -37,6 +37,7 @@ from learners.uncertainty import uncertainty_maps
 from learners.unet import UNet
 from napari_paser.data.dataset import normalise
 from napari_paser.data.labels_convention import layer_to_classes
+from napari_paser.errors import PaserInputError
 from napari_paser.session.guard import Verdict, judge, region_confusions
 from napari_paser.session.store import CurvePoint, State, load_crop, now_iso
 
@@ -128,6 +129,12 @@ def training_data(session: Session, min_side: int = PIECE_SIDE, hold_out: Collec
         labels.append(lab[ys, xs])
     vx, vy = _region_crops(session, accepted["val"], lo, hi)
     return TrainingData(images, labels, vx, vy, len(accepted["train"]), len(accepted["val"]))
+
+
+def check_focus(focus: float) -> None:
+    """One line for a negative `focus` (`uncertainty_focus`), before any work starts."""
+    if focus < 0:
+        raise PaserInputError(f"focus must be >= 0 (0: crops anywhere on the labels), got {focus}")
 
 
 def uncertainty_focus(session: Session, images: Sequence[np.ndarray], focus: float, samples: int) -> list[np.ndarray]:

@@ -23,6 +23,7 @@ from napari_paser.session.jobs import (
     Progress,
     RetrainResult,
     TrainingData,
+    check_focus,
     retrain_steps,
     training_data,
 )
@@ -275,8 +276,7 @@ class ModelsMixin:
         if not data.images:
             raise PaserInputError("no training labels yet: paint some pixels in any slice, or label and accept at "
                                   "least one region first")
-        if focus < 0:
-            raise PaserInputError(f"focus must be >= 0 (0: crops anywhere on the labels), got {focus}")
+        check_focus(focus)
         return retrain_steps(self, cfg, list(roles), data, should_stop, refresh, samples, keep_if_worse, focus)
 
     def train_router(self, lambdas: Sequence[float] | None = None, should_stop: Callable[[], bool] | None = None,

@@ -75,7 +75,8 @@ from learners.training import IGNORE_INDEX, TrainConfig, iter_training, steps_pe
 from learners.unet import UNet
 from napari_paser.data.labels_convention import layer_to_classes
 from napari_paser.errors import PaserInputError
-from napari_paser.session.jobs import RETRAIN_CONFIG, Progress, RetrainResult, step_progress, training_data
+from napari_paser.session.jobs import (RETRAIN_CONFIG, Progress, RetrainResult, check_focus, step_progress,
+                                      training_data)
 from napari_paser.session.jobs import _refresh as refresh_after  # the maps and proposals after new weights
 from napari_paser.session.store import load_crop
 
@@ -140,8 +141,7 @@ class RouterConfig:
             raise PaserInputError("router training needs positive epochs, batch size, learning rate, width and samples")
         if not 0.0 <= self.tail < 1.0:
             raise PaserInputError(f"the tail share of pixels must lie in [0, 1) (0: mean entropy), got {self.tail}")
-        if self.focus < 0:
-            raise PaserInputError(f"focus must be >= 0 (0: crops anywhere on the labels), got {self.focus}")
+        check_focus(self.focus)
         if self.halo is not None and self.halo < 0:
             raise PaserInputError(f"the routing halo must be >= 0 pixels, got {self.halo}")
 
