@@ -1,0 +1,33 @@
+"""What every benchmark script shares: where the real data lives and how to say it is missing.
+
+The data sets are not part of the repository (`../shared/data/` beside it holds them: the SOC
+slices and stack, the battery nano-CT). `PASER_DATA` points elsewhere, e.g. at a copy on a
+cluster's scratch disk. Scripts run as `python benchmarks/NAME.py`, so this folder is on
+`sys.path` and `import common` needs no path manipulation.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def data_root() -> Path:
+    """The folder that holds the shared data sets: `$PASER_DATA`, else `../shared/data` beside the repository."""
+    return Path(os.environ.get("PASER_DATA", REPO.parent / "shared" / "data"))
+
+
+SOC = data_root() / "soc_pristine"          # 50 labeled SOC slices, every 5th of the stack
+SOC_STACK = data_root() / "soc_stack"       # 250 consecutive labeled SOC slices (3D)
+BATTERY = data_root() / "battery_nanoct"    # battery nano-CT, sets a/ and b/
+
+
+def require(path: Path) -> Path:
+    """`path`, or exit with one line saying where the data was looked for and how to point elsewhere."""
+    if not Path(path).exists():
+        sys.exit(f"data not found at {path}: put ../shared/data beside the repository or set PASER_DATA")
+    return Path(path)
