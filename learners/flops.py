@@ -14,9 +14,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from learners.routing import GRID
 from learners.errors import ConfigError
-from learners.grid import Grid
+from learners.grid import GRID, Grid
 from learners.modes import eval_mode
 
 

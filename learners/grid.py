@@ -22,6 +22,10 @@ import torch.nn.functional as F
 
 from learners.errors import ConfigError, ShapeError
 
+GRID = (4, 4)
+"""The routing patch grid (rows, cols) of the PaSeR paper: the default of every routing function,
+of the policy's config and of the patch-wise training of f1..fm."""
+
 
 class Box(NamedTuple):
     """A cell clipped to the image: top-left corner and size in pixels."""

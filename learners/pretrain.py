@@ -14,9 +14,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from learners.routing import GRID
 from learners.errors import ConfigError
 from learners.inference import predict_logits
+from learners.grid import GRID
 from learners.training import TrainConfig, TrainResult, train
 from learners.unet import UNet, UNetConfig
 

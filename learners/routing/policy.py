@@ -15,18 +15,17 @@ classes, 3 models and width 16 it has 14,739 parameters (the paper's has 14,736)
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from learners.routing import GRID
-from learners.errors import ConfigError
 from learners.checkpoint import load_module, save_payload
-from learners.grid import Patching
+from learners.errors import ConfigError
+from learners.routing.ranked import RankedPolicy
+from learners.routing.state import KINDS, PolicyConfig, pad_to_grid, policy_state  # noqa: F401 (re-exported)
 
 FORMAT = "napari-paser/policy"
 VERSION = 5
@@ -35,59 +34,6 @@ VERSION = 5
 its share of pixels above an entropy level); an older reader would misread such a policy (as a 4x4-grid
 one, without the halo its larger models were scored with, as a network, or by its mean entropy), so only
 those are written with the newer version (see `save_policy`)."""
-KINDS = ("network", "ranked")
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    """Everything needed to rebuild a policy network; stored in its checkpoint."""
-
-    n_classes: int = 3
-    n_models: int = 3
-    grid: tuple[int, int] = GRID  # rows x cols per image, used when `patch` is None
-    width: int = 16
-    patch: tuple[int, int] | None = None  # patch size in pixels (overrides `grid`)
-    halo: int = 0  # pixels of context f1..fm see around each patch (`learners.grid.Grid.context_patches`)
-    kind: str = "network"  # or "ranked": f0's patch entropy against thresholds (`learners.routing.ranked`)
-    level: float | None = None  # ranked: None scores a patch by its mean scaled entropy, a level in [0, 1] by the
-    # share of its pixels above it (`learners.routing.ranked.patch_score`)
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ConfigError(f"invalid policy config {self}: kind must be one of {', '.join(KINDS)}")
-        object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
-        if self.patch is not None:
-            object.__setattr__(self, "patch", tuple(int(p) for p in self.patch))
-            if len(self.patch) != 2 or min(self.patch) < 1:
-                raise ConfigError(f"invalid policy config {self}: the patch size must be two positive integers")
-        if self.halo < 0:
-            raise ConfigError(f"invalid policy config {self}: the halo must be >= 0 pixels")
-        if self.level is not None and not 0.0 <= self.level <= 1.0:
-            raise ConfigError(f"invalid policy config {self}: the entropy level must lie in [0, 1]")
-        if self.n_classes < 2 or self.n_models < 2 or self.width < 1 or min(self.grid) < 1:
-            raise ConfigError(f"invalid policy config {self}: need n_classes >= 2, n_models >= 2, "
-                             "width >= 1 and a grid of at least 1x1")
-
-    @property
-    def in_channels(self) -> int:
-        return self.n_classes + 1
-
-    @property
-    def patching(self) -> Patching:
-        """How this policy cuts a slice into patches."""
-        if self.patch is not None:
-            return Patching(size=self.patch, halo=self.halo)
-        return Patching(count=self.grid, halo=self.halo)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["grid"] = list(self.grid)
-        d["patch"] = None if self.patch is None else list(self.patch)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict) -> PolicyConfig:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 class ChannelNorm(nn.Module):
@@ -132,26 +78,6 @@ class PolicyNet(nn.Module):
         return self.head(x).flatten(2).transpose(1, 2)  # (N, P, K)
 
 
-def pad_to_grid(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Pad the bottom/right like `Grid.extract` does, so pooled cells match grid patches."""
-    pad = (0, width - x.shape[-1], 0, height - x.shape[-2])
-    if not any(pad):
-        return x
-    mode = "reflect" if pad[1] < x.shape[-1] and pad[3] < x.shape[-2] else "replicate"
-    return F.pad(x, pad, mode=mode)
-
-
-def policy_state(prediction: torch.Tensor, entropy: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """The policy's input (N, C + 1, H, W): one-hot of f0's prediction and its entropy / log C.
-
-    prediction (N, H, W) class indices of f0 (MC mean), entropy (N, H, W) in nats; scaling by
-    the maximum entropy log C puts both parts in [0, 1] whatever the number of classes.
-    """
-    one_hot = F.one_hot(prediction.long(), n_classes).permute(0, 3, 1, 2).to(torch.float32)
-    scaled = (entropy.to(torch.float32) / math.log(n_classes)).clamp(0, 1)
-    return torch.cat([one_hot, scaled[:, None]], dim=1)
-
-
 def mix_uniform(probs: torch.Tensor, alpha: float) -> torch.Tensor:
     """Eq. 4 as a distribution: follow the policy with probability alpha, else a uniform choice.
 
@@ -180,8 +106,6 @@ ALPHA_FINETUNE = (0.95, 1.0)
 def build_policy(config: PolicyConfig) -> nn.Module:
     """An untrained policy of `config`'s kind: the network, or the ranked rule (thresholds unset)."""
     if config.kind == "ranked":
-        from learners.routing.ranked import RankedPolicy  # it builds on this module
-
         return RankedPolicy(config)
     return PolicyNet(config)
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from learners.errors import ConfigError
-from learners.routing.policy import PolicyConfig, pad_to_grid
+from learners.routing.state import PolicyConfig, pad_to_grid
 
 NEVER = 2.0
 """A threshold no patch reaches: the policy's entropy channel is scaled to [0, 1]."""
