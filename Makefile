@@ -19,7 +19,7 @@ export PYTHON
 help:
 	@echo "make demo       set up, then run the demo: $(VENV)/bin/paser demo --gui --out $(DEMO_OUT)"
 	@echo "make test       set up, then run the tests headless (pytest-xvfb); PYTEST_ARGS=... to select"
-	@echo "make bench      set up, then run benchmarks/run_all.py"
+	@echo "make bench      set up, then run the quick benchmarks (benchmarks/run_all.py; --list names every one)"
 	@echo "make setup      only the set-up (.venv, Debian packages, editable install)"
 	@echo "make clean      remove demo_out, caches and build files (keeps .venv)"
 	@echo "make distclean  clean, and remove .venv"

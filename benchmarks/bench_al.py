@@ -28,12 +28,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from common import RESULTS, SOC, require
 from napari_paser.data.degrade import degrade_folder
 from napari_paser.data.synth import write_synthetic
 
-ROOT = Path(__file__).resolve().parents[1]
-SOC = ROOT.parent / "shared" / "data" / "soc_pristine"
-RESULTS = ROOT / "benchmarks" / "results"
 PRESET = {"soc": "lowres-varying", "imbalanced": "lowres"}
 SIM = ["--region", "16", "--train-steps", "20", "--seed-steps", "60", "--samples", "3"]
 AGENT = ["--train-steps", "10", "--seed-steps", "40", "--steps", "5", "--k", "4", "--n-seed", "4",
@@ -47,7 +45,7 @@ def prepare(name: str, work: Path) -> Path:
     if (out / "images.tif").exists():
         return out
     if name == "soc":
-        source = SOC
+        source = require(SOC)
     else:
         source = write_synthetic(work / f"{name}_clean", 24, 128, fractions=(0.02, 0.38, 0.6), seed=0,
                                  correlation_length=8)

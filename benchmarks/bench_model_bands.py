@@ -26,9 +26,7 @@ from learners.atomic import atomic_write_text
 from learners.routing.router import build_patch_table
 from napari_paser.data.dataset import normalise
 from napari_paser.session.core import Session
-
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_session_routing import load_soc  # noqa: E402  (the benchmark's own data: same degradation and crop)
+from router_scoring import load_soc  # the session routing benchmark's own data: same degradation and crop
 
 
 def main() -> None:

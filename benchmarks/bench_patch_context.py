@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import RESULTS, SOC, require
 from learners.atomic import atomic_write_text
 from learners.generators import drain
 from learners.grid import Patching
@@ -44,12 +45,10 @@ from napari_paser.data.degrade import degrade, get_degradation
 from napari_paser.session.jobs import RETRAIN_CONFIG
 from napari_paser.weights import SHIPPED, has_starting_weights, starting_model
 
-ROOT = Path(__file__).resolve().parents[1]
-SOC = ROOT.parent / "shared" / "data" / "soc_pristine"
 
 
 def load(crop: int, preset: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    ds = read_dataset(SOC)
+    ds = read_dataset(require(SOC))
     x = degrade(normalise(ds.images, *robust_range(ds.images)), get_degradation(preset), seed=0)
     h, w = x.shape[-2:]
     c = min(crop, h, w)
@@ -112,7 +111,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=5)
     p.add_argument("--preset", default="lowres-shading")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "patch-context-soc.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "patch-context-soc.json")
     args = p.parse_args()
     patches, halos = ([int(v) for v in text.split(",")] for text in (args.patches, args.halos))
     torch.set_num_threads(1)

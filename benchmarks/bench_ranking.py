@@ -24,10 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_session_routing import drain, evaluate, load_soc, session_copy  # noqa: E402
-
-from learners.atomic import atomic_write_text  # noqa: E402
+from learners.atomic import atomic_write_text
+from learners.generators import drain
+from router_scoring import evaluate, load_soc, session_copy
 
 KEEP = ("f0", "f0_mc", "f1", "f2", "paser", "oracle", "oracle_at_share", "paser_by_lambda")
 

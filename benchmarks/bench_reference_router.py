@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from bench_session_routing import CLASSES, load_soc, row, timed
+from common import timed
 from learners.atomic import atomic_write_text
 from learners.routing.bank import load_bank
 from learners.routing.router import route
@@ -33,6 +33,7 @@ from napari_paser.data.dataset import normalise, write_dataset
 from napari_paser.jobs.policy import load_run_models, train_policies
 from napari_paser.session.core import Session
 from napari_paser.session.router_jobs import ROUTER_LAMBDAS
+from router_scoring import CLASSES, load_soc, row
 
 
 def reference(entry: dict, config: dict, args) -> dict:

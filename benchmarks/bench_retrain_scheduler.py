@@ -38,16 +38,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_coldstart import SOC, Loop, load, miou  # noqa: E402  (the cold-start loop, not a copy)
-
-from learners.atomic import atomic_write_text  # noqa: E402
-from learners.inference import predict_classes  # noqa: E402
-from napari_paser.bench.al import bootstrap_ci, verdict  # noqa: E402
-from napari_paser.data.dataset import normalise  # noqa: E402
-from napari_paser.session.jobs import RETRAIN_CONFIG  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from common import RESULTS, SOC
+from labeling_loop import Loop, load, miou
+from learners.atomic import atomic_write_text
+from learners.inference import predict_classes
+from napari_paser.bench.al import bootstrap_ci, verdict
+from napari_paser.data.dataset import normalise
+from napari_paser.session.jobs import RETRAIN_CONFIG
 
 
 def run(preset: str, seed: int, scheduler: str, images, labels, splits, args) -> dict:

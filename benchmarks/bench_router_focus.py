@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_session_routing import drain, evaluate, last_entries, load_soc, session_copy  # noqa: E402
-
-from learners.atomic import atomic_write_text  # noqa: E402
+from learners.atomic import atomic_write_text
+from learners.generators import drain
+from router_scoring import evaluate, last_entries, load_soc, session_copy
 
 
 def entries(path: Path, budget: int | None) -> list[dict]:

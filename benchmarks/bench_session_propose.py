@@ -25,12 +25,12 @@ import numpy as np
 import tifffile
 import torch
 
+from common import SOC, require
 from learners.generators import drain
 from napari_paser.data.dataset import normalise, robust_range
 from napari_paser.data.degrade import degrade, get_degradation
 from napari_paser.session import Session
 
-SOC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "soc_pristine"
 SAMPLERS = ("random", "entropy", "bald", "taudis", "dqn")
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/session-propose.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    images = tifffile.imread(SOC / "images.tif")[: args.slices]
+    images = tifffile.imread(require(SOC) / "images.tif")[: args.slices]
     low = degrade(normalise(images, *robust_range(images)), get_degradation("lowres-varying"), seed=0)
     volume = (np.clip(low, 0, 1) * 65535).astype(np.uint16)  # a scan as a person has it
     with tempfile.TemporaryDirectory() as tmp:

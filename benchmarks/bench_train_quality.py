@@ -20,22 +20,18 @@ import time
 from datetime import date
 from pathlib import Path
 
-
+from common import RESULTS, SOC, require
 from napari_paser.data.degrade import degrade_folder
 from napari_paser.data.synth import write_synthetic
 from napari_paser.jobs.train import format_metrics, train_run
 
-ROOT = Path(__file__).resolve().parents[1]
-SOC = ROOT.parent / "shared" / "data" / "soc_pristine"
 SOC_CLASSES = ("pore", "YSZ", "nickel")
 
 
 def prepare(dataset: str, degradation: str, work: Path) -> Path:
     """The clean source folder for `dataset`, degraded into `work`."""
     if dataset == "soc":
-        if not (SOC / "images.tif").exists():
-            sys.exit(f"SOC data not found at {SOC}; it lives in ../shared beside the repository")
-        source = SOC
+        source = require(SOC)
     else:
         source = write_synthetic(work / "clean", 40, 256, seed=0)
     degrade_folder(source, work / "data", degradation, seed=0)
@@ -67,7 +63,7 @@ def main() -> None:
         wall_seconds=round(wall, 1), date=date.today().isoformat(),
         machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
     )
-    out = ROOT / "benchmarks" / "results" / f"train-quick-{args.dataset}.json"
+    out = RESULTS / f"train-quick-{args.dataset}.json"
     out.write_text(json.dumps(metrics, indent=2))
     print(format_metrics(metrics))
     print(f"wall time {wall:.0f} s; wrote {out}")

@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_ui_latency as ui  # noqa: E402
+from common import SOC
+from gui_probe import GapProbe, bench_run
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--label", default="run", help="the checkout's name in the output line")
     parser.add_argument("--slices", type=int, default=50)
-    parser.add_argument("--data", type=Path, default=ui.SOC)
+    parser.add_argument("--data", type=Path, default=SOC)
     args = parser.parse_args()
     import napari
     import tifffile
@@ -39,13 +38,13 @@ def main() -> int:
     image = tifffile.imread(args.data / "images.tif")[:args.slices]
     gaps: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        run = ui.bench_run(Path(tmp) / "run", int(tifffile.imread(args.data / "labels.tif").max()) + 1)
+        run = bench_run(Path(tmp) / "run", int(tifffile.imread(args.data / "labels.tif").max()) + 1)
         viewer = napari.Viewer(title="first actions")
         viewer.window.resize(1600, 1000)
         viewer.add_image(image, name="scan")
         dock = PaserWidget(viewer)
         viewer.window.add_dock_widget(dock, name="PaSeR")
-        hub, probe = dock.hub, ui.GapProbe()
+        hub, probe = dock.hub, GapProbe()
         session, maps = dock.steps["Session"], dock.steps["Maps"]
 
         def record(name: str, action) -> None:

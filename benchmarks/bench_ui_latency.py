@@ -38,12 +38,15 @@ from pathlib import Path
 
 import numpy as np
 
+from common import SOC
+from gui_probe import PROBE_MS, GapProbe, bench_run
+
 OUT = Path(__file__).parent / "results" / "ui-latency.json"
 ACTIONS_OUT = Path(__file__).parent / "results" / "ui-actions.json"
 SEGMENT_OUT = Path(__file__).parent / "results" / "ui-segment.json"
 TICK_MS = 10
-PROBE_MS = 5
-SOC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "soc_pristine"
+BENCH_FILES = ("bench_ui_latency.py", "gui_probe.py")
+"""The benchmark's own files: left out of the stacks `StallSampler` reports."""
 
 
 class LatencyProbe:
@@ -152,49 +155,6 @@ def run(seconds: float) -> dict:
     }
 
 
-class GapProbe:
-    """The gaps between ticks of a precise PROBE_MS QTimer while an action and its background work run."""
-
-    def __init__(self) -> None:
-        from qtpy.QtCore import Qt, QTimer
-
-        self.timer = QTimer()
-        self.timer.setTimerType(Qt.TimerType.PreciseTimer)
-        self.timer.setInterval(PROBE_MS)
-        self.timer.timeout.connect(self._tick)
-        self.gaps: list[float] = []
-        self.last = 0.0
-
-    def _tick(self) -> None:
-        now = time.perf_counter()
-        self.gaps.append((now - self.last) * 1000)
-        self.last = now
-
-    def measure(self, action, hub, settle: float = 0.5, timeout: float = 900) -> dict:
-        """Run `action` inside the measured window, then process events until the hub is idle plus `settle` s."""
-        from qtpy.QtWidgets import QApplication
-
-        self.gaps, self.last = [], time.perf_counter()
-        self.timer.start()
-        t0 = time.perf_counter()
-        action()
-        idle_since = None
-        while time.perf_counter() - t0 < timeout:
-            QApplication.processEvents()
-            time.sleep(0.0005)
-            if hub.busy or hub.previewing:
-                idle_since = None
-            elif idle_since is None:
-                idle_since = time.perf_counter()
-            elif time.perf_counter() - idle_since > settle:
-                break
-        self.timer.stop()
-        self._tick()
-        g = np.asarray(self.gaps)
-        return {"max_gap_ms": round(float(g.max()), 1), "p99_ms": round(float(np.percentile(g, 99)), 1),
-                "ticks": int(g.size), "seconds": round(time.perf_counter() - t0, 2)}
-
-
 class StallSampler:
     """Where the GUI thread is while the probe is late: a helper thread samples the main thread's Python
     stack every 50 ms once the last tick is over 150 ms old (frames inside Qt/C++ show as the event loop)."""
@@ -219,7 +179,7 @@ class StallSampler:
             if active and time.perf_counter() - self.probe.last > 0.15:
                 frame = sys._current_frames().get(self.main)
                 if frame is not None:
-                    stack = [f for f in traceback.extract_stack(frame) if "bench_ui_latency" not in f.filename]
+                    stack = [f for f in traceback.extract_stack(frame) if not f.filename.endswith(BENCH_FILES)]
                     self.counts[" <- ".join(f"{f.name} ({Path(f.filename).name}:{f.lineno})"
                                             for f in reversed(stack[-6:])) or "Qt event loop (C++)"] += 1
 
@@ -227,24 +187,6 @@ class StallSampler:
         top = [f"{c * 50} ms: {k}" for k, c in self.counts.most_common(n)]
         self.counts.clear()
         return top
-
-
-def bench_run(folder: Path, n_classes: int) -> Path:
-    """A run folder with f0/f1/f2 of the shipped preset sizes and a bank of three routing policies, untrained
-    (latency does not depend on the weights, only on the work each action does); DQN uses the shipped agent."""
-    import torch
-
-    from learners.checkpoint import save_checkpoint
-    from learners.routing.bank import PolicyBank, save_bank
-    from learners.routing.policy import PolicyConfig, PolicyNet
-    from learners.unet import UNet, preset_config
-
-    torch.manual_seed(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    for role, size in (("f0", "tiny"), ("f1", "medium"), ("f2", "large")):
-        save_checkpoint(folder / f"{role}.pt", UNet(preset_config(size, n_classes=n_classes)))
-    save_bank(folder, PolicyBank({lam: PolicyNet(PolicyConfig(n_classes=n_classes)) for lam in (0.0, 0.3, 1.0)}))
-    return folder
 
 
 def run_actions(slices: int, data: Path, skip_volume: bool = False) -> dict:

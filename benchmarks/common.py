@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -31,3 +36,10 @@ def require(path: Path) -> Path:
     if not Path(path).exists():
         sys.exit(f"data not found at {path}: put ../shared/data beside the repository or set PASER_DATA")
     return Path(path)
+
+
+def timed(fn: Callable[[], T]) -> tuple[T, float]:
+    """(fn(), the seconds it took)."""
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t

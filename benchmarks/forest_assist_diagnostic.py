@@ -20,21 +20,18 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_coldstart as bc  # noqa: E402
-
-from learners.inference import predict_logits  # noqa: E402
-from learners.training import IGNORE_INDEX, iter_training  # noqa: E402
-from napari_paser.data.baselines import fit_pixel_forest, pixel_features  # noqa: E402
-from napari_paser.data.dataset import normalise  # noqa: E402
-from napari_paser.session.jobs import role_config  # noqa: E402
+import labeling_loop as bc
+from learners.inference import predict_logits
+from learners.training import IGNORE_INDEX, iter_training
+from napari_paser.data.baselines import fit_pixel_forest, pixel_features
+from napari_paser.data.dataset import normalise
+from napari_paser.session.jobs import role_config
 
 
 def probs(model, x: np.ndarray) -> np.ndarray:

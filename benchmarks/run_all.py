@@ -1,6 +1,10 @@
-"""Run every benchmark in turn (`make bench`); each writes its JSON under benchmarks/results/.
+"""Every benchmark of this folder, and the quick ones run in turn (`make bench`).
 
-    .venv/bin/python benchmarks/run_all.py [--only foundation,soc_quick]
+`QUICK` runs unattended in minutes and writes its JSON under benchmarks/results/; `BY_HAND` names
+every other benchmark script with what it needs (a display, a trained run, a results file to
+re-score, or long trainings), so nothing here is run without saying so.
+
+    .venv/bin/python benchmarks/run_all.py [--only foundation,soc_quick] [--list]
 """
 
 from __future__ import annotations
@@ -11,23 +15,64 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = {
-    "foundation": [sys.executable, str(HERE / "bench_foundation.py")],
-    "soc_quick": [sys.executable, str(HERE / "bench_train_quality.py")],
+
+QUICK: dict[str, list[str]] = {
+    "foundation": ["bench_foundation.py"],
+    "soc_quick": ["bench_train_quality.py"],
+    "samplers": ["bench_samplers.py"],  # seconds; its --volume mode (GBs of maps) is run by hand
 }
+"""name -> the script and its arguments, for the benchmarks `make bench` runs."""
+
+BY_HAND: dict[str, str] = {
+    "bench_al.py": "trains a DQN agent per dataset, then `paser bench al` with five samplers",
+    "bench_coldstart.py": "labeling loops through a real Session per preset, seed and budget (SOC)",
+    "bench_experts.py": "the noisy-digits experts experiment, several trainings",
+    "bench_live_routing.py": "needs --data and a trained --run",
+    "bench_lr_agent.py": "trainings under every learning-rate schedule",
+    "bench_model_bands.py": "re-scores session folders of bench_session_routing.py (--session)",
+    "bench_patch_context.py": "trains f1/f2 at each patch context on the SOC slices",
+    "bench_ranking.py": "re-scores session folders of bench_session_routing.py (--sessions)",
+    "bench_reference_router.py": "re-scores a bench_session_routing.py results file (--results)",
+    "bench_retrain_scheduler.py": "labeling loops through a real Session per schedule and seed (SOC)",
+    "bench_router_focus.py": "re-scores a bench_session_routing.py results file (--results)",
+    "bench_routing.py": "trains f0/f1/f2 and a policy bank per dataset, then `paser bench routing --sweep`",
+    "bench_segment.py": "`paser segment` on a synthetic 2048 x 2048 zarr, interrupted and resumed",
+    "bench_session_propose.py": "proposal timing through a real Session on the SOC volume",
+    "bench_session_routing.py": "labeling rounds, router training and routing per sampler and budget (SOC)",
+    "bench_session_tiles.py": "maps of a 2048 x 2048 slice, tiled against whole (GB of memory)",
+    "bench_ui_first_actions.py": "needs a display (xvfb-run) and two checkouts to compare",
+    "bench_ui_latency.py": "needs a display (runs itself under xvfb-run)",
+    "forest_assist_diagnostic.py": "a diagnostic: labeling loops with a forest's help (--out)",
+    "noise_diagnostic.py": "a diagnostic: needs --data and a trained --run",
+    "policy_robustness.py": "a diagnostic: needs --data and a trained --run",
+    "routing_gain_diagnostic.py": "a diagnostic: needs --data and a trained --run",
+}
+"""script -> why `make bench` does not run it; run it as its docstring says."""
+
+
+def listing() -> str:
+    quick = [f"  {name}: {' '.join(cmd)}" for name, cmd in QUICK.items()]
+    by_hand = [f"  {script}: {why}" for script, why in sorted(BY_HAND.items())]
+    return "\n".join(["quick (make bench):", *quick, "by hand (see each script's docstring):", *by_hand])
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help=f"comma-separated subset of {', '.join(QUICK)}")
+    parser.add_argument("--list", action="store_true", help="list every benchmark and exit")
     args = parser.parse_args()
-    names = args.only.split(",") if args.only else list(BENCHMARKS)
-    unknown = set(names) - set(BENCHMARKS)
+    if args.list:
+        print(listing())
+        return 0
+    names = args.only.split(",") if args.only else list(QUICK)
+    unknown = set(names) - set(QUICK)
     if unknown:
-        parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {', '.join(BENCHMARKS)}")
+        parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {', '.join(QUICK)}")
     for name in names:
+        script, *rest = QUICK[name]
         print(f"== {name}", flush=True)
-        subprocess.run(BENCHMARKS[name], check=True)
+        subprocess.run([sys.executable, str(HERE / script), *rest], check=True)
+    print(f"ran {len(names)} quick benchmark(s); {len(BY_HAND)} more run by hand: `run_all.py --list` names them")
     return 0
 
 

@@ -24,9 +24,6 @@ from napari_paser.data.dataset import (
 )
 from napari_paser.errors import PaserInputError
 
-SOC = Path("/work/shared/data/soc_pristine")
-
-
 def _arrays(n: int = 6, h: int = 12, w: int = 10) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 60000, (n, h, w), dtype=np.uint16)
@@ -267,9 +264,8 @@ def test_robust_range_subsamples_large_volumes():
 # ----------------------------------------------------------------------------- real data
 
 
-@pytest.mark.skipif(not (SOC / "images.tif").exists(), reason="SOC data not present")
-def test_read_real_soc_data():
-    ds = read_dataset(SOC)
+def test_read_real_soc_data(soc_data):
+    ds = read_dataset(soc_data)
     assert ds.images.shape == ds.labels.shape == (50, 501, 501)
     assert ds.images.dtype == np.uint16
     assert set(np.unique(ds.labels)) == {0, 1, 2} and ds.n_classes == 3
