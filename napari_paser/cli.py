@@ -141,6 +141,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 def cmd_session_train_router(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from learners.generators import drain
     from napari_paser.session.core import Session
     from napari_paser.session.router_jobs import ROUTED_RETRAIN, format_router
 
@@ -158,18 +159,16 @@ def cmd_session_train_router(args: argparse.Namespace) -> int:
                                    train_models=not args.no_retrain, samples=args.samples, seed=args.seed,
                                    halo=args.halo)
         bars: dict[str, tqdm] = {}
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
+
+        def show(event) -> None:
             bar = bars.get(event.stage)
             if bar is None and not args.quiet:
                 bar = bars[event.stage] = tqdm(total=event.total, desc=event.stage, unit="step")
             if bar is not None:
                 bar.total = event.total
                 bar.update(event.done - bar.n)
+
+        result = drain(gen, show)
         for bar in bars.values():
             bar.close()
     if result.cancelled:
