@@ -39,7 +39,7 @@ from learners.routing.router import RoutingCost, build_patch_table, model_costs,
 from learners.routing.training import RLConfig, RoutingData, train_policy
 from learners.training import TrainConfig, train
 from learners.unet import UNet, UNetConfig
-from napari_paser.bench.routing import history_summary
+from napari_paser.bench.routing.stages import history_summary
 
 BLURS = ("gauss1", "gauss2-raised", "box5-inverted")
 GRID = (1, 1)

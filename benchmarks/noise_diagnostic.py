@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from learners.routing.router import build_patch_table
-from napari_paser.bench.routing import noisy_copy
+from napari_paser.bench.routing.noise import noisy_copy
 from napari_paser.data.dataset import normalise, read_dataset, robust_range
 from napari_paser.jobs.policy import load_run_models
 from learners.routing import GRID

@@ -37,7 +37,8 @@ import torch
 from learners.routing.cascade import oracle_actions
 from learners.routing.router import RoutingCost, build_patch_table, model_costs
 from learners.routing.training import RLConfig, RoutingData, train_policy
-from napari_paser.bench.routing import new_policy, policy_actions, table_row
+from napari_paser.bench.routing.methods import policy_actions, table_row
+from napari_paser.bench.routing.stages import new_policy
 from napari_paser.data.dataset import normalise, read_dataset, robust_range
 from napari_paser.jobs.policy import load_run_models
 from learners.routing import GRID
