@@ -1,15 +1,32 @@
-"""RALIS region sampler: state and action features, the episode loop, and the trained-agent sampler.
+"""RALIS (Casanova et al. 2020): the DQN region sampler in one place, read top to bottom.
 
-Features (RALIS section 3.1, appendix A), made independent of the class count C so that one
-shipped agent serves any data: a region is described by a summary of its predicted class
-shares (`class_summary`: how mixed, the largest share, rarity against the predicted and the
-labeled class shares), its entropy map min-, mean- and max-pooled to a g x g grid and its
-BALD map mean-pooled (both divided by log C, so in [0, 1]). The state is the features of a
-small fixed state set, min/mean/max-pooled over its regions. A candidate (sub-action) adds two normalised histograms
-of KL divergences between its predicted class distribution and that of every labeled region
-(ground truth) and of the unlabeled regions (predictions; a fixed-size random subsample
-bounds the cost). Each step draws K disjoint pools of N unlabeled regions and the agent picks
-one region per pool.
+- The environment: an active-learning game (`ALGame`: label regions, train briefly, measure mIoU on
+  a reward split) observed through class-count-free region features (`sampling.dqn_features`:
+  the state set's pooled features, each candidate's features and KL histograms, K pools of N
+  candidates per step, the teacher's BALD scores).
+- The agent (`DQNAgent`): the query network (`learners.query_network.QueryNetwork`), its target
+  network, a replay buffer of transitions and the batch-mode double-DQN update, with a teacher's
+  ranking imitated first and kept as a margin term.
+- The loop (`play_episode`): one episode of the game, storing transitions and teacher-scored pools
+  and learning as it goes. The whole training schedule (teacher episodes, imitation, DQN episodes,
+  the choice among the learned and the teacher's policy) is `napari_paser.bench.al_sim.train_dqn`,
+  on the simulated segmentation game.
+- The sampler (`DQNSampler`): a trained agent (or its teacher) proposing regions in a session.
+
+`DQNAgent` selects K regions per step, one per pool (Eq. 1), epsilon-greedily; it learns from
+a replay buffer with the TD loss of Eq. 2 on decomposed sub-actions (each sharing the step's
+reward) and the double-DQN target of Eq. 3: the next action chosen by the target network,
+valued by the query network. Two faults of the published code are avoided by construction:
+terminal transitions carry no next state and their target is the reward alone (no crash, no
+bootstrap past the end), and rewards are differences against a measured starting mIoU (see
+`play_episode`), never against an initial 0.
+
+Imitation (learning from a teacher heuristic first, as DQfD's supervised margin term): every
+candidate pool the agent sees can be stored as a `Demo` with the teacher's score of each
+candidate (BALD, `teacher_scores`). `imitation_loss` is a pairwise hinge on Q so that Q ranks
+the pool as the teacher does (Q_i - Q_j >= margin whenever the teacher prefers i to j);
+`DQNAgent.imitate` pre-trains on it alone and `learn` adds it, weighted, to the TD loss, so
+the double-DQN updates refine the teacher's ranking instead of replacing it.
 
 `play_episode` runs the active-learning game for any `ALGame` (label the chosen regions,
 train briefly, measure mIoU on a reward split). The reward is the mIoU gain over the
@@ -19,198 +36,249 @@ against 0 (the published code's inflated first reward); the last step is termina
 
 from __future__ import annotations
 
-import math
-import warnings
-from collections.abc import Callable, Sequence
+import copy
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
+from torch import nn
 
-from learners.query_network import Demo, DQNAgent, QueryNetConfig, Transition
-from sampling.base import Sampler, SamplingError, Selection, require
-from sampling.regions import RegionPool
-
-_EPS = 1e-6
-
-
-def region_class_fractions(pool: RegionPool, ids: np.ndarray, classes, n_classes: int) -> np.ndarray:
-    """(n, C) share of each class among each region's pixels, read region by region."""
-    out = np.zeros((len(ids), n_classes))
-    for i, r in enumerate(pool.regions(ids)):
-        counts = np.bincount(np.asarray(classes[r.slices]).astype(np.int64).ravel(), minlength=n_classes)
-        out[i] = counts[:n_classes] / max(counts.sum(), 1)
-    return out
+from learners.checkpoint import load_payload, restore, save_payload
+from learners.errors import CheckpointError, InputError
+from learners.modes import eval_mode
+from learners.query_network import FORMAT, QueryNetConfig, QueryNetwork
+from sampling.base import Sampler, SamplingError, Selection
+from sampling.dqn_features import (  # noqa: F401 (the features are part of this module's interface)
+    STATE_POOLS, ActionFeatures, FeatureSpec, choose_state_set, class_summary, draw_pools, infer_classes,
+    kl_histogram, observe, pooled_entropy, random_state_set, region_class_fractions, region_features,
+    teacher_scores,
+)
 
 
-def pooled_entropy(pool: RegionPool, ids: np.ndarray, entropy, grid: int = 4, scale: float = 1.0) -> np.ndarray:
-    """(n, 3 * grid**2): each region's entropy min-, mean- and max-pooled to grid x grid cells.
+@dataclass
+class Transition:
+    """One AL step: state, the K chosen actions' features, the reward, and what followed.
 
-    The region-size cell is split into grid x grid blocks; blocks a partial border region
-    does not reach are 0.
+    A terminal transition (`done`) has no next state and no next pools.
     """
-    bh, bw = (math.ceil(s / grid) for s in pool.size)
-    out = np.zeros((len(ids), 3, grid, grid))
-    for i, r in enumerate(pool.regions(ids)):
-        patch = np.full((grid * bh, grid * bw), np.nan)
-        patch[: r.h, : r.w] = np.asarray(entropy[r.slices], dtype=np.float64) / scale
-        blocks = patch.reshape(grid, bh, grid, bw)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks outside a partial region
-            stats = np.stack([np.nanmin(blocks, (1, 3)), np.nanmean(blocks, (1, 3)), np.nanmax(blocks, (1, 3))])
-        out[i] = np.nan_to_num(stats, nan=0.0)
-    return out.reshape(len(ids), -1)
+
+    state: np.ndarray  # (S, F)
+    actions: np.ndarray  # (K, A)
+    reward: float
+    next_state: np.ndarray | None = None  # (S, F)
+    next_pools: list[np.ndarray] | None = None  # K arrays (N_k, A), pool k serves sub-action k
+    done: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.done and (self.next_state is None or not self.next_pools):
+            raise InputError("a non-terminal transition needs next_state and next_pools")
+        if not self.done and len(self.next_pools) != len(self.actions):
+            raise InputError(f"{len(self.actions)} sub-actions need as many next pools, got {len(self.next_pools)}")
 
 
-def class_summary(fractions: np.ndarray, predicted: np.ndarray, labeled: np.ndarray) -> np.ndarray:
-    """(n, 4) class features whose size does not depend on the number of classes C.
+class ReplayBuffer:
+    """Fixed-size FIFO of transitions, sampled uniformly without replacement."""
 
-    From each region's class shares p (n, C): the normalised entropy of p (how mixed it is), its
-    largest share, and its rarity against the classes' shares among the unlabeled regions'
-    predictions and among the labeled pixels, sum_c p_c (1 - share_c): a region of a class
-    the labeled set lacks scores near 1, as RALIS's per-class shares let it learn.
+    def __init__(self, capacity: int = 600) -> None:
+        if capacity < 1:
+            raise InputError("replay buffer capacity must be positive")
+        self._items: deque[Transition] = deque(maxlen=capacity)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def push(self, transition: Transition) -> None:
+        self._items.append(transition)
+
+    def sample(self, n: int, rng: np.random.Generator) -> list[Transition]:
+        idx = rng.choice(len(self._items), size=min(n, len(self._items)), replace=False)
+        return [self._items[i] for i in idx]
+
+
+@dataclass
+class Demo:
+    """One candidate pool with the teacher's score of each candidate (higher = the teacher prefers it)."""
+
+    state: np.ndarray  # (S, F)
+    actions: np.ndarray  # (N, A)
+    teacher: np.ndarray  # (N,)
+
+
+def imitation_loss(q: torch.Tensor, teacher: torch.Tensor, margin: float) -> torch.Tensor:
+    """Pairwise hinge: mean over pairs the teacher orders (t_i > t_j) of relu(margin - (q_i - q_j)).
+
+    q, teacher: (N,) for one pool. Zero exactly when Q orders every such pair as the teacher
+    does, at least `margin` apart; ties of the teacher impose nothing.
     """
-    c = fractions.shape[1]
-    p = np.clip(fractions, 0.0, 1.0)
-    ent = -(p * np.log(np.where(p > 0, p, 1.0))).sum(1) / math.log(c)
-    return np.stack([ent, p.max(1), p @ (1 - predicted), p @ (1 - labeled)], 1)
+    better = teacher[:, None] > teacher[None, :]
+    if not bool(better.any()):
+        return q.sum() * 0.0
+    gaps = q[:, None] - q[None, :]
+    return torch.relu(margin - gaps)[better].mean()
 
 
-def region_features(pool: RegionPool, ids: np.ndarray, maps: dict, n_classes: int, predicted: np.ndarray,
-                    labeled: np.ndarray, grid: int = 4) -> np.ndarray:
-    """(n, 4 + 4 grid**2): `class_summary`, entropy min/mean/max-pooled and BALD mean-pooled to a
-    grid x grid (both divided by log C, so in [0, 1] for any C). BALD's pooled mean is the
-    teacher's (the BALD sampler's) score up to the region's area, so the agent can reproduce it."""
-    ids = np.asarray(ids, dtype=np.int64)
-    scale = math.log(n_classes)
-    fr = region_class_fractions(pool, ids, maps["prediction"], n_classes)
-    bald = pooled_entropy(pool, ids, maps["bald"], grid, scale).reshape(len(ids), 3, -1)[:, 1]
-    return np.hstack([class_summary(fr, predicted, labeled), pooled_entropy(pool, ids, maps["entropy"], grid, scale),
-                      bald])
+@dataclass(frozen=True)
+class DQNConfig:
+    """Learning settings. The paper (appendix B) uses SGD with momentum and weight decay 1e-3,
+    batches of 16; Adam without weight decay learned the tests' toy problems more reliably."""
+
+    gamma: float = 0.99
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 16
+    buffer_size: int = 600
+    target_sync: int = 10  # learning steps between copies of the query network into the target
+    optimizer: str = "adam"  # "adam" | "sgd" (with momentum, the paper)
+    imitation_weight: float = 1.0  # weight of the teacher-ranking hinge in each TD step (0: pure DQN)
+    margin: float = 0.1  # Q gap (reward units) the hinge asks between teacher-ordered candidates
+    demo_size: int = 2000  # teacher-scored pools kept
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.gamma <= 1 or self.lr <= 0 or self.batch_size < 2 or self.target_sync < 1:
+            raise InputError("DQN needs gamma in [0, 1], lr > 0, batch_size >= 2 and target_sync >= 1")
+        if self.optimizer not in ("sgd", "adam"):
+            raise InputError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
 
 
-def kl_histogram(dists: np.ndarray, refs: np.ndarray, bins: int = 8, kl_max: float = 3.0) -> np.ndarray:
-    """(n, bins) normalised histograms of KL(dist_i || ref_j) over the references; zeros without references.
-
-    Distributions are smoothed by 1e-6 so KL stays finite; values beyond kl_max fall in the last bin.
-    """
-    if len(refs) == 0:
-        return np.zeros((len(dists), bins))
-    p = (np.asarray(dists) + _EPS) / (1 + _EPS * dists.shape[1])
-    q = (np.asarray(refs) + _EPS) / (1 + _EPS * refs.shape[1])
-    kl = (p * np.log(p)).sum(1)[:, None] - p @ np.log(q).T  # (n, m)
-    idx = np.clip((kl / kl_max * bins).astype(np.int64), 0, bins - 1)
-    hist = np.zeros((len(dists), bins))
-    np.add.at(hist, (np.repeat(np.arange(len(dists)), kl.shape[1]), idx.ravel()), 1.0)
-    return hist / kl.shape[1]
+def _t(x: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x, dtype=np.float32))
 
 
-STATE_POOLS = 3
-"""The state: the state set's region features min-, mean- and max-pooled over its regions
-(rows), so its size depends neither on the state set's size nor on the number of classes."""
+class DQNAgent:
+    """Query network, target network, replay buffer and the double-DQN update."""
 
+    def __init__(self, net_config: QueryNetConfig, config: DQNConfig = DQNConfig(), seed: int = 0) -> None:
+        with torch.random.fork_rng():  # reproducible weights, global RNG untouched
+            torch.manual_seed(seed)
+            self.net = QueryNetwork(net_config)
+        self.target = copy.deepcopy(self.net).eval()
+        self.config = config
+        self.buffer = ReplayBuffer(config.buffer_size)
+        self.demos: deque[Demo] = deque(maxlen=config.demo_size)
+        if config.optimizer == "adam":
+            self.opt = torch.optim.Adam(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        else:
+            self.opt = torch.optim.SGD(self.net.parameters(), lr=config.lr, momentum=config.momentum,
+                                       weight_decay=config.weight_decay)
+        self.updates = 0
+        self.meta: dict = {}
 
-class FeatureSpec:
-    """Sizes of the RALIS features: entropy grid, KL bins. None depends on the class count or on the
-    state set's size, so one agent serves any data (`n_reference` bounds the KL references)."""
+    @torch.no_grad()
+    def q_values(self, state: np.ndarray, actions: np.ndarray, net: nn.Module | None = None) -> np.ndarray:
+        """Q of each row of `actions` (N, A) in `state` (S, F), networks in eval mode."""
+        net = net if net is not None else self.net
+        a = _t(actions)
+        with eval_mode(net):
+            q = net(_t(state)[None].expand(len(a), -1, -1), a)
+        return q.numpy()
 
-    def __init__(self, grid: int = 4, bins: int = 8, kl_max: float = 3.0, n_reference: int = 256,
-                 state_regions: int = 8) -> None:
-        if grid < 1 or bins < 1 or kl_max <= 0 or n_reference < 1 or state_regions < 1:
-            raise SamplingError("features need grid >= 1, bins >= 1, kl_max > 0, n_reference >= 1 and a state set")
-        self.grid, self.bins, self.kl_max, self.n_reference = grid, bins, kl_max, n_reference
-        self.state_regions = state_regions  # the state set a session draws (the network does not depend on it)
+    def act(self, state: np.ndarray, pools: list[np.ndarray], epsilon: float,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One index per pool (Eq. 1: argmax of Q, or a uniform pick with probability epsilon) and its Q."""
+        picks, qs = [], []
+        for pool, q in zip(pools, self._pool_q(state, pools)):
+            i = int(rng.integers(len(pool))) if rng.random() < epsilon else int(np.argmax(q))
+            picks.append(i)
+            qs.append(float(q[i]))
+        return np.asarray(picks, dtype=np.int64), np.asarray(qs)
 
-    @property
-    def region_size(self) -> int:
-        return 4 + 4 * self.grid**2
+    def _pool_q(self, state: np.ndarray, pools: list[np.ndarray], net: nn.Module | None = None) -> list[np.ndarray]:
+        """Q-values of every pool's candidates, in one forward pass."""
+        q = self.q_values(state, np.concatenate(pools), net)
+        return np.split(q, np.cumsum([len(p) for p in pools])[:-1])
 
-    def net_config(self, width: int = 64, norm: str = "layer") -> QueryNetConfig:
-        """The query network for these features (the last 2 * bins action columns gate it)."""
-        sizes = (STATE_POOLS, self.region_size, self.region_size + 2 * self.bins, 2 * self.bins)
-        return QueryNetConfig(*sizes, width=width, norm=norm)
+    @torch.no_grad()
+    def _scores(self, net: nn.Module, states: list[np.ndarray], actions: list[np.ndarray]) -> np.ndarray:
+        """Q of each action row paired with its state, all pairs in one eval-mode forward pass."""
+        s = torch.cat([_t(st)[None].expand(len(a), -1, -1) for st, a in zip(states, actions)])
+        with eval_mode(net):
+            return net(s, torch.cat([_t(a) for a in actions])).numpy().astype(np.float64)
 
-    def matches(self, config: QueryNetConfig) -> bool:
-        mine = self.net_config()
-        keys = ("state_regions", "state_features", "action_features", "sim_features")
-        return all(getattr(mine, k) == getattr(config, k) for k in keys)
+    def targets(self, batch: list[Transition]) -> np.ndarray:
+        """TD targets y^k of every sub-action of every transition, flattened (sum of K,).
 
-    def to_dict(self) -> dict:
-        """JSON-able; save it in the agent's checkpoint meta so the sampler rebuilds the same features."""
-        return {"grid": self.grid, "bins": self.bins, "kl_max": self.kl_max, "n_reference": self.n_reference,
-                "state_regions": self.state_regions}
+        y^k = r + gamma * Q(s', argmax_{a in pool k of s'} Q_target(s', a); query net)  (Eq. 3),
+        and y^k = r for a terminal transition.
+        """
+        ys = [np.full(len(t.actions), t.reward, dtype=np.float64) for t in batch]
+        live = [i for i, t in enumerate(batch) if not t.done]
+        if not live:
+            return np.concatenate(ys)
+        pools = [p for i in live for p in batch[i].next_pools]
+        states = [batch[i].next_state for i in live for _ in batch[i].next_pools]
+        q_target = np.split(self._scores(self.target, states, pools), np.cumsum([len(p) for p in pools])[:-1])
+        best = [p[int(np.argmax(q))][None] for p, q in zip(pools, q_target)]
+        values = iter(self._scores(self.net, states, best))
+        for i in live:
+            ys[i] = ys[i] + self.config.gamma * np.array([next(values) for _ in batch[i].next_pools])
+        return np.concatenate(ys)
+
+    def _demo_loss(self, rng: np.random.Generator) -> torch.Tensor:
+        """Mean imitation hinge over a batch of stored pools, all scored in one forward pass."""
+        idx = rng.choice(len(self.demos), size=min(self.config.batch_size, len(self.demos)), replace=False)
+        demos = [self.demos[i] for i in idx]
+        states = torch.cat([_t(d.state)[None].expand(len(d.actions), -1, -1) for d in demos])
+        q = self.net(states, torch.cat([_t(d.actions) for d in demos]))
+        parts = torch.split(q, [len(d.actions) for d in demos])
+        return torch.stack([imitation_loss(p, _t(d.teacher), self.config.margin) for p, d in zip(parts, demos)]).mean()
+
+    def imitate(self, steps: int, rng: np.random.Generator) -> list[float]:
+        """`steps` gradient steps on the imitation loss alone (pre-training); returns the losses."""
+        if not self.demos:
+            raise InputError("no teacher-scored pools to imitate; play episodes that record demos first")
+        losses = []
+        for _ in range(steps):
+            self.net.train()
+            loss = self._demo_loss(rng)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            losses.append(float(loss.detach()))
+        self.target.load_state_dict(self.net.state_dict())
+        return losses
+
+    def learn(self, rng: np.random.Generator) -> float | None:
+        """One gradient step on a sampled batch (None while the buffer holds too few transitions):
+        the TD loss (Eq. 2) plus `imitation_weight` times the imitation hinge when demos exist."""
+        if len(self.buffer) < self.config.batch_size:
+            return None
+        batch = self.buffer.sample(self.config.batch_size, rng)
+        y = _t(self.targets(batch))
+        states = torch.cat([_t(t.state)[None].expand(len(t.actions), -1, -1) for t in batch])
+        actions = torch.cat([_t(t.actions) for t in batch])
+        self.net.train()
+        loss = torch.mean((self.net(states, actions) - y) ** 2)  # Eq. 2
+        if self.demos and self.config.imitation_weight > 0:
+            loss = loss + self.config.imitation_weight * self._demo_loss(rng)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.updates += 1
+        if self.updates % self.config.target_sync == 0:
+            self.target.load_state_dict(self.net.state_dict())
+        return float(loss.detach())
+
+    def save(self, path: str | Path, meta: dict | None = None) -> Path:
+        """Write the query network (weights and configs, no pickled code) atomically."""
+        return save_payload(path, FORMAT, self.net, asdict(self.config), meta, net_config=asdict(self.net.config))
 
     @classmethod
-    def from_dict(cls, data: dict) -> FeatureSpec:
+    def load(cls, path: str | Path) -> DQNAgent:
+        """An agent whose query and target networks hold the saved weights."""
+        what = "query-network checkpoint"
+        payload = load_payload(path, FORMAT, what, "train the agent with `paser al train-dqn`")
         try:
-            return cls(**data)
-        except TypeError:
-            raise SamplingError("this DQN agent uses an older, class-count-specific feature format; train it again "
-                                "with `paser al train-dqn` (or use the shipped agent)") from None
-
-
-ActionFeatures = Callable[[np.ndarray], np.ndarray]
-
-
-def infer_classes(needs: dict) -> int:
-    """The class count: `needs['n_classes']` when the caller knows it, else 1 + the largest class
-    the state set's predictions hold (at least 2)."""
-    if needs.get("n_classes"):
-        return int(needs["n_classes"])
-    pool, pred = needs["pool"], needs["prediction"]
-    top = max(int(np.asarray(pred[r.slices]).max()) for r in pool.regions(np.asarray(needs["state_ids"])))
-    return max(2, top + 1)
-
-
-def observe(spec: FeatureSpec, needs: dict, rng: np.random.Generator) -> tuple[np.ndarray, ActionFeatures]:
-    """The state (STATE_POOLS, F) and a function giving action features (n, A) for region ids.
-
-    `needs`: pool (RegionPool, its labeled ids are the labeled set), prediction (Z, H, W)
-    class map, entropy and bald (Z, H, W), labels (Z, H, W) ground truth (read only in labeled
-    regions), state_ids (the fixed state set, any size), optionally n_classes.
-    """
-    pool = require(needs, "pool", "dqn")
-    maps = {name: require(needs, name, "dqn") for name in ("prediction", "entropy", "bald")}
-    state_ids = np.asarray(require(needs, "state_ids", "dqn"), dtype=np.int64)
-    if state_ids.size < 1:
-        raise SamplingError("the DQN agent needs a non-empty state set")
-    c = infer_classes(needs)
-    lab = np.zeros((0, c))
-    if pool.labeled_ids.size:
-        lab = region_class_fractions(pool, pool.labeled_ids, require(needs, "labels", "dqn"), c)
-    labeled = (lab * pool.area[pool.labeled_ids, None]).sum(0) / max(pool.area[pool.labeled_ids].sum(), 1)
-    unl = pool.candidates()
-    if unl.size > spec.n_reference:
-        unl = np.sort(rng.choice(unl, spec.n_reference, replace=False))
-    unl_dist = region_class_fractions(pool, unl, maps["prediction"], c)
-    predicted = unl_dist.mean(0) if len(unl_dist) else np.full(c, 1 / c)
-    feats = region_features(pool, state_ids, maps, c, predicted, labeled, spec.grid)
-    state = np.stack([feats.min(0), feats.mean(0), feats.max(0)])
-
-    def actions(ids: np.ndarray) -> np.ndarray:
-        ids = np.asarray(ids, dtype=np.int64)
-        base = region_features(pool, ids, maps, c, predicted, labeled, spec.grid)
-        dist = region_class_fractions(pool, ids, maps["prediction"], c)
-        hists = [kl_histogram(dist, refs, spec.bins, spec.kl_max) for refs in (lab, unl_dist)]
-        return np.hstack([base] + hists)
-
-    return state, actions
-
-
-def teacher_scores(needs: dict, ids: np.ndarray) -> np.ndarray:
-    """The teacher's score of each region: its summed BALD, the BALD sampler's ranking (and
-    TAUDIS's, whose set cover acts on the batch, not within a pool)."""
-    from sampling.uncertainty import region_scores
-
-    return region_scores(np.asarray(ids, dtype=np.int64), needs, "bald", "dqn")
-
-
-def draw_pools(candidates: np.ndarray, k: int, pool_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """K = k disjoint pools of up to pool_size candidates each, drawn uniformly (every pool non-empty)."""
-    n = min(pool_size, len(candidates) // k)
-    if n < 1:
-        raise SamplingError(f"cannot draw {k} pools from {len(candidates)} candidates; lower k")
-    drawn = rng.choice(candidates, k * n, replace=False)
-    return list(drawn.reshape(k, n))
+            agent = cls(QueryNetConfig(**payload["net_config"]), DQNConfig(**payload["config"]))
+        except (KeyError, TypeError, InputError) as exc:
+            raise CheckpointError(f"{what} {path} is inconsistent ({exc}); train the agent again") from None
+        restore(agent.net, payload, path, what)
+        agent.target.load_state_dict(payload["state_dict"])
+        agent.meta = payload.get("meta", {})
+        return agent
 
 
 POLICIES = ("agent", "teacher")
@@ -318,35 +386,3 @@ def play_episode(agent: DQNAgent, game: ALGame, spec: FeatureSpec, steps: int, k
         if learn:
             agent.learn(rng)
     return rewards
-
-
-def choose_state_set(pool: RegionPool, labels, n_classes: int, size: int, rng: np.random.Generator,
-                     ids: Sequence[int] | None = None) -> np.ndarray:
-    """A state set of `size` regions whose pooled class distribution is close to the whole set's.
-
-    RALIS needs the state set to mirror the class distribution of the data (its footnote 2):
-    among 64 random draws, the one with the smallest total-variation distance wins.
-    """
-    ids = pool.ids if ids is None else np.asarray(ids, dtype=np.int64)
-    if size > ids.size:
-        raise SamplingError(f"a state set of {size} regions needs at least that many labeled regions, got {ids.size}")
-    fr = region_class_fractions(pool, ids, labels, n_classes) * pool.area[ids, None]
-    target = fr.sum(0) / fr.sum()
-    best, best_d = None, np.inf
-    for _ in range(64):
-        pick = rng.choice(ids.size, size, replace=False)
-        dist = fr[pick].sum(0) / fr[pick].sum()
-        d = np.abs(dist - target).sum() / 2
-        if d < best_d:
-            best, best_d = pick, d
-    return np.sort(ids[best])
-
-
-def random_state_set(allowed: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
-    """A state set of `size` regions drawn with a fixed seed among `allowed` ids, where no ground
-    truth is known to pick a class-representative one (`choose_state_set`), as in a session."""
-    allowed = np.asarray(allowed, dtype=np.int64)
-    if allowed.size < size:
-        raise SamplingError(f"the DQN agent needs a state set of {size} regions but only {allowed.size} are "
-                            "available; compute maps on more slices first")
-    return np.sort(np.random.default_rng(seed).choice(allowed, size, replace=False))

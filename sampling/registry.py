@@ -73,8 +73,7 @@ that picks "dqn" with no agent file uses it."""
 
 
 def _dqn(dqn_checkpoint: str | Path | None = None, pool_size: int = 10) -> Sampler:
-    from learners.query_network import DQNAgent
-    from sampling.dqn import DQNSampler, FeatureSpec
+    from sampling.dqn import DQNAgent, DQNSampler, FeatureSpec
 
     path = SHIPPED_AGENT if dqn_checkpoint is None else Path(dqn_checkpoint)
     if dqn_checkpoint is None and not path.exists():

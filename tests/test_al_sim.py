@@ -3,7 +3,6 @@ import pytest
 
 import napari_paser.bench.al_sim as al_sim
 from learners.errors import InputError
-from learners.query_network import DQNAgent
 from learners.training import IGNORE_INDEX
 from napari_paser.bench.al_sim import (
     SegmentationGame,
@@ -20,7 +19,7 @@ from napari_paser.bench.al_sim import (
 from napari_paser.errors import PaserInputError
 from napari_paser.data.synth import synth_volume
 from sampling.base import Selection
-from sampling.dqn import DQNSampler, FeatureSpec, play_episode
+from sampling.dqn import DQNAgent, DQNSampler, FeatureSpec, play_episode
 from sampling.regions import RegionPool
 from sampling.uncertainty import RandomSampler
 

@@ -3,8 +3,10 @@ import pytest
 import torch
 
 from learners.errors import CheckpointError, InputError
-from learners.query_network import DQNAgent, DQNConfig, QueryNetConfig, QueryNetwork, ReplayBuffer, Transition
+from learners.query_network import QueryNetConfig, QueryNetwork
 from sampling.dqn import (
+    DQNAgent,
+    DQNConfig,
     DQNSampler,
     FeatureSpec,
     choose_state_set,
@@ -13,6 +15,8 @@ from sampling.dqn import (
     play_episode,
     pooled_entropy,
     region_class_fractions,
+    ReplayBuffer,
+    Transition,
 )
 from sampling.regions import RegionPool
 
@@ -273,7 +277,7 @@ def test_saved_agent_and_feature_spec_rebuild_the_same_sampler(tmp_path):
 
 
 def test_imitation_loss_by_hand():
-    from learners.query_network import imitation_loss
+    from sampling.dqn import imitation_loss
 
     t = torch.tensor([3.0, 2.0, 1.0])
     assert float(imitation_loss(torch.tensor([2.0, 1.0, 0.0]), t, 0.1)) == 0.0  # same order, gaps >= margin
@@ -285,7 +289,7 @@ def test_imitation_loss_by_hand():
 def test_imitation_pretraining_reproduces_the_teachers_ranking():
     from scipy.stats import spearmanr
 
-    from learners.query_network import Demo
+    from sampling.dqn import Demo
 
     rng = np.random.default_rng(0)
     agent = DQNAgent(QueryNetConfig(3, 4, 6, 2, width=32), DQNConfig(lr=3e-3, batch_size=16), seed=0)

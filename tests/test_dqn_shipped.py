@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from learners.query_network import FORMAT, DQNAgent
+from learners.query_network import FORMAT
 from sampling import registry
 from sampling.base import SamplingError
-from sampling.dqn import DQNSampler, FeatureSpec
+from sampling.dqn import DQNAgent, DQNSampler, FeatureSpec
 
 
 def test_shipped_agent_loads_with_weights_only():

@@ -422,8 +422,7 @@ def test_errors_share_one_base_type():
 
 
 def test_dqn_sampler_from_a_saved_agent(ready, tmp_path):
-    from learners.query_network import DQNAgent
-    from sampling.dqn import FeatureSpec
+    from sampling.dqn import DQNAgent, FeatureSpec
 
     spec = FeatureSpec(grid=2, bins=4, state_regions=2)
     path = DQNAgent(spec.net_config(width=8)).save(tmp_path / "dqn.pt", meta={"features": spec.to_dict()})

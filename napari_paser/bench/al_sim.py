@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from learners.query_network import DQNAgent, DQNConfig
+from sampling.dqn import DQNAgent, DQNConfig
 from learners.metrics import confusion_matrix, iou_from_confusion
 from learners.inference import predict_classes
 from learners.training import IGNORE_INDEX, TrainConfig, evaluate_miou, train
