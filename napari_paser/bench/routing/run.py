@@ -22,7 +22,7 @@ from napari_paser.bench.routing.config import BenchConfig, load_inputs, METHOD_L
 from napari_paser.bench.routing.curves import cascade_cost_along_sweep, cascade_points, plot_curves, sweep_curves
 from napari_paser.bench.routing.methods import compare, fit_routers, make_tables, run_methods, stage2_rows
 from napari_paser.bench.routing.noise import noise_block
-from napari_paser.bench.routing.stages import history_summary, StageBar, STAGE2_ARMS, train_router
+from napari_paser.bench.routing.stages import STAGE2_ARMS, StageBar, history_summary, train_stages
 
 
 def total_ticks(cfg: BenchConfig) -> int:
@@ -41,7 +41,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     x, y = inp.splits["test"]
     with tqdm(total=total_ticks(cfg), disable=not cfg.progress, dynamic_ncols=True) as bar:
         prog = StageBar(bar)
-        tr = train_router(inp, cfg, prog)
+        tr = train_stages(inp, cfg, prog)
         prog.tick("test tables")
         test = make_tables(tr.models, x, y, cfg)
         routers, idk = fit_routers(tr, inp, test, cfg, prog)

@@ -95,7 +95,7 @@ class Trained:
     rl_data: RoutingData
 
 
-def train_router(inp: Inputs, cfg: BenchConfig, prog: StageBar) -> Trained:
+def train_stages(inp: Inputs, cfg: BenchConfig, prog: StageBar) -> Trained:
     """Stage 2 (the benchmark's setting, then each ablation arm from the same initial weights),
     then stage 3 on copies of f1, f2."""
     pretrained = inp.models
