@@ -1,9 +1,10 @@
-"""What every benchmark script shares: where the real data lives and how to say it is missing.
+"""What every benchmark script shares: where the real data lives, how to say it is missing, and a timer.
 
 The data sets are not part of the repository (`../shared/data/` beside it holds them: the SOC
 slices and stack, the battery nano-CT). `PASER_DATA` points elsewhere, e.g. at a copy on a
 cluster's scratch disk. Scripts run as `python benchmarks/NAME.py`, so this folder is on
-`sys.path` and `import common` needs no path manipulation.
+`sys.path` and `import common` needs no path manipulation. Helpers that several benchmarks share live
+beside it the same way (`router_scoring`, `labeling_loop`, `gui_probe`): a benchmark never imports another.
 """
 
 from __future__ import annotations
