@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
-MACHINE_ROOTS = ("/work/", "/home/", "/Users/", "/tmp/studio")
+MACHINE_ROOTS = ("/work/", "/home/", "/Users/")
 
 
 def _tree(path: Path) -> ast.AST:

@@ -2,7 +2,8 @@
 
 A dataset is a folder with `images.tif` and `labels.tif` (multi-page TIFF, same (N, H, W)
 shape, one class index per label pixel), optionally `classes.json` (list of class names) and
-`split.json` ({split name: [slice indices]}). `/work/shared/data/soc_pristine/` is one.
+`split.json` ({split name: [slice indices]}). The shared `soc_pristine` data set (`../shared/data/` beside
+the repository) is one.
 """
 
 from __future__ import annotations
