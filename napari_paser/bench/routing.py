@@ -1,4 +1,4 @@
-"""`paser bench routing`: PaSeR against every baseline on a dataset's test split (issue 3).
+"""`paser bench routing`: PaSeR against every baseline on a dataset's test split.
 
 Pipeline, on one run folder from `paser train` (f0, f1, f2 pretrained on the pretrain split):
 stage 2 trains the policy on the rl split (by default along the exact expected-reward
