@@ -14,13 +14,17 @@ DEMO_OUT    ?= demo_out
 PYTHON      ?= python3
 export PYTHON
 
-.PHONY: help setup test demo bench clean distclean
+.PHONY: help setup test docs docs-build docs-serve screenshots wheel demo bench clean distclean
 
 help:
 	@echo "make demo       set up, then run the demo: $(VENV)/bin/paser demo --gui --out $(DEMO_OUT)"
 	@echo "make test       set up, then run the tests headless (pytest-xvfb); PYTEST_ARGS=... to select"
+	@echo "make docs       set up, then build the docs site into site/ (mkdocs build --strict)"
+	@echo "make docs-serve set up, then serve the docs with live reload on http://127.0.0.1:8000"
+	@echo "make screenshots set up, then regenerate docs/images/gui-*.png from the real napari window"
+	@echo "make wheel      set up, then build the wheel and sdist into dist/"
 	@echo "make bench      set up, then run the quick benchmarks (benchmarks/run_all.py; --list names every one)"
-	@echo "make setup      only the set-up (.venv, Debian packages, editable install)"
+	@echo "make setup      only the set-up (.venv, Debian packages, editable install with gui, dev, docs)"
 	@echo "make clean      remove demo_out, caches and build files (keeps .venv)"
 	@echo "make distclean  clean, and remove .venv"
 
@@ -34,6 +38,27 @@ test: setup
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): failing" >&2; fi; \
 	exit $$rc
 
+# The docs site (mkdocs-material). --strict: a broken link, a missing page or image fails the build.
+# The CLI reference and the shortcuts page are generated from the code (scripts/mkdocs_cli_reference.py).
+# docs-build skips the set-up: `make docs-build PY=/path/to/python` builds with another environment.
+docs: setup
+	@$(MAKE) --no-print-directory docs-build
+
+docs-build:
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
+
+# Drives the real napari window through the demo walkthrough (under Xvfb without a display) and
+# copies each step's screenshot to docs/images; the first run trains the demo models (minutes).
+screenshots: setup
+	$(PY) scripts/screenshots.py --out $(DEMO_OUT)
+
+wheel: setup
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+
 # With a display napari stays open after the walkthrough; without one the demo runs itself
 # under xvfb-run, saves a screenshot per step into $(DEMO_OUT)/gui and exits.
 demo: setup
@@ -43,7 +68,7 @@ bench: setup
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf demo_out .pytest_cache build dist *.egg-info
+	rm -rf demo_out .pytest_cache build dist site *.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up for napari-paser: system packages, .venv, editable install.
+# Idempotent developer set-up for napari-paser: system packages, .venv, editable install with
+# the gui, dev and docs extras (what `make test`, `make docs` and CI need).
 #
 # Run by every `make` target that needs the environment (`make setup`). A second run with
 # nothing changed only checks (0.2-0.4 s measured): the Debian packages are queried with
@@ -9,7 +10,8 @@
 #      pytest-xvfb; list in APT_PACKAGES below): installed only when missing, `apt-get update`
 #      only then, sudo only when not root. Skipped with a warning where there is no dpkg.
 #   2. .venv created with $PYTHON (default python3) when missing or broken.
-#   3. `pip install -c requirements/constraints.txt torch==2.13.0 -e ".[dev]"` when the stamp
+#   3. `pip install -c requirements/constraints.txt torch==2.13.0 -e ".[gui,dev,docs]"` (and PyQt5
+#      removed where an older set-up left it beside PyQt6) when the stamp
 #      .venv/.paser-stamp does not hold the current hash of pyproject.toml,
 #      requirements/constraints.txt, this script and the venv's Python version. pip runs
 #      without --upgrade: what already satisfies the requirements is left alone.
@@ -26,14 +28,15 @@ VENV="$ROOT/.venv"
 STAMP="$VENV/.paser-stamp"
 CONSTRAINTS="requirements/constraints.txt"
 TORCH_REQ="torch==2.13.0"
-# Xvfb, plus the shared libraries the PyQt5 wheel's xcb platform plugin and vispy's OpenGL
-# need. On Debian 12 images with X libraries already present, xvfb libxcb-icccm4
-# libxcb-keysyms1 libxcb-xinerama0 are what is missing (without libxcb-xinerama0 Qt aborts:
-# 'Could not load the Qt platform plugin "xcb"'); the rest is checked in case a more minimal
-# image lacks it (not tried on one).
+# Xvfb, plus the shared libraries the Qt 6 wheel's xcb platform plugin (PyQt6, the `gui` extra)
+# and vispy's OpenGL need: the list is what `ldd` reports for PyQt6's libqxcb.so,
+# libQt6XcbQpa, libQt6Gui, libQt6OpenGL and the xcb GL integrations, mapped to Debian packages
+# (without libxcb-cursor0 Qt >= 6.5 aborts: 'Could not load the Qt platform plugin "xcb"';
+# QT_DEBUG_PLUGINS=1 names the missing library). libxcb-xinerama0 serves an older PyQt5 install.
 APT_PACKAGES=(
-    xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0
-    libxcb-image0 libxcb-render-util0 libxkbcommon-x11-0 libfontconfig1 libdbus-1-3
+    xvfb libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0
+    libxcb-randr0 libxcb-shape0 libxcb-sync1 libxcb-xfixes0 libxcb-xkb1 libxcb-xinerama0 libx11-xcb1
+    libxkbcommon0 libxkbcommon-x11-0 libfontconfig1 libdbus-1-3 libglib2.0-0
     libgl1 libegl1 libgl1-mesa-dri
 )
 
@@ -113,7 +116,13 @@ fi
 say "installing Python packages into .venv (first run, pyproject.toml/constraints changed, or project not installed)"
 rm -f "$STAMP"
 "$VENV/bin/python" -m pip install --disable-pip-version-check -q \
-    -c "$CONSTRAINTS" "$TORCH_REQ" -e ".[dev]"
+    -c "$CONSTRAINTS" "$TORCH_REQ" -e ".[gui,dev,docs]"
+# The gui extra moved from PyQt5 to PyQt6. A .venv made before keeps PyQt5 beside the new PyQt6, and
+# then qtpy (napari) would pick PyQt5 while pytest-qt picks PyQt6: one binding only.
+if "$VENV/bin/python" -m pip show -q PyQt6 >/dev/null 2>&1 && "$VENV/bin/python" -m pip show -q PyQt5 >/dev/null 2>&1; then
+    say "removing PyQt5 from .venv: the gui extra uses Qt 6 (PyQt6)"
+    "$VENV/bin/python" -m pip uninstall --disable-pip-version-check -q -y PyQt5 PyQt5-Qt5 PyQt5-sip
+fi
 installed_here || die "napari_paser does not import from $ROOT after the install"
 printf '%s\n' "$want" > "$STAMP"
 say "done; stamp written to .venv/.paser-stamp"

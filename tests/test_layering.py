@@ -3,7 +3,9 @@
 - `learners` imports neither `sampling` nor `napari_paser`; `sampling` never imports `napari_paser`;
 - only `napari_paser/gui/` imports Qt, napari, magicgui, superqt or vispy;
 - no private napari API (`napari._...` modules, `._qt...` attributes) in the package;
-- importing the headless parts (session, jobs, data, bench, cli, learners, sampling) loads no GUI module.
+- importing the headless parts (session, jobs, data, bench, cli, learners, sampling) loads no GUI module;
+- the base install (`pip install napari-paser`) declares no GUI dependency: napari, Qt, magicgui and
+  npe2 come with the `gui` extra.
 
 Imports inside functions count too (a lazy import is still a dependency).
 """
@@ -88,7 +90,8 @@ def test_the_checker_sees_lazy_and_private_imports():
 
 
 HEADLESS = [
-    "learners", "learners.routing.router", "learners.routing.bank", "learners.routing.cascade", "sampling.registry",
+    "learners", "sampling", "napari_paser.jobs", "napari_paser.jobs.segment", "napari_paser.data.volumes",
+    "learners.routing.router", "learners.routing.bank", "learners.routing.cascade", "sampling.registry",
     "sampling.taudis", "sampling.dqn", "napari_paser", "napari_paser.cli", "napari_paser.session",
     "napari_paser.session.core", "napari_paser.jobs.train", "napari_paser.jobs.policy", "napari_paser.jobs.predict",
     "napari_paser.jobs.demo", "napari_paser.data.dataset", "napari_paser.data.export", "napari_paser.bench.al",
@@ -102,7 +105,7 @@ def test_headless_imports_load_no_gui_module():
         "import importlib, json, sys\n"
         f"for name in {HEADLESS!r}:\n"
         "    importlib.import_module(name)\n"
-        f"gui = {sorted(GUI_LIBRARIES)!r}\n"
+        f"gui = {sorted(GUI_LIBRARIES | {'npe2'})!r}\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in gui)))\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
@@ -117,3 +120,23 @@ def test_the_gui_folder_is_where_qt_lives(module):
     path = ROOT / (module.replace(".", "/") + ".py")
     roots = {name.split(".")[0] for _, name in _imports(ast.parse(path.read_text()))}
     assert roots & GUI_LIBRARIES
+
+
+def _requirement_name(req: str) -> str:
+    import re
+
+    return re.split(r"[\s\[<>=!~;]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_the_base_install_declares_no_gui_dependency():
+    """A cluster worker running `paser segment` installs the base set: no napari, Qt or magicgui there;
+    the `gui` extra has them, with a Qt 6 binding (napari's PyQt5 support is deprecated)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    gui = {name.lower() for name in GUI_LIBRARIES} | {"npe2", "pyqt5-qt5", "pyqt6-qt6"}
+    base = {_requirement_name(r) for r in project["dependencies"]}
+    assert not base & gui, f"GUI packages in the base dependencies: {sorted(base & gui)}"
+    extra = {_requirement_name(r) for r in project["optional-dependencies"]["gui"]}
+    assert {"napari", "magicgui", "qtpy", "npe2"} <= extra
+    assert extra & {"pyqt6", "pyside6"} and not extra & {"pyqt5", "pyside2"}, extra

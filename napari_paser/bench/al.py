@@ -10,7 +10,7 @@ trained on every region of the pool for as many steps as the longest AL run); th
 shares of the labeled pixels; and the wall time of a proposal step (computing what the
 sampler reads + selecting) and of a retraining.
 
-Verdicts (issue 15): the comparison is paired per seed (same seed set, same test split), so
+Verdicts: the comparison is paired per seed (same seed set, same test split), so
 each sampler's difference to random is taken seed by seed, at every budget and for the AUC,
 and reported with a percentile-bootstrap 95% interval of the mean difference (an interval
 excluding 0 is a verdict, one straddling it is not). The headline budget is the sustained one
@@ -146,8 +146,8 @@ def stored_traces(summary: dict, n: int) -> list[StoredTrace]:
 
 
 def vs_taudis(samplers: dict, rare: int) -> dict:
-    """Each DQN sampler's paired per-seed differences to TAUDIS (issue 15's target: the DQN at or above
-    TAUDIS), over the seeds both ran; {} without TAUDIS."""
+    """Each DQN sampler's paired per-seed differences to TAUDIS (the question: is the DQN at or above
+    TAUDIS?), over the seeds both ran; {} without TAUDIS."""
     if "taudis" not in samplers:
         return {}
     out = {}

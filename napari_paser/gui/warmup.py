@@ -9,7 +9,7 @@ thread for seconds. Freezing the collector's long-lived objects with `gc.freeze(
 napari's full collections, 0.6-1.5 s on each layer removal, to 0.1-0.3 s; not done: a viewer alive
 at the freeze could never be collected. The session's layers are reused in place instead. Nor is
 pint's application registry warmed, which napari builds on the GUI thread for a viewer's first
-layer: about half of the 1.0 s that "Open session" into an empty viewer froze (session 9; 1.07 of
+layer: about half of the 1.0 s that "Open session" into an empty viewer froze (1.07 of
 2.1 s under cProfile for napari's first Image layer alone); pint's LazyRegistry swaps its class before it initialises, so warming
 it here would race napari's own layer creation on the GUI thread.)
 A module that fails to import here is left for the action that needs it to report.

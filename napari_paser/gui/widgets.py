@@ -13,9 +13,10 @@ the one background job. The steps of a person's workflow, each also a widget of 
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QPushButton, QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
 from napari_paser.gui.export_step import ExportWidget
+from napari_paser.gui.help import open_help
 from napari_paser.gui.hub import Hub, hub_for
 from napari_paser.gui.label_step import LabelWidget
 from napari_paser.gui.maps_step import MapsWidget
@@ -42,7 +43,16 @@ class PaserWidget(QWidget):
             scroll.setWidgetResizable(True)
             scroll.setWidget(widget)
             self.tabs.addTab(scroll, title)
+        self.help_button = QPushButton("Help")
+        self.help_button.setToolTip("open the user guide's page for this step in the browser")
+        self.help_button.clicked.connect(lambda: open_help(self.current_step))
+        self.tabs.setCornerWidget(self.help_button)
         QVBoxLayout(self).addWidget(self.tabs)
+
+    @property
+    def current_step(self) -> str:
+        """The title of the step on screen."""
+        return STEPS[self.tabs.currentIndex()][0]
 
     @property
     def hub(self) -> Hub:

@@ -8,7 +8,7 @@ IoU, GFLOPs and parameters, and the per-patch comparison on the held-back test s
 (`patch_gains`, scored as routing runs them: f1/f2 on each patch with a `DEMO_HALO` of context).
 Data and weights are reused on a second run when nothing changed.
 
-Why this data (BENCHMARKS.md, "Demo data", session 7): with `lowres-shading` on these 128 x 128
+Why this data (measured: BENCHMARKS.md, the demo data): with `lowres-shading` on these 128 x 128
 slices f0 beat the patch models on most patches and routing had nothing to decide; with the
 sparse-angle streaks the medium f1 from the starting weights beats f0 on about half of the
 patches, by different amounts, so the policies route a mix near the lambda where its gain pays
@@ -31,12 +31,12 @@ from napari_paser.jobs.train import MODEL_PRESETS, format_metrics, train_run
 
 DEMO_SLICES, DEMO_SIZE, DEMO_SEED = 40, 128, 0
 DEMO_DEGRADATION, DEMO_SPEC = "lowres-sparse-angle", ("lowres", "angles=30")  # folder name; preset + overrides
-DEMO_HALO = 16  # pixels of context f1/f2 see around each 32 x 32 routing patch (session 6: a halo gives back
+DEMO_HALO = 16  # pixels of context f1/f2 see around each 32 x 32 routing patch (a halo gives back
 # what cutting the slice into patches costs)
 DEMO_CORRELATION = 8.0  # phase features of ~8 px survive the 4x down-sampling
 DEMO_TRAIN_SPLITS = ("pretrain",)
-DEMO_SIZES = MODEL_PRESETS  # f2 the paper's large, from scratch: with the shipped wide f2 (session 8) f0, distilled
-# from the better teacher, won more patches and every policy from lambda 0.05 kept f0 everywhere (BENCHMARKS "Demo data")
+DEMO_SIZES = MODEL_PRESETS  # f2 the paper's large, from scratch: with the shipped wide f2, f0, distilled
+# from the better teacher, won more patches and every policy from lambda 0.05 kept f0 everywhere (measured on the demo data)
 GAINS_FILE = "patch-gains.json"
 MIN_GAIN = 0.01  # a patch counts as won by a larger model when its patch IoU is this much above f0's
 

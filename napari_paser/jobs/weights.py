@@ -16,7 +16,7 @@ steps. Everything is seeded, so the command below rebuilds the shipped file:
 writes <role>-3class.pt and <role>-3class.json (provenance: command, options, presets, per-preset
 mIoU on held-out synthetic volumes, torch version, date, time taken). f1 ships so that a
 session's router has a medium model that starts as knowing as f0 (trained from scratch on a
-few regions it lost to f0 everywhere, issue 12), and f2 ships in the "wide" size (4.3M
+few regions it lost to f0 everywhere), and f2 ships in the "wide" size (4.3M
 parameters) because the paper's large costs ~5 s per step on a CPU core.
 """
 

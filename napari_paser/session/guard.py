@@ -2,7 +2,7 @@
 regions than the current ones by more than the held-out set's own noise?
 
 A plain "new mIoU < old mIoU" on 2-9 held-out regions froze the model on noise (SOC cold start,
-BENCHMARKS "Cold start": previous weights kept in 4 of 12 retrains, drops of 0.007-0.019 on 9
+BENCHMARKS.md: previous weights kept in 4 of 12 retrains, drops of 0.007-0.019 on 9
 regions, while more labels helped on the test slices). The decision is a paired bootstrap over
 held-out *regions* (pixels of a region are correlated, regions are the independent units): both
 models' per-region confusion matrices are resampled together, the mIoU of each resample is taken

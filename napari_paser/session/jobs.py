@@ -49,13 +49,13 @@ RETRAIN_CONFIG = TrainConfig(epochs=4, steps_per_epoch=75, batch_size=8, lr=1e-3
 """Default retraining: 300 steps on class-balanced, augmented 64x64 crops (about 20 s for f0 on one
 core), however few labels there are; unlabeled pixels of the crops keep the current model's
 predictions (keep=0.3: on SOC, one 32x32 region then costs the starting model less, 1 -> 0.3 -> 0
-gave mean test mIoU 0.727 / 0.736 / 0.705 over 1- and 3-region sets, BENCHMARKS "Cold start"), so
+gave mean test mIoU 0.727 / 0.736 / 0.705 over 1- and 3-region sets, BENCHMARKS.md), so
 one region without some phase does not erase it; no early stop, the keep-or-replace decision
 comes after."""
 WARM_LR_FACTOR = 0.5
 """A retrain of weights this session retrained before (source "retrain") runs at this share of the lr:
 they already fit most of the labels, and a fresh Adam at the first retrain's rate knocks them off their
-minimum (the AL simulation's warm lr, BENCHMARKS "Active learning"; SOC cold start, lowres-varying, 12k
+minimum (the AL simulation's warm lr; SOC cold start, lowres-varying, 12k
 pixels: test mIoU 0.824 at 1e-3, 0.837 at 5e-4)."""
 PIECE_SIDE = 128
 """Training pieces grow to at least this side around their labels: context, and unlabeled pixels to keep."""

@@ -87,20 +87,20 @@ ROUTER_LAMBDAS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)
 """The bank's cost weights, where the decisions live: Eq. 2 pays (1 - lambda) * (IoU gain) against
 lambda * C(f_k), C the parameter share, so a larger model pays on a patch only while lambda <
 gain / (gain + C). Per-patch gains on real slices are 0.5 to 5 IoU points and a 4.3M-parameter f2
-next to a 17k f0 and a 1.1M f1 has C = 0.80: every member from 0.1 up routed f0 everywhere (SOC
-benchmark, session 8: the members 0.1, 0.3 and 1 were identical, and the GUI opened at 0.3)."""
+next to a 17k f0 and a 1.1M f1 has C = 0.80: every member from 0.1 up routed f0 everywhere (on the SOC
+benchmark the members 0.1, 0.3 and 1 were identical)."""
 ROUTER_SHARES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 """The ranked bank's shares of patches sent to the largest model (`learners.routing.ranked`); its default
 member is the middle one, 0.2: on the SOC session benchmark it scored +0.3, -0.2 and +0.7 mIoU points
-against the best single model at 21-28% of f2's FLOPs (BENCHMARKS.md, "PaSeR routing", session 10); with
-f2 trained longer (session 11) +1.0, 0.0, +0.3 at 32 regions and +0.2, -0.9, -0.7 at 64, where f2 alone
-had become better on most patches."""
+against the best single model at 21-28% of f2's FLOPs with f2 retrained as long as f0; with f2 trained
+three times longer +1.0, 0.0, +0.3 at 32 regions and +0.2, -0.9, -0.7 at 64, where f2 alone had become
+better on most patches (BENCHMARKS.md)."""
 ROUTED_RETRAIN = replace(RETRAIN_CONFIG, epochs=12)
 """Training of the routed larger models: 900 steps, three times f0's retrain (which runs after every batch of
 regions, so f0 has had many). With f0's 300, f2 (4.3M parameters) scored 0.888 / 0.889 / 0.904 on the SOC
 session benchmark's test slices (f0: 0.876 / 0.916 / 0.909); 600 more steps gave 0.905 / 0.920 / 0.905, and
-trained this way at 16, 32 and 64 regions f2 reached 0.903 / 0.882 / 0.926 (BENCHMARKS.md, "PaSeR routing",
-session 11: a better f2 alone, and a smaller margin for the 20% share over it)."""
+trained this way at 16, 32 and 64 regions f2 reached 0.903 / 0.882 / 0.926 (BENCHMARKS.md): a better f2
+alone, and a smaller margin for the 20% share over it."""
 POLICIES = ("ranked", "network")
 POOL_SLICES = 32  # slices of the session whose f0 entropy sets the ranked policies' thresholds
 ROUTER_FILE = "router.json"
@@ -117,7 +117,7 @@ class RouterConfig:
     # PaSeR's policy network per lambda, trained on the cross-fitted reward table
     shares: tuple[float, ...] = ROUTER_SHARES
     tail: float = TAIL  # ranked: a patch's score is its share of the session's `tail` most uncertain pixels (0: its
-    # mean entropy, as up to session 11; `learners.routing.ranked`)
+    # mean entropy; `learners.routing.ranked`)
     lambdas: tuple[float, ...] = ROUTER_LAMBDAS
     epochs: int = 100
     batch_size: int = 8
@@ -130,7 +130,7 @@ class RouterConfig:
     train_models: bool = True
     model_config: TrainConfig | None = None  # None: ROUTED_RETRAIN
     focus: float = 0.0  # > 0: the routed models train where f0 is unsure (`session.jobs.uncertainty_focus`); 2 on
-    # the SOC sessions: f2 alone 0 to 2.4 points worse, routing at 20% no better (BENCHMARKS.md, session 12)
+    # the SOC sessions: f2 alone 0 to 2.4 points worse, routing at 20% no better (BENCHMARKS.md)
     refresh: bool = True  # repeat the last proposal request (the routing sampler reads f1/f2); maps are f0's: current
     seed: int = 0
 
@@ -514,7 +514,7 @@ def ranked_bank(session: Session, models, rewards: RegionRewards, shares, config
 def held_out_choice(summary: dict) -> float | None:
     """What the held-out regions recommend: the bank member with the best held-out mIoU (the cheaper on
     a tie), or None when f0 alone scores higher than every member (then route f0 alone: a policy
-    that looks right on the cross-fitted table can lose on regions no model saw; SOC, session 9: every
+    that looks right on the cross-fitted table can lose on regions no model saw; on SOC slices every
     member sent every patch to f1, 3 points below f0 on the held-out regions and 1.8 on the test
     slices). None too without held-out regions (nothing to recommend from)."""
     held = summary.get("policies") or {}
@@ -550,7 +550,7 @@ def format_router(summary: dict) -> str:
 
 def _ranked_notes(summary: dict) -> list[str]:
     """What a ranked bank does, and a warning when f0 alone beats every share that routes on the held-out
-    regions (they lie near the labels: a warning, not a switch; BENCHMARKS.md, session 10)."""
+    regions (they lie near the labels: a warning, not a switch; BENCHMARKS.md)."""
     largest, f0 = summary["models"][-1], summary["f0_alone"]["iou"]
     notes = [f"routing sends the {summary['default_lambda']:.0%} most uncertain patches (f0's entropy on "
              f"{summary['pool_slices']} slices) to {largest};",
