@@ -199,13 +199,16 @@ def _open_tiff(path: Path) -> Volume:
         with _TiffLog() as log, tifffile.TiffFile(path) as tf:
             series = tf.series[0]
             kind = series.kind
+            # slices written one call each (tifffile's append=True) are one series each: read them as one stack
+            one_per_slice = len(tf.series) > 1 and len(series.shape) == 2 and all(
+                (s.shape, s.dtype) == (series.shape, series.dtype) for s in tf.series)
             _check_tiff_series(path, series, tifffile.PHOTOMETRIC.RGB)
         broken = log.broken()
         if broken and kind != "shaped":  # tifffile's own metadata gives a truncated file's shape; nothing else does
             raise DamagedVolumeError(str(path), "its list of pages", None,
                                      f"the list ends early, so the number of slices is unknown; tifffile: {broken}")
         with _TiffLog():
-            z = zarr.open(tifffile.imread(path, aszarr=True, series=0), mode="r")
+            z = zarr.open(tifffile.imread(path, aszarr=True, series=0, is_shaped=not one_per_slice), mode="r")
     except PaserInputError:
         raise
     except Exception as exc:  # tifffile raises many types for damaged files; all mean the same to a user
