@@ -198,7 +198,7 @@ def process_block(job: SegmentJob, block: Block, device: str = "auto", threads: 
                                                 np.nan if dtype == "float32" else UNREADABLE, dtype)
                                   for name, dtype in arrays_of(job.what).items()})
         damaged.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(damaged, json.dumps({"block": block.index, **exc.record()}))
+        atomic_write_text(damaged, json.dumps({"index": block.index, **exc.record()}))
         return {}
     _write_block(job, block, arrays)
     atomic_write_text(marker, json.dumps({"block": block.index, "flops": flops}))
@@ -304,7 +304,7 @@ def damaged_blocks(out: str | Path) -> list[dict]:
             found.append(json.loads(path.read_text()))
         except (OSError, ValueError):
             continue
-    return sorted(found, key=lambda r: r.get("block", 0))
+    return sorted(found, key=lambda r: r.get("index", 0))
 
 
 def _open_out(out: str):
