@@ -34,8 +34,9 @@ lambda, GFLOPs spent, f2-everywhere GFLOPs, normalisation, ...).
 
 A damaged input (a truncated TIFF page, a zarr or HDF5 chunk that does not decode, an
 unreadable slice file) stops the job with one `DamagedVolumeError` line naming the file, the
-slice or chunk and the block; the blocks finished before it keep their markers (a rerun does
-not redo them) and the provenance records the failure under "failed_block". With
+slice or chunk and the block; the blocks finished before it (and those already running on a
+cluster, which finish first) keep their markers, so a rerun does not redo them, and the
+provenance records the failure under "failed_block". With
 `skip_damaged` a block whose input cannot be read is written as unlabeled instead
 (`UNREADABLE` in segmentation and routing, NaN in entropy and BALD), listed under
 "damaged_blocks", and tried again by the next run (the file may have been re-exported).
@@ -640,9 +641,11 @@ def _run_distributed(job, todo, workers, scheduler, device, threads, processes, 
                 time.sleep(0.2)
                 continue
             for fut in pending.next_batch(block=False):
-                if isinstance(damaged := fut.result(), DamagedVolumeError):
-                    raise damaged
+                result = fut.result()
                 futures.remove(fut)
+                if isinstance(result, DamagedVolumeError):
+                    client.gather(futures, errors="skip")  # the few blocks in flight (two per thread) finish
+                    raise result
                 top_up()
                 yield block_of.pop(fut.key)
     finally:  # Ctrl-C, cancel or an error: stop the rest; finished blocks keep their markers
