@@ -211,10 +211,16 @@ def test_a_block_that_fails_keeps_the_finished_ones_and_a_rerun_does_not_redo_th
     assert prov["failed_block"]["z"] == [BAD_Z, BAD_Z + 1]
 
     summary = seg.segment_volume(run, scan, out, skip_damaged=True, **kw)
-    assert summary.done_before == len(kept) and summary.damaged == per_slice  # the halo reaches the bad chunk
+    assert summary.done_before == len(kept) and summary.damaged == 1  # the block holding the bad chunk
     assert all(_markers(out)[k] == t for k, t in kept.items())  # not recomputed
     prov = dict(zarr.open_group(str(out), mode="r").attrs)["paser"]
-    assert prov["failed_block"] is None and len(prov["damaged_blocks"]) == per_slice and not prov["complete"]
+    assert prov["failed_block"] is None and not prov["complete"]
+    assert [d["block"] for d in prov["damaged_blocks"]] == [f"z{BAD_Z}-y32-x0"]
+    # its neighbours read their own pixels: segmented, their halo into the bad chunk mirrored from themselves
+    assert sorted(d["block"] for d in prov["halo_damaged_blocks"]) == [f"z{BAD_Z}-y0-x0", f"z{BAD_Z}-y0-x32",
+                                                                       f"z{BAD_Z}-y32-x32"]
+    labels = zarr.open_group(str(out), mode="r")["segmentation"]["0"][BAD_Z]
+    assert (labels[32:, :32] == seg.UNREADABLE).all() and not (labels[:32] == seg.UNREADABLE).any()
 
     (scan / f"{BAD_Z}.1.0").write_bytes(good)  # re-exported: the next run fills in the damaged blocks
     summary = seg.segment_volume(run, scan, out, **kw)

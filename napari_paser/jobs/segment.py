@@ -39,7 +39,10 @@ cluster, which finish first) keep their markers, so a rerun does not redo them, 
 provenance records the failure under "failed_block". With
 `skip_damaged` a block whose input cannot be read is written as unlabeled instead
 (`UNREADABLE` in segmentation and routing, NaN in entropy and BALD), listed under
-"damaged_blocks", and tried again by the next run (the file may have been re-exported).
+"damaged_blocks", and tried again by the next run (the file may have been re-exported); a
+block whose own pixels read but whose halo reaches a damaged neighbour is segmented with its
+halo mirrored from itself (borders as at the volume's edge) and listed under
+"halo_damaged_blocks".
 """
 
 from __future__ import annotations
@@ -190,7 +193,7 @@ def process_block(job: SegmentJob, block: Block, device: str = "auto", threads: 
     damaged = _damaged_marker(job.out, block)
     try:
         with torch.no_grad():
-            arrays, flops = _segment_block(job, block, wm)
+            arrays, flops, halo_damage = _segment_block(job, block, wm, skip_damaged)
     except DamagedVolumeError as exc:
         exc = exc.with_job(block.name, "", exc.hint)
         if not skip_damaged:
@@ -202,7 +205,8 @@ def process_block(job: SegmentJob, block: Block, device: str = "auto", threads: 
         atomic_write_text(damaged, json.dumps({"index": block.index, **exc.record()}))
         return {}
     _write_block(job, block, arrays)
-    atomic_write_text(marker, json.dumps({"block": block.index, "flops": flops}))
+    record = {"block": block.index, "flops": flops, **({"halo_damaged": halo_damage} if halo_damage else {})}
+    atomic_write_text(marker, json.dumps(record))
     damaged.unlink(missing_ok=True)  # read this time: the file was re-exported
     return flops
 
@@ -235,13 +239,14 @@ def tile_grid(patching: Patching, tile: int) -> tuple[int, int]:
     return tile // ph, tile // pw
 
 
-def _segment_block(job: SegmentJob, block: Block, wm: WorkerModels) -> tuple[dict, dict]:
-    vol = cached_volume(job.image)
+def _segment_block(job: SegmentJob, block: Block, wm: WorkerModels, skip_damaged: bool = False,
+                   ) -> tuple[dict, dict, str]:
+    """(arrays, FLOPs, where the halo was damaged: "" when it was read)."""
     ny, nx = job.shape[1:]
     halo = job.halo if job.what != "f2" else 0
     hy0, hy1 = max(block.y0 - halo, 0), min(block.y1 + halo, ny)
     hx0, hx1 = max(block.x0 - halo, 0), min(block.x1 + halo, nx)
-    raw = vol.read(slice(block.z, block.z + 1), slice(hy0, hy1), slice(hx0, hx1))[0]
+    raw, halo_damage = _read_with_halo(job, block, (hy0, hy1, hx0, hx1), skip_damaged)
     image = normalise(raw, job.lo, job.hi)
     inner = (slice(block.y0 - hy0, block.y1 - hy0), slice(block.x0 - hx0, block.x1 - hx0))
     h, w = block.y1 - block.y0, block.x1 - block.x0
@@ -257,7 +262,7 @@ def _segment_block(job: SegmentJob, block: Block, wm: WorkerModels) -> tuple[dic
         if job.what == "maps":
             out["bald"] = maps.bald[inner]
             out["routing"] = np.zeros((h, w), np.uint8)
-            return out, flops
+            return out, flops, halo_damage
     tile_img = _pad_to(image[inner], job.tile)
     if job.what == "route":
         pred = _pad_to(out["segmentation"], job.tile)
@@ -276,7 +281,25 @@ def _segment_block(job: SegmentJob, block: Block, wm: WorkerModels) -> tuple[dic
     routing = np.repeat(np.repeat(result.routing[0], cells[0], 0), cells[1], 1)[:h, :w]
     out["segmentation"] = result.segmentation[0][:h, :w]
     out["routing"] = routing.astype(np.uint8)
-    return out, flops
+    return out, flops, halo_damage
+
+
+def _read_with_halo(job: SegmentJob, block: Block, box: tuple[int, int, int, int], skip_damaged: bool,
+                    ) -> tuple[np.ndarray, str]:
+    """(the block's slice with its halo, "" or the damaged place): with `skip_damaged`, a halo that reaches
+    a damaged chunk of a neighbour is mirrored from the block itself, so the block is still segmented
+    (its borders as at the volume's edge) rather than left unlabeled; a damaged block itself raises."""
+    vol = cached_volume(job.image)
+    hy0, hy1, hx0, hx1 = box
+    z = slice(block.z, block.z + 1)
+    try:
+        return vol.read(z, slice(hy0, hy1), slice(hx0, hx1))[0], ""
+    except DamagedVolumeError as exc:
+        if not skip_damaged or box == (block.y0, block.y1, block.x0, block.x1):
+            raise
+        inner = vol.read(z, slice(block.y0, block.y1), slice(block.x0, block.x1))[0]
+        pads = ((block.y0 - hy0, hy1 - block.y1), (block.x0 - hx0, hx1 - block.x1))
+        return np.pad(inner, pads, mode="symmetric"), exc.place
 
 
 def _pad_to(a: np.ndarray, tile: int) -> np.ndarray:
@@ -475,7 +498,8 @@ class SegmentSummary:
                 else f"{self.gflops:.1f} GFLOPs, {share:.0%} of the largest model everywhere")
         if self.damaged:
             return (f"segmented {self.blocks - self.damaged} of {self.blocks} blocks{resumed} in {self.seconds:.1f} s "
-                    f"({self.what}): {cost}; {self.damaged} blocks could not be read and are left unlabeled "
+                    f"({self.what}): {cost}; {self.damaged} block{'s' if self.damaged > 1 else ''} could not be read and "
+                    f"{'are' if self.damaged > 1 else 'is'} left unlabeled "
                     f"({UNREADABLE}), listed under damaged_blocks in the provenance of {self.out}")
         return f"segmented {self.blocks} blocks{resumed} in {self.seconds:.1f} s ({self.what}): {cost}; output in {self.out}"
 
@@ -567,8 +591,8 @@ def segment_steps(run: str | Path, image: str | Path, out: str | Path, what: str
 
 def _finish(job: SegmentJob, blocks: list[Block], failed: dict | None = None) -> tuple[int, dict, int]:
     """Write the provenance as the output stands: (finished blocks, FLOPs by model, f2-everywhere FLOPs)."""
-    flops, f2_all = _sum_flops(job, blocks), f2_everywhere_flops(job, len(blocks))
-    _write_provenance(job, blocks, flops, f2_all, failed)
+    (flops, halo_damaged), f2_all = _sum_flops(job, blocks), f2_everywhere_flops(job, len(blocks))
+    _write_provenance(job, blocks, flops, f2_all, failed, halo_damaged)
     return sum(_marker(job.out, b).is_file() for b in blocks), flops, f2_all
 
 
@@ -655,17 +679,23 @@ def _run_distributed(job, todo, workers, scheduler, device, threads, processes, 
             cluster.close()
 
 
-def _sum_flops(job: SegmentJob, blocks: list[Block]) -> dict[str, int]:
+def _sum_flops(job: SegmentJob, blocks: list[Block]) -> tuple[dict[str, int], list[dict]]:
+    """(FLOPs by model of the finished blocks, those whose halo was damaged: block and place)."""
     total: dict[str, int] = {}
+    halo_damaged = []
     for b in blocks:
         m = _marker(job.out, b)
         if m.is_file():
-            for k, v in json.loads(m.read_text())["flops"].items():
+            record = json.loads(m.read_text())
+            for k, v in record["flops"].items():
                 total[k] = total.get(k, 0) + int(v)
-    return total
+            if record.get("halo_damaged"):
+                halo_damaged.append({"block": b.name, "place": record["halo_damaged"]})
+    return total, halo_damaged
 
 
-def _write_provenance(job: SegmentJob, blocks, flops: dict, f2_all: int, failed: dict | None = None) -> None:
+def _write_provenance(job: SegmentJob, blocks, flops: dict, f2_all: int, failed: dict | None = None,
+                      halo_damaged: list[dict] | None = None) -> None:
     import zarr
 
     root = zarr.open_group(job.out, mode="r+")
@@ -673,6 +703,7 @@ def _write_provenance(job: SegmentJob, blocks, flops: dict, f2_all: int, failed:
     root.attrs["paser"] = {
         "format": FORMAT, "complete": done == len(blocks), "blocks": len(blocks), "blocks_done": int(done),
         "damaged_blocks": damaged_blocks(job.out), "failed_block": failed,
+        "halo_damaged_blocks": halo_damaged or [],
         "images": list(arrays_of(job.what)), "run": job.run, "image": job.image, "what": job.what,
         "lambda": job.lam, "tile": job.tile, "halo": job.halo, "samples": job.samples, "seed": job.seed,
         "grid": list(job.grid), "normalisation": {"lo": job.lo, "hi": job.hi},
