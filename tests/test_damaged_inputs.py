@@ -4,7 +4,6 @@ output's provenance, and `--skip-damaged` leaves unreadable blocks unlabeled. Ti
 
 from __future__ import annotations
 
-import json
 import pickle
 import re
 import shutil
