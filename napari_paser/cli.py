@@ -259,7 +259,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         summary = segment_volume(args.run, args.image, args.out, what=args.what, lam=args.lam, tile=args.tile,
                                  workers=1 if args.workers is None else args.workers, scheduler=args.scheduler,
                                  device=args.device, samples=args.samples, seed=args.seed, threads=args.threads,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, skip_damaged=args.skip_damaged)
     except KeyboardInterrupt:
         print(f"paser: interrupted; finished blocks are kept in {args.out}: rerun the same command to resume",
               file=sys.stderr)
@@ -585,6 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=COUNT, help="torch threads per worker (default: the cores shared out)")
     p.add_argument("--samples", type=COUNT, default=5, help="f0 MC-dropout passes (default 5)")
     p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--skip-damaged", action="store_true",
+                   help="a block whose input cannot be read (damaged file) is left unlabeled (255) and listed in the "
+                        "output's provenance, instead of stopping the job")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_segment)
 

@@ -182,3 +182,36 @@ def test_a_session_read_in_place_reopens(gui, qtbot, tmp_path):
     assert again is not s and again.image_path == s.image_path
     shown = viewer.layers["paser image"]
     np.testing.assert_array_equal(np.asarray(shown.data[1]), zarr.open_array(str(root / "scan.zarr"))[1])
+
+
+@pytest.fixture
+def damaged_gui(make_napari_viewer, data, tmp_path, monkeypatch):
+    """The `gui` fixture on a copy of the scan (damaged by the test), error notifications collected."""
+    from napari_paser.gui import hub as hub_module
+
+    root, run = data
+    monkeypatch.chdir(tmp_path)
+    zarr.create_array(str(tmp_path / "scan.zarr"), data=volume((2, 64, 64)), chunks=(1, 32, 32))
+    errors: list[str] = []
+    monkeypatch.setattr(hub_module, "show_error", errors.append)
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "scan.zarr"), plugin=PLUGIN)
+    return viewer, PaserWidget(viewer), tmp_path / "scan.zarr", run, errors
+
+
+def test_a_damaged_chunk_read_by_the_tiled_maps_or_the_volume_job_is_one_notification(damaged_gui, qtbot, tmp_path):
+    viewer, widget, scan, run, errors = damaged_gui
+    start(qtbot, widget, tmp_path, run)
+    (scan / "c" / "1" / "0" / "1").write_bytes(b"garbage" * 9)  # slice 1, y 0-31, x 32-63
+    for layer in viewer.layers:  # the maps job reads the slice itself, not the layers on screen
+        layer.visible = False
+    viewer.dims.set_current_step(0, 1)
+    maps = widget.steps["Maps"]
+    maps.samples.setValue(1)
+    maps.slice_button.click()
+    qtbot.waitUntil(lambda: not widget.hub.busy, timeout=WAIT_MS)
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert "scan.zarr: chunk (1, 0, 1) (slice 1, y 0-31, x 32-63" in errors[0] and "re-export" in errors[0]
+    w, _ = _segment(qtbot, widget, "maps")
+    assert len(errors) == 2 and "scan.zarr: chunk (1, 0, 1)" in errors[1] and "--skip-damaged" in errors[1], errors
+    assert w.last is None and "failed" in w.job.message.text()

@@ -113,3 +113,12 @@ def test_bad_volumes_get_clear_errors(tmp_path, vol):
     (tmp_path / "empty").mkdir()
     with pytest.raises(PaserInputError, match="no .tif"):
         open_volume(tmp_path / "empty")
+
+
+def test_a_tiff_written_one_slice_at_a_time_opens_as_the_whole_stack(tmp_path):
+    v = np.arange(4 * 16 * 16, dtype=np.uint16).reshape(4, 16, 16)
+    for z in range(4):  # tifffile.imwrite(..., append=True): one series per slice
+        tifffile.imwrite(tmp_path / "appended.tif", v[z], append=True)
+    vol = open_volume(tmp_path / "appended.tif")
+    assert vol.shape == (4, 16, 16)
+    np.testing.assert_array_equal(vol.read(slice(0, 4), slice(0, 16), slice(0, 16)), v)

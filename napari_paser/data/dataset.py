@@ -426,11 +426,12 @@ def robust_range(images: np.ndarray, low: float = 0.5, high: float = 99.5) -> tu
     sample = _subsample(images)
     lo, hi = (float(v) for v in np.percentile(sample, [low, high]))
     if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise PaserInputError("robust_range: the image holds NaN or inf; replace them first.")
+        raise PaserInputError("the image holds NaN (not-a-number) or infinite values: replace them (e.g. with 0, "
+                              "np.nan_to_num) or re-export the image without them")
     if hi <= lo:
         raise PaserInputError(
-            f"robust_range: constant image (the {low} and {high} percentiles are both {lo}); "
-            "there is no contrast to normalise. Check that the right file was loaded."
+            f"constant image: its {low} and {high} percentiles are both {lo}, so there is no contrast to "
+            "segment; check that the right file was loaded"
         )
     return lo, hi
 

@@ -12,7 +12,10 @@ picklable spec string, so dask workers reopen it themselves (file handles do not
     scan.h5:/entry/data       an HDF5 dataset (.h5, .hdf5, .hdf, .nxs)
 
 Anything else (RGB, time series or multichannel images, slices of differing shapes, a missing
-dataset) is a `PaserInputError` naming the file and the fix.
+dataset) is a `PaserInputError` naming the file and the fix. Every chunk is read through
+`read_errors.guarded_array`, so a damaged part (a truncated TIFF page, a zarr or HDF5 chunk
+that does not decode, an unreadable slice file) fails wherever it is read, on any dask worker,
+as a `DamagedVolumeError` naming the file and the slice or chunk.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import dask.array as da
 import numpy as np
 
 from napari_paser.data.dataset import robust_range
+from napari_paser.data.read_errors import DamagedVolumeError, guarded_array, guarded_call
 from napari_paser.errors import PaserInputError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -55,9 +59,24 @@ class Volume:
         """One block as numpy, read in this thread (never through a distributed client)."""
         return np.asarray(self.array[z, y, x].compute(scheduler="synchronous"))
 
-    def intensity_range(self, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:
-        """Robust (lo, hi) percentiles from a sample of the volume's chunks (never the whole volume)."""
-        return robust_range(self.array, low, high)
+    def intensity_range(self, low: float = 0.5, high: float = 99.5, skip_damaged: bool = False,
+                        ) -> tuple[float, float]:
+        """Robust (lo, hi) percentiles from a sample of the volume's chunks (never the whole volume).
+        `skip_damaged`: chunks that cannot be read are left out of the sample instead of failing."""
+        from napari_paser.data.dataset import _subsample
+
+        try:
+            if not skip_damaged:
+                return robust_range(self.array, low, high)
+            sample = np.asarray(_subsample(_SkippingDamaged(self.array)), np.float64).ravel()
+            sample = sample[sample.view(np.uint64) != _DAMAGED_BITS]
+            if not sample.size:
+                raise PaserInputError("no part of it can be read: re-export it")
+            return robust_range(sample, low, high)
+        except DamagedVolumeError:
+            raise
+        except PaserInputError as exc:  # NaN values, a constant image: say which volume
+            raise PaserInputError(f"{self.spec}: {exc}") from None
 
 
 def open_volume(spec: str | Path) -> Volume:
@@ -115,6 +134,33 @@ class VolumeView:
         return np.asarray(self[...], dtype=dtype)
 
 
+_DAMAGED_BITS = np.uint64(0x7FF8_0000_DEAD_BEEF)
+"""A NaN of its own: a voxel of a chunk that could not be read (the volume's own NaNs stay NaN and are refused)."""
+
+
+class _SkippingDamaged:
+    """A volume as the intensity sample reads it when damaged chunks are skipped: float64, each chunk
+    that cannot be read filled with the `_DAMAGED_BITS` NaN (then left out of the sample)."""
+
+    def __init__(self, array: da.Array) -> None:
+        self.array, self.shape, self.chunks, self.dtype = array, array.shape, array.chunks, np.dtype(np.float64)
+
+    def __getitem__(self, index) -> np.ndarray:
+        from dask.array.core import slices_from_chunks
+
+        part = self.array[index]
+        out = np.empty(part.shape, np.float64)
+        for box in slices_from_chunks(part.chunks):
+            try:
+                out[box] = part[box].compute(scheduler="synchronous")
+            except DamagedVolumeError:
+                out[box].view(np.uint64)[...] = _DAMAGED_BITS
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self[...], dtype=dtype)
+
+
 def spec_file(spec: str | Path) -> Path:
     """The file or folder a volume spec names (the HDF5 file of `scan.h5:/entry/data`)."""
     m = _HDF5_SPEC.match(str(spec))
@@ -129,8 +175,9 @@ def as_zyx(arr: da.Array, where: str) -> da.Array:
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
-        raise PaserInputError(f"{where} has shape {tuple(arr.shape)} ({arr.ndim}D): a greyscale volume (Z, Y, X) "
-                              "is needed; export one channel and one time point")
+        raise PaserInputError(f"{where} is a {arr.ndim}D {'stack' if arr.ndim > 3 else 'array'}, shape "
+                              f"{tuple(arr.shape)}: a greyscale volume (Z, Y, X) is needed; save one channel and "
+                              "one time point as a 3D stack")
     if arr.shape[-1] in (3, 4) and min(arr.shape[:2]) > 4:
         raise PaserInputError(f"{where} looks like an RGB(A) image, shape {tuple(arr.shape)}: convert it to "
                               "greyscale (one value per voxel)")
@@ -149,19 +196,69 @@ def _open_tiff(path: Path) -> Volume:
     import zarr
 
     try:
-        with tifffile.TiffFile(path) as tf:
+        with _TiffLog() as log, tifffile.TiffFile(path) as tf:
             series = tf.series[0]
-            if series.keyframe.photometric == tifffile.PHOTOMETRIC.RGB or "S" in series.axes:
-                raise PaserInputError(f"{path} is an RGB(A) TIFF, shape {series.shape}: convert it to greyscale "
-                                      "(e.g. Fiji Image > Type > 16-bit)")
-        store = tifffile.imread(path, aszarr=True, series=0)
-        arr = da.from_zarr(zarr.open(store, mode="r"))
+            kind = series.kind
+            # slices written one call each (tifffile's append=True) are one series each: read them as one stack
+            one_per_slice = len(tf.series) > 1 and len(series.shape) == 2 and all(
+                (s.shape, s.dtype) == (series.shape, series.dtype) for s in tf.series)
+            _check_tiff_series(path, series, tifffile.PHOTOMETRIC.RGB)
+        broken = log.broken()
+        if broken and kind != "shaped":  # tifffile's own metadata gives a truncated file's shape; nothing else does
+            raise DamagedVolumeError(str(path), "its list of pages", None,
+                                     f"the list ends early, so the number of slices is unknown; tifffile: {broken}")
+        with _TiffLog():
+            z = zarr.open(tifffile.imread(path, aszarr=True, series=0, is_shaped=not one_per_slice), mode="r")
     except PaserInputError:
         raise
     except Exception as exc:  # tifffile raises many types for damaged files; all mean the same to a user
         raise PaserInputError(f"{path} is not a readable TIFF ({type(exc).__name__}: {exc}): re-save it as a "
                               "multi-page TIFF") from None
+    arr = guarded_array(z, str(path), z.chunks, z.chunks if z.ndim > 2 and z.chunks[0] > 1 else None, unit="page")
     return Volume(str(path.resolve()), as_zyx(arr, str(path)), "tiff")
+
+
+def _check_tiff_series(path: Path, series, rgb) -> None:
+    """Refuse colour and 4D+ TIFFs, saying what the file holds in the user's terms."""
+    shape, axes = tuple(series.shape), series.axes
+    colour = series.keyframe.photometric == rgb or "S" in axes
+    if len(shape) > 3:
+        tagged = " (the TIFF marks an axis of 3 or 4 as RGB(A) colour samples)" if colour else ""
+        raise PaserInputError(f"{path} is a {len(shape)}D stack, shape {shape}, axes {axes}{tagged}: segmentation "
+                              "needs one greyscale (Z, Y, X) volume; save one channel and one time point as a 3D "
+                              "stack")
+    if colour:
+        raise PaserInputError(f"{path} is an RGB(A) colour TIFF, shape {shape}: convert it to greyscale "
+                              "(e.g. Fiji Image > Type > 16-bit)")
+
+
+class _TiffLog:
+    """While open, tifffile's log lines are kept instead of printed: a broken page list (a truncated or
+    corrupt file, which tifffile reads as fewer pages than it had) is a damaged file, not a log line."""
+
+    def __enter__(self) -> _TiffLog:
+        import logging
+
+        seen = self.seen = []
+
+        class _Keep(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                seen.append(" ".join(record.getMessage().split()))
+
+        self.logger = logging.getLogger("tifffile")
+        self.handler, self.propagate = _Keep(logging.WARNING), self.logger.propagate
+        self.logger.addHandler(self.handler)
+        self.logger.propagate = False
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.logger.removeHandler(self.handler)
+        self.logger.propagate = self.propagate
+
+    def broken(self) -> str:
+        """The first line that says the file's structure is broken ("" when none)."""
+        words = ("invalid page offset", "truncat", "corrupt")
+        return next((m[:120] for m in self.seen if any(w in m.lower() for w in words)), "")
 
 
 def _open_tiff_folder(folder: Path) -> Volume:
@@ -172,31 +269,39 @@ def _open_tiff_folder(folder: Path) -> Volume:
         raise PaserInputError(f"{folder} holds no .tif/.tiff slices (and is not a zarr folder): point --image at "
                               "a TIFF stack, a folder of TIFF slices or a .zarr")
     shapes, dtype = [], None
-    for f in files:
+    for f in files:  # a slice whose header cannot be read fails (named, skippable) when it is read
         try:
-            with tifffile.TiffFile(f) as tf:
+            with _TiffLog(), tifffile.TiffFile(f) as tf:
                 page = tf.series[0]
                 shapes.append(tuple(page.shape))
                 dtype = dtype or page.dtype
-        except Exception as exc:
-            raise PaserInputError(f"{f} is not a readable TIFF ({type(exc).__name__}): remove or re-save it") from None
-    first = shapes[0]
+        except Exception:
+            shapes.append(None)
+    readable = [(f, s) for f, s in zip(files, shapes) if s is not None]
+    if not readable:
+        raise PaserInputError(f"no slice in {folder} is a readable TIFF (e.g. {files[0].name}): re-export the slices")
+    first_file, first = readable[0]
     if len(first) != 2:
-        raise PaserInputError(f"{files[0]} has shape {first}: a folder of slices needs one 2D greyscale TIFF "
+        raise PaserInputError(f"{first_file} has shape {first}: a folder of slices needs one 2D greyscale TIFF "
                               "per slice")
-    odd = next((f for f, s in zip(files, shapes) if s != first), None)
+    odd = next(((f, s) for f, s in readable if s != first), None)
     if odd is not None:
-        raise PaserInputError(f"the slices in {folder} differ in shape: {files[0].name} is {first} but {odd.name} "
-                              f"is {shapes[files.index(odd)]}; every slice of a volume must have the same size")
+        raise PaserInputError(f"the slices in {folder} differ in shape: {first_file.name} is {first} but "
+                              f"{odd[0].name} is {odd[1]}; every slice of a volume must have the same size")
     read = dask.delayed(_read_page, pure=True)
-    arr = da.stack([da.from_delayed(read(str(f)), first, dtype=dtype) for f in files])
+    arr = da.stack([da.from_delayed(read(str(f), z), first, dtype=dtype) for z, f in enumerate(files)])
     return Volume(str(folder.resolve()), as_zyx(arr, str(folder)), "tiff-folder")
 
 
-def _read_page(path: str) -> np.ndarray:
+def _read_page(path: str, z: int) -> np.ndarray:
+    """Slice z of a TIFF folder: its file, read whole (a damaged one names the file and the slice)."""
     import tifffile
 
-    return tifffile.imread(path, key=0)
+    def read() -> np.ndarray:
+        with _TiffLog():
+            return tifffile.imread(path, key=0)
+
+    return guarded_call(read, path, f"slice {z} of its folder", (z, z + 1))
 
 
 # ----------------------------------------------------------------------------- zarr and OME-Zarr
@@ -220,18 +325,24 @@ def _open_zarr(path: Path) -> Volume:
     except Exception as exc:
         raise PaserInputError(f"{path} is not a readable zarr store ({type(exc).__name__}: {exc})") from None
     if isinstance(node, zarr.Array):
-        return Volume(str(path.resolve()), as_zyx(da.from_zarr(node), str(path)), "zarr")
+        return Volume(str(path.resolve()), as_zyx(_zarr_reads(node, path), str(path)), "zarr")
     ms = ngff_multiscales(dict(node.attrs))
     if ms is None:
         arrays = sorted(name for name, _ in node.arrays())
         raise PaserInputError(f"{path} is a zarr group without OME-Zarr multiscales metadata; point at one of its "
                               f"arrays instead ({', '.join(path.name + '/' + a for a in arrays[:5]) or 'none found'})")
     level0 = ms[0]["datasets"][0]["path"]
-    arr = da.from_zarr(node[level0])
+    arr = _zarr_reads(node[level0], path)
     axes = [a if isinstance(a, dict) else {"name": a} for a in ms[0].get("axes", [])]
     if axes and len(axes) == arr.ndim:
         arr = _squeeze_ngff(arr, axes, path)
     return Volume(str(path.resolve()), as_zyx(arr, f"{path} (OME-Zarr level {level0})"), "ome-zarr")
+
+
+def _zarr_reads(array, path: Path) -> da.Array:
+    """A zarr array read lazily by its own chunks, each failing chunk named (see `read_errors`)."""
+    chunks = tuple(int(c) for c in array.chunks)
+    return guarded_array(array, str(path), chunks, chunks)
 
 
 def _squeeze_ngff(arr: da.Array, axes: list[dict], path: Path) -> da.Array:
@@ -275,7 +386,7 @@ def _open_hdf5(text: str, m: re.Match | None) -> Volume:
                               f"{', '.join(datasets[:8]) or 'none'}")
     dset = h5[inner]
     chunks = dset.chunks or (1,) * (dset.ndim - 2) + tuple(dset.shape[-2:])
-    arr = da.from_array(dset, chunks=chunks, lock=True)
+    arr = guarded_array(dset, f"{file}:{inner}", chunks, dset.chunks, lock=True)
     return Volume(f"{Path(file).resolve()}:{inner}", as_zyx(arr, f"{file}:{inner}"), "hdf5")
 
 

@@ -31,6 +31,18 @@ Output (OME-Zarr, NGFF 0.4, zarr format 2): OUT.zarr/segmentation/0 (uint8 class
 entropy/0 and bald/0 (float32 nats; not in f2 mode), routing/0 (uint8 model index per pixel),
 each an NGFF image group; OUT.zarr's attributes hold the provenance under "paser" (run,
 lambda, GFLOPs spent, f2-everywhere GFLOPs, normalisation, ...).
+
+A damaged input (a truncated TIFF page, a zarr or HDF5 chunk that does not decode, an
+unreadable slice file) stops the job with one `DamagedVolumeError` line naming the file, the
+slice or chunk and the block; the blocks finished before it (and those already running on a
+cluster, which finish first) keep their markers, so a rerun does not redo them, and the
+provenance records the failure under "failed_block". With
+`skip_damaged` a block whose input cannot be read is written as unlabeled instead
+(`UNREADABLE` in segmentation and routing, NaN in entropy and BALD), listed under
+"damaged_blocks", and tried again by the next run (the file may have been re-exported); a
+block whose own pixels read but whose halo reaches a damaged neighbour is segmented with its
+halo mirrored from itself (borders as at the volume's edge) and listed under
+"halo_damaged_blocks".
 """
 
 from __future__ import annotations
@@ -58,6 +70,7 @@ from learners.grid import Grid, Patching
 from learners.routing.router import F0State, execute_routing, policy_probabilities
 from learners.uncertainty import receptive_halo, uncertainty_maps  # noqa: F401 (receptive_halo: its home was here)
 from napari_paser.data.dataset import normalise
+from napari_paser.data.read_errors import DamagedVolumeError
 from napari_paser.data.volumes import cached_volume, ngff_attrs, open_volume
 from napari_paser.errors import PaserInputError
 
@@ -65,7 +78,12 @@ MODES = ("maps", "route", "f2")
 JOB_DIR = ".paser"
 JOB_FILE = "job.json"
 DONE_DIR = "done"
+DAMAGED_DIR = "damaged"
 FORMAT = "napari-paser/segment"
+UNREADABLE = 255
+"""Class index and model index of a block whose input could not be read (`skip_damaged`): no class."""
+SKIP_HINT = ("re-export the volume and rerun the same command, or rerun with --skip-damaged to leave the damaged "
+             "blocks unlabeled (listed in the output's provenance)")
 
 
 # ----------------------------------------------------------------------------- the job
@@ -162,20 +180,52 @@ def _worker_models(run: str, what: str, lam: float | None, device: str, threads:
     return WorkerModels([m.to(dev).eval() for m in models], policy, dev)
 
 
-def process_block(job: SegmentJob, block: Block, device: str = "auto", threads: int = 0) -> dict:
-    """Segment one block, write its chunks, then its marker; return {part: FLOPs}. Idempotent."""
+def process_block(job: SegmentJob, block: Block, device: str = "auto", threads: int = 0,
+                  skip_damaged: bool = False) -> dict:
+    """Segment one block, write its chunks, then its marker; return {part: FLOPs}. Idempotent.
+
+    A block whose input cannot be read raises `DamagedVolumeError` naming it; with `skip_damaged` it
+    is written as unlabeled and recorded in the damaged folder instead (and returns no FLOPs)."""
     marker = _marker(job.out, block)
     if marker.is_file():
         return json.loads(marker.read_text())["flops"]
     wm = _worker_models(job.run, job.what, job.lam, device, threads, threading.get_ident())
-    with torch.no_grad():
-        arrays, flops = _segment_block(job, block, wm)
+    damaged = _damaged_marker(job.out, block)
+    try:
+        with torch.no_grad():
+            arrays, flops, halo_damage = _segment_block(job, block, wm, skip_damaged)
+    except DamagedVolumeError as exc:
+        exc = exc.with_job(block.name, "", exc.hint)
+        if not skip_damaged:
+            raise exc from None
+        _write_block(job, block, {name: np.full((block.y1 - block.y0, block.x1 - block.x0),
+                                                np.nan if dtype == "float32" else UNREADABLE, dtype)
+                                  for name, dtype in arrays_of(job.what).items()})
+        damaged.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(damaged, json.dumps({"index": block.index, **exc.record()}))
+        return {}
+    _write_block(job, block, arrays)
+    record = {"block": block.index, "flops": flops, **({"halo_damaged": halo_damage} if halo_damage else {})}
+    atomic_write_text(marker, json.dumps(record))
+    damaged.unlink(missing_ok=True)  # read this time: the file was re-exported
+    return flops
+
+
+def _block_task(job: SegmentJob, block: Block, device: str, threads: int, skip_damaged: bool,
+                ) -> dict | DamagedVolumeError:
+    """`process_block` as a dask task: a damaged input comes back as its error (raised by the client),
+    so workers neither retry a read that cannot succeed nor log it as a failed task."""
+    try:
+        return process_block(job, block, device, threads, skip_damaged)
+    except DamagedVolumeError as exc:
+        return exc
+
+
+def _write_block(job: SegmentJob, block: Block, arrays: dict[str, np.ndarray]) -> None:
     root = _open_out(job.out)
     box = (slice(block.z, block.z + 1), slice(block.y0, block.y1), slice(block.x0, block.x1))
     for name, arr in arrays.items():
         root[name]["0"][box] = arr[None]
-    atomic_write_text(marker, json.dumps({"block": block.index, "flops": flops}))
-    return flops
 
 
 def tile_grid(patching: Patching, tile: int) -> tuple[int, int]:
@@ -189,13 +239,14 @@ def tile_grid(patching: Patching, tile: int) -> tuple[int, int]:
     return tile // ph, tile // pw
 
 
-def _segment_block(job: SegmentJob, block: Block, wm: WorkerModels) -> tuple[dict, dict]:
-    vol = cached_volume(job.image)
+def _segment_block(job: SegmentJob, block: Block, wm: WorkerModels, skip_damaged: bool = False,
+                   ) -> tuple[dict, dict, str]:
+    """(arrays, FLOPs, where the halo was damaged: "" when it was read)."""
     ny, nx = job.shape[1:]
     halo = job.halo if job.what != "f2" else 0
     hy0, hy1 = max(block.y0 - halo, 0), min(block.y1 + halo, ny)
     hx0, hx1 = max(block.x0 - halo, 0), min(block.x1 + halo, nx)
-    raw = vol.read(slice(block.z, block.z + 1), slice(hy0, hy1), slice(hx0, hx1))[0]
+    raw, halo_damage = _read_with_halo(job, block, (hy0, hy1, hx0, hx1), skip_damaged)
     image = normalise(raw, job.lo, job.hi)
     inner = (slice(block.y0 - hy0, block.y1 - hy0), slice(block.x0 - hx0, block.x1 - hx0))
     h, w = block.y1 - block.y0, block.x1 - block.x0
@@ -211,7 +262,7 @@ def _segment_block(job: SegmentJob, block: Block, wm: WorkerModels) -> tuple[dic
         if job.what == "maps":
             out["bald"] = maps.bald[inner]
             out["routing"] = np.zeros((h, w), np.uint8)
-            return out, flops
+            return out, flops, halo_damage
     tile_img = _pad_to(image[inner], job.tile)
     if job.what == "route":
         pred = _pad_to(out["segmentation"], job.tile)
@@ -230,7 +281,25 @@ def _segment_block(job: SegmentJob, block: Block, wm: WorkerModels) -> tuple[dic
     routing = np.repeat(np.repeat(result.routing[0], cells[0], 0), cells[1], 1)[:h, :w]
     out["segmentation"] = result.segmentation[0][:h, :w]
     out["routing"] = routing.astype(np.uint8)
-    return out, flops
+    return out, flops, halo_damage
+
+
+def _read_with_halo(job: SegmentJob, block: Block, box: tuple[int, int, int, int], skip_damaged: bool,
+                    ) -> tuple[np.ndarray, str]:
+    """(the block's slice with its halo, "" or the damaged place): with `skip_damaged`, a halo that reaches
+    a damaged chunk of a neighbour is mirrored from the block itself, so the block is still segmented
+    (its borders as at the volume's edge) rather than left unlabeled; a damaged block itself raises."""
+    vol = cached_volume(job.image)
+    hy0, hy1, hx0, hx1 = box
+    z = slice(block.z, block.z + 1)
+    try:
+        return vol.read(z, slice(hy0, hy1), slice(hx0, hx1))[0], ""
+    except DamagedVolumeError as exc:
+        if not skip_damaged or box == (block.y0, block.y1, block.x0, block.x1):
+            raise
+        inner = vol.read(z, slice(block.y0, block.y1), slice(block.x0, block.x1))[0]
+        pads = ((block.y0 - hy0, hy1 - block.y1), (block.x0 - hx0, hx1 - block.x1))
+        return np.pad(inner, pads, mode="symmetric"), exc.place
 
 
 def _pad_to(a: np.ndarray, tile: int) -> np.ndarray:
@@ -244,6 +313,22 @@ def _pad_to(a: np.ndarray, tile: int) -> np.ndarray:
 
 def _marker(out: str, block: Block) -> Path:
     return Path(out) / JOB_DIR / DONE_DIR / f"{block.name}.json"
+
+
+def _damaged_marker(out: str, block: Block) -> Path:
+    return Path(out) / JOB_DIR / DAMAGED_DIR / f"{block.name}.json"
+
+
+def damaged_blocks(out: str | Path) -> list[dict]:
+    """The blocks of an output left unlabeled because their input could not be read (file, place, reason)."""
+    folder = Path(out) / JOB_DIR / DAMAGED_DIR
+    found = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            found.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(found, key=lambda r: r.get("index", 0))
 
 
 def _open_out(out: str):
@@ -274,6 +359,7 @@ def _create_output(job: SegmentJob) -> None:
     root.attrs["paser"] = {"format": FORMAT, "complete": False, "images": list(arrays_of(job.what))}
     state = root.create_group(JOB_DIR)  # zarr groups, so zarr readers do not warn about foreign folders
     state.create_group(DONE_DIR)
+    state.create_group(DAMAGED_DIR)
     atomic_write_text(Path(job.out) / JOB_DIR / JOB_FILE, json.dumps({**asdict(job), "format": FORMAT}, indent=2))
 
 
@@ -331,8 +417,9 @@ def lazy_output(out: str | Path, name: str, offset: int = 0):
 
 
 def plan_job(run: str | Path, image: str | Path, out: str | Path, what: str = "route", lam: float | None = None,
-             tile: int = 512, samples: int = 5, seed: int = 0) -> tuple[SegmentJob, bool]:
-    """(job, resumed): check the inputs, estimate the normalisation, create or reopen the output."""
+             tile: int = 512, samples: int = 5, seed: int = 0, skip_damaged: bool = False) -> tuple[SegmentJob, bool]:
+    """(job, resumed): check the inputs, estimate the normalisation (without the chunks that cannot be
+    read when `skip_damaged`), create or reopen the output."""
     from learners.checkpoint import load_checkpoint
 
     if what not in MODES:
@@ -365,7 +452,10 @@ def plan_job(run: str | Path, image: str | Path, out: str | Path, what: str = "r
                      int(seed), volume.shape, 0.0, 1.0, grid, int(f0.config.n_classes), int(patch_halo))
     if previous is not None:
         return _resume_or_refuse(job, previous), True
-    lo, hi = volume.intensity_range()
+    try:
+        lo, hi = volume.intensity_range(skip_damaged=skip_damaged)
+    except DamagedVolumeError as exc:
+        raise exc.with_job(None, " while sampling its intensity range (nothing was segmented)", SKIP_HINT) from None
     job = SegmentJob(**{**asdict(job), "lo": lo, "hi": hi})
     _create_output(job)
     return job, False
@@ -396,6 +486,7 @@ class SegmentSummary:
     flops: dict = field(default_factory=dict)
     cancelled: bool = False
     blocks_done: int = 0
+    damaged: int = 0  # blocks left unlabeled because their input could not be read (skip_damaged)
 
     def line(self) -> str:
         share = self.gflops / self.f2_everywhere_gflops if self.f2_everywhere_gflops else float("nan")
@@ -405,6 +496,11 @@ class SegmentSummary:
                     f"kept in {self.out}: run the same job again to finish the rest")
         cost = (f"{self.gflops:.1f} GFLOPs" if self.what == "maps"  # f0's MC maps: no routing to compare
                 else f"{self.gflops:.1f} GFLOPs, {share:.0%} of the largest model everywhere")
+        if self.damaged:
+            return (f"segmented {self.blocks - self.damaged} of {self.blocks} blocks{resumed} in {self.seconds:.1f} s "
+                    f"({self.what}): {cost}; {self.damaged} block{'s' if self.damaged > 1 else ''} could not be read and "
+                    f"{'are' if self.damaged > 1 else 'is'} left unlabeled "
+                    f"({UNREADABLE}), listed under damaged_blocks in the provenance of {self.out}")
         return f"segmented {self.blocks} blocks{resumed} in {self.seconds:.1f} s ({self.what}): {cost}; output in {self.out}"
 
 
@@ -425,10 +521,11 @@ class SegmentProgress:
 def segment_volume(run: str | Path, image: str | Path, out: str | Path, what: str = "route", lam: float | None = None,
                    tile: int = 512, workers: int = 1, scheduler: str | None = None, device: str = "auto",
                    samples: int = 5, seed: int = 0, threads: int | None = None, progress: bool = True,
-                   processes: bool = True, max_blocks: int | None = None) -> SegmentSummary:
+                   processes: bool = True, max_blocks: int | None = None, skip_damaged: bool = False,
+                   ) -> SegmentSummary:
     """Run (or resume) the job with a tqdm bar; see the module doc and `segment_steps`."""
     gen = segment_steps(run, image, out, what, lam, tile, workers, scheduler, device, samples, seed, threads,
-                        processes, max_blocks)
+                        processes, max_blocks, skip_damaged=skip_damaged)
     bars: list = []
 
     def show(event: SegmentProgress) -> None:
@@ -449,18 +546,20 @@ def segment_steps(run: str | Path, image: str | Path, out: str | Path, what: str
                   tile: int = 512, workers: int = 1, scheduler: str | None = None, device: str = "auto",
                   samples: int = 5, seed: int = 0, threads: int | None = None, processes: bool = True,
                   max_blocks: int | None = None, should_stop: Callable[[], bool] | None = None,
-                  ) -> Generator[SegmentProgress, None, SegmentSummary]:
+                  skip_damaged: bool = False) -> Generator[SegmentProgress, None, SegmentSummary]:
     """The job as a generator of `SegmentProgress` (what `paser segment` and the napari dock both drive).
 
     `max_blocks` stops after that many new blocks (to test resuming); `processes=False` runs a
     LocalCluster's workers as threads; `should_stop` (checked between blocks, and every 0.2 s while
     waiting for a cluster) cancels: running blocks are dropped, finished ones keep their markers, so
     running the same job again finishes only the missing blocks. Closing the generator does the same.
+    A block whose input cannot be read stops the job with a `DamagedVolumeError` (finished blocks kept,
+    the failure in the provenance) or, with `skip_damaged`, is left unlabeled (see the module doc).
     """
     started = time.perf_counter()
     if scheduler is None:
         pick_device(device)  # a device this machine lacks fails here, before any worker starts
-    job, _ = plan_job(run, image, out, what, lam, tile, samples, seed)
+    job, _ = plan_job(run, image, out, what, lam, tile, samples, seed, skip_damaged)
     blocks = plan_blocks(job.shape, job.tile)
     todo = [b for b in blocks if not _marker(job.out, b).is_file()]
     done_before = len(blocks) - len(todo)
@@ -469,23 +568,32 @@ def segment_steps(run: str | Path, image: str | Path, out: str | Path, what: str
     done, cancelled = done_before, False
     yield SegmentProgress("plan", done, len(blocks), f"{done} of {len(blocks)} blocks done; starting", job.out)
     stop = should_stop or (lambda: False)
-    for block in _run_blocks(job, todo, workers, scheduler, device, threads, processes, stop):
-        if block is None:
-            cancelled = True
-            break
-        done += 1
-        eta = _eta(time.perf_counter() - started, done - done_before, len(blocks) - done)
-        yield SegmentProgress("segment", done, len(blocks), f"block {done} of {len(blocks)}{eta}", job.out, block)
-    finished = all(_marker(job.out, b).is_file() for b in blocks)
-    flops = _sum_flops(job, blocks)
-    f2_all = f2_everywhere_flops(job, len(blocks))
-    _write_provenance(job, blocks, flops, f2_all, finished)
-    on_disk = sum(_marker(job.out, b).is_file() for b in blocks)  # a cluster may finish a block past a cancel
+    try:
+        for block in _run_blocks(job, todo, workers, scheduler, device, threads, processes, stop, skip_damaged):
+            if block is None:
+                cancelled = True
+                break
+            done += 1
+            eta = _eta(time.perf_counter() - started, done - done_before, len(blocks) - done)
+            yield SegmentProgress("segment", done, len(blocks), f"block {done} of {len(blocks)}{eta}", job.out, block)
+    except DamagedVolumeError as exc:  # finished blocks keep their markers; say so, and record the failure
+        kept, _, _ = _finish(job, blocks, failed=exc.record())
+        raise exc.with_job(exc.block, f"; {kept} of {len(blocks)} blocks are finished and kept in {job.out} (a rerun "
+                                      "does not redo them)", SKIP_HINT) from None
+    on_disk, flops, f2_all = _finish(job, blocks)  # a cluster may finish a block past a cancel
     summary = SegmentSummary(job.out, what, len(blocks), done_before, time.perf_counter() - started,
-                             sum(flops.values()) / 1e9, f2_all / 1e9, flops, cancelled, on_disk)
+                             sum(flops.values()) / 1e9, f2_all / 1e9, flops, cancelled, on_disk,
+                             len(damaged_blocks(job.out)))
     if cancelled:
         yield SegmentProgress("cancelled", on_disk, len(blocks), summary.line(), job.out)
     return summary
+
+
+def _finish(job: SegmentJob, blocks: list[Block], failed: dict | None = None) -> tuple[int, dict, int]:
+    """Write the provenance as the output stands: (finished blocks, FLOPs by model, f2-everywhere FLOPs)."""
+    (flops, halo_damaged), f2_all = _sum_flops(job, blocks), f2_everywhere_flops(job, len(blocks))
+    _write_provenance(job, blocks, flops, f2_all, failed, halo_damaged)
+    return sum(_marker(job.out, b).is_file() for b in blocks), flops, f2_all
 
 
 def _eta(elapsed: float, new: int, left: int) -> str:
@@ -495,7 +603,8 @@ def _eta(elapsed: float, new: int, left: int) -> str:
     return f", about {s:.0f} s left" if s < 120 else f", about {s / 60:.0f} min left"
 
 
-def _run_blocks(job, todo, workers, scheduler, device, threads, processes, stop) -> Iterator[Block | None]:
+def _run_blocks(job, todo, workers, scheduler, device, threads, processes, stop, skip_damaged=False,
+                ) -> Iterator[Block | None]:
     """Each finished block; None (then nothing more) when `stop()` turned true."""
     if not todo:
         return
@@ -505,13 +614,14 @@ def _run_blocks(job, todo, workers, scheduler, device, threads, processes, stop)
             if stop():
                 yield None
                 return
-            process_block(job, b, device, t)
+            process_block(job, b, device, t, skip_damaged)
             yield b
         return
-    yield from _run_distributed(job, todo, workers, scheduler, device, threads, processes, stop)
+    yield from _run_distributed(job, todo, workers, scheduler, device, threads, processes, stop, skip_damaged)
 
 
-def _run_distributed(job, todo, workers, scheduler, device, threads, processes, stop) -> Iterator[Block | None]:
+def _run_distributed(job, todo, workers, scheduler, device, threads, processes, stop, skip_damaged=False,
+                     ) -> Iterator[Block | None]:
     import logging
 
     from distributed import Client, LocalCluster, as_completed
@@ -539,8 +649,8 @@ def _run_distributed(job, todo, workers, scheduler, device, threads, processes, 
         def top_up() -> None:  # the window follows workers that join or leave a running cluster
             n = max(0, max(2, 2 * sum(client.nthreads().values())) - len(futures))
             for b in queue[:n]:
-                f = client.submit(process_block, job, b, device=device, threads=per_worker, retries=2, pure=False,
-                                  key=f"paser-block-{b.name}-{os.getpid()}")
+                f = client.submit(_block_task, job, b, device=device, threads=per_worker, skip_damaged=skip_damaged,
+                                  retries=2, pure=False, key=f"paser-block-{b.name}-{os.getpid()}")
                 block_of[f.key] = b
                 futures.append(f)
                 pending.add(f)
@@ -555,8 +665,11 @@ def _run_distributed(job, todo, workers, scheduler, device, threads, processes, 
                 time.sleep(0.2)
                 continue
             for fut in pending.next_batch(block=False):
-                fut.result()
+                result = fut.result()
                 futures.remove(fut)
+                if isinstance(result, DamagedVolumeError):
+                    client.gather(futures, errors="skip")  # the few blocks in flight (two per thread) finish
+                    raise result
                 top_up()
                 yield block_of.pop(fut.key)
     finally:  # Ctrl-C, cancel or an error: stop the rest; finished blocks keep their markers
@@ -566,23 +679,31 @@ def _run_distributed(job, todo, workers, scheduler, device, threads, processes, 
             cluster.close()
 
 
-def _sum_flops(job: SegmentJob, blocks: list[Block]) -> dict[str, int]:
+def _sum_flops(job: SegmentJob, blocks: list[Block]) -> tuple[dict[str, int], list[dict]]:
+    """(FLOPs by model of the finished blocks, those whose halo was damaged: block and place)."""
     total: dict[str, int] = {}
+    halo_damaged = []
     for b in blocks:
         m = _marker(job.out, b)
         if m.is_file():
-            for k, v in json.loads(m.read_text())["flops"].items():
+            record = json.loads(m.read_text())
+            for k, v in record["flops"].items():
                 total[k] = total.get(k, 0) + int(v)
-    return total
+            if record.get("halo_damaged"):
+                halo_damaged.append({"block": b.name, "place": record["halo_damaged"]})
+    return total, halo_damaged
 
 
-def _write_provenance(job: SegmentJob, blocks, flops: dict, f2_all: int, finished: bool) -> None:
+def _write_provenance(job: SegmentJob, blocks, flops: dict, f2_all: int, failed: dict | None = None,
+                      halo_damaged: list[dict] | None = None) -> None:
     import zarr
 
     root = zarr.open_group(job.out, mode="r+")
     done = sum(_marker(job.out, b).is_file() for b in blocks)
     root.attrs["paser"] = {
-        "format": FORMAT, "complete": bool(finished), "blocks": len(blocks), "blocks_done": int(done),
+        "format": FORMAT, "complete": done == len(blocks), "blocks": len(blocks), "blocks_done": int(done),
+        "damaged_blocks": damaged_blocks(job.out), "failed_block": failed,
+        "halo_damaged_blocks": halo_damaged or [],
         "images": list(arrays_of(job.what)), "run": job.run, "image": job.image, "what": job.what,
         "lambda": job.lam, "tile": job.tile, "halo": job.halo, "samples": job.samples, "seed": job.seed,
         "grid": list(job.grid), "normalisation": {"lo": job.lo, "hi": job.hi},
