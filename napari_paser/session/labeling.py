@@ -95,7 +95,7 @@ class LabelingMixin:
             request["max_per_slice"] = int(max_per_slice)
         if near:
             request["near"] = int(near)
-        made = self._make_suggestions([p.region_id for p in proposals]) if suggest else {}
+        made = self._make_suggestions([p.region_id for p in proposals]) if suggest and self.has_models else {}
 
         def mutate(s: State) -> None:
             s.proposals, s.proposal_request, s.skipped = proposals, request, []
