@@ -127,3 +127,17 @@ def test_prefill_off_paints_on_the_canvas(label):
     idle(widget.hub)
     assert viewer.layers.selection.active is viewer.layers[LABELS]
     assert SUGGESTION not in viewer.layers or not viewer.layers[SUGGESTION].visible
+
+
+def test_learning_curve_can_use_corrected_pixels_as_x_axis(qtbot):
+    from napari_paser.gui.train_step import CurvePlot
+    from napari_paser.session.store import CurvePoint
+
+    curve = [CurvePoint(5, 4, 1, 0.6, 1, 1, "t1"), CurvePoint(10, 8, 2, 0.7, 2, 1, "t2")]
+    plot = CurvePlot()
+    qtbot.addWidget(plot)
+    plot.plot(curve, ("a", "b"), effort=[120, 300])
+    assert list(plot.axes.lines[0].get_xdata()) == [120, 300]
+    assert plot.axes.get_xlabel() == "pixels corrected or painted"
+    plot.plot(curve, ("a", "b"))
+    assert list(plot.axes.lines[0].get_xdata()) == [5, 10] and plot.axes.get_xlabel() == "labeled regions"
