@@ -96,6 +96,7 @@ def main() -> int:
         hub.models_changed.emit()
         label.sampler.setCurrentText("taudis")
         label.k.setValue(8)
+        record("idle", lambda: None)
         record("propose (spread maps + taudis)", label.propose_button.click)
         wait(hub)
         results["proposal_slices"] = sorted({p.z for p in s.proposals})
@@ -125,6 +126,10 @@ def main() -> int:
         record("accept unchanged on neighbour", key("accept_unchanged"))
         shot("6-after-neighbour")
         results["effort_summary"] = s.effort_summary()
+        viewer.layers[SUGGESTION].visible = False
+        viewer.dims.set_current_step(0, s.accepted[0].z)
+        viewer.reset_view()
+        shot("6b-accepted-region-magenta")
         hub.session = None
         viewer.close()
 
@@ -149,7 +154,20 @@ def main() -> int:
         record("2048 propose (random, 8 suggestions)", label.propose_button.click)
         wait(hub)
         results["2048_propose_seconds"] = round(time.perf_counter() - t0, 2)
+        record("2048 idle", lambda: None)
         gaps = [record(f"2048 next {i}", label.next_button.click)["max_gap_ms"] for i in range(5)]
+        sync = {}
+        for prefill in (True, False):  # the GUI-thread part of Next: the suggestion is on screen when it returns
+            label.prefill.setChecked(prefill)
+            times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                label.next_button.click()
+                times.append((time.perf_counter() - t) * 1000)
+                wait(hub)
+            sync["prefill" if prefill else "no_prefill"] = [round(v, 1) for v in times]
+        results["2048_next_gui_thread_ms"] = sync
+        label.prefill.setChecked(True)
         t1 = time.perf_counter()
         for q in s.proposals:
             s.suggestion(q.region_id)

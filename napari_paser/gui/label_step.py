@@ -36,7 +36,7 @@ EDIT_CHECK_MS = 800
 """After a paint stroke, look for edits inside accepted regions once painting pauses this long."""
 SUGGESTION = "paser suggestion"
 """The Labels layer holding the model's guess of the proposal on screen (not a label until accepted)."""
-SUGGESTION_OPACITY = 0.45
+SUGGESTION_OPACITY = 0.35
 SPREAD_SLICES = 8
 """Proposals spread over the volume: maps of this many evenly spaced slices are made first."""
 
@@ -50,15 +50,19 @@ def show_suggestion(viewer, session, prop, patch: np.ndarray) -> Labels:
     if SUGGESTION in viewer.layers:
         layer = viewer.layers[SUGGESTION]
         layer.data = data
-        layer.translate = translate
-        layer.visible = True
+        if tuple(layer.translate) != tuple(float(t) for t in translate):
+            layer.translate = translate
+        if not layer.visible:
+            layer.visible = True
     else:
         layer = viewer.add_labels(data, name=SUGGESTION, translate=translate, opacity=SUGGESTION_OPACITY,
                                   colormap=session.classes.layer_colors())
         layer.contour = 0  # filled but translucent: the canvas's accepted labels are opaque
     layer.metadata["region_id"] = int(prop.region_id)
-    viewer.layers.selection.active = layer
-    layer.mode = "paint"
+    if viewer.layers.selection.active is not layer:
+        viewer.layers.selection.active = layer
+    if layer.mode != "paint":
+        layer.mode = "paint"
     return layer
 
 
@@ -428,7 +432,10 @@ class LabelWidget(QWidget):
         s = self.hub.require()
         if region_id is not None:
             self.last_accepted = int(region_id)
-        self._hide_suggestion()
+        if not s.pending_proposals:  # else Next below puts the next suggestion in its place
+            self._hide_suggestion()
+        else:
+            self._shown_at = None
         self.hub.refresh_regions()
         self.hub.accepted.emit(n)
         done = f"accepted {what} ({len(s.accepted)} in the labeled set, saved)"
