@@ -156,6 +156,7 @@ def main() -> int:
         results["2048_propose_seconds"] = round(time.perf_counter() - t0, 2)
         record("2048 idle", lambda: None)
         gaps = [record(f"2048 next {i}", label.next_button.click)["max_gap_ms"] for i in range(5)]
+        shot("7-2048-next")
         sync = {}
         for prefill in (True, False):  # the GUI-thread part of Next: the suggestion is on screen when it returns
             label.prefill.setChecked(prefill)
@@ -173,7 +174,6 @@ def main() -> int:
             s.suggestion(q.region_id)
         results["2048_suggestion_read_ms"] = round((time.perf_counter() - t1) * 1000 / len(s.proposals), 2)
         results["2048_next_max_gap_ms"] = max(gaps)
-        shot("7-2048-next")
         viewer.close()
     results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "load_average": [round(v, 2) for v in os.getloadavg()], "date": time.strftime("%Y-%m-%d")}

@@ -23,6 +23,7 @@ from napari_paser.gui.common import JobBar, PathEdit, enable_while_idle, group, 
 from napari_paser.gui.hub import LABELS, REGIONS, SHORTCUTS, guarded, hub_for, info
 from napari_paser.errors import PaserInputError
 from napari_paser.session.core import SAMPLERS, PartialRegionError
+from sampling.registry import reads_maps
 
 
 def ask_partial(parent: QWidget, message: str) -> bool:
@@ -189,7 +190,7 @@ class LabelWidget(QWidget):
             info(f"{len(proposals)} regions proposed by {sampler}: press Next (N), paint, Accept (Shift-A)")
             self.next()
 
-        spread = self.spread.isChecked() and len(s.shape) == 3 and s.has_models
+        spread = self.spread.isChecked() and s.n_slices > 1 and s.has_models and reads_maps(sampler)
 
         def job(should_stop):
             cap = None
