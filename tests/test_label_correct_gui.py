@@ -9,28 +9,13 @@ import pytest
 
 pytest.importorskip("napari")
 
-from learners.unet import UNetConfig  # noqa: E402
 from napari_paser.gui import hub as _hub  # noqa: E402
 from napari_paser.gui.hub import LABELS, REGIONS, SHORTCUTS  # noqa: E402
 from napari_paser.gui.io import REGION_COLORS  # noqa: E402
 from napari_paser.gui.label_step import SUGGESTION  # noqa: E402
 from napari_paser.gui.layers import HIGHLIGHT  # noqa: E402
 from napari_paser.gui.widgets import PaserWidget  # noqa: E402
-
-TINY = UNetConfig(base=4, depth=2)
-
-
-def idle(hub, timeout: float = 60) -> None:
-    import time
-
-    from qtpy.QtWidgets import QApplication
-
-    t0 = time.monotonic()
-    while hub.busy and time.monotonic() - t0 < timeout:
-        QApplication.processEvents()
-        time.sleep(0.002)
-    QApplication.processEvents()
-    assert not hub.busy
+from test_widgets import idle, start  # noqa: E402
 
 
 @pytest.fixture
@@ -42,15 +27,7 @@ def label(make_napari_viewer, tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     viewer.add_image((rng.random((4, 64, 64)) * 1000).astype(np.uint16), name="scan")
     widget = PaserWidget(viewer)
-    w = widget.steps["Session"]
-    w.layer_box.setCurrentText("scan")
-    w.region.setValue(32)
-    w.folder.setText(str(tmp_path / "session"))
-    w.start()
-    idle(widget.hub)
-    s = widget.hub.require()
-    s.new_models({"f0": TINY})
-    widget.hub.models_changed.emit()
+    s = start(widget, tmp_path)
     step = widget.steps["Label"]
     yield viewer, widget, step, s
     assert errors == []
