@@ -271,12 +271,37 @@ def compare(methods: dict) -> dict:
             "miou_gain_per_round": [bootstrap_ci(gain[:, i]) for i in range(1, gain.shape[1])],
             "extra_changed_px_per_round": [bootstrap_ci(eff[:, i]) for i in range(1, eff.shape[1])],
         }
+    for a, b in (("paint-random", "correct-random"), ("correct-taudis", "correct-random"),
+                 ("correct-effort", "correct-random")):
+        out[f"{a}_over_{b}_px_to_common"] = common_target(methods[a], methods[b])
     session = np.array(methods["correct-taudis"]["miou_per_seed"], float)[:, 1:]
     rf3 = np.array([[np.nan if v is None else v for v in s] for s in methods["rf-3d"]["miou_per_seed"]])[:, 1:]
     diffs = [bootstrap_ci(session[:, i] - rf3[:, i]) for i in range(session.shape[1])]
     out["correct-taudis_minus_rf-3d_per_round"] = {"per_round": diffs, "target": "session >= rf-3d at every budget",
                                                    "met": bool(all(d["mean"] is not None and d["mean"] >= 0 for d in diffs))}
     return out
+
+
+def common_target(a: dict, b: dict) -> dict:
+    """Per seed, the effort each of two methods needs to reach the lower of their best mIoUs (both reach
+    it, so it is defined where px_to_95 is not): the ratio a / b, with its bootstrap interval."""
+    ratios, targets = [], []
+    for ba, ma, bb, mb in zip(a["budgets_px_per_seed"], a["miou_per_seed"], b["budgets_px_per_seed"], b["miou_per_seed"]):
+        target = min(max(v for v in ma if v is not None), max(v for v in mb if v is not None))
+        pa, pb = px_to(ba, ma, target), px_to(bb, mb, target)
+        targets.append(round(target, 4))
+        ratios.append(pa / pb if pa and pb else None)
+    return {**bootstrap_ci(ratios), "per_seed": ratios, "targets": targets}
+
+
+def recompare(files: list[Path], out: Path) -> int:
+    """Join result files (one per dataset) and recompute every dataset's comparisons from its per-seed rows."""
+    parts = [json.loads(p.read_text()) for p in files]
+    merged = {"datasets": {k: v for p in parts for k, v in p["datasets"].items()}, "config": parts[0]["config"]}
+    for d in merged["datasets"].values():
+        d["comparisons"] = compare(d["methods"])
+    out.write_text(json.dumps(merged, indent=1))
+    return 0
 
 
 def main() -> int:
@@ -295,13 +320,11 @@ def main() -> int:
     parser.add_argument("--trees", type=int, default=50)
     parser.add_argument("--full-factor", type=int, default=4)
     parser.add_argument("--out", type=Path, default=common.RESULTS / "effort.json")
-    parser.add_argument("--merge", nargs="*", type=Path, help="join per-dataset result files into --out and stop")
+    parser.add_argument("--merge", nargs="*", type=Path,
+                        help="join per-dataset result files into --out (comparisons recomputed) and stop")
     args = parser.parse_args()
     if args.merge:
-        parts = [json.loads(p.read_text()) for p in args.merge]
-        merged = {"datasets": {k: v for p in parts for k, v in p["datasets"].items()}, "config": parts[0]["config"]}
-        args.out.write_text(json.dumps(merged, indent=1))
-        return 0
+        return recompare(args.merge, args.out)
     torch.set_num_threads(1)
     seeds = [int(v) for v in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "merge"}
