@@ -294,10 +294,32 @@ def common_target(a: dict, b: dict) -> dict:
     return {**bootstrap_ci(ratios), "per_seed": ratios, "targets": targets}
 
 
+def join_seeds(a: dict, b: dict) -> dict:
+    """One dataset's results of two runs on different seeds as one (means recomputed from the per-seed rows)."""
+    out = {"full_miou_per_seed": a["full_miou_per_seed"] + b["full_miou_per_seed"],
+           "seeds_done": a["seeds_done"] + b["seeds_done"], "seconds": a["seconds"] + b["seconds"], "methods": {}}
+    for m, ra in a["methods"].items():
+        rb = b["methods"][m]
+        row = {k: ra[k] + rb[k] for k in ra if k.endswith("_per_seed")}
+        row["budgets_px"] = [round(float(np.mean(c)), 1) for c in zip(*row["budgets_px_per_seed"])]
+        row["miou_mean"] = [None if any(v is None for v in c) else round(float(np.mean(c)), 4)
+                            for c in zip(*row["miou_per_seed"])]
+        to95 = row["px_to_95_per_seed"]
+        row["px_to_95"] = None if any(v is None for v in to95) else round(float(np.mean(to95)), 1)
+        out["methods"][m] = row
+    return out
+
+
 def recompare(files: list[Path], out: Path) -> int:
     """Join result files (one per dataset) and recompute every dataset's comparisons from its per-seed rows."""
     parts = [json.loads(p.read_text()) for p in files]
-    merged = {"datasets": {k: v for p in parts for k, v in p["datasets"].items()}, "config": parts[0]["config"]}
+    merged = {"datasets": {}, "config": parts[0]["config"]}
+    merged["config"]["seeds_run"] = sorted({s for p in parts for s in p["config"]["seeds_run"]})
+    for part in parts:
+        for name, d in part["datasets"].items():
+            if name in merged["datasets"]:  # more seeds of a dataset: join the per-seed rows
+                d = join_seeds(merged["datasets"][name], d)
+            merged["datasets"][name] = d
     for d in merged["datasets"].values():
         d["comparisons"] = compare(d["methods"])
     out.write_text(json.dumps(merged, indent=1))
