@@ -118,3 +118,22 @@ def test_learning_curve_can_use_corrected_pixels_as_x_axis(qtbot):
     assert plot.axes.get_xlabel() == "pixels corrected or painted"
     plot.plot(curve, ("a", "b"))
     assert list(plot.axes.lines[0].get_xdata()) == [5, 10] and plot.axes.get_xlabel() == "labeled regions"
+
+
+def test_sampler_ranks_the_neighbouring_places(label):
+    viewer, widget, step, s = label
+    step.sampler.setCurrentText("random")
+    step.k.setValue(1)
+    step.propose()
+    idle(widget.hub)
+    first = step.current
+    step.unchanged_button.click()
+    step.sampler.setCurrentText("entropy")
+    step.k.setValue(2)
+    step.depth.setValue(1)
+    step.near_button.click()
+    idle(widget.hub)
+    pending = s.pending_proposals
+    assert len(pending) >= 1 and all(p.sampler == "entropy" for p in pending)
+    assert all(abs(p.z - first.z) == 1 and (p.y0, p.x0) == (first.y0, first.x0) for p in pending)
+    assert step.current.region_id == pending[0].region_id and viewer.layers[SUGGESTION].visible

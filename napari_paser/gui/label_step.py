@@ -105,6 +105,9 @@ class LabelWidget(QWidget):
         self.neighbours_button = QPushButton("Propose on neighbouring slices")
         self.neighbours_button.setToolTip("propose the last accepted region's place on the slices z +- 1..depth, "
                                           "each pre-filled by the model: a block of slices by a few corrections each")
+        self.near_button = QPushButton("Propose k with the sampler on neighbouring slices")
+        self.near_button.setToolTip("rank, with the chosen sampler, only the places of accepted regions on the slices "
+                                    "z +- 1..depth (their maps are made first)")
         self.skip_button = QPushButton("Skip (Shift-S)")
         self.skip_button.setToolTip("drop the proposal on screen for this round")
         self.unaccept_button = QPushButton("Un-accept")
@@ -134,7 +137,8 @@ class LabelWidget(QWidget):
         self.unchanged_button.clicked.connect(self.accept_unchanged)
         self.revert_button.clicked.connect(self.revert)
         self.neighbours_button.clicked.connect(self.propose_neighbours)
-        enable_while_idle(self.hub, self.neighbours_button)
+        self.near_button.clicked.connect(self.propose_near)
+        enable_while_idle(self.hub, self.neighbours_button, self.near_button)
         self.skip_button.clicked.connect(self.skip)
         self.unaccept_button.clicked.connect(self.unaccept)
         self.edits_button.clicked.connect(self.accept_edits)
@@ -163,7 +167,7 @@ class LabelWidget(QWidget):
         col.addWidget(group("Label", hrow(self.next_button, self.accept_button),
                             hrow(self.unchanged_button, self.revert_button), hrow(self.skip_button,
                             self.unaccept_button), self.painted_button, self.import_button, self.where))
-        col.addWidget(group("Along z", near, self.neighbours_button))
+        col.addWidget(group("Along z", near, self.neighbours_button, self.near_button))
         col.addWidget(group("Edits inside accepted regions", self.edits_note, self.edits_button))
         col.addWidget(group("Keyboard shortcuts", self.keys))
         col.addStretch()
@@ -285,6 +289,32 @@ class LabelWidget(QWidget):
 
         self.hub.run(lambda should_stop: s.propose_neighbours(rid, depth), on_return=proposed,
                      what=f"proposing region {rid} on slices +-{depth}", final="proposed on neighbouring slices")
+
+    @guarded
+    def propose_near(self, *_) -> None:
+        """Rank with the chosen sampler among the accepted regions' places on the neighbouring slices."""
+        s = self.hub.require()
+        sampler, k, seed, depth = self.sampler.currentText(), self.k.value(), self.seed.value(), self.depth.value()
+        ids = s.neighbour_ids(depth)
+        if ids.size == 0:
+            raise PaserInputError("no unlabeled neighbouring places: accept a region first, or raise the depth")
+
+        def job(should_stop):
+            if reads_maps(sampler):
+                fresh = set(s.fresh_slices())
+                todo = sorted({int(z) for z in s.pool.z_of(ids)} - fresh)
+                if todo:
+                    yield from s.compute_maps(todo, self.hub.samples, should_stop=should_stop)
+            return s.propose(k, sampler, seed, near=depth)
+
+        def proposed(proposals) -> None:
+            self.hub.refresh_regions()
+            self.current = None
+            info(f"{len(proposals)} neighbouring places proposed by {sampler}")
+            self.next()
+
+        self.hub.run(job, on_return=proposed, what=f"proposing on slices +-{depth} with {sampler}",
+                     final=f"proposed on neighbouring slices with {sampler}")
 
     def _suggestion_patch(self, region_id: int) -> np.ndarray | None:
         """The (corrected) suggestion on screen for `region_id`, (h, w), or None when none is shown."""
