@@ -61,6 +61,12 @@ def _taudis(**options) -> Sampler:
     return TaudisSampler(**options)
 
 
+def _effort(**options) -> Sampler:
+    from sampling.effort import EffortSampler
+
+    return EffortSampler(**options)
+
+
 def _routing(**options) -> Sampler:
     from sampling.routing_value import RoutingValueSampler
 
@@ -95,6 +101,10 @@ REGISTRY: dict[str, SamplerInfo] = {
         SamplerInfo("taudis", "uncertainty oversampling + similarity set cover", _taudis,
                     lambda s: frozenset({"bald" if s is None else s.measure, "embeddings"}),
                     ("alpha", "beta", "sigma", "measure", "center")),
+        SamplerInfo("effort", "highest expected gain (summed BALD) per expected corrected pixel of the model's "
+                              "suggestion", _effort,
+                    lambda s: frozenset({"entropy", "bald" if s is None else s.measure}),
+                    ("measure", "floor", "n_classes")),
         SamplerInfo("routing", "where f0 and the larger models disagree most per unit of cost (labels that decide "
                                "routing)", _routing, lambda s: frozenset({"prediction", "disagreement", "model_costs"})),
         SamplerInfo("dqn", "a trained RALIS query agent (the shipped one unless dqn_checkpoint is given)", _dqn,

@@ -26,7 +26,7 @@ def _image():
 
 
 def test_registry_names_construction_and_needs():
-    assert registry.SAMPLERS == ("random", "entropy", "bald", "taudis", "routing", "dqn")
+    assert registry.SAMPLERS == ("random", "entropy", "bald", "taudis", "effort", "routing", "dqn")
     assert registry.needs_of("random") == frozenset() and not registry.reads_maps("random")
     assert registry.needs_of("bald") == {"bald"}
     taudis = registry.make_sampler("taudis", measure="entropy", alpha=2.0)

@@ -183,6 +183,7 @@ def test_propose_next_and_accept(gui, errors, tmp_path):
     viewer, widget = gui
     s = start(widget, tmp_path)
     label = widget.steps["Label"]
+    label.prefill.setChecked(False)  # painting from scratch (the pre-filled flow: test_label_correct_gui)
     label.sampler.setCurrentText("random")
     label.k.setValue(3)
     label.propose()

@@ -33,6 +33,7 @@ from learners.training import IGNORE_INDEX, TrainConfig, evaluate_miou, train
 from learners.uncertainty import uncertainty_maps
 from learners.unet import UNetConfig, build_unet
 from napari_paser.errors import PaserInputError
+from napari_paser.session.effort import Effort, correction_effort
 from sampling.base import Sampler
 from sampling.dqn import FeatureSpec, choose_state_set, play_episode
 from sampling.registry import MAPS, gather_needs, needs_of, region_embedder
@@ -105,6 +106,14 @@ def _crop(images: np.ndarray, labels: np.ndarray, crop: int | None) -> tuple[np.
         raise PaserInputError(f"--crop {crop} must lie in 8..{min(h, w)} for slices of {h}x{w}")
     y0, x0 = (h - crop) // 2, (w - crop) // 2
     return images[:, y0 : y0 + crop, x0 : x0 + crop], labels[:, y0 : y0 + crop, x0 : x0 + crop]
+
+
+def correct_region(suggested: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, Effort]:
+    """A simulated person shown the model's guess of a region who fixes every wrong pixel: the labels they
+    accept (the truth, layer convention: class k = k + 1) and the effort (pixels changed, and the
+    connected groups of them: about the strokes a person makes)."""
+    final = np.asarray(truth).astype(np.uint8) + 1
+    return final, correction_effort(suggested, final)
 
 
 def labeled_mask(pool: RegionPool) -> np.ndarray:

@@ -12,8 +12,11 @@ Folder layout (what `read_export` reads back and other tools may read directly):
     labels_volume.tif|.zarr  optional: (Z, H, W) uint8 class indices of the whole label canvas,
                              255 where nothing is painted (a 2D image gives Z = 1)
 
-A row holds region_id, slice, y0, x0, height, width, sampler, rank, accepted_at, split and
-the fractions of the region's pixels per class and "unlabeled". Label values here are class
+A row holds region_id, slice, y0, x0, height, width, sampler, rank, accepted_at, split, the
+correction effort of a region accepted from the model's suggestion (changed_px: pixels changed,
+strokes: connected groups of them, seconds: from showing to accepting; empty for a painted
+region) and the fractions of the region's pixels per class and "unlabeled"; meta["effort"] holds
+the totals (`Session.effort_summary`). Label values here are class
 indices, not the napari layer values (`labels_convention` converts). The export is written into
 a temporary sibling folder and renamed into place, so a failed export leaves no half folder.
 """
@@ -47,7 +50,8 @@ FORMAT = "napari-paser/labeled-set"
 VERSION = 1
 FORMATS = ("tiff", "zarr")
 MANIFEST_JSON, MANIFEST_CSV = "manifest.json", "manifest.csv"
-FIELDS = ("region_id", "slice", "y0", "x0", "height", "width", "sampler", "rank", "accepted_at", "split")
+FIELDS = ("region_id", "slice", "y0", "x0", "height", "width", "sampler", "rank", "accepted_at", "split",
+          "changed_px", "strokes", "seconds")
 
 
 @dataclass
@@ -259,12 +263,13 @@ def export_session(session: Session, out: str | Path, full_volume: bool = False,
         region = session.region(rec.region_id)
         rows.append({"region_id": rec.region_id, "slice": rec.z, "y0": rec.y0, "x0": rec.x0, "height": rec.h,
                      "width": rec.w, "sampler": rec.sampler, "rank": rec.rank, "accepted_at": rec.accepted_at,
-                     "split": rec.split, "fractions": dict(rec.fractions)})
+                     "split": rec.split, "changed_px": rec.changed_px, "strokes": rec.strokes,
+                     "seconds": rec.seconds, "fractions": dict(rec.fractions)})
         labels[rec.region_id] = layer_to_export(session.accepted_labels(rec.region_id), session.n_classes)
         images[rec.region_id] = session.raw_crop(region)
     meta = {"session": str(Path(session.folder).resolve()), "region_size": list(session.pool.size),
             "normalisation": {"lo": session.state.image["lo"], "hi": session.state.image["hi"]},
-            "edited_since_accept": edited}
+            "edited_since_accept": edited, "effort": session.effort_summary()}
     data = LabeledSet(session.classes.names, rows, labels, images,
                       _VolumeClasses(session) if full_volume else None, session.shape, meta)
     return write_labeled_set(out, data, fmt)

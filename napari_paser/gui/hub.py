@@ -37,6 +37,8 @@ from napari_paser.session.lock import FolderNotWritableError, SessionLockedError
 SHORTCUTS = (
     ("N", "next", "go to the next proposal"),
     ("Shift-A", "accept", "accept the region on screen"),
+    ("Shift-U", "accept_unchanged", "accept the model's suggestion on screen unchanged"),
+    ("Shift-R", "revert", "revert the region on screen to the model's suggestion"),
     ("Shift-S", "skip", "skip the proposal on screen"),
     ("H", "model_view", "show / hide the model's view (prediction, entropy, entropy > gamma, routing)"),
 )

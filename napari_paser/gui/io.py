@@ -30,7 +30,7 @@ from napari_paser.data.labels_convention import classes_to_layer
 
 LayerData = tuple  # (data, kwargs, layer_type)
 SESSION_KEY = "paser_session"
-REGION_COLORS = {"proposed": "#ffd700", "accepted": "#00e5ff"}
+REGION_COLORS = {"proposed": "#ffd700", "accepted": "#ff5cf0"}  # accepted: magenta, apart from the cyan entropy contours
 LAZY_BYTES = 1 << 30  # TIFFs larger than this open lazily
 
 

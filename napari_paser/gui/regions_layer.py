@@ -1,4 +1,5 @@
-"""The proposals/regions Shapes layer, kept in sync with the session in place.
+"""The proposals/regions Shapes layer, kept in sync with the session in place: pending proposals numbered
+by rank, accepted regions unnumbered in their own colour (`io.REGION_COLORS`).
 
 Deleting and re-adding the layer on every Accept cost 1.2-1.5 s of frozen viewer (vispy nodes
 torn down and rebuilt, then garbage collection). An Accept only changes one region's status, so
@@ -35,14 +36,21 @@ def region_items(session) -> list[RegionItem]:
     return items
 
 
+def _number(item: RegionItem) -> str:
+    """The text on a rectangle: the rank of a pending proposal; none on accepted regions, whose ranks come from
+    earlier rounds and would repeat the current round's numbers."""
+    return str(item.rank) if item.status == "proposed" else ""
+
+
 def new_layer(session, name: str):
     """An empty regions layer for `session` (built once per session; `sync` fills it)."""
     from napari.layers import Shapes
 
     return Shapes(
         None, ndim=len(session.shape), name=name, shape_type="rectangle", face_color="transparent", edge_width=2,
-        features={"region_id": np.zeros(0, int), "rank": np.zeros(0, int), "status": np.zeros(0, str)},
-        text={"string": "{rank}", "color": "white", "size": 10, "anchor": "upper_left"},
+        features={"region_id": np.zeros(0, int), "rank": np.zeros(0, int), "status": np.zeros(0, str),
+                  "number": np.zeros(0, str)},
+        text={"string": "{number}", "color": "white", "size": 10, "anchor": "upper_left"},
         metadata={SESSION_KEY: str(Path(session.folder).resolve())},
     )
 
@@ -68,7 +76,7 @@ def sync(layer, items: list[RegionItem], three_d: bool) -> None:
     if not order and not gone and not new:
         return
     layer.features = pd.DataFrame({"region_id": [it.region_id for it in order], "rank": [it.rank for it in order],
-                                   "status": [it.status for it in order]})
+                                   "status": [it.status for it in order], "number": [_number(it) for it in order]})
     if order:
         layer.edge_color = [REGION_COLORS[it.status] for it in order]
     layer.selected_data = set()

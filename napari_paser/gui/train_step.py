@@ -33,12 +33,15 @@ class CurvePlot(QWidget):
         QVBoxLayout(self).addWidget(self.canvas)
         self.plot([])
 
-    def plot(self, curve, class_names: tuple[str, ...] = ()) -> None:
+    def plot(self, curve, class_names: tuple[str, ...] = (), effort: list[int] | None = None) -> None:
+        """effort: per curve point the pixels a person corrected or painted (`Session.curve_effort`), the x-axis
+        instead of the labeled regions."""
         ax = self.axes
         ax.clear()
+        x_of = dict(zip(map(id, curve), effort)) if effort is not None else {}
         pts = [p for p in curve if p.val_miou is not None]
         if pts:
-            xs = [p.n_labeled for p in pts]
+            xs = [x_of.get(id(p), p.n_labeled) for p in pts]
             ax.plot(xs, [p.val_miou for p in pts], "o-", color="#1f77b4", label="mIoU", lw=2)
             names = list(class_names) or sorted({n for p in pts for n in (getattr(p, "class_iou", None) or {})})
             for i, name in enumerate(names):
@@ -48,7 +51,7 @@ class CurvePlot(QWidget):
                             color=f"C{i + 1}", label=name)
             kept = [p for p in pts if getattr(p, "kept_previous", False)]
             if kept:
-                ax.plot([p.n_labeled for p in kept], [p.val_miou for p in kept], "x", color="#d62728",
+                ax.plot([x_of.get(id(p), p.n_labeled) for p in kept], [p.val_miou for p in kept], "x", color="#d62728",
                         label="kept previous")
             ax.set_ylim(0, 1)
             ax.legend(fontsize=6, loc="lower right")
@@ -56,7 +59,7 @@ class CurvePlot(QWidget):
         else:
             ax.text(0.5, 0.5, "no held-out regions yet\n(every 5th accepted region)", ha="center", va="center",
                     transform=ax.transAxes, fontsize=8)
-        ax.set_xlabel("labeled regions", fontsize=8)
+        ax.set_xlabel("pixels corrected or painted" if effort is not None else "labeled regions", fontsize=8)
         ax.set_ylabel("held-out IoU (f0)", fontsize=8)
         ax.tick_params(labelsize=7)
         self.canvas.draw_idle()
@@ -225,7 +228,8 @@ class TrainWidget(QWidget):
 
     def _plot(self) -> None:
         s = self.hub.session
-        self.curve.plot(s.curve if s else [], s.classes.names if s else ())
+        corrected = s is not None and any(a.changed_px is not None for a in s.accepted)
+        self.curve.plot(s.curve if s else [], s.classes.names if s else (), s.curve_effort() if corrected else None)
 
     def _after_accept(self, _n: int) -> None:
         s = self.hub.session

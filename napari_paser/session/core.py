@@ -405,7 +405,7 @@ class Session(LabelingMixin, MapsMixin, ModelsMixin):
         return export_session(self, out, full_volume=full_volume, fmt=fmt, edits=edits)
 
 
-READ_ONLY_REFUSES = ("propose", "accept", "accept_painted", "unaccept", "skip", "accept_edits", "sync_labels",
+READ_ONLY_REFUSES = ("propose", "propose_neighbours", "spread_maps", "accept", "accept_painted", "unaccept", "skip", "accept_edits", "sync_labels",
                      "load_models", "load_policy", "new_models", "compute_maps", "retrain", "train_router")
 """The methods a read-only (or closed) session refuses with a PaserInputError (`commit` refuses any other)."""
 

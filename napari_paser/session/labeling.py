@@ -1,20 +1,26 @@
-"""The session's labeling: proposals from the sampler registry, accepting painted regions,
-taking them back, skipping proposals, edits inside accepted regions."""
+"""The session's labeling: proposals from the sampler registry, the model's suggestion for each
+proposed region, accepting painted or corrected regions (with their correction effort), taking
+them back, skipping proposals, edits inside accepted regions, proposals on neighbouring slices."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from learners.uncertainty import receptive_halo, uncertainty_maps
+from napari_paser.data.dataset import normalise
 from napari_paser.data.labels_convention import layer_to_classes
 from napari_paser.errors import InputError, PaserInputError
+from napari_paser.session.effort import Effort, correction_effort
+from napari_paser.session.jobs import Progress
 from napari_paser.session.maps import MAP_NAMES
 from napari_paser.session.models import MODEL_ROLES
 from napari_paser.session.sampling import proposal_inputs
 from napari_paser.session.store import (
+    SUGGESTIONS,
     AcceptedRegion,
     Proposal,
     State,
@@ -50,31 +56,52 @@ class LabelingMixin:
 
     # ------------------------------------------------------------------ proposals
 
-    def propose(self, k: int = 8, sampler: str = "entropy", seed: int = 0, **options) -> list[Proposal]:
+    def propose(self, k: int = 8, sampler: str = "entropy", seed: int = 0, max_per_slice: int | None = None,
+                near: int = 0, suggest: bool = True, **options) -> list[Proposal]:
         """Rank k unlabeled regions with `sampler` (one of SAMPLERS) and make them the current proposals.
 
-        Samplers other than "random" choose among slices whose maps are current (`compute_maps`).
+        Samplers other than "random" choose among slices whose maps are current (`compute_maps`;
+        `spread_maps` maps a spread sample of the volume's slices so proposals can span it).
+        max_per_slice: at most this many proposals from one slice (the sampler's next best fill up).
+        near: only regions at the place of an accepted region on the slices z +- 1..near (the
+        neighbouring slices as the candidate set). suggest: store the model's guess of every
+        proposed region (`suggestion`), so showing it costs a file read.
         options: TAUDIS alpha/beta/sigma/measure; DQN dqn_checkpoint (and pool_size).
         """
         try:
             chooser = make_sampler(sampler, **options)
             candidates, needs = self._map_needs(chooser)
+            if near:
+                candidates = candidates[np.isin(candidates, self.neighbour_ids(int(near)))]
             if candidates.size == 0:
                 raise PaserInputError("no unlabeled regions left to propose" + (
-                    " in the slices with current maps: compute maps on more slices" if needs.keys() - {"pool"} else ""))
-            sel = chooser.select(candidates, int(k), np.random.default_rng(seed), **needs)
+                    " in the slices with current maps: compute maps on more slices" if needs.keys() - {"pool"} else "")
+                    + (f" on the slices within {near} of an accepted region" if near else ""))
+            ask = int(k) if not max_per_slice else min(candidates.size, int(k) * 4)
+            ask = min(ask, candidates.size) if near else ask  # a few neighbours: as many as there are
+            sel = chooser.select(candidates, ask, np.random.default_rng(seed), **needs)
         except PaserInputError:
             raise
         except InputError as exc:
             raise PaserInputError(str(exc)) from None
+        ids, scores = sel.ids.tolist(), sel.scores.tolist()
+        if max_per_slice:
+            ids, scores = _capped(ids, scores, self.pool.z_of(np.array(ids, np.int64)).tolist(), int(k),
+                                  int(max_per_slice))
         proposals = [self._proposal(rank, rid, score, sampler)
-                     for rank, (rid, score) in enumerate(zip(sel.ids.tolist(), sel.scores.tolist()), 1)]
+                     for rank, (rid, score) in enumerate(zip(ids, scores), 1)]
         request = {"k": int(k), "sampler": sampler, "seed": int(seed), **{n: _plain(v) for n, v in options.items()}}
+        if max_per_slice:
+            request["max_per_slice"] = int(max_per_slice)
+        if near:
+            request["near"] = int(near)
+        made = self._make_suggestions([p.region_id for p in proposals]) if suggest and self.has_models else {}
 
         def mutate(s: State) -> None:
             s.proposals, s.proposal_request, s.skipped = proposals, request, []
+            s.suggestions = made
 
-        self.commit(mutate)
+        self._commit_suggestions(mutate)
         return proposals
 
     def _proposal(self, rank: int, region_id: int, score: float, sampler: str) -> Proposal:
@@ -91,7 +118,8 @@ class LabelingMixin:
     # ------------------------------------------------------------------ accepting labels
 
     def accept(self, region_id: int, labels_patch: np.ndarray | None = None,
-               confirm_partial: bool = False) -> AcceptedRegion:
+               confirm_partial: bool = False, from_suggestion: bool = False,
+               seconds: float | None = None) -> AcceptedRegion:
         """Accept the labels of one region and autosave.
 
         labels_patch: the region's labels in the layer convention (0 = not painted, class k =
@@ -99,14 +127,25 @@ class LabelingMixin:
         canvas (napari painted into `session.labels`). Unpainted pixels raise
         `PartialRegionError` unless confirm_partial (they are then stored as unlabeled and
         ignored by training). Accepting an accepted region again replaces its labels.
+
+        from_suggestion: the labels are the model's `suggestion` as the person corrected it
+        (labels_patch; None accepts the suggestion unchanged); the record keeps the effort
+        (`changed_px`, `strokes`) and `seconds` from showing to accepting when given.
         """
         region = self.region(region_id)
+        effort = None
+        if from_suggestion:
+            shown = self.suggestion(region.id)
+            labels_patch = shown if labels_patch is None else labels_patch
         patch = self._patch(region, labels_patch)
+        if from_suggestion:
+            effort = correction_effort(shown, patch)
         self._check_painted([(region, patch)], confirm_partial)
         with self._lock:
             if labels_patch is not None:
                 self.labels[self.index(*region.slices)] = patch
-            return self._accept_all([(region, patch)])[0]
+            done = {region.id: (effort, None if seconds is None else round(float(seconds), 2))} if effort else {}
+            return self._accept_all([(region, patch)], effort=done)[0]
 
     def painted_regions(self, z: int | None = None) -> np.ndarray:
         """Ids of regions not accepted yet that hold painted pixels in the canvas (slice z, or all)."""
@@ -164,11 +203,14 @@ class LabelingMixin:
             )
 
     def _accept_all(self, items: list[tuple[Region, np.ndarray]], keep_origin: bool = False,
-                    drop: Sequence[int] = ()) -> list[AcceptedRegion]:
+                    drop: Sequence[int] = (),
+                    effort: dict[int, tuple[Effort, float | None]] | None = None) -> list[AcceptedRegion]:
         """Save the crops, then commit the records in one state write (and forget the regions in `drop`).
 
-        keep_origin: a region accepted before keeps its sampler and rank (re-saving edits).
+        keep_origin: a region accepted before keeps its sampler, rank and effort (re-saving edits).
+        effort: region id -> (correction effort, seconds) of regions accepted from their suggestion.
         """
+        effort = effort or {}
         with self._lock:
             by_prop = {p.region_id: p for p in self.state.proposals}
             seq0, records, crops = int(self.state.settings.get("next_seq", 0)), [], {}
@@ -180,11 +222,16 @@ class LabelingMixin:
                 split = (old[region.id].split if region.id in old else former.get(str(region.id))
                          or self._split_for(n_before + len(records)))
                 sampler, rank = (prop.sampler, prop.rank) if prop else ("manual", None)
+                changed = strokes = seconds = None
+                if region.id in effort:
+                    e, seconds = effort[region.id]
+                    changed, strokes = e.changed_px, e.strokes
                 if keep_origin and region.id in old:
-                    sampler, rank = old[region.id].sampler, old[region.id].rank
+                    was = old[region.id]
+                    sampler, rank, changed, strokes, seconds = was.sampler, was.rank, was.changed_px, was.strokes, was.seconds
                 records.append(AcceptedRegion(
                     region.id, region.z, region.y0, region.x0, region.h, region.w,
-                    sampler, rank, now_iso(), self._fractions(patch), split, seq0 + i,
+                    sampler, rank, now_iso(), self._fractions(patch), split, seq0 + i, changed, strokes, seconds,
                 ))
                 crops[region.id] = save_crop(self.folder, region.id, seq0 + i, patch)
                 self._crop_keys[(region.id, seq0 + i)] = _crop_key(patch)
@@ -277,6 +324,166 @@ class LabelingMixin:
         counts = np.bincount(patch.ravel(), minlength=self.n_classes + 1) / patch.size
         return {"unlabeled": float(counts[0]), **{n: float(counts[k + 1]) for k, n in enumerate(self.classes.names)}}
 
+    # ------------------------------------------------------------------ suggestions (the model's guess)
+
+    def suggestion(self, region_id: int) -> np.ndarray:
+        """The model's guess of a region, (h, w) in the layer convention (class k = k + 1): the one stored
+        when it was proposed (what the person was shown), else f0's prediction now (stored). Never a label:
+        it enters the labeled set only through `accept(..., from_suggestion=True)`."""
+        region = self.region(region_id)
+        info = self.state.suggestions.get(str(region.id))
+        if info is not None and crop_path(self.folder, region.id, info["seq"], SUGGESTIONS).is_file():
+            return load_crop(self.folder, region.id, info["seq"], SUGGESTIONS)
+        if self.read_only or self.closed:
+            return self.predicted_patch(region)
+        made = self._make_suggestions([region.id])
+        self._commit_suggestions(lambda s: s.suggestions.update(made))
+        return load_crop(self.folder, region.id, made[str(region.id)]["seq"], SUGGESTIONS)
+
+    def suggestions_current(self) -> bool:
+        """Whether the stored suggestions come from the current f0 (a retrain makes them stale)."""
+        v = self.maps_version()
+        return all(int(i.get("model_version", -1)) >= v for i in self.state.suggestions.values())
+
+    def predicted_patch(self, region: Region, samples: int = 5) -> np.ndarray:
+        """f0's MC-mean prediction of a region in the layer convention: read from the maps where its slice's
+        maps are current, else computed on the region with f0's receptive field as context."""
+        if region.z in set(self.fresh_slices()):
+            return np.asarray(self.maps["prediction"][self.index(*region.slices)]).astype(np.uint8) + 1
+        model = self.require_f0()
+        halo = receptive_halo(model)
+        h, w = self.shape[-2:]
+        y0, x0 = max(0, region.y0 - halo), max(0, region.x0 - halo)
+        y1, x1 = min(h, region.y0 + region.h + halo), min(w, region.x0 + region.w + halo)
+        raw = np.asarray(self.image[self.index(region.z, slice(y0, y1), slice(x0, x1))])
+        crop = normalise(raw, self.state.image["lo"], self.state.image["hi"])
+        pred = uncertainty_maps(model, crop, samples=samples, seed=region.z).prediction
+        ys, xs = slice(region.y0 - y0, region.y0 - y0 + region.h), slice(region.x0 - x0, region.x0 - x0 + region.w)
+        return pred[ys, xs].astype(np.uint8) + 1
+
+    def _make_suggestions(self, region_ids: Sequence[int]) -> dict[str, dict]:
+        """Save the model's guess of each region (kept when the stored one is from the current f0); returns
+        the `State.suggestions` entries to commit."""
+        version, out = self.maps_version(), {}
+        seq = int(self.state.settings.get("next_suggestion_seq", 0))
+        for rid in region_ids:
+            info = self.state.suggestions.get(str(int(rid)))
+            if (info is not None and int(info.get("model_version", -1)) >= version
+                    and crop_path(self.folder, int(rid), info["seq"], SUGGESTIONS).is_file()):
+                out[str(int(rid))] = dict(info)
+                continue
+            save_crop(self.folder, int(rid), seq, self.predicted_patch(self.pool.region(int(rid))), SUGGESTIONS)
+            out[str(int(rid))] = {"seq": seq, "model_version": version}
+            seq += 1
+        self._suggestion_seq = seq
+        return out
+
+    def _commit_suggestions(self, mutate: Callable[[State], None]) -> None:
+        """Commit `mutate` with the suggestion counter; then remove suggestion files nothing names any more."""
+        seq = getattr(self, "_suggestion_seq", None)
+
+        def both(s: State) -> None:
+            mutate(s)
+            if seq is not None:
+                s.settings["next_suggestion_seq"] = max(int(s.settings.get("next_suggestion_seq", 0)), seq)
+
+        self.commit(both)
+        kept = {(int(r), int(i["seq"])) for r, i in self.state.suggestions.items()}
+        folder = self.folder / SUGGESTIONS
+        for path in folder.glob("*.npy") if folder.is_dir() else ():
+            parts = path.stem.split("-")
+            if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit() and (int(parts[0]), int(parts[1])) not in kept:
+                path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ effort
+
+    def effort_of(self, region_id: int) -> Effort | None:
+        """The correction effort of an accepted region (None when it was painted, not corrected)."""
+        rec = self._record(region_id)
+        return None if rec.changed_px is None else Effort(rec.changed_px, rec.strokes or 0, rec.h * rec.w)
+
+    def effort_summary(self) -> dict:
+        """Totals over the accepted set: regions corrected from a suggestion, their changed pixels (and share of
+        their pixels), strokes and seconds; regions painted without one, and their painted pixels."""
+        corrected = [a for a in self.state.accepted if a.changed_px is not None]
+        painted = [a for a in self.state.accepted if a.changed_px is None]
+        size = sum(a.h * a.w for a in corrected)
+        timed = [a.seconds for a in corrected if a.seconds is not None]
+        return {"corrected_regions": len(corrected), "changed_px": sum(a.changed_px for a in corrected),
+                "changed_share": round(sum(a.changed_px for a in corrected) / size, 4) if size else None,
+                "strokes": sum(a.strokes or 0 for a in corrected),
+                "seconds": round(sum(timed), 1) if timed else None,
+                "painted_regions": len(painted), "painted_px": sum(_labeled_px(a) for a in painted)}
+
+    def curve_effort(self) -> list[int]:
+        """The x-axis of the learning curve in pixels a person touched: for each curve point, the changed
+        pixels of regions corrected from a suggestion plus the labeled pixels of regions painted without one,
+        over the regions accepted by that point's time."""
+        cost = sorted((a.accepted_at, a.changed_px if a.changed_px is not None else _labeled_px(a))
+                      for a in self.state.accepted)
+        return [sum(c for t, c in cost if t <= p.time) for p in self.state.curve]
+
+    # ------------------------------------------------------------------ across the volume and along z
+
+    def spread_slices(self, n: int = 8) -> list[int]:
+        """n slices spread evenly over the volume (all of them when it has fewer)."""
+        return sorted({int(v) for v in np.linspace(0, self.n_slices - 1, min(int(n), self.n_slices)).round()})
+
+    def spread_maps(self, n: int = 8, samples: int = 5, should_stop: Callable[[], bool] | None = None
+                    ) -> Generator[Progress, None, int]:
+        """Compute the maps of the `spread_slices(n)` whose maps are not current, so proposals can come from
+        the whole volume and not only from the slices a person happened to map; returns slices mapped."""
+        fresh = set(self.fresh_slices())
+        missing = [z for z in self.spread_slices(n) if z not in fresh]
+        if not missing:
+            return 0
+        return (yield from self.compute_maps(missing, samples, should_stop=should_stop))
+
+    def neighbour_ids(self, depth: int = 2, around: Iterable[int] | None = None) -> np.ndarray:
+        """Unlabeled regions at the place of the regions `around` (default: every accepted one) on the
+        slices z +- 1..depth, nearest slices first."""
+        around = [a.region_id for a in self.state.accepted] if around is None else [int(r) for r in around]
+        per = self.pool.cells_per_slice
+        found: dict[int, int] = {}
+        for rid in around:
+            z, cell = divmod(int(rid), per)
+            for d in range(1, int(depth) + 1):
+                for zz in (z - d, z + d):
+                    if 0 <= zz < self.n_slices:
+                        nid = zz * per + cell
+                        found[nid] = min(found.get(nid, d), d)
+        ids = np.array(sorted(found, key=lambda r: (found[r], r)), dtype=np.int64)
+        return ids[~self.pool.is_labeled(ids)] if ids.size else ids
+
+    def propose_neighbours(self, region_id: int, depth: int = 2) -> list[Proposal]:
+        """Propose the region's place on the slices z +- 1..depth (nearest first), each with the model's
+        suggestion, after the pending proposals; returns the new proposals."""
+        region = self.region(region_id)
+        if len(self.shape) != 3:
+            raise PaserInputError("the image is a single slice: there are no neighbouring slices to propose")
+        ids = self.neighbour_ids(depth, [region.id])
+        pending = {p.region_id for p in self.pending_proposals}
+        ids = [int(r) for r in ids if int(r) not in pending]
+        if not ids:
+            raise PaserInputError(f"region {region.id}'s place is labeled or proposed on every slice within "
+                                  f"{depth} of slice {region.z}: raise the depth")
+        top = max((p.rank for p in self.state.proposals), default=0)
+        new = [Proposal(top + i, rid, *self._where(rid), float(abs(self.pool.region(rid).z - region.z)), "neighbours")
+               for i, rid in enumerate(ids, 1)]
+        made = self._make_suggestions(ids)
+
+        def mutate(s: State) -> None:
+            s.proposals = [p for p in s.proposals if p.region_id not in set(ids)] + new
+            s.skipped = [r for r in s.skipped if r not in set(ids)]
+            s.suggestions.update(made)
+
+        self._commit_suggestions(mutate)
+        return new
+
+    def _where(self, region_id: int) -> tuple[int, int, int, int, int]:
+        r = self.pool.region(region_id)
+        return r.z, r.y0, r.x0, r.h, r.w
+
     def sync_labels(self, layer_data) -> None:
         """Copy a Labels layer's data (layer convention, the image's shape) into the canvas."""
         if layer_data is self.labels:
@@ -292,3 +499,20 @@ class LabelingMixin:
             data = np.asarray(layer_data[ix])
             layer_to_classes(data, n_classes=self.n_classes)
             self.labels[ix] = data.astype(np.uint8)
+
+
+def _labeled_px(rec: AcceptedRegion) -> int:
+    return int(round(rec.h * rec.w * (1.0 - float(rec.fractions.get("unlabeled", 0.0)))))
+
+
+def _capped(ids: list[int], scores: list[float], zs: list[int], k: int, cap: int) -> tuple[list[int], list[float]]:
+    """The first k of a ranked list taking at most `cap` per slice; the rest fill up when too few slices."""
+    taken, per, rest = [], {}, []
+    for rid, score, z in zip(ids, scores, zs):
+        if len(taken) < k and per.get(z, 0) < cap:
+            taken.append((rid, score))
+            per[z] = per.get(z, 0) + 1
+        else:
+            rest.append((rid, score))
+    taken += rest[: max(0, k - len(taken))]
+    return [t[0] for t in taken], [t[1] for t in taken]

@@ -12,6 +12,8 @@ A session folder holds
     maps.zarr/       f0's prediction (class indices), entropy and BALD, per slice
     regions/<id>-<seq>.npy the label crop of each accepted region (layer convention), written
                      atomically before session.json names it: the authoritative labeled set
+    suggestions/<id>-<seq>.npy the model's guess shown for a proposed region (layer convention):
+                     never a label; what the accepted labels are compared with to count corrections
     models/<role>-<version>.pt  checkpoints; session.json names the current file of each role
 
     session.json.bak the previous commit's session.json (a hard link to it, so no copy), kept at
@@ -49,7 +51,8 @@ VERSION = 1
 STATE_FILE = "session.json"
 BACKUP_FILE = "session.json.bak"
 IMAGE, LABELS, MAPS, REGIONS, MODELS = "image.zarr", "labels.zarr", "maps.zarr", "regions", "models"
-OWN_NAMES = {STATE_FILE, BACKUP_FILE, LOCK_FILE, IMAGE, LABELS, MAPS, REGIONS, MODELS}
+SUGGESTIONS = "suggestions"
+OWN_NAMES = {STATE_FILE, BACKUP_FILE, LOCK_FILE, IMAGE, LABELS, MAPS, REGIONS, MODELS, SUGGESTIONS}
 _ZARR_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr LocalStore's temporary chunk files
 CHUNK = 512  # chunk edge in y and x; one slice per chunk in z
 
@@ -121,6 +124,10 @@ class AcceptedRegion:
     fractions: dict[str, float]
     split: str = "train"  # "train" or "val" (held out for the learning curve)
     seq: int = 0  # its crop is regions/<region_id>-<seq>.npy (a new seq on every accept, so a re-accept never overwrites)
+    # correction effort, when the region was accepted from the model's suggestion (None otherwise):
+    changed_px: int | None = None  # pixels that differ from the suggestion
+    strokes: int | None = None  # connected groups of changed pixels (about the strokes a person made)
+    seconds: float | None = None  # from showing the suggestion to accepting (measured by the GUI)
 
 
 @dataclass
@@ -161,6 +168,8 @@ class State:
     lr_agents: dict[str, dict] = field(default_factory=dict)
     created: str = ""
     skipped: list[int] = field(default_factory=list)  # proposals skipped this round (cleared by propose)
+    # region id -> {"seq", "model_version"} of the model's suggestion shown for it (suggestions/<id>-<seq>.npy)
+    suggestions: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self) -> str:
         data = {"format": FORMAT, "version": VERSION, **asdict(self)}
@@ -194,6 +203,7 @@ class State:
                 model_version=int(data.get("model_version", 0)), maps=dict(data.get("maps", {})),
                 curve=[CurvePoint(**c) for c in data.get("curve", [])], lr_agents=data.get("lr_agents", {}),
                 created=data.get("created", ""), skipped=[int(r) for r in data.get("skipped", [])],
+                suggestions={str(k): dict(v) for k, v in data.get("suggestions", {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DamagedStateError(f"{source} is damaged or incomplete ({exc!r}); restore it from a backup") from None
@@ -398,20 +408,21 @@ def open_image(folder: Path, image: dict):
     return view
 
 
-def crop_path(folder: Path, region_id: int, seq: int) -> Path:
-    return folder / REGIONS / f"{region_id}-{seq}.npy"
+def crop_path(folder: Path, region_id: int, seq: int, kind: str = REGIONS) -> Path:
+    """The crop file of a region: its accepted labels (`REGIONS`) or the suggestion shown (`SUGGESTIONS`)."""
+    return folder / kind / f"{region_id}-{seq}.npy"
 
 
-def save_crop(folder: Path, region_id: int, seq: int, crop: np.ndarray) -> Path:
-    path = crop_path(folder, region_id, seq)
+def save_crop(folder: Path, region_id: int, seq: int, crop: np.ndarray, kind: str = REGIONS) -> Path:
+    path = crop_path(folder, region_id, seq, kind)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, np.ascontiguousarray(crop, dtype=np.uint8))
     return path
 
 
-def load_crop(folder: Path, region_id: int, seq: int) -> np.ndarray:
-    path = crop_path(folder, region_id, seq)
+def load_crop(folder: Path, region_id: int, seq: int, kind: str = REGIONS) -> np.ndarray:
+    path = crop_path(folder, region_id, seq, kind)
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:

@@ -1,0 +1,368 @@
+"""Label by correcting: mIoU against the pixels a person touches, for painting and correcting.
+
+Every session row drives the real `Session` (napari_paser.session) started with the shipped
+starting weights (`new_models()`), proposing with the real samplers (`sampling.registry`) and
+retraining with `Session.retrain` after each round of k regions:
+- paint-random: random regions painted from scratch: effort = every labeled pixel;
+- correct-random / correct-taudis / correct-effort: each proposed region arrives filled with the
+  model's suggestion (`Session.suggestion`) and a simulated annotator fixes every wrong pixel
+  (`napari_paser.bench.al_sim.correct_region`): effort = pixels changed (and strokes = connected
+  groups of them), accepted with `Session.accept(..., from_suggestion=True)`;
+- rf-2d / rf-3d: the ilastik-style random forest (50 trees) trained on the labeled pixels of
+  correct-taudis's accepted regions at each of its steps, on 2D per-slice features
+  (`napari_paser.data.baselines.pixel_features`) or on skimage's multiscale_basic_features of the
+  whole (Z, H, W) volume (ilastik's 3D mode); its x-axis is correct-taudis's changed pixels.
+
+Per method: budgets_px (mean over seeds of the cumulative effort after each round; round 0 is the
+starting weights with no labels), miou_mean, miou_per_seed, px_to_95 (the effort at the first
+round reaching 95% of full supervision: the starting weights fine-tuned on every pool pixel; null
+where never reached) and px_to_95_per_seed. Comparisons are paired per seed with percentile-
+bootstrap 95% intervals (`napari_paser.bench.al.bootstrap_ci`).
+
+Datasets (`benchmarks/common.py`): soc-lowres-varying (SOC slices degraded per slice, as
+bench_coldstart), soc_stack-3d (consecutive slices degraded in 3D: blur, 2x down-sampling in z, y
+and x, noise; the pool is a block of consecutive slices of the first half, the test a block of the
+held-back second half), battery_nanoct (set a: three slices pool, three test).
+
+    nice -n 10 PYTHONPATH=. python benchmarks/bench_effort.py [--datasets soc-lowres-varying,soc_stack-3d,battery]
+        [--seeds 10] [--crop 128] [--rounds 5] [--k 4] [--out benchmarks/results/effort.json]
+
+Each dataset can run in its own process (--datasets NAME --out part.json); --merge part*.json joins them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+from skimage.feature import multiscale_basic_features
+
+import common
+from bench_coldstart import CLASSES, _tiny, load as load_soc, miou
+from learners.generators import collect, drain
+from learners.inference import predict_classes
+from learners.training import IGNORE_INDEX, iter_training
+from napari_paser.bench.al import bootstrap_ci, verdict
+from napari_paser.bench.al_sim import correct_region
+from napari_paser.data.baselines import FEATURE_SIGMAS, fit_pixel_forest, pixel_features, predict_pixel_forest
+from napari_paser.data.dataset import normalise
+from napari_paser.session import Session
+from napari_paser.session.jobs import RETRAIN_CONFIG
+from napari_paser.weights import starting_model
+
+SESSION_METHODS = {"paint-random": ("random", False), "correct-random": ("random", True),
+                   "correct-taudis": ("taudis", True), "correct-effort": ("effort", True)}
+DATASETS = ("soc-lowres-varying", "soc_stack-3d", "battery")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def dataset(name: str, seed: int, crop: int, pool: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(pool images, pool labels, test images, test labels) of one seed; images float32, labels 0..C-1."""
+    rng = np.random.default_rng(seed)
+    if name == "soc-lowres-varying":
+        images, labels, splits = load_soc("lowres-varying", crop)
+        test = splits["test"][:4]
+        others = [i for i in range(len(images)) if i not in splits["test"]]
+        chosen = sorted(rng.choice(others, pool, replace=False).tolist())
+        return images[chosen], labels[chosen], images[test], labels[test]
+    if name == "soc_stack-3d":
+        images, labels = _stack(crop)
+        half = len(images) // 2
+        z0 = int(rng.integers(0, half - pool))
+        t0 = half + int(rng.integers(0, half - pool))
+        return images[z0:z0 + pool], labels[z0:z0 + pool], images[t0:t0 + pool], labels[t0:t0 + pool]
+    if name == "battery":
+        import tifffile
+
+        folder = common.require(common.BATTERY) / "a"
+        images = tifffile.imread(folder / "images.tif").astype(np.float32)
+        labels = tifffile.imread(folder / "labels.tif").astype(np.uint8)
+        h, w = images.shape[1:]
+        y0, x0 = int(rng.integers(0, h - crop)), int(rng.integers(0, w - crop))
+        images, labels = images[:, y0:y0 + crop, x0:x0 + crop], labels[:, y0:y0 + crop, x0:x0 + crop]
+        order = rng.permutation(len(images))
+        p, t = sorted(order[:3].tolist()), sorted(order[3:].tolist())
+        return images[p], labels[p], images[t], labels[t]
+    raise SystemExit(f"unknown dataset {name!r}: choose from {', '.join(DATASETS)}")
+
+
+_STACK: dict = {}
+
+
+def _stack(crop: int) -> tuple[np.ndarray, np.ndarray]:
+    """The SOC stack's central crop, degraded in 3D: Gaussian blur (sigma 1), 2x down-sampling of z, y and x
+    with linear re-sampling back, Gaussian noise (sd 0.08 of the range); labels at full resolution."""
+    if crop not in _STACK:
+        import tifffile
+
+        folder = common.require(common.SOC_STACK)
+        raw = tifffile.imread(folder / "images.tif").astype(np.float32)
+        lab = tifffile.imread(folder / "labels.tif").astype(np.uint8)
+        h, w = raw.shape[1:]
+        ys, xs = slice((h - crop) // 2, (h - crop) // 2 + crop), slice((w - crop) // 2, (w - crop) // 2 + crop)
+        raw, lab = raw[:, ys, xs], lab[:, ys, xs]
+        lo, hi = np.percentile(raw, [0.5, 99.5])
+        vol = normalise(raw, float(lo), float(hi))
+        vol = ndimage.gaussian_filter(vol, 1.0)
+        low = ndimage.zoom(vol, 0.5, order=1)
+        vol = ndimage.zoom(low, np.array(vol.shape) / np.array(low.shape), order=1)[: len(lab), :crop, :crop]
+        vol = vol + np.random.default_rng(0).normal(0, 0.08, vol.shape).astype(np.float32)
+        _STACK[crop] = (vol.astype(np.float32), lab)
+    return _STACK[crop]
+
+
+# ----------------------------------------------------------------------------- the simulated person
+
+
+class EffortLoop:
+    """One simulated person working through a real Session: propose k, paint or correct, retrain."""
+
+    def __init__(self, folder: Path, images, labels, sampler: str, correct: bool, seed: int, args) -> None:
+        self.s = Session.create(folder, images, classes=CLASSES, region_size=args.region, val_every=0)
+        self.s.new_models()  # the shipped starting weights
+        self.truth, self.sampler, self.correct, self.seed, self.args = labels, sampler, correct, seed, args
+        self.cfg = replace(RETRAIN_CONFIG, epochs=args.epochs, steps_per_epoch=args.steps, seed=seed)
+        self.effort, self.strokes, self.rounds = 0, 0, 0
+        drain(self.s.compute_maps(samples=args.samples))
+
+    def round(self) -> None:
+        for p in self.s.propose(self.args.k, self.sampler, seed=self.seed * 1000 + self.rounds):
+            region = self.s.region(p.region_id)
+            truth = self.truth[region.slices]
+            if self.correct:
+                final, effort = correct_region(self.s.suggestion(p.region_id), truth)
+                self.s.accept(p.region_id, final, from_suggestion=True)
+                self.effort += effort.changed_px
+                self.strokes += effort.strokes
+            else:
+                self.s.accept(p.region_id, truth.astype(np.uint8) + 1)
+                self.effort += truth.size
+        collect(self.s.retrain(self.cfg, samples=self.args.samples, refresh=False))
+        drain(self.s.compute_maps(samples=self.args.samples))  # every pool slice: the samplers see the volume
+        self.rounds += 1
+
+    def canvas_labels(self) -> np.ndarray:
+        lab = np.asarray(self.s.labels[:]).astype(np.int16) - 1
+        return np.where(lab >= 0, lab, IGNORE_INDEX).astype(np.uint8)
+
+
+def features_3d(volume: np.ndarray) -> list[np.ndarray]:
+    """skimage's multiscale features of the whole volume (as ilastik's 3D mode), per slice (H, W, F)."""
+    f = multiscale_basic_features(np.asarray(volume, np.float32), intensity=True, edges=True, texture=True,
+                                  sigma_min=FEATURE_SIGMAS[0], sigma_max=FEATURE_SIGMAS[1])
+    return list(f.astype(np.float32))
+
+
+def full_reference(px, py, test_norm, ty, lo, hi, args, seed) -> float:
+    """The starting weights fine-tuned on every pool pixel (args.full_factor x a retrain's steps)."""
+    model = starting_model("f0", _tiny())
+    cfg = replace(RETRAIN_CONFIG, epochs=args.epochs * args.full_factor, steps_per_epoch=args.steps, seed=seed)
+    drain(iter_training(model, list(normalise(px, lo, hi)), list(py), None, None, cfg))
+    return miou(predict_classes(model, test_norm), ty)
+
+
+def run_seed(name: str, seed: int, args) -> dict:
+    px, py, tx, ty = dataset(name, seed, args.crop, args.pool)
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for method, (sampler, correct) in SESSION_METHODS.items():
+            t0 = time.time()
+            loop = EffortLoop(Path(tmp) / method, px, py, sampler, correct, seed, args)
+            lo, hi = loop.s.state.image["lo"], loop.s.state.image["hi"]
+            test_norm = normalise(tx, lo, hi)
+            row = {"budgets_px": [0], "miou": [miou(predict_classes(loop.s.models["f0"], test_norm), ty)],
+                   "strokes": [0], "regions": [0]}
+            labeled = []
+            for _ in range(args.rounds):
+                loop.round()
+                row["budgets_px"].append(loop.effort)
+                row["strokes"].append(loop.strokes)
+                row["regions"].append(len(loop.s.accepted))
+                row["miou"].append(miou(predict_classes(loop.s.models["f0"], test_norm), ty))
+                labeled.append(loop.canvas_labels())
+            row["seconds"] = round(time.time() - t0, 1)
+            out[method] = row
+            print(f"  {name} seed {seed} {method:15s} effort {row['budgets_px']} mIoU "
+                  f"{[round(v, 3) for v in row['miou']]} ({row['seconds']:.0f} s)", flush=True)
+            if method == "correct-taudis":
+                out.update(forests(px, tx, ty, labeled, row, lo, hi, args, seed))
+            loop.s.close()
+        out["full"] = full_reference(px, py, test_norm, ty, lo, hi, args, seed)
+    return out
+
+
+def forests(px, tx, ty, labeled: list[np.ndarray], taudis: dict, lo, hi, args, seed) -> dict:
+    """rf-2d and rf-3d on correct-taudis's labeled pixels after each of its rounds (round 0: no labels)."""
+    pn, tn = normalise(px, lo, hi), normalise(tx, lo, hi)
+    feats = {"rf-2d": ([pixel_features(im) for im in pn], [pixel_features(im) for im in tn]),
+             "rf-3d": (features_3d(pn), features_3d(tn))}
+    out = {}
+    for name, (fp, ft) in feats.items():
+        scores = [None]  # no labels: no forest
+        for lab in labeled:
+            forest = fit_pixel_forest(fp, list(lab), n_estimators=args.trees, seed=seed)
+            scores.append(miou(np.stack([predict_pixel_forest(forest, f) for f in ft]), ty))
+        out[name] = {"budgets_px": list(taudis["budgets_px"]), "miou": scores}
+        print(f"  {name} {[None if v is None else round(v, 3) for v in scores]}", flush=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def px_to(row_budgets: list[int], row_miou: list, target: float) -> int | None:
+    for b, m in zip(row_budgets, row_miou):
+        if m is not None and m >= target:
+            return int(b)
+    return None
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per method: budgets, mIoU per seed and mean, pixels to 95% of full supervision; comparisons."""
+    full = [r["full"] for r in runs]
+    methods = {}
+    for m in (*SESSION_METHODS, "rf-2d", "rf-3d"):
+        budgets = [r[m]["budgets_px"] for r in runs]
+        per = [r[m]["miou"] for r in runs]
+        to95 = [px_to(b, s, 0.95 * f) for b, s, f in zip(budgets, per, full)]
+        cols = list(zip(*per))
+        methods[m] = {
+            "budgets_px": [round(float(np.mean(c)), 1) for c in zip(*budgets)], "budgets_px_per_seed": budgets,
+            "miou_mean": [None if any(v is None for v in c) else round(float(np.mean(c)), 4) for c in cols],
+            "miou_per_seed": [[None if v is None else round(v, 4) for v in s] for s in per],
+            "px_to_95": None if any(v is None for v in to95) else round(float(np.mean(to95)), 1),
+            "px_to_95_per_seed": to95,
+        }
+        if "strokes" in runs[0][m]:
+            methods[m]["strokes_per_seed"] = [r[m]["strokes"] for r in runs]
+            methods[m]["seconds_per_seed"] = [r[m]["seconds"] for r in runs]
+    return {"methods": methods, "full_miou_per_seed": [round(f, 4) for f in full], "comparisons": compare(methods)}
+
+
+def compare(methods: dict) -> dict:
+    """The targets' comparisons, paired per seed (bootstrap 95% intervals)."""
+    out = {}
+    paint, rand = methods["paint-random"]["px_to_95_per_seed"], methods["correct-random"]["px_to_95_per_seed"]
+    ratio = [p / r if p is not None and r else None for p, r in zip(paint, rand)]
+    out["paint_over_correct_px_to_95"] = {**bootstrap_ci(ratio), "per_seed": ratio, "target": ">= 5"}
+    # effort per round at the same number of regions: painting pays the region, correcting its errors
+    pr = np.array(methods["paint-random"]["budgets_px_per_seed"], float)[:, -1]
+    cr = np.array(methods["correct-random"]["budgets_px_per_seed"], float)[:, -1]
+    out["paint_over_correct_px_same_regions"] = bootstrap_ci((pr / np.maximum(cr, 1)).tolist())
+    for m in ("correct-taudis", "correct-effort"):
+        best = methods[m]["px_to_95_per_seed"]
+        cut = [1 - b / r if b is not None and r else None for b, r in zip(best, rand)]
+        ci = bootstrap_ci(cut)
+        gain = np.array(methods[m]["miou_per_seed"], float) - np.array(methods["correct-random"]["miou_per_seed"], float)
+        eff = np.array(methods[m]["budgets_px_per_seed"], float) - np.array(methods["correct-random"]["budgets_px_per_seed"], float)
+        out[f"{m}_vs_correct-random"] = {
+            "px_to_95_cut": {**ci, "per_seed": cut, "target": ">= 0.30, interval above 0", "verdict": verdict(ci)},
+            "miou_gain_per_round": [bootstrap_ci(gain[:, i]) for i in range(1, gain.shape[1])],
+            "extra_changed_px_per_round": [bootstrap_ci(eff[:, i]) for i in range(1, eff.shape[1])],
+        }
+    for a, b in (("paint-random", "correct-random"), ("correct-taudis", "correct-random"),
+                 ("correct-effort", "correct-random")):
+        out[f"{a}_over_{b}_px_to_common"] = common_target(methods[a], methods[b])
+    session = np.array(methods["correct-taudis"]["miou_per_seed"], float)[:, 1:]
+    rf3 = np.array([[np.nan if v is None else v for v in s] for s in methods["rf-3d"]["miou_per_seed"]])[:, 1:]
+    diffs = [bootstrap_ci(session[:, i] - rf3[:, i]) for i in range(session.shape[1])]
+    out["correct-taudis_minus_rf-3d_per_round"] = {"per_round": diffs, "target": "session >= rf-3d at every budget",
+                                                   "met": bool(all(d["mean"] is not None and d["mean"] >= 0 for d in diffs))}
+    return out
+
+
+def common_target(a: dict, b: dict) -> dict:
+    """Per seed, the effort each of two methods needs to reach the lower of their best mIoUs (both reach
+    it, so it is defined where px_to_95 is not): the ratio a / b, with its bootstrap interval."""
+    ratios, targets = [], []
+    for ba, ma, bb, mb in zip(a["budgets_px_per_seed"], a["miou_per_seed"], b["budgets_px_per_seed"], b["miou_per_seed"]):
+        target = min(max(v for v in ma if v is not None), max(v for v in mb if v is not None))
+        pa, pb = px_to(ba, ma, target), px_to(bb, mb, target)
+        targets.append(round(target, 4))
+        ratios.append(pa / pb if pa and pb else None)
+    return {**bootstrap_ci(ratios), "per_seed": ratios, "targets": targets}
+
+
+def join_seeds(a: dict, b: dict) -> dict:
+    """One dataset's results of two runs on different seeds as one (means recomputed from the per-seed rows)."""
+    out = {"full_miou_per_seed": a["full_miou_per_seed"] + b["full_miou_per_seed"],
+           "seeds_done": a["seeds_done"] + b["seeds_done"], "seconds": a["seconds"] + b["seconds"], "methods": {}}
+    for m, ra in a["methods"].items():
+        rb = b["methods"][m]
+        row = {k: ra[k] + rb[k] for k in ra if k.endswith("_per_seed")}
+        row["budgets_px"] = [round(float(np.mean(c)), 1) for c in zip(*row["budgets_px_per_seed"])]
+        row["miou_mean"] = [None if any(v is None for v in c) else round(float(np.mean(c)), 4)
+                            for c in zip(*row["miou_per_seed"])]
+        to95 = row["px_to_95_per_seed"]
+        row["px_to_95"] = None if any(v is None for v in to95) else round(float(np.mean(to95)), 1)
+        out["methods"][m] = row
+    return out
+
+
+def recompare(files: list[Path], out: Path) -> int:
+    """Join result files (one per dataset) and recompute every dataset's comparisons from its per-seed rows."""
+    parts = [json.loads(p.read_text()) for p in files]
+    merged = {"datasets": {}, "config": parts[0]["config"]}
+    merged["config"]["seeds_run"] = sorted({s for p in parts for s in p["config"]["seeds_run"]})
+    for part in parts:
+        for name, d in part["datasets"].items():
+            if name in merged["datasets"]:  # more seeds of a dataset: join the per-seed rows
+                d = join_seeds(merged["datasets"][name], d)
+            merged["datasets"][name] = d
+    for d in merged["datasets"].values():
+        d["comparisons"] = compare(d["methods"])
+    out.write_text(json.dumps(merged, indent=1))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--seeds", type=int, default=10, help="the full spec: 10 seeds per dataset")
+    parser.add_argument("--seed-list", help="run these seeds only (e.g. 3,4)")
+    parser.add_argument("--crop", type=int, default=128)
+    parser.add_argument("--pool", type=int, default=4, help="pool slices per seed (battery: always 3)")
+    parser.add_argument("--region", type=int, default=32)
+    parser.add_argument("--k", type=int, default=4, help="regions per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=2, help="retrain epochs (RETRAIN_CONFIG has 4)")
+    parser.add_argument("--steps", type=int, default=40, help="optimiser steps per retrain epoch (RETRAIN_CONFIG: 75)")
+    parser.add_argument("--samples", type=int, default=3, help="MC-dropout passes of the maps")
+    parser.add_argument("--trees", type=int, default=50)
+    parser.add_argument("--full-factor", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=common.RESULTS / "effort.json")
+    parser.add_argument("--merge", nargs="*", type=Path,
+                        help="join per-dataset result files into --out (comparisons recomputed) and stop")
+    args = parser.parse_args()
+    if args.merge:
+        return recompare(args.merge, args.out)
+    torch.set_num_threads(1)
+    seeds = [int(v) for v in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "merge"}
+    config.update(seeds_run=seeds, machine=f"{platform.machine()}, {platform.processor() or 'cpu'}, torch 1 thread, "
+                  "2 shared cores, nice 10", date=time.strftime("%Y-%m-%d"),
+                  retrain={"epochs": args.epochs, "steps_per_epoch": args.steps, "rest": "RETRAIN_CONFIG"})
+    result = {"datasets": {}, "config": config}
+    for name in args.datasets.split(","):
+        runs, t0 = [], time.time()
+        for seed in seeds:  # written after every seed, so a stopped run keeps what it finished
+            runs.append(run_seed(name, seed, args))
+            result["datasets"][name] = {**summarise(runs), "seeds_done": len(runs), "seconds": round(time.time() - t0)}
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The Label step's correcting workflow under Xvfb: Next shows the model's guess in its own layer,
+Accept takes the corrected guess (effort counted), Shift-U accepts it unchanged, Revert restores it,
+and the last accepted region's place is proposed on the neighbouring slices, pre-filled."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+
+from napari_paser.gui import hub as _hub  # noqa: E402
+from napari_paser.gui.hub import LABELS, REGIONS, SHORTCUTS  # noqa: E402
+from napari_paser.gui.io import REGION_COLORS  # noqa: E402
+from napari_paser.gui.label_step import SUGGESTION  # noqa: E402
+from napari_paser.gui.layers import HIGHLIGHT  # noqa: E402
+from napari_paser.gui.widgets import PaserWidget  # noqa: E402
+from test_widgets import idle, start  # noqa: E402
+
+
+@pytest.fixture
+def label(make_napari_viewer, tmp_path, monkeypatch):
+    errors: list[str] = []
+    monkeypatch.setattr(_hub, "show_error", errors.append)
+    monkeypatch.chdir(tmp_path)
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    viewer.add_image((rng.random((4, 64, 64)) * 1000).astype(np.uint16), name="scan")
+    widget = PaserWidget(viewer)
+    s = start(widget, tmp_path)
+    step = widget.steps["Label"]
+    yield viewer, widget, step, s
+    assert errors == []
+
+
+def key(viewer, action: str):
+    from napari.utils.key_bindings import coerce_keybinding
+
+    return viewer.keymap[coerce_keybinding(dict((a, k) for k, a, _ in SHORTCUTS)[action])]
+
+
+def test_next_shows_the_guess_accept_counts_corrections(label):
+    viewer, widget, step, s = label
+    step.sampler.setCurrentText("entropy")
+    step.k.setValue(4)
+    step.propose()
+    idle(widget.hub)
+    assert set(s.fresh_slices()) == {0, 1, 2, 3}  # spread: every slice mapped before proposing
+    assert len({p.z for p in s.proposals}) >= 2  # at most one per slice here (k=4 over 4 slices)
+    prop = step.current
+    layer = viewer.layers[SUGGESTION]
+    assert layer.visible and viewer.layers.selection.active is layer and layer.mode == "paint"
+    assert np.array_equal(np.asarray(layer.data)[0], s.suggestion(prop.region_id))
+    assert tuple(layer.translate) == (prop.z, prop.y0, prop.x0)
+    assert not np.asarray(s.labels[:]).any()  # the guess is not a label
+    # correct 10 pixels with the "brush", accept
+    data = np.asarray(layer.data).copy()
+    data[0, 0, :10] = 1 if data[0, 0, 0] != 1 else 2
+    layer.data = data
+    step.accept()
+    rec = s.accepted[-1]
+    assert rec.region_id == prop.region_id and rec.changed_px == 10 and rec.strokes == 1 and rec.seconds >= 0
+    assert "corrected 10 px" in step.where.text()
+    # the next proposal is shown; revert undoes edits
+    nxt = step.current
+    assert nxt.region_id != prop.region_id and viewer.layers[SUGGESTION].metadata["region_id"] == nxt.region_id
+    layer = viewer.layers[SUGGESTION]
+    layer.data = np.full_like(np.asarray(layer.data), 3)
+    step.revert_button.click()
+    assert np.array_equal(np.asarray(layer.data)[0], s.suggestion(nxt.region_id))
+    key(viewer, "accept_unchanged")(viewer)
+    assert s.accepted[-1].region_id == nxt.region_id and s.accepted[-1].changed_px == 0
+    # regions layer: accepted unnumbered, in a colour apart from the entropy contours
+    regions = viewer.layers[REGIONS]
+    feats = regions.features
+    assert all(n == "" for n, st in zip(feats["number"], feats["status"]) if st == "accepted")
+    assert REGION_COLORS["accepted"].lower() not in (HIGHLIGHT.lower(), "#00e5ff")
+
+
+def test_neighbouring_slices_are_proposed_prefilled(label):
+    viewer, widget, step, s = label
+    step.sampler.setCurrentText("random")
+    step.k.setValue(1)
+    step.propose()
+    idle(widget.hub)
+    first = step.current
+    step.unchanged_button.click()
+    step.depth.setValue(1)
+    step.neighbours_button.click()
+    idle(widget.hub)
+    cur = step.current
+    assert cur.sampler == "neighbours" and abs(cur.z - first.z) == 1 and (cur.y0, cur.x0) == (first.y0, first.x0)
+    layer = viewer.layers[SUGGESTION]
+    assert layer.visible and tuple(layer.translate) == (cur.z, cur.y0, cur.x0)
+    assert viewer.dims.current_step[0] == cur.z
+
+
+def test_prefill_off_paints_on_the_canvas(label):
+    viewer, widget, step, s = label
+    step.prefill.setChecked(False)
+    step.sampler.setCurrentText("random")
+    step.k.setValue(1)
+    step.propose()
+    idle(widget.hub)
+    assert viewer.layers.selection.active is viewer.layers[LABELS]
+    assert SUGGESTION not in viewer.layers or not viewer.layers[SUGGESTION].visible
+
+
+def test_learning_curve_can_use_corrected_pixels_as_x_axis(qtbot):
+    from napari_paser.gui.train_step import CurvePlot
+    from napari_paser.session.store import CurvePoint
+
+    curve = [CurvePoint(5, 4, 1, 0.6, 1, 1, "t1"), CurvePoint(10, 8, 2, 0.7, 2, 1, "t2")]
+    plot = CurvePlot()
+    qtbot.addWidget(plot)
+    plot.plot(curve, ("a", "b"), effort=[120, 300])
+    assert list(plot.axes.lines[0].get_xdata()) == [120, 300]
+    assert plot.axes.get_xlabel() == "pixels corrected or painted"
+    plot.plot(curve, ("a", "b"))
+    assert list(plot.axes.lines[0].get_xdata()) == [5, 10] and plot.axes.get_xlabel() == "labeled regions"
+
+
+def test_sampler_ranks_the_neighbouring_places(label):
+    viewer, widget, step, s = label
+    step.sampler.setCurrentText("random")
+    step.k.setValue(1)
+    step.propose()
+    idle(widget.hub)
+    first = step.current
+    step.unchanged_button.click()
+    step.sampler.setCurrentText("entropy")
+    step.k.setValue(2)
+    step.depth.setValue(1)
+    step.near_button.click()
+    idle(widget.hub)
+    pending = s.pending_proposals
+    assert len(pending) >= 1 and all(p.sampler == "entropy" for p in pending)
+    assert all(abs(p.z - first.z) == 1 and (p.y0, p.x0) == (first.y0, first.x0) for p in pending)
+    assert step.current.region_id == pending[0].region_id and viewer.layers[SUGGESTION].visible
