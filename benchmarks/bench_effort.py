@@ -47,10 +47,11 @@ from scipy import ndimage
 from skimage.feature import multiscale_basic_features
 
 import common
-from bench_coldstart import CLASSES, _tiny, load as load_soc, miou
+from labeling_loop import CLASSES, load as load_soc, miou
 from learners.generators import collect, drain
 from learners.inference import predict_classes
 from learners.training import IGNORE_INDEX, iter_training
+from learners.unet import preset_config
 from napari_paser.bench.al import bootstrap_ci, verdict
 from napari_paser.bench.al_sim import correct_region
 from napari_paser.data.baselines import FEATURE_SIGMAS, fit_pixel_forest, pixel_features, predict_pixel_forest
@@ -166,7 +167,7 @@ def features_3d(volume: np.ndarray) -> list[np.ndarray]:
 
 def full_reference(px, py, test_norm, ty, lo, hi, args, seed) -> float:
     """The starting weights fine-tuned on every pool pixel (args.full_factor x a retrain's steps)."""
-    model = starting_model("f0", _tiny())
+    model = starting_model("f0", preset_config("tiny", n_classes=3))
     cfg = replace(RETRAIN_CONFIG, epochs=args.epochs * args.full_factor, steps_per_epoch=args.steps, seed=seed)
     drain(iter_training(model, list(normalise(px, lo, hi)), list(py), None, None, cfg))
     return miou(predict_classes(model, test_norm), ty)

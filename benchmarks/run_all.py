@@ -26,6 +26,7 @@ QUICK: dict[str, list[str]] = {
 BY_HAND: dict[str, str] = {
     "bench_al.py": "trains a DQN agent per dataset, then `paser bench al` with five samplers",
     "bench_coldstart.py": "labeling loops through a real Session per preset, seed and budget (SOC)",
+    "bench_effort.py": "labeling loops that paint or correct, per sampler, dataset and seed (SOC, soc_stack, battery)",
     "bench_experts.py": "the noisy-digits experts experiment, several trainings",
     "bench_live_routing.py": "needs --data and a trained --run",
     "bench_lr_agent.py": "trainings under every learning-rate schedule",
@@ -42,6 +43,7 @@ BY_HAND: dict[str, str] = {
     "bench_session_tiles.py": "maps of a 2048 x 2048 slice, tiled against whole (GB of memory)",
     "bench_ui_first_actions.py": "needs a display (xvfb-run) and two checkouts to compare",
     "bench_ui_latency.py": "needs a display (runs itself under xvfb-run)",
+    "ui_correct.py": "needs a display (xvfb-run): the correcting workflow in a real window",
     "forest_assist_diagnostic.py": "a diagnostic: labeling loops with a forest's help (--out)",
     "noise_diagnostic.py": "a diagnostic: needs --data and a trained --run",
     "policy_robustness.py": "a diagnostic: needs --data and a trained --run",

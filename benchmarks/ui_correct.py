@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import common
-from bench_ui_latency import GapProbe
+from gui_probe import GapProbe
 
 
 def wait(hub, timeout: float = 600) -> None:
