@@ -76,6 +76,7 @@ class Hub(QObject):
     progress = Signal(object)  # a session Progress event of the running job
     job_finished = Signal(str)  # the final message of the job ("" to keep the last one)
     model_view_changed = Signal(bool)
+    routing_preview = Signal(object)  # a SliceRouting of the part on screen, emitted by a routing job's worker
 
     def __init__(self, viewer) -> None:
         super().__init__()
@@ -92,6 +93,9 @@ class Hub(QObject):
         self._shown = set(L.MODEL_VIEW_DEFAULT)
         self._light: dict[str, object] = {}  # quick previews by kind (not exclusive): their workers
         self._light_next: dict[str, Callable] = {}
+        self._routed: tuple[Session, object] | None = None  # (session, its routed segmentation array)
+        self._routed_dir = None
+        self._routed_n = 0
         self._lazy = QTimer(self)
         self._lazy.setSingleShot(True)
         self._lazy.setInterval(LAZY_REFRESH_MS)
@@ -173,7 +177,7 @@ class Hub(QObject):
         steps += [functools.partial(self._add, make, added) for make in makers]
         steps += [lambda n=name: n in added or self._remove(n) for name in old]  # one per turn: each removal
         # costs napari a full garbage collection
-        steps.append(lambda: L.reset_routing(self.viewer, len(session.shape)))
+        steps.append(lambda: L.reset_routing(self.viewer, len(session.shape), self.routed_data(session)))
 
         def done() -> None:
             self.refresh_regions()
@@ -320,15 +324,49 @@ class Hub(QObject):
                min(w, int(max(x0, x1)) + 1))
         return box if box[0] < box[2] and box[1] < box[3] else None
 
+    def routed_data(self, session: Session):
+        """The zarr array PaSeR's routed segmentation of `session` is written into and read from (one per
+        session, in a temporary folder removed with the hub): a slice costs a layer only when on screen."""
+        import tempfile
+
+        if self._routed is None or self._routed[0] is not session:
+            if self._routed_dir is None:
+                self._routed_dir = tempfile.TemporaryDirectory(prefix="paser-routed-")
+            self._routed_n += 1
+            folder = Path(self._routed_dir.name) / f"routed-{self._routed_n}.zarr"
+            self._routed = (session, L.routed_array(session, folder))
+        return self._routed[1]
+
+    def route_job(self, session: Session, z: int, samples: int, lam: float | None):
+        """A routing job for `run`: routes slice z in the worker, the part on screen first (a preview of it
+        goes to `routing_preview` once its first maps tile is done), and writes the segmentation into
+        `routed_data` there (the GUI thread only refreshes the layer)."""
+        from napari_paser.session.routing import route_in_view
+
+        data, view = self.routed_data(session), self.view_box()
+
+        def job(should_stop):
+            routed = yield from route_in_view(session, z, samples, lam, view, should_stop, self.routing_preview.emit)
+            if routed is not None:
+                L.write_routed(data, routed, session.n_classes)
+            return routed
+
+        return job
+
     def show_routing(self, routed) -> None:
-        """The routing overlay of slice `routed.z` (in place when its grid is unchanged)."""
+        """The routing overlay of slice `routed.z` (in place), its segmentation layer refreshed; the model's
+        view counts as shown (its toggle and H then hide the overlay at once)."""
         active = self.viewer.layers.selection.active
+        session = self.require()
 
         def reselect() -> None:  # adding a layer selects it; the person's active layer stays
             if active is not None and active in self.viewer.layers:
                 self.viewer.layers.selection.active = active
+            self._model_view = self.model_view  # the overlay is part of the model's view: its toggle says so
+            self.model_view_changed.emit(self._model_view)
 
-        self.later([*L.routing_steps(self.viewer, self.require(), routed), reselect])
+        data = self.routed_data(session) if routed.segmentation is not None else None
+        self.later([*L.routing_steps(self.viewer, session, routed, data), reselect])
 
     # ------------------------------------------------------------------ shortcuts and lazy refresh
 

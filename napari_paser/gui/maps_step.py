@@ -68,6 +68,7 @@ class MapsWidget(QWidget):
         self.gamma.valueChanged.connect(self.hub.set_gamma)
         self.route_button.clicked.connect(self.route)
         self.lam.valueChanged.connect(self.live)
+        self.hub.routing_preview.connect(self.show_routing)
         self.hub.session_changed.connect(self._session)
         self.hub.models_changed.connect(self._legend)
         self.hub.models_changed.connect(self._bank)
@@ -174,8 +175,13 @@ class MapsWidget(QWidget):
         self.hub.run(job, on_yield=self._progress, on_return=self._maps_done, what="computing maps")
 
     def _progress(self, event) -> None:
+        """A tile of the slice on screen is stored: show it (the model's view opens with the first tile,
+        not when the whole slice is done)."""
         if event.stage == "maps" and event.z == self.hub.current_z():
-            self.hub.refresh_maps()
+            if self.hub.model_view:
+                self.hub.refresh_maps()
+            else:
+                self.hub.set_model_view(True)  # reads the shown layers' slice
 
     def _maps_done(self, value: tuple[int, bool]) -> None:
         self.hub.set_gamma(self.gamma.value())
@@ -193,8 +199,12 @@ class MapsWidget(QWidget):
         if not s.has_policy:
             s.pick_policy()  # raises the "no routing policy" message
         samples, lam = self.samples.value(), self._lam()
-        self.hub.run(lambda should_stop: s.route(z, samples=samples, lam=lam), on_return=self.show_routing,
+        self.hub.run(self.hub.route_job(s, z, samples, lam), on_return=self._routed,
                      what="" if quiet else f"routing slice {z}", final="" if quiet else f"routed slice {z}")
+
+    def _routed(self, routed) -> None:
+        if routed is not None:  # None: cancelled
+            self.show_routing(routed)
 
     @guarded
     def live(self, *_) -> None:

@@ -10,12 +10,14 @@ cost is known without running the routed models (`execute=False`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import nn
 
+from learners.flops import image_flops
 from learners.grid import Grid
 from learners.routing.policy import PolicyNet
 from learners.errors import InputError
@@ -23,6 +25,7 @@ from learners.routing.router import (F0State, RoutingCost, check_policy, execute
                                      policy_probabilities)
 from learners.unet import count_parameters
 from napari_paser.errors import PaserInputError
+from napari_paser.session.jobs import Progress
 
 
 @dataclass
@@ -74,6 +77,26 @@ def slice_state(f0: nn.Module, image: np.ndarray, z: int, samples: int = 5) -> F
     return f0_state(f0, image[None], samples, seed=z)
 
 
+FLOP_TILE = 256
+"""Whole-slice passes larger than this square are counted on this square and scaled by area (`slice_cost`)."""
+
+
+def slice_cost(models: Sequence[nn.Module], h: int, w: int, patching, samples: int,
+               policy: PolicyNet | None) -> RoutingCost:
+    """`RoutingCost.of` for an H x W slice, with the whole-slice passes (f0's and the policy's) of a slice
+    above FLOP_TILE^2 counted on a FLOP_TILE^2 image and scaled by area: both are fully convolutional (the
+    policy's pooled head is a rounding error), and counting them on a real 2048^2 pass ran f0 and the
+    policy over the slice once more (a minute and a gigabyte on two cores) just to learn the cost."""
+    if h * w <= FLOP_TILE ** 2:
+        return RoutingCost.of(models, h, w, patching, samples, policy)
+    g = make_grid((h, w), patching)
+    area = h * w / FLOP_TILE ** 2
+    f0 = round(image_flops(models[0], FLOP_TILE, FLOP_TILE) * area)
+    pol = round(image_flops(policy, FLOP_TILE, FLOP_TILE, policy.config.in_channels) * area) if policy else 0
+    patch = tuple(image_flops(m, g.cell[0] + 2 * g.halo, g.cell[1] + 2 * g.halo) for m in models)
+    return RoutingCost(f0, pol, patch, samples)
+
+
 def route_slice(models: Sequence[nn.Module], policy: PolicyNet, image: np.ndarray, z: int, samples: int = 5,
                 state: F0State | None = None, execute: bool = True, lam: float | None = None) -> SliceRouting:
     """Route normalised slice `image` (H, W) with `policy` over `models` (f0 first).
@@ -91,10 +114,10 @@ def route_slice(models: Sequence[nn.Module], policy: PolicyNet, image: np.ndarra
     models = list(models)
     state = state if state is not None else slice_state(models[0], image, z, samples)
     actions = policy_probabilities(policy, state).argmax(-1)
-    cost = RoutingCost.of(models, h, w, patching, samples, policy)
+    cost = slice_cost(models, h, w, patching, samples, policy)
     names = tuple(f"f{k}" for k in range(len(models)))
     if execute:
-        res = execute_routing(models, image[None], actions, patching, state, samples, z, policy=policy)
+        res = execute_routing(models, image[None], actions, patching, state, samples, z, ROUTE_BATCH, policy)
         segmentation, flops = res.segmentation[0], res.flops
     else:
         segmentation, flops = None, cost.routed(actions, 1, 1)
@@ -105,3 +128,56 @@ def route_slice(models: Sequence[nn.Module], policy: PolicyNet, image: np.ndarra
         gflops=sum(flops.values()) / 1e9, gflops_largest=rows * cols * cost.patch[-1] / 1e9,
         shares=dict(zip(names, map(float, counts))), lam=lam, cell=grid.cell,
     )
+
+
+ROUTE_BATCH = 8
+"""Patches per batch of a routed model: a large f2 on 64 context patches at once held over a gigabyte."""
+
+
+def partial_routing(session, z: int, samples: int, lam: float | None, done: np.ndarray) -> SliceRouting:
+    """A routing preview of slice z from the maps stored so far: the policy reads the slice's stored maps,
+    and patches not wholly inside the mapped part `done` (an (H, W) mask) are left out (index -1)."""
+    lam, policy = session.pick_policy(lam)
+    models = policy_models(policy, session.models, "the routing policy")
+    maps = session.slice_maps(z)
+    state = F0State(torch.from_numpy(np.asarray(maps["prediction"], np.uint8))[None],
+                    torch.from_numpy(np.asarray(maps["entropy"], np.float32))[None], session.n_classes, samples)
+    routed = route_slice(models, policy, session.image_slice(z), z, samples, state, execute=False, lam=lam)
+    grid = routed.grid()
+    inside = np.array([done[b.slices].all() for b in grid.boxes()]).reshape(routed.routing.shape)
+    routed.routing = np.where(inside, routed.routing, -1)
+    return routed
+
+
+def route_in_view(session, z: int, samples: int = 5, lam: float | None = None, view=None,
+                  should_stop: Callable[[], bool] | None = None,
+                  preview: Callable[[SliceRouting], None] | None = None) -> Generator[Progress, None, SliceRouting | None]:
+    """Route slice z as `Session.route` does, the part on screen first: when f0's state of the slice is not
+    known, its maps are computed tile by tile (those meeting `view` first, stored as the slice's maps) and
+    `preview` gets a routing of the mapped part once the first tile is done, long before the whole slice is
+    mapped and its routed models run. Returns the routing (None when stopped)."""
+    stop = should_stop or (lambda: False)
+    session.pick_policy(lam)  # no policy: its message at once
+    z = int(z)
+    if not session.has_state(z, samples):
+        model = session.require_f0()
+        version = session.maps_version()
+        n = len(session.map_tiles())
+        done = np.zeros(session.shape[-2:], bool)
+        tiles = session._map_tiles(model, z, samples, version, None, view=view)
+        for j, (box, _maps, stored) in enumerate(tiles, 1):
+            if not stored:  # f0 replaced meanwhile: the full routing below maps the slice again
+                tiles.close()
+                break
+            done[box.slices] = True
+            if j == 1 and j < n and preview is not None:
+                preview(partial_routing(session, z, samples, lam, done))
+            yield Progress("maps", j, n + 1, f"routing slice {z}: maps tile {j} of {n}", z=z)
+            if stop():
+                tiles.close()
+                yield Progress("cancelled", j, n + 1, "routing cancelled")
+                return None
+        else:
+            session._commit_maps(z, version)
+        yield Progress("maps", n, n + 1, f"routing slice {z}: running the routed models", z=z)
+    return session.route(z, samples=samples, lam=lam)
