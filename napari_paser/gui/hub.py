@@ -125,9 +125,9 @@ class Hub(QObject):
         that file (nothing copied) unless `copy`. `on_ready(session)` runs once its layers are in the viewer."""
         if getattr(layer, "rgb", False):
             raise PaserInputError(f"layer {layer.name!r} is RGB: convert it to greyscale first (one value per pixel)")
-        if getattr(layer, "multiscale", False):
-            raise PaserInputError(f"layer {layer.name!r} is multiscale: open its full-resolution level as an image")
         data, source, path = layer.data, layer.name, layer_path(layer)
+        if getattr(layer, "multiscale", False):  # a pyramid (OME-Zarr): the session works on its full resolution
+            data = data[0]
 
         def job(should_stop):
             image = data if copy or path is None else in_place(path, data) or data
@@ -137,7 +137,7 @@ class Hub(QObject):
 
         how = f"reading {Path(path).name} in place" if path and not copy else "copying the image"
         return self.run(job, on_return=functools.partial(self._install, on_ready=on_ready, remove=()),
-                        what=f"starting the session ({how})")
+                        what=f"starting the session ({how})", final="session started")
 
     def open(self, folder: str | Path, on_ready: Callable[[Session], None] | None = None):
         """Resume a session folder in the background: its image, labels, maps, regions and models."""

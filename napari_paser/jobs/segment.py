@@ -58,6 +58,7 @@ from learners.grid import Grid, Patching
 from learners.routing.router import F0State, execute_routing, policy_probabilities
 from learners.uncertainty import receptive_halo, uncertainty_maps  # noqa: F401 (receptive_halo: its home was here)
 from napari_paser.data.dataset import normalise
+from napari_paser.data.pyramid import write_pyramids
 from napari_paser.data.volumes import cached_volume, ngff_attrs, open_volume
 from napari_paser.errors import PaserInputError
 
@@ -480,6 +481,8 @@ def segment_steps(run: str | Path, image: str | Path, out: str | Path, what: str
     flops = _sum_flops(job, blocks)
     f2_all = f2_everywhere_flops(job, len(blocks))
     _write_provenance(job, blocks, flops, f2_all, finished)
+    if finished:  # multiscale OME-Zarr: the result opens fast in napari
+        write_pyramids(job.out, arrays_of(job.what))
     on_disk = sum(_marker(job.out, b).is_file() for b in blocks)  # a cluster may finish a block past a cancel
     summary = SegmentSummary(job.out, what, len(blocks), done_before, time.perf_counter() - started,
                              sum(flops.values()) / 1e9, f2_all / 1e9, flops, cancelled, on_disk)
