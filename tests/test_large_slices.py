@@ -84,3 +84,15 @@ def test_a_large_slice_session_shows_multiscale_overlays(make_napari_viewer, tmp
     above = np.asarray(viewer.layers[ABOVE].data[0][z])
     np.testing.assert_array_equal(above, L.outline(entropy > 0.3))
     assert viewer.layers[ENTROPY].visible and maps.view.isChecked()
+
+
+def test_a_level_cut_to_the_screen_reads_only_the_slice_asked_for():
+    reads = []
+    base = np.arange(4 * 16 * 16).reshape(4, 16, 16)
+    view = L.LazyView(base, lambda a, index: reads.append(a.shape) or a, np.int64, step=2)
+    crop = view[:, 2:6, 1:5]  # what napari does first with a multiscale level: nothing read yet
+    assert reads == [] and crop.shape == (4, 4, 4)
+    np.testing.assert_array_equal(crop[2], base[2, 4:12:2, 2:10:2])
+    np.testing.assert_array_equal(crop[1:3][1, 1:], base[2, 6:12:2, 2:10:2])
+    assert reads == [(4, 4), (3, 4)]  # one slice each time, never the stack
+    np.testing.assert_array_equal(np.asarray(crop), base[:, 4:12:2, 2:10:2])

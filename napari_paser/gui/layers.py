@@ -54,8 +54,17 @@ class LazyView:
         self.ndim = len(self.shape)
         self.size = int(np.prod(self.shape))
 
-    def __getitem__(self, index) -> np.ndarray:
+    def __getitem__(self, index):
+        """The block at `index`; a lazy `Crop` while a leading (slice) axis is still a range: napari cuts a
+        multiscale level to the part on screen first, then takes the slice (reading every slice of the crop
+        there would read the volume)."""
         index = _full_index(index if isinstance(index, tuple) else (index,), self.ndim)
+        if self.ndim > 2 and not all(isinstance(i, (int, np.integer)) for i in index[:-2]):
+            return Crop(self, [range(n)[i] if isinstance(i, slice) else int(i) for i, n in zip(index, self.shape)])
+        return self.read(index)
+
+    def read(self, index: tuple) -> np.ndarray:
+        """Compute the block at a full `index` (`_full_index`)."""
         read = index if self.step == 1 else (*index[:-2], *(_strided(i, n, self.step) for i, n in
                                                            zip(index[-2:], self.base.shape[-2:])))
         block = np.asarray(self.base[read])
@@ -66,7 +75,36 @@ class LazyView:
         return self.shape[0]
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        return np.asarray(self[...], dtype=dtype)
+        return np.asarray(self.read(_full_index((Ellipsis,), self.ndim)), dtype=dtype)
+
+
+class Crop:
+    """A lazy part of a `LazyView`: per axis a range of its indices (or one index, the axis dropped);
+    indexing it composes with the ranges, and reads once every leading axis is a single index."""
+
+    def __init__(self, view: LazyView, ranges: list) -> None:
+        self.view, self.ranges = view, ranges
+        self.shape = tuple(len(r) for r in ranges if isinstance(r, range))
+        self.ndim, self.dtype = len(self.shape), view.dtype
+        self.size = int(np.prod(self.shape))
+
+    def __getitem__(self, index):
+        index = _full_index(index if isinstance(index, tuple) else (index,), self.ndim)
+        it = iter(index)
+        ranges = [r if not isinstance(r, range) else (r[i] if isinstance(i, slice) else r[int(i)])
+                  for r, i in ((r, next(it) if isinstance(r, range) else None) for r in self.ranges)]
+        return self.view[tuple(_as_index(r) for r in ranges)]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self.view.read(tuple(_as_index(r) for r in self.ranges)), dtype=dtype)
+
+
+def _as_index(r):
+    """A range as the slice that selects it (an int stays an int)."""
+    return slice(r.start, r.stop, r.step) if isinstance(r, range) else r
 
 
 def _full_index(index: tuple, ndim: int) -> tuple:

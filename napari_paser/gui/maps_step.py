@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 from qtpy.QtCore import QSignalBlocker, Qt
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
@@ -12,6 +13,8 @@ from napari_paser.gui.common import JobBar, enable_while_idle, group, hrow
 from napari_paser.gui.hub import MODEL_COLORS, ROUTED, guarded, hub_for, info
 from napari_paser.gui.layers import overlay_shown
 
+MAP_REFRESH_S = 1.0
+"""While a slice's maps come in tile by tile, the layers re-read the slice on screen at most this often."""
 KNOB_LABELS = {"lambda": "cost weight \u03bb", "share": "share to f2"}
 KNOB_TIPS = {
     "lambda": "cost weight lambda of the policy: 0 routes by accuracy alone, 1 by cost alone; picks the nearest "
@@ -47,6 +50,7 @@ class MapsWidget(QWidget):
         self.lam.setDecimals(3)  # a session's shares 0.05 ... 0.5, its network's lambdas 0.005 ... 0.1 (`router_jobs`)
         self.lam.setValue(0.3)
         self._lambdas: list[float] = []  # the bank the slider was last set up for
+        self._refreshed = 0.0  # when the map layers last re-read the slice on screen
         self.lam.setToolTip(KNOB_TIPS["lambda"])
         self.lam_note = QLabel("")
         self.legend = QLabel("")
@@ -176,12 +180,17 @@ class MapsWidget(QWidget):
 
     def _progress(self, event) -> None:
         """A tile of the slice on screen is stored: show it (the model's view opens with the first tile,
-        not when the whole slice is done)."""
-        if event.stage == "maps" and event.z == self.hub.current_z():
-            if self.hub.model_view:
-                self.hub.refresh_maps()
-            else:
-                self.hub.set_model_view(True)  # reads the shown layers' slice
+        not when the whole slice is done), re-reading the layers at most every MAP_REFRESH_S."""
+        if event.stage != "maps" or event.z != self.hub.current_z():
+            return
+        now = time.monotonic()
+        if not self.hub.model_view:
+            self.hub.set_model_view(True)  # reads the shown layers' slice
+        elif now - self._refreshed >= MAP_REFRESH_S:
+            self.hub.refresh_maps()
+        else:
+            return
+        self._refreshed = now
 
     def _maps_done(self, value: tuple[int, bool]) -> None:
         self.hub.set_gamma(self.gamma.value())

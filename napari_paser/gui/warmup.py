@@ -20,7 +20,12 @@ from __future__ import annotations
 import importlib
 import threading
 
-WARM_MODULES = ("pandas",)
+WARM_MODULES = ("pandas", "napari_paser.gui.hub", "napari_paser.gui.maps_step", "napari_paser.gui.label_step",
+                "napari_paser.gui.train_step", "napari_paser.gui.export_step", "napari_paser.gui.segment_step",
+                "matplotlib.figure", "matplotlib.backends.backend_qtagg")
+"""Imported in the background when a dock opens: pandas (the first Labels layer's features), the dock's step
+modules (built one per event-loop turn after the first) and matplotlib (the learning curve of the Train step):
+about a second of imports the GUI thread would otherwise do while the window freezes."""
 _started: list[threading.Thread] = []
 
 

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from learners.flops import image_flops
 from learners.grid import Grid
 from learners.routing.policy import PolicyNet
 from learners.errors import InputError
@@ -77,26 +76,6 @@ def slice_state(f0: nn.Module, image: np.ndarray, z: int, samples: int = 5) -> F
     return f0_state(f0, image[None], samples, seed=z)
 
 
-FLOP_TILE = 256
-"""Whole-slice passes larger than this square are counted on this square and scaled by area (`slice_cost`)."""
-
-
-def slice_cost(models: Sequence[nn.Module], h: int, w: int, patching, samples: int,
-               policy: PolicyNet | None) -> RoutingCost:
-    """`RoutingCost.of` for an H x W slice, with the whole-slice passes (f0's and the policy's) of a slice
-    above FLOP_TILE^2 counted on a FLOP_TILE^2 image and scaled by area: both are fully convolutional (the
-    policy's pooled head is a rounding error), and counting them on a real 2048^2 pass ran f0 and the
-    policy over the slice once more (a minute and a gigabyte on two cores) just to learn the cost."""
-    if h * w <= FLOP_TILE ** 2:
-        return RoutingCost.of(models, h, w, patching, samples, policy)
-    g = make_grid((h, w), patching)
-    area = h * w / FLOP_TILE ** 2
-    f0 = round(image_flops(models[0], FLOP_TILE, FLOP_TILE) * area)
-    pol = round(image_flops(policy, FLOP_TILE, FLOP_TILE, policy.config.in_channels) * area) if policy else 0
-    patch = tuple(image_flops(m, g.cell[0] + 2 * g.halo, g.cell[1] + 2 * g.halo) for m in models)
-    return RoutingCost(f0, pol, patch, samples)
-
-
 def route_slice(models: Sequence[nn.Module], policy: PolicyNet, image: np.ndarray, z: int, samples: int = 5,
                 state: F0State | None = None, execute: bool = True, lam: float | None = None) -> SliceRouting:
     """Route normalised slice `image` (H, W) with `policy` over `models` (f0 first).
@@ -114,7 +93,7 @@ def route_slice(models: Sequence[nn.Module], policy: PolicyNet, image: np.ndarra
     models = list(models)
     state = state if state is not None else slice_state(models[0], image, z, samples)
     actions = policy_probabilities(policy, state).argmax(-1)
-    cost = slice_cost(models, h, w, patching, samples, policy)
+    cost = RoutingCost.of(models, h, w, patching, samples, policy)
     names = tuple(f"f{k}" for k in range(len(models)))
     if execute:
         res = execute_routing(models, image[None], actions, patching, state, samples, z, ROUTE_BATCH, policy)
