@@ -20,13 +20,15 @@ from __future__ import annotations
 import importlib
 import threading
 
-WARM_MODULES = ("pandas", "napari_paser.gui.hub", "napari_paser.gui.maps_step", "napari_paser.gui.label_step",
-                "napari_paser.gui.train_step", "napari_paser.gui.export_step", "napari_paser.gui.segment_step",
-                "matplotlib.figure", "matplotlib.backends.backend_qtagg")
-"""Imported in the background when a dock opens: pandas (the first Labels layer's features), the dock's step
-modules (built one per event-loop turn after the first) and matplotlib (the learning curve of the Train step):
-about a second of imports the GUI thread would otherwise do while the window freezes."""
+WARM_MODULES = ("pandas",)
+STEP_MODULES = ("napari_paser.gui.maps_step", "napari_paser.gui.label_step", "napari_paser.gui.train_step",
+                "napari_paser.gui.export_step", "napari_paser.gui.segment_step", "matplotlib.figure",
+                "matplotlib.backends.backend_qtagg")
+"""What a dock's later tabs import (matplotlib: the Train step's learning curve): about a second the GUI thread
+froze for when the dock opened. Imported by `warm_steps` while the dock shows its first tab; the dock builds
+those tabs only once that import is over (two threads importing one package at once can see it half made)."""
 _started: list[threading.Thread] = []
+_steps: list[threading.Thread] = []
 
 
 def warm_imports(modules: tuple[str, ...] = WARM_MODULES) -> threading.Thread:
@@ -44,3 +46,12 @@ def _import_all(modules: tuple[str, ...]) -> None:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - the action that needs it raises with its own message
             continue
+
+
+def warm_steps(modules: tuple[str, ...] = STEP_MODULES) -> threading.Thread:
+    """Start (once per process) a daemon thread that imports the dock's later steps' `modules`; return it."""
+    if not _steps:
+        thread = threading.Thread(target=_import_all, args=(modules,), name="paser-warm-steps", daemon=True)
+        _steps.append(thread)
+        thread.start()
+    return _steps[0]

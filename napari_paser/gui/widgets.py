@@ -19,12 +19,13 @@ from collections.abc import Iterator, Mapping
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
-from napari_paser.gui.warmup import warm_imports
+from napari_paser.gui.warmup import warm_steps
 
 STEPS = (("Session", "session_step", "SessionWidget"), ("Maps", "maps_step", "MapsWidget"),
          ("Label", "label_step", "LabelWidget"), ("Train", "train_step", "TrainWidget"),
          ("Export", "export_step", "ExportWidget"), ("Volume", "segment_step", "SegmentWidget"))
 """Tab title, module of napari_paser.gui and class of each step, in workflow order."""
+WARM_POLL_MS = 50
 
 
 def step_class(module: str, name: str) -> type:
@@ -52,13 +53,12 @@ class Steps(Mapping):
 class PaserWidget(QWidget):
     """The whole workflow in one dock: one tab per step, sharing the viewer's session.
 
-    The first tab is built at once, the others one per event-loop turn after it (each imports its
-    step's modules and builds its widgets: together seconds on the GUI thread), while the heavy
-    imports run in a background thread (`warmup`); a step asked for sooner is built then."""
+    The first tab is built at once; the others' modules are imported in a background thread meanwhile
+    (`warmup.warm_steps`: together a second or more on the GUI thread), and once they are, the tabs are
+    built one per event-loop turn. A step asked for sooner waits for that import and is built then."""
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
-        warm_imports()
         self.viewer = napari_viewer
         self.tabs = QTabWidget()
         self.steps = Steps(self)
@@ -70,18 +70,24 @@ class PaserWidget(QWidget):
             self.tabs.addTab(scroll, title)
         QVBoxLayout(self).addWidget(self.tabs)
         self.build(STEPS[0][0])
+        self._warm = warm_steps()
         QTimer.singleShot(0, self._build_next)
 
     def build(self, title: str) -> QWidget:
         """Build step `title`'s widget into its tab (once)."""
         built = self.steps._built
         if title not in built:
+            if built:  # a later step: its modules come from the background import
+                self._warm.join()
             _, module, name = next(s for s in STEPS if s[0] == title)
             widget = built[title] = step_class(module, name)(self.viewer)
             self._pages[title].setWidget(widget)
         return built[title]
 
     def _build_next(self) -> None:
+        if self._warm.is_alive():
+            QTimer.singleShot(WARM_POLL_MS, self._build_next)
+            return
         todo = [t for t, _, _ in STEPS if t not in self.steps._built]
         if todo:
             self.build(todo[0])
