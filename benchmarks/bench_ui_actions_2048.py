@@ -221,6 +221,8 @@ def main() -> int:
     parser.add_argument("--label", default="", help="stored with the results (e.g. 'before', 'after')")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # child: one size, JSON to stdout
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--before", type=Path, default=None,
+                        help="results of an earlier run (e.g. the code before a change): stored beside, with ratios")
     args = parser.parse_args()
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         exe = shutil.which("xvfb-run")
@@ -277,6 +279,16 @@ def main() -> int:
                     "load_average": load, "torch_threads": 1},
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+    if args.before is not None:
+        before = json.loads(args.before.read_text())
+        result["before"] = {"label": before.get("label", ""), "date": before.get("date", ""),
+                            "peak_rss_mb": before["peak_rss_mb"], "actions": {
+                                k: {m: v[m] for m in ("wall_s", "max_gap_ms", "idle_max_gap_ms", "peak_rss_mb",
+                                                      "first_visible_s") if m in v}
+                                for k, v in before["actions"].items()}}
+        result["after_vs_before"] = {
+            k: {m: round(v[m] / max(before["actions"][k][m], 1e-3), 2) for m in ("wall_s", "max_gap_ms", "peak_rss_mb")}
+            for k, v in actions.items() if k in before["actions"]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

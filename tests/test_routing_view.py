@@ -30,12 +30,13 @@ def test_the_part_on_screen_is_routed_first(tmp_path, monkeypatch):
     s = routed_session(tmp_path)
     previews = []
     events, routed = collect(route_in_view(s, 1, samples=1, view=(40, 40, 64, 64), preview=previews.append))
-    assert len(previews) == 1 and previews[0].segmentation is None  # map and cost only: no routed model ran
+    assert len(previews) == 2 and previews[0].segmentation is None  # map and cost only: no routed model ran
     first = previews[0].routing
     assert first.shape == (4, 4) and (first[2:, 2:] >= 0).all() and (first[:2, :] == -1).all()
     assert (first[:, :2] == -1).all()  # only the tile on screen (rows/cols 2..3 of 16 px patches) is routed
-    assert [e.done for e in events] == [1, 2, 3, 4, 4] and s.fresh_slices() == [1]
+    assert [e.stage for e in events] == ["maps"] * 4 + ["route"] and s.fresh_slices() == [1]
     assert routed.segmentation is not None and (routed.routing >= 0).all()
+    np.testing.assert_array_equal(previews[1].routing, routed.routing)  # then the whole map, before the models ran
     np.testing.assert_array_equal(first[2:, 2:], routed.routing[2:, 2:])  # no dropout: the preview holds
     plain = s.route(1, samples=1)
     np.testing.assert_array_equal(routed.segmentation, plain.segmentation)
@@ -46,7 +47,9 @@ def test_a_slice_already_mapped_is_routed_at_once(tmp_path):
     collect(s.compute_maps(0, samples=1))
     previews = []
     events, routed = collect(route_in_view(s, 0, samples=1, preview=previews.append))
-    assert events == [] and previews == [] and routed.segmentation is not None
+    assert [e.stage for e in events] == ["route"] and routed.segmentation is not None
+    assert len(previews) == 1 and previews[0].segmentation is None  # the map first, at once
+    np.testing.assert_array_equal(previews[0].routing, routed.routing)
 
 
 def test_a_stopped_routing_returns_nothing_and_keeps_the_slice_unmapped(tmp_path, monkeypatch):

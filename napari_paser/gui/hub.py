@@ -238,6 +238,7 @@ class Hub(QObject):
 
     def refresh_maps(self) -> None:
         """Re-read the slice on screen of the map layers (after maps were written); visibility is the person's."""
+        L.forget_reads(self.viewer.layers[n] for n in MODEL_VIEW if n in self.viewer.layers)
         for name in MODEL_VIEW:
             if name in self.viewer.layers and self.viewer.layers[name].visible:
                 self.viewer.layers[name].refresh()
@@ -366,6 +367,7 @@ class Hub(QObject):
             self.model_view_changed.emit(self._model_view)
 
         data = self.routed_data(session) if routed.segmentation is not None else None
+        L.forget_reads(self.viewer.layers[n] for n in MODEL_VIEW if n in self.viewer.layers)  # it may have mapped z
         self.later([*L.routing_steps(self.viewer, session, routed, data), reselect])
 
     # ------------------------------------------------------------------ shortcuts and lazy refresh

@@ -107,6 +107,41 @@ def _as_index(r):
     return slice(r.start, r.stop, r.step) if isinstance(r, range) else r
 
 
+class SharedReads:
+    """One zarr array read by several layers (the entropy and its > gamma outlines): the last few blocks
+    read are kept, so a slice on screen is read and decompressed once, not once per layer. `forget()`
+    (after maps were written) drops them."""
+
+    KEEP = 4
+
+    def __init__(self, base) -> None:
+        self.base, self.shape, self.dtype = base, tuple(base.shape), base.dtype
+        self._blocks: dict[tuple, np.ndarray] = {}
+
+    def __getitem__(self, index) -> np.ndarray:
+        key = tuple((i.start, i.stop, i.step) if isinstance(i, slice) else i for i in
+                    (index if isinstance(index, tuple) else (index,)))
+        if key not in self._blocks:
+            while len(self._blocks) >= self.KEEP:
+                self._blocks.pop(next(iter(self._blocks)))
+            block = np.array(self.base[index])
+            block.setflags(write=False)  # shared by the layers: nobody writes into it
+            self._blocks[key] = block
+        return self._blocks[key]
+
+    def forget(self) -> None:
+        self._blocks.clear()
+
+
+def forget_reads(layers) -> None:
+    """Drop the blocks `SharedReads` kept for `layers` (their maps were just written)."""
+    for layer in layers:
+        for data in (layer.data if getattr(layer, "multiscale", False) else [layer.data]):
+            forget = getattr(getattr(data, "base", None), "forget", None)
+            if forget is not None:
+                forget()
+
+
 def _full_index(index: tuple, ndim: int) -> tuple:
     """`index` with its Ellipsis expanded and trailing axes filled with full slices."""
     if any(i is Ellipsis for i in index):
@@ -177,17 +212,17 @@ def session_layers(session, gamma: Callable[[], float], with_image: bool) -> lis
         return Image(session.image, name=IMAGE, colormap="gray", contrast_limits=(lo, hi or lo + 1), metadata=m)
 
     multiscale = max(session.shape[-2:]) > PYRAMID_SIDE
+    entropy = SharedReads(session.maps["entropy"])  # read once for the entropy layer and its outlines
 
     def above():  # outlines: the image inside the highlighted areas stays visible
-        data = levels(session.maps["entropy"], lambda a, _: outline(a > gamma()), np.uint8, session.shape)
+        data = levels(entropy, lambda a, _: outline(a > gamma()), np.uint8, session.shape)
         return Labels(data, name=ABOVE, colormap={0: "transparent", None: "transparent", 1: HIGHLIGHT},
                       opacity=OPACITY[ABOVE], visible=False, metadata=m, multiscale=multiscale)
 
     makers = [image] if with_image else []
     makers.append(lambda: Labels(prediction_view(session), name=PRED, colormap=colors, opacity=OPACITY[PRED],
                                  visible=False, metadata=m, multiscale=multiscale))
-    makers.append(lambda: Image(session.maps["entropy"] if not multiscale else
-                                levels(session.maps["entropy"], None, np.float32, session.shape),
+    makers.append(lambda: Image(levels(entropy, None, np.float32, session.shape),
                                 name=ENTROPY, colormap="magma", multiscale=multiscale,
                                 contrast_limits=(0.0, math.log(session.n_classes)), blending="translucent",
                                 opacity=OPACITY[ENTROPY], visible=False, metadata=m))

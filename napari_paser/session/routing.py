@@ -77,11 +77,13 @@ def slice_state(f0: nn.Module, image: np.ndarray, z: int, samples: int = 5) -> F
 
 
 def route_slice(models: Sequence[nn.Module], policy: PolicyNet, image: np.ndarray, z: int, samples: int = 5,
-                state: F0State | None = None, execute: bool = True, lam: float | None = None) -> SliceRouting:
+                state: F0State | None = None, execute: bool = True, lam: float | None = None,
+                actions: np.ndarray | None = None) -> SliceRouting:
     """Route normalised slice `image` (H, W) with `policy` over `models` (f0 first).
 
     `state` is f0's state of this slice (`slice_state`), computed here when not given. With
-    `execute=False` only the routing map and its cost are computed (no routed model runs).
+    `execute=False` only the routing map and its cost are computed (no routed model runs); `actions`
+    (rows, cols), the map of an earlier preview, skips the policy.
     """
     h, w = image.shape
     patching = policy.config.patching
@@ -92,7 +94,10 @@ def route_slice(models: Sequence[nn.Module], policy: PolicyNet, image: np.ndarra
     rows, cols = grid.rows, grid.cols
     models = list(models)
     state = state if state is not None else slice_state(models[0], image, z, samples)
-    actions = policy_probabilities(policy, state).argmax(-1)
+    if actions is None:
+        actions = policy_probabilities(policy, state).argmax(-1)
+    else:  # chosen by an earlier pass of the same policy on the same state (a preview)
+        actions = torch.as_tensor(np.asarray(actions), dtype=torch.long).reshape(1, -1)
     cost = RoutingCost.of(models, h, w, patching, samples, policy)
     names = tuple(f"f{k}" for k in range(len(models)))
     if execute:
@@ -158,5 +163,12 @@ def route_in_view(session, z: int, samples: int = 5, lam: float | None = None, v
                 return None
         else:
             session._commit_maps(z, version)
-        yield Progress("maps", n, n + 1, f"routing slice {z}: running the routed models", z=z)
-    return session.route(z, samples=samples, lam=lam)
+    lam, policy = session.pick_policy(lam)
+    models = policy_models(policy, session.models, "the routing policy")
+    image = session.image_slice(z)
+    state = session.f0_state(z, samples, image)
+    chosen = route_slice(models, policy, image, z, samples, state, execute=False, lam=lam)
+    if preview is not None:  # the whole routing map, before the routed models run
+        preview(chosen)
+    yield Progress("route", 0, 1, f"routing slice {z}: running the routed models", z=z)
+    return route_slice(models, policy, image, z, samples, state, True, lam, actions=chosen.routing)
