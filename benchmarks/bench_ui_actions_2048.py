@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_ui_latency import PROBE_MS, GapProbe, StallSampler, bench_run
+from bench_ui_latency import PROBE_MS, GapProbe, StallSampler, bench_run, under_xvfb
 from common import RESULTS, SOC, require
 
 OUT = RESULTS / "ui-actions-2048.json"
@@ -224,12 +224,9 @@ def main() -> int:
     parser.add_argument("--before", type=Path, default=None,
                         help="results of an earlier run (e.g. the code before a change): stored beside, with ratios")
     args = parser.parse_args()
-    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        exe = shutil.which("xvfb-run")
-        if exe is None:
-            print("no display and no xvfb-run: install xvfb", file=sys.stderr)
-            return 2
-        return subprocess.call([exe, "-a", "-s", "-screen 0 1920x1200x24", sys.executable, *sys.argv])
+    rerun = under_xvfb()
+    if rerun is not None:
+        return rerun
     require(SOC)
     if args.one is not None:
         result = run_size(args.one, args.slices, args.shots)

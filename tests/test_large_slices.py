@@ -96,3 +96,37 @@ def test_a_level_cut_to_the_screen_reads_only_the_slice_asked_for():
     np.testing.assert_array_equal(crop[1:3][1, 1:], base[2, 6:12:2, 2:10:2])
     assert reads == [(4, 4), (3, 4)]  # one slice each time, never the stack
     np.testing.assert_array_equal(np.asarray(crop), base[:, 4:12:2, 2:10:2])
+
+
+def test_a_session_starts_on_a_multiscale_ome_zarr_reading_its_full_resolution(make_napari_viewer, tmp_path, qtbot):
+    import zarr
+
+    from napari_paser.data.pyramid import write_pyramid
+    from napari_paser.data.volumes import ngff_attrs
+    from napari_paser.gui.hub import hub_for
+
+    data = (np.arange(2 * 80 * 80) % 251).reshape(2, 80, 80).astype(np.uint16)
+    root = zarr.open_group(str(tmp_path / "scan.zarr"), mode="w", zarr_format=2)
+    root.attrs.update(ngff_attrs("scan"))
+    root.create_array("0", data=data, chunks=(1, 40, 40))
+    write_pyramid(tmp_path / "scan.zarr", min_side=32)
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(tmp_path / "scan.zarr"), plugin="napari-paser")
+    assert layer.multiscale and len(layer.data) == 3
+    hub = hub_for(viewer)
+    hub.start(tmp_path / "session", layer)
+    qtbot.waitUntil(lambda: not hub.busy, timeout=60_000)
+    s = hub.require()
+    assert s.shape == (2, 80, 80) and s.image_path is not None  # its full resolution, read in place
+    np.testing.assert_array_equal(np.asarray(s.image[1]), data[1])
+
+
+def test_the_dock_builds_its_first_tab_at_once_and_the_others_after(make_napari_viewer, qtbot):
+    from napari_paser.gui.widgets import STEPS, PaserWidget
+
+    viewer = make_napari_viewer()
+    dock = PaserWidget(viewer)
+    assert list(dock.steps._built) == ["Session"]  # the rest waits for their background import
+    assert dock.steps["Volume"] is dock.steps._built["Volume"]  # asked for: built then
+    qtbot.waitUntil(lambda: len(dock.steps._built) == len(STEPS), timeout=60_000)
+    assert [dock.tabs.widget(i).widget() for i in range(len(STEPS))] == [dock.steps[t] for t, _, _ in STEPS]

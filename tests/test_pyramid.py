@@ -54,5 +54,8 @@ def test_the_reader_opens_a_pyramid_as_one_multiscale_layer(tmp_path):
     assert kind == "image" and kwargs["multiscale"] and kwargs["metadata"]["source"] == str(tmp_path / "scan.zarr")
     assert [lv.shape for lv in levels] == [(3, 80, 80), (3, 40, 40), (3, 20, 20)]
     np.testing.assert_array_equal(levels[1][2], data[2, ::2, ::2])
+    crop = levels[0][:, 8:24, 4:20]  # napari's first cut: lazy, no slice read yet
+    assert not isinstance(crop, np.ndarray) and crop.shape == (3, 16, 16)
+    np.testing.assert_array_equal(crop[1], data[1, 8:24, 4:20])
     lo, hi = kwargs["contrast_limits"]
     assert lo >= data.min() and hi <= data.max() and hi > lo
