@@ -198,7 +198,8 @@ class Hub(QObject):
         name, layers = layer.name, self.viewer.layers
         added.append(name)
         old = layers[name] if name in layers else None
-        if old is None or type(old) is not type(layer) or old.ndim != layer.ndim:
+        if (old is None or type(old) is not type(layer) or old.ndim != layer.ndim
+                or getattr(old, "multiscale", False) != getattr(layer, "multiscale", False)):
             if old is not None:
                 layers.remove(old)
             below = [i for i, la in enumerate(layers) if la.name in L.SESSION_LAYERS] if name == IMAGE else []
