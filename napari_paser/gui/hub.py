@@ -475,6 +475,7 @@ class Hub(QObject):
     def _finished(self, worker, on_done, final: str) -> None:
         if self.worker is worker:
             self.worker = None
+        release_memory()
         if final:
             self.job_finished.emit(final)
         if on_done is not None:
@@ -498,6 +499,7 @@ class Hub(QObject):
 
     def _preview_done(self, key: str) -> None:
         self._light.pop(key, None)
+        release_memory()
         pending = self._light_next.pop(key, None)
         if pending is not None:
             pending()
@@ -505,6 +507,26 @@ class Hub(QObject):
     @property
     def previewing(self) -> bool:
         return bool(self._light)
+
+
+def release_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc `malloc_trim`) after a job: each worker thread
+    allocates from its own arena, and what a finished job freed there otherwise stays in the process's
+    resident memory, so the peaks of successive jobs add up. A no-op where glibc is not the C library."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
 
 
 def layer_path(layer) -> str | None:
