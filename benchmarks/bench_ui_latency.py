@@ -379,6 +379,17 @@ def run_segment(slices: int, data: Path, what: str, tile: int, workers: int, sho
     }
 
 
+def under_xvfb() -> int | None:
+    """Without a display: this script run again under xvfb-run (its exit status, 2 without xvfb); else None."""
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return None
+    exe = shutil.which("xvfb-run")
+    if exe is None:
+        print("no display and no xvfb-run: install xvfb", file=sys.stderr)
+        return 2
+    return subprocess.call([exe, "-a", "-s", "-screen 0 1920x1200x24", sys.executable, *sys.argv])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=("actions", "segment", "training"), default="actions")
@@ -393,12 +404,9 @@ def main() -> int:
                         help="actions mode: maps of 8 slices instead of the whole volume (quicker)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        exe = shutil.which("xvfb-run")
-        if exe is None:
-            print("no display and no xvfb-run: install xvfb", file=sys.stderr)
-            return 2
-        return subprocess.call([exe, "-a", "-s", "-screen 0 1920x1200x24", sys.executable, *sys.argv])
+    rerun = under_xvfb()
+    if rerun is not None:
+        return rerun
     if args.mode in ("actions", "segment") and not (args.data / "images.tif").is_file():
         print(f"no SOC data in {args.data}: pass --data with images.tif and labels.tif", file=sys.stderr)
         return 2

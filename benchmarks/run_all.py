@@ -41,6 +41,7 @@ BY_HAND: dict[str, str] = {
     "bench_session_propose.py": "proposal timing through a real Session on the SOC volume",
     "bench_session_routing.py": "labeling rounds, router training and routing per sampler and budget (SOC)",
     "bench_session_tiles.py": "maps of a 2048 x 2048 slice, tiled against whole (GB of memory)",
+    "bench_ui_actions_2048.py": "needs a display (runs itself under xvfb-run): the dock's actions on 32 x 2048 x 2048 (GBs)",
     "bench_ui_first_actions.py": "needs a display (xvfb-run) and two checkouts to compare",
     "bench_ui_latency.py": "needs a display (runs itself under xvfb-run)",
     "ui_correct.py": "needs a display (xvfb-run): the correcting workflow in a real window",

@@ -71,7 +71,9 @@ def _recording_shot(shot, routed: list):
 
     def recording(self, name: str):
         if name.startswith("routing"):
-            routed.append((name, list(self.viewer.layers["paser routing"].features["model"])))
+            layer = self.viewer.layers["paser routing"]  # one pixel per patch: model k as label k + 1
+            names = dict(zip(layer.features["index"], layer.features["model"]))
+            routed.append((name, [names[v] for v in np.asarray(layer.data).ravel() if v]))
         return shot(self, name)
 
     return recording

@@ -308,11 +308,17 @@ def test_routing_overlay_screenshot_is_not_blank(gui, qtbot, tmp_path, errors):
     maps.route()
     wait_idle(qtbot, widget.hub)
     layer = viewer.layers[ROUTING]
-    assert len(layer.data) == 4 and set(layer.features["model"]) <= {"f0", "f1"}
+    z = widget.hub.current_z()
+    # one pixel per patch, stretched over the slice by the layer's transform: pixel (r, c) centred on its patch
+    assert layer.data.shape == (1, 2, 2) and set(layer.features["model"]) <= {"f0", "f1"}
+    assert tuple(layer.scale) == (1, 32, 32) and tuple(layer.translate) == (z, 15.5, 15.5)
+    assert np.allclose(layer.data_to_world((0, 1, 0)), (z, 47.5, 15.5))  # patch (1, 0): pixels 32..63 x 0..31
+    assert maps.view.isChecked()  # the overlay is the model's view: its toggle says it is shown
     assert "GFLOPs" in maps.readout.text() and "f0 100%" in maps.shares.text()  # untrained policy: all f0
-    routed, z = viewer.layers[ROUTED], widget.hub.current_z()
-    assert routed.data.shape == (1, 64, 64) and tuple(routed.translate) == (z, 0, 0)  # one slice, placed at z
-    assert np.array_equal(routed.data[0], s.route(z, samples=1).segmentation + 1)  # class k shown as k + 1
+    routed = viewer.layers[ROUTED]
+    assert routed.data.shape == s.shape and not isinstance(routed.data, np.ndarray)  # lazily read, not a copy
+    assert np.array_equal(routed.data[z], s.route(z, samples=1).segmentation + 1)  # class k shown as k + 1
+    assert not np.asarray(routed.data[(z + 1) % s.shape[0]]).any()  # only the routed slice is written
     for name in viewer.layers:
         name.visible = name.name in ("scan", ROUTING)
     image = screenshot(viewer)
@@ -327,15 +333,17 @@ def test_routing_overlay_screenshot_is_not_blank(gui, qtbot, tmp_path, errors):
     widget.hub.open(s.folder)  # resuming: the routing layers are emptied and hidden in place, never removed
     wait_idle(qtbot, widget.hub)
     assert viewer.layers[ROUTING] is overlay and viewer.layers[ROUTED] is routed
-    assert len(overlay.data) == 0 and not overlay.visible and not routed.visible and not routed.data.any()
+    assert not overlay.data.any() and not overlay.visible and not routed.visible
+    assert not np.asarray(routed.data).any()
     # the layer list shows them empty (napari draws an empty layer's thumbnail black)
     assert not overlay.thumbnail[..., :3].any() and not routed.thumbnail[..., :3].any()
     order = [la.name for la in viewer.layers]  # the resumed session's own image goes under its overlays
     assert order.index(IMAGE) < min(order.index(n) for n in (LABELS, PRED, ROUTING, ROUTED)), order
     maps.route()  # the emptied overlay takes the new routing's rectangles
     wait_idle(qtbot, widget.hub)
-    assert viewer.layers[ROUTING] is overlay and len(overlay.data) == 4 and len(overlay.features) == 4
-    assert overlay.visible and np.array_equal(routed.data[0], widget.hub.session.route(z, samples=1).segmentation + 1)
+    assert viewer.layers[ROUTING] is overlay and overlay.data.shape == (1, 2, 2) and overlay.data.all()
+    assert overlay.visible and maps.view.isChecked()  # after a resume too: one click hides it
+    assert np.array_equal(routed.data[z], widget.hub.session.route(z, samples=1).segmentation + 1)
     assert not errors
 
 

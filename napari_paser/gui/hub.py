@@ -78,6 +78,7 @@ class Hub(QObject):
     progress = Signal(object)  # a session Progress event of the running job
     job_finished = Signal(str)  # the final message of the job ("" to keep the last one)
     model_view_changed = Signal(bool)
+    routing_preview = Signal(object)  # a SliceRouting of the part on screen, emitted by a routing job's worker
 
     def __init__(self, viewer) -> None:
         super().__init__()
@@ -94,6 +95,9 @@ class Hub(QObject):
         self._shown = set(L.MODEL_VIEW_DEFAULT)
         self._light: dict[str, object] = {}  # quick previews by kind (not exclusive): their workers
         self._light_next: dict[str, Callable] = {}
+        self._routed: tuple[Session, object] | None = None  # (session, its routed segmentation array)
+        self._routed_dir = None
+        self._routed_n = 0
         self._lazy = QTimer(self)
         self._lazy.setSingleShot(True)
         self._lazy.setInterval(LAZY_REFRESH_MS)
@@ -123,9 +127,9 @@ class Hub(QObject):
         that file (nothing copied) unless `copy`. `on_ready(session)` runs once its layers are in the viewer."""
         if getattr(layer, "rgb", False):
             raise PaserInputError(f"layer {layer.name!r} is RGB: convert it to greyscale first (one value per pixel)")
-        if getattr(layer, "multiscale", False):
-            raise PaserInputError(f"layer {layer.name!r} is multiscale: open its full-resolution level as an image")
         data, source, path = layer.data, layer.name, layer_path(layer)
+        if getattr(layer, "multiscale", False):  # a pyramid (OME-Zarr): the session works on its full resolution
+            data = data[0]
 
         def job(should_stop):
             image = data if copy or path is None else in_place(path, data) or data
@@ -135,7 +139,7 @@ class Hub(QObject):
 
         how = f"reading {Path(path).name} in place" if path and not copy else "copying the image"
         return self.run(job, on_return=functools.partial(self._install, on_ready=on_ready, remove=()),
-                        what=f"starting the session ({how})")
+                        what=f"starting the session ({how})", final="session started")
 
     def open(self, folder: str | Path, on_ready: Callable[[Session], None] | None = None):
         """Resume a session folder in the background: its image, labels, maps, regions and models."""
@@ -175,7 +179,7 @@ class Hub(QObject):
         steps += [functools.partial(self._add, make, added) for make in makers]
         steps += [lambda n=name: n in added or self._remove(n) for name in old]  # one per turn: each removal
         # costs napari a full garbage collection
-        steps.append(lambda: L.reset_routing(self.viewer, len(session.shape)))
+        steps.append(lambda: L.reset_routing(self.viewer, len(session.shape), self.routed_data(session)))
 
         def done() -> None:
             self.refresh_regions()
@@ -196,7 +200,8 @@ class Hub(QObject):
         name, layers = layer.name, self.viewer.layers
         added.append(name)
         old = layers[name] if name in layers else None
-        if old is None or type(old) is not type(layer) or old.ndim != layer.ndim:
+        if (old is None or type(old) is not type(layer) or old.ndim != layer.ndim
+                or getattr(old, "multiscale", False) != getattr(layer, "multiscale", False)):
             if old is not None:
                 layers.remove(old)
             below = [i for i, la in enumerate(layers) if la.name in L.SESSION_LAYERS] if name == IMAGE else []
@@ -236,6 +241,7 @@ class Hub(QObject):
 
     def refresh_maps(self) -> None:
         """Re-read the slice on screen of the map layers (after maps were written); visibility is the person's."""
+        L.forget_reads(self.viewer.layers[n] for n in MODEL_VIEW if n in self.viewer.layers)
         for name in MODEL_VIEW:
             if name in self.viewer.layers and self.viewer.layers[name].visible:
                 self.viewer.layers[name].refresh()
@@ -322,15 +328,50 @@ class Hub(QObject):
                min(w, int(max(x0, x1)) + 1))
         return box if box[0] < box[2] and box[1] < box[3] else None
 
+    def routed_data(self, session: Session):
+        """The zarr array PaSeR's routed segmentation of `session` is written into and read from (one per
+        session, in a temporary folder removed with the hub): a slice costs a layer only when on screen."""
+        import tempfile
+
+        if self._routed is None or self._routed[0] is not session:
+            if self._routed_dir is None:
+                self._routed_dir = tempfile.TemporaryDirectory(prefix="paser-routed-")
+            self._routed_n += 1
+            folder = Path(self._routed_dir.name) / f"routed-{self._routed_n}.zarr"
+            self._routed = (session, L.routed_array(session, folder))
+        return self._routed[1]
+
+    def route_job(self, session: Session, z: int, samples: int, lam: float | None):
+        """A routing job for `run`: routes slice z in the worker, the part on screen first (a preview of it
+        goes to `routing_preview` once its first maps tile is done), and writes the segmentation into
+        `routed_data` there (the GUI thread only refreshes the layer)."""
+        from napari_paser.session.routing import route_in_view
+
+        data, view = self.routed_data(session), self.view_box()
+
+        def job(should_stop):
+            routed = yield from route_in_view(session, z, samples, lam, view, should_stop, self.routing_preview.emit)
+            if routed is not None:
+                L.write_routed(data, routed, session.n_classes)
+            return routed
+
+        return job
+
     def show_routing(self, routed) -> None:
-        """The routing overlay of slice `routed.z` (in place when its grid is unchanged)."""
+        """The routing overlay of slice `routed.z` (in place), its segmentation layer refreshed; the model's
+        view counts as shown (its toggle and H then hide the overlay at once)."""
         active = self.viewer.layers.selection.active
+        session = self.require()
 
         def reselect() -> None:  # adding a layer selects it; the person's active layer stays
             if active is not None and active in self.viewer.layers:
                 self.viewer.layers.selection.active = active
+            self._model_view = self.model_view  # the overlay is part of the model's view: its toggle says so
+            self.model_view_changed.emit(self._model_view)
 
-        self.later([*L.routing_steps(self.viewer, self.require(), routed), reselect])
+        data = self.routed_data(session) if routed.segmentation is not None else None
+        L.forget_reads(self.viewer.layers[n] for n in MODEL_VIEW if n in self.viewer.layers)  # it may have mapped z
+        self.later([*L.routing_steps(self.viewer, session, routed, data), reselect])
 
     # ------------------------------------------------------------------ shortcuts and lazy refresh
 
@@ -436,6 +477,7 @@ class Hub(QObject):
     def _finished(self, worker, on_done, final: str) -> None:
         if self.worker is worker:
             self.worker = None
+        release_memory()
         if final:
             self.job_finished.emit(final)
         if on_done is not None:
@@ -459,6 +501,7 @@ class Hub(QObject):
 
     def _preview_done(self, key: str) -> None:
         self._light.pop(key, None)
+        release_memory()
         pending = self._light_next.pop(key, None)
         if pending is not None:
             pending()
@@ -466,6 +509,26 @@ class Hub(QObject):
     @property
     def previewing(self) -> bool:
         return bool(self._light)
+
+
+def release_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc `malloc_trim`) after a job: each worker thread
+    allocates from its own arena, and what a finished job freed there otherwise stays in the process's
+    resident memory, so the peaks of successive jobs add up. A no-op where glibc is not the C library."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
 
 
 def layer_path(layer) -> str | None:

@@ -123,8 +123,9 @@ def read_dataset_folder(path: str | Path) -> list[LayerData]:
 def read_zarr(path: str | Path) -> list[LayerData]:
     """A zarr array (lazily, never loaded whole), an OME-Zarr image (its full-resolution level, singleton
     time/channel axes dropped), or each 2D/3D array of a zarr group, as image layers; each layer's
-    metadata "source" names what it was read from (a session started on it reads it in place)."""
-    from napari_paser.data.volumes import VolumeView, ngff_multiscales, open_volume
+    metadata "source" names what it was read from (a session started on it reads it in place). An OME-Zarr
+    image with levels below its full resolution opens as one multiscale layer."""
+    from napari_paser.data.volumes import ngff_multiscales
 
     path = Path(path)
     try:
@@ -134,9 +135,12 @@ def read_zarr(path: str | Path) -> list[LayerData]:
     if isinstance(node, zarr.Array):
         arrays = [(path.stem, node, path)]
     elif ngff_multiscales(dict(node.attrs)) is not None:
-        volume = open_volume(path)
-        view = VolumeView(volume, 2 if volume.shape[0] == 1 else 3)
-        arrays = [(path.stem, view, path)]
+        levels = ome_levels(path, node)
+        if len(levels) > 1:  # napari reads the level the zoom needs, only the part on screen
+            _check_greyscale(tuple(levels[0].shape), f"{path} ({path.stem})")
+            return [(levels, {"name": path.stem, "colormap": "gray", "multiscale": True,
+                              "contrast_limits": _contrast(levels[-1]), "metadata": {"source": str(path)}}, "image")]
+        arrays = [(path.stem, levels[0], path)]
     else:
         arrays = [(f"{path.stem}/{k}", a, path / k) for k, a in sorted(node.arrays()) if len(a.shape) in (2, 3)]
     if not arrays:
@@ -146,6 +150,61 @@ def read_zarr(path: str | Path) -> list[LayerData]:
         _check_greyscale(tuple(arr.shape), f"{path} ({name})")
         layers.append((arr, {"name": name, "colormap": "gray", "metadata": {"source": str(source)}}, "image"))
     return layers
+
+
+def ome_levels(path: Path, node) -> list:
+    """An OME-Zarr image's levels as `VolumeView`s of one shape convention (singleton time/channel axes
+    dropped, a 2D image as (Y, X)), full resolution first; a level of another dimensionality ends the list."""
+    import dask.array as da
+
+    from napari_paser.data.volumes import Volume, VolumeView, _squeeze_ngff, as_zyx, ngff_multiscales, open_volume
+
+    volume = open_volume(path)  # level 0, with its checks
+    ndim = 2 if volume.shape[0] == 1 else 3
+    levels = [Level(VolumeView(volume, ndim).array)]
+    ms = ngff_multiscales(dict(node.attrs))[0]
+    axes = [a if isinstance(a, dict) else {"name": a} for a in ms.get("axes", [])]
+    for dataset in ms["datasets"][1:]:
+        arr = da.from_zarr(node[dataset["path"]])
+        try:
+            arr = _squeeze_ngff(arr, axes, path) if axes and len(axes) == arr.ndim else arr
+            level = Level(VolumeView(Volume(volume.spec, as_zyx(arr, str(path)), "ome-zarr"), ndim).array)
+        except PaserInputError:
+            break
+        if level.ndim != levels[0].ndim:
+            break
+        levels.append(level)
+    return levels
+
+
+class Level:
+    """One level of a multiscale image over a dask array, read in the calling thread (as `VolumeView`); while
+    a leading axis is indexed by a range the result stays lazy (napari cuts a level to the part on screen
+    before it takes the slice: computing there would read every slice of the crop)."""
+
+    def __init__(self, array) -> None:
+        self.array = array
+        self.shape, self.dtype = tuple(int(s) for s in array.shape), np.dtype(array.dtype)
+        self.ndim, self.size = len(self.shape), int(np.prod(self.shape))
+
+    def __getitem__(self, index):
+        index = index if isinstance(index, tuple) else (index,)
+        if self.ndim > 2 and not isinstance(index[0], (int, np.integer)):
+            return Level(self.array[index])
+        return np.asarray(self.array[index].compute(scheduler="synchronous"))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self.array.compute(scheduler="synchronous"), dtype=dtype)
+
+
+def _contrast(level) -> tuple[float, float]:
+    """Contrast limits from a pyramid's coarsest level (its middle slice): napari would read more."""
+    block = np.asarray(level[level.shape[0] // 2] if level.ndim == 3 else level[...])
+    lo, hi = float(np.min(block)), float(np.max(block))
+    return lo, (hi if hi > lo else lo + 1)
 
 
 def read_session(path: str | Path) -> list[LayerData]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 from qtpy.QtCore import QSignalBlocker, Qt
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
@@ -12,6 +13,8 @@ from napari_paser.gui.common import JobBar, enable_while_idle, group, hrow
 from napari_paser.gui.hub import MODEL_COLORS, ROUTED, guarded, hub_for, info
 from napari_paser.gui.layers import overlay_shown
 
+MAP_REFRESH_S = 1.0
+"""While a slice's maps come in tile by tile, the layers re-read the slice on screen at most this often."""
 KNOB_LABELS = {"lambda": "cost weight \u03bb", "share": "share to f2"}
 KNOB_TIPS = {
     "lambda": "cost weight lambda of the policy: 0 routes by accuracy alone, 1 by cost alone; picks the nearest "
@@ -47,6 +50,7 @@ class MapsWidget(QWidget):
         self.lam.setDecimals(3)  # a session's shares 0.05 ... 0.5, its network's lambdas 0.005 ... 0.1 (`router_jobs`)
         self.lam.setValue(0.3)
         self._lambdas: list[float] = []  # the bank the slider was last set up for
+        self._refreshed = 0.0  # when the map layers last re-read the slice on screen
         self.lam.setToolTip(KNOB_TIPS["lambda"])
         self.lam_note = QLabel("")
         self.legend = QLabel("")
@@ -68,6 +72,7 @@ class MapsWidget(QWidget):
         self.gamma.valueChanged.connect(self.hub.set_gamma)
         self.route_button.clicked.connect(self.route)
         self.lam.valueChanged.connect(self.live)
+        self.hub.routing_preview.connect(self.show_routing)
         self.hub.session_changed.connect(self._session)
         self.hub.models_changed.connect(self._legend)
         self.hub.models_changed.connect(self._bank)
@@ -174,8 +179,18 @@ class MapsWidget(QWidget):
         self.hub.run(job, on_yield=self._progress, on_return=self._maps_done, what="computing maps")
 
     def _progress(self, event) -> None:
-        if event.stage == "maps" and event.z == self.hub.current_z():
+        """A tile of the slice on screen is stored: show it (the model's view opens with the first tile,
+        not when the whole slice is done), re-reading the layers at most every MAP_REFRESH_S."""
+        if event.stage != "maps" or event.z != self.hub.current_z():
+            return
+        now = time.monotonic()
+        if not self.hub.model_view:
+            self.hub.set_model_view(True)  # reads the shown layers' slice
+        elif now - self._refreshed >= MAP_REFRESH_S:
             self.hub.refresh_maps()
+        else:
+            return
+        self._refreshed = now
 
     def _maps_done(self, value: tuple[int, bool]) -> None:
         self.hub.set_gamma(self.gamma.value())
@@ -193,8 +208,12 @@ class MapsWidget(QWidget):
         if not s.has_policy:
             s.pick_policy()  # raises the "no routing policy" message
         samples, lam = self.samples.value(), self._lam()
-        self.hub.run(lambda should_stop: s.route(z, samples=samples, lam=lam), on_return=self.show_routing,
+        self.hub.run(self.hub.route_job(s, z, samples, lam), on_return=self._routed,
                      what="" if quiet else f"routing slice {z}", final="" if quiet else f"routed slice {z}")
+
+    def _routed(self, routed) -> None:
+        if routed is not None:  # None: cancelled
+            self.show_routing(routed)
 
     @guarded
     def live(self, *_) -> None:

@@ -140,7 +140,8 @@ class SessionWidget(QWidget):
         def loaded(roles) -> None:
             self.hub.models_changed.emit()
             names = [r for r in roles if "@" not in r]
-            bank = f" and {len(s.policy_lambdas)} policies for lambda " + ", ".join(f"{v:g}" for v in s.policy_lambdas)
+            knob = "routing shares" if s.bank.knob == "share" else "policies for cost weight \u03bb ="
+            bank = f" and {len(s.policy_lambdas)} {knob} " + ", ".join(f"{v:g}" for v in s.policy_lambdas)
             info(f"loaded {', '.join(names)}{bank if s.policy_lambdas else ''}")
 
         self.hub.run(lambda should_stop: s.load_models(run), on_return=loaded, what=f"loading the models of {run}",

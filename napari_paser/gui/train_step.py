@@ -192,7 +192,7 @@ class TrainWidget(QWidget):
         summary, score = result.summary, ""
         if result.bank.knob == "share":
             score = (f"; routing sends the {result.bank.default_lambda:.0%} most uncertain patches to "
-                     f"{summary['models'][-1]} (the share control in step 3)")
+                     f"{summary['models'][-1]} (the share control in Maps, step 2)")
         elif summary.get("policies"):  # what the held-out regions recommend (`router_jobs.held_out_choice`)
             lam = summary["held_out_choice"]
             score = (f"; best held-out mIoU {summary['policies'][f'{lam:.3f}']['iou']:.3f} at lambda {lam:g}"

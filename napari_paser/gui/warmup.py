@@ -21,16 +21,30 @@ import importlib
 import threading
 
 WARM_MODULES = ("pandas",)
-_started: list[threading.Thread] = []
+STEP_MODULES = ("napari_paser.gui.maps_step", "napari_paser.gui.label_step", "napari_paser.gui.train_step",
+                "napari_paser.gui.export_step", "napari_paser.gui.segment_step", "matplotlib.figure",
+                "matplotlib.backends.backend_qtagg")
+"""What a dock's later tabs import (matplotlib: the Train step's learning curve): about a second the GUI thread
+froze for when the dock opened. Imported by `warm_steps` while the dock shows its first tab; the dock builds
+those tabs only once that import is over (two threads importing one package at once can see it half made)."""
+_threads: dict[str, threading.Thread] = {}
 
 
 def warm_imports(modules: tuple[str, ...] = WARM_MODULES) -> threading.Thread:
     """Start (once per process) a daemon thread that imports `modules`; return it."""
-    if not _started:
-        thread = threading.Thread(target=_import_all, args=(modules,), name="paser-warm-imports", daemon=True)
-        _started.append(thread)
-        thread.start()
-    return _started[0]
+    return _once("paser-warm-imports", modules)
+
+
+def warm_steps(modules: tuple[str, ...] = STEP_MODULES) -> threading.Thread:
+    """Start (once per process) a daemon thread that imports the dock's later steps' `modules`; return it."""
+    return _once("paser-warm-steps", modules)
+
+
+def _once(name: str, modules: tuple[str, ...]) -> threading.Thread:
+    if name not in _threads:
+        _threads[name] = threading.Thread(target=_import_all, args=(modules,), name=name, daemon=True)
+        _threads[name].start()
+    return _threads[name]
 
 
 def _import_all(modules: tuple[str, ...]) -> None:

@@ -70,6 +70,7 @@ from learners.grid import Grid, Patching
 from learners.routing.router import F0State, execute_routing, policy_probabilities
 from learners.uncertainty import receptive_halo, uncertainty_maps  # noqa: F401 (receptive_halo: its home was here)
 from napari_paser.data.dataset import normalise
+from napari_paser.data.pyramid import write_pyramids
 from napari_paser.data.read_errors import DamagedVolumeError
 from napari_paser.data.volumes import cached_volume, ngff_attrs, open_volume
 from napari_paser.errors import PaserInputError
@@ -581,6 +582,8 @@ def segment_steps(run: str | Path, image: str | Path, out: str | Path, what: str
         raise exc.with_job(exc.block, f"; {kept} of {len(blocks)} blocks are finished and kept in {job.out} (a rerun "
                                       "does not redo them)", SKIP_HINT) from None
     on_disk, flops, f2_all = _finish(job, blocks)  # a cluster may finish a block past a cancel
+    if on_disk == len(blocks):  # multiscale OME-Zarr: the result opens fast in napari
+        write_pyramids(job.out, arrays_of(job.what))
     summary = SegmentSummary(job.out, what, len(blocks), done_before, time.perf_counter() - started,
                              sum(flops.values()) / 1e9, f2_all / 1e9, flops, cancelled, on_disk,
                              len(damaged_blocks(job.out)))

@@ -10,10 +10,11 @@ cost is known without running the routed models (`execute=False`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import nn
 
 from learners.grid import Grid
@@ -23,6 +24,7 @@ from learners.routing.router import (F0State, RoutingCost, check_policy, execute
                                      policy_probabilities)
 from learners.unet import count_parameters
 from napari_paser.errors import PaserInputError
+from napari_paser.session.jobs import Progress
 
 
 @dataclass
@@ -75,11 +77,13 @@ def slice_state(f0: nn.Module, image: np.ndarray, z: int, samples: int = 5) -> F
 
 
 def route_slice(models: Sequence[nn.Module], policy: PolicyNet, image: np.ndarray, z: int, samples: int = 5,
-                state: F0State | None = None, execute: bool = True, lam: float | None = None) -> SliceRouting:
+                state: F0State | None = None, execute: bool = True, lam: float | None = None,
+                actions: np.ndarray | None = None) -> SliceRouting:
     """Route normalised slice `image` (H, W) with `policy` over `models` (f0 first).
 
     `state` is f0's state of this slice (`slice_state`), computed here when not given. With
-    `execute=False` only the routing map and its cost are computed (no routed model runs).
+    `execute=False` only the routing map and its cost are computed (no routed model runs); `actions`
+    (rows, cols), the map of an earlier preview, skips the policy.
     """
     h, w = image.shape
     patching = policy.config.patching
@@ -90,11 +94,14 @@ def route_slice(models: Sequence[nn.Module], policy: PolicyNet, image: np.ndarra
     rows, cols = grid.rows, grid.cols
     models = list(models)
     state = state if state is not None else slice_state(models[0], image, z, samples)
-    actions = policy_probabilities(policy, state).argmax(-1)
+    if actions is None:
+        actions = policy_probabilities(policy, state).argmax(-1)
+    else:  # chosen by an earlier pass of the same policy on the same state (a preview)
+        actions = torch.as_tensor(np.asarray(actions), dtype=torch.long).reshape(1, -1)
     cost = RoutingCost.of(models, h, w, patching, samples, policy)
     names = tuple(f"f{k}" for k in range(len(models)))
     if execute:
-        res = execute_routing(models, image[None], actions, patching, state, samples, z, policy=policy)
+        res = execute_routing(models, image[None], actions, patching, state, samples, z, ROUTE_BATCH, policy)
         segmentation, flops = res.segmentation[0], res.flops
     else:
         segmentation, flops = None, cost.routed(actions, 1, 1)
@@ -105,3 +112,63 @@ def route_slice(models: Sequence[nn.Module], policy: PolicyNet, image: np.ndarra
         gflops=sum(flops.values()) / 1e9, gflops_largest=rows * cols * cost.patch[-1] / 1e9,
         shares=dict(zip(names, map(float, counts))), lam=lam, cell=grid.cell,
     )
+
+
+ROUTE_BATCH = 8
+"""Patches per batch of a routed model: a large f2 on 64 context patches at once held over a gigabyte."""
+
+
+def partial_routing(session, z: int, samples: int, lam: float | None, done: np.ndarray) -> SliceRouting:
+    """A routing preview of slice z from the maps stored so far: the policy reads the slice's stored maps,
+    and patches not wholly inside the mapped part `done` (an (H, W) mask) are left out (index -1)."""
+    lam, policy = session.pick_policy(lam)
+    models = policy_models(policy, session.models, "the routing policy")
+    maps = session.slice_maps(z)
+    state = F0State(torch.from_numpy(np.asarray(maps["prediction"], np.uint8))[None],
+                    torch.from_numpy(np.asarray(maps["entropy"], np.float32))[None], session.n_classes, samples)
+    routed = route_slice(models, policy, session.image_slice(z), z, samples, state, execute=False, lam=lam)
+    grid = routed.grid()
+    inside = np.array([done[b.slices].all() for b in grid.boxes()]).reshape(routed.routing.shape)
+    routed.routing = np.where(inside, routed.routing, -1)
+    return routed
+
+
+def route_in_view(session, z: int, samples: int = 5, lam: float | None = None, view=None,
+                  should_stop: Callable[[], bool] | None = None,
+                  preview: Callable[[SliceRouting], None] | None = None) -> Generator[Progress, None, SliceRouting | None]:
+    """Route slice z as `Session.route` does, the part on screen first: when f0's state of the slice is not
+    known, its maps are computed tile by tile (those meeting `view` first, stored as the slice's maps) and
+    `preview` gets a routing of the mapped part once the first tile is done, long before the whole slice is
+    mapped and its routed models run. Returns the routing (None when stopped)."""
+    stop = should_stop or (lambda: False)
+    session.pick_policy(lam)  # no policy: its message at once
+    z = int(z)
+    if not session.has_state(z, samples):
+        model = session.require_f0()
+        version = session.maps_version()
+        n = len(session.map_tiles())
+        done = np.zeros(session.shape[-2:], bool)
+        tiles = session._map_tiles(model, z, samples, version, None, view=view)
+        for j, (box, _maps, stored) in enumerate(tiles, 1):
+            if not stored:  # f0 replaced meanwhile: the full routing below maps the slice again
+                tiles.close()
+                break
+            done[box.slices] = True
+            if j == 1 and j < n and preview is not None:
+                preview(partial_routing(session, z, samples, lam, done))
+            yield Progress("maps", j, n + 1, f"routing slice {z}: maps tile {j} of {n}", z=z)
+            if stop():
+                tiles.close()
+                yield Progress("cancelled", j, n + 1, "routing cancelled")
+                return None
+        else:
+            session._commit_maps(z, version)
+    lam, policy = session.pick_policy(lam)
+    models = policy_models(policy, session.models, "the routing policy")
+    image = session.image_slice(z)
+    state = session.f0_state(z, samples, image)
+    chosen = route_slice(models, policy, image, z, samples, state, execute=False, lam=lam)
+    if preview is not None:  # the whole routing map, before the routed models run
+        preview(chosen)
+    yield Progress("route", 0, 1, f"routing slice {z}: running the routed models", z=z)
+    return route_slice(models, policy, image, z, samples, state, True, lam, actions=chosen.routing)

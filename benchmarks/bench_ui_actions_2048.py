@@ -1,0 +1,296 @@
+"""The dock's actions on a real-size scan: 32 x 2048 x 2048 uint16 beside the 501^2 SOC volume.
+
+A real napari window under Xvfb, the dock's own buttons, a zarr built from the SOC slices tiled
+to 2048 x 2048 (written under the system's temp folder, read in place by the session), a run's
+models loaded (f0 tiny, f1 medium, f2 large and a bank of routing policies, as
+`bench_ui_latency.bench_run` makes them). Per action: the wall time until the dock is idle again,
+the longest gap of a 5 ms precise QTimer on the GUI thread (what a person feels as a freeze), the
+longest gap of the same timer with nothing running and the same layers shown right after (idle
+napari), and the peak resident memory of the process while it ran. For maps and routing also the
+time until the first part of the slice on screen is shown. Each volume runs in its own process
+(its own peak memory). Screenshots of the routing overlay at whole-slice and at full zoom go to
+`--shots`.
+
+    python benchmarks/bench_ui_actions_2048.py [--slices 32] [--sizes 2048 501] [--shots /tmp/shots]
+    (runs itself under xvfb-run without a display; writes results/ui-actions-2048.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench_ui_latency import PROBE_MS, GapProbe, StallSampler, bench_run, under_xvfb
+from common import RESULTS, SOC, require
+
+OUT = RESULTS / "ui-actions-2048.json"
+ACTIONS = ("open", "dock", "start", "load_models", "maps", "propose", "accept", "route", "share_slider",
+           "scroll", "toggle_overlays")
+
+
+def rss_mb() -> float:
+    """The process's resident memory now (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class RssPeak:
+    """The peak of `rss_mb` sampled every 10 ms by a helper thread while in a `with` block."""
+
+    def __enter__(self) -> "RssPeak":
+        self.peak, self._on = rss_mb(), True
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while self._on:
+            self.peak = max(self.peak, rss_mb())
+            time.sleep(0.01)
+
+    def __exit__(self, *exc) -> None:
+        self._on = False
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb())
+
+
+def build_volume(folder: Path, side: int, slices: int) -> Path:
+    """A (slices, side, side) uint16 zarr of the SOC slices, each tiled to `side` (chunks 1 x 256 x 256)."""
+    import tifffile
+    import zarr
+
+    path = folder / f"soc-{slices}x{side}.zarr"
+    if (path / "zarr.json").is_file():
+        return path
+    images = tifffile.imread(require(SOC) / "images.tif")
+    arr = zarr.create_array(str(path), shape=(slices, side, side), dtype=images.dtype, chunks=(1, 256, 256),
+                            overwrite=True)
+    reps = -(-side // images.shape[1])
+    for z in range(slices):
+        arr[z] = np.tile(images[z % len(images)], (reps, reps))[:side, :side]
+    return path
+
+
+def run_size(side: int, slices: int, shots: Path | None) -> dict:
+    """Every action of the scenario on one volume, in this process; the result per action."""
+    import napari
+    import tifffile
+    import torch
+    from napari.utils.key_bindings import coerce_keybinding
+
+    torch.set_num_threads(1)
+    truth = tifffile.imread(SOC / "labels.tif")
+    n_classes = int(truth.max()) + 1
+    results: dict[str, dict] = {}
+    pictures: list[str] = []
+    tmp = Path(tempfile.mkdtemp(prefix="paser-ui2048-"))
+    try:
+        src = build_volume(Path(tempfile.gettempdir()), side, slices)
+        run = bench_run(tmp / "run", n_classes)
+        viewer = napari.Viewer(title=f"ui actions {side}")
+        viewer.window.resize(1600, 1000)
+        probe = GapProbe()
+        stalls = StallSampler(probe)
+
+        class NoHub:  # before the dock exists: nothing runs in the background
+            busy = previewing = False
+
+        state = {"hub": NoHub(), "first": None, "t0": 0.0}
+
+        def record(name: str, action, settle: float = 0.5) -> dict:
+            hub = state["hub"]
+            state["first"], state["t0"] = None, time.perf_counter()
+            with RssPeak() as mem:
+                res = probe.measure(action, hub, settle=settle)
+            out = {"wall_s": round(max(0.0, res["seconds"] - settle), 2), "max_gap_ms": res["max_gap_ms"],
+                   "p99_ms": res["p99_ms"], "peak_rss_mb": round(mem.peak), "stalls": stalls.take()}
+            if state["first"] is not None:
+                out["first_visible_s"] = round(state["first"], 2)
+            idle = probe.measure(lambda: None, hub, settle=1.0)
+            out["idle_max_gap_ms"] = idle["max_gap_ms"]
+            if name in results:  # repeated actions: keep the worst
+                prev = results[name]
+                out = {k: max(prev.get(k, 0), v) if isinstance(v, (int, float)) else v for k, v in out.items()}
+            results[name] = out
+            print(f"  {side} {name:16s} wall {out['wall_s']:6.2f} s  max gap {out['max_gap_ms']:7.1f} ms "
+                  f"(idle {out['idle_max_gap_ms']:5.1f})  rss {out['peak_rss_mb']} MB"
+                  + (f"  first {out['first_visible_s']} s" if "first_visible_s" in out else ""), flush=True)
+            return out
+
+        def first_seen(*_) -> None:
+            if state["first"] is None:
+                state["first"] = time.perf_counter() - state["t0"]
+
+        def shot(name: str) -> None:
+            if shots is not None:
+                shots.mkdir(parents=True, exist_ok=True)
+                path = shots / f"{side}-{name}.png"
+                viewer.screenshot(str(path), canvas_only=False, flash=False)
+                pictures.append(str(path))
+
+        record("idle", lambda: None, settle=1.0)
+        record("open", lambda: viewer.open(str(src), plugin="napari-paser"))
+        dock_box: list = []
+
+        def open_dock() -> None:
+            from napari_paser.gui.widgets import PaserWidget
+
+            dock_box.append(PaserWidget(viewer))
+            viewer.window.add_dock_widget(dock_box[0], name="PaSeR")
+
+        record("dock", open_dock)
+        dock = dock_box[0]
+        hub = state["hub"] = dock.hub
+        session_w, maps, label = (dock.steps[t] for t in ("Session", "Maps", "Label"))
+        session_w.layer_box.setCurrentText(src.stem)
+        session_w.folder.setText(str(tmp / "session"))
+        record("start", session_w.start_button.click)
+        session_w.run_folder.setText(str(run))
+        record("load_models", session_w.load_button.click)
+        z = slices // 2
+        viewer.dims.set_current_step(0, z)
+
+        def maps_progress(event) -> None:
+            if getattr(event, "stage", "") == "maps" and getattr(event, "z", None) == z:
+                first_seen()
+
+        hub.progress.connect(maps_progress)
+        record("maps", maps.slice_button.click)
+        hub.progress.disconnect(maps_progress)
+        label.sampler.setCurrentText("taudis")
+        label.k.setValue(8)
+        record("propose", label.propose_button.click)
+        for _ in range(3):
+            p = label.current
+            ix = (p.z, slice(p.y0, p.y0 + p.h), slice(p.x0, p.x0 + p.w))
+            hub.require().labels[ix] = truth[z % len(truth)][:p.h, :p.w].astype(np.uint8) + 1
+            viewer.layers["paser labels"].refresh()
+            record("accept", label.accept_button.click)
+        viewer.dims.set_current_step(0, z)
+        viewer.reset_view()
+        shown = hub.show_routing
+
+        def show_routing(routed) -> None:  # the first overlay on screen, preview or full
+            first_seen()
+            shown(routed)
+
+        hub.show_routing = show_routing
+        record("route", maps.route_button.click)
+        results["route"]["model_view_ticked"] = maps.view.isChecked()
+        viewer.reset_view()
+        shot("route-whole-slice")
+        camera = hub.camera()
+        camera.zoom = 1.0
+        camera.center = (side / 2, side / 2)
+        for _ in range(5):
+            probe.measure(lambda: None, hub, settle=0.2)
+        shot("route-full-zoom")
+        viewer.reset_view()
+        for lam in (1.0, 0.0, 0.3):
+            record("share_slider", lambda lam=lam: maps.lam.setValue(lam))
+        for step in (z + 1, z):
+            record("scroll", lambda step=step: viewer.dims.set_current_step(0, step))
+        key = coerce_keybinding("H")
+        for _ in range(2):
+            record("toggle_overlays", lambda: viewer.keymap[key](viewer))
+        viewer.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    import resource
+
+    return {"actions": results, "screenshots": pictures,
+            "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--slices", type=int, default=32)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 501])
+    parser.add_argument("--shots", type=Path, default=None, help="folder for screenshots of the routing overlay")
+    parser.add_argument("--label", default="", help="stored with the results (e.g. 'before', 'after')")
+    parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # child: one size, JSON to stdout
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--before", type=Path, default=None,
+                        help="results of an earlier run (e.g. the code before a change): stored beside, with ratios")
+    args = parser.parse_args()
+    rerun = under_xvfb()
+    if rerun is not None:
+        return rerun
+    require(SOC)
+    if args.one is not None:
+        result = run_size(args.one, args.slices, args.shots)
+        print("RESULT " + json.dumps(result), flush=True)
+        return 0
+    load = {"start": [round(v, 2) for v in os.getloadavg()]}
+    per_size = {}
+    for side in args.sizes:
+        cmd = [sys.executable, __file__, "--one", str(side), "--slices", str(args.slices)]
+        if args.shots:
+            cmd += ["--shots", str(args.shots)]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        print("\n".join(ln for ln in proc.stdout.splitlines() if not ln.startswith("RESULT ")))
+        if proc.returncode or not lines:
+            print(f"the {side}^2 run failed (exit {proc.returncode})", file=sys.stderr)
+            return 1
+        per_size[side] = json.loads(lines[-1][len("RESULT "):])
+    load["end"] = [round(v, 2) for v in os.getloadavg()]
+    big = per_size[max(per_size)]
+    small = per_size.get(min(per_size)) if len(per_size) > 1 else None
+    actions = {}
+    for name, res in big["actions"].items():
+        if name == "idle":
+            continue
+        row = dict(res)
+        if small is not None and name in small["actions"]:
+            row["small"] = {k: small["actions"][name][k] for k in ("wall_s", "max_gap_ms", "idle_max_gap_ms",
+                                                                    "peak_rss_mb")}
+        row["gap_ratio_to_idle"] = round(res["max_gap_ms"] / max(res["idle_max_gap_ms"], 1e-3), 2)
+        actions[name] = row
+    peak = max(v["peak_rss_mb"] for v in big["actions"].values())
+    result = {
+        "benchmark": "ui-actions-2048", "label": args.label,
+        "command": "python benchmarks/bench_ui_actions_2048.py " + " ".join(sys.argv[1:]),
+        "data": f"{SOC}/images.tif tiled to {args.slices} x {max(per_size)} x {max(per_size)} uint16 zarr "
+                f"(chunks 1 x 256 x 256); small: {args.slices} x {min(per_size)} x {min(per_size)}",
+        "models": "f0 tiny, f1 medium, f2 large (untrained) and a bank of 3 routing policies (lambda 0, 0.3, 1)",
+        "probe_ms": PROBE_MS,
+        "targets": {"max_gap_vs_idle": 2.0, "first_visible_maps_s": 3.0, "first_route_preview_s": 3.0,
+                    "peak_rss_mb": 1536},
+        "actions": actions, "idle": big["actions"]["idle"],
+        "peak_rss_mb": peak, "process_peak_rss_mb": big["process_peak_rss_mb"],
+        "over_target": sorted(k for k, v in actions.items() if v["gap_ratio_to_idle"] > 2.0),
+        "screenshots": big["screenshots"] + (small["screenshots"] if small else []),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average": load, "torch_threads": 1},
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    if args.before is not None:
+        before = json.loads(args.before.read_text())
+        result["before"] = {"label": before.get("label", ""), "date": before.get("date", ""),
+                            "peak_rss_mb": before["peak_rss_mb"], "actions": {
+                                k: {m: v[m] for m in ("wall_s", "max_gap_ms", "idle_max_gap_ms", "peak_rss_mb",
+                                                      "first_visible_s") if m in v}
+                                for k, v in before["actions"].items()}}
+        result["after_vs_before"] = {
+            k: {m: round(v[m] / max(before["actions"][k][m], 1e-3), 2) for m in ("wall_s", "max_gap_ms", "peak_rss_mb")}
+            for k, v in actions.items() if k in before["actions"]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
