@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_ui_latency import PROBE_MS, GapProbe, StallSampler, bench_run, under_xvfb
+from gui_probe import PROBE_MS, GapProbe, StallSampler, bench_run, under_xvfb
 from common import RESULTS, SOC, require
 
 OUT = RESULTS / "ui-actions-2048.json"

@@ -28,8 +28,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,14 +37,12 @@ from pathlib import Path
 import numpy as np
 
 from common import SOC
-from gui_probe import PROBE_MS, GapProbe, bench_run
+from gui_probe import PROBE_MS, GapProbe, StallSampler, bench_run, under_xvfb
 
 OUT = Path(__file__).parent / "results" / "ui-latency.json"
 ACTIONS_OUT = Path(__file__).parent / "results" / "ui-actions.json"
 SEGMENT_OUT = Path(__file__).parent / "results" / "ui-segment.json"
 TICK_MS = 10
-BENCH_FILES = ("bench_ui_latency.py", "gui_probe.py")
-"""The benchmark's own files: left out of the stacks `StallSampler` reports."""
 
 
 class LatencyProbe:
@@ -153,40 +149,6 @@ def run(seconds: float) -> dict:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average": [round(v, 2) for v in os.getloadavg()]},
     }
-
-
-class StallSampler:
-    """Where the GUI thread is while the probe is late: a helper thread samples the main thread's Python
-    stack every 50 ms once the last tick is over 150 ms old (frames inside Qt/C++ show as the event loop)."""
-
-    def __init__(self, probe: GapProbe) -> None:
-        import collections
-        import threading
-
-        self.probe, self.main = probe, threading.main_thread().ident
-        self.counts: collections.Counter = collections.Counter()
-        threading.Thread(target=self._loop, daemon=True).start()
-
-    def _loop(self) -> None:
-        import traceback
-
-        while True:
-            time.sleep(0.05)
-            try:
-                active = self.probe.timer.isActive()
-            except RuntimeError:  # the QTimer went with the application: the run is over
-                return
-            if active and time.perf_counter() - self.probe.last > 0.15:
-                frame = sys._current_frames().get(self.main)
-                if frame is not None:
-                    stack = [f for f in traceback.extract_stack(frame) if not f.filename.endswith(BENCH_FILES)]
-                    self.counts[" <- ".join(f"{f.name} ({Path(f.filename).name}:{f.lineno})"
-                                            for f in reversed(stack[-6:])) or "Qt event loop (C++)"] += 1
-
-    def take(self, n: int = 3) -> list[str]:
-        top = [f"{c * 50} ms: {k}" for k, c in self.counts.most_common(n)]
-        self.counts.clear()
-        return top
 
 
 def run_actions(slices: int, data: Path, skip_volume: bool = False) -> dict:
@@ -377,17 +339,6 @@ def run_segment(slices: int, data: Path, what: str, tile: int, workers: int, sho
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average": load, "torch_threads_gui": 1},
     }
-
-
-def under_xvfb() -> int | None:
-    """Without a display: this script run again under xvfb-run (its exit status, 2 without xvfb); else None."""
-    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
-        return None
-    exe = shutil.which("xvfb-run")
-    if exe is None:
-        print("no display and no xvfb-run: install xvfb", file=sys.stderr)
-        return 2
-    return subprocess.call([exe, "-a", "-s", "-screen 0 1920x1200x24", sys.executable, *sys.argv])
 
 
 def main() -> int:

@@ -4,12 +4,18 @@ to act on: what the GUI latency benchmarks (`bench_ui_latency.py`, `bench_ui_fir
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 PROBE_MS = 5
+BENCH_FILES = ("bench_ui_latency.py", "bench_ui_actions_2048.py", "gui_probe.py")
+"""The benchmarks' own files: left out of the stacks `StallSampler` reports."""
 
 
 class GapProbe:
@@ -71,3 +77,48 @@ def bench_run(folder: Path, n_classes: int) -> Path:
         save_checkpoint(folder / f"{role}.pt", UNet(preset_config(size, n_classes=n_classes)))
     save_bank(folder, PolicyBank({lam: PolicyNet(PolicyConfig(n_classes=n_classes)) for lam in (0.0, 0.3, 1.0)}))
     return folder
+
+
+class StallSampler:
+    """Where the GUI thread is while the probe is late: a helper thread samples the main thread's Python
+    stack every 50 ms once the last tick is over 150 ms old (frames inside Qt/C++ show as the event loop)."""
+
+    def __init__(self, probe: GapProbe) -> None:
+        import collections
+        import threading
+
+        self.probe, self.main = probe, threading.main_thread().ident
+        self.counts: collections.Counter = collections.Counter()
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self) -> None:
+        import traceback
+
+        while True:
+            time.sleep(0.05)
+            try:
+                active = self.probe.timer.isActive()
+            except RuntimeError:  # the QTimer went with the application: the run is over
+                return
+            if active and time.perf_counter() - self.probe.last > 0.15:
+                frame = sys._current_frames().get(self.main)
+                if frame is not None:
+                    stack = [f for f in traceback.extract_stack(frame) if not f.filename.endswith(BENCH_FILES)]
+                    self.counts[" <- ".join(f"{f.name} ({Path(f.filename).name}:{f.lineno})"
+                                            for f in reversed(stack[-6:])) or "Qt event loop (C++)"] += 1
+
+    def take(self, n: int = 3) -> list[str]:
+        top = [f"{c * 50} ms: {k}" for k, c in self.counts.most_common(n)]
+        self.counts.clear()
+        return top
+
+
+def under_xvfb() -> int | None:
+    """Without a display: this script run again under xvfb-run (its exit status, 2 without xvfb); else None."""
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return None
+    exe = shutil.which("xvfb-run")
+    if exe is None:
+        print("no display and no xvfb-run: install xvfb", file=sys.stderr)
+        return 2
+    return subprocess.call([exe, "-a", "-s", "-screen 0 1920x1200x24", sys.executable, *sys.argv])

@@ -15,7 +15,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def test_every_step_has_a_guide_page_in_docs():
-    for title, _ in STEPS:
+    for title, *_ in STEPS:
         page = help_module.GUIDE_PAGES[title]
         assert (DOCS / (page.rstrip("/") + ".md")).is_file(), f"no docs page for the {title} step: {page}"
 

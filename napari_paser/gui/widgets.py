@@ -131,5 +131,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["PaserWidget", "SessionWidget", "MapsWidget", "LabelWidget", "TrainWidget", "ExportWidget", "SegmentWidget",
-           "hub_for"]
+__all__ = [  # noqa: F822 (module __getattr__ provides the step classes)
+    "PaserWidget", "SessionWidget", "MapsWidget", "LabelWidget", "TrainWidget", "ExportWidget", "SegmentWidget",
+    "hub_for",
+]
