@@ -43,6 +43,11 @@ current weights are the starting point: load a run's pretrained f1/f2 to start f
 network. A cancel during retraining keeps the previous weights; a cancel at any point keeps the
 previous bank: the new bank replaces it in one commit only when every policy finished.
 
+With f2 retraining (the default), the bank is first made with the current f2 and installed (`RouterConfig.
+first_bank`: thresholds from f0's maps and the held-out table, seconds to a minute), so routing works while f2
+trains (minutes; the progress says the time left from the measured pace); then it is made again with the new
+f2 and its default share chosen again. A cancel during f2's retraining keeps that first bank.
+
 A ranked bank's thresholds are f0's entropy quantiles, so they drift when f0 retrains; a refresh that
 leaves the slices they read with the new f0's maps makes the bank again at once (`rethreshold`).
 """
@@ -90,11 +95,12 @@ gain / (gain + C). Per-patch gains on real slices are 0.5 to 5 IoU points and a 
 next to a 17k f0 and a 1.1M f1 has C = 0.80: every member from 0.1 up routed f0 everywhere (SOC
 benchmark, session 8: the members 0.1, 0.3 and 1 were identical, and the GUI opened at 0.3)."""
 ROUTER_SHARES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
-"""The ranked bank's shares of patches sent to the largest model (`learners.routing.ranked`); its default
-member is the middle one, 0.2: on the SOC session benchmark it scored +0.3, -0.2 and +0.7 mIoU points
-against the best single model at 21-28% of f2's FLOPs (BENCHMARKS.md, "PaSeR routing", session 10); with
-f2 trained longer (session 11) +1.0, 0.0, +0.3 at 32 regions and +0.2, -0.9, -0.7 at 64, where f2 alone
-had become better on most patches."""
+"""The ranked bank's shares of patches sent to the largest model (`learners.routing.ranked`). Its default
+member is the held-out regions' best (`default_share`): 0 when f0 alone scores at least as well as every
+share that routes there. A fixed 0.2 sent 19% of a held-out SOC slice to an f2 that its own table put 7
+points below f0 (f0 0.955, the 20% share 0.903, f2 alone 0.886); where f2 pays, the 20% share scored +0.3,
+-0.2 and +0.7 mIoU points against the best single model at 21-28% of f2's FLOPs on the SOC session benchmark
+(BENCHMARKS.md, "PaSeR routing")."""
 ROUTED_RETRAIN = replace(RETRAIN_CONFIG, epochs=12)
 """Training of the routed larger models: 900 steps, three times f0's retrain (which runs after every batch of
 regions, so f0 has had many). With f0's 300, f2 (4.3M parameters) scored 0.888 / 0.889 / 0.904 on the SOC
