@@ -164,6 +164,8 @@ def cmd_session_train_router(args: argparse.Namespace) -> int:
             except StopIteration as stop:
                 result = stop.value
                 break
+            if event.stage == "ready" and not args.quiet:  # routing works from here while f2 retrains
+                tqdm.write(event.message)
             bar = bars.get(event.stage)
             if bar is None and not args.quiet:
                 bar = bars[event.stage] = tqdm(total=event.total, desc=event.stage, unit="step")

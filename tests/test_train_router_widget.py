@@ -42,6 +42,10 @@ def test_train_router_button_trains_the_bank_in_a_worker(make_napari_viewer, tmp
     assert all(box.isChecked() for box in w.scratch.values())  # New models starts f0, f1 and f2 by default
     widget.steps["Maps"].route_button.click()  # no policies yet: the GUI action that makes them, not a CLI command
     assert "press 'Train router' in the Train step" in errors[-1] and "paser policy" not in errors[-1]
+    volume = widget.steps["Volume"]
+    volume.what.setCurrentText("route")
+    volume.button.click()  # Segment volume, routed, from the session: the same GUI action named, nothing runs
+    assert "press 'Train router' in the Train step" in errors[-1] and not widget.hub.busy
     s.new_models({"f1": TINY, "f2": UNetConfig(base=6, depth=2)})
     for rid in range(6):
         r = s.region(rid)
@@ -84,4 +88,4 @@ def test_train_router_button_trains_the_bank_in_a_worker(make_napari_viewer, tmp
         maps.volume_button.click()  # the maps of every slice: then the bank is made again from them
     qtbot.waitUntil(lambda: not widget.hub.busy, timeout=120_000)
     assert not s.bank_stale and "older f0" not in maps.lam_note.text() and s.policy_lambdas == list(ROUTER_SHARES)
-    assert len(errors) == 2
+    assert len(errors) == 3
