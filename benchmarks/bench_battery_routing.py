@@ -140,7 +140,7 @@ def per_slice(x: np.ndarray) -> np.ndarray:
     return ((x - med) / np.maximum(q3 - q1, 1e-6)).astype(np.float32)
 
 
-def unet_full(train_x, train_y, test_sets: dict, steps: int, size: str, seed: int) -> dict:
+def unet_full(train_x, train_y, test_sets: dict, steps: int, size: str, seed: int, jitter: float | None = None) -> dict:
     """A UNet from the shipped starting weights trained on every pixel of the training slices (the session's
     retraining recipe: class-balanced augmented 64 px crops), scored on each test set."""
     from learners.inference import predict_classes
@@ -152,7 +152,8 @@ def unet_full(train_x, train_y, test_sets: dict, steps: int, size: str, seed: in
     torch.manual_seed(seed)
     role = {"tiny": "f0", "medium": "f1", "wide": "f2"}[size]
     model = shipped_start(role, preset_config(size, n_classes=3), seed)
-    cfg = replace(RETRAIN_CONFIG, epochs=max(1, steps // RETRAIN_CONFIG.steps_per_epoch), keep=0.0)
+    cfg = replace(RETRAIN_CONFIG, epochs=max(1, steps // RETRAIN_CONFIG.steps_per_epoch), keep=0.0,
+                  jitter=RETRAIN_CONFIG.jitter if jitter is None else jitter)
     t = time.perf_counter()
     gen = iter_training(model, list(train_x), list(train_y), None, None, cfg)
     while True:
@@ -184,7 +185,7 @@ def ceiling(args) -> dict:
                 fx, fy_test = normalise(px, lo, hi), normalise(tx, lo, hi)
             else:
                 fx, fy_test = per_slice(px), per_slice(tx)
-            row = {"pool": pool_name, "test": test_name, "norm": norm}
+            row = {"pool": pool_name, "test": test_name, "norm": norm, "unet_jitter": args.jitter, "unet_steps": args.ceiling_steps}
             if args.forest_pixels:
                 t = time.perf_counter()
                 test_rf = forest_row(list(fx), list(py), fy_test, ty, args.forest_pixels)
@@ -195,9 +196,11 @@ def ceiling(args) -> dict:
                                              "wall_s": round(time.perf_counter() - t, 1)}
             for size in args.ceiling_sizes:
                 row[f"unet_{size}_all_pool_pixels"] = unet_full(fx, py, {"test": (fy_test, ty), "pool_train_slices": (fx, py)},
-                                                                args.ceiling_steps, size, 0)
+                                                                args.ceiling_steps, size, 0, args.jitter)
+                if not args.within:
+                    continue
                 within = unet_full(fx[half], py[half], {"within_pool_other_slices": (fx[~half], py[~half])},
-                                   args.ceiling_steps, size, 0)
+                                   args.ceiling_steps, size, 0, args.jitter)
                 row[f"unet_{size}_all_pool_pixels"]["within_pool_other_slices"] = within["within_pool_other_slices"]
             print(json.dumps(row), flush=True)
             out["rows"].append(row)
@@ -226,6 +229,9 @@ def main() -> int:
     p.add_argument("--ceiling-sizes", default="tiny", help="ceiling: UNet sizes trained on every pool pixel")
     p.add_argument("--ceiling-steps", type=int, default=600)
     p.add_argument("--forest-pixels", type=int, default=200_000, help="ceiling: labeled pixels the forest trains on (0: no forest)")
+    p.add_argument("--jitter", type=float, default=None, help="ceiling: the UNet's intensity jitter (default: the "
+                                                                 "session's RETRAIN_CONFIG.jitter)")
+    p.add_argument("--no-within", dest="within", action="store_false", help="ceiling: skip the within-pool UNet")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     args.budgets = [int(b) for b in args.budgets.split(",")]
