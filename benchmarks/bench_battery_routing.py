@@ -133,8 +133,14 @@ def run_session(dataset: str, pool, test, sampler: str, seed: int, args):
     s.close()
 
 
-def per_slice(x: np.ndarray) -> np.ndarray:
-    """Each slice to zero median and unit interquartile range: the contrast change between slices removed."""
+def per_slice(x: np.ndarray, how: str = "slice") -> np.ndarray:
+    """Each slice normalised on its own: "slice", its robust range to [0, 1] as the session normalises a
+    volume (what the UNet's starting weights and intensity jitter expect); "slice-iqr", zero median and unit
+    interquartile range."""
+    from napari_paser.data.dataset import normalise, robust_range
+
+    if how == "slice":
+        return np.stack([normalise(im, *robust_range(im)) for im in x]).astype(np.float32)
     med = np.median(x, axis=(-2, -1), keepdims=True)
     q1, q3 = np.percentile(x, 25, axis=(-2, -1), keepdims=True), np.percentile(x, 75, axis=(-2, -1), keepdims=True)
     return ((x - med) / np.maximum(q3 - q1, 1e-6)).astype(np.float32)
@@ -184,7 +190,7 @@ def ceiling(args) -> dict:
             if norm == "volume":  # as the session normalises: the pool's robust range for both
                 fx, fy_test = normalise(px, lo, hi), normalise(tx, lo, hi)
             else:
-                fx, fy_test = per_slice(px), per_slice(tx)
+                fx, fy_test = per_slice(px, norm), per_slice(tx, norm)
             row = {"pool": pool_name, "test": test_name, "norm": norm, "unet_jitter": args.jitter, "unet_steps": args.ceiling_steps}
             if args.forest_pixels:
                 t = time.perf_counter()
@@ -225,7 +231,7 @@ def main() -> int:
     p.add_argument("--soc-crop", type=int, default=256)
     p.add_argument("--soc-pool", type=int, default=20)
     p.add_argument("--soc-test", type=int, default=6)
-    p.add_argument("--norms", default="volume,slice", help="ceiling: grey levels as the session normalises, per slice")
+    p.add_argument("--norms", default="volume,slice", help="ceiling: volume (as the session normalises), slice (each slice's robust range), slice-iqr")
     p.add_argument("--ceiling-sizes", default="tiny", help="ceiling: UNet sizes trained on every pool pixel")
     p.add_argument("--ceiling-steps", type=int, default=600)
     p.add_argument("--forest-pixels", type=int, default=200_000, help="ceiling: labeled pixels the forest trains on (0: no forest)")
