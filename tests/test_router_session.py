@@ -563,3 +563,14 @@ def test_f0_is_enough_routes_nothing_by_default_and_a_cancelled_f2_keeps_the_fir
             break
     assert "ready" in seen and not result.cancelled and result.retrain_cancelled
     assert s.policy_lambdas == [0.1, 0.3] and s.state.models["f2"]["file"] == f2_file  # f2 kept, first bank kept
+
+
+def test_a_banks_chosen_member_is_its_default_only_when_it_is_a_member():
+    from learners.routing.bank import PolicyBank
+
+    bank = PolicyBank({0.0: object(), 0.2: object(), 0.5: object()})
+    assert bank.default_lambda == 0.2  # nothing chosen: the middle member
+    bank.chosen = 0.0
+    assert bank.default_lambda == 0.0 and bank.pick(None)[0] == 0.0
+    bank.chosen = 0.3  # not a member (a bank made again with other shares): the middle one again
+    assert bank.default_lambda == 0.2
