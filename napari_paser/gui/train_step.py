@@ -157,8 +157,10 @@ class TrainWidget(QWidget):
 
     @guarded
     def train_router(self, *_) -> None:
-        """f2 and the policy bank from the accepted regions in a thread worker; Cancel keeps the previous bank.
-        f2 trains for the router's own epochs (`ROUTED_RETRAIN`), with the learning-rate schedule chosen above."""
+        """The policy bank from the accepted regions in a thread worker: first with the current f2 (installed at
+        once: the Maps step's share control routes with it), then, ticked, f2 retrains for the router's own
+        epochs (`ROUTED_RETRAIN`, the learning-rate schedule chosen above; the bar says the time left) and the
+        bank is made again. Cancel keeps the previous bank, or the first one once it is made."""
         s = self.hub.require()
         cfg = replace(ROUTED_RETRAIN, epochs=self.router_epochs.value(), scheduler=self.scheduler.currentText())
         retrain = self.router_retrain.isChecked()
