@@ -161,6 +161,8 @@ def cmd_session_train_router(args: argparse.Namespace) -> int:
         bars: dict[str, tqdm] = {}
 
         def show(event) -> None:
+            if event.stage == "ready" and not args.quiet:  # routing works from here while f2 retrains
+                tqdm.write(event.message)
             bar = bars.get(event.stage)
             if bar is None and not args.quiet:
                 bar = bars[event.stage] = tqdm(total=event.total, desc=event.stage, unit="step")
@@ -201,16 +203,18 @@ def _session_parsers(sub) -> None:
     """`paser session ...`: jobs on a labeling session folder."""
     session = sub.add_parser("session", help="jobs on a labeling session folder").add_subparsers(
         dest="session_command", required=True)
-    p = session.add_parser("train-router", help="retrain f2 (network: f1 and f2) on the accepted regions, then make "
-                                                "the routing policies: one per share of patches sent to f2 by f0's "
-                                                "uncertainty (default), "
-                                                "or one policy network per lambda (--policy network)")
+    p = session.add_parser("train-router", help="make the routing policies with the current f2 (one per share of "
+                                                "patches sent to f2 by f0's uncertainty; the default share follows "
+                                                "the held-out regions, 0 when f0 alone leads there), then retrain f2 "
+                                                "on the accepted regions and make them again; or retrain f1 and f2, "
+                                                "then one policy network per lambda (--policy network)")
     p.add_argument("--session", required=True, type=Path, help="session folder (session.json)")
     p.add_argument("--policy", choices=("ranked", "network"), help="ranked (default): the most uncertain patches by "
                    "f0's entropy go to f2; network: PaSeR's policy network trained on the regions' reward table "
                    "(the default with --lambdas)")
     p.add_argument("--shares", type=LAMBDAS, help="ranked: shares of the session's patches sent to f2, one policy each "
-                                                   "(default 0,0.05,0.1,0.2,0.3,0.5; routing uses 0.2)")
+                                                   "(default 0,0.05,0.1,0.2,0.3,0.5; routing uses the best on the "
+                                                   "held-out regions)")
     p.add_argument("--lambdas", type=LAMBDAS, help="network: cost weights, one policy each (default 0,0.005,0.01,0.02,"
                                                     "0.05,0.1: with f2's 80%% parameter share, larger ones route f0 "
                                                     "everywhere)")

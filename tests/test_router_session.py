@@ -14,7 +14,7 @@ from learners.generators import collect
 from learners.checkpoint import load_checkpoint
 from learners.routing.bank import load_bank
 from learners.routing.policy import load_policy
-from learners.unet import UNetConfig
+from learners.unet import UNet, UNetConfig
 from napari_paser.cli import main
 from napari_paser.errors import PaserInputError
 from napari_paser.session.core import Session
@@ -143,7 +143,9 @@ def test_the_default_ranked_router_sends_the_uncertain_regions_up_without_traini
     events, result = collect(s.train_router(shares=[0.0, 0.2, 0.5], train_models=False, samples=2))
     assert not result.cancelled and events[-1].stage == "done"
     assert {e.stage for e in events} >= {"score", "thresholds", "save"} and "policy" not in {e.stage for e in events}
-    assert s.policy_lambdas == [0.0, 0.2, 0.5] and s.bank.knob == "share" and s.bank.default_lambda == 0.2
+    assert s.policy_lambdas == [0.0, 0.2, 0.5] and s.bank.knob == "share"
+    assert s.bank.default_lambda == 0.5  # the held-out table's best: every hard held-out region goes up
+    assert s.router_verdict.startswith("routing sends the 50% most uncertain patches to f2")
     share = hard.mean()  # 0.375 of the cells: f0 is unsure on exactly those
     for z in range(2):
         assert (s.route(z, lam=0.5, samples=2, execute=False).routing == np.where(hard[z], 2, 0)).all()
@@ -189,7 +191,7 @@ def test_held_out_choice_falls_back_to_f0_alone_when_every_policy_loses_there():
 
 
 def test_a_ranked_table_says_what_routing_does_and_warns_when_f0_alone_leads_on_the_held_out_regions():
-    from napari_paser.session.router_jobs import format_router
+    from napari_paser.session.router_jobs import default_share, format_router
 
     def row(iou, f2):
         return {"iou": iou, "gflops_per_image": 1.0 + f2, "patch_share": {"f0": 1 - f2, "f1": 0.0, "f2": f2}}
@@ -200,9 +202,19 @@ def test_a_ranked_table_says_what_routing_does_and_warns_when_f0_alone_leads_on_
                "f0_alone": row(0.85, 0.0), "f1_alone": row(0.80, 0.0), "f2_alone": row(0.80, 1.0)}
     text = format_router(summary)
     assert "  share  held mIoU" in text and "0.200     0.840" in text and "(policy.pt)" in text
-    assert "routing sends the 20% most uncertain patches" in text and "f0 alone beats every share" in text
+    assert "routing sends the 20% most uncertain patches" in text  # a router.json without a verdict
+    summary["default_lambda"], summary["verdict"] = default_share(summary, [0.0, 0.2, 0.5])
+    assert summary["default_lambda"] == 0.0  # f0 leads on the held-out regions: nothing goes up by default
+    text = format_router(summary)
+    assert "f0 is enough on this volume: f0 0.850 vs 20% share 0.840, f2 alone 0.800 on the 2 held-out" in text
+    assert "0.000     0.850" in text and "(policy.pt)" in text.split("0.000     0.850")[1].splitlines()[0]
     summary["policies"]["0.200"] = row(0.86, 0.3)
-    assert "f0 alone beats" not in format_router(summary)
+    share, verdict = default_share(summary, [0.0, 0.2, 0.5])
+    assert share == 0.2 and verdict.startswith("routing sends the 20% most uncertain patches to f2: 0.860 vs f0 0.850")
+    summary["policies"]["0.500"] = row(0.86, 0.6)  # a tie: the cheaper share
+    assert default_share(summary, [0.0, 0.2, 0.5])[0] == 0.2
+    share, verdict = default_share({"models": ["f0", "f2"], "val_regions": 0}, [0.0, 0.2, 0.5])
+    assert share == 0.2 and "no held-out regions" in verdict
 
 
 def test_cancel_keeps_the_previous_bank(tmp_path):
@@ -344,8 +356,13 @@ def test_cli_trains_the_router_of_a_session_exports_it_and_runs_each_model_alone
                  "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "10 training regions, 2 held out, 16x16 px patches" in out and "  share  held mIoU" in out
-    assert "0.050" in out and "0.500" in out and "routing sends the 20% most uncertain patches" in out
-    assert json.loads((s.folder / "router.json").read_text())["default_lambda"] == 0.2
+    saved = json.loads((s.folder / "router.json").read_text())
+    assert "0.050" in out and "0.500" in out and saved["verdict"] in out
+    f0, best = saved["f0_alone"]["iou"], max(r["iou"] for k, r in saved["policies"].items() if float(k) > 0)
+    if round(best, 4) <= round(f0, 4):  # random labels: whichever the held-out table says, the output says it
+        assert saved["default_lambda"] == 0.0 and "f0 is enough on this volume" in out
+    else:
+        assert saved["policies"][f"{saved['default_lambda']:.3f}"]["iou"] == best
     run = tmp_path / "run"
     assert main(["session", "export-run", "--session", str(s.folder), "--out", str(run)]) == 0
     assert load_bank(run).lambdas == list(ROUTER_SHARES)  # the session's default bank, the network one replaced
@@ -472,3 +489,88 @@ def test_focus_trains_the_routed_model_where_f0_is_unsure(tmp_path):
     assert any(not torch.equal(same[0][k], trained[4.0][0][k]) for k in start)
     with pytest.raises(PaserInputError, match="focus"):
         RouterConfig(focus=-1)
+
+
+def test_routing_is_ready_before_f2_retrains_and_made_again_when_it_lands(tmp_path):
+    """With f2 retraining, the bank is first made and installed with the current f2 (a "ready" event, before any
+    training step), the retrain's events say the time left, and the bank is made again after it; the default
+    share follows the held-out table and survives reopening and export."""
+    from dataclasses import replace
+
+    from napari_paser.session.jobs import RETRAIN_CONFIG
+    from napari_paser.session.router_jobs import ROUTER_FILE
+
+    s, _ = hard_cell_session(tmp_path)
+    s.models["f2"] = UNet(TINY).eval()  # a real model to retrain; the hard regions' f2 is the threshold rule
+    s.install_models({"f2": s.models["f2"]}, source="test")
+    quick = replace(RETRAIN_CONFIG, epochs=1, steps_per_epoch=4, batch_size=2, crop=16)
+    gen = s.train_router(model_config=quick, shares=[0.0, 0.2, 0.5], samples=2, refresh=False)
+    stages, bank_at_ready, trained = [], None, []
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        stages.append(event.stage)
+        if event.stage == "ready":
+            bank_at_ready = (list(s.policy_lambdas), s.bank.default_lambda, s.router_verdict)
+            assert "routing ready in" in event.message and "f2 retrains next" in event.message
+        if event.stage == "train":
+            trained.append(event.message)
+    assert bank_at_ready is not None and bank_at_ready[0] == [0.0, 0.2, 0.5] and bank_at_ready[2]
+    assert stages.index("ready") < stages.index("train")
+    assert any("left (routing is ready: Cancel keeps it)" in m for m in trained)
+    assert not result.cancelled and not result.retrain_cancelled and set(result.retrain.results) == {"f2"}
+    saved = json.loads((s.folder / ROUTER_FILE).read_text())
+    assert saved["retrained"] == ["f2"] and saved["first_bank_seconds"] <= saved["seconds"]
+    assert s.bank.default_lambda == saved["default_lambda"]
+    s.close()
+    again = Session.open(s.folder)
+    assert again.bank.default_lambda == saved["default_lambda"] and again.router_verdict == saved["verdict"]
+    run = again.export_run(tmp_path / "run")
+    assert load_policy(run / "policy.pt").meta["lambda"] == saved["default_lambda"]
+
+
+def test_f0_is_enough_routes_nothing_by_default_and_a_cancelled_f2_keeps_the_first_bank(tmp_path):
+    """When f2 is no better than f0 on the held-out regions, the default share is 0 and the verdict says so,
+    with the numbers; cancelling f2's retraining after the first bank keeps that bank (not a cancelled router)."""
+    from dataclasses import replace
+
+    from napari_paser.session.jobs import RETRAIN_CONFIG
+
+    s, _ = hard_cell_session(tmp_path)
+    s.models["f2"] = Threshold(0.0, 1000)  # f0's rule at f2's cost: never better
+    collect(s.train_router(train_models=False, shares=[0.0, 0.2, 0.5], samples=2, refresh=False))
+    f0 = json.loads((s.folder / "router.json").read_text())["f0_alone"]["iou"]
+    assert s.bank.default_lambda == 0.0
+    assert s.router_verdict.startswith(f"f0 is enough on this volume: f0 {f0:.3f} vs ")
+    assert "held-out regions" in s.router_verdict
+    assert (s.route(0, samples=2, execute=False).routing == 0).all()  # the default member: f0 everywhere
+
+    s.models["f2"] = UNet(TINY).eval()
+    s.install_models({"f2": s.models["f2"]}, source="test")
+    f2_file = s.state.models["f2"]["file"]
+    quick = replace(RETRAIN_CONFIG, epochs=1, steps_per_epoch=200, batch_size=2, crop=16)
+    seen: list[str] = []
+    gen = s.train_router(model_config=quick, shares=[0.1, 0.3], samples=2, refresh=False,
+                         should_stop=lambda: seen.count("train") >= 3)
+    while True:
+        try:
+            seen.append(next(gen).stage)
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert "ready" in seen and not result.cancelled and result.retrain_cancelled
+    assert s.policy_lambdas == [0.1, 0.3] and s.state.models["f2"]["file"] == f2_file  # f2 kept, first bank kept
+
+
+def test_a_banks_chosen_member_is_its_default_only_when_it_is_a_member():
+    from learners.routing.bank import PolicyBank
+
+    bank = PolicyBank({0.0: object(), 0.2: object(), 0.5: object()})
+    assert bank.default_lambda == 0.2  # nothing chosen: the middle member
+    bank.chosen = 0.0
+    assert bank.default_lambda == 0.0 and bank.pick(None)[0] == 0.0
+    bank.chosen = 0.3  # not a member (a bank made again with other shares): the middle one again
+    assert bank.default_lambda == 0.2

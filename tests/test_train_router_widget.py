@@ -38,7 +38,14 @@ def test_train_router_button_trains_the_bank_in_a_worker(make_napari_viewer, tmp
     s.new_models({"f0": TINY})
     train = widget.steps["Train"]
     train.router_button.click()  # no f1/f2 yet: one clear notification, nothing runs
-    assert errors and "f1" in errors[-1] and not widget.hub.busy
+    assert errors and "f1" in errors[-1] and "'New models' in the Session step" in errors[-1] and not widget.hub.busy
+    assert all(box.isChecked() for box in w.scratch.values())  # New models starts f0, f1 and f2 by default
+    widget.steps["Maps"].route_button.click()  # no policies yet: the GUI action that makes them, not a CLI command
+    assert "press 'Train router' in the Train step" in errors[-1] and "paser policy" not in errors[-1]
+    volume = widget.steps["Volume"]
+    volume.what.setCurrentText("route")
+    volume.button.click()  # Segment volume, routed, from the session: the same GUI action named, nothing runs
+    assert "press 'Train router' in the Train step" in errors[-1] and not widget.hub.busy
     s.new_models({"f1": TINY, "f2": UNetConfig(base=6, depth=2)})
     for rid in range(6):
         r = s.region(rid)
@@ -51,13 +58,17 @@ def test_train_router_button_trains_the_bank_in_a_worker(make_napari_viewer, tmp
     qtbot.waitUntil(lambda: not widget.hub.busy, timeout=120_000)
     assert train.last_result is not None and not train.last_result.cancelled
     assert s.policy_lambdas == list(ROUTER_SHARES) and s.bank.knob == "share"
-    assert notes and "routing sends the 20% most uncertain patches to f2" in notes[-1]
+    ready = [n for n in notes if n.startswith("routing ready in")]  # the first bank, before f2 retrained
+    assert ready and notes.index(ready[0]) < len(notes) - 1
+    default, verdict = s.bank.default_lambda, s.router_verdict  # the held-out table's choice, said in the step
+    assert verdict and verdict in notes[-1] and verdict in train.job.message.text()
     maps = widget.steps["Maps"]
     qtbot.waitUntil(lambda: maps.lam.isEnabled(), timeout=10_000)
-    assert maps.lam_label.text() == "share to f2" and maps.lam.value() == pytest.approx(0.2)
+    assert maps.lam_label.text() == "share to f2" and maps.lam.value() == pytest.approx(default)
     assert "most uncertain patches" in maps.lam_note.text() and "0.05" in maps.lam_note.text()
+    assert verdict in maps.lam_note.text()
     maps.route_button.click()
-    qtbot.waitUntil(lambda: "policy share = 0.2" in maps.readout.text(), timeout=60_000)
+    qtbot.waitUntil(lambda: f"policy share = {default:g}" in maps.readout.text(), timeout=60_000)
     qtbot.waitUntil(lambda: not widget.hub.busy, timeout=60_000)
     assert train.last_result.retrain is not None  # f2 retrained first; f1, which a ranked bank never uses, not
     assert set(train.last_result.retrain.results) == {"f2"} and s.state.models["f1"]["file"] == files["f1"]
@@ -77,4 +88,4 @@ def test_train_router_button_trains_the_bank_in_a_worker(make_napari_viewer, tmp
         maps.volume_button.click()  # the maps of every slice: then the bank is made again from them
     qtbot.waitUntil(lambda: not widget.hub.busy, timeout=120_000)
     assert not s.bank_stale and "older f0" not in maps.lam_note.text() and s.policy_lambdas == list(ROUTER_SHARES)
-    assert len(errors) == 1
+    assert len(errors) == 3

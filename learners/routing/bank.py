@@ -41,9 +41,11 @@ def check_lambdas(lambdas: Sequence[float]) -> list[float]:
 
 @dataclass
 class PolicyBank:
-    """Policies keyed by the lambda they were trained with."""
+    """Policies keyed by the lambda they were trained with; `chosen`: the member routing defaults to, when
+    something measured picked one (a session's held-out table), else the middle one."""
 
     policies: dict[float, PolicyNet] = field(default_factory=dict)
+    chosen: float | None = None
 
     def __len__(self) -> int:
         return len(self.policies)
@@ -61,9 +63,12 @@ class PolicyBank:
 
     @property
     def default_lambda(self) -> float:
-        """The member routing uses when no lambda is asked for: the middle one (the upper of two)."""
+        """The member routing uses when no lambda is asked for: `chosen` when it is a member, else the middle
+        one (the upper of two)."""
         if not self.policies:
             raise InputError("the policy bank is empty: train it with `paser policy` first")
+        if self.chosen is not None and round(self.chosen, 3) in self.policies:
+            return round(self.chosen, 3)
         return self.lambdas[len(self) // 2]
 
     def nearest(self, lam: float) -> tuple[float, PolicyNet]:

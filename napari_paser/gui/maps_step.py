@@ -51,10 +51,11 @@ class MapsWidget(QWidget):
         self.lam.setValue(0.3)
         self._lambdas: list[float] = []  # the bank the slider was last set up for
         self._refreshed = 0.0  # when the map layers last re-read the slice on screen
+        self._default: float | None = None  # and its default member
         self.lam.setToolTip(KNOB_TIPS["lambda"])
         self.lam_note = QLabel("")
         self.legend = QLabel("")
-        self.readout = QLabel("no routing yet: needs a run folder with policy.pt (f_RL)")
+        self.readout = QLabel("no routing yet: press 'Train router' in the Train step (or load a run with policies)")
         self.shares = QLabel("")
         for label in (self.legend, self.readout, self.shares, self.lam_note):
             label.setWordWrap(True)
@@ -107,20 +108,23 @@ class MapsWidget(QWidget):
         self.lam.setEnabled(bool(lambdas))
         if s is not None and s.has_policy and self.readout.text().startswith("no routing yet"):
             self.readout.setText("no routing yet: press 'Route current slice'")
-        if lambdas and lambdas != self._lambdas:  # a new bank opens at its default member, as routing without one
+        default = s.bank.default_lambda if lambdas else None
+        if lambdas and (lambdas, default) != (self._lambdas, self._default):  # a new bank (or a new default member,
+            # chosen by its held-out table) opens at its default member, as routing without one
             low, high = (lambdas[0], lambdas[-1]) if len(lambdas) > 1 else (0.0, 1.0)
             with QSignalBlocker(self.lam):
                 self.lam.setRange(low, high)
-                self.lam.setValue(s.bank.default_lambda)
-        self._lambdas = list(lambdas)
+                self.lam.setValue(default)
+        self._lambdas, self._default = list(lambdas), default
         knob = self._knob()
         self.lam_label.setText(KNOB_LABELS[knob])
         self.lam.setToolTip(KNOB_TIPS[knob])
         stale = (" <b>Made with an older f0</b>: Train router again (policies only: seconds)."
                  if lambdas and s.bank_stale else "")
         if knob == "share":
+            verdict = f" <b>{s.router_verdict}</b>." if s.router_verdict else ""
             self.lam_note.setText("most uncertain patches (f0's entropy) first; shares "
-                                  + ", ".join(f"{v:g}" for v in lambdas) + "." + stale)
+                                  + ", ".join(f"{v:g}" for v in lambdas) + "." + verdict + stale)
         elif lambdas:
             self.lam_note.setText("policies trained at \u03bb = " + ", ".join(f"{v:g}" for v in lambdas) + "." + stale)
         else:

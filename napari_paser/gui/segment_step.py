@@ -77,6 +77,8 @@ class SegmentWidget(QWidget):
             raise PaserInputError("no session: start or open one, or give a run folder, a volume and an output .zarr")
         if s is not None and not self.run_folder.text():
             s.require_f0()
+            if what == "route" and not s.has_policy:
+                s.pick_policy()  # raises the "no routing policy yet: press 'Train router'" message
         version = s.state.model_version if s is not None else 0
         out = self.out.text() or str(s.folder.parent / f"{s.folder.name}-{what}-v{version}.zarr")
         lam = None if self.lam.value() < 0 else float(self.lam.value())

@@ -40,7 +40,8 @@ class SessionWidget(QWidget):
         self.load_button = QPushButton("Load models")
         self.scratch = {role: QCheckBox(f"{role} ({size})") for role, size in
                         SHIPPED.items()}
-        self.scratch["f0"].setChecked(True)
+        for box in self.scratch.values():  # all three: the router needs a larger model to send patches to
+            box.setChecked(True)
         self.scratch["f0"].setEnabled(False)
         self.scratch_button = QPushButton("New models (from the shipped starting weights)")
         self.status = QLabel("no session")

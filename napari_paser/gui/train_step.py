@@ -80,20 +80,23 @@ class TrainWidget(QWidget):
         self.roles["f0"].setChecked(True)
         self.auto = QCheckBox("retrain after each accepted batch")
         self.train_button = QPushButton("Retrain now")
-        self.router_button = QPushButton("Train router (f2 + routing policies)")
-        self.router_button.setToolTip(f"retrain f2 on the accepted regions ({ROUTED_RETRAIN.epochs} epochs, minutes), "
-                                      "then make one routing policy per share of patches sent to f2, the most "
-                                      "uncertain by f0's entropy first; the routing overlay's share slider then uses "
-                                      "them")
+        self.router_button = QPushButton("Train router (routing policies + f2)")
+        self.router_button.setToolTip("make one routing policy per share of patches sent to f2, the most uncertain by "
+                                      "f0's entropy first, with the current f2 (under a minute: the share slider in "
+                                      "the Maps step routes with them at once; the default share follows the held-out "
+                                      f"regions), then retrain f2 on the accepted regions ({ROUTED_RETRAIN.epochs} "
+                                      "epochs, minutes, time left shown) and make them again")
         self.router_epochs = QSpinBox()
         self.router_epochs.setRange(1, 1000)
         self.router_epochs.setValue(ROUTED_RETRAIN.epochs)
         self.router_epochs.setToolTip(f"epochs of f2's retraining when the router trains "
                                       f"({ROUTED_RETRAIN.steps_per_epoch} steps each); f2 needs more than f0 to beat it")
-        self.router_retrain = QCheckBox("retrain f2 first")
+        self.router_retrain = QCheckBox("then retrain f2")
         self.router_retrain.setChecked(True)
-        self.router_retrain.setToolTip("untick to keep f2 as it is and only redo the routing policies (seconds: after "
-                                       "f0 retrained, its entropy and so the shares' thresholds moved)")
+        self.router_retrain.setToolTip("after the routing policies are made with the current f2, retrain f2 and make "
+                                       "them again (minutes; Cancel keeps the first policies); untick to only redo "
+                                       "the policies (after f0 retrained, its entropy and so the shares' thresholds "
+                                       "moved)")
         self.job = JobBar(self.hub)
         self.curve = CurvePlot()
         self.last_result = None
@@ -157,8 +160,10 @@ class TrainWidget(QWidget):
 
     @guarded
     def train_router(self, *_) -> None:
-        """f2 and the policy bank from the accepted regions in a thread worker; Cancel keeps the previous bank.
-        f2 trains for the router's own epochs (`ROUTED_RETRAIN`), with the learning-rate schedule chosen above."""
+        """The policy bank from the accepted regions in a thread worker: first with the current f2 (installed at
+        once: the Maps step's share control routes with it), then, ticked, f2 retrains for the router's own
+        epochs (`ROUTED_RETRAIN`, the learning-rate schedule chosen above; the bar says the time left) and the
+        bank is made again. Cancel keeps the previous bank, or the first one once it is made."""
         s = self.hub.require()
         cfg = replace(ROUTED_RETRAIN, epochs=self.router_epochs.value(), scheduler=self.scheduler.currentText())
         retrain = self.router_retrain.isChecked()
@@ -175,8 +180,15 @@ class TrainWidget(QWidget):
                 torch.set_num_threads(threads)
 
         self.last_result = None
-        self.hub.run(job, on_return=self._router_returned, on_done=self._router_done,
-                     what="training the router")
+        self.hub.run(job, on_yield=self._router_progress, on_return=self._router_returned, on_done=self._router_done,
+                     what="making the routing policies")
+
+    def _router_progress(self, event) -> None:
+        """The first bank (made with the current f2) is installed: the Maps step's share control routes with it
+        while f2 retrains."""
+        if getattr(event, "stage", None) == "ready":
+            self.hub.models_changed.emit()
+            info(event.message)
 
     def _router_returned(self, result) -> None:
         self.last_result = result
@@ -191,17 +203,18 @@ class TrainWidget(QWidget):
         hub.later([hub.refresh_maps, hub.refresh_regions, hub.curve_changed.emit, hub.models_changed.emit])
         summary, score = result.summary, ""
         if result.bank.knob == "share":
-            score = (f"; routing sends the {result.bank.default_lambda:.0%} most uncertain patches to "
-                     f"{summary['models'][-1]} (the share control in Maps, step 2)")
+            score = f": {summary['verdict']}"
+            if result.retrain_cancelled:
+                score += f" ({summary['models'][-1]} retraining cancelled: the policies use the current one)"
         elif summary.get("policies"):  # what the held-out regions recommend (`router_jobs.held_out_choice`)
             lam = summary["held_out_choice"]
             score = (f"; best held-out mIoU {summary['policies'][f'{lam:.3f}']['iou']:.3f} at lambda {lam:g}"
                      if lam is not None else f"; f0 alone is better on the held-out regions "
                      f"({summary['f0_alone']['iou']:.3f}): label more regions across the volume")
-        info(f"router trained: {len(result.bank)} policies ({result.bank.knob} "
-             f"{', '.join(f'{v:g}' for v in result.bank.lambdas)})"
-             f"{score}")
-
+        message = (f"router trained: {len(result.bank)} policies ({result.bank.knob} "
+                   f"{', '.join(f'{v:g}' for v in result.bank.lambdas)}){score}")
+        self.job.message.setText(message)
+        info(message)
 
     def _done(self) -> None:
         result, report = self.last_result, self.last_report

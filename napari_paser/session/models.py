@@ -39,6 +39,31 @@ BANK_ROLE = "policy@"  # + lambda: the policy bank's members, e.g. "policy@0.300
 MODEL_SIZES = tuple(PRESETS)  # tiny, medium, wide, large
 
 
+
+NO_POLICY = ("no routing policy yet: press 'Train router' in the Train step (`paser session train-router "
+             "--session DIR` on the command line), or load a run folder holding policy.pt or policies/")
+
+
+def router_info(folder: Path, version: int | None) -> dict:
+    """router.json when it describes the bank installed as model version `version`, else {} (missing,
+    unreadable or another bank's)."""
+    import json
+
+    try:
+        info = json.loads((Path(folder) / "router.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) and version is not None and info.get("bank_version") == version else {}
+
+
+def router_default(folder: Path, version: int | None) -> float | None:
+    """The default member router.json chose for the bank installed as model version `version` (None without one)."""
+    try:
+        return float(router_info(folder, version)["default_lambda"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def bank_role(lam: float) -> str:
     """The session's model role of the bank's policy for `lam`."""
     return f"{BANK_ROLE}{lam:.3f}"
@@ -92,6 +117,13 @@ class ModelsMixin:
         return bool(made) and f0 is not None and f0["version"] > min(made)
 
     @property
+    def router_verdict(self) -> str:
+        """What the held-out regions said about the session's routing bank (router.json's one line, e.g. "f0 is
+        enough on this volume: f0 0.955 vs 20% share 0.903 ..."), "" without a bank made by train_router."""
+        versions = [info["version"] for role, info in self.state.models.items() if role.startswith(BANK_ROLE)]
+        return str(router_info(self.folder, max(versions)).get("verdict", "")) if versions else ""
+
+    @property
     def policy_lambdas(self) -> list[float]:
         """The cost weights of the policy bank (empty without one: then lambda is fixed)."""
         return self.bank.lambdas
@@ -101,10 +133,7 @@ class ModelsMixin:
         chosen = self.bank.pick(lam, None if self.policy is None else (None, self.policy))
         if chosen is not None:
             return chosen
-        raise PaserInputError(
-            "no routing policy loaded: load a run folder holding policy.pt or policies/ (train them with "
-            "`paser policy --data DIR --run RUN`), or a policy file (load_policy)"
-        )
+        raise PaserInputError(NO_POLICY)
 
     def route(self, z: int = 0, samples: int = 5, lam: float | None = None, execute: bool = True) -> SliceRouting:
         """PaSeR routing of slice z: model per patch, routed segmentation, GFLOPs vs the largest model.
@@ -234,6 +263,7 @@ class ModelsMixin:
                 self.bank.policies.pop(lam, None)
             else:
                 self.bank.policies[lam] = model
+                self.bank.chosen = router_default(self.folder, self.state.models.get(role, {}).get("version"))
         elif model is None:
             self.models.pop(role, None)
         else:

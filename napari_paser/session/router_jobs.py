@@ -43,6 +43,11 @@ current weights are the starting point: load a run's pretrained f1/f2 to start f
 network. A cancel during retraining keeps the previous weights; a cancel at any point keeps the
 previous bank: the new bank replaces it in one commit only when every policy finished.
 
+With f2 retraining (the default), the bank is first made with the current f2 and installed (`RouterConfig.
+first_bank`: thresholds from f0's maps and the held-out table, seconds to a minute), so routing works while f2
+trains (minutes; the progress says the time left from the measured pace); then it is made again with the new
+f2 and its default share chosen again. A cancel during f2's retraining keeps that first bank.
+
 A ranked bank's thresholds are f0's entropy quantiles, so they drift when f0 retrains; a refresh that
 leaves the slices they read with the new f0's maps makes the bank again at once (`rethreshold`).
 """
@@ -90,11 +95,12 @@ gain / (gain + C). Per-patch gains on real slices are 0.5 to 5 IoU points and a 
 next to a 17k f0 and a 1.1M f1 has C = 0.80: every member from 0.1 up routed f0 everywhere (on the SOC
 benchmark the members 0.1, 0.3 and 1 were identical)."""
 ROUTER_SHARES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
-"""The ranked bank's shares of patches sent to the largest model (`learners.routing.ranked`); its default
-member is the middle one, 0.2: on the SOC session benchmark it scored +0.3, -0.2 and +0.7 mIoU points
-against the best single model at 21-28% of f2's FLOPs with f2 retrained as long as f0; with f2 trained
-three times longer +1.0, 0.0, +0.3 at 32 regions and +0.2, -0.9, -0.7 at 64, where f2 alone had become
-better on most patches (BENCHMARKS.md)."""
+"""The ranked bank's shares of patches sent to the largest model (`learners.routing.ranked`). Its default
+member is the held-out regions' best (`default_share`): 0 when f0 alone scores at least as well as every
+share that routes there. A fixed 0.2 sent 19% of a held-out SOC slice to an f2 that its own table put 7
+points below f0 (f0 0.955, the 20% share 0.903, f2 alone 0.886); where f2 pays, the 20% share scored +0.3,
+-0.2 and +0.7 mIoU points against the best single model at 21-28% of f2's FLOPs on the SOC session benchmark
+(BENCHMARKS.md)."""
 ROUTED_RETRAIN = replace(RETRAIN_CONFIG, epochs=12)
 """Training of the routed larger models: 900 steps, three times f0's retrain (which runs after every batch of
 regions, so f0 has had many). With f0's 300, f2 (4.3M parameters) scored 0.888 / 0.889 / 0.904 on the SOC
@@ -129,6 +135,8 @@ class RouterConfig:
     # session's own models score them)
     train_models: bool = True
     model_config: TrainConfig | None = None  # None: ROUTED_RETRAIN
+    first_bank: bool = True  # with train_models (ranked): make and install a bank with the current models first
+    # (seconds), so routing works while the larger model retrains; the bank is made again when it lands
     focus: float = 0.0  # > 0: the routed models train where f0 is unsure (`session.jobs.uncertainty_focus`); 2 on
     # the SOC sessions: f2 alone 0 to 2.4 points worse, routing at 20% no better (BENCHMARKS.md)
     refresh: bool = True  # repeat the last proposal request (the routing sampler reads f1/f2); maps are f0's: current
@@ -184,6 +192,7 @@ class RouterResult:
     bank: PolicyBank = field(default_factory=PolicyBank)
     summary: dict = field(default_factory=dict)
     retrain: RetrainResult | None = None
+    retrain_cancelled: bool = False  # the larger model's retraining was cancelled after the first bank was made
 
 
 def routed_larger(roles: Sequence[str], policy: str) -> list[str]:
@@ -197,8 +206,9 @@ def router_models(session: Session) -> list[str]:
     """The roles routed between: f0 and the larger models the session holds, in order."""
     roles = [r for r in ("f0", "f1", "f2") if r in session.models]
     if "f0" not in roles or len(roles) < 2:
-        raise PaserInputError("training a router needs f0 and at least f1: load a run folder with f0.pt, f1.pt, "
-                              "f2.pt (`paser train`), or add them with new_models({'f1': 'medium', 'f2': 'wide'})")
+        raise PaserInputError("training a router needs f0 and a larger model: tick f1 and f2 and press 'New models' "
+                              "in the Session step (new_models({'f1': 'medium', 'f2': 'wide'})), or load a run folder "
+                              "with f0.pt, f1.pt, f2.pt")
     return roles
 
 
@@ -404,16 +414,28 @@ def _cancelled(retrained) -> Generator[Progress, None, RouterResult]:
 
 def _train_router(session: Session, roles, keys, config, should_stop) -> Generator[Progress, None, RouterResult]:
     started = time.time()
-    retrained = None
+    retrained, first = None, None
     model_config = config.model_config or ROUTED_RETRAIN
+    if config.train_models and config.first_bank and config.policy == "ranked":  # routing first, f2 after
+        first = yield from _bank_now(session, roles, keys, replace(config, train_models=False, refresh=False),
+                                     should_stop, started, [])
+        if first is None:
+            return (yield from _cancelled(None))
+        yield Progress("ready", 1, 1, f"routing ready in {first.summary['seconds']:.0f} s: "
+                                      f"{first.summary['verdict']}; {larger_name(roles)} retrains next")
     if config.train_models:
-        retrained = yield from session.retrain(model_config, roles=routed_larger(roles, config.policy),
-                                               should_stop=should_stop, refresh=False, samples=config.samples,
-                                               focus=config.focus)
+        gen = session.retrain(model_config, roles=routed_larger(roles, config.policy), should_stop=should_stop,
+                              refresh=False, samples=config.samples, focus=config.focus)
+        retrained = yield from with_eta(gen, "routing is ready: Cancel keeps it" if first is not None else "")
         if retrained.cancelled:
-            return RouterResult(True, retrain=retrained)
+            if first is None:
+                return RouterResult(True, retrain=retrained)
+            first.retrain, first.retrain_cancelled = retrained, True
+            yield Progress("done", 1, 1, f"{larger_name(roles)} retraining cancelled: routing keeps the bank made "
+                                         f"with the current {larger_name(roles)}")
+            return first
     if _stopped(should_stop):
-        return (yield from _cancelled(retrained))
+        return (yield from _cancelled(retrained)) if first is None else first
     scorers = []
     if config.policy == "network" and config.cross_fit > 1 and config.train_models:  # models kept as loaded were
         # not fitted to these regions
@@ -421,6 +443,51 @@ def _train_router(session: Session, roles, keys, config, should_stop) -> Generat
                                               should_stop)
         if scorers is None:
             return (yield from _cancelled(retrained))
+    result = yield from _bank_now(session, roles, keys, config, should_stop, started, scorers)
+    if result is None:
+        return (yield from _cancelled(retrained)) if first is None else first
+    result.retrain = retrained
+    if first is not None:
+        result.summary["first_bank_seconds"] = first.summary["seconds"]
+        atomic_write_text(session.folder / ROUTER_FILE, json.dumps(result.summary, indent=2))
+    if config.refresh:
+        yield from refresh_after(session, config.samples, should_stop)
+    yield Progress("done", 1, 1, f"router trained: {result.summary['verdict']}")
+    return result
+
+
+def larger_name(roles: Sequence[str]) -> str:
+    return roles[-1]
+
+
+def with_eta(gen: Generator[Progress, None, RetrainResult], note: str = "") -> Generator[Progress, None, RetrainResult]:
+    """A retrain's progress with the time left, from the measured pace of its steps so far."""
+    t0 = time.monotonic()
+    first_done = None
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if event.stage == "train" and event.total:
+            if first_done is None:
+                first_done, t0 = event.done, time.monotonic()  # the pace after the first step (start-up excluded)
+            elif event.done > first_done:
+                pace = (time.monotonic() - t0) / (event.done - first_done)
+                left = pace * (event.total - event.done)
+                event = replace(event, message=f"{event.message}: step {event.done}/{event.total}, "
+                                               f"about {_duration(left)} left" + (f" ({note})" if note else ""))
+        yield event
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def _bank_now(session: Session, roles, keys, config: RouterConfig, should_stop, started: float, scorers
+              ) -> Generator[Progress, None, RouterResult | None]:
+    """Score the accepted regions with the session's models (or `scorers`), make the bank, choose its default
+    member from the held-out table, write router.json and install the bank; None when cancelled."""
     events: list[Progress] = []
     rewards = region_rewards(session, roles, config.samples,
                              lambda done, total: events.append(Progress("score", done, total, "scoring regions")),
@@ -432,24 +499,56 @@ def _train_router(session: Session, roles, keys, config, should_stop) -> Generat
     if config.policy == "network":
         info["cross_fit_folds"] = len(scorers)
     if bank is None or len(bank) < len(keys) or _stopped(should_stop):
-        return (yield from _cancelled(retrained))
+        return None
     held = rewards.take("val")
     summary = {"policy": config.policy, "knob": bank.knob, "train_regions": len(rewards.take("train").region_ids),
                "val_regions": len(held.region_ids), "patch": list(rewards.patch), "halo": rewards.halo,
                "models": roles, "lambdas": bank.lambdas, **info, "samples": config.samples,
-               "default_lambda": bank.default_lambda}
+               "retrained": list(routed_larger(roles, config.policy)) if config.train_models else []}
     if held.region_ids:
         summary.update(evaluate_regions(bank, models, held, config.samples))
         if config.policy == "network":  # a ranked bank's share is not chosen by labels (`learners.routing.ranked`)
             summary["held_out_choice"] = held_out_choice(summary)
+    if bank.knob == "share":
+        bank.chosen, summary["verdict"] = default_share(summary, bank.lambdas)
+    else:
+        summary["verdict"] = f"{len(bank)} policies at lambda {', '.join(f'{v:g}' for v in bank.lambdas)}"
+    summary["default_lambda"] = bank.default_lambda
     summary["seconds"] = round(time.time() - started, 1)
-    install_bank(session, bank)
+    summary["bank_version"] = session.state.model_version + 1  # the version install_bank commits
     atomic_write_text(session.folder / ROUTER_FILE, json.dumps(summary, indent=2))
+    install_bank(session, bank)
     yield Progress("save", 1, 1, f"saved {len(bank)} routing policies")
-    if config.refresh:
-        yield from refresh_after(session, config.samples, should_stop)
-    yield Progress("done", 1, 1, "router trained")
-    return RouterResult(False, bank, summary, retrained)
+    return RouterResult(False, bank, summary)
+
+
+def default_share(summary: dict, shares: Sequence[float]) -> tuple[float, str]:
+    """The ranked bank's default member from the held-out table, and one line saying why: the share with the
+    best held-out mIoU (the cheaper on a tie) when it beats f0 alone there, else the smallest share ("f0 is
+    enough on this volume"); the middle share without held-out regions. No margin: on SOC lowres-varying (16
+    regions) the 10% share led f0 by 0.001 on 3 held-out regions and was also 0.1 point above the 0 share on
+    the test slices (BENCHMARKS.md, "Train router in a person's time")."""
+    shares = sorted(shares)
+    rows = summary.get("policies") or {}
+    largest = summary["models"][-1]
+    if not rows or "f0_alone" not in summary:
+        middle = shares[len(shares) // 2]
+        return middle, (f"no held-out regions to measure on yet: routing sends the {middle:.0%} most uncertain "
+                        f"patches to {largest} (accept more regions: every 5th is held out)")
+    f0 = round(summary["f0_alone"]["iou"], 4)
+    big = summary.get(f"{largest}_alone", {}).get("iou")
+    routed = {float(k): r for k, r in rows.items() if float(k) > 0 and r["patch_share"].get("f0", 1.0) < 1.0}
+    n = summary["val_regions"]
+    if not routed or all(round(r["iou"], 4) <= f0 for r in routed.values()):
+        low = shares[0]
+        best = max(routed, key=lambda k: (round(routed[k]["iou"], 4), -k)) if routed else None
+        vs = f" vs {best:.0%} share {routed[best]['iou']:.3f}" if best is not None else ""
+        alone = f", {largest} alone {big:.3f}" if big is not None else ""
+        return low, (f"f0 is enough on this volume: f0 {f0:.3f}{vs}{alone} on the {n} held-out regions; routing "
+                     f"sends {low:.0%} of the patches to {largest} (the share slider sends more)")
+    best = max(routed, key=lambda k: (round(routed[k]["iou"], 4), -k))
+    return best, (f"routing sends the {best:.0%} most uncertain patches to {largest}: {routed[best]['iou']:.3f} vs "
+                  f"f0 {f0:.3f} on the {n} held-out regions")
 
 
 def network_bank(session: Session, models, rewards: RegionRewards, lambdas, config: RouterConfig, should_stop
@@ -549,17 +648,14 @@ def format_router(summary: dict) -> str:
 
 
 def _ranked_notes(summary: dict) -> list[str]:
-    """What a ranked bank does, and a warning when f0 alone beats every share that routes on the held-out
-    regions (they lie near the labels: a warning, not a switch; BENCHMARKS.md)."""
-    largest, f0 = summary["models"][-1], summary["f0_alone"]["iou"]
-    notes = [f"routing sends the {summary['default_lambda']:.0%} most uncertain patches (f0's entropy on "
-             f"{summary['pool_slices']} slices) to {largest};",
-             f"the held-out rows ({summary['val_regions']} regions near your labels) guide, they do not choose"]
-    routed = [r["iou"] for r in summary["policies"].values() if r["patch_share"].get("f0", 1.0) < 1.0]
-    if routed and all(round(f0, 4) > round(iou, 4) for iou in routed):
-        notes.append(f"f0 alone beats every share on them ({f0:.3f}): {largest} may not pay on this volume; "
-                     "label regions across it and compare")
-    return notes
+    """What a ranked bank does and why its default share is what it is (the held-out table's verdict; they lie
+    near the labels: they guide, and the share control stays the person's)."""
+    largest = summary["models"][-1]
+    verdict = summary.get("verdict") or (f"routing sends the {summary['default_lambda']:.0%} most uncertain "
+                                         f"patches to {largest}")
+    return [verdict + f" (f0's entropy on {summary['pool_slices']} slices ranks the patches);",
+            f"the held-out rows ({summary['val_regions']} regions near your labels) guide: label regions across the "
+            "volume and compare"]
 
 
 def install_bank(session: Session, bank: PolicyBank) -> None:
@@ -570,6 +666,7 @@ def install_bank(session: Session, bank: PolicyBank) -> None:
     new = {bank_role(lam): policy for lam, policy in bank.policies.items()}
     old = [r for r in session.state.models if (r.startswith(BANK_ROLE) or r == POLICY) and r not in new]
     session.install_models(new, source="train_router", drop=old)
+    session.bank.chosen = bank.chosen
 
 
 def export_run(session: Session, out: str | Path, overwrite: bool = False) -> Path:
