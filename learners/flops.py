@@ -23,7 +23,7 @@ from learners.modes import eval_mode
 def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     """FLOPs of one forward pass of `model` on a zero tensor of `input_shape` (N, C, H, W).
 
-    A model rebuilt from its `config` runs the pass on torch's "meta" device (shapes only: the same
+    A model rebuilt from its `config` (same class, same number of weights) runs the pass on torch's "meta" device (shapes only: the same
     operations counted, no memory, no arithmetic; a 2048^2 pass of a large UNet took half a minute and
     gigabytes on the CPU); any other model, or one with an op lacking a meta kernel, runs it for real."""
     weight = next(model.parameters(), None)  # a rule without weights (a ranked policy) reads float32
@@ -34,15 +34,20 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
             with torch.device("meta"):
                 shadow = type(model)(config)
                 x = torch.zeros(tuple(input_shape), dtype=dtype)
-            with eval_mode(shadow), FlopCounterMode(display=False) as counter:
-                shadow(x)
-            return int(counter.get_total_flops())
-        except (RuntimeError, NotImplementedError, TypeError):
+            if _n_weights(shadow) == _n_weights(model):  # the same architecture, not a wrapper's config
+                with eval_mode(shadow), FlopCounterMode(display=False) as counter:
+                    shadow(x)
+                return int(counter.get_total_flops())
+        except (RuntimeError, NotImplementedError, TypeError, AttributeError):
             pass
     x = torch.zeros(tuple(input_shape), dtype=dtype)
     with eval_mode(model), FlopCounterMode(display=False) as counter:
         model(x)
     return int(counter.get_total_flops())
+
+
+def _n_weights(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 _CACHE: dict[tuple, int] = {}
