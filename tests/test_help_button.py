@@ -34,6 +34,17 @@ def test_help_opens_the_page_of_the_current_step(make_napari_viewer, monkeypatch
     assert opened == ["https://docs.example/paser/gui/label/", "https://docs.example/paser/gui/volume/"]
 
 
-def test_an_unknown_step_falls_back_to_getting_started(monkeypatch):
+def test_an_unknown_step_falls_back_to_getting_started(monkeypatch, tmp_path):
     monkeypatch.delenv("PASER_DOCS_URL", raising=False)
+    monkeypatch.setattr(help_module, "LOCAL_SITE", tmp_path / "no-site")
     assert help_module.help_url("nope") == f"{help_module.DOCS_URL}/getting-started/"
+
+
+def test_a_locally_built_site_is_opened_when_no_url_is_set(monkeypatch, tmp_path):
+    monkeypatch.delenv("PASER_DOCS_URL", raising=False)
+    page = tmp_path / "site" / "gui" / "train" / "index.html"
+    page.parent.mkdir(parents=True)
+    page.write_text("<html></html>")
+    monkeypatch.setattr(help_module, "LOCAL_SITE", tmp_path / "site")
+    assert help_module.help_url("Train") == page.as_uri()
+    assert help_module.help_url("Label") == f"{help_module.DOCS_URL}/gui/label/"  # not built: the published page
