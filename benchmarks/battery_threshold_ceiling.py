@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from bench_battery_routing import load_battery
+from router_scoring import load_battery
 
 BINS = 128
 

@@ -38,11 +38,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import tifffile
 import torch
 
-import common
-from bench_session_routing import accept_round, drain, evaluate, load_soc
+from learners.generators import drain
+from router_scoring import accept_round, evaluate, load_battery, load_soc
 from learners.atomic import atomic_write_text
 from learners.metrics import confusion_matrix, iou_from_confusion
 from napari_paser.data.baselines import fit_pixel_forest, pixel_features, predict_pixel_forest
@@ -51,17 +50,6 @@ from napari_paser.session.router_jobs import ROUTED_RETRAIN
 
 CLASSES = ("pore", "binder", "active")
 FOREST_TREES = 50
-
-
-def load_battery(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images float32, labels in the session's dark-to-bright class order) of battery set `name`."""
-    root = common.require(common.BATTERY) / name
-    x, y = tifffile.imread(root / "images.tif").astype(np.float32), tifffile.imread(root / "labels.tif")
-    means = [float(x[y == c].mean()) for c in range(3)]
-    order = np.argsort(means)  # darkest first
-    remap = np.zeros(3, np.uint8)
-    remap[order] = np.arange(3)
-    return x, remap[y]
 
 
 def miou(pred: np.ndarray, truth: np.ndarray, n: int = 3) -> float:

@@ -40,24 +40,13 @@ from learners.unet import UNetConfig, preset_config
 from napari_paser.data.dataset import normalise
 from napari_paser.session.core import Session
 from napari_paser.session.router_jobs import held_out_choice
-from router_scoring import CLASSES, evaluate, last_entries, load_soc, pick_paser, share_oracle
+from router_scoring import CLASSES, accept_round, evaluate, last_entries, load_soc, pick_paser, share_oracle
 
 
 def size_config(name: str) -> UNetConfig:
     if name.startswith("base"):  # e.g. base16: a UNet of that width, depth 4
         return UNetConfig(n_classes=3, base=int(name[4:]), depth=4, dropout=0.0)
     return preset_config(name, n_classes=3)
-
-
-def accept_round(session: Session, labels: np.ndarray, k: int, sampler: str, seed: int) -> float:
-    """Propose k regions with `sampler` and accept them with the ground truth; seconds spent proposing."""
-    t = time.time()
-    props = session.propose(k, sampler, seed=seed)
-    spent = time.time() - t
-    for p in props:
-        r = session.region(p.region_id)
-        session.accept(p.region_id, labels[r.slices].astype(np.uint8) + 1)
-    return spent
 
 
 def rf_row(session: Session, test_x: np.ndarray, test_y: np.ndarray) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import tifffile
 import torch
 
-from common import SOC, require, timed
+from common import BATTERY, SOC, require, timed
 from learners.routing.reward import best_actions, best_at_share
 from learners.routing.router import RoutingCost, build_patch_table, execute_routing, model_costs, route, table_summary
 from napari_paser.data.dataset import normalise, robust_range
@@ -133,3 +134,25 @@ def pick_paser(methods: dict, summary: dict, default: float) -> dict:
                             "chosen_by": "held-out accepted regions"}
     methods["oracle"] = {**methods["paser_by_lambda"][best]["oracle"], "lambda": float(best)}
     return methods
+
+
+def accept_round(session: Session, labels: np.ndarray, k: int, sampler: str, seed: int) -> float:
+    """Propose k regions with `sampler` and accept them with the ground truth; seconds spent proposing."""
+    t = time.time()
+    props = session.propose(k, sampler, seed=seed)
+    spent = time.time() - t
+    for p in props:
+        r = session.region(p.region_id)
+        session.accept(p.region_id, labels[r.slices].astype(np.uint8) + 1)
+    return spent
+
+
+def load_battery(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images float32, labels in the session's dark-to-bright class order) of battery set `name`."""
+    root = require(BATTERY) / name
+    x, y = tifffile.imread(root / "images.tif").astype(np.float32), tifffile.imread(root / "labels.tif")
+    means = [float(x[y == c].mean()) for c in range(3)]
+    order = np.argsort(means)  # darkest first
+    remap = np.zeros(3, np.uint8)
+    remap[order] = np.arange(3)
+    return x, remap[y]

@@ -24,7 +24,9 @@ QUICK: dict[str, list[str]] = {
 """name -> the script and its arguments, for the benchmarks `make bench` runs."""
 
 BY_HAND: dict[str, str] = {
+    "battery_threshold_ceiling.py": "a diagnostic: the best per-slice two-threshold rule on the battery nano-CT labels",
     "bench_al.py": "trains a DQN agent per dataset, then `paser bench al` with five samplers",
+    "bench_battery_routing.py": "labeling rounds, router training and routing on the battery nano-CT (and SOC rows)",
     "bench_coldstart.py": "labeling loops through a real Session per preset, seed and budget (SOC)",
     "bench_effort.py": "labeling loops that paint or correct, per sampler, dataset and seed (SOC, soc_stack, battery)",
     "bench_experts.py": "the noisy-digits experts experiment, several trainings",
@@ -44,6 +46,7 @@ BY_HAND: dict[str, str] = {
     "bench_ui_actions_2048.py": "needs a display (runs itself under xvfb-run): the dock's actions on 32 x 2048 x 2048 (GBs)",
     "bench_ui_first_actions.py": "needs a display (xvfb-run) and two checkouts to compare",
     "bench_ui_latency.py": "needs a display (runs itself under xvfb-run)",
+    "ui_train_router_check.py": "needs a display (xvfb-run): Train router with its defaults in a real window",
     "ui_correct.py": "needs a display (xvfb-run): the correcting workflow in a real window",
     "forest_assist_diagnostic.py": "a diagnostic: labeling loops with a forest's help (--out)",
     "noise_diagnostic.py": "a diagnostic: needs --data and a trained --run",

@@ -527,7 +527,7 @@ def default_share(summary: dict, shares: Sequence[float]) -> tuple[float, str]:
     best held-out mIoU (the cheaper on a tie) when it beats f0 alone there, else the smallest share ("f0 is
     enough on this volume"); the middle share without held-out regions. No margin: on SOC lowres-varying (16
     regions) the 10% share led f0 by 0.001 on 3 held-out regions and was also 0.1 point above the 0 share on
-    the test slices (BENCHMARKS.md, "Train router in a person's time")."""
+    the test slices (BENCHMARKS.md)."""
     shares = sorted(shares)
     rows = summary.get("policies") or {}
     largest = summary["models"][-1]
