@@ -48,6 +48,7 @@ def test_next_shows_the_guess_accept_counts_corrections(label):
     assert set(s.fresh_slices()) == {0, 1, 2, 3}  # spread: every slice mapped before proposing
     assert len({p.z for p in s.proposals}) >= 2  # at most one per slice here (k=4 over 4 slices)
     prop = step.current
+    assert "suggestion: f0" in step.where.text()  # no routing bank: f0's guess
     layer = viewer.layers[SUGGESTION]
     assert layer.visible and viewer.layers.selection.active is layer and layer.mode == "paint"
     assert np.array_equal(np.asarray(layer.data)[0], s.suggestion(prop.region_id))
@@ -137,3 +138,25 @@ def test_sampler_ranks_the_neighbouring_places(label):
     assert len(pending) >= 1 and all(p.sampler == "entropy" for p in pending)
     assert all(abs(p.z - first.z) == 1 and (p.y0, p.x0) == (first.y0, first.x0) for p in pending)
     assert step.current.region_id == pending[0].region_id and viewer.layers[SUGGESTION].visible
+
+
+def test_the_status_says_a_suggestion_is_routed(label):
+    import torch
+
+    from learners.unet import UNet, UNetConfig
+    from napari_paser.session.models import bank_role
+    from test_routed_suggestions import _fixed_policy
+
+    viewer, widget, step, s = label
+    torch.manual_seed(1)
+    s.install_models({"f1": UNet(UNetConfig(n_classes=s.n_classes, base=4, depth=1)).eval(),
+                      "f2": UNet(UNetConfig(n_classes=s.n_classes, base=6, depth=2)).eval(),
+                      bank_role(0.5): _fixed_policy(2)}, source="test")
+    step.sampler.setCurrentText("random")
+    step.k.setValue(2)
+    step.propose()
+    idle(widget.hub)
+    prop = step.current
+    assert s.suggestion_source(prop.region_id).startswith("routed (f2 on")
+    assert "suggestion: routed (f2 on" in step.where.text()
+    assert np.array_equal(np.asarray(viewer.layers[SUGGESTION].data)[0], s.suggestion(prop.region_id))
