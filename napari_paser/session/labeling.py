@@ -324,6 +324,19 @@ class LabelingMixin:
         every = int(self.state.settings.get("val_every", 0))
         return "val" if every and index % every == every - 1 else "train"
 
+    def held_out_basis(self) -> tuple[int, int]:
+        """How many accepted regions are held out now and from how many distinct slices: what the held-out
+        figure rests on (regions of one slice look alike, so their score runs above the volume's)."""
+        val = [a for a in self.state.accepted if a.split == "val"]
+        return len(val), len({a.z for a in val})
+
+    def held_out_text(self, miou: float | None = None) -> str:
+        """The held-out mIoU (the last curve point's when not given) with the regions and slices it rests on,
+        and what to label when they are too few to trust (`held_out_note`)."""
+        if miou is None:
+            miou = next((p.val_miou for p in reversed(self.state.curve) if p.val_miou is not None), None)
+        return held_out_note(miou, *self.held_out_basis(), self.n_slices)
+
     def _fractions(self, patch: np.ndarray) -> dict[str, float]:
         counts = np.bincount(patch.ravel(), minlength=self.n_classes + 1) / patch.size
         return {"unlabeled": float(counts[0]), **{n: float(counts[k + 1]) for k, n in enumerate(self.classes.names)}}
@@ -591,6 +604,38 @@ class LabelingMixin:
             data = np.asarray(layer_data[ix])
             layer_to_classes(data, n_classes=self.n_classes)
             self.labels[ix] = data.astype(np.uint8)
+
+
+TRUSTED_HELD_OUT = (5, 3)
+"""Held-out regions and distinct slices (of a volume with that many) below which the held-out figure is flagged:
+regions of one or two slices score points above the rest of the volume."""
+
+
+def held_out_advice(regions: int, slices: int, volume_slices: int) -> str:
+    """What to label when the held-out regions or their slices are too few to trust their figure
+    (`TRUSTED_HELD_OUT`), "" when they are enough."""
+    min_regions, min_slices = TRUSTED_HELD_OUT
+    if volume_slices > 1 and slices < min(min_slices, volume_slices):
+        return "label more slices for a figure you can trust"
+    if regions < min_regions:
+        return "accept more regions for a figure you can trust"
+    return ""
+
+
+def held_out_note(miou: float | None, regions: int, slices: int, volume_slices: int) -> str:
+    """ "held-out mIoU 0.950 on 3 regions from 1 slice: label more slices for a figure you can trust" (the
+    advice only when `held_out_advice` gives one)."""
+    if not regions:
+        return "no held-out regions yet (every 5th accepted region is held out)"
+    where = f" from {_plural(slices, 'slice')}" if volume_slices > 1 else ""
+    head = (f"held-out mIoU {miou:.3f} on {_plural(regions, 'region')}{where}" if miou is not None
+            else f"{_plural(regions, 'held-out region')}{where}, not scored yet (retrain)")
+    advice = held_out_advice(regions, slices, volume_slices)
+    return f"{head}: {advice}" if advice else head
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _meets(cell: tuple[slice, slice], ys: slice, xs: slice) -> bool:
