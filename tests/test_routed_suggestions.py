@@ -34,15 +34,15 @@ def _fixed_policy(model: int, patch: int = 16, halo: int = 4) -> PolicyNet:
     return policy
 
 
-def _session(tmp_path, bank_to: int | None) -> Session:
-    s = Session.create(tmp_path / "s", volume(), region_size=32)
+def _session(tmp_path, bank_to: int | None, patch: int = 16, size: int = 96) -> Session:
+    s = Session.create(tmp_path / "s", volume(size=size), region_size=32)
     s.new_models({"f0": TINY})
     collect(s.compute_maps([0], samples=2))
     if bank_to is not None:
         torch.manual_seed(1)
         s.install_models({"f1": UNet(UNetConfig(n_classes=3, base=4, depth=1)).eval(),
                           "f2": UNet(UNetConfig(n_classes=3, base=6, depth=2)).eval(),
-                          bank_role(0.5): _fixed_policy(bank_to)}, source="test")
+                          bank_role(0.5): _fixed_policy(bank_to, patch)}, source="test")
     return s
 
 
@@ -57,18 +57,26 @@ def _f2_on(s: Session, region, patch: int = 16, halo: int = 4) -> np.ndarray:
     return full[region.slices[1:]].astype(np.uint8) + 1
 
 
-@pytest.mark.parametrize("z", [0, 2])  # slice 0 has maps (f0 state read), slice 2 has none (f0 on the window)
-def test_a_bank_routing_everything_to_f2_gives_f2s_prediction(tmp_path, z):
-    s = _session(tmp_path, bank_to=2)
+@pytest.mark.parametrize("z,patch,cell,size", [
+    (0, 16, 4, 96),  # slice 0 has maps (f0's state read from them), patches inside the region
+    (2, 16, 4, 96),  # slice 2 has none (f0 run on the window)
+    (2, 24, 4, 96),  # patches that straddle the region's edges
+    (1, 24, 0, 100),  # the corner region of a slice whose side is no multiple of the patch
+])
+def test_a_bank_routing_everything_to_f2_gives_f2s_prediction(tmp_path, z, patch, cell, size):
+    s = _session(tmp_path, bank_to=2, patch=patch, size=size)
     assert s.routes_suggestions
-    rid = int(s.pool.slice_ids(z)[4])  # an inner region: (32, 32) of a 96x96 slice
+    ids = s.pool.slice_ids(z)
+    rid = int(ids[cell] if cell else ids[-1])  # an inner region, or the last one (bottom right)
     region = s.region(rid)
     sug = s.suggestion(rid)
-    assert np.array_equal(sug, _f2_on(s, region))
+    assert np.array_equal(sug, _f2_on(s, region, patch))
     assert not np.array_equal(sug, s.predicted_patch(region))  # not f0's guess
     info = s.state.suggestions[str(rid)]
-    assert info["source"] == "routed" and info["patches"] == {"f2": 4}  # the region's 4 patches, no more
-    assert s.suggestion_source(rid) == "routed (f2 on 4 of 4 patches of this region)"
+    n = len({(y // patch, x // patch) for y in range(region.y0, region.y0 + region.h)
+             for x in range(region.x0, region.x0 + region.w)})
+    assert info["source"] == "routed" and info["patches"] == {"f2": n}  # the region's patches, no more
+    assert s.suggestion_source(rid) == f"routed (f2 on {n} of {n} patches of this region)"
     assert s.suggestions_current()
 
 
