@@ -48,6 +48,7 @@ def test_next_shows_the_guess_accept_counts_corrections(label):
     assert set(s.fresh_slices()) == {0, 1, 2, 3}  # spread: every slice mapped before proposing
     assert len({p.z for p in s.proposals}) >= 2  # at most one per slice here (k=4 over 4 slices)
     prop = step.current
+    assert "suggestion: f0" in step.where.text()  # no routing bank: f0's guess
     layer = viewer.layers[SUGGESTION]
     assert layer.visible and viewer.layers.selection.active is layer and layer.mode == "paint"
     assert np.array_equal(np.asarray(layer.data)[0], s.suggestion(prop.region_id))
@@ -120,6 +121,42 @@ def test_learning_curve_can_use_corrected_pixels_as_x_axis(qtbot):
     assert list(plot.axes.lines[0].get_xdata()) == [5, 10] and plot.axes.get_xlabel() == "labeled regions"
 
 
+def test_the_curve_title_says_what_the_held_out_figure_rests_on(qtbot):
+    from napari_paser.gui.train_step import CurvePlot
+    from napari_paser.session.labeling import held_out_advice
+    from napari_paser.session.store import CurvePoint
+
+    plot = CurvePlot()
+    qtbot.addWidget(plot)
+    curve = [CurvePoint(10, 8, 2, 0.95, 1, 1, "t1")]
+    plot.plot(curve, ("a", "b"), held=(2, 1, held_out_advice(2, 1, 250)))
+    title = plot.axes.title
+    assert title.get_text() == "held out: 2 regions from 1 slice\nlabel more slices for a figure you can trust"
+    assert title.get_color() == "#d62728"
+    plot.plot(curve, ("a", "b"), held=(6, 4, held_out_advice(6, 4, 250)))
+    assert plot.axes.title.get_text() == "held out: 6 regions from 4 slices"
+
+
+def test_the_retrain_message_says_what_the_held_out_figure_rests_on(label, monkeypatch):
+    from types import SimpleNamespace
+
+    from napari_paser.gui import train_step
+
+    viewer, widget, step, s = label
+    monkeypatch.setattr(train_step, "info", lambda message: None)
+    ids = [int(r) for z in (0, 1) for r in s.pool.slice_ids(z)][:5]
+    for i, rid in enumerate(ids):  # every 5th accepted is held out
+        s.accept(rid, np.full((s.region(rid).h, s.region(rid).w), 1 + i % 3, np.uint8))
+    assert s.held_out_basis() == (1, 1)
+    train = widget.steps["Train"]
+    point = SimpleNamespace(n_train=4, n_val=1, val_miou=0.95, kept_previous=False)
+    train.last_result, train.last_report = SimpleNamespace(cancelled=False, curve_point=point, message=""), None
+    train._done()
+    idle(widget.hub)
+    assert ("held-out mIoU 0.950 on 1 region from 1 slice: label more slices for a figure you can trust"
+            in train.job.message.text())
+
+
 def test_sampler_ranks_the_neighbouring_places(label):
     viewer, widget, step, s = label
     step.sampler.setCurrentText("random")
@@ -137,3 +174,25 @@ def test_sampler_ranks_the_neighbouring_places(label):
     assert len(pending) >= 1 and all(p.sampler == "entropy" for p in pending)
     assert all(abs(p.z - first.z) == 1 and (p.y0, p.x0) == (first.y0, first.x0) for p in pending)
     assert step.current.region_id == pending[0].region_id and viewer.layers[SUGGESTION].visible
+
+
+def test_the_status_says_a_suggestion_is_routed(label):
+    import torch
+
+    from learners.unet import UNet, UNetConfig
+    from napari_paser.session.models import bank_role
+    from test_routed_suggestions import _fixed_policy
+
+    viewer, widget, step, s = label
+    torch.manual_seed(1)
+    s.install_models({"f1": UNet(UNetConfig(n_classes=s.n_classes, base=4, depth=1)).eval(),
+                      "f2": UNet(UNetConfig(n_classes=s.n_classes, base=6, depth=2)).eval(),
+                      bank_role(0.5): _fixed_policy(2)}, source="test")
+    step.sampler.setCurrentText("random")
+    step.k.setValue(2)
+    step.propose()
+    idle(widget.hub)
+    prop = step.current
+    assert s.suggestion_source(prop.region_id).startswith("routed (f2 on")
+    assert "suggestion: routed (f2 on" in step.where.text()
+    assert np.array_equal(np.asarray(viewer.layers[SUGGESTION].data)[0], s.suggestion(prop.region_id))

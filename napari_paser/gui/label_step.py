@@ -231,8 +231,8 @@ class LabelWidget(QWidget):
             self.hub.select("paser labels")
         self.where.setText(f"proposal {prop.rank} of {len(s.proposals)}: region {prop.region_id}, slice {prop.z}, "
                            f"y {prop.y0}, x {prop.x0} ({prop.h}x{prop.w}); {len(s.pending_proposals)} pending"
-                           + ("; pre-filled by the model: correct it, then Accept (Shift-U: unchanged)"
-                              if self._shown_at is not None else ""))
+                           + (f"; pre-filled by the model (suggestion: {s.suggestion_source(prop.region_id) or 'f0'}): "
+                              "correct it, then Accept (Shift-U: unchanged)" if self._shown_at is not None else ""))
 
     @guarded
     def accept(self, *_) -> None:

@@ -12,6 +12,7 @@ from napari_paser.gui.common import JobBar, enable_while_idle, group, hrow
 from napari_paser.gui.hub import guarded, hub_for, info
 from napari_paser.errors import PaserInputError
 from napari_paser.session.jobs import RETRAIN_CONFIG
+from napari_paser.session.labeling import held_out_advice
 from napari_paser.session.router_jobs import ROUTED_RETRAIN
 
 TRAIN_THREADS = 1
@@ -33,9 +34,11 @@ class CurvePlot(QWidget):
         QVBoxLayout(self).addWidget(self.canvas)
         self.plot([])
 
-    def plot(self, curve, class_names: tuple[str, ...] = (), effort: list[int] | None = None) -> None:
+    def plot(self, curve, class_names: tuple[str, ...] = (), effort: list[int] | None = None,
+             held: tuple[int, int, str] | None = None) -> None:
         """effort: per curve point the pixels a person corrected or painted (`Session.curve_effort`), the x-axis
-        instead of the labeled regions."""
+        instead of the labeled regions. held: the held-out regions, their distinct slices and the advice when
+        they are too few to trust (`Session.held_out_basis`, `held_out_advice`), for the title."""
         ax = self.axes
         ax.clear()
         x_of = dict(zip(map(id, curve), effort)) if effort is not None else {}
@@ -55,7 +58,12 @@ class CurvePlot(QWidget):
                         label="kept previous")
             ax.set_ylim(0, 1)
             ax.legend(fontsize=6, loc="lower right")
-            ax.set_title(f"held out: {pts[-1].n_val} regions", fontsize=8)
+            if held is None:
+                ax.set_title(f"held out: {pts[-1].n_val} regions", fontsize=8)
+            else:
+                regions, slices, advice = held
+                ax.set_title(f"held out: {regions} regions from {slices} slice{'' if slices == 1 else 's'}"
+                             + (f"\n{advice}" if advice else ""), fontsize=8, color="#d62728" if advice else "black")
         else:
             ax.text(0.5, 0.5, "no held-out regions yet\n(every 5th accepted region)", ha="center", va="center",
                     transform=ax.transAxes, fontsize=8)
@@ -226,8 +234,8 @@ class TrainWidget(QWidget):
         hub = self.hub  # the layer updates and the curve's redraw, one per event-loop turn
         hub.later([hub.refresh_maps, hub.refresh_regions, hub.curve_changed.emit, hub.models_changed.emit])
         point = result.curve_point
-        held = f", held-out mIoU {point.val_miou:.3f} on {point.n_val} regions" if point and point.val_miou is not None \
-            else ""
+        held = f", {hub.session.held_out_text(point.val_miou)}" if point and point.val_miou is not None \
+            and hub.session is not None else ""
         if point is not None and getattr(point, "kept_previous", False):  # the step says so too, not only a toast
             message = result.message or f"kept the previous weights: the retrained model did worse on the {point.n_val} " \
                                         "held-out regions"
@@ -242,7 +250,12 @@ class TrainWidget(QWidget):
     def _plot(self) -> None:
         s = self.hub.session
         corrected = s is not None and any(a.changed_px is not None for a in s.accepted)
-        self.curve.plot(s.curve if s else [], s.classes.names if s else (), s.curve_effort() if corrected else None)
+        held = None
+        if s is not None:
+            regions, slices = s.held_out_basis()
+            held = (regions, slices, held_out_advice(regions, slices, s.n_slices))
+        self.curve.plot(s.curve if s else [], s.classes.names if s else (), s.curve_effort() if corrected else None,
+                        held)
 
     def _after_accept(self, _n: int) -> None:
         s = self.hub.session

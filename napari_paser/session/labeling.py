@@ -9,7 +9,10 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from learners.grid import Patching
+from learners.routing.router import F0State, execute_routing, policy_probabilities
 from learners.uncertainty import receptive_halo, uncertainty_maps
 from napari_paser.data.dataset import normalise
 from napari_paser.data.labels_convention import layer_to_classes
@@ -18,6 +21,7 @@ from napari_paser.session.effort import Effort, correction_effort
 from napari_paser.session.jobs import Progress
 from napari_paser.session.maps import MAP_NAMES
 from napari_paser.session.models import MODEL_ROLES
+from napari_paser.session.routing import ROUTE_BATCH, policy_models
 from napari_paser.session.sampling import proposal_inputs
 from napari_paser.session.store import (
     SUGGESTIONS,
@@ -320,6 +324,19 @@ class LabelingMixin:
         every = int(self.state.settings.get("val_every", 0))
         return "val" if every and index % every == every - 1 else "train"
 
+    def held_out_basis(self) -> tuple[int, int]:
+        """How many accepted regions are held out now and from how many distinct slices: what the held-out
+        figure rests on (regions of one slice look alike, so their score runs above the volume's)."""
+        val = [a for a in self.state.accepted if a.split == "val"]
+        return len(val), len({a.z for a in val})
+
+    def held_out_text(self, miou: float | None = None) -> str:
+        """The held-out mIoU (the last curve point's when not given) with the regions and slices it rests on,
+        and what to label when they are too few to trust (`held_out_note`)."""
+        if miou is None:
+            miou = next((p.val_miou for p in reversed(self.state.curve) if p.val_miou is not None), None)
+        return held_out_note(miou, *self.held_out_basis(), self.n_slices)
+
     def _fractions(self, patch: np.ndarray) -> dict[str, float]:
         counts = np.bincount(patch.ravel(), minlength=self.n_classes + 1) / patch.size
         return {"unlabeled": float(counts[0]), **{n: float(counts[k + 1]) for k, n in enumerate(self.classes.names)}}
@@ -328,52 +345,140 @@ class LabelingMixin:
 
     def suggestion(self, region_id: int) -> np.ndarray:
         """The model's guess of a region, (h, w) in the layer convention (class k = k + 1): the one stored
-        when it was proposed (what the person was shown), else f0's prediction now (stored). Never a label:
-        it enters the labeled set only through `accept(..., from_suggestion=True)`."""
+        when it was proposed (what the person was shown), else the current guess (`guessed_patch`, stored).
+        Never a label: it enters the labeled set only through `accept(..., from_suggestion=True)`."""
         region = self.region(region_id)
         info = self.state.suggestions.get(str(region.id))
         if info is not None and crop_path(self.folder, region.id, info["seq"], SUGGESTIONS).is_file():
             return load_crop(self.folder, region.id, info["seq"], SUGGESTIONS)
         if self.read_only or self.closed:
-            return self.predicted_patch(region)
+            return self.guessed_patch(region)[0]
         made = self._make_suggestions([region.id])
         self._commit_suggestions(lambda s: s.suggestions.update(made))
         return load_crop(self.folder, region.id, made[str(region.id)]["seq"], SUGGESTIONS)
 
+    def suggestion_source(self, region_id: int) -> str:
+        """Where the stored suggestion of a region came from, in words: "f0" (its MC mean) or "routed (f2 on
+        3 of 4 patches of this region)"; "" when none is stored."""
+        info = self.state.suggestions.get(str(int(region_id)))
+        return "" if info is None else _source_text(info)
+
     def suggestions_current(self) -> bool:
-        """Whether the stored suggestions come from the current f0 (a retrain makes them stale)."""
-        v = self.maps_version()
-        return all(int(i.get("model_version", -1)) >= v for i in self.state.suggestions.values())
+        """Whether the stored suggestions come from the current models (a retrain, new models or a new routing
+        bank make them stale)."""
+        return all(self._suggestion_fresh(i) for i in self.state.suggestions.values())
+
+    @property
+    def routes_suggestions(self) -> bool:
+        """Whether suggestions are routed predictions: a routing policy and the models it routes between."""
+        if not self.has_policy:
+            return False
+        try:
+            policy_models(self.pick_policy(None)[1], self.models, "the routing policy")
+        except PaserInputError:
+            return False
+        return True
+
+    def _suggestion_fresh(self, info: dict) -> bool:
+        routed = self.routes_suggestions
+        if int(info.get("model_version", -1)) < self.maps_version() or (info.get("source", "f0") == "routed") != routed:
+            return False
+        return not routed or int(info.get("route_version", -1)) >= self.state.model_version
+
+    def guessed_patch(self, region: Region, samples: int = 5) -> tuple[np.ndarray, dict]:
+        """The current best guess of a region in the layer convention and where it came from: the routed
+        prediction (`routed_patch`) when the session routes, else f0's MC mean (`predicted_patch`)."""
+        if self.routes_suggestions:
+            return self.routed_patch(region, samples)
+        return self.predicted_patch(region, samples), {"source": "f0"}
 
     def predicted_patch(self, region: Region, samples: int = 5) -> np.ndarray:
         """f0's MC-mean prediction of a region in the layer convention: read from the maps where its slice's
         maps are current, else computed on the region with f0's receptive field as context."""
         if region.z in set(self.fresh_slices()):
             return np.asarray(self.maps["prediction"][self.index(*region.slices)]).astype(np.uint8) + 1
+        ys, xs = slice(region.y0, region.y0 + region.h), slice(region.x0, region.x0 + region.w)
+        return self._f0_window(region.z, ys, xs, samples)[0].astype(np.uint8) + 1
+
+    def _f0_window(self, z: int, ys: slice, xs: slice, samples: int) -> tuple[np.ndarray, np.ndarray]:
+        """f0's MC-mean prediction and entropy of the window (ys, xs) of slice z: from the maps where they are
+        current, else computed on the window with f0's receptive field as context."""
+        if z in set(self.fresh_slices()):
+            ix = self.index(z, ys, xs)
+            return np.asarray(self.maps["prediction"][ix]), np.asarray(self.maps["entropy"][ix], np.float32)
         model = self.require_f0()
         halo = receptive_halo(model)
         h, w = self.shape[-2:]
-        y0, x0 = max(0, region.y0 - halo), max(0, region.x0 - halo)
-        y1, x1 = min(h, region.y0 + region.h + halo), min(w, region.x0 + region.w + halo)
-        raw = np.asarray(self.image[self.index(region.z, slice(y0, y1), slice(x0, x1))])
-        crop = normalise(raw, self.state.image["lo"], self.state.image["hi"])
-        pred = uncertainty_maps(model, crop, samples=samples, seed=region.z).prediction
-        ys, xs = slice(region.y0 - y0, region.y0 - y0 + region.h), slice(region.x0 - x0, region.x0 - x0 + region.w)
-        return pred[ys, xs].astype(np.uint8) + 1
+        y0, x0 = max(0, ys.start - halo), max(0, xs.start - halo)
+        y1, x1 = min(h, ys.stop + halo), min(w, xs.stop + halo)
+        raw = np.asarray(self.image[self.index(z, slice(y0, y1), slice(x0, x1))])
+        maps = uncertainty_maps(model, normalise(raw, self.state.image["lo"], self.state.image["hi"]),
+                                samples=samples, seed=z)
+        inner = (slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
+        return maps.prediction[inner], maps.entropy[inner].astype(np.float32)
+
+    def routed_patch(self, region: Region, samples: int = 5, lam: float | None = None) -> tuple[np.ndarray, dict]:
+        """The routed prediction of a region (layer convention) and where it came from.
+
+        Only the region and the context routing needs are computed: the routing patches that meet the
+        region plus a ring of patches around them (the policy's view and the larger models' halo). f0's
+        state of that window comes from the slice's maps where they are current; the policy routes the
+        window's patches (it sees the window, not the whole slice), and only the patches meeting the region
+        run their routed model. A policy on a
+        rows x cols grid (its patches follow the slice's size) routes the whole slice instead.
+        """
+        lam, policy = self.pick_policy(lam)
+        models = policy_models(policy, self.models, "the routing policy")
+        patching, (h, w) = policy.config.patching, self.shape[-2:]
+        ry, rx = slice(region.y0, region.y0 + region.h), slice(region.x0, region.x0 + region.w)
+        if patching.size is None:
+            routed = self.route(region.z, samples, lam)
+            grid = routed.grid()
+            cells = [b for b in grid.boxes() if _meets(b.slices, ry, rx)]
+            chosen = [int(routed.routing.ravel()[grid.boxes().index(b)]) for b in cells]
+            patch = routed.segmentation[ry, rx]
+        else:
+            ph, pw = patching.size
+            ring_y, ring_x = max(1, -(-patching.halo // ph)), max(1, -(-patching.halo // pw))
+            r0, r1 = max(0, region.y0 // ph - ring_y), min(-(-h // ph), (region.y0 + region.h - 1) // ph + 1 + ring_y)
+            c0, c1 = max(0, region.x0 // pw - ring_x), min(-(-w // pw), (region.x0 + region.w - 1) // pw + 1 + ring_x)
+            wy, wx = slice(r0 * ph, min(h, r1 * ph)), slice(c0 * pw, min(w, c1 * pw))
+            prediction, entropy = self._f0_window(region.z, wy, wx, samples)
+            state = F0State(torch.from_numpy(np.asarray(prediction, np.uint8))[None],
+                            torch.from_numpy(np.asarray(entropy, np.float32))[None], self.n_classes, samples)
+            actions = policy_probabilities(policy, state).argmax(-1)[0]
+            cut = Patching(size=(ph, pw), halo=patching.halo)
+            window = cut.grid(wy.stop - wy.start, wx.stop - wx.start)
+            meets = torch.tensor([_meets(b.slices, slice(ry.start - wy.start, ry.stop - wy.start),
+                                         slice(rx.start - wx.start, rx.stop - wx.start)) for b in window.boxes()])
+            actions = torch.where(meets, actions, torch.zeros_like(actions))  # the ring only gives context
+            chosen = actions[meets].tolist()
+            image = normalise(np.asarray(self.image[self.index(region.z, wy, wx)]), self.state.image["lo"],
+                              self.state.image["hi"])
+            res = execute_routing(models, image[None], actions[None], cut, state, samples, region.z, ROUTE_BATCH,
+                                  policy)
+            patch = res.segmentation[0][ry.start - wy.start:ry.stop - wy.start, rx.start - wx.start:rx.stop - wx.start]
+        counts = np.bincount(np.array(chosen, np.int64), minlength=len(models))
+        info = {"source": "routed", "patches": {f"f{k}": int(n) for k, n in enumerate(counts) if n},
+                "lam": None if lam is None else float(lam)}
+        return np.asarray(patch).astype(np.uint8) + 1, info
 
     def _make_suggestions(self, region_ids: Sequence[int]) -> dict[str, dict]:
-        """Save the model's guess of each region (kept when the stored one is from the current f0); returns
+        """Save the model's guess of each region (kept when the stored one is from the current models); returns
         the `State.suggestions` entries to commit."""
         version, out = self.maps_version(), {}
         seq = int(self.state.settings.get("next_suggestion_seq", 0))
         for rid in region_ids:
             info = self.state.suggestions.get(str(int(rid)))
-            if (info is not None and int(info.get("model_version", -1)) >= version
+            if (info is not None and self._suggestion_fresh(info)
                     and crop_path(self.folder, int(rid), info["seq"], SUGGESTIONS).is_file()):
                 out[str(int(rid))] = dict(info)
                 continue
-            save_crop(self.folder, int(rid), seq, self.predicted_patch(self.pool.region(int(rid))), SUGGESTIONS)
-            out[str(int(rid))] = {"seq": seq, "model_version": version}
+            patch, where = self.guessed_patch(self.pool.region(int(rid)))
+            save_crop(self.folder, int(rid), seq, patch, SUGGESTIONS)
+            out[str(int(rid))] = {"seq": seq, "model_version": version, **where}
+            if where["source"] == "routed":
+                out[str(int(rid))]["route_version"] = int(self.state.model_version)
             seq += 1
         self._suggestion_seq = seq
         return out
@@ -499,6 +604,56 @@ class LabelingMixin:
             data = np.asarray(layer_data[ix])
             layer_to_classes(data, n_classes=self.n_classes)
             self.labels[ix] = data.astype(np.uint8)
+
+
+TRUSTED_HELD_OUT = (5, 3)
+"""Held-out regions and distinct slices (of a volume with that many) below which the held-out figure is flagged:
+regions of one or two slices score points above the rest of the volume."""
+
+
+def held_out_advice(regions: int, slices: int, volume_slices: int) -> str:
+    """What to label when the held-out regions or their slices are too few to trust their figure
+    (`TRUSTED_HELD_OUT`), "" when they are enough."""
+    min_regions, min_slices = TRUSTED_HELD_OUT
+    if volume_slices > 1 and slices < min(min_slices, volume_slices):
+        return "label more slices for a figure you can trust"
+    if regions < min_regions:
+        return "accept more regions for a figure you can trust"
+    return ""
+
+
+def held_out_note(miou: float | None, regions: int, slices: int, volume_slices: int) -> str:
+    """ "held-out mIoU 0.950 on 3 regions from 1 slice: label more slices for a figure you can trust" (the
+    advice only when `held_out_advice` gives one)."""
+    if not regions:
+        return "no held-out regions yet (every 5th accepted region is held out)"
+    where = f" from {_plural(slices, 'slice')}" if volume_slices > 1 else ""
+    head = (f"held-out mIoU {miou:.3f} on {_plural(regions, 'region')}{where}" if miou is not None
+            else f"{_plural(regions, 'held-out region')}{where}, not scored yet (retrain)")
+    advice = held_out_advice(regions, slices, volume_slices)
+    return f"{head}: {advice}" if advice else head
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _meets(cell: tuple[slice, slice], ys: slice, xs: slice) -> bool:
+    """Whether a grid cell (its slices) overlaps the window (ys, xs)."""
+    return cell[0].start < ys.stop and ys.start < cell[0].stop and cell[1].start < xs.stop and xs.start < cell[1].stop
+
+
+def _source_text(info: dict) -> str:
+    """A stored suggestion's source in words (see `suggestion_source`)."""
+    if info.get("source", "f0") != "routed":
+        return "f0"
+    patches = info.get("patches") or {}
+    total = sum(patches.values())
+    larger = {m: n for m, n in patches.items() if m != "f0"}
+    if not larger:
+        return f"routed (f0 on all {total} patches of this region)" if total else "routed"
+    parts = ", ".join(f"{m} on {n}" for m, n in sorted(larger.items()))
+    return f"routed ({parts} of {total} patches of this region)"
 
 
 def _labeled_px(rec: AcceptedRegion) -> int:
