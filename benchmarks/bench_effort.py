@@ -48,6 +48,7 @@ from skimage.feature import multiscale_basic_features
 
 import common
 from labeling_loop import CLASSES, load as load_soc, miou
+from router_scoring import load_battery
 from learners.generators import collect, drain
 from learners.inference import predict_classes
 from learners.training import IGNORE_INDEX, iter_training
@@ -84,11 +85,7 @@ def dataset(name: str, seed: int, crop: int, pool: int) -> tuple[np.ndarray, np.
         t0 = half + int(rng.integers(0, half - pool))
         return images[z0:z0 + pool], labels[z0:z0 + pool], images[t0:t0 + pool], labels[t0:t0 + pool]
     if name == "battery":
-        import tifffile
-
-        folder = common.require(common.BATTERY) / "a"
-        images = tifffile.imread(folder / "images.tif").astype(np.float32)
-        labels = tifffile.imread(folder / "labels.tif").astype(np.uint8)
+        images, labels = load_battery("a")  # classes dark to bright, as the session's models order them
         h, w = images.shape[1:]
         y0, x0 = int(rng.integers(0, h - crop)), int(rng.integers(0, w - crop))
         images, labels = images[:, y0:y0 + crop, x0:x0 + crop], labels[:, y0:y0 + crop, x0:x0 + crop]
