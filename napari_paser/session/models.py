@@ -28,6 +28,8 @@ from napari_paser.session.jobs import (
     training_data,
 )
 from napari_paser.session.router.config import BANK_ROLE, POLICY, RouterConfig, bank_role  # noqa: F401 (re-exported)
+from napari_paser.session.router.export import export_run
+from napari_paser.session.router.train import iter_train_router  # also registers the rethreshold after a refresh
 from napari_paser.session.routing import SliceRouting, policy_models, route_slice
 from napari_paser.session.store import MODELS, State
 
@@ -310,8 +312,6 @@ class ModelsMixin:
         patches (`shares=`), or with `lambdas` (or policy="network") one policy network per lambda. A
         cancel keeps the previous bank. `options` are `RouterConfig` fields (policy, shares, epochs,
         train_models, model_config, samples, ...)."""
-        from napari_paser.session.router.train import iter_train_router
-
         if lambdas is not None:
             options["lambdas"] = tuple(lambdas)
             options.setdefault("policy", "network")
@@ -321,6 +321,4 @@ class ModelsMixin:
 
     def export_run(self, out: str | Path, overwrite: bool = False) -> Path:
         """Write the session's f0/f1/f2 and policies as a run folder for `paser route` / `paser segment`."""
-        from napari_paser.session.router.export import export_run
-
         return export_run(self, out, overwrite)

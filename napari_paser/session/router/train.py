@@ -1,6 +1,7 @@
 """The one entry point of the session's router training (`iter_train_router`, what `Session.train_router`
 returns): retrain the routed model, make the bank (first with the current models, so routing works while
-the larger model trains), and make a stale ranked bank again for a new f0 (`rethreshold`)."""
+the larger model trains), and make a stale ranked bank again for a new f0 (`rethreshold`, run after every
+finished refresh through `session.refresh.after_refresh`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from napari_paser.errors import PaserInputError
 from napari_paser.session.jobs import RetrainResult
 from napari_paser.session.jobs import _refresh as refresh_after  # the maps and proposals after new weights
 from napari_paser.session.progress import Progress
+from napari_paser.session.refresh import after_refresh
 from napari_paser.session.router.banks import (_stopped, check_bank_keys, default_share, held_out_choice,
                                                install_bank, network_bank, pool_slices, ranked_bank)
 from napari_paser.session.router.config import (ROUTED_RETRAIN, ROUTER_FILE, RouterConfig, RouterResult,
@@ -39,6 +41,7 @@ def iter_train_router(session: Session, config: RouterConfig = RouterConfig(),
     return _train_router(session, roles, keys, config, should_stop)
 
 
+@after_refresh  # a refresh that leaves the pool slices with the new f0's maps makes a stale ranked bank again
 def rethreshold(session: Session, samples: int = 5, should_stop: Callable[[], bool] | None = None
                 ) -> Generator[Progress, None, bool]:
     """Make a stale ranked bank again for the current f0, when that is nearly free: its thresholds read the
