@@ -30,7 +30,7 @@ The methods live in modules by concern: `labeling` (proposals, accepting, taking
 edits), `maps` (f0's maps and their refresh), `models` (runs, policies, new models, routing,
 retraining, the session's own router); this module holds creating, opening and closing a
 folder, the read-only views, the commit point and the export. The job modules (`jobs`,
-`refresh`, `router_jobs`, `data.export`) use only the public, typed interface (`index`,
+`refresh`, `router`, `data.export`) use only the public, typed interface (`index`,
 `commit`, `install_models`, `require_f0`, `map_steps`).
 """
 

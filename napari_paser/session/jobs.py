@@ -1,5 +1,5 @@
-"""The long jobs of a session, as generators a napari `thread_worker` can drive: progress
-events, the training set of the labels, and background retraining.
+"""The long jobs of a session, as generators a napari `thread_worker` can drive (their progress
+events: `session.progress`): the training set of the labels, and background retraining.
 
 Training labels are every painted pixel of the canvas (partial regions, strokes in any slice,
 inside or outside proposals: no confirmation needed), with accepted train regions read from
@@ -31,7 +31,7 @@ from scipy.ndimage import uniform_filter
 
 from learners.lr_agent import LRAgent
 from learners.training import (
-    IGNORE_INDEX, EpochReport, StepReport, TrainConfig, TrainResult, iter_training, steps_per_epoch,
+    IGNORE_INDEX, TrainConfig, TrainResult, iter_training, steps_per_epoch,
 )
 from learners.uncertainty import uncertainty_maps
 from learners.unet import UNet
@@ -39,6 +39,7 @@ from napari_paser.data.dataset import normalise
 from napari_paser.data.labels_convention import layer_to_classes
 from napari_paser.errors import PaserInputError
 from napari_paser.session.guard import Verdict, judge, region_confusions
+from napari_paser.session.progress import Progress, step_progress  # noqa: F401 (re-exported: the jobs' progress)
 from napari_paser.session.store import CurvePoint, State, load_crop, now_iso
 
 if TYPE_CHECKING:  # the job modules run on a Session; core imports them
@@ -59,19 +60,6 @@ minimum (the AL simulation's warm lr; SOC cold start, lowres-varying, 12k
 pixels: test mIoU 0.824 at 1e-3, 0.837 at 5e-4)."""
 PIECE_SIDE = 128
 """Training pieces grow to at least this side around their labels: context, and unlabeled pixels to keep."""
-
-
-@dataclass
-class Progress:
-    """One progress event of a long job, for a progress bar: `done` of `total` units in `stage`
-    ("maps", "train", "save", "kept", "propose", "done", "cancelled")."""
-
-    stage: str
-    done: int
-    total: int
-    message: str = ""
-    z: int | None = None
-    event: StepReport | EpochReport | None = None
 
 
 @dataclass
@@ -193,19 +181,6 @@ def _region_crops(session: Session, records, lo: float, hi: float) -> tuple[np.n
     if not xs:
         return np.zeros((0, sh, sw), np.float32), np.zeros((0, sh, sw), np.uint8)
     return np.stack(xs).astype(np.float32), np.stack(ys)
-
-
-def step_progress(gen: Generator, stage: str, done: int, total: int,
-                  message: Callable[[StepReport | EpochReport], str]) -> Generator[Progress, None, tuple[TrainResult, int]]:
-    """Drive a training generator (`iter_training`), one Progress per event with optimiser steps counted
-    from `done` of `total`; return its result and the new count."""
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value, done
-        done += isinstance(event, StepReport)
-        yield Progress(stage, done, total, message(event), event=event)
 
 
 def retrain_steps(session: Session, cfg: TrainConfig, roles: list[str], data: TrainingData,

@@ -27,15 +27,17 @@ from napari_paser.session.jobs import (
     retrain_steps,
     training_data,
 )
+from napari_paser.session.router.config import BANK_ROLE, POLICY, RouterConfig, bank_role  # noqa: F401 (re-exported)
+from napari_paser.session.router.export import export_run
+from napari_paser.session.router.train import iter_train_router  # also registers the rethreshold after a refresh
 from napari_paser.session.routing import SliceRouting, policy_models, route_slice
-
-if TYPE_CHECKING:
-    from napari_paser.session.router_jobs import RouterResult
 from napari_paser.session.store import MODELS, State
 
+if TYPE_CHECKING:
+    from napari_paser.session.router.config import RouterResult
+
 MODEL_ROLES = ("f0", "f1", "f2")
-POLICY, POLICY_FILE = "policy", "policy.pt"
-BANK_ROLE = "policy@"  # + lambda: the policy bank's members, e.g. "policy@0.300"
+POLICY_FILE = "policy.pt"
 MODEL_SIZES = tuple(PRESETS)  # tiny, medium, wide, large
 
 
@@ -62,12 +64,6 @@ def router_default(folder: Path, version: int | None) -> float | None:
         return float(router_info(folder, version)["default_lambda"])
     except (KeyError, TypeError, ValueError):
         return None
-
-
-def bank_role(lam: float) -> str:
-    """The session's model role of the bank's policy for `lam`."""
-    return f"{BANK_ROLE}{lam:.3f}"
-
 
 
 class ModelsMixin:
@@ -312,12 +308,10 @@ class ModelsMixin:
     def train_router(self, lambdas: Sequence[float] | None = None, should_stop: Callable[[], bool] | None = None,
                      **options) -> Generator[Progress, None, RouterResult]:
         """Retrain f2 (network: f1, f2) on the accepted regions, then make the routing policy bank, as a progress
-        generator; see `session.router_jobs`. The bank is one uncertainty-ranked policy per share of
+        generator; see `session.router`. The bank is one uncertainty-ranked policy per share of
         patches (`shares=`), or with `lambdas` (or policy="network") one policy network per lambda. A
         cancel keeps the previous bank. `options` are `RouterConfig` fields (policy, shares, epochs,
         train_models, model_config, samples, ...)."""
-        from napari_paser.session.router_jobs import RouterConfig, iter_train_router
-
         if lambdas is not None:
             options["lambdas"] = tuple(lambdas)
             options.setdefault("policy", "network")
@@ -327,6 +321,4 @@ class ModelsMixin:
 
     def export_run(self, out: str | Path, overwrite: bool = False) -> Path:
         """Write the session's f0/f1/f2 and policies as a run folder for `paser route` / `paser segment`."""
-        from napari_paser.session.router_jobs import export_run
-
         return export_run(self, out, overwrite)

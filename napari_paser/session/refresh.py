@@ -7,6 +7,10 @@ person sees and what the next proposals read (the slice on screen, then the slic
 proposals, pending ones first), and the rest when they are shown; the headless default still
 refreshes every stale slice, in the same order. A cancel reports exactly which slices were
 refreshed and how many keep the previous model's maps.
+
+Work that reads the fresh maps runs after a finished refresh through hooks its owner registers
+(`after_refresh`): the router's code registers the rethreshold of a stale ranked bank, so this
+module never calls the router.
 """
 
 from __future__ import annotations
@@ -22,6 +26,17 @@ from napari_paser.session.jobs import Progress
 if TYPE_CHECKING:  # the job modules run on a Session; core imports them
     from napari_paser.session.core import Session
 
+RefreshHook = Callable[["Session", int, "Callable[[], bool] | None"], Generator[Progress, None, bool]]
+"""Work after a finished refresh: (session, samples, should_stop) -> progress, True when it redid something."""
+_AFTER_REFRESH: list[RefreshHook] = []
+
+
+def after_refresh(hook: RefreshHook) -> RefreshHook:
+    """Run `hook` after every refresh that was not cancelled, in the order registered (once per hook)."""
+    if hook not in _AFTER_REFRESH:
+        _AFTER_REFRESH.append(hook)
+    return hook
+
 
 @dataclass
 class RefreshReport:
@@ -32,7 +47,8 @@ class RefreshReport:
     cancelled: bool = False
     proposals: str = ""  # "8 new proposals", "proposals not refreshed: ...", or ""
     volume: bool = True  # False for a 2D image (no slice numbers to report)
-    rethresholded: bool = False  # the ranked routing bank was made again for the new f0 (`router_jobs.rethreshold`)
+    rethresholded: bool = False  # a hook after the refresh (`after_refresh`: the router's `rethreshold`) made the
+    # ranked routing bank again for the new f0
 
     def message(self) -> str:
         """One line for a notification, e.g. "maps refreshed for slices 3, 7; 48 slices keep the previous
@@ -102,9 +118,9 @@ def refresh(session: Session, focus: int | None = None, everything: bool = True,
     report = RefreshReport(refreshed=todo[:done], stale=stale_slices(session), cancelled=done < len(todo),
                            volume=len(session.shape) == 3)
     if not report.cancelled:
-        from napari_paser.session.router_jobs import rethreshold
-
-        report.rethresholded = yield from rethreshold(session, samples, should_stop)
+        for hook in _AFTER_REFRESH:
+            redone = yield from hook(session, samples, should_stop)
+            report.rethresholded = report.rethresholded or redone
     request = dict(session.state.proposal_request or {})
     if request and not report.cancelled and not (should_stop is not None and should_stop()):
         try:
