@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gui_probe import PROBE_MS, GapProbe, StallSampler, bench_run, under_xvfb
+from gui_probe import PROBE_MS, GapProbe, StallSampler, bench_run, screenshot, under_xvfb
 from common import RESULTS, SOC, require
 
 OUT = RESULTS / "ui-actions-2048.json"
@@ -133,11 +133,7 @@ def run_size(side: int, slices: int, shots: Path | None) -> dict:
                 state["first"] = time.perf_counter() - state["t0"]
 
         def shot(name: str) -> None:
-            if shots is not None:
-                shots.mkdir(parents=True, exist_ok=True)
-                path = shots / f"{side}-{name}.png"
-                viewer.screenshot(str(path), canvas_only=False, flash=False)
-                pictures.append(str(path))
+            screenshot(viewer, shots, f"{side}-{name}", pictures)
 
         record("idle", lambda: None, settle=1.0)
         record("open", lambda: viewer.open(str(src), plugin="napari-paser"))

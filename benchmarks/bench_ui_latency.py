@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from common import SOC
-from gui_probe import PROBE_MS, GapProbe, StallSampler, bench_run, under_xvfb
+from gui_probe import PROBE_MS, GapProbe, StallSampler, bench_run, screenshot, under_xvfb
 
 OUT = Path(__file__).parent / "results" / "ui-latency.json"
 ACTIONS_OUT = Path(__file__).parent / "results" / "ui-actions.json"
@@ -287,11 +287,7 @@ def run_segment(slices: int, data: Path, what: str, tile: int, workers: int, sho
                   f"({res['seconds']} s)", flush=True)
 
         def shot(name: str) -> None:
-            if shots is not None:
-                shots.mkdir(parents=True, exist_ok=True)
-                path = shots / f"segment-{name}.png"
-                viewer.screenshot(str(path), canvas_only=False, flash=False)
-                pictures.append(str(path))
+            screenshot(viewer, shots, f"segment-{name}", pictures)
 
         torch.set_num_threads(1)
         record("idle", lambda: None)

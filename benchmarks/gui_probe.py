@@ -122,3 +122,26 @@ def under_xvfb() -> int | None:
         print("no display and no xvfb-run: install xvfb", file=sys.stderr)
         return 2
     return subprocess.call([exe, "-a", "-s", "-screen 0 1920x1200x24", sys.executable, *sys.argv])
+
+
+def screenshot(viewer, folder: Path | None, name: str, pictures: list[str]) -> None:
+    """Save the whole window as `folder/name.png` (nothing when `folder` is None) and note its path."""
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.png"
+        viewer.screenshot(str(path), canvas_only=False, flash=False)
+        pictures.append(str(path))
+
+
+def open_dock(title: str, image: np.ndarray, name: str):
+    """A 1600 x 1000 napari window showing `image` as layer `name`, with the PaSeR dock: (viewer, dock)."""
+    import napari
+
+    from napari_paser.gui.widgets import PaserWidget
+
+    viewer = napari.Viewer(title=title)
+    viewer.window.resize(1600, 1000)
+    viewer.add_image(image, name=name)
+    dock = PaserWidget(viewer)
+    viewer.window.add_dock_widget(dock, name="PaSeR")
+    return viewer, dock

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import common
-from gui_probe import GapProbe
+from gui_probe import GapProbe, open_dock
 
 
 def wait(hub, timeout: float = 600) -> None:
@@ -44,14 +44,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=common.RESULTS / "ui-correct.json")
     args = parser.parse_args()
 
-    import napari
     import tifffile
     import torch
     from napari.utils.key_bindings import coerce_keybinding
 
     from napari_paser.gui.hub import SHORTCUTS
     from napari_paser.gui.label_step import SUGGESTION
-    from napari_paser.gui.widgets import PaserWidget
 
     torch.set_num_threads(1)
     folder = common.require(common.SOC_STACK)
@@ -65,11 +63,7 @@ def main() -> int:
     results: dict = {}
     probe = GapProbe()
     with tempfile.TemporaryDirectory() as tmp:
-        viewer = napari.Viewer(title="correcting")
-        viewer.window.resize(1600, 1000)
-        viewer.add_image(image, name="soc stack")
-        dock = PaserWidget(viewer)
-        viewer.window.add_dock_widget(dock, name="PaSeR")
+        viewer, dock = open_dock("correcting", image, "soc stack")
         hub = dock.hub
         session_w, label = dock.steps["Session"], dock.steps["Label"]
         dock.tabs.setCurrentIndex(list(dock.steps).index("Label"))
@@ -135,11 +129,7 @@ def main() -> int:
 
         # 2048^2: Next must show the suggestion within 100 ms (it was stored by the proposing worker)
         big = np.tile(raw[0], (5, 5))[:2048, :2048][None]
-        viewer = napari.Viewer(title="2048")
-        viewer.window.resize(1600, 1000)
-        viewer.add_image(big, name="big")
-        dock = PaserWidget(viewer)
-        viewer.window.add_dock_widget(dock, name="PaSeR")
+        viewer, dock = open_dock("2048", big, "big")
         hub, session_w, label = dock.hub, dock.steps["Session"], dock.steps["Label"]
         session_w.layer_box.setCurrentText("big")
         session_w.folder.setText(str(Path(tmp) / "big"))

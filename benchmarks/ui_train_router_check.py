@@ -26,6 +26,7 @@ import numpy as np
 import tifffile
 
 import common
+from gui_probe import open_dock
 
 
 def pump(app, seconds: float) -> None:
@@ -56,12 +57,10 @@ def main() -> int:
     p.add_argument("--wait", action="store_true", help="let f2's retraining finish instead")
     args = p.parse_args()
 
-    import napari
     import torch
 
     from napari.qt import get_qapp
     from napari_paser.gui import train_step
-    from napari_paser.gui.widgets import PaserWidget
 
     torch.set_num_threads(1)
     root = common.require(common.SOC)
@@ -85,11 +84,7 @@ def main() -> int:
                  "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_before": os.getloadavg()}}
     with tempfile.TemporaryDirectory() as tmp:
         app = get_qapp()
-        viewer = napari.Viewer(title="PaSeR: Train router with its defaults")
-        viewer.window.resize(1600, 1000)
-        viewer.add_image(image, name="soc")
-        dock = PaserWidget(viewer)
-        viewer.window.add_dock_widget(dock, name="PaSeR")
+        viewer, dock = open_dock("PaSeR: Train router with its defaults", image, "soc")
         hub = dock.hub
         sw = dock.steps["Session"]
         sw.layer_box.setCurrentText("soc")
