@@ -226,8 +226,8 @@ def _session_parsers(sub) -> None:
                                                            "entropy)")
     p.add_argument("--focus", type=float_range(0), help="draw f2's training crops where f0 is unsure: centres "
                                                          "weighted by f0's region-mean entropy to this power (default "
-                                                         "0: anywhere on the labels; 2 made f2 worse where f0 is sure "
-                                                         "and routing no better on SOC, BENCHMARKS.md)")
+                                                         "0: anywhere on the labels; higher values make f2 worse where f0 is "
+                                                         "sure without improving routing)")
     p.add_argument("--no-retrain", action="store_true", help="keep f1/f2 as they are (only the policies: seconds)")
     p.add_argument("--halo", type=int_range(0), help="pixels of context f1/f2 see around each routing patch "
                                                      "(default: a quarter of the region size; 0: the patch alone)")

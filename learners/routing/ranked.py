@@ -8,7 +8,7 @@ accepted regions (about 50 labeled patches) it did not learn where the larger mo
 SOC benchmark sessions (64 regions, test slices 10 to 40 slices from the labels), ranking the test
 patches by f0's patch-mean entropy and sending the top 20% of them to f2 beat the best single model
 by +0.4 to +1.1 mIoU points in all five (offline, on their dumped reward tables; through the session
-benchmark on three: +0.3, -0.2, +0.7 at 21-28% of f2's FLOPs; BENCHMARKS.md). The
+benchmark on three: +0.3, -0.2, +0.7 at 21-28% of f2's FLOPs). The
 network's own ranking of the same patches (top 20% by p(f2)) was 0.3 to 2.8 points below the
 entropy's in four of the five (equal in one), and a threshold fitted by Eq. 2 on the labeled regions
 (cross-fitted and held out) ranged from -1.3 to +0.9 points against the best single model: the
@@ -48,7 +48,7 @@ TAIL = 0.1
 """The default share of a volume's pixels whose entropy counts as "very uncertain": a patch's score is its
 share of such pixels. Against each patch's mean entropy, on nine SOC benchmark model sets through the real
 `Session` (the same models and shares, mIoU at matched compute along each bank): +0.39 points on average at
-20% of f2's FLOPs (8 of 9 better, -0.03 to +0.82), +0.28 at 25%, +0.13 at 30% (BENCHMARKS.md).
+20% of f2's FLOPs (8 of 9 better, -0.03 to +0.82), +0.28 at 25%, +0.13 at 30%.
 The mean is dominated by the thin uncertain rim along every phase boundary, which f0
 and f2 both get about right; the tail by the patches where f0 is lost."""
 SAMPLE_PIXELS = 1 << 18

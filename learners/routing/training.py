@@ -10,8 +10,7 @@ Stage 2 follows, by default, the exact gradient of the expected reward (`expecte
 patch table holds every model's IoU on every patch, so the expectation over routings that
 REINFORCE samples can be summed in closed form. Sampled REINFORCE, as in Algorithm 1, stays
 available (`gradient="reinforce"`) and is what the TVD mode of stage 3 uses; on the real SOC
-data it settled on one model for every patch where the expected gradient routes per patch
-(BENCHMARKS.md).
+data it settled on one model for every patch where the expected gradient routes per patch.
 
 Choices of the REINFORCE path beyond the letter of Algorithm 1, all switchable: credit is per
 patch by default (each patch's log-probability is weighted by its own reward term rather than the image sum;
@@ -170,7 +169,7 @@ def expected_step(
     Algorithm 1, which weights the uniformly explored actions by the policy's own
     log-probability, is biased towards whichever model the policy already prefers, and on the
     SOC shading run it ended on one model for every patch where the expected gradient learns a
-    per-patch routing (BENCHMARKS.md).
+    per-patch routing.
     """
     policy.train()
     probs = policy(states).softmax(-1)  # (B, P, K)

@@ -8,7 +8,7 @@ IoU, GFLOPs and parameters, and the per-patch comparison on the held-back test s
 (`patch_gains`, scored as routing runs them: f1/f2 on each patch with a `DEMO_HALO` of context).
 Data and weights are reused on a second run when nothing changed.
 
-Why this data (measured: BENCHMARKS.md, the demo data): with `lowres-shading` on these 128 x 128
+Why this data: with `lowres-shading` on these 128 x 128
 slices f0 beat the patch models on most patches and routing had nothing to decide; with the
 sparse-angle streaks the medium f1 from the starting weights beats f0 on about half of the
 patches, by different amounts, so the policies route a mix near the lambda where its gain pays

@@ -1,9 +1,8 @@
 """The keep-or-replace decision of a retrain: do the new weights score worse on the held-out
 regions than the current ones by more than the held-out set's own noise?
 
-A plain "new mIoU < old mIoU" on 2-9 held-out regions froze the model on noise (SOC cold start,
-BENCHMARKS.md: previous weights kept in 4 of 12 retrains, drops of 0.007-0.019 on 9
-regions, while more labels helped on the test slices). The decision is a paired bootstrap over
+A plain "new mIoU < old mIoU" on 2-9 held-out regions freezes the model on noise: drops of one or
+two hundredths on a few regions are common while more labels help on unseen slices. The decision is a paired bootstrap over
 held-out *regions* (pixels of a region are correlated, regions are the independent units): both
 models' per-region confusion matrices are resampled together, the mIoU of each resample is taken
 from the pooled confusion (as the learning curve's), and the previous weights are kept when the

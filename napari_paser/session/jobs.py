@@ -49,9 +49,8 @@ RETRAIN_CONFIG = TrainConfig(epochs=4, steps_per_epoch=75, batch_size=8, lr=1e-3
                              class_weighted=False, jitter=0.1, early_stop=False, keep=0.3)
 """Default retraining: 300 steps on class-balanced, augmented 64x64 crops (about 20 s for f0 on one
 core), however few labels there are; unlabeled pixels of the crops keep the current model's
-predictions (keep=0.3: on SOC, one 32x32 region then costs the starting model less, 1 -> 0.3 -> 0
-gave mean test mIoU 0.727 / 0.736 / 0.705 over 1- and 3-region sets, BENCHMARKS.md), so
-one region without some phase does not erase it; no early stop, the keep-or-replace decision
+predictions (keep=0.3: a single small region then costs the starting model less than keeping
+everything or nothing), so one region without some phase does not erase it; no early stop, the keep-or-replace decision
 comes after."""
 WARM_LR_FACTOR = 0.5
 """A retrain of weights this session retrained before (source "retrain") runs at this share of the lr:

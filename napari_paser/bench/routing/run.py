@@ -102,7 +102,7 @@ def provenance(cfg: BenchConfig) -> dict:
 
 
 def machine() -> dict:
-    """Where the numbers were measured (BENCHMARKS.md names the machine of every figure)."""
+    """Where the numbers were measured: platform, cores, Python and torch, recorded with every result."""
     import os
     import platform
 

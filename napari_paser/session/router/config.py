@@ -22,16 +22,12 @@ benchmark the members 0.1, 0.3 and 1 were identical)."""
 ROUTER_SHARES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 """The ranked bank's shares of patches sent to the largest model (`learners.routing.ranked`). Its default
 member is the held-out regions' best (`default_share`): 0 when f0 alone scores at least as well as every
-share that routes there. A fixed 0.2 sent 19% of a held-out SOC slice to an f2 that its own table put 7
-points below f0 (f0 0.955, the 20% share 0.903, f2 alone 0.886); where f2 pays, the 20% share scored +0.3,
--0.2 and +0.7 mIoU points against the best single model at 21-28% of f2's FLOPs on the SOC session benchmark
-(BENCHMARKS.md)."""
+share that routes there: a fixed share would send patches to an f2 that the session's own held-out
+regions put below f0; where f2 pays, the best share is kept."""
 ROUTED_RETRAIN = replace(RETRAIN_CONFIG, epochs=12)
 """Training of the routed larger models: 900 steps, three times f0's retrain (which runs after every batch of
-regions, so f0 has had many). With f0's 300, f2 (4.3M parameters) scored 0.888 / 0.889 / 0.904 on the SOC
-session benchmark's test slices (f0: 0.876 / 0.916 / 0.909); 600 more steps gave 0.905 / 0.920 / 0.905, and
-trained this way at 16, 32 and 64 regions f2 reached 0.903 / 0.882 / 0.926 (BENCHMARKS.md): a better f2
-alone, and a smaller margin for the 20% share over it."""
+regions, so f0 has had many). With f0's 300 steps, f2 (4.3M parameters) stays below what it reaches with
+three times as many on the same labels."""
 POLICIES = ("ranked", "network")
 POOL_SLICES = 32  # slices of the session whose f0 entropy sets the ranked policies' thresholds
 ROUTER_FILE = "router.json"
@@ -67,8 +63,8 @@ class RouterConfig:
     model_config: TrainConfig | None = None  # None: ROUTED_RETRAIN
     first_bank: bool = True  # with train_models (ranked): make and install a bank with the current models first
     # (seconds), so routing works while the larger model retrains; the bank is made again when it lands
-    focus: float = 0.0  # > 0: the routed models train where f0 is unsure (`session.jobs.uncertainty_focus`); 2 on
-    # the SOC sessions: f2 alone 0 to 2.4 points worse, routing at 20% no better (BENCHMARKS.md)
+    focus: float = 0.0  # > 0: the routed models train where f0 is unsure (`session.jobs.uncertainty_focus`); off by
+    # default: it makes f2 worse where f0 is sure without making routing better
     refresh: bool = True  # repeat the last proposal request (the routing sampler reads f1/f2); maps are f0's: current
     seed: int = 0
 
