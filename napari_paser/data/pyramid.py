@@ -62,7 +62,8 @@ def write_pyramid(group: str | Path, min_side: int = 512, labels: bool | None = 
         root = zarr.open_group(str(group), mode="r+")
     except Exception as exc:  # zarr raises many types for foreign or damaged stores
         raise PaserInputError(f"{group} is not a writable zarr group ({type(exc).__name__}: {exc})") from None
-    ms = ngff_multiscales(dict(root.attrs))
+    attrs = dict(root.attrs)
+    ms = ngff_multiscales(attrs)  # the list inside `attrs`: its datasets are replaced below
     if ms is None or not ms[0].get("datasets"):
         raise PaserInputError(f"{group} has no OME-Zarr multiscales metadata: write its level 0 with ngff_attrs first")
     base_path = ms[0]["datasets"][0]["path"]
@@ -84,9 +85,7 @@ def write_pyramid(group: str | Path, min_side: int = 512, labels: bool | None = 
         factor = [1.0] * (base.ndim - 2) + [2.0 ** k, 2.0 ** k]
         datasets.append({"path": name, "coordinateTransformations": [
             {"type": "scale", "scale": [s * f for s, f in zip(base_scale, factor)]}]})
-    attrs = dict(root.attrs)
-    target = attrs["multiscales"] if "multiscales" in attrs else attrs["ome"]["multiscales"]
-    target[0]["datasets"] = datasets
+    ms[0]["datasets"] = datasets
     root.attrs.update(attrs)
     return n
 

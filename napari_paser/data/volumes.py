@@ -30,7 +30,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from napari_paser.data.dataset import robust_range
+from napari_paser.data.dataset import _subsample, robust_range
 from napari_paser.data.read_errors import DamagedVolumeError, guarded_array, guarded_call
 from napari_paser.errors import PaserInputError
 
@@ -63,8 +63,6 @@ class Volume:
                         ) -> tuple[float, float]:
         """Robust (lo, hi) percentiles from a sample of the volume's chunks (never the whole volume).
         `skip_damaged`: chunks that cannot be read are left out of the sample instead of failing."""
-        from napari_paser.data.dataset import _subsample
-
         try:
             if not skip_damaged:
                 return robust_range(self.array, low, high)

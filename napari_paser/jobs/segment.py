@@ -578,25 +578,26 @@ def segment_steps(run: str | Path, image: str | Path, out: str | Path, what: str
             eta = _eta(time.perf_counter() - started, done - done_before, len(blocks) - done)
             yield SegmentProgress("segment", done, len(blocks), f"block {done} of {len(blocks)}{eta}", job.out, block)
     except DamagedVolumeError as exc:  # finished blocks keep their markers; say so, and record the failure
-        kept, _, _ = _finish(job, blocks, failed=exc.record())
+        kept, *_ = _finish(job, blocks, failed=exc.record())
         raise exc.with_job(exc.block, f"; {kept} of {len(blocks)} blocks are finished and kept in {job.out} (a rerun "
                                       "does not redo them)", SKIP_HINT) from None
-    on_disk, flops, f2_all = _finish(job, blocks)  # a cluster may finish a block past a cancel
+    on_disk, flops, f2_all, n_damaged = _finish(job, blocks)  # a cluster may finish a block past a cancel
     if on_disk == len(blocks):  # multiscale OME-Zarr: the result opens fast in napari
         write_pyramids(job.out, arrays_of(job.what))
     summary = SegmentSummary(job.out, what, len(blocks), done_before, time.perf_counter() - started,
-                             sum(flops.values()) / 1e9, f2_all / 1e9, flops, cancelled, on_disk,
-                             len(damaged_blocks(job.out)))
+                             sum(flops.values()) / 1e9, f2_all / 1e9, flops, cancelled, on_disk, n_damaged)
     if cancelled:
         yield SegmentProgress("cancelled", on_disk, len(blocks), summary.line(), job.out)
     return summary
 
 
-def _finish(job: SegmentJob, blocks: list[Block], failed: dict | None = None) -> tuple[int, dict, int]:
-    """Write the provenance as the output stands: (finished blocks, FLOPs by model, f2-everywhere FLOPs)."""
-    (flops, halo_damaged), f2_all = _sum_flops(job, blocks), f2_everywhere_flops(job, len(blocks))
-    _write_provenance(job, blocks, flops, f2_all, failed, halo_damaged)
-    return sum(_marker(job.out, b).is_file() for b in blocks), flops, f2_all
+def _finish(job: SegmentJob, blocks: list[Block], failed: dict | None = None) -> tuple[int, dict, int, int]:
+    """Write the provenance as the output stands: (finished blocks, FLOPs by model, f2-everywhere FLOPs,
+    blocks left unlabeled as damaged), each marker read once."""
+    (flops, halo_damaged, done), f2_all = _sum_flops(job, blocks), f2_everywhere_flops(job, len(blocks))
+    damaged = damaged_blocks(job.out)
+    _write_provenance(job, blocks, flops, f2_all, done, damaged, failed, halo_damaged)
+    return done, flops, f2_all, len(damaged)
 
 
 def _eta(elapsed: float, new: int, left: int) -> str:
@@ -682,30 +683,32 @@ def _run_distributed(job, todo, workers, scheduler, device, threads, processes, 
             cluster.close()
 
 
-def _sum_flops(job: SegmentJob, blocks: list[Block]) -> tuple[dict[str, int], list[dict]]:
-    """(FLOPs by model of the finished blocks, those whose halo was damaged: block and place)."""
+def _sum_flops(job: SegmentJob, blocks: list[Block]) -> tuple[dict[str, int], list[dict], int]:
+    """(FLOPs by model of the finished blocks, those whose halo was damaged: block and place, how many
+    blocks are finished)."""
     total: dict[str, int] = {}
     halo_damaged = []
+    done = 0
     for b in blocks:
         m = _marker(job.out, b)
         if m.is_file():
+            done += 1
             record = json.loads(m.read_text())
             for k, v in record["flops"].items():
                 total[k] = total.get(k, 0) + int(v)
             if record.get("halo_damaged"):
                 halo_damaged.append({"block": b.name, "place": record["halo_damaged"]})
-    return total, halo_damaged
+    return total, halo_damaged, done
 
 
-def _write_provenance(job: SegmentJob, blocks, flops: dict, f2_all: int, failed: dict | None = None,
-                      halo_damaged: list[dict] | None = None) -> None:
+def _write_provenance(job: SegmentJob, blocks, flops: dict, f2_all: int, done: int, damaged: list[dict],
+                      failed: dict | None = None, halo_damaged: list[dict] | None = None) -> None:
     import zarr
 
     root = zarr.open_group(job.out, mode="r+")
-    done = sum(_marker(job.out, b).is_file() for b in blocks)
     root.attrs["paser"] = {
         "format": FORMAT, "complete": done == len(blocks), "blocks": len(blocks), "blocks_done": int(done),
-        "damaged_blocks": damaged_blocks(job.out), "failed_block": failed,
+        "damaged_blocks": damaged, "failed_block": failed,
         "halo_damaged_blocks": halo_damaged or [],
         "images": list(arrays_of(job.what)), "run": job.run, "image": job.image, "what": job.what,
         "lambda": job.lam, "tile": job.tile, "halo": job.halo, "samples": job.samples, "seed": job.seed,
