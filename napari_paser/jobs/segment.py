@@ -497,12 +497,12 @@ class SegmentSummary:
                     f"kept in {self.out}: run the same job again to finish the rest")
         cost = (f"{self.gflops:.1f} GFLOPs" if self.what == "maps"  # f0's MC maps: no routing to compare
                 else f"{self.gflops:.1f} GFLOPs, {share:.0%} of the largest model everywhere")
-        if self.damaged:
-            return (f"segmented {self.blocks - self.damaged} of {self.blocks} blocks{resumed} in {self.seconds:.1f} s "
-                    f"({self.what}): {cost}; {self.damaged} block{'s' if self.damaged > 1 else ''} could not be read and "
-                    f"{'are' if self.damaged > 1 else 'is'} left unlabeled "
-                    f"({UNREADABLE}), listed under damaged_blocks in the provenance of {self.out}")
-        return f"segmented {self.blocks} blocks{resumed} in {self.seconds:.1f} s ({self.what}): {cost}; output in {self.out}"
+        many = self.damaged > 1
+        segmented, where = ((f"{self.blocks - self.damaged} of {self.blocks}",
+                             f"{self.damaged} block{'s' if many else ''} could not be read and {'are' if many else 'is'} "
+                             f"left unlabeled ({UNREADABLE}), listed under damaged_blocks in the provenance of {self.out}")
+                            if self.damaged else (f"{self.blocks}", f"output in {self.out}"))
+        return f"segmented {segmented} blocks{resumed} in {self.seconds:.1f} s ({self.what}): {cost}; {where}"
 
 
 @dataclass
