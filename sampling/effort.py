@@ -56,12 +56,10 @@ class EffortSampler(Sampler):
         entropy = needs.get("entropy")
         if entropy is None:
             raise SamplingError("the effort sampler needs `entropy=` maps (the expected corrections come from them)")
-        zs = np.unique(pool.z_of(candidates))
         wrong = np.zeros(len(pool), np.float64)
-        for z in zs:  # only the candidates' slices: maps of a large volume are read slice by slice
-            ids = pool.slice_ids(int(z))
-            one = type(pool)(pool.shape[1:], pool.size)
-            wrong[ids] = one.reduce(expected_error(np.asarray(entropy[int(z)]), self.n_classes), "sum")
+        one = type(pool)(pool.shape[1:], pool.size)  # one slice's cells, to reduce the slices one at a time
+        for z in np.unique(pool.z_of(candidates)):  # only the candidates' slices: a large volume's maps stay on disk
+            wrong[pool.slice_ids(int(z))] = one.reduce(expected_error(np.asarray(entropy[int(z)]), self.n_classes))
         cost = wrong[candidates] + self.floor * pool.area[candidates]
         scores = gain / cost
         best = top_k(scores, k, rng)

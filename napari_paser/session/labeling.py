@@ -105,7 +105,7 @@ class LabelingMixin:
             s.proposals, s.proposal_request, s.skipped = proposals, request, []
             s.suggestions = made
 
-        self._commit_suggestions(mutate)
+        self._commit_suggestions(mutate, made)
         return proposals
 
     def _proposal(self, rank: int, region_id: int, score: float, sampler: str) -> Proposal:
@@ -354,7 +354,7 @@ class LabelingMixin:
         if self.read_only or self.closed:
             return self.guessed_patch(region)[0]
         made = self._make_suggestions([region.id])
-        self._commit_suggestions(lambda s: s.suggestions.update(made))
+        self._commit_suggestions(lambda s: s.suggestions.update(made), made)
         return load_crop(self.folder, region.id, made[str(region.id)]["seq"], SUGGESTIONS)
 
     def suggestion_source(self, region_id: int) -> str:
@@ -366,7 +366,8 @@ class LabelingMixin:
     def suggestions_current(self) -> bool:
         """Whether the stored suggestions come from the current models (a retrain, new models or a new routing
         bank make them stale)."""
-        return all(self._suggestion_fresh(i) for i in self.state.suggestions.values())
+        routed = self.routes_suggestions
+        return all(self._suggestion_fresh(i, routed) for i in self.state.suggestions.values())
 
     @property
     def routes_suggestions(self) -> bool:
@@ -379,8 +380,8 @@ class LabelingMixin:
             return False
         return True
 
-    def _suggestion_fresh(self, info: dict) -> bool:
-        routed = self.routes_suggestions
+    def _suggestion_fresh(self, info: dict, routed: bool) -> bool:
+        """Whether a stored suggestion comes from the current models (`routed`: whether the session routes now)."""
         if int(info.get("model_version", -1)) < self.maps_version() or (info.get("source", "f0") == "routed") != routed:
             return False
         return not routed or int(info.get("route_version", -1)) >= self.state.model_version
@@ -395,10 +396,8 @@ class LabelingMixin:
     def predicted_patch(self, region: Region, samples: int = 5) -> np.ndarray:
         """f0's MC-mean prediction of a region in the layer convention: read from the maps where its slice's
         maps are current, else computed on the region with f0's receptive field as context."""
-        if region.z in set(self.fresh_slices()):
-            return np.asarray(self.maps["prediction"][self.index(*region.slices)]).astype(np.uint8) + 1
-        ys, xs = slice(region.y0, region.y0 + region.h), slice(region.x0, region.x0 + region.w)
-        return self._f0_window(region.z, ys, xs, samples)[0].astype(np.uint8) + 1
+        _, ys, xs = region.slices
+        return np.asarray(self._f0_window(region.z, ys, xs, samples)[0]).astype(np.uint8) + 1
 
     def _f0_window(self, z: int, ys: slice, xs: slice, samples: int) -> tuple[np.ndarray, np.ndarray]:
         """f0's MC-mean prediction and entropy of the window (ys, xs) of slice z: from the maps where they are
@@ -433,9 +432,7 @@ class LabelingMixin:
         ry, rx = slice(region.y0, region.y0 + region.h), slice(region.x0, region.x0 + region.w)
         if patching.size is None:
             routed = self.route(region.z, samples, lam)
-            grid = routed.grid()
-            cells = [b for b in grid.boxes() if _meets(b.slices, ry, rx)]
-            chosen = [int(routed.routing.ravel()[grid.boxes().index(b)]) for b in cells]
+            chosen = [int(a) for b, a in zip(routed.grid().boxes(), routed.routing.ravel()) if _meets(b.slices, ry, rx)]
             patch = routed.segmentation[ry, rx]
         else:
             ph, pw = patching.size
@@ -466,11 +463,11 @@ class LabelingMixin:
     def _make_suggestions(self, region_ids: Sequence[int]) -> dict[str, dict]:
         """Save the model's guess of each region (kept when the stored one is from the current models); returns
         the `State.suggestions` entries to commit."""
-        version, out = self.maps_version(), {}
+        version, out, routed = self.maps_version(), {}, self.routes_suggestions
         seq = int(self.state.settings.get("next_suggestion_seq", 0))
         for rid in region_ids:
             info = self.state.suggestions.get(str(int(rid)))
-            if (info is not None and self._suggestion_fresh(info)
+            if (info is not None and self._suggestion_fresh(info, routed)
                     and crop_path(self.folder, int(rid), info["seq"], SUGGESTIONS).is_file()):
                 out[str(int(rid))] = dict(info)
                 continue
@@ -480,17 +477,16 @@ class LabelingMixin:
             if where["source"] == "routed":
                 out[str(int(rid))]["route_version"] = int(self.state.model_version)
             seq += 1
-        self._suggestion_seq = seq
         return out
 
-    def _commit_suggestions(self, mutate: Callable[[State], None]) -> None:
-        """Commit `mutate` with the suggestion counter; then remove suggestion files nothing names any more."""
-        seq = getattr(self, "_suggestion_seq", None)
+    def _commit_suggestions(self, mutate: Callable[[State], None], made: dict[str, dict]) -> None:
+        """Commit `mutate` with the suggestion counter past the seqs of `made` (the entries `_make_suggestions`
+        returned); then remove suggestion files nothing names any more."""
+        seq = max((int(i["seq"]) + 1 for i in made.values()), default=0)
 
         def both(s: State) -> None:
             mutate(s)
-            if seq is not None:
-                s.settings["next_suggestion_seq"] = max(int(s.settings.get("next_suggestion_seq", 0)), seq)
+            s.settings["next_suggestion_seq"] = max(int(s.settings.get("next_suggestion_seq", 0)), seq)
 
         self.commit(both)
         kept = {(int(r), int(i["seq"])) for r, i in self.state.suggestions.items()}
@@ -514,8 +510,9 @@ class LabelingMixin:
         painted = [a for a in self.state.accepted if a.changed_px is None]
         size = sum(a.h * a.w for a in corrected)
         timed = [a.seconds for a in corrected if a.seconds is not None]
-        return {"corrected_regions": len(corrected), "changed_px": sum(a.changed_px for a in corrected),
-                "changed_share": round(sum(a.changed_px for a in corrected) / size, 4) if size else None,
+        changed = sum(a.changed_px for a in corrected)
+        return {"corrected_regions": len(corrected), "changed_px": changed,
+                "changed_share": round(changed / size, 4) if size else None,
                 "strokes": sum(a.strokes or 0 for a in corrected),
                 "seconds": round(sum(timed), 1) if timed else None,
                 "painted_regions": len(painted), "painted_px": sum(_labeled_px(a) for a in painted)}
@@ -573,21 +570,17 @@ class LabelingMixin:
             raise PaserInputError(f"region {region.id}'s place is labeled or proposed on every slice within "
                                   f"{depth} of slice {region.z}: raise the depth")
         top = max((p.rank for p in self.state.proposals), default=0)
-        new = [Proposal(top + i, rid, *self._where(rid), float(abs(self.pool.region(rid).z - region.z)), "neighbours")
+        new = [self._proposal(top + i, rid, abs(self.pool.region(rid).z - region.z), "neighbours")
                for i, rid in enumerate(ids, 1)]
-        made = self._make_suggestions(ids)
+        made, added = self._make_suggestions(ids), set(ids)
 
         def mutate(s: State) -> None:
-            s.proposals = [p for p in s.proposals if p.region_id not in set(ids)] + new
-            s.skipped = [r for r in s.skipped if r not in set(ids)]
+            s.proposals = [p for p in s.proposals if p.region_id not in added] + new
+            s.skipped = [r for r in s.skipped if r not in added]
             s.suggestions.update(made)
 
-        self._commit_suggestions(mutate)
+        self._commit_suggestions(mutate, made)
         return new
-
-    def _where(self, region_id: int) -> tuple[int, int, int, int, int]:
-        r = self.pool.region(region_id)
-        return r.z, r.y0, r.x0, r.h, r.w
 
     def sync_labels(self, layer_data) -> None:
         """Copy a Labels layer's data (layer convention, the image's shape) into the canvas."""

@@ -66,7 +66,7 @@ def network_bank(session: Session, models, rewards: RegionRewards, lambdas, conf
 
 def pool_slices(session: Session, n: int = POOL_SLICES) -> list[int]:
     """Up to `n` slices evenly spread through the session's volume (every slice when it has fewer)."""
-    return sorted({int(z) for z in np.linspace(0, session.n_slices - 1, min(n, session.n_slices)).round()})
+    return session.spread_slices(n)
 
 
 def ranked_bank(session: Session, models, rewards: RegionRewards, shares, config: RouterConfig, should_stop
