@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import machine, write_results
 
 OUT = Path(__file__).parent / "results" / "session-tiles.json"
 
@@ -85,12 +86,8 @@ def main() -> int:
     result = {"benchmark": "session-tiles", "command": "python benchmarks/bench_session_tiles.py " + " ".join(sys.argv[1:]),
               "data": f"synthetic {args.size} x {args.size} uint16 slice as zarr, read in place", "samples": 5,
               "model": "f0 tiny, shipped starting weights", "runs": runs,
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                          "load_average": {"start": load, "end": [round(v, 2) for v in os.getloadavg()]},
-                          "torch_threads": 1}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+              "machine": machine({"start": load, "end": [round(v, 2) for v in os.getloadavg()]}, torch_threads=1)}
+    write_results(args.out, result)
     return 0
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from gui_probe import PROBE_MS, GapProbe, StallSampler, bench_run, screenshot, under_xvfb
-from common import RESULTS, SOC, require
+from common import RESULTS, SOC, machine, require, write_results
 
 OUT = RESULTS / "ui-actions-2048.json"
 ACTIONS = ("open", "dock", "start", "load_models", "maps", "propose", "accept", "route", "share_slider",
@@ -268,8 +267,7 @@ def main() -> int:
         "peak_rss_mb": peak, "process_peak_rss_mb": big["process_peak_rss_mb"],
         "over_target": sorted(k for k, v in actions.items() if v["gap_ratio_to_idle"] > 2.0),
         "screenshots": big["screenshots"] + (small["screenshots"] if small else []),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_average": load, "torch_threads": 1},
+        "machine": machine(load, torch_threads=1),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     if args.before is not None:
@@ -282,9 +280,7 @@ def main() -> int:
         result["after_vs_before"] = {
             k: {m: round(v[m] / max(before["actions"][k][m], 1e-3), 2) for m in ("wall_s", "max_gap_ms", "peak_rss_mb")}
             for k, v in actions.items() if k in before["actions"]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, result)
     return 0
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import SOC
+from common import SOC, machine, write_results
 from gui_probe import PROBE_MS, GapProbe, StallSampler, bench_run, screenshot, under_xvfb
 
 OUT = Path(__file__).parent / "results" / "ui-latency.json"
@@ -146,8 +145,7 @@ def run(seconds: float) -> dict:
         "idle": idle, "training": training, "train_steps_done": int(steps), "cancel_to_stopped_s": round(cancel_s, 3),
         "train_threads": TRAIN_THREADS, "torch_threads_gui": torch.get_num_threads(),
         "target": "p99 < 50 ms during training", "meets_target": training["still"]["p99_ms"] < 50,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_average": [round(v, 2) for v in os.getloadavg()]},
+        "machine": machine([round(v, 2) for v in os.getloadavg()]),
     }
 
 
@@ -248,8 +246,7 @@ def run_actions(slices: int, data: Path, skip_volume: bool = False) -> dict:
         "targets": {"max_gap_ms": 100, "p99_ms": 50},
         "actions": results,
         "over_target": sorted(k for k, v in worst.items() if v["max_gap_ms"] >= 100 or v["p99_ms"] >= 50),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_average": load, "torch_threads": 1},
+        "machine": machine(load, torch_threads=1),
     }
 
 
@@ -332,8 +329,7 @@ def run_segment(slices: int, data: Path, what: str, tile: int, workers: int, sho
         "actions": results, "cancelled_after_blocks": halfway.blocks_done, "blocks": summary.blocks,
         "resumed_done_before": summary.done_before, "segmentation_filled": filled, "summary": summary.line(),
         "screenshots": pictures,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_average": load, "torch_threads_gui": 1},
+        "machine": machine(load, torch_threads_gui=1),
     }
 
 
@@ -368,9 +364,7 @@ def main() -> int:
         out = args.out or OUT
         print(json.dumps({k: result[k] for k in ("idle", "training", "train_steps_done", "cancel_to_stopped_s")},
                          indent=2))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(out, result)
     return 0
 
 

@@ -9,7 +9,9 @@ beside it the same way (`router_scoring`, `labeling_loop`, `gui_probe`): a bench
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import sys
 import time
 from collections.abc import Callable
@@ -44,3 +46,17 @@ def timed(fn: Callable[[], T]) -> tuple[T, float]:
     t = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t
+
+
+def machine(load_average: object, **extra: object) -> dict:
+    """What a results file says about the machine it ran on: platform, CPUs, Python, the load average
+    (the CPU may be shared) and whatever else the benchmark fixes, such as its torch threads."""
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "load_average": load_average, **extra}
+
+
+def write_results(path: Path, result: dict) -> None:
+    """Write `result` as indented JSON at `path` (its folder made if missing) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")

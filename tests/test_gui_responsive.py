@@ -16,7 +16,7 @@ pytest.importorskip("napari")
 
 from learners.unet import UNetConfig  # noqa: E402
 from napari_paser.gui.hub import ABOVE, ENTROPY, LABELS, PRED, REGIONS, SHORTCUTS  # noqa: E402
-from napari_paser.gui.widgets import PaserWidget  # noqa: E402
+from test_widgets import scan_widget, start_session  # noqa: E402
 
 TINY = UNetConfig(base=4, depth=2)
 GAP_BOUND_MS = 600  # measured ~50-100 ms on 2 shared cores; the old delete/re-add Accept took 1.9-2.3 s
@@ -69,15 +69,8 @@ def idle(hub, timeout: float = 60) -> None:
 @pytest.fixture
 def viewer_widget(make_napari_viewer, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    viewer = make_napari_viewer()
-    rng = np.random.default_rng(0)
-    viewer.add_image((rng.random((6, 128, 128)) * 1000).astype(np.uint16), name="scan")
-    widget = PaserWidget(viewer)
-    w = widget.steps["Session"]
-    w.layer_box.setCurrentText("scan")
-    w.region.setValue(16)  # 64 regions per slice, 384 in all
-    w.folder.setText(str(tmp_path / "session"))
-    w.start()
+    viewer, widget = scan_widget(make_napari_viewer, (6, 128, 128))
+    start_session(widget, tmp_path, region=16)  # 64 regions per slice, 384 in all
     idle(widget.hub)
     widget.hub.require().new_models({"f0": TINY})
     widget.hub.models_changed.emit()

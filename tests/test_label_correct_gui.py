@@ -14,8 +14,7 @@ from napari_paser.gui.hub import LABELS, REGIONS, SHORTCUTS  # noqa: E402
 from napari_paser.gui.io import REGION_COLORS  # noqa: E402
 from napari_paser.gui.label_step import SUGGESTION  # noqa: E402
 from napari_paser.gui.layers import HIGHLIGHT  # noqa: E402
-from napari_paser.gui.widgets import PaserWidget  # noqa: E402
-from test_widgets import idle, start  # noqa: E402
+from test_widgets import idle, scan_widget, start  # noqa: E402
 
 
 @pytest.fixture
@@ -23,10 +22,7 @@ def label(make_napari_viewer, tmp_path, monkeypatch):
     errors: list[str] = []
     monkeypatch.setattr(_hub, "show_error", errors.append)
     monkeypatch.chdir(tmp_path)
-    viewer = make_napari_viewer()
-    rng = np.random.default_rng(0)
-    viewer.add_image((rng.random((4, 64, 64)) * 1000).astype(np.uint16), name="scan")
-    widget = PaserWidget(viewer)
+    viewer, widget = scan_widget(make_napari_viewer, (4, 64, 64))
     s = start(widget, tmp_path)
     step = widget.steps["Label"]
     yield viewer, widget, step, s
@@ -39,12 +35,19 @@ def key(viewer, action: str):
     return viewer.keymap[coerce_keybinding(dict((a, k) for k, a, _ in SHORTCUTS)[action])]
 
 
-def test_next_shows_the_guess_accept_counts_corrections(label):
-    viewer, widget, step, s = label
-    step.sampler.setCurrentText("entropy")
-    step.k.setValue(4)
+def propose(widget, sampler: str, k: int):
+    """Press Next in the Label step with `sampler` and `k` chosen; return the region it shows once idle."""
+    step = widget.steps["Label"]
+    step.sampler.setCurrentText(sampler)
+    step.k.setValue(k)
     step.propose()
     idle(widget.hub)
+    return step.current
+
+
+def test_next_shows_the_guess_accept_counts_corrections(label):
+    viewer, widget, step, s = label
+    propose(widget, "entropy", 4)
     assert set(s.fresh_slices()) == {0, 1, 2, 3}  # spread: every slice mapped before proposing
     assert len({p.z for p in s.proposals}) >= 2  # at most one per slice here (k=4 over 4 slices)
     prop = step.current
@@ -80,11 +83,7 @@ def test_next_shows_the_guess_accept_counts_corrections(label):
 
 def test_neighbouring_slices_are_proposed_prefilled(label):
     viewer, widget, step, s = label
-    step.sampler.setCurrentText("random")
-    step.k.setValue(1)
-    step.propose()
-    idle(widget.hub)
-    first = step.current
+    first = propose(widget, "random", 1)
     step.unchanged_button.click()
     step.depth.setValue(1)
     step.neighbours_button.click()
@@ -99,10 +98,7 @@ def test_neighbouring_slices_are_proposed_prefilled(label):
 def test_prefill_off_paints_on_the_canvas(label):
     viewer, widget, step, s = label
     step.prefill.setChecked(False)
-    step.sampler.setCurrentText("random")
-    step.k.setValue(1)
-    step.propose()
-    idle(widget.hub)
+    propose(widget, "random", 1)
     assert viewer.layers.selection.active is viewer.layers[LABELS]
     assert SUGGESTION not in viewer.layers or not viewer.layers[SUGGESTION].visible
 
@@ -159,11 +155,7 @@ def test_the_retrain_message_says_what_the_held_out_figure_rests_on(label, monke
 
 def test_sampler_ranks_the_neighbouring_places(label):
     viewer, widget, step, s = label
-    step.sampler.setCurrentText("random")
-    step.k.setValue(1)
-    step.propose()
-    idle(widget.hub)
-    first = step.current
+    first = propose(widget, "random", 1)
     step.unchanged_button.click()
     step.sampler.setCurrentText("entropy")
     step.k.setValue(2)
@@ -188,11 +180,7 @@ def test_the_status_says_a_suggestion_is_routed(label):
     s.install_models({"f1": UNet(UNetConfig(n_classes=s.n_classes, base=4, depth=1)).eval(),
                       "f2": UNet(UNetConfig(n_classes=s.n_classes, base=6, depth=2)).eval(),
                       bank_role(0.5): _fixed_policy(2)}, source="test")
-    step.sampler.setCurrentText("random")
-    step.k.setValue(2)
-    step.propose()
-    idle(widget.hub)
-    prop = step.current
+    prop = propose(widget, "random", 2)
     assert s.suggestion_source(prop.region_id).startswith("routed (f2 on")
     assert "suggestion: routed (f2 on" in step.where.text()
     assert np.array_equal(np.asarray(viewer.layers[SUGGESTION].data)[0], s.suggestion(prop.region_id))

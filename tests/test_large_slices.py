@@ -54,18 +54,12 @@ pytest.importorskip("napari")
 def test_a_large_slice_session_shows_multiscale_overlays(make_napari_viewer, tmp_path, monkeypatch, qtbot):
     from learners.unet import UNetConfig
     from napari_paser.gui.hub import ABOVE, ENTROPY, PRED
-    from napari_paser.gui.widgets import PaserWidget
+    from test_widgets import scan_widget, start_session
 
     monkeypatch.setattr(L, "PYRAMID_SIDE", 32)  # a 64^2 slice counts as large: levels 64, 32, 16
     monkeypatch.setattr(L, "LEVEL_SIDE", 16)
-    viewer = make_napari_viewer()
-    rng = np.random.default_rng(0)
-    viewer.add_image((rng.random((2, 64, 64)) * 1000).astype(np.uint16), name="scan")
-    widget = PaserWidget(viewer)
-    w = widget.steps["Session"]
-    w.layer_box.setCurrentText("scan")
-    w.folder.setText(str(tmp_path / "session"))
-    w.start()
+    viewer, widget = scan_widget(make_napari_viewer)
+    start_session(widget, tmp_path)
     qtbot.waitUntil(lambda: not widget.hub.busy, timeout=60_000)
     s = widget.hub.require()
     s.new_models({"f0": UNetConfig(base=4, depth=2)})

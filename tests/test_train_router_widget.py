@@ -10,9 +10,9 @@ pytest.importorskip("napari")
 
 from learners.unet import UNetConfig  # noqa: E402
 from napari_paser.gui import hub as _widgets_hub  # noqa: E402
-from napari_paser.gui.widgets import PaserWidget  # noqa: E402
 from napari_paser.gui import train_step as _train_step  # noqa: E402
 from napari_paser.session.router_jobs import ROUTED_RETRAIN, ROUTER_SHARES  # noqa: E402
+from test_widgets import scan_widget, start_session  # noqa: E402
 
 TINY = UNetConfig(base=4, depth=2)
 
@@ -23,15 +23,10 @@ def test_train_router_button_trains_the_bank_in_a_worker(make_napari_viewer, tmp
     notes: list[str] = []
     monkeypatch.setattr(_train_step, "info", notes.append)
     monkeypatch.chdir(tmp_path)
-    viewer = make_napari_viewer()
     rng = np.random.default_rng(0)
-    viewer.add_image((rng.random((2, 64, 64)) * 1000).astype(np.uint16), name="scan")
-    widget = PaserWidget(viewer)
+    viewer, widget = scan_widget(make_napari_viewer, rng=rng)
     w = widget.steps["Session"]
-    w.layer_box.setCurrentText("scan")
-    w.region.setValue(16)
-    w.folder.setText(str(tmp_path / "session"))
-    w.start()  # in a worker: wait for the session and its layers
+    start_session(widget, tmp_path, region=16)  # in a worker: wait for the session and its layers
     qtbot.waitUntil(lambda: not widget.hub.busy and widget.hub.session is not None, timeout=120_000)
     qtbot.wait(200)
     s = widget.hub.require()

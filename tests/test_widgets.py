@@ -37,11 +37,16 @@ def errors(monkeypatch) -> list[str]:
 def gui(make_napari_viewer, tmp_path, monkeypatch):
     """A viewer with a tiny 2x64x64 image and the all-steps widget (not docked)."""
     monkeypatch.chdir(tmp_path)
+    return scan_widget(make_napari_viewer)
+
+
+def scan_widget(make_napari_viewer, shape: tuple[int, ...] = (2, 64, 64), rng=None):
+    """(viewer, widget): a new viewer with a random uint16 image named "scan" of `shape` (drawn from `rng`,
+    seed 0 by default) and the all-steps widget on it (not docked)."""
     viewer = make_napari_viewer()
-    rng = np.random.default_rng(0)
-    viewer.add_image((rng.random((2, 64, 64)) * 1000).astype(np.uint16), name="scan")
-    widget = PaserWidget(viewer)
-    return viewer, widget
+    rng = np.random.default_rng(0) if rng is None else rng
+    viewer.add_image((rng.random(shape) * 1000).astype(np.uint16), name="scan")
+    return viewer, PaserWidget(viewer)
 
 
 def idle(hub, timeout: float = WAIT_MS / 1000) -> None:
@@ -58,12 +63,20 @@ def idle(hub, timeout: float = WAIT_MS / 1000) -> None:
     assert not hub.busy, "the background job did not finish"
 
 
-def start(widget: PaserWidget, tmp_path, region: int = 32):
+def start_session(widget: PaserWidget, tmp_path, region: int | None = None) -> None:
+    """Fill the Session step for the "scan" layer (a folder under `tmp_path`, regions of side `region` or
+    the default) and press Start; the session opens in a worker, so the caller waits for it."""
     w = widget.steps["Session"]
     w.layer_box.setCurrentText("scan")
-    w.region.setValue(region)
+    if region is not None:
+        w.region.setValue(region)
     w.folder.setText(str(tmp_path / "session"))
     w.start()
+
+
+def start(widget: PaserWidget, tmp_path, region: int = 32):
+    """The session on the "scan" layer, opened and idle, with a tiny f0."""
+    start_session(widget, tmp_path, region)
     idle(widget.hub)
     s = widget.hub.require()
     s.new_models({"f0": TINY})
