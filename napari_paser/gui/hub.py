@@ -91,7 +91,6 @@ class Hub(QObject):
         self.focus_z = 0  # the slice on screen, read by workers (refresh order)
         self.actions: dict[str, Callable[[], object]] = {}  # shortcut actions, registered by the widgets
         self._steps: list[Callable[[], None]] = []  # GUI-thread work split over event-loop turns
-        self._model_view = False
         self._shown = set(L.MODEL_VIEW_DEFAULT)
         self._light: dict[str, object] = {}  # quick previews by kind (not exclusive): their workers
         self._light_next: dict[str, Callable] = {}
@@ -184,7 +183,6 @@ class Hub(QObject):
         def done() -> None:
             self.refresh_regions()
             self.select(LABELS)
-            self._model_view = False
             self.model_view_changed.emit(False)
             self.session_changed.emit()
             self.models_changed.emit()
@@ -241,7 +239,7 @@ class Hub(QObject):
 
     def refresh_maps(self) -> None:
         """Re-read the slice on screen of the map layers (after maps were written); visibility is the person's."""
-        L.forget_reads(self.viewer.layers[n] for n in MODEL_VIEW if n in self.viewer.layers)
+        L.forget_reads(self.viewer.layers)
         for name in MODEL_VIEW:
             if name in self.viewer.layers and self.viewer.layers[name].visible:
                 self.viewer.layers[name].refresh()
@@ -271,7 +269,6 @@ class Hub(QObject):
                 la.refresh()
             elif not visible:
                 la.visible = False
-        self._model_view = on
         self.model_view_changed.emit(on)
 
     def toggle_model_view(self) -> None:
@@ -366,11 +363,10 @@ class Hub(QObject):
         def reselect() -> None:  # adding a layer selects it; the person's active layer stays
             if active is not None and active in self.viewer.layers:
                 self.viewer.layers.selection.active = active
-            self._model_view = self.model_view  # the overlay is part of the model's view: its toggle says so
-            self.model_view_changed.emit(self._model_view)
+            self.model_view_changed.emit(self.model_view)  # the overlay is part of the model's view: its toggle says so
 
         data = self.routed_data(session) if routed.segmentation is not None else None
-        L.forget_reads(self.viewer.layers[n] for n in MODEL_VIEW if n in self.viewer.layers)  # it may have mapped z
+        L.forget_reads(self.viewer.layers)  # it may have mapped z
         self.later([*L.routing_steps(self.viewer, session, routed, data), reselect])
 
     # ------------------------------------------------------------------ shortcuts and lazy refresh

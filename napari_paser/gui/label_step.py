@@ -228,7 +228,7 @@ class LabelWidget(QWidget):
             self._shown_at = time.monotonic()
         else:
             self._hide_suggestion()
-            self.hub.select("paser labels")
+            self.hub.select(LABELS)
         self.where.setText(f"proposal {prop.rank} of {len(s.proposals)}: region {prop.region_id}, slice {prop.z}, "
                            f"y {prop.y0}, x {prop.x0} ({prop.h}x{prop.w}); {len(s.pending_proposals)} pending"
                            + (f"; pre-filled by the model (suggestion: {s.suggestion_source(prop.region_id) or 'f0'}): "
@@ -237,14 +237,10 @@ class LabelWidget(QWidget):
     @guarded
     def accept(self, *_) -> None:
         """Accept the proposal on screen; a partly painted one asks for confirmation first."""
-        s = self.hub.require()
-        if self.current is None:
-            raise PaserInputError("no proposal on screen: press Propose, then Next")
-        rid = self.current.region_id
+        s, rid = self.hub.require(), self._current_id()
         patch = self._suggestion_patch(rid)
         if patch is not None:  # the corrected suggestion
-            s.accept(rid, patch, from_suggestion=True, seconds=self._seconds())
-            self._accepted(1, f"region {rid}: {s.effort_of(rid).text()}", rid)
+            self._accept_suggestion(s, rid, patch)
             return
         try:
             s.accept(rid)
@@ -257,11 +253,18 @@ class LabelWidget(QWidget):
     @guarded
     def accept_unchanged(self, *_) -> None:
         """Accept the model's suggestion of the proposal on screen as it is (one key)."""
-        s = self.hub.require()
+        s, rid = self.hub.require(), self._current_id()
+        self._accept_suggestion(s, rid, None)
+
+    def _current_id(self) -> int:
+        """The region id of the proposal on screen; one clear line when there is none."""
         if self.current is None:
             raise PaserInputError("no proposal on screen: press Propose, then Next")
-        rid = self.current.region_id
-        s.accept(rid, from_suggestion=True, seconds=self._seconds())
+        return self.current.region_id
+
+    def _accept_suggestion(self, s, rid: int, patch: np.ndarray | None) -> None:
+        """Accept region `rid` from the model's suggestion: `patch` (its corrected copy), or None (unchanged)."""
+        s.accept(rid, patch, from_suggestion=True, seconds=self._seconds())
         self._accepted(1, f"region {rid}: {s.effort_of(rid).text()}", rid)
 
     @guarded
@@ -476,7 +479,7 @@ class LabelWidget(QWidget):
             self.where.setText(f"{done}; now {self.where.text()}")
         else:
             self.current = None
-            self.hub.select("paser labels")
+            self.hub.select(LABELS)
             self.where.setText(f"{done}; all proposals done: retrain, then propose again")
 
 

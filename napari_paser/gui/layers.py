@@ -134,8 +134,9 @@ class SharedReads:
 
 
 def forget_reads(layers) -> None:
-    """Drop the blocks `SharedReads` kept for `layers` (their maps were just written)."""
-    for layer in layers:
+    """Drop the blocks `SharedReads` kept for the model's view among `layers` (the viewer's layer list:
+    their maps were just written)."""
+    for layer in (layers[n] for n in MODEL_VIEW if n in layers):
         for data in (layer.data if getattr(layer, "multiscale", False) else [layer.data]):
             forget = getattr(getattr(data, "base", None), "forget", None)
             if forget is not None:

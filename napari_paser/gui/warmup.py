@@ -21,12 +21,11 @@ import importlib
 import threading
 
 WARM_MODULES = ("pandas",)
-STEP_MODULES = ("napari_paser.gui.maps_step", "napari_paser.gui.label_step", "napari_paser.gui.train_step",
-                "napari_paser.gui.export_step", "napari_paser.gui.segment_step", "matplotlib.figure",
-                "matplotlib.backends.backend_qtagg")
-"""What a dock's later tabs import (matplotlib: the Train step's learning curve): about a second the GUI thread
-froze for when the dock opened. Imported by `warm_steps` while the dock shows its first tab; the dock builds
-those tabs only once that import is over (two threads importing one package at once can see it half made)."""
+STEP_EXTRAS = ("matplotlib.figure", "matplotlib.backends.backend_qtagg")
+"""What a dock's later tabs import beside their own modules (matplotlib: the Train step's learning curve).
+With those modules (`widgets.STEPS`), about a second the GUI thread froze for when the dock opened. Imported
+by `warm_steps` while the dock shows its first tab; the dock builds those tabs only once that import is over
+(two threads importing one package at once can see it half made)."""
 _threads: dict[str, threading.Thread] = {}
 
 
@@ -35,9 +34,10 @@ def warm_imports(modules: tuple[str, ...] = WARM_MODULES) -> threading.Thread:
     return _once("paser-warm-imports", modules)
 
 
-def warm_steps(modules: tuple[str, ...] = STEP_MODULES) -> threading.Thread:
-    """Start (once per process) a daemon thread that imports the dock's later steps' `modules`; return it."""
-    return _once("paser-warm-steps", modules)
+def warm_steps(modules: tuple[str, ...]) -> threading.Thread:
+    """Start (once per process) a daemon thread that imports the dock's later steps' `modules` and
+    `STEP_EXTRAS`; return it."""
+    return _once("paser-warm-steps", (*modules, *STEP_EXTRAS))
 
 
 def _once(name: str, modules: tuple[str, ...]) -> threading.Thread:

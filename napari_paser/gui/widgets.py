@@ -75,7 +75,7 @@ class PaserWidget(QWidget):
         self.tabs.setCornerWidget(self.help_button)
         QVBoxLayout(self).addWidget(self.tabs)
         self.build(STEPS[0][0])
-        self._warm = warm_steps()
+        self._warm = warm_steps(tuple(f"napari_paser.gui.{module}" for _, module, _ in STEPS[1:]))
         QTimer.singleShot(0, self._build_next)
 
     def build(self, title: str) -> QWidget:
