@@ -118,6 +118,13 @@ def test_suggestion_on_a_slice_without_maps_comes_from_f0(ready):
     assert 4 not in ready.fresh_slices()
 
 
+def test_the_spread_maps_fewer_slices_when_slices_are_large(ready):
+    side = ready.shape[-1] * ready.shape[-2]
+    assert ready.spread_count(8, pixels=8 * side) == min(8, ready.n_slices)
+    assert ready.spread_count(8, pixels=3 * side) == 3
+    assert ready.spread_count(8, pixels=side // 2) == 2  # never fewer than two slices
+
+
 def test_spread_maps_map_the_whole_volume_and_proposals_span_it(ready):
     assert ready.spread_slices(3) == [0, 2, 4]
     done = collect(ready.spread_maps(3, samples=2))[1]

@@ -86,7 +86,8 @@ class LabelWidget(QWidget):
         self.dqn = PathEdit("DQN agent .pt (empty: the shipped agent; yours from `paser al train-dqn`)", folder=False, caption="Choose a DQN agent")
         self.spread = QCheckBox("spread over the volume")
         self.spread.setChecked(True)
-        self.spread.setToolTip(f"first map {SPREAD_SLICES} evenly spaced slices (in the background), and take at most "
+        self.spread.setToolTip(f"first map up to {SPREAD_SLICES} evenly spaced slices (fewer when slices are large; in the "
+                               "background), and take at most "
                                "a quarter of the proposals from one slice")
         self.prefill = QCheckBox("pre-fill with the model's guess")
         self.prefill.setChecked(True)
@@ -199,8 +200,8 @@ class LabelWidget(QWidget):
         def job(should_stop):
             cap = None
             if spread:
-                yield from s.spread_maps(SPREAD_SLICES, self.hub.samples, should_stop)
-                cap = max(1, math.ceil(k / min(4, s.n_slices)))
+                yield from s.spread_maps(s.spread_count(SPREAD_SLICES), self.hub.samples, should_stop)
+                cap = max(1, math.ceil(k / min(4, max(1, len(s.fresh_slices())))))  # k fits on the mapped slices
             return s.propose(k, sampler, seed, max_per_slice=cap, **options)
 
         self.hub.run(job, on_return=proposed, what=f"proposing {k} regions with {sampler}",

@@ -37,6 +37,9 @@ from sampling.regions import Region, RegionPool
 from sampling.registry import make_sampler
 
 
+SPREAD_PIXELS = 8 * 512 * 512
+"""Pixels of model work a spread over the volume maps before proposing (8 slices of 512^2, 2 of 2048^2)."""
+
 class PartialRegionError(PaserInputError):
     """Regions with unpainted pixels: ask the person, then accept with confirm_partial=True."""
 
@@ -526,6 +529,13 @@ class LabelingMixin:
         return [sum(c for t, c in cost if t <= p.time) for p in self.state.curve]
 
     # ------------------------------------------------------------------ across the volume and along z
+
+    def spread_count(self, most: int = 8, pixels: int = SPREAD_PIXELS) -> int:
+        """How many slices a spread over the volume maps: `most`, fewer when the slices are large, so the
+        maps before a proposal cost about `pixels` of model work at any slice size (at least 2, so proposals
+        still leave the slice on screen)."""
+        per = int(np.prod(self.shape[-2:]))
+        return int(min(most, self.n_slices, max(2, pixels // per)))
 
     def spread_slices(self, n: int = 8) -> list[int]:
         """n slices spread evenly over the volume (all of them when it has fewer)."""
