@@ -8,10 +8,18 @@ retraining with `Session.retrain` after each round of k regions:
   model's suggestion (`Session.suggestion`) and a simulated annotator fixes every wrong pixel
   (`napari_paser.bench.al_sim.correct_region`): effort = pixels changed (and strokes = connected
   groups of them), accepted with `Session.accept(..., from_suggestion=True)`;
+- oracle-wrong / oracle-cheap / oracle-gain-per-px: correcting, with benchmark-only samplers that know
+  the ground truth (`oracle_samplers.py`): the most wrong pixels of f0's prediction, the fewest, and an
+  oracle's mIoU gain per corrected pixel: ceilings for what any sampler could save;
 - rf-2d / rf-3d: the ilastik-style random forest (50 trees) trained on the labeled pixels of
   correct-taudis's accepted regions at each of its steps, on 2D per-slice features
   (`napari_paser.data.baselines.pixel_features`) or on skimage's multiscale_basic_features of the
-  whole (Z, H, W) volume (ilastik's 3D mode); its x-axis is correct-taudis's changed pixels.
+  whole (Z, H, W) volume (ilastik's 3D mode); its x-axis is correct-taudis's changed pixels;
+- session+rf3d-blend: the mean of correct-taudis's f0 class probabilities and rf-3d's at each step;
+  session-or-rf3d-by-heldout (and session-rf3d-blend-by-heldout, the best of the three): what a choice
+  by held-out regions would show: per step, the one scoring highest on `--heldout` pool regions that
+  correct-taudis never accepted (their ground truth; a person would correct them once, their changed
+  pixels under the round-1 suggestion are in `heldout_px_per_seed`) is scored on the test slices.
 
 Per method: budgets_px (mean over seeds of the cumulative effort after each round; round 0 is the
 starting weights with no labels), miou_mean, miou_per_seed, px_to_95 (the effort at the first
@@ -47,10 +55,11 @@ from scipy import ndimage
 from skimage.feature import multiscale_basic_features
 
 import common
+import oracle_samplers
 from labeling_loop import CLASSES, load as load_soc, miou
 from router_scoring import load_battery
 from learners.generators import collect, drain
-from learners.inference import predict_classes
+from learners.inference import predict_classes, predict_logits
 from learners.training import IGNORE_INDEX, iter_training
 from learners.unet import preset_config
 from napari_paser.bench.al import bootstrap_ci, verdict
@@ -62,7 +71,9 @@ from napari_paser.session.jobs import RETRAIN_CONFIG
 from napari_paser.weights import starting_model
 
 SESSION_METHODS = {"paint-random": ("random", False), "correct-random": ("random", True),
-                   "correct-taudis": ("taudis", True), "correct-effort": ("effort", True)}
+                   "correct-taudis": ("taudis", True), "correct-effort": ("effort", True),
+                   **{name: (name, True) for name in oracle_samplers.ORACLES}}
+FOREST_ROWS = ("rf-2d", "rf-3d", "session+rf3d-blend", "session-or-rf3d-by-heldout", "session-rf3d-blend-by-heldout")
 DATASETS = ("soc-lowres-varying", "soc_stack-3d", "battery")
 
 
@@ -129,6 +140,8 @@ class EffortLoop:
     def __init__(self, folder: Path, images, labels, sampler: str, correct: bool, seed: int, args) -> None:
         self.s = Session.create(folder, images, classes=CLASSES, region_size=args.region, val_every=0)
         self.s.new_models()  # the shipped starting weights
+        if sampler in oracle_samplers.ORACLES:
+            oracle_samplers.register(labels, len(CLASSES))
         self.truth, self.sampler, self.correct, self.seed, self.args = labels, sampler, correct, seed, args
         self.cfg = replace(RETRAIN_CONFIG, epochs=args.epochs, steps_per_epoch=args.steps, seed=seed)
         self.effort, self.strokes, self.rounds = 0, 0, 0
@@ -174,14 +187,15 @@ def run_seed(name: str, seed: int, args) -> dict:
     px, py, tx, ty = dataset(name, seed, args.crop, args.pool)
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for method, (sampler, correct) in SESSION_METHODS.items():
+        for method in args.methods:
+            sampler, correct = SESSION_METHODS[method]
             t0 = time.time()
             loop = EffortLoop(Path(tmp) / method, px, py, sampler, correct, seed, args)
             lo, hi = loop.s.state.image["lo"], loop.s.state.image["hi"]
             test_norm = normalise(tx, lo, hi)
             row = {"budgets_px": [0], "miou": [miou(predict_classes(loop.s.models["f0"], test_norm), ty)],
                    "strokes": [0], "regions": [0]}
-            labeled = []
+            labeled, f0_probs = [], [(probs(loop.s.models["f0"], test_norm), probs(loop.s.models["f0"], normalise(px, lo, hi)))]
             for _ in range(args.rounds):
                 loop.round()
                 row["budgets_px"].append(loop.effort)
@@ -189,30 +203,97 @@ def run_seed(name: str, seed: int, args) -> dict:
                 row["regions"].append(len(loop.s.accepted))
                 row["miou"].append(miou(predict_classes(loop.s.models["f0"], test_norm), ty))
                 labeled.append(loop.canvas_labels())
+                if method == "correct-taudis":
+                    f0_probs.append((probs(loop.s.models["f0"], test_norm), probs(loop.s.models["f0"], normalise(px, lo, hi))))
             row["seconds"] = round(time.time() - t0, 1)
             out[method] = row
             print(f"  {name} seed {seed} {method:15s} effort {row['budgets_px']} mIoU "
                   f"{[round(v, 3) for v in row['miou']]} ({row['seconds']:.0f} s)", flush=True)
             if method == "correct-taudis":
-                out.update(forests(px, tx, ty, labeled, row, lo, hi, args, seed))
+                held = heldout_regions(loop.s, args.heldout, seed)
+                out["heldout_px"] = heldout_cost(held, f0_probs[0][1], py)
+                out.update(forests(px, py, tx, ty, labeled, row, lo, hi, args, seed, f0_probs, held))
             loop.s.close()
         out["full"] = full_reference(px, py, test_norm, ty, lo, hi, args, seed)
     return out
 
 
-def forests(px, tx, ty, labeled: list[np.ndarray], taudis: dict, lo, hi, args, seed) -> dict:
-    """rf-2d and rf-3d on correct-taudis's labeled pixels after each of its rounds (round 0: no labels)."""
+def probs(model, images: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) softmax of f0's deterministic logits (the prediction the test mIoU scores)."""
+    return torch.softmax(predict_logits(model, images), 1).numpy()
+
+
+def forest_proba(forest, feats: list[np.ndarray], n_classes: int) -> np.ndarray:
+    """(N, C, H, W) class probabilities of the forest (classes it never saw: 0)."""
+    out = []
+    for f in feats:
+        h, w, nf = f.shape
+        p = np.zeros((h * w, n_classes), np.float32)
+        p[:, forest.classes_.astype(int)] = forest.predict_proba(f.reshape(-1, nf))
+        out.append(p.T.reshape(n_classes, h, w))
+    return np.stack(out)
+
+
+def heldout_regions(session: Session, n: int, seed: int) -> list[tuple]:
+    """`n` random pool regions the session never accepted (their slices into the pool arrays)."""
+    accepted = {int(a.region_id) for a in session.accepted}
+    free = [int(r) for r in session.pool.ids if int(r) not in accepted]
+    rng = np.random.default_rng(10_000 + seed)
+    return [session.region(int(r)).slices for r in rng.choice(free, min(n, len(free)), replace=False)]
+
+
+def heldout_cost(held: list[tuple], pool_probs: np.ndarray, py: np.ndarray) -> int:
+    """Pixels a person would change to correct the held-out regions under the starting weights' guess."""
+    guess = pool_probs.argmax(1)
+    return int(sum((guess[z, ys, xs] != py[z, ys, xs]).sum() for z, ys, xs in held))
+
+
+def heldout_miou(pool_probs: np.ndarray, py: np.ndarray, held: list[tuple]) -> float:
+    guess = pool_probs.argmax(1)
+    return miou(np.concatenate([guess[z, ys, xs].ravel() for z, ys, xs in held]),
+                np.concatenate([py[z, ys, xs].ravel() for z, ys, xs in held]))
+
+
+def forests(px, py, tx, ty, labeled: list[np.ndarray], taudis: dict, lo, hi, args, seed,
+            f0_probs: list[tuple], held: list[tuple]) -> dict:
+    """rf-2d and rf-3d on correct-taudis's labeled pixels after each of its rounds (round 0: no labels); the
+    blend of f0 (after the same round) with rf-3d, and the picks held-out regions would make."""
     pn, tn = normalise(px, lo, hi), normalise(tx, lo, hi)
     feats = {"rf-2d": ([pixel_features(im) for im in pn], [pixel_features(im) for im in tn]),
              "rf-3d": (features_3d(pn), features_3d(tn))}
+    c = len(CLASSES)
     out = {}
     for name, (fp, ft) in feats.items():
-        scores = [None]  # no labels: no forest
+        scores, kept = [None], [None]  # no labels: no forest
         for lab in labeled:
             forest = fit_pixel_forest(fp, list(lab), n_estimators=args.trees, seed=seed)
-            scores.append(miou(np.stack([predict_pixel_forest(forest, f) for f in ft]), ty))
+            test_p = forest_proba(forest, ft, c)
+            scores.append(miou(test_p.argmax(1), ty))
+            if name == "rf-3d":
+                kept.append((test_p, forest_proba(forest, fp, c)))
         out[name] = {"budgets_px": list(taudis["budgets_px"]), "miou": scores}
         print(f"  {name} {[None if v is None else round(v, 3) for v in scores]}", flush=True)
+    blend, pick2, pick3, picks2, picks3 = [], [], [], [], []
+    for (f0_test, f0_pool), rf in zip(f0_probs, kept):
+        paths = {"session": (f0_test, f0_pool)}
+        if rf is not None:
+            paths["rf-3d"] = rf
+            paths["blend"] = ((f0_test + rf[0]) / 2, (f0_pool + rf[1]) / 2)
+        test_score = {k: miou(v[0].argmax(1), ty) for k, v in paths.items()}
+        held_score = {k: heldout_miou(v[1], py, held) for k, v in paths.items()}
+        blend.append(test_score.get("blend", test_score["session"]))
+        two = max(("session", "rf-3d") if rf is not None else ("session",), key=lambda k: held_score[k])
+        three = max(paths, key=lambda k: held_score[k])
+        pick2.append(test_score[two])
+        pick3.append(test_score[three])
+        picks2.append(two)
+        picks3.append(three)
+    for name, scores, picks in (("session+rf3d-blend", blend, None), ("session-or-rf3d-by-heldout", pick2, picks2),
+                                ("session-rf3d-blend-by-heldout", pick3, picks3)):
+        out[name] = {"budgets_px": list(taudis["budgets_px"]), "miou": scores}
+        if picks:
+            out[name]["picks"] = picks
+        print(f"  {name} {[round(v, 3) for v in scores]} {picks or ''}", flush=True)
     return out
 
 
@@ -230,7 +311,7 @@ def summarise(runs: list[dict]) -> dict:
     """Per method: budgets, mIoU per seed and mean, pixels to 95% of full supervision; comparisons."""
     full = [r["full"] for r in runs]
     methods = {}
-    for m in (*SESSION_METHODS, "rf-2d", "rf-3d"):
+    for m in (m for m in (*SESSION_METHODS, *FOREST_ROWS) if m in runs[0]):
         budgets = [r[m]["budgets_px"] for r in runs]
         per = [r[m]["miou"] for r in runs]
         to95 = [px_to(b, s, 0.95 * f) for b, s, f in zip(budgets, per, full)]
@@ -245,38 +326,55 @@ def summarise(runs: list[dict]) -> dict:
         if "strokes" in runs[0][m]:
             methods[m]["strokes_per_seed"] = [r[m]["strokes"] for r in runs]
             methods[m]["seconds_per_seed"] = [r[m]["seconds"] for r in runs]
-    return {"methods": methods, "full_miou_per_seed": [round(f, 4) for f in full], "comparisons": compare(methods)}
+        if "picks" in runs[0][m]:
+            methods[m]["picks_per_seed"] = [r[m]["picks"] for r in runs]
+    extra = {"heldout_px_per_seed": [r["heldout_px"] for r in runs]} if "heldout_px" in runs[0] else {}
+    return {"methods": methods, "full_miou_per_seed": [round(f, 4) for f in full], **extra,
+            "comparisons": compare(methods)}
 
 
 def compare(methods: dict) -> dict:
-    """The targets' comparisons, paired per seed (bootstrap 95% intervals)."""
+    """The targets' comparisons, paired per seed (bootstrap 95% intervals), for the rows present."""
     out = {}
-    paint, rand = methods["paint-random"]["px_to_95_per_seed"], methods["correct-random"]["px_to_95_per_seed"]
-    ratio = [p / r if p is not None and r else None for p, r in zip(paint, rand)]
-    out["paint_over_correct_px_to_95"] = {**bootstrap_ci(ratio), "per_seed": ratio, "target": ">= 5"}
-    # effort per round at the same number of regions: painting pays the region, correcting its errors
-    pr = np.array(methods["paint-random"]["budgets_px_per_seed"], float)[:, -1]
-    cr = np.array(methods["correct-random"]["budgets_px_per_seed"], float)[:, -1]
-    out["paint_over_correct_px_same_regions"] = bootstrap_ci((pr / np.maximum(cr, 1)).tolist())
-    for m in ("correct-taudis", "correct-effort"):
+    rand = methods["correct-random"]["px_to_95_per_seed"]
+    if "paint-random" in methods:
+        paint = methods["paint-random"]["px_to_95_per_seed"]
+        ratio = [p / r if p is not None and r else None for p, r in zip(paint, rand)]
+        out["paint_over_correct_px_to_95"] = {**bootstrap_ci(ratio), "per_seed": ratio, "target": ">= 5"}
+        # effort per round at the same number of regions: painting pays the region, correcting its errors
+        pr = np.array(methods["paint-random"]["budgets_px_per_seed"], float)[:, -1]
+        cr = np.array(methods["correct-random"]["budgets_px_per_seed"], float)[:, -1]
+        out["paint_over_correct_px_same_regions"] = bootstrap_ci((pr / np.maximum(cr, 1)).tolist())
+        out["paint-random_over_correct-random_px_to_common"] = common_target(methods["paint-random"],
+                                                                             methods["correct-random"])
+    for m in (m for m in (*SESSION_METHODS,) if m in methods and m not in ("paint-random", "correct-random")):
         best = methods[m]["px_to_95_per_seed"]
         cut = [1 - b / r if b is not None and r else None for b, r in zip(best, rand)]
         ci = bootstrap_ci(cut)
         gain = np.array(methods[m]["miou_per_seed"], float) - np.array(methods["correct-random"]["miou_per_seed"], float)
         eff = np.array(methods[m]["budgets_px_per_seed"], float) - np.array(methods["correct-random"]["budgets_px_per_seed"], float)
+        common = common_target(methods[m], methods["correct-random"])
+        common_cut = bootstrap_ci([None if v is None else 1 - v for v in common["per_seed"]])
         out[f"{m}_vs_correct-random"] = {
             "px_to_95_cut": {**ci, "per_seed": cut, "target": ">= 0.30, interval above 0", "verdict": verdict(ci)},
+            "px_to_common_cut": {**common_cut, "verdict": verdict(common_cut)},
+            "reached_95": {"this": sum(v is not None for v in best), "random": sum(v is not None for v in rand),
+                           "seeds": len(rand)},
             "miou_gain_per_round": [bootstrap_ci(gain[:, i]) for i in range(1, gain.shape[1])],
             "extra_changed_px_per_round": [bootstrap_ci(eff[:, i]) for i in range(1, eff.shape[1])],
         }
-    for a, b in (("paint-random", "correct-random"), ("correct-taudis", "correct-random"),
-                 ("correct-effort", "correct-random")):
-        out[f"{a}_over_{b}_px_to_common"] = common_target(methods[a], methods[b])
-    session = np.array(methods["correct-taudis"]["miou_per_seed"], float)[:, 1:]
-    rf3 = np.array([[np.nan if v is None else v for v in s] for s in methods["rf-3d"]["miou_per_seed"]])[:, 1:]
-    diffs = [bootstrap_ci(session[:, i] - rf3[:, i]) for i in range(session.shape[1])]
-    out["correct-taudis_minus_rf-3d_per_round"] = {"per_round": diffs, "target": "session >= rf-3d at every budget",
-                                                   "met": bool(all(d["mean"] is not None and d["mean"] >= 0 for d in diffs))}
+        out[f"{m}_over_correct-random_px_to_common"] = common
+    if "rf-3d" in methods:
+        rf3 = np.array([[np.nan if v is None else v for v in s] for s in methods["rf-3d"]["miou_per_seed"]])[:, 1:]
+        for m in ("correct-taudis", "session+rf3d-blend", "session-or-rf3d-by-heldout", "session-rf3d-blend-by-heldout"):
+            if m not in methods:
+                continue
+            session = np.array(methods[m]["miou_per_seed"], float)[:, 1:]
+            diffs = [bootstrap_ci(session[:, i] - rf3[:, i]) for i in range(session.shape[1])]
+            out[f"{m}_minus_rf-3d_per_round"] = {
+                "per_round": diffs, "target": "session >= rf-3d at every budget",
+                "met": bool(all(d["mean"] is not None and d["mean"] >= 0 for d in diffs)),
+                "met_with_interval": bool(all(d["lo"] is not None and d["lo"] >= 0 for d in diffs))}
     return out
 
 
@@ -296,7 +394,11 @@ def join_seeds(a: dict, b: dict) -> dict:
     """One dataset's results of two runs on different seeds as one (means recomputed from the per-seed rows)."""
     out = {"full_miou_per_seed": a["full_miou_per_seed"] + b["full_miou_per_seed"],
            "seeds_done": a["seeds_done"] + b["seeds_done"], "seconds": a["seconds"] + b["seconds"], "methods": {}}
+    if "heldout_px_per_seed" in a and "heldout_px_per_seed" in b:
+        out["heldout_px_per_seed"] = a["heldout_px_per_seed"] + b["heldout_px_per_seed"]
     for m, ra in a["methods"].items():
+        if m not in b["methods"]:  # a row only one part ran cannot be paired over the joined seeds
+            continue
         rb = b["methods"][m]
         row = {k: ra[k] + rb[k] for k in ra if k.endswith("_per_seed")}
         row["budgets_px"] = [round(float(np.mean(c)), 1) for c in zip(*row["budgets_px_per_seed"])]
@@ -338,6 +440,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=40, help="optimiser steps per retrain epoch (RETRAIN_CONFIG: 75)")
     parser.add_argument("--samples", type=int, default=3, help="MC-dropout passes of the maps")
     parser.add_argument("--trees", type=int, default=50)
+    parser.add_argument("--methods", default=",".join(SESSION_METHODS),
+                        help="session rows to run (correct-random and correct-taudis are always needed)")
+    parser.add_argument("--heldout", type=int, default=3, help="never-accepted pool regions that pick a path")
     parser.add_argument("--full-factor", type=int, default=4)
     parser.add_argument("--out", type=Path, default=common.RESULTS / "effort.json")
     parser.add_argument("--merge", nargs="*", type=Path,
@@ -346,6 +451,11 @@ def main() -> int:
     if args.merge:
         return recompare(args.merge, args.out)
     torch.set_num_threads(1)
+    args.methods = args.methods.split(",")
+    unknown = sorted(set(args.methods) - set(SESSION_METHODS))
+    if unknown or not {"correct-random", "correct-taudis"} <= set(args.methods):
+        raise SystemExit(f"--methods: choose among {', '.join(SESSION_METHODS)}, with correct-random and "
+                         f"correct-taudis (unknown: {', '.join(unknown) or 'none'})")
     seeds = [int(v) for v in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "merge"}
     config.update(seeds_run=seeds, machine=f"{platform.machine()}, {platform.processor() or 'cpu'}, torch 1 thread, "
