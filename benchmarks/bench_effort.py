@@ -360,6 +360,8 @@ def compare(methods: dict) -> dict:
             "px_to_common_cut": {**common_cut, "verdict": verdict(common_cut)},
             "reached_95": {"this": sum(v is not None for v in best), "random": sum(v is not None for v in rand),
                            "seeds": len(rand)},
+            # every seed counts: one where this row never reaches 95% (or random does not) is no 30% cut
+            "seeds_cut_30": {"met": sum(c is not None and c >= 0.30 for c in cut), "seeds": len(cut)},
             "miou_gain_per_round": [bootstrap_ci(gain[:, i]) for i in range(1, gain.shape[1])],
             "extra_changed_px_per_round": [bootstrap_ci(eff[:, i]) for i in range(1, eff.shape[1])],
         }
