@@ -33,7 +33,8 @@ and x, noise; the pool is a block of consecutive slices of the first half, the t
 held-back second half), battery_nanoct (set a: three slices pool, three test).
 
     nice -n 10 PYTHONPATH=. python benchmarks/bench_effort.py [--datasets soc-lowres-varying,soc_stack-3d,battery]
-        [--seeds 10] [--crop 128] [--rounds 5] [--k 4] [--out benchmarks/results/effort.json]
+        [--seeds 10] [--crop 128] [--rounds 5] [--k 4] [--methods correct-random,correct-taudis,oracle-wrong,...]
+        [--out benchmarks/results/effort.json]
 
 Each dataset can run in its own process (--datasets NAME --out part.json); --merge part*.json joins them.
 """
