@@ -272,7 +272,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def model_costs(size: tuple[int, int], n_classes: int = 3) -> dict:
+def preset_costs(size: tuple[int, int], n_classes: int = 3) -> dict:
     """{preset: {"params": N, "gflops": G}} for one whole image of `size`."""
     from learners.flops import gflops_per_image
     from learners.unet import PRESETS, build_unet, count_parameters
@@ -287,7 +287,7 @@ def model_costs(size: tuple[int, int], n_classes: int = 3) -> dict:
 def cmd_models(args: argparse.Namespace) -> int:
     check_memory(args.size[0] * args.size[1] * MODEL_BYTES_PER_PIXEL, f"a forward pass on a "
                  f"{args.size[0]}x{args.size[1]} image", "lower --size (costs scale with the pixel count)")
-    costs = model_costs(args.size, args.n_classes)
+    costs = preset_costs(args.size, args.n_classes)
     if args.json:
         print(json.dumps(costs, indent=2))
         return 0
@@ -313,9 +313,9 @@ def preset_roles(name: str) -> str:
 
 
 def cmd_bench_routing(args: argparse.Namespace) -> int:
-    from napari_paser.bench.routing import SWEEP_LAMBDAS, BenchConfig, format_table, run_bench
+    from napari_paser.bench.routing import SWEEP_LAMBDAS, RoutingBenchConfig, format_table, run_bench
 
-    cfg = BenchConfig(args.data, args.run, args.out, lam=args.lam, noise=args.noise, sweep=args.sweep,
+    cfg = RoutingBenchConfig(args.data, args.run, args.out, lam=args.lam, noise=args.noise, sweep=args.sweep,
                       epochs_rl=args.epochs_rl, epochs_ft=args.epochs_ft, ft_models=not args.policy_only_ft,
                       epochs_noise=args.epochs_noise, noise_steps=args.noise_steps, batch_size=args.batch_size, rl_lr=args.rl_lr,
                       rollouts=args.rollouts, flips=args.flips, gradient=args.gradient,
@@ -341,9 +341,9 @@ def _sim_config(args: argparse.Namespace):
 
 
 def cmd_bench_al(args: argparse.Namespace) -> int:
-    from napari_paser.bench.al import BenchConfig, format_table, run_bench
+    from napari_paser.bench.al import ALBenchConfig, format_table, run_bench
 
-    cfg = BenchConfig(args.data, args.out, tuple(s.strip() for s in args.samplers.split(",")), args.budgets, args.seeds,
+    cfg = ALBenchConfig(args.data, args.out, tuple(s.strip() for s in args.samplers.split(",")), args.budgets, args.seeds,
                       args.dqn, _sim_config(args), tuple(args.pool_splits.split(",")), args.test_split, args.crop,
                       "paser " + " ".join(sys.argv[1:]), not args.quiet)
     results = run_bench(cfg)

@@ -18,7 +18,7 @@ from learners.routing import GRID
 from learners.routing.policy import PolicyConfig, PolicyNet
 from learners.routing.router import build_patch_table, model_costs
 from learners.routing.training import FinetuneConfig, PolicyEpoch, RoutingData, finetune, iter_policy_training
-from napari_paser.bench.routing.config import BenchConfig, Inputs, ROLES
+from napari_paser.bench.routing.config import RoutingBenchConfig, Inputs, ROLES
 from napari_paser.jobs.policy import policy_tick
 
 
@@ -37,7 +37,7 @@ STAGE2_ARMS = {"reinforce": dict(gradient="reinforce", baseline=True),
 """The ablation arms of stage 2 beside the benchmark's own setting (`--gradient`)."""
 
 
-def train_stage2(policy: PolicyNet, data: RoutingData, cfg: BenchConfig, bar: tqdm | None = None,
+def train_stage2(policy: PolicyNet, data: RoutingData, cfg: RoutingBenchConfig, bar: tqdm | None = None,
                  **overrides) -> list[PolicyEpoch]:
     """Stage 2 on a prepared split at the benchmark's lambda (RLConfig `overrides`), ticking `bar` per epoch."""
     rl = replace(cfg.rl_config(), **overrides)
@@ -60,7 +60,7 @@ def history_summary(history: list[PolicyEpoch]) -> dict:
             "greedy_reward_history": [round(g, 4) for g in greedy]}
 
 
-def routing_data(models, x, y, cfg: BenchConfig) -> RoutingData:
+def routing_data(models, x, y, cfg: RoutingBenchConfig) -> RoutingData:
     """A split prepared for stage 2 (every frozen model scored on every patch once)."""
     table, state = build_patch_table(models, x, y, GRID, cfg.samples, cfg.seed)
     return RoutingData.from_table(state, table, model_costs(models))
@@ -95,7 +95,7 @@ class Trained:
     rl_data: RoutingData
 
 
-def train_stages(inp: Inputs, cfg: BenchConfig, prog: StageBar) -> Trained:
+def train_stages(inp: Inputs, cfg: RoutingBenchConfig, prog: StageBar) -> Trained:
     """Stage 2 (the benchmark's setting, then each ablation arm from the same initial weights),
     then stage 3 on copies of f1, f2."""
     pretrained = inp.models
