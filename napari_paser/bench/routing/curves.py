@@ -4,7 +4,6 @@ cost-accuracy curves, their Pareto fronts and the plot.
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from learners.routing.router import RoutingCost, model_costs
 from learners.routing.training import RoutingData
 from napari_paser.bench.routing.config import RoutingBenchConfig, Inputs, RANDOM_STEP
 from napari_paser.bench.routing.methods import gflops_at_iou, policy_actions, table_row, Tables
-from napari_paser.bench.routing.stages import _ticking, new_policy
+from napari_paser.bench.routing.stages import _ticking, policy_config
 
 
 def sweep_curves(models, inp: Inputs, rl_data: RoutingData, test: Tables, cfg: RoutingBenchConfig, bar: tqdm) -> dict:
@@ -29,10 +28,9 @@ def sweep_curves(models, inp: Inputs, rl_data: RoutingData, test: Tables, cfg: R
     the cascade over thresholds, the random policy over routing probabilities, the oracle over lambda."""
     costs = model_costs(models)
     h, w = inp.splits["test"][0].shape[-2:]
-    policy0 = new_policy(inp.n_classes, cfg.seed)
-    cost = RoutingCost.of(models, h, w, GRID, cfg.samples, policy0)
     rl = cfg.rl_config()
-    bank = _ticking(iter_bank_training(rl_data, cfg.sweep_lambdas, lambda: copy.deepcopy(policy0), rl), bar)
+    bank = _ticking(iter_bank_training(rl_data, cfg.sweep_lambdas, policy_config(inp.n_classes), rl), bar)
+    cost = RoutingCost.of(models, h, w, GRID, cfg.samples, next(iter(bank.policies.values())))
     paser, oracle = [], []
     for lam, policy in sorted(bank.policies.items()):
         a = policy_actions(policy, test.state)
