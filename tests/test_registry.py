@@ -12,7 +12,7 @@ from learners.routing.policy import PolicyConfig, PolicyNet
 from learners.routing.router import f0_state
 from learners.uncertainty import uncertainty_maps
 from learners.unet import UNet, UNetConfig
-from napari_paser.bench.al_sim import Learner, SimConfig, Split, make_sampler as sim_sampler
+from napari_paser.bench.al_sim import Learner, SimConfig, Split, sim_sampler
 from napari_paser.session import Session
 from sampling.base import SamplingError
 from sampling.regions import RegionEmbedder, RegionPool
