@@ -93,8 +93,9 @@ class Session:
         self.store = store
         self.model_set = ModelSet(store)
         self.maps_cache = MapsCache(store, self.model_set)
-        self.router = Router(store, self.model_set, self.maps_cache)  # its refresh work first: the proposals
-        self.labeling = Labeling(store, self.model_set, self.maps_cache, self.router)  # repeated read its bank
+        # the router subscribes to the refresh before the labeling: the repeated proposals read the new bank
+        self.router = Router(store, self.model_set, self.maps_cache)
+        self.labeling = Labeling(store, self.model_set, self.maps_cache, self.router)
 
     @classmethod
     def _held(cls, store: Store) -> Session:

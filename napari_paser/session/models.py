@@ -255,8 +255,9 @@ class ModelSet:
         role's new weights replace the old ones only if they score at least as well there
         (keep_if_worse); the RetrainResult's message says which were kept and why. Every
         finished retrain adds a learning-curve point; a cancel (via should_stop or closing the
-        generator) changes nothing. Then, with `refresh` and new weights, maps of the slices that
-        had maps are recomputed and the last proposal request is repeated. `focus` > 0 draws the
+        generator) changes nothing. Then, with `refresh` and new weights, the `on_retrained` subscribers run
+        (in a session: the maps cache recomputes the stale maps and the last proposal request is repeated
+        after it). `focus` > 0 draws the
         training crops where f0 is unsure (`session.training.uncertainty_focus`): for the routed models.
         """
         cfg = config or RETRAIN_CONFIG
