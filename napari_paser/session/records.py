@@ -1,20 +1,28 @@
 """The records of a labeling session as session.json holds them: the class list, proposals, accepted
-regions, learning-curve points and the whole `State`, with its JSON reading and writing."""
+regions, learning-curve points and the whole `State`, with its JSON form; reading session.json (restored
+from session.json.bak when damaged) and writing it, the commit point (`write_state`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import secrets
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from learners.atomic import atomic_write_bytes
 from napari_paser.errors import PaserInputError
 
 FORMAT = "napari-paser/session"
 VERSION = 1
+STATE_FILE = "session.json"
+BACKUP_FILE = "session.json.bak"
 
 DEFAULT_CLASSES = ("pore", "binder", "active")
 DEFAULT_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -188,3 +196,88 @@ def _clean(value):
 
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def read_state(folder: Path) -> State:
+    return load_state(folder, restore=False).state
+
+
+@dataclass
+class LoadedState:
+    """A state as read from a folder: its digest (to notice another writer) and what was repaired."""
+
+    state: State
+    digest: str | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_state(folder: Path, restore: bool) -> LoadedState:
+    """Read session.json; a damaged one is replaced by the backup of the previous commit, with a warning.
+
+    With `restore` the damaged file is moved aside (session.json.damaged-<time>) and the backup
+    written in its place; without (read-only), the backup is only read.
+    """
+    path = folder / STATE_FILE
+    if not path.is_file() and not (folder / BACKUP_FILE).is_file():
+        raise PaserInputError(
+            f"{folder} is not a labeling session (no {STATE_FILE}); create one with Session.create "
+            "(or the Start session button)"
+        )
+    data = path.read_bytes() if path.is_file() else b""
+    try:
+        return LoadedState(State.from_json(data, path), digest(data))
+    except DamagedStateError as exc:
+        damage = str(exc).split(";")[0] if data else f"{path} is missing"
+    backup = folder / BACKUP_FILE
+    try:
+        saved = backup.read_bytes()
+        state = State.from_json(saved, backup)
+    except (OSError, DamagedStateError):
+        raise PaserInputError(f"{damage}, and there is no readable backup ({BACKUP_FILE}) to restore it from: "
+                              "restore the session folder from your own backup") from None
+    note = f"{damage}: restored the previous commit from {BACKUP_FILE} (the last change before the damage is lost)"
+    if not restore:
+        return LoadedState(state, None, [note + "; opened read-only, nothing was changed on disk"])
+    if data:
+        aside = folder / f"{STATE_FILE}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+        os.replace(path, aside)
+        note += f"; the damaged file is kept as {aside.name}"
+    atomic_write_bytes(path, saved)
+    return LoadedState(state, digest(saved), [note])
+
+
+def write_state(folder: Path, state: State) -> str:
+    """The commit point: everything session.json names must already be on disk. The file it
+    replaces becomes session.json.bak. Returns the digest of what was written."""
+    data = state.to_json().encode("utf-8")
+    keep_backup(folder)
+    atomic_write_bytes(folder / STATE_FILE, data)
+    return digest(data)
+
+
+def keep_backup(folder: Path) -> None:
+    """session.json -> session.json.bak, as a hard link (a copy where links are not supported)."""
+    current = folder / STATE_FILE
+    if not current.is_file():
+        return
+    tmp = folder / f".{BACKUP_FILE}.{secrets.token_hex(6)}.tmp"
+    try:
+        os.link(current, tmp)
+    except OSError:
+        shutil.copyfile(current, tmp)
+    try:
+        os.replace(tmp, folder / BACKUP_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def state_digest(folder: Path) -> str | None:
+    """The digest of session.json as it is on disk now (None when it is missing)."""
+    try:
+        return digest((folder / STATE_FILE).read_bytes())
+    except FileNotFoundError:
+        return None

@@ -1,4 +1,5 @@
-"""The on-disk layout of a labeling session, and its records.
+"""A labeling session's folder: its on-disk layout, its files, and the `Store` that holds it open (the lock,
+the arrays, the commit point); the records session.json holds are in `session.records`.
 
 A session folder holds
 
@@ -29,34 +30,28 @@ temporary files a kill left behind are removed on the next open (`clean_temp_fil
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import os
 import re
-import secrets
-import shutil
 import threading
-import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-from learners.atomic import atomic_path, atomic_write_bytes, is_temp_name
+from learners.atomic import atomic_path, is_temp_name
 from napari_paser.data.dataset import normalise, robust_range
 from napari_paser.errors import InputError, PaserInputError
 from napari_paser.session import lock
 from napari_paser.session.lock import LOCK_FILE
 from napari_paser.session.records import (  # noqa: F401 (DEFAULT_CLASSES, CurvePoint: re-exported)
-    DEFAULT_CLASSES, AcceptedRegion, ClassSpec, CurvePoint, DamagedStateError, Proposal, State, now_iso,
+    BACKUP_FILE, DEFAULT_CLASSES, STATE_FILE, AcceptedRegion, ClassSpec, CurvePoint, Proposal, State, load_state,
+    now_iso, state_digest, write_state,
 )
 from sampling.regions import Region, RegionPool
 
-STATE_FILE = "session.json"
-BACKUP_FILE = "session.json.bak"
 IMAGE, LABELS, MAPS, REGIONS, MODELS = "image.zarr", "labels.zarr", "maps.zarr", "regions", "models"
 SUGGESTIONS = "suggestions"
 OWN_NAMES = {STATE_FILE, BACKUP_FILE, LOCK_FILE, IMAGE, LABELS, MAPS, REGIONS, MODELS, SUGGESTIONS}
@@ -84,91 +79,6 @@ def check_new_folder(folder: Path) -> None:
             raise PaserInputError(
                 f"{folder} is not empty ({', '.join(foreign[:5])}): choose an empty or new folder for the session"
             )
-
-
-def read_state(folder: Path) -> State:
-    return load_state(folder, restore=False).state
-
-
-@dataclass
-class LoadedState:
-    """A state as read from a folder: its digest (to notice another writer) and what was repaired."""
-
-    state: State
-    digest: str | None
-    warnings: list[str] = field(default_factory=list)
-
-
-def load_state(folder: Path, restore: bool) -> LoadedState:
-    """Read session.json; a damaged one is replaced by the backup of the previous commit, with a warning.
-
-    With `restore` the damaged file is moved aside (session.json.damaged-<time>) and the backup
-    written in its place; without (read-only), the backup is only read.
-    """
-    path = folder / STATE_FILE
-    if not path.is_file() and not (folder / BACKUP_FILE).is_file():
-        raise PaserInputError(
-            f"{folder} is not a labeling session (no {STATE_FILE}); create one with Session.create "
-            "(or the Start session button)"
-        )
-    data = path.read_bytes() if path.is_file() else b""
-    try:
-        return LoadedState(State.from_json(data, path), digest(data))
-    except DamagedStateError as exc:
-        damage = str(exc).split(";")[0] if data else f"{path} is missing"
-    backup = folder / BACKUP_FILE
-    try:
-        saved = backup.read_bytes()
-        state = State.from_json(saved, backup)
-    except (OSError, DamagedStateError):
-        raise PaserInputError(f"{damage}, and there is no readable backup ({BACKUP_FILE}) to restore it from: "
-                              "restore the session folder from your own backup") from None
-    note = f"{damage}: restored the previous commit from {BACKUP_FILE} (the last change before the damage is lost)"
-    if not restore:
-        return LoadedState(state, None, [note + "; opened read-only, nothing was changed on disk"])
-    if data:
-        aside = folder / f"{STATE_FILE}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
-        os.replace(path, aside)
-        note += f"; the damaged file is kept as {aside.name}"
-    atomic_write_bytes(path, saved)
-    return LoadedState(state, digest(saved), [note])
-
-
-def write_state(folder: Path, state: State) -> str:
-    """The commit point: everything session.json names must already be on disk. The file it
-    replaces becomes session.json.bak. Returns the digest of what was written."""
-    data = state.to_json().encode("utf-8")
-    keep_backup(folder)
-    atomic_write_bytes(folder / STATE_FILE, data)
-    return digest(data)
-
-
-def keep_backup(folder: Path) -> None:
-    """session.json -> session.json.bak, as a hard link (a copy where links are not supported)."""
-    current = folder / STATE_FILE
-    if not current.is_file():
-        return
-    tmp = folder / f".{BACKUP_FILE}.{secrets.token_hex(6)}.tmp"
-    try:
-        os.link(current, tmp)
-    except OSError:
-        shutil.copyfile(current, tmp)
-    try:
-        os.replace(tmp, folder / BACKUP_FILE)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def digest(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def state_digest(folder: Path) -> str | None:
-    """The digest of session.json as it is on disk now (None when it is missing)."""
-    try:
-        return digest((folder / STATE_FILE).read_bytes())
-    except FileNotFoundError:
-        return None
 
 
 def clean_temp_files(folder: Path) -> int:
