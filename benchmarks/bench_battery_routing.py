@@ -140,7 +140,7 @@ def unet_full(train_x, train_y, test_sets: dict, steps: int, size: str, seed: in
     from learners.inference import predict_classes
     from learners.training import iter_training
     from learners.unet import preset_config
-    from napari_paser.session.jobs import RETRAIN_CONFIG
+    from napari_paser.session.training import RETRAIN_CONFIG
     from napari_paser.weights import shipped_start
 
     torch.manual_seed(seed)

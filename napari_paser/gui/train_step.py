@@ -11,7 +11,7 @@ from napari.utils.notifications import show_warning
 from napari_paser.gui.common import JobBar, enable_while_idle, group, hrow
 from napari_paser.gui.hub import guarded, hub_for, info
 from napari_paser.errors import PaserInputError
-from napari_paser.session.jobs import RETRAIN_CONFIG
+from napari_paser.session.training import RETRAIN_CONFIG
 from napari_paser.session.labeling import held_out_advice
 from napari_paser.session.router_jobs import ROUTED_RETRAIN
 

@@ -24,7 +24,7 @@ from learners.routing.router import (F0State, RoutingCost, check_policy, execute
                                      policy_probabilities)
 from learners.unet import count_parameters
 from napari_paser.errors import PaserInputError
-from napari_paser.session.jobs import Progress
+from napari_paser.session.progress import Progress
 
 
 @dataclass
