@@ -340,14 +340,20 @@ class Hub(QObject):
 
     def route_job(self, session: Session, z: int, samples: int, lam: float | None):
         """A routing job for `run`: routes slice z in the worker, the part on screen first (a preview of it
-        goes to `routing_preview` once its first maps tile is done), and writes the segmentation into
+        goes to `routing_preview` once its first maps tile is done, then the whole routing map, then the
+        segmentation of the patches on screen before the rest's), and writes the segmentation into
         `routed_data` there (the GUI thread only refreshes the layer)."""
         from napari_paser.session.routing import route_in_view
 
         data, view = self.routed_data(session), self.view_box()
 
+        def preview(routed) -> None:  # the segmentation of the patches on screen is written before it is shown
+            if routed.segmentation is not None:
+                L.write_routed(data, routed, session.n_classes)
+            self.routing_preview.emit(routed)
+
         def job(should_stop):
-            routed = yield from route_in_view(session, z, samples, lam, view, should_stop, self.routing_preview.emit)
+            routed = yield from route_in_view(session, z, samples, lam, view, should_stop, preview)
             if routed is not None:
                 L.write_routed(data, routed, session.n_classes)
             return routed
