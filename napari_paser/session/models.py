@@ -158,9 +158,8 @@ class ModelsMixin:
             if key in self._states:
                 return self._states[key]
         f0 = self.require_f0()
-        if int(z) in self.fresh_slices():
-            maps = self.slice_maps(z)
-            prediction, entropy = maps["prediction"], maps["entropy"]
+        if int(z) in self.fresh_slices():  # the two maps the policy reads (not BALD)
+            prediction, entropy = (np.asarray(self.maps[name][self.index(z)]) for name in ("prediction", "entropy"))
         else:
             m, _ = self.slice_maps_now(f0, z, samples, self.maps_version(), image=image)
             prediction, entropy = m.prediction, m.entropy

@@ -169,11 +169,12 @@ def route_in_view(session, z: int, samples: int = 5, lam: float | None = None, v
             session._commit_maps(z, version)
     lam, policy = session.pick_policy(lam)
     models = policy_models(policy, session.models, "the routing policy")
-    image = session.image_slice(z)
-    state = session.f0_state(z, samples, image)
-    chosen = route_slice(models, policy, image, z, samples, state, execute=False, lam=lam)
+    state = session.f0_state(z, samples)  # the maps just stored: the image is read after the map is shown
+    shape_only = np.empty(session.shape[-2:], np.float32)  # untouched pages: the policy reads the state alone
+    chosen = route_slice(models, policy, shape_only, z, samples, state, execute=False, lam=lam)
     if preview is not None:  # the whole routing map, before the routed models run
         preview(chosen)
+    image = session.image_slice(z)
     first = patches_in_view(chosen, view)
     larger = chosen.routing > 0  # f0's patches cost nothing more: its state is known
     if preview is None or not (larger & first).any() or not (larger & ~first).any():
