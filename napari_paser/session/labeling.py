@@ -21,7 +21,7 @@ from napari_paser.session.effort import Effort, correction_effort
 from napari_paser.session.jobs import Progress
 from napari_paser.session.maps import MAP_NAMES
 from napari_paser.session.models import MODEL_ROLES
-from napari_paser.session.routing import ROUTE_BATCH, policy_models
+from napari_paser.session.routing import ROUTE_BATCH, policy_models, route_slice
 from napari_paser.session.sampling import proposal_inputs
 from napari_paser.session.store import (
     SUGGESTIONS,
@@ -389,11 +389,12 @@ class LabelingMixin:
             return False
         return not routed or int(info.get("route_version", -1)) >= self.state.model_version
 
-    def guessed_patch(self, region: Region, samples: int = 5) -> tuple[np.ndarray, dict]:
+    def guessed_patch(self, region: Region, samples: int = 5, routes: dict | None = None) -> tuple[np.ndarray, dict]:
         """The current best guess of a region in the layer convention and where it came from: the routed
-        prediction (`routed_patch`) when the session routes, else f0's MC mean (`predicted_patch`)."""
+        prediction (`routed_patch`, `routes` its memo) when the session routes, else f0's MC mean
+        (`predicted_patch`)."""
         if self.routes_suggestions:
-            return self.routed_patch(region, samples)
+            return self.routed_patch(region, samples, routes=routes)
         return self.predicted_patch(region, samples), {"source": "f0"}
 
     def predicted_patch(self, region: Region, samples: int = 5) -> np.ndarray:
@@ -419,7 +420,8 @@ class LabelingMixin:
         inner = (slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
         return maps.prediction[inner], maps.entropy[inner].astype(np.float32)
 
-    def routed_patch(self, region: Region, samples: int = 5, lam: float | None = None) -> tuple[np.ndarray, dict]:
+    def routed_patch(self, region: Region, samples: int = 5, lam: float | None = None,
+                     routes: dict | None = None) -> tuple[np.ndarray, dict]:
         """The routed prediction of a region (layer convention) and where it came from.
 
         Only the region and the context routing needs are computed: the routing patches that meet the
@@ -427,15 +429,24 @@ class LabelingMixin:
         state of that window comes from the slice's maps where they are current; the policy routes the
         window's patches (it sees the window, not the whole slice), and only the patches meeting the region
         run their routed model. A policy on a
-        rows x cols grid (its patches follow the slice's size) routes the whole slice instead.
+        rows x cols grid (its patches follow the slice's size) reads the whole slice: its routing map of the
+        slice is kept in `routes` (a dict the caller keeps for a batch of regions, so several regions of one
+        slice cost one policy pass), and only the patches meeting the region run their routed model.
         """
         lam, policy = self.pick_policy(lam)
         models = policy_models(policy, self.models, "the routing policy")
         patching, (h, w) = policy.config.patching, self.shape[-2:]
         ry, rx = slice(region.y0, region.y0 + region.h), slice(region.x0, region.x0 + region.w)
         if patching.size is None:
-            routed = self.route(region.z, samples, lam)
-            chosen = [int(a) for b, a in zip(routed.grid().boxes(), routed.routing.ravel()) if _meets(b.slices, ry, rx)]
+            key = (region.z, samples, lam)
+            mapped = (routes or {}).get(key) or self.route(region.z, samples, lam, execute=False)
+            if routes is not None:
+                routes[key] = mapped
+            meets = np.array([_meets(b.slices, ry, rx) for b in mapped.grid().boxes()]).reshape(mapped.routing.shape)
+            chosen = mapped.routing[meets].tolist()
+            image = self.image_slice(region.z)
+            routed = route_slice(models, policy, image, region.z, samples, self.f0_state(region.z, samples, image),
+                                 True, lam, actions=np.where(meets, mapped.routing, 0))  # the rest: f0's, known
             patch = routed.segmentation[ry, rx]
         else:
             ph, pw = patching.size
@@ -468,13 +479,14 @@ class LabelingMixin:
         the `State.suggestions` entries to commit."""
         version, out, routed = self.maps_version(), {}, self.routes_suggestions
         seq = int(self.state.settings.get("next_suggestion_seq", 0))
+        routes: dict = {}  # a whole-slice policy's routing map per slice, for the regions of that slice
         for rid in region_ids:
             info = self.state.suggestions.get(str(int(rid)))
             if (info is not None and self._suggestion_fresh(info, routed)
                     and crop_path(self.folder, int(rid), info["seq"], SUGGESTIONS).is_file()):
                 out[str(int(rid))] = dict(info)
                 continue
-            patch, where = self.guessed_patch(self.pool.region(int(rid)))
+            patch, where = self.guessed_patch(self.pool.region(int(rid)), routes=routes)
             save_crop(self.folder, int(rid), seq, patch, SUGGESTIONS)
             out[str(int(rid))] = {"seq": seq, "model_version": version, **where}
             if where["source"] == "routed":
