@@ -17,6 +17,7 @@ from learners.uncertainty import receptive_halo, uncertainty_maps
 from napari_paser.data.dataset import normalise
 from napari_paser.data.labels_convention import layer_to_classes
 from napari_paser.errors import InputError, PaserInputError
+from napari_paser.memory import release_memory
 from napari_paser.session.effort import Effort, correction_effort
 from napari_paser.session.jobs import Progress
 from napari_paser.session.maps import MAP_NAMES
@@ -102,6 +103,7 @@ class LabelingMixin:
             request["max_per_slice"] = int(max_per_slice)
         if near:
             request["near"] = int(near)
+        release_memory()  # what ranking freed (the sampler's features), before the suggestions' model work
         made = self._make_suggestions([p.region_id for p in proposals]) if suggest and self.has_models else {}
 
         def mutate(s: State) -> None:
@@ -487,6 +489,7 @@ class LabelingMixin:
                 out[str(int(rid))] = dict(info)
                 continue
             patch, where = self.guessed_patch(self.pool.region(int(rid)), routes=routes)
+            release_memory()  # a routing pass's buffers, before the next region's
             save_crop(self.folder, int(rid), seq, patch, SUGGESTIONS)
             out[str(int(rid))] = {"seq": seq, "model_version": version, **where}
             if where["source"] == "routed":
