@@ -9,7 +9,9 @@ longest gap of the same timer with nothing running and the same layers shown rig
 napari), and the peak resident memory of the process while it ran. For maps and routing also the
 time until the first part of the slice on screen is shown. Each volume runs in its own process
 (its own peak memory). Screenshots of the routing overlay at whole-slice and at full zoom go to
-`--shots`.
+`--shots`. After the plugin's scenario, in the same process, napari's own floor: a plain viewer with the same
+layers copied into plain zarr arrays, and each action's visible change done without the plugin (`napari_floor`),
+so a gap can be told apart from napari's drawing of the same change.
 
     python benchmarks/bench_ui_actions_2048.py [--slices 32] [--sizes 2048 501] [--shots /tmp/shots]
     (runs itself under xvfb-run without a display; writes results/ui-actions-2048.json)
@@ -79,6 +81,125 @@ def build_volume(folder: Path, side: int, slices: int) -> Path:
     for z in range(slices):
         arr[z] = np.tile(images[z % len(images)], (reps, reps))[:side, :side]
     return path
+
+
+def snapshot_layers(viewer, zs: tuple[int, ...], folder: Path) -> list[tuple]:
+    """The viewer's layers as (data, state, type) with every image/labels level copied into a plain zarr array
+    (chunks 1 x 256 x 256) holding the slices `zs` (the rest empty): the same layers, read by zarr alone,
+    for napari's own floor (`napari_floor`) without the plugin's lazy readers."""
+    import zarr
+
+    out = []
+    for i, layer in enumerate(viewer.layers):
+        data, state, kind = layer.as_layer_data_tuple()
+        state.pop("metadata", None)
+        if kind in ("image", "labels"):
+            levels = data if state.get("multiscale") else [data]
+            copies = []
+            for j, level in enumerate(levels):
+                shape = tuple(int(v) for v in level.shape)
+                if int(np.prod(shape)) < 2**16:  # a routing overlay's few pixels: as it is
+                    copies.append(np.asarray(level))
+                    continue
+                arr = zarr.create_array(str(folder / f"{i}-{j}.zarr"), shape=shape, dtype=level.dtype,
+                                        chunks=(1,) * (len(shape) - 2) + tuple(min(256, v) for v in shape[-2:]),
+                                        fill_value=0, overwrite=True)
+                for z in zs if len(shape) == 3 else ():
+                    if z < shape[0]:
+                        arr[z] = np.asarray(level[z])
+                if len(shape) == 2:
+                    arr[...] = np.asarray(level)
+                copies.append(arr)
+            data = copies if state.get("multiscale") else copies[0]
+        out.append((data, state, kind))
+    return out
+
+
+FLOOR_ACTIONS = ("open", "start", "maps", "propose", "accept", "route", "share_slider", "scroll", "toggle_overlays")
+
+
+def napari_floor(snapshot: list[tuple], src: Path, z: int, probe: GapProbe, side: int) -> dict:
+    """napari's own floor for each action's visible change, in a plain viewer with the same layers (plain zarr
+    arrays, `snapshot_layers`) and none of the plugin's code: open = add the volume; start = add the session's
+    layers; maps = refresh the model's map layers; propose = update the regions layer and move the camera to a
+    region; accept = refresh the labels canvas and the regions layer; route = a new routing overlay (its few
+    pixels) and a refresh of the routed segmentation; share_slider = a new routing overlay; scroll =
+    `dims.set_current_step` one slice and back; toggle_overlays = the model's layers' `visible` off and on.
+    Per action the longest GUI-thread gap and the idle gap right after, as for the plugin."""
+    import napari
+    import zarr
+    from napari.layers import Layer
+
+    class NoHub:
+        busy = previewing = False
+
+    viewer = napari.Viewer(title=f"napari floor {side}")
+    viewer.window.resize(1600, 1000)
+    out: dict[str, dict] = {}
+    names = [state["name"] for _, state, _ in snapshot]
+    image_i = next((i for i, (_, _, kind) in enumerate(snapshot) if kind == "image"), 0)
+
+    def rec(name: str, action) -> None:
+        res = probe.measure(action, NoHub(), settle=0.5)
+        idle = probe.measure(lambda: None, NoHub(), settle=1.0)
+        prev = out.get(name, {})
+        out[name] = {"max_gap_ms": max(prev.get("max_gap_ms", 0), res["max_gap_ms"]),
+                     "idle_max_gap_ms": max(prev.get("idle_max_gap_ms", 0), idle["max_gap_ms"])}
+        print(f"  {side} floor {name:16s} max gap {out[name]['max_gap_ms']:7.1f} ms "
+              f"(idle {out[name]['idle_max_gap_ms']:5.1f})", flush=True)
+
+    def layer(name: str):
+        return viewer.layers[name] if name in viewer.layers else None
+
+    try:
+        rec("open", lambda: viewer.add_image(zarr.open_array(str(src), mode="r"), name=names[image_i]))
+
+        def start() -> None:
+            for i, (data, state, kind) in enumerate(snapshot):
+                if i != image_i:
+                    viewer.add_layer(Layer.create(data, state, kind))
+
+        rec("start", start)
+        viewer.dims.set_current_step(0, z)
+        viewer.reset_view()
+        from napari_paser.gui.layers import ABOVE, ENTROPY, LABELS, MODEL_VIEW, PRED, REGIONS, ROUTED, ROUTING
+
+        def refresh(*which: str) -> None:
+            for name in which:
+                if layer(name) is not None:
+                    layer(name).refresh()
+
+        def regions() -> None:
+            if layer(REGIONS) is not None:
+                layer(REGIONS).data = list(layer(REGIONS).data)
+
+        def routing() -> None:
+            if layer(ROUTING) is not None:
+                layer(ROUTING).data = np.asarray(layer(ROUTING).data)[..., ::-1].copy()
+
+        def go_to() -> None:
+            regions()
+            viewer.reset_view()
+            camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+            camera.center = (side / 3, side / 3)
+            camera.zoom = camera.zoom * side / 192
+
+        rec("maps", lambda: refresh(PRED, ENTROPY, ABOVE))
+        rec("propose", go_to)
+        for _ in range(3):
+            rec("accept", lambda: (refresh(LABELS), regions()))
+        viewer.reset_view()
+        rec("route", lambda: (routing(), refresh(ROUTED)))
+        for _ in range(3):
+            rec("share_slider", routing)
+        for step in (z + 1, z):
+            rec("scroll", lambda step=step: viewer.dims.set_current_step(0, step))
+        shown = [n for n in MODEL_VIEW if layer(n) is not None and layer(n).visible]
+        for on in (False, True):
+            rec("toggle_overlays", lambda on=on: [setattr(layer(n), "visible", on) for n in shown])
+    finally:
+        viewer.close()
+    return out
 
 
 def run_size(side: int, slices: int, shots: Path | None) -> dict:
@@ -199,12 +320,14 @@ def run_size(side: int, slices: int, shots: Path | None) -> dict:
         key = coerce_keybinding("H")
         for _ in range(2):
             record("toggle_overlays", lambda: viewer.keymap[key](viewer))
+        snapshot = snapshot_layers(viewer, (z, z + 1), tmp / "floor")
         viewer.close()
+        floor = napari_floor(snapshot, src, z, probe, side)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     import resource
 
-    return {"actions": results, "screenshots": pictures,
+    return {"actions": results, "floor": floor, "screenshots": pictures,
             "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
@@ -252,6 +375,10 @@ def main() -> int:
             row["small"] = {k: small["actions"][name][k] for k in ("wall_s", "max_gap_ms", "idle_max_gap_ms",
                                                                     "peak_rss_mb")}
         row["gap_ratio_to_idle"] = round(res["max_gap_ms"] / max(res["idle_max_gap_ms"], 1e-3), 2)
+        floor = big.get("floor", {}).get(name)
+        if floor is not None:  # napari's own gap for the same visible change, without the plugin
+            row["floor_max_gap_ms"], row["floor_idle_max_gap_ms"] = floor["max_gap_ms"], floor["idle_max_gap_ms"]
+            row["gap_ratio_to_floor"] = round(res["max_gap_ms"] / max(floor["max_gap_ms"], 1e-3), 2)
         actions[name] = row
     peak = max(v["peak_rss_mb"] for v in big["actions"].values())
     result = {
@@ -266,6 +393,7 @@ def main() -> int:
         "actions": actions, "idle": big["actions"]["idle"],
         "peak_rss_mb": peak, "process_peak_rss_mb": big["process_peak_rss_mb"],
         "over_target": sorted(k for k, v in actions.items() if v["gap_ratio_to_idle"] > 2.0),
+        "over_floor": sorted(k for k, v in actions.items() if v.get("gap_ratio_to_floor", 0) > 2.0),
         "screenshots": big["screenshots"] + (small["screenshots"] if small else []),
         "machine": machine(load, torch_threads=1),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
