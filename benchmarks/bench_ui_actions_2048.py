@@ -85,8 +85,11 @@ def build_volume(folder: Path, side: int, slices: int) -> Path:
 
 def snapshot_layers(viewer, zs: tuple[int, ...], folder: Path) -> list[tuple]:
     """The viewer's layers as (data, state, type) with every image/labels level copied into a plain zarr array
-    (chunks 1 x 256 x 256) holding the slices `zs` (the rest empty): the same layers, read by zarr alone,
-    for napari's own floor (`napari_floor`) without the plugin's lazy readers."""
+    (chunks 1 x 256 x 256) holding the slices `zs` (the rest empty), a multiscale layer's levels read through
+    dask (as napari's own examples do: napari cuts a level to the screen before taking the slice, and a zarr
+    array cut that way reads every slice): the same layers for napari's own floor (`napari_floor`) without
+    the plugin's lazy readers."""
+    import dask.array as da
     import zarr
 
     out = []
@@ -110,7 +113,10 @@ def snapshot_layers(viewer, zs: tuple[int, ...], folder: Path) -> list[tuple]:
                 if len(shape) == 2:
                     arr[...] = np.asarray(level)
                 copies.append(arr)
-            data = copies if state.get("multiscale") else copies[0]
+            if state.get("multiscale"):  # napari cuts a level to the screen before the slice: dask reads one
+                data = [da.from_zarr(c) if isinstance(c, zarr.Array) else c for c in copies]
+            else:
+                data = copies[0]
         out.append((data, state, kind))
     return out
 
@@ -121,9 +127,10 @@ FLOOR_ACTIONS = ("open", "start", "maps", "propose", "accept", "route", "share_s
 def napari_floor(snapshot: list[tuple], src: Path, z: int, probe: GapProbe, side: int) -> dict:
     """napari's own floor for each action's visible change, in a plain viewer with the same layers (plain zarr
     arrays, `snapshot_layers`) and none of the plugin's code: open = add the volume; start = add the session's
-    layers; maps = refresh the model's map layers; propose = update the regions layer and move the camera to a
-    region; accept = refresh the labels canvas and the regions layer; route = a new routing overlay (its few
-    pixels) and a refresh of the routed segmentation; share_slider = a new routing overlay; scroll =
+    layers but the routing ones; maps = refresh the model's map layers; propose = update the regions layer and
+    move the camera to a region; accept = refresh the labels canvas and the regions layer; route = add the
+    routing overlay and the routed segmentation (multiscale over zarr, as the plugin's first routing does);
+    share_slider = a new routing overlay (its few pixels); scroll =
     `dims.set_current_step` one slice and back; toggle_overlays = the model's layers' `visible` off and on.
     Per action the longest GUI-thread gap and the idle gap right after, as for the plugin."""
     import napari
@@ -154,15 +161,16 @@ def napari_floor(snapshot: list[tuple], src: Path, z: int, probe: GapProbe, side
     try:
         rec("open", lambda: viewer.add_image(zarr.open_array(str(src), mode="r"), name=names[image_i]))
 
-        def start() -> None:
+        from napari_paser.gui.layers import ABOVE, ENTROPY, LABELS, MODEL_VIEW, PRED, REGIONS, ROUTED, ROUTING
+
+        def add(which) -> None:
             for i, (data, state, kind) in enumerate(snapshot):
-                if i != image_i:
+                if i != image_i and which(state["name"]):
                     viewer.add_layer(Layer.create(data, state, kind))
 
-        rec("start", start)
+        rec("start", lambda: add(lambda n: n not in (ROUTING, ROUTED)))  # the routing layers come with a routing
         viewer.dims.set_current_step(0, z)
         viewer.reset_view()
-        from napari_paser.gui.layers import ABOVE, ENTROPY, LABELS, MODEL_VIEW, PRED, REGIONS, ROUTED, ROUTING
 
         def refresh(*which: str) -> None:
             for name in which:
@@ -189,7 +197,7 @@ def napari_floor(snapshot: list[tuple], src: Path, z: int, probe: GapProbe, side
         for _ in range(3):
             rec("accept", lambda: (refresh(LABELS), regions()))
         viewer.reset_view()
-        rec("route", lambda: (routing(), refresh(ROUTED)))
+        rec("route", lambda: add(lambda n: n in (ROUTING, ROUTED)))  # the first routing adds its two layers
         for _ in range(3):
             rec("share_slider", routing)
         for step in (z + 1, z):
@@ -331,6 +339,63 @@ def run_size(side: int, slices: int, shots: Path | None) -> dict:
             "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
+def route_view_first(side: int, slices: int, out: Path) -> int:
+    """Without a window: *Route* of a mapped slice whose policy sends half its patches (every other column) to
+    f1, the part on screen a 300^2 box inside one patch (as zoomed in): the time until the routing map is
+    shown, until the segmentation of the patches on screen is, and until the whole slice's; the session's own
+    `route_in_view`, the hub's preview callback order. Writes `out`."""
+    import torch
+
+    from learners.generators import collect
+    from napari_paser.session.core import Session
+    from napari_paser.session.routing import route_in_view
+
+    torch.set_num_threads(1)
+    load = {"start": [round(v, 2) for v in os.getloadavg()]}
+    tmp = Path(tempfile.mkdtemp(prefix="paser-route-view-"))
+    try:
+        src = build_volume(Path(tempfile.gettempdir()), side, slices)
+        s = Session.create(tmp / "session", str(src))
+        s.load_models(bench_run(tmp / "run", int(tifffile_max_label()) + 1))
+        z = slices // 2
+        collect(s.compute_maps([z]))
+        policy = s.pick_policy(None)[1]
+        grid = policy.config.patching.grid(side, side)
+        chosen = torch.zeros(grid.rows, grid.cols, dtype=torch.long)
+        chosen[:, ::2] = 1
+        policy.forward = lambda state: torch.nn.functional.one_hot(chosen.reshape(1, -1), policy.config.n_models).float()
+        s.route(z, execute=False)  # the FLOP counts of this slice size, as after a first routing
+        c = side // 2 - (side // 2) % grid.cell[0] + grid.cell[0] // 2  # inside a patch that goes to f1
+        view = (c - 150, c - 150, c + 150, c + 150)
+        t0, events = time.perf_counter(), {}
+
+        def preview(routed) -> None:
+            key = "map_s" if routed.segmentation is None else "on_screen_segmented_s"
+            events.setdefault(key, round(time.perf_counter() - t0, 2))
+
+        collect(route_in_view(s, z, 5, None, view, None, preview))
+        events["whole_slice_s"] = round(time.perf_counter() - t0, 2)
+        s.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    load["end"] = [round(v, 2) for v in os.getloadavg()]
+    result = {"benchmark": "route-view-first", "command": "python benchmarks/bench_ui_actions_2048.py --route-view-first",
+              "slice": f"{side} x {side}, a mapped slice of the tiled SOC zarr; f1 medium on every other column of "
+                       f"the policy's {grid.rows} x {grid.cols} patches, f0 tiny elsewhere; on screen: {view}",
+              **events, "machine": machine(load, torch_threads=1),
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    print(json.dumps(events))
+    write_results(out, result)
+    return 0
+
+
+def tifffile_max_label() -> int:
+    """The SOC labels' largest class index."""
+    import tifffile
+
+    return int(tifffile.imread(SOC / "labels.tif").max())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slices", type=int, default=32)
@@ -339,9 +404,16 @@ def main() -> int:
     parser.add_argument("--label", default="", help="stored with the results (e.g. 'before', 'after')")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # child: one size, JSON to stdout
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--route-view-first", action="store_true",
+                        help="only time Route's part on screen first at the largest size (no window); "
+                             "writes results/route-view-first-2048.json unless --out")
     parser.add_argument("--before", type=Path, default=None,
                         help="results of an earlier run (e.g. the code before a change): stored beside, with ratios")
     args = parser.parse_args()
+    if args.route_view_first:
+        require(SOC)
+        out = args.out if args.out != OUT else RESULTS / "route-view-first-2048.json"
+        return route_view_first(max(args.sizes), args.slices, out)
     rerun = under_xvfb()
     if rerun is not None:
         return rerun
