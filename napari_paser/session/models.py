@@ -141,7 +141,10 @@ class ModelsMixin:
         lam, policy = self.pick_policy(lam)
         (z,) = self._slices_arg(z)
         models = policy_models(policy, self.models, "the routing policy")
-        image = self.image_slice(z)
+        if not execute and self.has_state(z, samples):  # the policy reads f0's state alone: no image read
+            image = np.empty(self.shape[-2:], np.float32)
+        else:
+            image = self.image_slice(z)
         return route_slice(models, policy, image, z, samples, self.f0_state(z, samples, image), execute, lam)
 
     def has_state(self, z: int, samples: int = 5) -> bool:
