@@ -127,8 +127,8 @@ FLOOR_ACTIONS = ("open", "start", "maps", "propose", "accept", "route", "share_s
 def napari_floor(snapshot: list[tuple], src: Path, z: int, probe: GapProbe, side: int) -> dict:
     """napari's own floor for each action's visible change, in a plain viewer with the same layers (plain zarr
     arrays, `snapshot_layers`) and none of the plugin's code: open = add the volume; start = add the session's
-    layers but the routing ones; maps = refresh the model's map layers; propose = update the regions layer and
-    move the camera to a region; accept = refresh the labels canvas and the regions layer; route = add the
+    layers but the routing and suggestion ones; maps = refresh the model's map layers; propose = add the
+    suggestion layer (one region), update the regions layer and move the camera to a region; accept = refresh the labels canvas and the regions layer; route = add the
     routing overlay and the routed segmentation (multiscale over zarr, as the plugin's first routing does);
     share_slider = a new routing overlay (its few pixels); scroll =
     `dims.set_current_step` one slice and back; toggle_overlays = the model's layers' `visible` off and on.
@@ -168,7 +168,9 @@ def napari_floor(snapshot: list[tuple], src: Path, z: int, probe: GapProbe, side
                 if i != image_i and which(state["name"]):
                     viewer.add_layer(Layer.create(data, state, kind))
 
-        rec("start", lambda: add(lambda n: n not in (ROUTING, ROUTED)))  # the routing layers come with a routing
+        suggestion = "paser suggestion"  # the Label step's layer of a proposal's suggestion, added at the first
+        later = (ROUTING, ROUTED, suggestion)  # the routing layers come with a routing
+        rec("start", lambda: add(lambda n: n not in later))
         viewer.dims.set_current_step(0, z)
         viewer.reset_view()
 
@@ -186,6 +188,7 @@ def napari_floor(snapshot: list[tuple], src: Path, z: int, probe: GapProbe, side
                 layer(ROUTING).data = np.asarray(layer(ROUTING).data)[..., ::-1].copy()
 
         def go_to() -> None:
+            add(lambda n: n == suggestion)
             regions()
             viewer.reset_view()
             camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
