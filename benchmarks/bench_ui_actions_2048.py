@@ -385,6 +385,9 @@ def route_view_first(side: int, slices: int, out: Path) -> int:
     result = {"benchmark": "route-view-first", "command": "python benchmarks/bench_ui_actions_2048.py --route-view-first",
               "slice": f"{side} x {side}, a mapped slice of the tiled SOC zarr; f1 medium on every other column of "
                        f"the policy's {grid.rows} x {grid.cols} patches, f0 tiny elsewhere; on screen: {view}",
+              "note": "the policy is replaced by that fixed choice, so map_s leaves out its pass (about 0.6 s on "
+                      "a 2048^2 slice, in the window benchmark's route); before the part on screen came first, its "
+                      "segmentation came with the whole slice's",
               **events, "machine": machine(load, torch_threads=1),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print(json.dumps(events))
