@@ -121,13 +121,59 @@ def snapshot_layers(viewer, zs: tuple[int, ...], folder: Path) -> list[tuple]:
     return out
 
 
-FLOOR_ACTIONS = ("open", "start", "maps", "propose", "accept", "route", "share_slider", "scroll", "toggle_overlays")
+MAP_REFRESHES = 16
+"""Refreshes of the floor's maps_while_computing, one a second: a 2048^2 slice's maps come in 16 tiles."""
+
+
+class BusyRefreshes:
+    """`refresh()` once a second, `n` times, while a thread runs a tiny UNet on 576^2 tiles without a break (the
+    maps worker's CPU use without its results); `busy` until the last refresh (what `GapProbe.measure` waits on).
+    napari's floor for the Maps action, whose layers are refreshed at most once a second while tiles come in."""
+
+    previewing = False
+
+    def __init__(self, refresh, n: int) -> None:
+        self.refresh, self.n, self.left = refresh, n, 0
+        self._stop = threading.Event()
+
+    @property
+    def busy(self) -> bool:
+        return self.left > 0
+
+    def start(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.left = self.n
+        self._stop.clear()
+        threading.Thread(target=self._burn, daemon=True).start()
+        self._timer = QTimer()
+        self._timer.timeout.connect(self._tick)
+        self._timer.start(1000)
+
+    def _tick(self) -> None:
+        self.refresh()
+        self.left -= 1
+        if self.left <= 0:
+            self._timer.stop()
+            self._stop.set()
+
+    def _burn(self) -> None:
+        import torch
+
+        from learners.unet import UNet, preset_config
+
+        model, x = UNet(preset_config("tiny", n_classes=3)).eval(), torch.rand(1, 1, 576, 576)
+        with torch.no_grad():
+            while not self._stop.is_set():
+                model(x)
 
 
 def napari_floor(snapshot: list[tuple], src: Path, z: int, probe: GapProbe, side: int) -> dict:
     """napari's own floor for each action's visible change, in a plain viewer with the same layers (plain zarr
     arrays, `snapshot_layers`) and none of the plugin's code: open = add the volume; start = add the session's
-    layers but the routing and suggestion ones; maps = refresh the model's map layers; propose = add the
+    layers but the routing and suggestion ones; maps = refresh the model's map layers (once, and
+    `MAP_REFRESHES` times a second apart while a thread computes as the maps worker does:
+    maps_while_computing); propose = add the
     suggestion layer (one region), update the regions layer and move the camera to a region; accept = refresh the labels canvas and the regions layer; route = add the
     routing overlay and the routed segmentation (multiscale over zarr, as the plugin's first routing does);
     share_slider = a new routing overlay (its few pixels); scroll =
@@ -146,8 +192,8 @@ def napari_floor(snapshot: list[tuple], src: Path, z: int, probe: GapProbe, side
     names = [state["name"] for _, state, _ in snapshot]
     image_i = next((i for i, (_, _, kind) in enumerate(snapshot) if kind == "image"), 0)
 
-    def rec(name: str, action) -> None:
-        res = probe.measure(action, NoHub(), settle=0.5)
+    def rec(name: str, action, hub=None) -> None:
+        res = probe.measure(action, hub or NoHub(), settle=0.5)
         idle = probe.measure(lambda: None, NoHub(), settle=1.0)
         prev = out.get(name, {})
         out[name] = {"max_gap_ms": max(prev.get("max_gap_ms", 0), res["max_gap_ms"]),
@@ -196,6 +242,8 @@ def napari_floor(snapshot: list[tuple], src: Path, z: int, probe: GapProbe, side
             camera.zoom = camera.zoom * side / 192
 
         rec("maps", lambda: refresh(PRED, ENTROPY, ABOVE))
+        busy = BusyRefreshes(lambda: refresh(PRED, ENTROPY, ABOVE), MAP_REFRESHES)
+        rec("maps_while_computing", busy.start, busy)
         rec("propose", go_to)
         for _ in range(3):
             rec("accept", lambda: (refresh(LABELS), regions()))
@@ -453,7 +501,7 @@ def main() -> int:
             row["small"] = {k: small["actions"][name][k] for k in ("wall_s", "max_gap_ms", "idle_max_gap_ms",
                                                                     "peak_rss_mb")}
         row["gap_ratio_to_idle"] = round(res["max_gap_ms"] / max(res["idle_max_gap_ms"], 1e-3), 2)
-        floor = big.get("floor", {}).get(name)
+        floor = big.get("floor", {}).get("maps_while_computing" if name == "maps" else name)
         if floor is not None:  # napari's own gap for the same visible change, without the plugin
             row["floor_max_gap_ms"], row["floor_idle_max_gap_ms"] = floor["max_gap_ms"], floor["idle_max_gap_ms"]
             row["gap_ratio_to_floor"] = round(res["max_gap_ms"] / max(floor["max_gap_ms"], 1e-3), 2)
@@ -468,7 +516,7 @@ def main() -> int:
         "probe_ms": PROBE_MS,
         "targets": {"max_gap_vs_idle": 2.0, "first_visible_maps_s": 3.0, "first_route_preview_s": 3.0,
                     "peak_rss_mb": 1536},
-        "actions": actions, "idle": big["actions"]["idle"],
+        "actions": actions, "idle": big["actions"]["idle"], "napari_floor": big.get("floor", {}),
         "peak_rss_mb": peak, "process_peak_rss_mb": big["process_peak_rss_mb"],
         "over_target": sorted(k for k, v in actions.items() if v["gap_ratio_to_idle"] > 2.0),
         "over_floor": sorted(k for k, v in actions.items() if v.get("gap_ratio_to_floor", 0) > 2.0),
