@@ -31,6 +31,7 @@ from napari_paser.gui.layers import ABOVE, IMAGE, LABELS, MODEL_VIEW, REGIONS
 from napari_paser.gui.layers import (  # noqa: F401 (re-exported for widgets, tests)
     ENTROPY, HIGHLIGHT, MODEL_COLORS, PRED, ROUTED, ROUTING, LazyView)
 from napari_paser.gui.warmup import warm_imports
+from napari_paser.memory import release_memory
 from napari_paser.session.core import Session
 from napari_paser.session.lock import FolderNotWritableError, SessionLockedError
 
@@ -340,14 +341,20 @@ class Hub(QObject):
 
     def route_job(self, session: Session, z: int, samples: int, lam: float | None):
         """A routing job for `run`: routes slice z in the worker, the part on screen first (a preview of it
-        goes to `routing_preview` once its first maps tile is done), and writes the segmentation into
+        goes to `routing_preview` once its first maps tile is done, then the whole routing map, then the
+        segmentation of the patches on screen before the rest's), and writes the segmentation into
         `routed_data` there (the GUI thread only refreshes the layer)."""
         from napari_paser.session.routing import route_in_view
 
         data, view = self.routed_data(session), self.view_box()
 
+        def preview(routed) -> None:  # the segmentation of the patches on screen is written before it is shown
+            if routed.segmentation is not None:
+                L.write_routed(data, routed, session.n_classes)
+            self.routing_preview.emit(routed)
+
         def job(should_stop):
-            routed = yield from route_in_view(session, z, samples, lam, view, should_stop, self.routing_preview.emit)
+            routed = yield from route_in_view(session, z, samples, lam, view, should_stop, preview)
             if routed is not None:
                 L.write_routed(data, routed, session.n_classes)
             return routed
@@ -505,26 +512,6 @@ class Hub(QObject):
     @property
     def previewing(self) -> bool:
         return bool(self._light)
-
-
-def release_memory() -> None:
-    """Hand the C heap's free pages back to the system (glibc `malloc_trim`) after a job: each worker thread
-    allocates from its own arena, and what a finished job freed there otherwise stays in the process's
-    resident memory, so the peaks of successive jobs add up. A no-op where glibc is not the C library."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim():
-    import ctypes
-    import ctypes.util
-
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return None
 
 
 def layer_path(layer) -> str | None:

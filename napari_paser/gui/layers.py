@@ -325,10 +325,12 @@ def routed_array(session, folder) -> object:
 
 
 def write_routed(array, routed, n_classes: int) -> None:
-    """Store a routed slice's segmentation into `routed_array` (run in the routing worker)."""
+    """Store a routed slice's segmentation into `routed_array` (run in the routing worker); a partial one
+    (`routed.done`) leaves the patches not routed yet empty (0)."""
     from napari_paser.data.labels_convention import classes_to_layer
 
-    data = classes_to_layer(routed.segmentation, n_classes=n_classes)
+    done = None if routed.done is None else np.asarray(routed.done).ravel()[routed.grid().cell_index_map()]
+    data = classes_to_layer(routed.segmentation, done, n_classes=n_classes)
     if array.ndim == 3:
         array[int(routed.z)] = data
     else:

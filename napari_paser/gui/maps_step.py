@@ -248,7 +248,7 @@ class MapsWidget(QWidget):
         self.readout.setText(f"slice {routed.z}{trained}: <b>{routed.gflops:.3f}</b> GFLOPs spent vs "
                              f"{routed.gflops_largest:.3f} for {routed.names[-1]} everywhere ({ratio:.0%} of it)")
         self.shares.setText(f"patches per model: {shares}")
-        if routed.segmentation is not None:  # not on every move of the lambda slider
+        if routed.segmentation is not None and routed.done is None:  # not per slider move, nor for the part on screen
             info(f"routed slice {routed.z}: {shares}; its segmentation is the layer '{ROUTED}'")
 
     def _legend(self) -> None:

@@ -354,17 +354,18 @@ class Session:
         """Whether suggestions are routed predictions: a routing policy and the models it routes between."""
         return self.labeling.routes_suggestions
 
-    def guessed_patch(self, region: Region, samples: int = 5) -> tuple[np.ndarray, dict]:
+    def guessed_patch(self, region: Region, samples: int = 5, routes: dict | None = None) -> tuple[np.ndarray, dict]:
         """The current best guess of a region in the layer convention and where it came from."""
-        return self.labeling.guessed_patch(region, samples)
+        return self.labeling.guessed_patch(region, samples, routes)
 
     def predicted_patch(self, region: Region, samples: int = 5) -> np.ndarray:
         """f0's MC-mean prediction of a region in the layer convention."""
         return self.labeling.predicted_patch(region, samples)
 
-    def routed_patch(self, region: Region, samples: int = 5, lam: float | None = None) -> tuple[np.ndarray, dict]:
+    def routed_patch(self, region: Region, samples: int = 5, lam: float | None = None,
+                     routes: dict | None = None) -> tuple[np.ndarray, dict]:
         """The routed prediction of a region (layer convention) and where it came from."""
-        return self.labeling.routed_patch(region, samples, lam)
+        return self.labeling.routed_patch(region, samples, lam, routes)
 
     def effort_of(self, region_id: int) -> Effort | None:
         """The correction effort of an accepted region (None when it was painted, not corrected)."""

@@ -17,13 +17,14 @@ from learners.uncertainty import receptive_halo, uncertainty_maps
 from napari_paser.data.dataset import normalise
 from napari_paser.data.labels_convention import layer_to_classes
 from napari_paser.errors import InputError, PaserInputError
+from napari_paser.memory import release_memory
 from napari_paser.session.effort import Effort, correction_effort
 from napari_paser.session.maps import MapsCache
 from napari_paser.session.models import MODEL_ROLES, ModelSet
 from napari_paser.session.progress import Progress
 from napari_paser.session.refresh import RefreshReport
 from napari_paser.session.router.router import Router
-from napari_paser.session.routing import ROUTE_BATCH, policy_models
+from napari_paser.session.routing import ROUTE_BATCH, policy_models, route_slice
 from napari_paser.session.sampling import proposal_inputs
 from napari_paser.session.store import (
     MAP_NAMES,
@@ -142,6 +143,7 @@ class Labeling:
             request["max_per_slice"] = int(max_per_slice)
         if near:
             request["near"] = int(near)
+        release_memory()  # what ranking freed (the sampler's features), before the suggestions' model work
         made = self._make_suggestions([p.region_id for p in proposals]) if suggest and self.model_set.has_models else {}
 
         def mutate(s: State) -> None:
@@ -429,11 +431,12 @@ class Labeling:
             return False
         return not routed or int(info.get("route_version", -1)) >= self.store.state.model_version
 
-    def guessed_patch(self, region: Region, samples: int = 5) -> tuple[np.ndarray, dict]:
+    def guessed_patch(self, region: Region, samples: int = 5, routes: dict | None = None) -> tuple[np.ndarray, dict]:
         """The current best guess of a region in the layer convention and where it came from: the routed
-        prediction (`routed_patch`) when the session routes, else f0's MC mean (`predicted_patch`)."""
+        prediction (`routed_patch`, `routes` its memo) when the session routes, else f0's MC mean
+        (`predicted_patch`)."""
         if self.routes_suggestions:
-            return self.routed_patch(region, samples)
+            return self.routed_patch(region, samples, routes=routes)
         return self.predicted_patch(region, samples), {"source": "f0"}
 
     def predicted_patch(self, region: Region, samples: int = 5) -> np.ndarray:
@@ -459,7 +462,8 @@ class Labeling:
         inner = (slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
         return maps.prediction[inner], maps.entropy[inner].astype(np.float32)
 
-    def routed_patch(self, region: Region, samples: int = 5, lam: float | None = None) -> tuple[np.ndarray, dict]:
+    def routed_patch(self, region: Region, samples: int = 5, lam: float | None = None,
+                     routes: dict | None = None) -> tuple[np.ndarray, dict]:
         """The routed prediction of a region (layer convention) and where it came from.
 
         Only the region and the context routing needs are computed: the routing patches that meet the
@@ -467,15 +471,25 @@ class Labeling:
         state of that window comes from the slice's maps where they are current; the policy routes the
         window's patches (it sees the window, not the whole slice), and only the patches meeting the region
         run their routed model. A policy on a
-        rows x cols grid (its patches follow the slice's size) routes the whole slice instead.
+        rows x cols grid (its patches follow the slice's size) reads the whole slice: its routing map of the
+        slice is kept in `routes` (a dict the caller keeps for a batch of regions, so several regions of one
+        slice cost one policy pass), and only the patches meeting the region run their routed model.
         """
         lam, policy = self.model_set.pick_policy(lam)
         models = policy_models(policy, self.model_set.models, "the routing policy")
         patching, (h, w) = policy.config.patching, self.store.shape[-2:]
         ry, rx = slice(region.y0, region.y0 + region.h), slice(region.x0, region.x0 + region.w)
         if patching.size is None:
-            routed = self.router.route(region.z, samples, lam)
-            chosen = [int(a) for b, a in zip(routed.grid().boxes(), routed.routing.ravel()) if _meets(b.slices, ry, rx)]
+            key = (region.z, samples, lam)
+            mapped = (routes or {}).get(key) or self.router.route(region.z, samples, lam, execute=False)
+            if routes is not None:
+                routes[key] = mapped
+            meets = np.array([_meets(b.slices, ry, rx) for b in mapped.grid().boxes()]).reshape(mapped.routing.shape)
+            chosen = mapped.routing[meets].tolist()
+            image = self.store.image_slice(region.z)
+            routed = route_slice(models, policy, image, region.z, samples,
+                                 self.maps_cache.f0_state(region.z, samples, image), True, lam,
+                                 actions=np.where(meets, mapped.routing, 0))  # the rest: f0's, known
             patch = routed.segmentation[ry, rx]
         else:
             ph, pw = patching.size
@@ -508,13 +522,15 @@ class Labeling:
         the `State.suggestions` entries to commit."""
         version, out, routed = self.maps_cache.maps_version(), {}, self.routes_suggestions
         seq = int(self.store.state.settings.get("next_suggestion_seq", 0))
+        routes: dict = {}  # a whole-slice policy's routing map per slice, for the regions of that slice
         for rid in region_ids:
             info = self.store.state.suggestions.get(str(int(rid)))
             if (info is not None and self._suggestion_fresh(info, routed)
                     and crop_path(self.store.folder, int(rid), info["seq"], SUGGESTIONS).is_file()):
                 out[str(int(rid))] = dict(info)
                 continue
-            patch, where = self.guessed_patch(self.store.pool.region(int(rid)))
+            patch, where = self.guessed_patch(self.store.pool.region(int(rid)), routes=routes)
+            release_memory()  # a routing pass's buffers, before the next region's
             save_crop(self.store.folder, int(rid), seq, patch, SUGGESTIONS)
             out[str(int(rid))] = {"seq": seq, "model_version": version, **where}
             if where["source"] == "routed":

@@ -220,9 +220,9 @@ class MapsCache:
             if key in self._states:
                 return self._states[key]
         f0 = self.model_set.require_f0()
-        if int(z) in self.fresh_slices():
-            maps = self.slice_maps(z)
-            prediction, entropy = maps["prediction"], maps["entropy"]
+        if int(z) in self.fresh_slices():  # the two maps the policy reads (not BALD)
+            prediction, entropy = (np.asarray(self.store.maps[name][self.store.index(z)])
+                                   for name in ("prediction", "entropy"))
         else:
             m, _ = self.slice_maps_now(f0, z, samples, self.maps_version(), image=image)
             prediction, entropy = m.prediction, m.entropy

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from napari_paser.session.maps import MapsCache
 from napari_paser.session.models import ModelSet
 from napari_paser.session.progress import Progress
@@ -43,7 +45,10 @@ class Router:
         lam, policy = self.model_set.pick_policy(lam)
         (z,) = self.store.slices(z)
         models = policy_models(policy, self.model_set.models, "the routing policy")
-        image = self.store.image_slice(z)
+        if not execute and self.maps_cache.has_state(z, samples):  # the policy reads f0's state alone: no image read
+            image = np.empty(self.store.shape[-2:], np.float32)
+        else:
+            image = self.store.image_slice(z)
         return route_slice(models, policy, image, z, samples, self.maps_cache.f0_state(z, samples, image), execute,
                            lam)
 
