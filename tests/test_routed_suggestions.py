@@ -137,7 +137,7 @@ def test_a_grid_policy_routes_a_slice_once_for_all_its_proposed_regions(tmp_path
     s.load_models(make_run(tmp_path / "run"))
     collect(s.compute_maps([1], samples=5))
     calls = []
-    route = s.router.route  # the labeling part routes through the session's router
+    route = s.router.route  # the suggestions part routes through the session's router
     monkeypatch.setattr(s.router, "route", lambda z, *a, **kw: calls.append(z) or route(z, *a, **kw))
     proposals = s.propose(4, "entropy")
     assert len(proposals) == 4 and {p.z for p in proposals} == {1} and calls == [1]

@@ -40,9 +40,13 @@ concern (their methods do the work; a Session's methods forward to them):
 - `router` (`session.router.router.Router`, on the store, the model set and the maps cache):
   routing a slice, the routing bank, the run export (it subscribes the rethreshold of a stale
   ranked bank to `after_refresh`);
-- `labeling` (`session.labeling.Labeling`, on all of the above): proposals, suggestions,
-  accepting, taking back, skipping, edits, effort (it subscribes the repeat of the last proposal
-  request to `after_refresh`).
+- `suggestions` (`session.suggestions.Suggestions`, on the store, the model set, the maps cache and the
+  router): the model's guess of each proposed region (f0's or routed), stored, and whether it is current;
+- `proposer` (`session.proposals.Proposer`, on the store, the model set, the maps cache and the
+  suggestions): proposals from the sampler registry, the spread of mapped slices, proposals on
+  neighbouring slices (it subscribes the repeat of the last proposal request to `after_refresh`);
+- `labeling` (`session.labeling.Labeling`, on the store, the suggestions and the proposer): accepting,
+  taking back, skipping, edits, effort, the held-out regions.
 """
 
 from __future__ import annotations
@@ -64,10 +68,11 @@ from learners.uncertainty import UncertaintyMaps
 from learners.unet import UNet, UNetConfig
 from napari_paser.session.effort import Effort
 from napari_paser.session.export import export_session
-from napari_paser.session.labeling import SPREAD_PIXELS, Labeling, PartialRegionError  # noqa: F401 (re-exported)
+from napari_paser.session.labeling import Labeling, PartialRegionError  # noqa: F401 (re-exported)
 from napari_paser.session.maps import MapsCache, View
 from napari_paser.session.models import MODEL_ROLES, ModelSet
 from napari_paser.session.progress import Progress
+from napari_paser.session.proposals import SPREAD_PIXELS, Proposer
 from napari_paser.session.refresh import RefreshReport
 from napari_paser.session.router.config import RouterResult
 from napari_paser.session.router.router import Router
@@ -75,6 +80,7 @@ from napari_paser.session.routing import SliceRouting
 from napari_paser.session.store import (  # noqa: F401 (check_image, MIN_SIDE: re-exported)
     MIN_SIDE, AcceptedRegion, ClassSpec, CurvePoint, Proposal, State, Store, check_image,
 )
+from napari_paser.session.suggestions import Suggestions
 from napari_paser.session.training import RetrainResult, TrainingData
 from sampling.regions import Region, RegionPool
 from sampling.registry import SAMPLERS  # noqa: F401 (the GUI's sampler menu)
@@ -86,16 +92,19 @@ class SessionWarning(UserWarning):
 
 class Session:
     """Image, labels, regions, proposals, models and labeled set of one labeling session: a front over its
-    parts (`store`, `model_set`, `maps_cache`, `router`, `labeling`; see the module doc)."""
+    parts (`store`, `model_set`, `maps_cache`, `router`, `suggestions`, `proposer`, `labeling`; see the
+    module doc)."""
 
     def __init__(self, store: Store) -> None:
         """Use `Session.create` or `Session.open`."""
         self.store = store
         self.model_set = ModelSet(store)
         self.maps_cache = MapsCache(store, self.model_set)
-        # the router subscribes to the refresh before the labeling: the repeated proposals read the new bank
+        # the router subscribes to the refresh before the proposer: the repeated proposals read the new bank
         self.router = Router(store, self.model_set, self.maps_cache)
-        self.labeling = Labeling(store, self.model_set, self.maps_cache, self.router)
+        self.suggestions = Suggestions(store, self.model_set, self.maps_cache, self.router)
+        self.proposer = Proposer(store, self.model_set, self.maps_cache, self.suggestions)
+        self.labeling = Labeling(store, self.suggestions, self.proposer)
 
     @classmethod
     def _held(cls, store: Store) -> Session:
@@ -282,16 +291,16 @@ class Session:
     @property
     def pending_proposals(self) -> list[Proposal]:
         """The proposals neither accepted nor skipped this round."""
-        return self.labeling.pending_proposals
+        return self.proposer.pending_proposals
 
     def next_proposal(self, after_rank: int = 0) -> Proposal | None:
         """The best pending proposal ranked after `after_rank` (wrapping around), for a "next" button."""
-        return self.labeling.next_proposal(after_rank)
+        return self.proposer.next_proposal(after_rank)
 
     def propose(self, k: int = 8, sampler: str = "entropy", seed: int = 0, max_per_slice: int | None = None,
                 near: int = 0, suggest: bool = True, **options) -> list[Proposal]:
-        """Rank k unlabeled regions with `sampler` and make them the current proposals (`Labeling.propose`)."""
-        return self.labeling.propose(k, sampler, seed, max_per_slice, near, suggest, **options)
+        """Rank k unlabeled regions with `sampler` and make them the current proposals (`Proposer.propose`)."""
+        return self.proposer.propose(k, sampler, seed, max_per_slice, near, suggest, **options)
 
     def accept(self, region_id: int, labels_patch: np.ndarray | None = None, confirm_partial: bool = False,
                from_suggestion: bool = False, seconds: float | None = None) -> AcceptedRegion:
@@ -339,33 +348,33 @@ class Session:
 
     def suggestion(self, region_id: int) -> np.ndarray:
         """The model's guess of a region shown when it was proposed, (h, w) in the layer convention."""
-        return self.labeling.suggestion(region_id)
+        return self.suggestions.suggestion(region_id)
 
     def suggestion_source(self, region_id: int) -> str:
         """Where the stored suggestion of a region came from, in words ("" when none is stored)."""
-        return self.labeling.suggestion_source(region_id)
+        return self.suggestions.suggestion_source(region_id)
 
     def suggestions_current(self) -> bool:
         """Whether the stored suggestions come from the current models."""
-        return self.labeling.suggestions_current()
+        return self.suggestions.suggestions_current()
 
     @property
     def routes_suggestions(self) -> bool:
         """Whether suggestions are routed predictions: a routing policy and the models it routes between."""
-        return self.labeling.routes_suggestions
+        return self.suggestions.routes_suggestions
 
     def guessed_patch(self, region: Region, samples: int = 5, routes: dict | None = None) -> tuple[np.ndarray, dict]:
         """The current best guess of a region in the layer convention and where it came from."""
-        return self.labeling.guessed_patch(region, samples, routes)
+        return self.suggestions.guessed_patch(region, samples, routes)
 
     def predicted_patch(self, region: Region, samples: int = 5) -> np.ndarray:
         """f0's MC-mean prediction of a region in the layer convention."""
-        return self.labeling.predicted_patch(region, samples)
+        return self.suggestions.predicted_patch(region, samples)
 
     def routed_patch(self, region: Region, samples: int = 5, lam: float | None = None,
                      routes: dict | None = None) -> tuple[np.ndarray, dict]:
         """The routed prediction of a region (layer convention) and where it came from."""
-        return self.labeling.routed_patch(region, samples, lam, routes)
+        return self.suggestions.routed_patch(region, samples, lam, routes)
 
     def effort_of(self, region_id: int) -> Effort | None:
         """The correction effort of an accepted region (None when it was painted, not corrected)."""
@@ -380,21 +389,21 @@ class Session:
         return self.labeling.curve_effort()
 
     def spread_count(self, most: int = 8, pixels: int = SPREAD_PIXELS) -> int:
-        """How many slices a spread over the volume maps (`Labeling.spread_count`)."""
-        return self.labeling.spread_count(most, pixels)
+        """How many slices a spread over the volume maps (`Proposer.spread_count`)."""
+        return self.proposer.spread_count(most, pixels)
 
     def spread_maps(self, n: int = 8, samples: int = 5, should_stop: Callable[[], bool] | None = None
                     ) -> Generator[Progress, None, int]:
         """Compute the maps of the `spread_slices(n)` whose maps are not current; returns slices mapped."""
-        return self.labeling.spread_maps(n, samples, should_stop)
+        return self.proposer.spread_maps(n, samples, should_stop)
 
     def neighbour_ids(self, depth: int = 2, around: Iterable[int] | None = None) -> np.ndarray:
         """Unlabeled regions at the place of the regions `around` on the slices z +- 1..depth."""
-        return self.labeling.neighbour_ids(depth, around)
+        return self.proposer.neighbour_ids(depth, around)
 
     def propose_neighbours(self, region_id: int, depth: int = 2) -> list[Proposal]:
         """Propose the region's place on the slices z +- 1..depth, after the pending proposals."""
-        return self.labeling.propose_neighbours(region_id, depth)
+        return self.proposer.propose_neighbours(region_id, depth)
 
     def sync_labels(self, layer_data) -> None:
         """Copy a Labels layer's data (layer convention, the image's shape) into the canvas."""
