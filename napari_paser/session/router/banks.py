@@ -7,11 +7,10 @@ from __future__ import annotations
 from collections.abc import Generator, Sequence
 
 import numpy as np
-import torch
 
 from learners.errors import InputError
 from learners.routing.bank import PolicyBank, check_lambdas, iter_bank_training
-from learners.routing.policy import PolicyConfig, PolicyNet
+from learners.routing.policy import PolicyConfig
 from learners.routing.ranked import entropy_sample, from_share, patch_score, tail_level
 from learners.routing.router import model_costs
 from learners.routing.training import PolicyEpoch, RLConfig
@@ -43,13 +42,10 @@ def network_bank(parts: RouterParts, models, rewards: RegionRewards, lambdas, co
     rl = RLConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
                   gradient="expected")
 
-    def make_policy() -> PolicyNet:
-        torch.manual_seed(config.seed)
-        return PolicyNet(PolicyConfig(n_classes=parts.store.n_classes, n_models=len(models), width=config.width,
-                                      patch=rewards.patch, halo=rewards.halo))
-
     total = len(lambdas) * config.epochs
-    gen = iter_bank_training(data, lambdas, make_policy, rl, should_stop)
+    policy = PolicyConfig(n_classes=parts.store.n_classes, n_models=len(models), width=config.width,
+                          patch=rewards.patch, halo=rewards.halo)
+    gen = iter_bank_training(data, lambdas, policy, rl, should_stop)  # every member drawn from rl.seed
     done = 0
     while True:
         try:
