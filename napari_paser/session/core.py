@@ -286,7 +286,7 @@ class Session:
         """n slices spread evenly over the volume (all of them when it has fewer)."""
         return self.store.spread_slices(n)
 
-    # ------------------------------------------------------------------ the labeled set
+    # ------------------------------------------------------------------ proposals
 
     @property
     def pending_proposals(self) -> list[Proposal]:
@@ -301,6 +301,25 @@ class Session:
                 near: int = 0, suggest: bool = True, **options) -> list[Proposal]:
         """Rank k unlabeled regions with `sampler` and make them the current proposals (`Proposer.propose`)."""
         return self.proposer.propose(k, sampler, seed, max_per_slice, near, suggest, **options)
+
+    def spread_count(self, most: int = 8, pixels: int = SPREAD_PIXELS) -> int:
+        """How many slices a spread over the volume maps (`Proposer.spread_count`)."""
+        return self.proposer.spread_count(most, pixels)
+
+    def spread_maps(self, n: int = 8, samples: int = 5, should_stop: Callable[[], bool] | None = None
+                    ) -> Generator[Progress, None, int]:
+        """Compute the maps of the `spread_slices(n)` whose maps are not current; returns slices mapped."""
+        return self.proposer.spread_maps(n, samples, should_stop)
+
+    def neighbour_ids(self, depth: int = 2, around: Iterable[int] | None = None) -> np.ndarray:
+        """Unlabeled regions at the place of the regions `around` on the slices z +- 1..depth."""
+        return self.proposer.neighbour_ids(depth, around)
+
+    def propose_neighbours(self, region_id: int, depth: int = 2) -> list[Proposal]:
+        """Propose the region's place on the slices z +- 1..depth, after the pending proposals."""
+        return self.proposer.propose_neighbours(region_id, depth)
+
+    # ------------------------------------------------------------------ the labeled set
 
     def accept(self, region_id: int, labels_patch: np.ndarray | None = None, confirm_partial: bool = False,
                from_suggestion: bool = False, seconds: float | None = None) -> AcceptedRegion:
@@ -346,6 +365,33 @@ class Session:
         """The held-out mIoU with the regions and slices it rests on, and what to label when too few."""
         return self.labeling.held_out_text(miou)
 
+    def effort_of(self, region_id: int) -> Effort | None:
+        """The correction effort of an accepted region (None when it was painted, not corrected)."""
+        return self.labeling.effort_of(region_id)
+
+    def effort_summary(self) -> dict:
+        """Totals of the correction effort over the accepted set (`Labeling.effort_summary`)."""
+        return self.labeling.effort_summary()
+
+    def curve_effort(self) -> list[int]:
+        """The x-axis of the learning curve in pixels a person touched."""
+        return self.labeling.curve_effort()
+
+    def sync_labels(self, layer_data) -> None:
+        """Copy a Labels layer's data (layer convention, the image's shape) into the canvas."""
+        self.labeling.sync_labels(layer_data)
+
+    def export(self, out: str | Path, full_volume: bool = False, fmt: str = "tiff", edits: str = "refuse") -> Path:
+        """Write the labeled set (crops + manifest, optionally the label volume); see `session.export`.
+
+        edits: what to do with accepted regions edited since accepted (`edited_regions`):
+        "refuse" (default: PaserInputError naming them), "accept" (`accept_edits` first), or
+        "keep" (export the accepted crops as they are; the manifest lists the edited regions).
+        """
+        return export_session(self.labeling, out, full_volume=full_volume, fmt=fmt, edits=edits)
+
+    # ------------------------------------------------------------------ suggestions
+
     def suggestion(self, region_id: int) -> np.ndarray:
         """The model's guess of a region shown when it was proposed, (h, w) in the layer convention."""
         return self.suggestions.suggestion(region_id)
@@ -375,48 +421,6 @@ class Session:
                      routes: dict | None = None) -> tuple[np.ndarray, dict]:
         """The routed prediction of a region (layer convention) and where it came from."""
         return self.suggestions.routed_patch(region, samples, lam, routes)
-
-    def effort_of(self, region_id: int) -> Effort | None:
-        """The correction effort of an accepted region (None when it was painted, not corrected)."""
-        return self.labeling.effort_of(region_id)
-
-    def effort_summary(self) -> dict:
-        """Totals of the correction effort over the accepted set (`Labeling.effort_summary`)."""
-        return self.labeling.effort_summary()
-
-    def curve_effort(self) -> list[int]:
-        """The x-axis of the learning curve in pixels a person touched."""
-        return self.labeling.curve_effort()
-
-    def spread_count(self, most: int = 8, pixels: int = SPREAD_PIXELS) -> int:
-        """How many slices a spread over the volume maps (`Proposer.spread_count`)."""
-        return self.proposer.spread_count(most, pixels)
-
-    def spread_maps(self, n: int = 8, samples: int = 5, should_stop: Callable[[], bool] | None = None
-                    ) -> Generator[Progress, None, int]:
-        """Compute the maps of the `spread_slices(n)` whose maps are not current; returns slices mapped."""
-        return self.proposer.spread_maps(n, samples, should_stop)
-
-    def neighbour_ids(self, depth: int = 2, around: Iterable[int] | None = None) -> np.ndarray:
-        """Unlabeled regions at the place of the regions `around` on the slices z +- 1..depth."""
-        return self.proposer.neighbour_ids(depth, around)
-
-    def propose_neighbours(self, region_id: int, depth: int = 2) -> list[Proposal]:
-        """Propose the region's place on the slices z +- 1..depth, after the pending proposals."""
-        return self.proposer.propose_neighbours(region_id, depth)
-
-    def sync_labels(self, layer_data) -> None:
-        """Copy a Labels layer's data (layer convention, the image's shape) into the canvas."""
-        self.labeling.sync_labels(layer_data)
-
-    def export(self, out: str | Path, full_volume: bool = False, fmt: str = "tiff", edits: str = "refuse") -> Path:
-        """Write the labeled set (crops + manifest, optionally the label volume); see `session.export`.
-
-        edits: what to do with accepted regions edited since accepted (`edited_regions`):
-        "refuse" (default: PaserInputError naming them), "accept" (`accept_edits` first), or
-        "keep" (export the accepted crops as they are; the manifest lists the edited regions).
-        """
-        return export_session(self.labeling, out, full_volume=full_volume, fmt=fmt, edits=edits)
 
     # ------------------------------------------------------------------ the maps
 
