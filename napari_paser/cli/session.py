@@ -15,7 +15,7 @@ def cmd_session_train_router(args: argparse.Namespace) -> int:
 
     from learners.generators import drain
     from napari_paser.session.core import Session
-    from napari_paser.session.router_jobs import ROUTED_RETRAIN, format_router
+    from napari_paser.session.router import ROUTED_RETRAIN, format_router
 
     with Session.open(args.session) as session:
         options = {"policy": args.policy} if args.policy else {}  # --lambdas alone means the network
