@@ -46,7 +46,7 @@ from learners.atomic import atomic_write_text
 from learners.metrics import confusion_matrix, iou_from_confusion
 from napari_paser.data.baselines import fit_pixel_forest, pixel_features, predict_pixel_forest
 from napari_paser.session.core import Session
-from napari_paser.session.router_jobs import ROUTED_RETRAIN
+from napari_paser.session.router import ROUTED_RETRAIN
 
 CLASSES = ("pore", "binder", "active")
 FOREST_TREES = 50
@@ -140,7 +140,7 @@ def unet_full(train_x, train_y, test_sets: dict, steps: int, size: str, seed: in
     from learners.inference import predict_classes
     from learners.training import iter_training
     from learners.unet import preset_config
-    from napari_paser.session.jobs import RETRAIN_CONFIG
+    from napari_paser.session.training import RETRAIN_CONFIG
     from napari_paser.weights import shipped_start
 
     torch.manual_seed(seed)

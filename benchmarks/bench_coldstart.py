@@ -57,7 +57,7 @@ from napari_paser.data.baselines import (
 )
 from napari_paser.data.dataset import normalise
 from napari_paser.session import guard
-from napari_paser.session.jobs import RETRAIN_CONFIG, WARM_LR_FACTOR
+from napari_paser.session.training import RETRAIN_CONFIG, WARM_LR_FACTOR
 from napari_paser.weights import starting_model
 
 BUDGETS = (1024, 3072, 12288, 49152, 122880)

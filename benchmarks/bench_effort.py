@@ -68,7 +68,7 @@ from napari_paser.bench.al_sim import correct_region
 from napari_paser.data.baselines import FEATURE_SIGMAS, fit_pixel_forest, pixel_features, predict_pixel_forest
 from napari_paser.data.dataset import normalise
 from napari_paser.session import Session
-from napari_paser.session.jobs import RETRAIN_CONFIG
+from napari_paser.session.training import RETRAIN_CONFIG
 from napari_paser.weights import starting_model
 
 SESSION_METHODS = {"paint-random": ("random", False), "correct-random": ("random", True),

@@ -42,7 +42,7 @@ from learners.training import iter_training
 from learners.unet import UNet, preset_config
 from napari_paser.data.dataset import make_splits, normalise, read_dataset, robust_range
 from napari_paser.data.degrade import degrade, get_degradation
-from napari_paser.session.jobs import RETRAIN_CONFIG
+from napari_paser.session.training import RETRAIN_CONFIG
 from napari_paser.weights import SHIPPED, has_starting_weights, starting_model
 
 

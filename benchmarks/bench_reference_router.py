@@ -32,7 +32,7 @@ from learners.routing.router import route
 from napari_paser.data.dataset import normalise, write_dataset
 from napari_paser.jobs.policy import load_run_models, train_policies
 from napari_paser.session.core import Session
-from napari_paser.session.router_jobs import ROUTER_LAMBDAS
+from napari_paser.session.router import ROUTER_LAMBDAS
 from router_scoring import CLASSES, load_soc, row
 
 

@@ -44,7 +44,7 @@ from learners.atomic import atomic_write_text
 from learners.inference import predict_classes
 from napari_paser.bench.al import bootstrap_ci, verdict
 from napari_paser.data.dataset import normalise
-from napari_paser.session.jobs import RETRAIN_CONFIG
+from napari_paser.session.training import RETRAIN_CONFIG
 
 
 def run(preset: str, seed: int, scheduler: str, images, labels, splits, args) -> dict:

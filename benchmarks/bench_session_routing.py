@@ -39,7 +39,7 @@ from learners.training import TrainConfig
 from learners.unet import UNetConfig, preset_config
 from napari_paser.data.dataset import normalise
 from napari_paser.session.core import Session
-from napari_paser.session.router_jobs import held_out_choice
+from napari_paser.session.router import held_out_choice
 from router_scoring import CLASSES, accept_round, evaluate, last_entries, load_soc, pick_paser, share_oracle
 
 

@@ -121,7 +121,7 @@ def run(seconds: float) -> dict:
     import torch
 
     from napari_paser.gui.train_step import TRAIN_THREADS
-    from napari_paser.session.jobs import RETRAIN_CONFIG
+    from napari_paser.session.training import RETRAIN_CONFIG
 
     with tempfile.TemporaryDirectory() as tmp:
         viewer, dock = setup(Path(tmp) / "session")

@@ -31,7 +31,7 @@ from learners.inference import predict_logits
 from learners.training import IGNORE_INDEX, iter_training
 from napari_paser.data.baselines import fit_pixel_forest, pixel_features
 from napari_paser.data.dataset import normalise
-from napari_paser.session.jobs import role_config
+from napari_paser.session.training import role_config
 
 
 def probs(model, x: np.ndarray) -> np.ndarray:

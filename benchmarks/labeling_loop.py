@@ -20,7 +20,7 @@ from learners.training import IGNORE_INDEX
 from napari_paser.data.dataset import make_splits, normalise, read_dataset
 from napari_paser.data.degrade import degrade, get_degradation
 from napari_paser.session import Session
-from napari_paser.session.jobs import RETRAIN_CONFIG
+from napari_paser.session.training import RETRAIN_CONFIG
 
 CLASSES = ("pore", "YSZ", "Ni")
 

@@ -22,7 +22,7 @@ from napari_paser.data.dataset import normalise, robust_range
 from napari_paser.data.degrade import degrade, get_degradation
 from napari_paser.jobs.predict import WHOLE
 from napari_paser.session.core import Session
-from napari_paser.session.router_jobs import held_out_choice
+from napari_paser.session.router import held_out_choice
 
 CLASSES = ("pore", "YSZ", "nickel")
 

@@ -84,6 +84,19 @@ BUDGETS = list_of(COUNT, "8,16,32")
 FRACTIONS = list_of(float_range(0, lo_open=True), "0.3,0.2,0.5")
 
 
+def image_size(text: str) -> tuple[int, int]:
+    """An argparse type: an image size HxW (224x256, 224,256) or one number for a square, both at least 8."""
+    try:
+        parts = [int(p) for p in text.lower().replace(",", "x").split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r}: use HxW like 224x256, or one number for a square") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 8:
+        raise argparse.ArgumentTypeError(f"size {text!r}: need HxW with both at least 8 pixels")
+    return parts[0], parts[1]
+
+
 def physical_memory() -> int | None:
     """Bytes of RAM of this machine (None where the OS does not say)."""
     try:

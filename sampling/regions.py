@@ -187,6 +187,10 @@ class RegionPool:
         return np.concatenate([(self._cell_sums(f) / cell_area).T for f in self._slices(features, 1)])
 
 
+EMBED_BATCH = 8
+"""Crops per pass of the feature model: 32 crops of 128^2 through a tiny UNet held about 400 MB of buffers."""
+
+
 class RegionEmbedder:
     """ids -> (len(ids), F) region embeddings computed on demand from a model's feature map.
 
@@ -222,8 +226,8 @@ class RegionEmbedder:
         out: list = [None] * len(regions)
         with torch.no_grad():
             for (_, _, (iy, ih, ix, iw)), items in crops.items():
-                for j in range(0, len(items), 32):
-                    part = items[j:j + 32]
+                for j in range(0, len(items), EMBED_BATCH):
+                    part = items[j:j + EMBED_BATCH]
                     x = torch.from_numpy(np.stack([c for _, c in part]))[:, None]
                     f = self.features(x)[:, :, iy:iy + ih, ix:ix + iw].double().mean((2, 3)).cpu().numpy()
                     for (i, _), e in zip(part, f):

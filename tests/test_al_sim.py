@@ -10,7 +10,7 @@ from napari_paser.bench.al_sim import (
     Split,
     check_budgets,
     labeled_class_counts,
-    make_sampler,
+    sim_sampler,
     simulate,
     start,
     train_dqn,
@@ -56,7 +56,7 @@ def test_labeled_set_grows_by_k_without_duplicates(splits, name):
     data, test = splits
     learner = start(data, 3, CFG, 4, seed=0)
     seed_ids = set(learner.pool.labeled_ids.tolist())
-    trace = simulate(learner, make_sampler(name, CFG), name, test, [4, 7, 10], np.random.default_rng(0))
+    trace = simulate(learner, sim_sampler(name, CFG), name, test, [4, 7, 10], np.random.default_rng(0))
     assert [len(c) for c in trace.chosen] == [3, 3]
     added = [i for c in trace.chosen for i in c]
     assert len(set(added)) == 6 and not set(added) & seed_ids
@@ -101,7 +101,7 @@ def test_retraining_sees_only_the_chosen_regions(splits, monkeypatch):
 
     monkeypatch.setattr(al_sim, "train", spy)
     learner = start(data, 3, CFG, 4, seed=2)
-    trace = simulate(learner, make_sampler("entropy", CFG), "entropy", test, [4, 6], np.random.default_rng(0))
+    trace = simulate(learner, sim_sampler("entropy", CFG), "entropy", test, [4, 6], np.random.default_rng(0))
     x, y, _ = seen[-1]
     assert len(x) == CFG.train_steps * CFG.batch_size  # a fixed number of steps
     assert [lr for *_, lr in seen] == [CFG.lr, CFG.warm_lr]  # from scratch on the seed set, then warm
@@ -118,7 +118,7 @@ def test_simulation_is_deterministic_for_a_seed(splits):
     runs = []
     for _ in range(2):
         learner = start(data, 3, CFG, 4, seed=3)
-        runs.append(simulate(learner, make_sampler("bald", CFG), "bald", test, [4, 6, 8], np.random.default_rng(5)))
+        runs.append(simulate(learner, sim_sampler("bald", CFG), "bald", test, [4, 6, 8], np.random.default_rng(5)))
     assert runs[0].chosen == runs[1].chosen and runs[0].miou == runs[1].miou
 
 
@@ -142,21 +142,21 @@ def test_game_rewards_and_trained_agent_drive_the_dqn_sampler(splits, tmp_path):
     assert set(info["eval_gains"]) == {"dqn", "imitation", "teacher"} and info["chosen"] in info["eval_gains"]
     best = max(np.mean(info["eval_gains"][n]) for n in ("dqn", "imitation"))
     assert (info["chosen"] == "teacher") == (best < np.mean(info["eval_gains"]["teacher"]))  # never below the teacher
-    sampler = make_sampler("dqn", CFG, path)
+    sampler = sim_sampler("dqn", CFG, path)
     assert isinstance(sampler, DQNSampler) and sampler.policy == info["policy"]
     learner = start(data, 3, CFG, 4, seed=0)
     trace = simulate(learner, sampler, "dqn", test, [4, 7], np.random.default_rng(0))
     assert len(set(trace.chosen[0])) == 3
     assert len(trace.class_iou) == 2 and np.nanmean(trace.class_iou[-1]) == pytest.approx(trace.miou[-1], abs=1e-4)
-    other = make_sampler("dqn", SimConfig(region=16, state_regions=4), path)  # features fit any region size
+    other = sim_sampler("dqn", SimConfig(region=16, state_regions=4), path)  # features fit any region size
     assert isinstance(other, DQNSampler)
 
 
 def test_user_errors_are_clear(splits):
     with pytest.raises(InputError, match="query-network"):
-        make_sampler("dqn", CFG, "missing.pt")
+        sim_sampler("dqn", CFG, "missing.pt")
     with pytest.raises(InputError, match="unknown sampler"):
-        make_sampler("coreset", CFG)
+        sim_sampler("coreset", CFG)
     with pytest.raises(PaserInputError, match="increasing"):
         check_budgets([8, 8, 16], 100)
     with pytest.raises(PaserInputError, match="below the pool"):

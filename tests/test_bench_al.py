@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_paser.bench.al_sim import SimConfig
-from napari_paser.bench.al import (BenchConfig, bootstrap_ci, budget_to_reach, budget_to_stay, crossing, format_table,
+from napari_paser.bench.al import (ALBenchConfig, bootstrap_ci, budget_to_reach, budget_to_stay, crossing, format_table,
                                    normalised_auc, run_bench, verdict)
 from napari_paser.cli import main
 from napari_paser.data.dataset import write_dataset
@@ -61,7 +61,7 @@ def test_bootstrap_interval_on_cases_with_known_answers():
 
 def test_run_bench_writes_the_schema_and_is_deterministic(folder, tmp_path):
     def run(out):
-        cfg = BenchConfig(folder, out, ("random", "entropy"), (4, 6, 8), seeds=2, sim=SIM, command="test", progress=False)
+        cfg = ALBenchConfig(folder, out, ("random", "entropy"), (4, 6, 8), seeds=2, sim=SIM, command="test", progress=False)
         return run_bench(cfg)
 
     res = run(tmp_path / "a.json")

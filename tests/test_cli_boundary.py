@@ -58,7 +58,7 @@ def test_absurd_sizes_are_refused_before_allocating(argv, tmp_path, capsys, monk
         raise AssertionError("allocated before the size check")
 
     monkeypatch.setattr(synth, "write_synthetic", never)
-    monkeypatch.setattr("napari_paser.cli.model_costs", never)
+    monkeypatch.setattr("napari_paser.cli.training.preset_costs", never)
     err = _user_error([str(tmp_path / "o") if a == "OUT" else a for a in argv], capsys)
     assert "memory" in err and ("--n" in err or "--size" in err) and len(err.strip().splitlines()) == 1
 

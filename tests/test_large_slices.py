@@ -48,6 +48,24 @@ def test_the_routing_overlay_is_one_pixel_per_patch_centred_on_it():
     assert scale == (1.0, 64.0, 64.0) and translate == (3.0, 31.5, 31.5)
 
 
+def test_the_routed_patches_on_screen_are_written_first_the_others_left_empty(tmp_path):
+    from napari_paser.session.routing import SliceRouting
+
+    class Shape:
+        shape = (2, 32, 32)
+
+    array = L.routed_array(Shape(), tmp_path / "routed.zarr")
+    array[1] = 9  # an earlier routing of the slice: not shown beside the new one
+    seg = np.full((32, 32), 2, np.uint8)
+    done = np.array([[True, False], [False, False]])
+    routed = SliceRouting(z=1, routing=np.zeros((2, 2), int), segmentation=seg, shape=(32, 32), names=("f0",),
+                          params={}, gflops=0.0, gflops_largest=0.0, shares={}, cell=(16, 16), done=done)
+    L.write_routed(array, routed, n_classes=3)
+    assert (array[1, :16, :16] == 3).all() and (array[1, 16:] == 0).all() and (array[1, :, 16:] == 0).all()
+    L.write_routed(array, SliceRouting(**{**routed.__dict__, "done": None}), n_classes=3)
+    assert (array[1] == 3).all() and (array[0] == 0).all()
+
+
 pytest.importorskip("napari")
 
 

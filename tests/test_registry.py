@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-import napari_paser.session.labeling as labeling
+import napari_paser.session.proposals as proposals
 import napari_paser.session.maps as maps
 import sampling.registry as registry
 from learners.modes import eval_mode
@@ -12,7 +12,7 @@ from learners.routing.policy import PolicyConfig, PolicyNet
 from learners.routing.router import f0_state
 from learners.uncertainty import uncertainty_maps
 from learners.unet import UNet, UNetConfig
-from napari_paser.bench.al_sim import Learner, SimConfig, Split, make_sampler as sim_sampler
+from napari_paser.bench.al_sim import Learner, SimConfig, Split, sim_sampler
 from napari_paser.session import Session
 from sampling.base import SamplingError
 from sampling.regions import RegionEmbedder, RegionPool
@@ -64,7 +64,7 @@ def test_session_and_simulation_build_samplers_through_the_registry(tmp_path, mo
         built.append(name)
         return real(name, context, **options)
 
-    monkeypatch.setattr(labeling, "make_sampler", spy)
+    monkeypatch.setattr(proposals, "make_sampler", spy)
     monkeypatch.setattr("napari_paser.bench.al_sim.registry_sampler", spy)
     s = Session.create(tmp_path / "s", _image(), region_size=32)
     s.propose(2, "random")

@@ -21,7 +21,7 @@ from napari_paser.data.degrade import PRESETS, degrade
 from napari_paser.data.synth import synth_volume
 from napari_paser.errors import PaserInputError
 from napari_paser.session.core import Session
-from napari_paser.session.jobs import RETRAIN_CONFIG
+from napari_paser.session.training import RETRAIN_CONFIG
 from napari_paser.session.store import State
 from napari_paser.weights import provenance, starting_model, weights_path
 
@@ -188,24 +188,24 @@ def test_the_weights_command_rebuilds_starting_weights_with_provenance(tmp_path)
 
 
 def test_a_retrain_of_retrained_weights_runs_at_the_warm_learning_rate(tmp_path, monkeypatch):
-    from napari_paser.session import jobs
+    from napari_paser.session import training
 
     image, labels = volume(n=1, size=64)
     s = Session.create(tmp_path / "s", image, region_size=32, val_every=0)
     s.new_models()
     for rid in (0, 3):
         s.accept(rid, labels[s.region(rid).slices] + 1)
-    seen, real = [], jobs.iter_training
-    monkeypatch.setattr(jobs, "iter_training", lambda model, *a, **k: seen.append(a[4].lr) or real(model, *a, **k))
+    seen, real = [], training.iter_training
+    monkeypatch.setattr(training, "iter_training", lambda model, *a, **k: seen.append(a[4].lr) or real(model, *a, **k))
     tiny = replace(FAST, epochs=1, steps_per_epoch=2)
     collect(s.retrain(tiny, refresh=False))  # from the shipped weights: the configured rate
     assert s.state.models["f0"]["source"] == "retrain"
     collect(s.retrain(tiny, refresh=False))  # weights this session retrained: the warm rate
-    assert seen == [tiny.lr, pytest.approx(tiny.lr * jobs.WARM_LR_FACTOR)] and jobs.WARM_LR_FACTOR < 1
+    assert seen == [tiny.lr, pytest.approx(tiny.lr * training.WARM_LR_FACTOR)] and training.WARM_LR_FACTOR < 1
 
 
 def test_a_drop_within_the_held_out_noise_installs_the_new_weights_and_says_so(tmp_path, monkeypatch):
-    from napari_paser.session import jobs
+    from napari_paser.session import training
     from napari_paser.session.guard import judge as real_judge
 
     image, labels = volume(n=1, size=64)
@@ -223,7 +223,7 @@ def test_a_drop_within_the_held_out_noise_installs_the_new_weights_and_says_so(t
         verdicts.append(real_judge(new, old, **kw))
         return verdicts[-1]
 
-    monkeypatch.setattr(jobs, "judge", noisy)
+    monkeypatch.setattr(training, "judge", noisy)
     _, result = collect(s.retrain(replace(FAST, epochs=1, steps_per_epoch=2), refresh=False))
     v = verdicts[0]
     assert v.new_miou < v.old_miou and not v.worse  # lower, but on one region of two

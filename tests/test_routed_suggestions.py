@@ -128,3 +128,19 @@ def test_a_policy_on_a_rows_by_cols_grid_routes_the_whole_slice(tmp_path):
     routed = s.route(1, samples=5)
     assert np.array_equal(s.suggestion(rid), routed.segmentation[region.slices[1:]] + 1)
     assert s.suggestion_source(rid).startswith("routed (")
+
+
+def test_a_grid_policy_routes_a_slice_once_for_all_its_proposed_regions(tmp_path, monkeypatch):
+    from segment_helpers import make_run
+
+    s = Session.create(tmp_path / "s", volume(), region_size=32)
+    s.load_models(make_run(tmp_path / "run"))
+    collect(s.compute_maps([1], samples=5))
+    calls = []
+    route = s.router.route  # the suggestions part routes through the session's router
+    monkeypatch.setattr(s.router, "route", lambda z, *a, **kw: calls.append(z) or route(z, *a, **kw))
+    proposals = s.propose(4, "entropy")
+    assert len(proposals) == 4 and {p.z for p in proposals} == {1} and calls == [1]
+    whole = route(1, samples=5)
+    for p in proposals:
+        assert np.array_equal(s.suggestion(p.region_id), whole.segmentation[p.y0:p.y0 + p.h, p.x0:p.x0 + p.w] + 1)

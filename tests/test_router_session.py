@@ -18,7 +18,7 @@ from learners.unet import UNet, UNetConfig
 from napari_paser.cli import main
 from napari_paser.errors import PaserInputError
 from napari_paser.session.core import Session
-from napari_paser.session.router_jobs import ROUTER_SHARES, region_rewards
+from napari_paser.session.router import ROUTER_SHARES, region_rewards
 
 TINY = UNetConfig(base=4, depth=2)
 
@@ -171,7 +171,7 @@ def test_a_cancelled_ranked_router_keeps_the_previous_bank(tmp_path):
 
 
 def test_held_out_choice_falls_back_to_f0_alone_when_every_policy_loses_there():
-    from napari_paser.session.router_jobs import format_router, held_out_choice
+    from napari_paser.session.router import format_router, held_out_choice
 
     def row(iou, gflops):
         return {"iou": iou, "gflops_per_image": gflops, "patch_share": {"f0": 0.5, "f1": 0.5, "f2": 0.0}}
@@ -191,7 +191,7 @@ def test_held_out_choice_falls_back_to_f0_alone_when_every_policy_loses_there():
 
 
 def test_a_ranked_table_says_what_routing_does_and_warns_when_f0_alone_leads_on_the_held_out_regions():
-    from napari_paser.session.router_jobs import default_share, format_router
+    from napari_paser.session.router import default_share, format_router
 
     def row(iou, f2):
         return {"iou": iou, "gflops_per_image": 1.0 + f2, "patch_share": {"f0": 1 - f2, "f1": 0.0, "f2": f2}}
@@ -238,7 +238,7 @@ def test_cancel_keeps_the_previous_bank(tmp_path):
 def test_a_bank_made_with_an_older_f0_is_stale_until_the_router_is_made_again(tmp_path):
     from dataclasses import replace
 
-    from napari_paser.session.jobs import RETRAIN_CONFIG
+    from napari_paser.session.training import RETRAIN_CONFIG
 
     s = random_labeled_session(tmp_path, 48, 8)
     assert not s.bank_stale  # no bank yet
@@ -256,8 +256,8 @@ def test_a_full_refresh_sets_a_stale_ranked_bank_again_for_the_new_f0(tmp_path):
     again (same shares, thresholds from the new f0's entropy); a refresh that leaves them stale does not."""
     from dataclasses import replace
 
-    from napari_paser.session.jobs import RETRAIN_CONFIG
-    from napari_paser.session.router_jobs import ROUTER_FILE
+    from napari_paser.session.training import RETRAIN_CONFIG
+    from napari_paser.session.router import ROUTER_FILE
 
     s = random_labeled_session(tmp_path, 48, 8)
     collect(s.train_router(train_models=False, shares=[0.1, 0.3], samples=2, refresh=False))
@@ -282,8 +282,8 @@ def test_the_ranked_bank_scores_patches_by_their_share_of_the_most_uncertain_pix
     from dataclasses import replace
 
     from learners.routing.ranked import TAIL, patch_score
-    from napari_paser.session.jobs import RETRAIN_CONFIG
-    from napari_paser.session.router_jobs import ROUTER_FILE, pool_slices
+    from napari_paser.session.training import RETRAIN_CONFIG
+    from napari_paser.session.router import ROUTER_FILE, pool_slices
 
     s = random_labeled_session(tmp_path, 64, 8)
     collect(s.train_router(train_models=False, shares=[0.25], samples=2, refresh=False))
@@ -389,8 +389,8 @@ def test_cross_fitted_rewards_come_from_models_that_never_saw_the_region(tmp_pat
     """Fold models train on every label but their fold's, and score exactly their fold's regions."""
     from dataclasses import replace
 
-    from napari_paser.session.jobs import RETRAIN_CONFIG, training_data
-    from napari_paser.session.router_jobs import cross_fit_models
+    from napari_paser.session.training import RETRAIN_CONFIG, training_data
+    from napari_paser.session.router import cross_fit_models
 
     s, _ = hard_cell_session(tmp_path)
     s.new_models({"f0": TINY, "f1": TINY})
@@ -432,8 +432,8 @@ def test_train_router_retrains_the_models_its_bank_routes_to(tmp_path):
     network retrains f1 and f2."""
     from dataclasses import replace
 
-    from napari_paser.session.jobs import RETRAIN_CONFIG
-    from napari_paser.session.router_jobs import ROUTED_RETRAIN, RouterConfig
+    from napari_paser.session.training import RETRAIN_CONFIG
+    from napari_paser.session.router import ROUTED_RETRAIN, RouterConfig
 
     assert RouterConfig().model_config is None and ROUTED_RETRAIN.epochs > RETRAIN_CONFIG.epochs
     s = random_labeled_session(tmp_path, 32, 6)
@@ -457,8 +457,8 @@ def test_focus_trains_the_routed_model_where_f0_is_unsure(tmp_path):
     repeats the uniform draw exactly."""
     from dataclasses import replace
 
-    from napari_paser.session.jobs import RETRAIN_CONFIG, uncertainty_focus
-    from napari_paser.session.router_jobs import RouterConfig
+    from napari_paser.session.training import RETRAIN_CONFIG, uncertainty_focus
+    from napari_paser.session.router import RouterConfig
 
     rng = np.random.default_rng(0)
     classes = np.kron(rng.integers(0, 3, (2, 12, 12)), np.ones((1, 4, 4), int))  # 4 px blocks
@@ -497,8 +497,8 @@ def test_routing_is_ready_before_f2_retrains_and_made_again_when_it_lands(tmp_pa
     share follows the held-out table and survives reopening and export."""
     from dataclasses import replace
 
-    from napari_paser.session.jobs import RETRAIN_CONFIG
-    from napari_paser.session.router_jobs import ROUTER_FILE
+    from napari_paser.session.training import RETRAIN_CONFIG
+    from napari_paser.session.router import ROUTER_FILE
 
     s, _ = hard_cell_session(tmp_path)
     s.models["f2"] = UNet(TINY).eval()  # a real model to retrain; the hard regions' f2 is the threshold rule
@@ -537,7 +537,7 @@ def test_f0_is_enough_routes_nothing_by_default_and_a_cancelled_f2_keeps_the_fir
     with the numbers; cancelling f2's retraining after the first bank keeps that bank (not a cancelled router)."""
     from dataclasses import replace
 
-    from napari_paser.session.jobs import RETRAIN_CONFIG
+    from napari_paser.session.training import RETRAIN_CONFIG
 
     s, _ = hard_cell_session(tmp_path)
     s.models["f2"] = Threshold(0.0, 1000)  # f0's rule at f2's cost: never better

@@ -5,13 +5,15 @@ equals a plain `Session.route`."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 
 from learners.generators import collect
 from learners.routing.policy import PolicyConfig, PolicyNet, save_policy
 from learners.unet import UNetConfig
 from napari_paser.session import maps as session_maps
 from napari_paser.session.core import Session
-from napari_paser.session.routing import route_in_view
+from napari_paser.session.routing import policy_models, route_in_view, route_slice
 
 NO_DROPOUT = UNetConfig(base=4, depth=2, dropout=0.0)
 
@@ -57,3 +59,23 @@ def test_a_stopped_routing_returns_nothing_and_keeps_the_slice_unmapped(tmp_path
     s = routed_session(tmp_path)
     events, routed = collect(route_in_view(s, 0, samples=1, should_stop=lambda: True))
     assert routed is None and events[-1].stage == "cancelled" and s.fresh_slices() == []
+
+
+def test_the_routed_models_run_on_the_patches_on_screen_first(tmp_path):
+    s = routed_session(tmp_path)
+    collect(s.compute_maps(0, samples=1))
+    policy = s.pick_policy(None)[1]
+    chosen = np.tile(np.array([1, 1, 0, 0]), (4, 1))  # f1 on the left half: larger models on and off screen
+    policy.forward = lambda state: torch.nn.functional.one_hot(torch.as_tensor(chosen).reshape(1, -1), 2).float()
+    previews = []
+    events, routed = collect(route_in_view(s, 0, samples=1, view=(0, 0, 16, 64), preview=previews.append))
+    assert [e.stage for e in events] == ["route", "route"]
+    assert len(previews) == 2 and previews[0].segmentation is None
+    part = previews[1]
+    assert part.done is not None and part.done[0].all() and not part.done[1:].any()  # the top row of patches
+    np.testing.assert_array_equal(part.routing, chosen)
+    models = policy_models(policy, s.models, "the policy")  # the same routing in one go
+    plain = route_slice(models, policy, s.image_slice(0), 0, 1, s.f0_state(0, 1), actions=chosen)
+    np.testing.assert_array_equal(part.segmentation[:16], plain.segmentation[:16])
+    np.testing.assert_array_equal(routed.segmentation, plain.segmentation)
+    assert routed.done is None and routed.gflops == pytest.approx(plain.gflops)

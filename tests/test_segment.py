@@ -21,6 +21,7 @@ from napari_paser.cli import main  # noqa: E402
 from napari_paser.data.dataset import normalise, robust_range  # noqa: E402
 from napari_paser.data.volumes import open_volume  # noqa: E402
 from napari_paser.jobs import segment as seg  # noqa: E402
+from napari_paser.jobs.segment import block as seg_block  # noqa: E402
 
 TILE = 32
 
@@ -94,8 +95,8 @@ def test_resume_finishes_only_missing_blocks_and_equals_an_uninterrupted_run(set
     done = sorted((tmp_path / "part.zarr" / seg.JOB_DIR / seg.DONE_DIR).glob("*.json"))
     assert len(done) == 5
     calls = []
-    real = seg._segment_block
-    monkeypatch.setattr(seg, "_segment_block", lambda *a: calls.append(a[1].index) or real(*a))
+    real = seg_block._segment_block
+    monkeypatch.setattr(seg_block, "_segment_block", lambda *a: calls.append(a[1].index) or real(*a))
     rest = _segment(run, root / "v.tif", tmp_path / "part.zarr", "route")
     assert rest.done_before == 5 and len(calls) == full.blocks - 5 and not set(calls) & set(range(5))
     a, attrs = _read(tmp_path / "part.zarr")
@@ -105,7 +106,7 @@ def test_resume_finishes_only_missing_blocks_and_equals_an_uninterrupted_run(set
 
 def test_ctrl_c_leaves_a_resumable_state(setup, tmp_path, monkeypatch):
     root, _, run, _ = setup
-    real = seg._segment_block
+    real = seg_block._segment_block
     count = []
 
     def interrupted(*a):
@@ -114,10 +115,10 @@ def test_ctrl_c_leaves_a_resumable_state(setup, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a)
 
-    monkeypatch.setattr(seg, "_segment_block", interrupted)
+    monkeypatch.setattr(seg_block, "_segment_block", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _segment(run, root / "v.tif", tmp_path / "o.zarr", "maps")
-    monkeypatch.setattr(seg, "_segment_block", real)
+    monkeypatch.setattr(seg_block, "_segment_block", real)
     assert _segment(run, root / "v.tif", tmp_path / "o.zarr", "maps").done_before == 3
     _segment(run, root / "v.tif", tmp_path / "ref.zarr", "maps")
     _equal(_read(tmp_path / "o.zarr")[0], _read(tmp_path / "ref.zarr")[0])

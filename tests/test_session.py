@@ -16,7 +16,7 @@ from learners.training import TrainConfig
 from learners.unet import UNet, UNetConfig
 from napari_paser.errors import InputError, PaserInputError
 from napari_paser.session.core import PartialRegionError, Session
-from napari_paser.session.jobs import Progress
+from napari_paser.session.training import Progress
 
 TINY = UNetConfig(base=4, depth=2)
 FAST = TrainConfig(epochs=1, batch_size=2, lr=1e-3, augment=False)

@@ -11,7 +11,7 @@ pytest.importorskip("napari")
 from learners.unet import UNetConfig  # noqa: E402
 from napari_paser.gui import hub as _widgets_hub  # noqa: E402
 from napari_paser.gui import train_step as _train_step  # noqa: E402
-from napari_paser.session.router_jobs import ROUTED_RETRAIN, ROUTER_SHARES  # noqa: E402
+from napari_paser.session.router import ROUTED_RETRAIN, ROUTER_SHARES  # noqa: E402
 from test_widgets import scan_widget, start_session  # noqa: E402
 
 TINY = UNetConfig(base=4, depth=2)

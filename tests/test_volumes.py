@@ -122,3 +122,34 @@ def test_a_tiff_written_one_slice_at_a_time_opens_as_the_whole_stack(tmp_path):
     vol = open_volume(tmp_path / "appended.tif")
     assert vol.shape == (4, 16, 16)
     np.testing.assert_array_equal(vol.read(slice(0, 4), slice(0, 16), slice(0, 16)), v)
+
+
+def test_tifffile_lines_are_kept_per_thread(caplog):
+    """A slice read inside `_TiffLog` on one thread keeps its own tifffile lines and leaves another thread's
+    lines printed as usual (a threaded dask scheduler reads slices at once)."""
+    import logging
+    import threading
+
+    from napari_paser.data.volumes import _TiffLog
+
+    logger = logging.getLogger("tifffile")
+    inside, outside_logged, kept = threading.Event(), threading.Event(), []
+
+    def read_a_slice():
+        with _TiffLog() as log:
+            inside.set()
+            outside_logged.wait(5)
+            logger.warning("invalid page offset 123 (truncated)")
+        kept.extend(log.seen)
+
+    worker = threading.Thread(target=read_a_slice)
+    with caplog.at_level(logging.WARNING, logger="tifffile"):
+        worker.start()
+        assert inside.wait(5)
+        logger.warning("a line from another thread")
+        outside_logged.set()
+        worker.join(5)
+        logger.warning("after the read")
+    printed = [r.getMessage() for r in caplog.records if r.name == "tifffile"]
+    assert printed == ["a line from another thread", "after the read"]
+    assert kept == ["invalid page offset 123 (truncated)"]

@@ -15,8 +15,10 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 from learners.errors import CheckpointError, InputError
-from learners.routing.policy import PolicyNet, load_policy, save_policy
+from learners.routing.policy import PolicyConfig, PolicyNet, load_policy, save_policy
 from learners.routing.training import PolicyEpoch, RLConfig, RoutingData, iter_policy_training
 
 BANK_DIR = "policies"
@@ -118,26 +120,40 @@ def load_bank(folder: str | Path) -> PolicyBank:
 def iter_bank_training(
     data: RoutingData,
     lambdas: Sequence[float],
-    make_policy: Callable[[], PolicyNet],
+    policy: PolicyConfig | Callable[[], PolicyNet],
     config: RLConfig = RLConfig(),
     should_stop: Callable[[], bool] | None = None,
     on_trained: Callable[[float, PolicyNet], None] | None = None,
 ) -> Generator[PolicyEpoch, None, PolicyBank]:
     """Stage 2 once per lambda on the same prepared split; yields every epoch, returns the bank.
 
-    Each policy starts from the same seed (a fresh `make_policy()`), so the bank's members
-    differ only by their lambda. `on_trained(lam, policy)` runs as each one finishes (save it
-    there: a cancelled run keeps the policies already trained). A policy cut short by
-    `should_stop` is not added.
+    The one implementation of routing-policy training: `paser policy` (a run folder's bank), a
+    session's network router and the routing benchmark (stage 2 and its lambda sweep) all train
+    through it, each on the `RoutingData` it prepares (`prepare_routing_data` for images with labels).
+    Each member starts from the same initial weights, so the bank's members differ only by their
+    lambda: a `PolicyConfig` is drawn afresh from `config.seed` for each one, a callable is called
+    once per member. `on_trained(lam, policy)` runs as each one finishes (save it there: a cancelled
+    run keeps the policies already trained). A policy cut short by `should_stop` is not added.
     """
+    make_policy = seeded_policy(policy, config.seed) if isinstance(policy, PolicyConfig) else policy
     bank = PolicyBank()
     for lam in check_lambdas(lambdas):
-        policy = make_policy()
+        member = make_policy()
         cfg = replace(config, lam=lam)
-        history = yield from iter_policy_training(policy, data, cfg, should_stop)
+        history = yield from iter_policy_training(member, data, cfg, should_stop)
         if len(history) < cfg.epochs:
             break
-        bank.policies[lam] = policy
+        bank.policies[lam] = member
         if on_trained is not None:
-            on_trained(lam, policy)
+            on_trained(lam, member)
     return bank
+
+
+def seeded_policy(config: PolicyConfig, seed: int) -> Callable[[], PolicyNet]:
+    """A maker of new policies of `config` whose initial weights are drawn from `seed` (the same each call)."""
+
+    def make() -> PolicyNet:
+        torch.manual_seed(seed)
+        return PolicyNet(config)
+
+    return make

@@ -74,8 +74,31 @@ class PolicyNet(nn.Module):
         grid = self.config.patching.grid(state.shape[-2], state.shape[-1])
         ph, pw = grid.padded_shape()
         x = pad_to_grid(state, ph, pw)
-        x = F.adaptive_avg_pool2d(self.features(x), (grid.rows, grid.cols))
+        x = F.adaptive_avg_pool2d(self._features(x), (grid.rows, grid.cols))
         return self.head(x).flatten(2).transpose(1, 2)  # (N, P, K)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """`features` of x; a large input without gradients in strips of STRIP_ROWS rows, each with a
+        STRIP_HALO-row margin above and below whose outputs are dropped: a feature row reads input rows
+        8j-7..8j+7, and only a strip's first feature row sees the zero padding at its cut, so the result is
+        the whole pass's, while the convolutions' buffers stay one strip's size (a 2048^2 slice's whole pass
+        held about 400 MB)."""
+        h = x.shape[-2]
+        if torch.is_grad_enabled() or h * x.shape[-1] <= STRIP_PIXELS or h <= STRIP_ROWS:
+            return self.features(x)
+        parts = []
+        for y0 in range(0, h, STRIP_ROWS):
+            y1 = min(h, y0 + STRIP_ROWS)
+            a, b = max(0, y0 - STRIP_HALO), min(h, y1 + STRIP_HALO)
+            top = (y0 - a) // 8
+            parts.append(self.features(x[..., a:b, :])[..., top:top + -(-(y1 - y0) // 8), :])
+        return torch.cat(parts, -2)
+
+
+STRIP_PIXELS = 1024 * 1024
+"""Inputs above this many pixels go through the policy's convolutions in strips (`PolicyNet._features`)."""
+STRIP_ROWS, STRIP_HALO = 256, 16
+"""Rows per strip and the margin read above and below it: multiples of the features' stride 8."""
 
 
 def mix_uniform(probs: torch.Tensor, alpha: float) -> torch.Tensor:

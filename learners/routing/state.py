@@ -87,6 +87,11 @@ def policy_state(prediction: torch.Tensor, entropy: torch.Tensor, n_classes: int
     prediction (N, H, W) class indices of f0 (MC mean), entropy (N, H, W) in nats; scaling by
     the maximum entropy log C puts both parts in [0, 1] whatever the number of classes.
     """
-    one_hot = F.one_hot(prediction.long(), n_classes).permute(0, 3, 1, 2).to(torch.float32)
-    scaled = (entropy.to(torch.float32) / math.log(n_classes)).clamp(0, 1)
-    return torch.cat([one_hot, scaled[:, None]], dim=1)
+    if prediction.numel() and int(prediction.max()) >= n_classes:
+        raise ValueError(f"f0's prediction holds class {int(prediction.max())} but there are {n_classes} classes")
+    out = torch.empty((prediction.shape[0], n_classes + 1, *prediction.shape[1:]), dtype=torch.float32,
+                      device=prediction.device)
+    classes = torch.arange(n_classes, dtype=prediction.dtype, device=prediction.device)
+    torch.eq(prediction[:, None], classes[None, :, None, None], out=out[:, :n_classes])  # one-hot, no int64 copy
+    torch.clamp(entropy.to(torch.float32) / math.log(n_classes), 0, 1, out=out[:, n_classes])
+    return out

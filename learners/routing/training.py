@@ -41,7 +41,7 @@ from torch import nn
 from learners.routing import GRID
 from learners.errors import ConfigError
 from learners.generators import drain
-from learners.grid import Grid, crop_halo
+from learners.grid import Grid, Patching, crop_halo
 from learners.routing.policy import ALPHA_FINETUNE, ALPHA_RL, PolicyNet, linear_schedule, mix_uniform
 from learners.routing.reward import (PatchTable, action_rewards, confusion_iou, patch_confusions, rewards,
                             total_variation)
@@ -236,8 +236,9 @@ class RoutingData:
 
 
 def prepare_routing_data(models: Sequence[nn.Module], images: np.ndarray, labels: np.ndarray,
-                         grid: tuple[int, int] = GRID, samples: int = 5, seed: int = 0) -> RoutingData:
-    """Run every (frozen) model once over a split: what stage 2 trains on."""
+                         grid: Patching | tuple[int, int] = GRID, samples: int = 5, seed: int = 0) -> RoutingData:
+    """Run every (frozen) model once over a split (patches of `grid`: a count, or a `Patching` with
+    its halo): what stage 2 trains on."""
     table, state = build_patch_table(models, images, labels, grid, samples, seed)
     return RoutingData.from_table(state, table, model_costs(models))
 

@@ -33,14 +33,14 @@ import torch
 from tqdm.auto import tqdm
 
 from learners.atomic import atomic_write_text
-from napari_paser.bench.al_sim import SHIPPED, SimConfig, Split, check_budgets, load_splits, make_sampler, simulate, start
+from napari_paser.bench.al_sim import SHIPPED, SimConfig, Split, check_budgets, load_splits, sim_sampler, simulate, start
 from napari_paser.errors import PaserInputError
 from sampling.regions import RegionPool
 from sampling.registry import SAMPLERS
 
 
 @dataclass(frozen=True)
-class BenchConfig:
+class ALBenchConfig:
     data: Path
     out: Path
     samplers: tuple[str, ...] = SAMPLERS
@@ -201,7 +201,7 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 2)
 
 
-def run_bench(cfg: BenchConfig) -> dict:
+def run_bench(cfg: ALBenchConfig) -> dict:
     """Run every sampler for every seed; write the JSON (and a PNG beside it); return the results."""
     unknown = [s for s in cfg.samplers if s not in (*SAMPLERS, SHIPPED)]
     if unknown:
@@ -209,7 +209,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     if cfg.seeds < 1:
         raise PaserInputError("--seeds must be at least 1")
     (pool, test), n_classes = load_splits(cfg.data, [cfg.pool_splits, (cfg.test_split,)], cfg.crop)
-    samplers = {name: make_sampler(name, cfg.sim, cfg.dqn) for name in cfg.samplers}  # fail early on a bad agent
+    samplers = {name: sim_sampler(name, cfg.sim, cfg.dqn) for name in cfg.samplers}  # fail early on a bad agent
     t_start = time.time()
     probe = RegionPool(pool.images.shape, cfg.sim.region)
     budgets = check_budgets(cfg.budgets, len(probe))

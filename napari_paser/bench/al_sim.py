@@ -220,7 +220,7 @@ SHIPPED = "dqn:shipped"
 """The bench's name for the DQN sampler with the agent the package ships (plain "dqn" uses --dqn)."""
 
 
-def make_sampler(name: str, config: SimConfig, agent_path: str | Path | None = None) -> Sampler:
+def sim_sampler(name: str, config: SimConfig, agent_path: str | Path | None = None) -> Sampler:
     """A sampler from the registry (`sampling.registry`, as a session builds it). "dqn" loads
     `agent_path` (saved by `train_dqn`), or the shipped agent without one; "dqn:shipped" always
     the shipped agent. The agents' features do not depend on region size or class count."""

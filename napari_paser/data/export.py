@@ -16,14 +16,12 @@ A row holds region_id, slice, y0, x0, height, width, sampler, rank, accepted_at,
 correction effort of a region accepted from the model's suggestion (changed_px: pixels changed,
 strokes: connected groups of them, seconds: from showing to accepting; empty for a painted
 region) and the fractions of the region's pixels per class and "unlabeled"; meta["effort"] holds
-the totals (`Session.effort_summary`). Label values here are class
+the totals (`Session.effort_summary`; a session's export is `napari_paser.session.export`). Label values here are class
 indices, not the napari layer values (`labels_convention` converts). The export is written into
 a temporary sibling folder and renamed into place, so a failed export leaves no half folder.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import csv
 import io
@@ -42,9 +40,6 @@ from learners.atomic import atomic_write_text
 from learners.training import IGNORE_INDEX
 from napari_paser.errors import PaserInputError
 from napari_paser.data.labels_convention import layer_to_classes
-
-if TYPE_CHECKING:  # the job modules run on a Session; core imports them
-    from napari_paser.session.core import Session
 
 FORMAT = "napari-paser/labeled-set"
 VERSION = 1
@@ -215,64 +210,7 @@ def _read_volume(folder: Path, name: str | None):
     return vol[None] if vol.ndim == 2 else vol
 
 
-# ----------------------------------------------------------------------------- from a session / a layer
-
-
-class _VolumeClasses:
-    """The session's label canvas as (Z, H, W) export values, read slice by slice."""
-
-    def __init__(self, session) -> None:
-        self.session, self.shape = session, session.pool.shape
-
-    def __getitem__(self, z: int) -> np.ndarray:
-        return layer_to_export(self.session.labels[self.session.index(int(z))], self.session.n_classes)
-
-
-EDIT_CHOICES = ("refuse", "accept", "keep")
-
-
-def export_session(session: Session, out: str | Path, full_volume: bool = False, fmt: str = "tiff",
-                   edits: str = "refuse") -> Path:
-    """Export a Session's accepted regions (and with full_volume its whole label canvas).
-
-    The crops are the accepted labels (what training uses); the volume is the canvas. When
-    accepted regions were painted over since they were accepted the two disagree, so by
-    default (`edits="refuse"`) the export is refused naming those regions; "accept" saves the
-    edits first (`Session.accept_edits`), "keep" exports as it is and lists the edited regions
-    in the manifest's meta (`edited_since_accept`).
-    """
-    if fmt not in FORMATS:
-        raise PaserInputError(f"unknown volume format {fmt!r}: choose 'tiff' or 'zarr'")
-    if edits not in EDIT_CHOICES:
-        raise PaserInputError(f"unknown edits choice {edits!r}: choose one of {', '.join(EDIT_CHOICES)}")
-    if not session.accepted and not full_volume:
-        raise PaserInputError("no accepted regions to export yet: accept at least one region (or export the full volume)")
-    edited = session.edited_regions()
-    if edited and edits == "refuse":
-        shown = ", ".join(str(r) for r in edited[:8]) + (" ..." if len(edited) > 8 else "")
-        raise PaserInputError(
-            f"accepted region(s) {shown} were painted over since they were accepted, so their saved labels (used by "
-            "training and the export's crops) differ from the canvas: accept the edits (Accept edits, "
-            "Session.accept_edits) or undo them, then export"
-        )
-    if edited and edits == "accept":
-        session.accept_edits(edited)
-        edited = []
-    rows, labels, images = [], {}, {}
-    for rec in session.accepted:
-        region = session.region(rec.region_id)
-        rows.append({"region_id": rec.region_id, "slice": rec.z, "y0": rec.y0, "x0": rec.x0, "height": rec.h,
-                     "width": rec.w, "sampler": rec.sampler, "rank": rec.rank, "accepted_at": rec.accepted_at,
-                     "split": rec.split, "changed_px": rec.changed_px, "strokes": rec.strokes,
-                     "seconds": rec.seconds, "fractions": dict(rec.fractions)})
-        labels[rec.region_id] = layer_to_export(session.accepted_labels(rec.region_id), session.n_classes)
-        images[rec.region_id] = session.raw_crop(region)
-    meta = {"session": str(Path(session.folder).resolve()), "region_size": list(session.pool.size),
-            "normalisation": {"lo": session.state.image["lo"], "hi": session.state.image["hi"]},
-            "edited_since_accept": edited, "effort": session.effort_summary()}
-    data = LabeledSet(session.classes.names, rows, labels, images,
-                      _VolumeClasses(session) if full_volume else None, session.shape, meta)
-    return write_labeled_set(out, data, fmt)
+# ----------------------------------------------------------------------------- from a layer
 
 
 def labeled_set_from_layer(layer_data, class_names, region_size: int = 64) -> LabeledSet:

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,27 +233,41 @@ def _check_tiff_series(path: Path, series, rgb) -> None:
 
 
 class _TiffLog:
-    """While open, tifffile's log lines are kept instead of printed: a broken page list (a truncated or
-    corrupt file, which tifffile reads as fewer pages than it had) is a damaged file, not a log line."""
+    """While open, tifffile's log lines from this thread are kept instead of printed: a broken page list (a
+    truncated or corrupt file, which tifffile reads as fewer pages than it had) is a damaged file, not a log
+    line. One filter on tifffile's logger routes each record to the collector of the thread that logged it,
+    so slices read at once on a threaded dask scheduler neither swallow nor steal each other's lines."""
+
+    _local = threading.local()
+    _installed = False
+    _install_lock = threading.Lock()
 
     def __enter__(self) -> _TiffLog:
-        import logging
-
-        seen = self.seen = []
-
-        class _Keep(logging.Handler):
-            def emit(self, record: logging.LogRecord) -> None:
-                seen.append(" ".join(record.getMessage().split()))
-
-        self.logger = logging.getLogger("tifffile")
-        self.handler, self.propagate = _Keep(logging.WARNING), self.logger.propagate
-        self.logger.addHandler(self.handler)
-        self.logger.propagate = False
+        self._install()
+        self.seen: list[str] = []
+        self._outer = getattr(self._local, "seen", None)
+        self._local.seen = self.seen
         return self
 
     def __exit__(self, *_) -> None:
-        self.logger.removeHandler(self.handler)
-        self.logger.propagate = self.propagate
+        self._local.seen = self._outer
+
+    @classmethod
+    def _install(cls) -> None:
+        with cls._install_lock:
+            if not cls._installed:
+                logging.getLogger("tifffile").addFilter(cls._route)
+                cls._installed = True
+
+    @classmethod
+    def _route(cls, record: logging.LogRecord) -> bool:
+        """False (not printed) for a record logged inside a `_TiffLog` of its thread, kept there when a warning."""
+        seen = getattr(cls._local, "seen", None)
+        if seen is None:
+            return True
+        if record.levelno >= logging.WARNING:
+            seen.append(" ".join(record.getMessage().split()))
+        return False
 
     def broken(self) -> str:
         """The first line that says the file's structure is broken ("" when none)."""

@@ -1,35 +1,38 @@
-"""The shared state of the docked widgets of one viewer: the Session, its layers, the one
-background job, the model's view toggle, the keyboard shortcuts, and the error-to-notification
-boundary.
+"""The shared state of the docked widgets of one viewer: the Session, its layers, the model's view toggle,
+the keyboard shortcuts, and the error-to-notification boundary.
 
 Every widget of a viewer talks to the same `Hub` (`hub_for(viewer)`), so the widgets can be
 docked separately or together and still act on one session. Nothing slow runs on the GUI
 thread: session work (create, open, propose, maps, routing, retrain, export) runs in a napari
-thread worker, one job at a time, with its progress broadcast to every job bar; layers are added
-one per event-loop turn; the regions and routing layers are updated in place. Layers read the session's zarr arrays lazily (`LazyView`), so a volume larger than
-memory is never loaded.
+thread worker, one job at a time, with its progress broadcast to every job bar (the hub is a
+`runner.JobRunner`); layers are added one per event-loop turn; the regions and routing layers are
+updated in place. Layers read the session's zarr arrays lazily (`LazyView`), so a volume larger than
+memory is never loaded. The camera's arithmetic is in `camera`, where a layer's image was read from in
+`image_source`.
 """
 
 from __future__ import annotations
 
 import functools
-import threading
 import traceback
 import weakref
 from collections.abc import Callable
 from pathlib import Path
 
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtCore import QTimer, Signal
 
 from learners.errors import InputError
 from napari_paser.errors import PaserInputError, os_error_line
+from napari_paser.gui import camera as C
 from napari_paser.gui import layers as L
 from napari_paser.gui import regions_layer
+from napari_paser.gui.image_source import in_place, layer_path
 from napari_paser.gui.io import SESSION_KEY
 from napari_paser.gui.layers import ABOVE, IMAGE, LABELS, MODEL_VIEW, REGIONS
 from napari_paser.gui.layers import (  # noqa: F401 (re-exported for widgets, tests)
     ENTROPY, HIGHLIGHT, MODEL_COLORS, PRED, ROUTED, ROUTING, LazyView)
+from napari_paser.gui.runner import JobRunner
 from napari_paser.gui.warmup import warm_imports
 from napari_paser.session.core import Session
 from napari_paser.session.lock import FolderNotWritableError, SessionLockedError
@@ -64,8 +67,8 @@ def guarded(fn: Callable) -> Callable:
     return wrapper
 
 
-class Hub(QObject):
-    """One viewer's session, layers and background job; widgets listen to its signals."""
+class Hub(JobRunner):
+    """One viewer's session and layers, and its background job (`JobRunner`); widgets listen to its signals."""
 
     session_changed = Signal()
     models_changed = Signal()
@@ -73,27 +76,18 @@ class Hub(QObject):
     regions_changed = Signal()
     accepted = Signal(int)  # how many regions were accepted
     curve_changed = Signal()
-    busy_changed = Signal(bool)
-    job_started = Signal(str)  # what the job does: every job bar resets to it
-    progress = Signal(object)  # a session Progress event of the running job
-    job_finished = Signal(str)  # the final message of the job ("" to keep the last one)
     model_view_changed = Signal(bool)
     routing_preview = Signal(object)  # a SliceRouting of the part on screen, emitted by a routing job's worker
 
     def __init__(self, viewer) -> None:
-        super().__init__()
+        super().__init__(on_error=self.notify_error)
         self._viewer = weakref.ref(viewer)  # the hub lives as long as its viewer, never longer
         self.session: Session | None = None
         self.gamma = 0.5
         self.samples = 5  # MC samples of maps (the Maps step's spin box)
-        self.worker = None
-        self.stop = threading.Event()
         self.focus_z = 0  # the slice on screen, read by workers (refresh order)
         self.actions: dict[str, Callable[[], object]] = {}  # shortcut actions, registered by the widgets
-        self._steps: list[Callable[[], None]] = []  # GUI-thread work split over event-loop turns
         self._shown = set(L.MODEL_VIEW_DEFAULT)
-        self._light: dict[str, object] = {}  # quick previews by kind (not exclusive): their workers
-        self._light_next: dict[str, Callable] = {}
         self._routed: tuple[Session, object] | None = None  # (session, its routed segmentation array)
         self._routed_dir = None
         self._routed_n = 0
@@ -193,30 +187,8 @@ class Hub(QObject):
         self.later(steps + [done])
 
     def _add(self, make: Callable[[], object], added: list[str]) -> None:
-        """Add a layer, or move a new layer's content into the previous session's layer of that name."""
-        layer = make()
-        name, layers = layer.name, self.viewer.layers
-        added.append(name)
-        old = layers[name] if name in layers else None
-        if (old is None or type(old) is not type(layer) or old.ndim != layer.ndim
-                or getattr(old, "multiscale", False) != getattr(layer, "multiscale", False)):
-            if old is not None:
-                layers.remove(old)
-            below = [i for i, la in enumerate(layers) if la.name in L.SESSION_LAYERS] if name == IMAGE else []
-            layers.insert(min(below), layer) if below else layers.append(layer)  # the scan under its overlays
-            return
-        if name == REGIONS:  # emptied here, filled by refresh_regions
-            old.selected_data = set(range(len(old.data)))
-            old.remove_selected()
-        else:
-            old.data = layer.data
-            old.colormap = layer.colormap
-            if name == IMAGE:
-                old.contrast_limits = layer.contrast_limits
-            if hasattr(old, "contour"):
-                old.contour = layer.contour
-            old.visible, old.opacity = layer.visible, layer.opacity
-        old.metadata = layer.metadata
+        """Add a layer, or move its content into the previous session's layer of that name (`layers.put_layer`)."""
+        added.append(L.put_layer(self.viewer.layers, make()))
 
     def _remove(self, name: str) -> None:
         if name in self.viewer.layers:
@@ -290,40 +262,15 @@ class Hub(QObject):
 
     def go_to(self, z: int, y0: int, x0: int, h: int, w: int) -> None:
         """Show slice z and centre the camera on the box, zoomed to about three boxes across."""
-        s = self.require()
-        if len(s.shape) == 3:
-            self.viewer.dims.set_current_step(0, int(z))
-        self.viewer.reset_view()
-        camera = self.camera()
-        camera.center = (y0 + h / 2 - 0.5, x0 + w / 2 - 0.5)
-        camera.zoom = camera.zoom * max(1.0, min(s.shape[-2:]) / (3 * max(h, w)))
+        C.go_to(self.viewer, self.require().shape, z, y0, x0, h, w)
 
     def camera(self):
         """The viewer's camera (napari 0.9 moved it to viewer.scene)."""
-        scene = getattr(self.viewer, "scene", None)
-        return scene.camera if scene is not None else self.viewer.camera
+        return C.camera(self.viewer)
 
     def view_box(self) -> tuple[int, int, int, int] | None:
-        """(y0, x0, y1, x1) of the session's slice on screen, in its pixels (from the camera's centre and zoom
-        and the canvas size, through the labels layer's world-to-data transform); None when unknown."""
-        s = self.session
-        layers = self.viewer.layers
-        if s is None or LABELS not in layers or self.viewer.dims.ndisplay != 2:
-            return None
-        height, width = self.viewer.canvas.size
-        camera = self.camera()
-        if not (height and width and camera.zoom):
-            return None
-        cy, cx = camera.center[-2:]
-        dy, dx = height / 2 / camera.zoom, width / 2 / camera.zoom
-        layer = layers[LABELS]
-        lead = list(self.viewer.dims.point[:-2])  # the slice shown in the world's other axes
-        corners = [layer.world_to_data([*lead, y, x])[-2:] for y, x in ((cy - dy, cx - dx), (cy + dy, cx + dx))]
-        (y0, x0), (y1, x1) = corners
-        h, w = s.shape[-2:]
-        box = (max(0, int(min(y0, y1))), max(0, int(min(x0, x1))), min(h, int(max(y0, y1)) + 1),
-               min(w, int(max(x0, x1)) + 1))
-        return box if box[0] < box[2] and box[1] < box[3] else None
+        """(y0, x0, y1, x1) of the session's slice on screen, in its pixels; None when unknown."""
+        return None if self.session is None else C.view_box(self.viewer, self.session.shape)
 
     def routed_data(self, session: Session):
         """The zarr array PaSeR's routed segmentation of `session` is written into and read from (one per
@@ -340,14 +287,20 @@ class Hub(QObject):
 
     def route_job(self, session: Session, z: int, samples: int, lam: float | None):
         """A routing job for `run`: routes slice z in the worker, the part on screen first (a preview of it
-        goes to `routing_preview` once its first maps tile is done), and writes the segmentation into
+        goes to `routing_preview` once its first maps tile is done, then the whole routing map, then the
+        segmentation of the patches on screen before the rest's), and writes the segmentation into
         `routed_data` there (the GUI thread only refreshes the layer)."""
         from napari_paser.session.routing import route_in_view
 
         data, view = self.routed_data(session), self.view_box()
 
+        def preview(routed) -> None:  # the segmentation of the patches on screen is written before it is shown
+            if routed.segmentation is not None:
+                L.write_routed(data, routed, session.n_classes)
+            self.routing_preview.emit(routed)
+
         def job(should_stop):
-            routed = yield from route_in_view(session, z, samples, lam, view, should_stop, self.routing_preview.emit)
+            routed = yield from route_in_view(session, z, samples, lam, view, should_stop, preview)
             if routed is not None:
                 L.write_routed(data, routed, session.n_classes)
             return routed
@@ -398,69 +351,10 @@ class Hub(QObject):
         self.run(job, on_yield=lambda _e: self.refresh_maps(), what=f"refreshing the maps of slice {z}",
                  final=f"maps of slice {z} refreshed")
 
-    # ------------------------------------------------------------------ the background job
+    # ------------------------------------------------------------------ the error-to-notification boundary
 
-    @property
-    def busy(self) -> bool:
-        return self.worker is not None or bool(self._steps)
-
-    def run(self, job: Callable, on_yield: Callable | None = None, on_return: Callable | None = None,
-            on_done: Callable | None = None, what: str = "a job", final: str = ""):
-        """Start `job(should_stop)` (a generator or plain function) in a napari thread worker.
-
-        One job at a time (maps, routing and training share f0); the job bars reset to `what` and
-        show its progress. User errors raised inside the worker become notifications too.
-        `on_done` runs after return, error or abort; `final` is the job bars' last message.
-        """
-        from napari.qt.threading import create_worker
-
-        if self.busy:
-            raise PaserInputError(f"another job is running: wait for it or cancel it before {what or 'this one'}")
-        self.stop.clear()
-        worker = create_worker(job, self.stop.is_set, _start_thread=False, _connect={"errored": self._errored})
-        if hasattr(worker, "yielded"):
-            worker.yielded.connect(self.progress.emit)
-            if on_yield is not None:
-                worker.yielded.connect(on_yield)
-        if on_return is not None:
-            worker.returned.connect(on_return)
-        worker.finished.connect(functools.partial(self._finished, worker, on_done, final))
-        self.worker = worker
-        self.job_started.emit(what)
-        self.busy_changed.emit(True)
-        worker.start()
-        return worker
-
-    def later(self, steps: list[Callable[[], None]]) -> None:
-        """Run GUI-thread `steps` one per event-loop turn (the viewer repaints between them); busy meanwhile."""
-        was = self.busy
-        self._steps.extend(steps)
-        if not was:
-            self.busy_changed.emit(True)
-        if len(self._steps) == len(steps):
-            QTimer.singleShot(0, self._next_step)
-
-    def _next_step(self) -> None:
-        if not self._steps:
-            return
-        step = self._steps.pop(0)
-        try:
-            step()
-        except InputError as exc:
-            self._steps.clear()
-            show_error(str(exc))
-        finally:
-            if self._steps:
-                QTimer.singleShot(0, self._next_step)
-            elif self.worker is None:
-                self.busy_changed.emit(False)
-
-    def cancel(self) -> None:
-        """Ask the job to stop at its next check (between slices or optimiser steps: well under a second)."""
-        self.stop.set()
-
-    def _errored(self, exc: Exception) -> None:
-        self.job_finished.emit("failed: " + str(exc))
+    def notify_error(self, exc: Exception) -> None:
+        """A job's, a preview's or a GUI-thread step's error: a notification (a bug keeps its trace)."""
         if isinstance(exc, InputError):
             show_error(str(exc))
             return
@@ -469,82 +363,6 @@ class Hub(QObject):
             return
         traceback.print_exception(type(exc), exc, exc.__traceback__)  # a bug: keep the trace for the report
         show_error(f"the background job failed: {type(exc).__name__}: {exc}")
-
-    def _finished(self, worker, on_done, final: str) -> None:
-        if self.worker is worker:
-            self.worker = None
-        release_memory()
-        if final:
-            self.job_finished.emit(final)
-        if on_done is not None:
-            on_done()
-        if not self.busy:
-            self.busy_changed.emit(False)
-
-    def preview(self, job: Callable[[], object], on_return: Callable[[object], None], key: str = "routing") -> None:
-        """A quick read-only job (the live routing preview, the edits check) beside the main one; while one
-        of a `key` runs, only the latest request of that key waits, so dragging a slider never queues work."""
-        from napari.qt.threading import create_worker
-
-        if key in self._light:
-            self._light_next[key] = functools.partial(self.preview, job, on_return, key)
-            return
-        worker = create_worker(job, _start_thread=False, _connect={"errored": self._errored})
-        worker.returned.connect(on_return)
-        worker.finished.connect(functools.partial(self._preview_done, key))
-        self._light[key] = worker
-        worker.start()
-
-    def _preview_done(self, key: str) -> None:
-        self._light.pop(key, None)
-        release_memory()
-        pending = self._light_next.pop(key, None)
-        if pending is not None:
-            pending()
-
-    @property
-    def previewing(self) -> bool:
-        return bool(self._light)
-
-
-def release_memory() -> None:
-    """Hand the C heap's free pages back to the system (glibc `malloc_trim`) after a job: each worker thread
-    allocates from its own arena, and what a finished job freed there otherwise stays in the process's
-    resident memory, so the peaks of successive jobs add up. A no-op where glibc is not the C library."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim():
-    import ctypes
-    import ctypes.util
-
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return None
-
-
-def layer_path(layer) -> str | None:
-    """The file a layer was read from (the PaSeR reader's metadata "source", else napari's layer.source)."""
-    path = layer.metadata.get("source") or getattr(getattr(layer, "source", None), "path", None)
-    return str(path) if path else None
-
-
-def in_place(path: str, data) -> str | None:
-    """`path` when it is a zarr, OME-Zarr or HDF5 volume holding the layer's array (same shape and dtype),
-    so a session can read it in place; None otherwise (the layer's data is copied)."""
-    from napari_paser.data.volumes import IN_PLACE_KINDS, open_volume
-
-    try:
-        volume = open_volume(path)
-    except InputError:
-        return None
-    shape = tuple(int(v) for v in data.shape)
-    same = volume.shape == shape or (len(shape) == 2 and volume.shape == (1, *shape))
-    return path if volume.kind in IN_PLACE_KINDS and same and volume.dtype == data.dtype else None
 
 
 _HUBS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

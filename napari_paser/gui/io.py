@@ -125,16 +125,14 @@ def read_zarr(path: str | Path) -> list[LayerData]:
     time/channel axes dropped), or each 2D/3D array of a zarr group, as image layers; each layer's
     metadata "source" names what it was read from (a session started on it reads it in place). An OME-Zarr
     image with levels below its full resolution opens as one multiscale layer."""
-    from napari_paser.data.volumes import ngff_multiscales
-
     path = Path(path)
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as exc:  # zarr raises many types for foreign or damaged stores
         raise PaserInputError(f"cannot open {path} as zarr ({type(exc).__name__}: {exc})") from None
-    if isinstance(node, zarr.Array):
+    if isinstance(node, zarr.Array):  # a plain array: nothing more to import (volumes imports dask.array, 0.8 s)
         arrays = [(path.stem, node, path)]
-    elif ngff_multiscales(dict(node.attrs)) is not None:
+    elif _ngff(node) is not None:
         levels = ome_levels(path, node)
         if len(levels) > 1:  # napari reads the level the zoom needs, only the part on screen
             _check_greyscale(tuple(levels[0].shape), f"{path} ({path.stem})")
@@ -150,6 +148,12 @@ def read_zarr(path: str | Path) -> list[LayerData]:
         _check_greyscale(tuple(arr.shape), f"{path} ({name})")
         layers.append((arr, {"name": name, "colormap": "gray", "metadata": {"source": str(source)}}, "image"))
     return layers
+
+
+def _ngff(node):
+    from napari_paser.data.volumes import ngff_multiscales
+
+    return ngff_multiscales(dict(node.attrs))
 
 
 def ome_levels(path: Path, node) -> list:

@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QLabel, QMessageB
 from napari_paser.gui.common import JobBar, PathEdit, enable_while_idle, group, hrow
 from napari_paser.gui.hub import LABELS, REGIONS, SHORTCUTS, guarded, hub_for, info
 from napari_paser.errors import PaserInputError
+from napari_paser.memory import release_memory
 from napari_paser.session.core import SAMPLERS, PartialRegionError
 from sampling.registry import reads_maps
 
@@ -201,6 +202,7 @@ class LabelWidget(QWidget):
             cap = None
             if spread:
                 yield from s.spread_maps(s.spread_count(SPREAD_SLICES), self.hub.samples, should_stop)
+                release_memory()  # the maps' buffers, before ranking
                 cap = max(1, math.ceil(k / min(4, max(1, len(s.fresh_slices())))))  # k fits on the mapped slices
             return s.propose(k, sampler, seed, max_per_slice=cap, **options)
 

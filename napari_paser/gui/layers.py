@@ -233,6 +233,34 @@ def session_layers(session, gamma: Callable[[], float], with_image: bool) -> lis
     return makers
 
 
+def put_layer(layers, layer) -> str:
+    """Add `layer`, or move its content into the layer of that name already there (a previous session's: cheaper
+    than removing and adding, and removing all of them before adding new ones crashed vispy's next draw);
+    returns its name. The image goes under the session's overlays; a regions layer is emptied (filled later)."""
+    name = layer.name
+    old = layers[name] if name in layers else None
+    if (old is None or type(old) is not type(layer) or old.ndim != layer.ndim
+            or getattr(old, "multiscale", False) != getattr(layer, "multiscale", False)):
+        if old is not None:
+            layers.remove(old)
+        below = [i for i, la in enumerate(layers) if la.name in SESSION_LAYERS] if name == IMAGE else []
+        layers.insert(min(below), layer) if below else layers.append(layer)  # the scan under its overlays
+        return name
+    if name == REGIONS:  # emptied here, filled by the hub's refresh_regions
+        old.selected_data = set(range(len(old.data)))
+        old.remove_selected()
+    else:
+        old.data = layer.data
+        old.colormap = layer.colormap
+        if name == IMAGE:
+            old.contrast_limits = layer.contrast_limits
+        if hasattr(old, "contour"):
+            old.contour = layer.contour
+        old.visible, old.opacity = layer.visible, layer.opacity
+    old.metadata = layer.metadata
+    return name
+
+
 def routing_image(routed, three_d: bool) -> tuple[np.ndarray, tuple, tuple]:
     """The routing overlay of a routed slice as one pixel per patch (model index + 1), with the layer scale
     and translate that stretch it over the slice: (data, scale, translate). Pixel (r, c) covers image pixels
@@ -325,10 +353,12 @@ def routed_array(session, folder) -> object:
 
 
 def write_routed(array, routed, n_classes: int) -> None:
-    """Store a routed slice's segmentation into `routed_array` (run in the routing worker)."""
+    """Store a routed slice's segmentation into `routed_array` (run in the routing worker); a partial one
+    (`routed.done`) leaves the patches not routed yet empty (0)."""
     from napari_paser.data.labels_convention import classes_to_layer
 
-    data = classes_to_layer(routed.segmentation, n_classes=n_classes)
+    done = None if routed.done is None else np.asarray(routed.done).ravel()[routed.grid().cell_index_map()]
+    data = classes_to_layer(routed.segmentation, done, n_classes=n_classes)
     if array.ndim == 3:
         array[int(routed.z)] = data
     else:

@@ -47,7 +47,7 @@ class MapsWidget(QWidget):
         self.route_button = QPushButton("Route current slice")
         self.lam = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
         self.lam.setRange(0.0, 1.0)
-        self.lam.setDecimals(3)  # a session's shares 0.05 ... 0.5, its network's lambdas 0.005 ... 0.1 (`router_jobs`)
+        self.lam.setDecimals(3)  # a session's shares 0.05 ... 0.5, its network's lambdas 0.005 ... 0.1 (`session.router`)
         self.lam.setValue(0.3)
         self._lambdas: list[float] = []  # the bank the slider was last set up for
         self._refreshed = 0.0  # when the map layers last re-read the slice on screen
@@ -166,8 +166,8 @@ class MapsWidget(QWidget):
         """MC-dropout maps of the slice on screen (or every slice) in the background, a large slice tile by
         tile with the part on screen first; the model's view is shown when they are done (translucent: the
         image reads through). After the whole volume, a ranked bank older than f0 is made again from the
-        fresh maps (`router_jobs.rethreshold`)."""
-        from napari_paser.session.router_jobs import rethreshold
+        fresh maps (`router.rethreshold`)."""
+        from napari_paser.session.router import rethreshold
 
         s = self.hub.require()
         zs = None if volume else self.hub.current_z()
@@ -248,7 +248,7 @@ class MapsWidget(QWidget):
         self.readout.setText(f"slice {routed.z}{trained}: <b>{routed.gflops:.3f}</b> GFLOPs spent vs "
                              f"{routed.gflops_largest:.3f} for {routed.names[-1]} everywhere ({ratio:.0%} of it)")
         self.shares.setText(f"patches per model: {shares}")
-        if routed.segmentation is not None:  # not on every move of the lambda slider
+        if routed.segmentation is not None and routed.done is None:  # not per slider move, nor for the part on screen
             info(f"routed slice {routed.z}: {shares}; its segmentation is the layer '{ROUTED}'")
 
     def _legend(self) -> None:

@@ -11,9 +11,9 @@ from napari.utils.notifications import show_warning
 from napari_paser.gui.common import JobBar, enable_while_idle, group, hrow
 from napari_paser.gui.hub import guarded, hub_for, info
 from napari_paser.errors import PaserInputError
-from napari_paser.session.jobs import RETRAIN_CONFIG
+from napari_paser.session.training import RETRAIN_CONFIG
 from napari_paser.session.labeling import held_out_advice
-from napari_paser.session.router_jobs import ROUTED_RETRAIN
+from napari_paser.session.router import ROUTED_RETRAIN
 
 TRAIN_THREADS = 1
 """Torch threads while retraining: small models train fastest on one thread, and the GUI thread keeps a core."""
@@ -214,7 +214,7 @@ class TrainWidget(QWidget):
             score = f": {summary['verdict']}"
             if result.retrain_cancelled:
                 score += f" ({summary['models'][-1]} retraining cancelled: the policies use the current one)"
-        elif summary.get("policies"):  # what the held-out regions recommend (`router_jobs.held_out_choice`)
+        elif summary.get("policies"):  # what the held-out regions recommend (`router.held_out_choice`)
             lam = summary["held_out_choice"]
             score = (f"; best held-out mIoU {summary['policies'][f'{lam:.3f}']['iou']:.3f} at lambda {lam:g}"
                      if lam is not None else f"; f0 alone is better on the held-out regions "

@@ -1,7 +1,8 @@
 """`paser policy`: train PaSeR routing policies (stage 2) for a run folder, one per cost weight.
 
 Scores the run's frozen f0, f1, f2 once on the dataset's "rl" split, trains a policy for each
-lambda on that table (REINFORCE, `learners.routing.training`), and writes them into the run
+lambda on that table (`learners.routing.bank.iter_bank_training`, the routing-policy training a
+session's router and the routing benchmark share), and writes them into the run
 folder as the policy bank `policies/lambda-<L>.pt`, plus `policy.pt` (the one at the default
 lambda, what `paser`'s plugin loads for routing) and `policies/bank.json`: each policy's
 patch shares, mIoU and GFLOPs per image on the "val" split, beside the largest model alone.
@@ -28,8 +29,8 @@ from learners.checkpoint import load_checkpoint
 from learners.generators import drain
 from learners.routing.policy import PolicyConfig, PolicyNet, save_policy
 from learners.routing.bank import BANK_DIR, PolicyBank, check_lambdas, iter_bank_training, save_bank
-from learners.routing.router import RoutingCost, build_patch_table, model_costs, policy_probabilities, table_summary
-from learners.routing.training import RLConfig, RoutingData
+from learners.routing.router import RoutingCost, build_patch_table, policy_probabilities, table_summary
+from learners.routing.training import RLConfig, prepare_routing_data
 from napari_paser.data.dataset import normalise, read_dataset, robust_range
 from napari_paser.errors import PaserInputError
 from learners.grid import Patching
@@ -104,22 +105,19 @@ def train_policies(
     if progress:
         print(f"scoring {len(models)} models on {len(rl_x)} rl slices ...", flush=True)
     with torch.no_grad():
-        table, state = build_patch_table(models, rl_x, rl_y, Patching(count=GRID, halo=halo), samples, seed)
-    routing = RoutingData.from_table(state, table, model_costs(models))
+        routing = prepare_routing_data(models, rl_x, rl_y, Patching(count=GRID, halo=halo), samples, seed)
     config = RLConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, rollouts=rollouts, flips=flips,
                       gradient=gradient)
     meta = {"run": str(run.resolve()), "dataset": str(Path(data).resolve()), "epochs": epochs, "samples": samples,
             "gradient": gradient, "rollouts": rollouts, "flips": flips, "halo": halo}
 
-    def make_policy() -> PolicyNet:
-        torch.manual_seed(seed)
-        return PolicyNet(PolicyConfig(n_classes=ds.n_classes, n_models=len(models), grid=GRID, halo=halo))
+    policy = PolicyConfig(n_classes=ds.n_classes, n_models=len(models), grid=GRID, halo=halo)
 
-    def saved(lam: float, policy: PolicyNet) -> None:
-        save_bank(run, PolicyBank({lam: policy}), meta)
+    def saved(lam: float, trained: PolicyNet) -> None:
+        save_bank(run, PolicyBank({lam: trained}), meta)
 
     shutil.rmtree(run / BANK_DIR, ignore_errors=True)  # an older bank would mix in other lambdas or models
-    gen = iter_bank_training(routing, lambdas, make_policy, config, on_trained=saved)
+    gen = iter_bank_training(routing, lambdas, policy, config, on_trained=saved)
     bank = _drive(gen, len(lambdas) * epochs, progress)
     chosen, _ = bank.nearest(default)
     save_policy(run / "policy.pt", bank.policies[chosen], {**meta, "lambda": chosen})

@@ -26,110 +26,96 @@ use the session as a context manager) when done; the hold also ends at interpret
 Methods may be called from a worker thread and the GUI thread at once: state changes hold a
 lock, but run at most one `compute_maps` or `retrain` at a time (they share f0).
 
-The methods live in modules by concern: `labeling` (proposals, accepting, taking back, skipping,
-edits), `maps` (f0's maps and their refresh), `models` (runs, policies, new models, routing,
-retraining, the session's own router); this module holds creating, opening and closing a
-folder, the read-only views, the commit point and the export. The job modules (`jobs`,
-`refresh`, `router`, `data.export`) use only the public, typed interface (`index`,
-`commit`, `install_models`, `require_f0`, `map_steps`).
+A Session is a thin front over its parts, each constructed with what it needs and owning one
+concern (their methods do the work; a Session's methods forward to them):
+
+- `store` (`session.store.Store`): the folder, its lock, session.json (`state`), the arrays, the
+  region pool, crops and the commit point;
+- `model_set` (`session.models.ModelSet`, on the store): models, routing policies, new models,
+  installing a model version, retraining; after a retrain with new weights it runs its
+  `on_retrained` subscribers;
+- `maps_cache` (`session.maps.MapsCache`, on the store and the model set): f0's maps, which slices
+  are current, f0's state per slice, the refresh (it subscribes to `on_retrained`; work that reads
+  fresh maps subscribes to its `after_refresh`);
+- `router` (`session.router.router.Router`, on the store, the model set and the maps cache):
+  routing a slice, the routing bank, the run export (it subscribes the rethreshold of a stale
+  ranked bank to `after_refresh`);
+- `suggestions` (`session.suggestions.Suggestions`, on the store, the model set, the maps cache and the
+  router): the model's guess of each proposed region (f0's or routed), stored, and whether it is current;
+- `proposer` (`session.proposals.Proposer`, on the store, the model set, the maps cache and the
+  suggestions): proposals from the sampler registry, the spread of mapped slices, proposals on
+  neighbouring slices (it subscribes the repeat of the last proposal request to `after_refresh`);
+- `labeling` (`session.labeling.Labeling`, on the store, the suggestions and the proposer): accepting,
+  taking back, skipping, edits, effort, the held-out regions.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
-import logging
-import threading
 import warnings
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
-from learners.checkpoint import load_checkpoint
-from learners.routing.policy import PolicyNet, load_policy
+from learners.grid import Grid
 from learners.routing.bank import PolicyBank
-from learners.unet import UNet
-from napari_paser.data.dataset import normalise, robust_range
-from napari_paser.errors import InputError, PaserInputError
-from napari_paser.session import lock
-
-from napari_paser.session.store import (
-    BACKUP_FILE, IMAGE, LABELS, MAPS, STATE_FILE, AcceptedRegion, ClassSpec, CurvePoint, Proposal, State,
-    check_arrays, check_new_folder, clean_temp_files, create_array, crop_path, crops_of, load_crop, load_state,
-    now_iso, open_array, open_image, state_digest, write_state,
+from learners.routing.policy import PolicyNet
+from learners.routing.router import F0State
+from learners.training import TrainConfig
+from learners.uncertainty import UncertaintyMaps
+from learners.unet import UNet, UNetConfig
+from napari_paser.session.effort import Effort
+from napari_paser.session.export import export_session
+from napari_paser.session.labeling import Labeling, PartialRegionError  # noqa: F401 (re-exported)
+from napari_paser.session.maps import MapsCache, View
+from napari_paser.session.models import MODEL_ROLES, ModelSet
+from napari_paser.session.progress import Progress
+from napari_paser.session.proposals import SPREAD_PIXELS, Proposer
+from napari_paser.session.refresh import RefreshReport
+from napari_paser.session.router.config import RouterResult
+from napari_paser.session.router.router import Router
+from napari_paser.session.routing import SliceRouting
+from napari_paser.session.store import (  # noqa: F401 (check_image, MIN_SIDE: re-exported)
+    MIN_SIDE, AcceptedRegion, ClassSpec, CurvePoint, Proposal, State, Store, check_image,
 )
+from napari_paser.session.suggestions import Suggestions
+from napari_paser.session.training import RetrainResult, TrainingData
 from sampling.regions import Region, RegionPool
 from sampling.registry import SAMPLERS  # noqa: F401 (the GUI's sampler menu)
-from napari_paser.session.labeling import LabelingMixin, PartialRegionError  # noqa: F401 (re-exported)
-from napari_paser.session.maps import MAP_NAMES, MapsMixin
-from napari_paser.session.models import POLICY, ModelsMixin
-
-MIN_SIDE = 16
-
-
-log = logging.getLogger(__name__)
 
 
 class SessionWarning(UserWarning):
     """Something was repaired or is off on open (a restored session.json, a dropped record)."""
 
 
-def check_image(image) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of a greyscale 2D slice or 3D volume; anything else is a PaserInputError."""
-    if not (hasattr(image, "shape") and hasattr(image, "dtype")):
-        image = np.asarray(image)
-    shape, dtype = tuple(int(s) for s in image.shape), np.dtype(image.dtype)
-    if len(shape) in (3, 4) and shape[-1] in (3, 4):
-        raise PaserInputError(
-            f"the image looks like RGB(A) colour data, shape {shape}: convert it to greyscale (one value per "
-            "pixel), e.g. with skimage.color.rgb2gray, or pick the greyscale image layer"
-        )
-    if len(shape) not in (2, 3):
-        raise PaserInputError(
-            f"the image has {len(shape)} dimensions, shape {shape}: a session needs a 2D slice (Y, X) or a "
-            "volume (Z, Y, X); split channels or time points first"
-        )
-    if dtype.kind not in "iuf":
-        raise PaserInputError(f"the image has dtype {dtype}: a session needs real numbers (int or float)")
-    if min(shape[-2:]) < MIN_SIDE:
-        raise PaserInputError(f"slices of {shape[-2]}x{shape[-1]} are too small: need at least {MIN_SIDE}x{MIN_SIDE}")
-    return shape, dtype
+class Session:
+    """Image, labels, regions, proposals, models and labeled set of one labeling session: a front over its
+    parts (`store`, `model_set`, `maps_cache`, `router`, `suggestions`, `proposer`, `labeling`; see the
+    module doc)."""
 
-
-class Session(LabelingMixin, MapsMixin, ModelsMixin):
-    """Image, labels, regions, proposals, models and labeled set of one labeling session."""
-
-    def __init__(self, folder: Path, state: State, read_only: bool = False, digest: str | None = None,
-                 notes: Sequence[str] = (), held: bool = False) -> None:
+    def __init__(self, store: Store) -> None:
         """Use `Session.create` or `Session.open`."""
-        self.folder, self.state = folder, state
-        self.read_only, self._closed = bool(read_only), False
-        self._digest = digest  # of session.json as this object last read or wrote it
-        self.warnings: list[str] = list(notes)  # what open repaired or found off, for notifications
-        self._release: weakref.finalize | None = None
-        self._commit_guard = lock.commit_guard(folder)
-        self._crop_keys: dict[tuple[int, int], bytes] = {}  # (region, seq) -> digest of its saved crop
-        mode = "r" if read_only else "r+"
-        self.image = open_image(folder, state.image)
-        self.labels = open_array(folder / LABELS, mode)
-        self.maps = {name: open_array(folder / MAPS / name, mode) for name in MAP_NAMES}
-        self._check_arrays()
-        self.pool = RegionPool(tuple(state.pool["shape"]), tuple(state.settings["region_size"]))
-        self.pool.mark_labeled(np.array([a.region_id for a in state.accepted], dtype=np.int64))
-        self.models: dict[str, UNet] = {}
-        self.policy: PolicyNet | None = None
-        self.bank = PolicyBank()  # policies by lambda, for the live cost control
-        for role, info in state.models.items():
-            path = folder / info["file"]
-            self._hold(role, load_policy(path).policy if role.startswith(POLICY) else load_checkpoint(path).model)
-        self._lock = threading.RLock()
-        self._states: dict[tuple, object] = {}  # f0 state per (z, samples, f0 version), a few slices
-        if held:  # last: a constructor that fails leaves the release to its caller
-            self._release = weakref.finalize(self, lock.release, folder)
+        self.store = store
+        self.model_set = ModelSet(store)
+        self.maps_cache = MapsCache(store, self.model_set)
+        # the router subscribes to the refresh before the proposer: the repeated proposals read the new bank
+        self.router = Router(store, self.model_set, self.maps_cache)
+        self.suggestions = Suggestions(store, self.model_set, self.maps_cache, self.router)
+        self.proposer = Proposer(store, self.model_set, self.maps_cache, self.suggestions)
+        self.labeling = Labeling(store, self.suggestions, self.proposer)
 
-    # ------------------------------------------------------------------ create / open
+    @classmethod
+    def _held(cls, store: Store) -> Session:
+        """The session on a store this call opened: a constructor that fails releases the folder."""
+        try:
+            return cls(store)
+        except BaseException:
+            store.close()
+            raise
+
+    # ------------------------------------------------------------------ create / open / close
 
     @classmethod
     def create(cls, folder: str | Path, image, classes: Sequence[str] | None = None,
@@ -144,79 +130,7 @@ class Session(LabelingMixin, MapsMixin, ModelsMixin):
         by slice into the folder (so the session reopens without its source). Every
         `val_every`-th accepted region is held out for the learning curve (0: none).
         """
-        folder = Path(folder)
-        check_new_folder(folder)
-        reference = None
-        if isinstance(image, (str, Path)):
-            image, reference, source = _image_at(image, copy, source)
-        shape, dtype = check_image(image)
-        spec = ClassSpec(tuple(classes) if classes else ClassSpec().names, tuple(colors or ()))
-        if region_size < 8 or val_every < 0:
-            raise PaserInputError(f"region_size must be >= 8 and val_every >= 0, got {region_size} and {val_every}")
-        lo, hi = robust_range(image)
-        folder.mkdir(parents=True, exist_ok=True)
-        lock.acquire(folder)
-        try:
-            check_new_folder(folder)  # again, under the lock: another process may have created it meanwhile
-            return cls._create_locked(folder, image, shape, dtype, spec, region_size, val_every, lo, hi, source,
-                                      reference)
-        except BaseException:
-            lock.release(folder)
-            raise
-
-    @classmethod
-    def _create_locked(cls, folder, image, shape, dtype, spec, region_size, val_every, lo, hi, source,
-                       reference=None) -> Session:
-        if reference is None:
-            _copy_image(image, create_array(folder / IMAGE, shape, dtype))
-        create_array(folder / LABELS, shape, np.uint8)
-        for name, dt in MAP_NAMES.items():
-            create_array(folder / MAPS / name, shape, dt)
-        pool = RegionPool(shape, region_size)
-        state = State(
-            image={"shape": list(shape), "dtype": dtype.str, "lo": lo, "hi": hi, "source": str(source),
-                   **(reference or {})},
-            classes=spec, pool={"shape": list(pool.shape), "size": list(pool.size)},
-            settings={"region_size": list(pool.size), "val_every": int(val_every), "next_seq": 0},
-            created=now_iso(),
-        )
-        return cls(folder, state, digest=write_state(folder, state), held=True)
-
-    @staticmethod
-    def relink_image(folder: str | Path, image: str | Path) -> str:
-        """Point a session that reads its image in place at the image's new place (after it moved);
-        the new one must have the recorded shape and dtype. Returns the new volume spec."""
-        from napari_paser.data.volumes import VolumeView, open_volume
-
-        folder = Path(folder)
-        fresh = lock.acquire(folder)
-        try:
-            loaded = load_state(folder, restore=True)
-            state = loaded.state
-            if not state.image.get("path"):
-                raise PaserInputError(f"session {folder} keeps its own copy of the image ({IMAGE}): nothing to relink")
-            view = VolumeView(open_volume(image), len(state.image["shape"]))
-            if view.shape != tuple(state.image["shape"]) or view.dtype != np.dtype(state.image["dtype"]):
-                raise PaserInputError(
-                    f"{image} has shape {view.shape} and dtype {view.dtype}, but session {folder} was made on shape "
-                    f"{tuple(state.image['shape'])} and dtype {np.dtype(state.image['dtype'])}: choose the same image")
-            state.image["path"] = view.volume.spec
-            write_state(folder, state)
-            return view.volume.spec
-        finally:
-            if fresh:
-                lock.release(folder)
-
-    @property
-    def image_path(self) -> str | None:
-        """The volume spec of an image read in place (None when the session holds its own copy)."""
-        return self.state.image.get("path") or None
-
-    @property
-    def volume_spec(self) -> str:
-        """Where `open_volume` (and `paser segment --image`) reads the session's image: the source it reads
-        in place, else the folder's own image.zarr."""
-        return self.image_path or str((self.folder / IMAGE).resolve())
+        return cls._held(Store.create(folder, image, classes, colors, region_size, val_every, source, copy))
 
     @classmethod
     def open(cls, folder: str | Path, read_only: bool = False) -> Session:
@@ -229,36 +143,20 @@ class Session(LabelingMixin, MapsMixin, ModelsMixin):
         repaired or dropped, and the arrays are checked against session.json; what was
         repaired is in `session.warnings` (and issued as SessionWarning).
         """
-        folder = Path(folder)
-        if not (folder / STATE_FILE).is_file() and not (folder / BACKUP_FILE).is_file():
-            load_state(folder, restore=False)  # raises the "not a session" error, before any lock file is written
-        fresh = False if read_only else lock.acquire(folder)
-        try:
-            if fresh:
-                removed = clean_temp_files(folder)
-                if removed:
-                    log.info("removed %d temporary file(s) an interrupted write left in %s", removed, folder)
-            loaded = load_state(folder, restore=not read_only)
-            state, notes = loaded.state, list(loaded.warnings)
-            repaired = _repair_records(folder, state)
-            notes += repaired
-            digest = loaded.digest
-            if repaired and not read_only:
-                digest = write_state(folder, state)
-            session = cls(folder, state, read_only=read_only, digest=digest, notes=notes, held=not read_only)
-        except BaseException:
-            if not read_only:
-                lock.release(folder)
-            raise
-        for note in notes:
-            warnings.warn(f"session {folder}: {note}", SessionWarning, stacklevel=2)
+        session = cls._held(Store.open(folder, read_only))
+        for note in session.warnings:
+            warnings.warn(f"session {session.folder}: {note}", SessionWarning, stacklevel=2)
         return session
+
+    @staticmethod
+    def relink_image(folder: str | Path, image: str | Path) -> str:
+        """Point a session that reads its image in place at the image's new place (after it moved);
+        the new one must have the recorded shape and dtype. Returns the new volume spec."""
+        return Store.relink_image(folder, image)
 
     def close(self) -> None:
         """Release the folder (its lock) and refuse further changes; reading stays possible."""
-        self._closed = True
-        if self._release is not None:
-            self._release()
+        self.store.close()
 
     def __enter__(self) -> Session:
         return self
@@ -268,145 +166,420 @@ class Session(LabelingMixin, MapsMixin, ModelsMixin):
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self.store.closed
 
     def _check_writable(self, action: str = "change") -> None:
-        if self._closed:
-            raise PaserInputError(f"session {self.folder} is closed: open it again (Session.open) to {action} it")
-        if self.read_only:
-            holder = lock.read_holder(self.folder)
-            by = f" (it is held by {holder.describe()})" if holder and not lock.held_here(self.folder) else ""
-            raise PaserInputError(
-                f"session {self.folder} is open read-only{by}: cannot {action} it; close it where it is open "
-                "and open it again without read_only to make changes"
-            )
+        self.store.check_writable(action)
 
-    def _check_arrays(self) -> None:
-        shape = self.shape
-        expected = {IMAGE: (shape, np.dtype(self.state.image["dtype"])), LABELS: (shape, np.dtype(np.uint8)),
-                    **{f"{MAPS}/{n}": (shape, np.dtype(dt)) for n, dt in MAP_NAMES.items()}}
-        arrays = {IMAGE: self.image, LABELS: self.labels, **{f"{MAPS}/{n}": a for n, a in self.maps.items()}}
-        check_arrays(self.folder, expected, arrays)
+    def commit(self, mutate: Callable[[State], None]) -> None:
+        """Apply `mutate` to a copy of the state and write it; memory changes only if the write succeeds."""
+        self.store.commit(mutate)
 
-    # ------------------------------------------------------------------ read-only views
+    # ------------------------------------------------------------------ the store's views
+
+    @property
+    def folder(self) -> Path:
+        return self.store.folder
+
+    @property
+    def state(self) -> State:
+        return self.store.state
+
+    @property
+    def read_only(self) -> bool:
+        return self.store.read_only
+
+    @property
+    def warnings(self) -> list[str]:
+        """What open repaired or found off, for notifications."""
+        return self.store.warnings
+
+    @property
+    def image(self):
+        """The image (zarr array or in-place view), raw values, the image's own shape."""
+        return self.store.image
+
+    @property
+    def labels(self):
+        """The label canvas (zarr, uint8, napari Labels convention): give it to napari as it is."""
+        return self.store.labels
+
+    @property
+    def maps(self) -> dict:
+        """f0's stored maps by name (zarr arrays of the image's shape)."""
+        return self.store.maps
+
+    @property
+    def pool(self) -> RegionPool:
+        return self.store.pool
+
+    @property
+    def image_path(self) -> str | None:
+        """The volume spec of an image read in place (None when the session holds its own copy)."""
+        return self.store.image_path
+
+    @property
+    def volume_spec(self) -> str:
+        """Where `open_volume` (and `paser segment --image`) reads the session's image."""
+        return self.store.volume_spec
 
     @property
     def classes(self) -> ClassSpec:
-        return self.state.classes
+        return self.store.classes
 
     @property
     def n_classes(self) -> int:
-        return self.state.classes.n_classes
+        return self.store.n_classes
 
     @property
     def shape(self) -> tuple[int, ...]:
         """The image's own shape: (Y, X) or (Z, Y, X)."""
-        return tuple(self.state.image["shape"])
+        return self.store.shape
 
     @property
     def n_slices(self) -> int:
-        return self.pool.shape[0]
+        return self.store.n_slices
 
     @property
     def accepted(self) -> list[AcceptedRegion]:
-        return list(self.state.accepted)
+        return list(self.store.state.accepted)
 
     @property
     def proposals(self) -> list[Proposal]:
         """The last proposals, best first (accepted ones included: see `is_accepted`)."""
-        return list(self.state.proposals)
-
-    @property
-    def pending_proposals(self) -> list[Proposal]:
-        """The proposals neither accepted nor skipped this round."""
-        skipped = set(self.state.skipped)
-        return [p for p in self.state.proposals if not self.is_accepted(p.region_id) and p.region_id not in skipped]
+        return list(self.store.state.proposals)
 
     @property
     def skipped(self) -> list[int]:
         """Region ids skipped in this round of proposals."""
-        return list(self.state.skipped)
+        return list(self.store.state.skipped)
 
     @property
     def curve(self) -> list[CurvePoint]:
-        return list(self.state.curve)
-
-    @property
-    def has_models(self) -> bool:
-        return "f0" in self.models
+        return list(self.store.state.curve)
 
     def is_accepted(self, region_id: int) -> bool:
-        return bool(self.pool.is_labeled(np.array([region_id]))[0])
+        return self.store.is_accepted(region_id)
 
     def region(self, region_id: int) -> Region:
-        try:
-            return self.pool.region(int(region_id))
-        except InputError:
-            raise PaserInputError(f"there is no region {region_id}: ids run from 0 to {len(self.pool) - 1}") from None
-
-    def next_proposal(self, after_rank: int = 0) -> Proposal | None:
-        """The best pending proposal ranked after `after_rank` (wrapping around), for a "next" button."""
-        pending = self.pending_proposals
-        later = [p for p in pending if p.rank > after_rank]
-        return (later or pending or [None])[0]
+        return self.store.region(region_id)
 
     def index(self, z: int, ys: slice = slice(None), xs: slice = slice(None)) -> tuple:
         """Index into the 2D or 3D arrays of the folder."""
-        return (z, ys, xs) if len(self.shape) == 3 else (ys, xs)
+        return self.store.index(z, ys, xs)
 
     def image_slice(self, z: int = 0) -> np.ndarray:
         """Slice z normalised to float32 [0, 1] by the volume's robust range (the model contract)."""
-        return normalise(np.asarray(self.image[self.index(z)]), self.state.image["lo"], self.state.image["hi"])
+        return self.store.image_slice(z)
 
     def raw_crop(self, region: Region) -> np.ndarray:
-        return np.asarray(self.image[self.index(*region.slices)])
+        return self.store.raw_crop(region)
 
     def accepted_labels(self, region_id: int) -> np.ndarray:
         """The accepted label crop of a region, in the layer convention (0 = not labeled)."""
-        rec = self._record(region_id)
-        return load_crop(self.folder, rec.region_id, rec.seq)
+        return self.store.accepted_labels(region_id)
 
     def _record(self, region_id: int) -> AcceptedRegion:
-        for rec in self.state.accepted:
-            if rec.region_id == int(region_id):
-                return rec
-        raise PaserInputError(f"region {region_id} is not accepted yet")
+        return self.store.record(region_id)
 
-    # ------------------------------------------------------------------ commits
+    def spread_slices(self, n: int = 8) -> list[int]:
+        """n slices spread evenly over the volume (all of them when it has fewer)."""
+        return self.store.spread_slices(n)
 
-    def commit(self, mutate: Callable[[State], None]) -> None:
-        """Apply `mutate` to a copy of the state and write it; memory changes only if the write succeeds."""
-        self._check_writable()
-        with self._lock, self._commit_guard:
-            new = copy.deepcopy(self.state)
-            mutate(new)
-            if state_digest(self.folder) not in (self._digest, None):
-                raise PaserInputError(
-                    f"session {self.folder}: session.json was changed by another Session object since this one read "
-                    "it; this change was not saved (saving would drop the other's work): open the session again "
-                    "(Session.open) and repeat it there"
-                )
-            self._digest = write_state(self.folder, new)
-            self.state = new
-            self.pool = RegionPool(tuple(new.pool["shape"]), tuple(new.settings["region_size"]))
-            self.pool.mark_labeled(np.array([a.region_id for a in new.accepted], dtype=np.int64))
+    # ------------------------------------------------------------------ proposals
 
-    # ------------------------------------------------------------------ export
+    @property
+    def pending_proposals(self) -> list[Proposal]:
+        """The proposals neither accepted nor skipped this round."""
+        return self.proposer.pending_proposals
+
+    def next_proposal(self, after_rank: int = 0) -> Proposal | None:
+        """The best pending proposal ranked after `after_rank` (wrapping around), for a "next" button."""
+        return self.proposer.next_proposal(after_rank)
+
+    def propose(self, k: int = 8, sampler: str = "entropy", seed: int = 0, max_per_slice: int | None = None,
+                near: int = 0, suggest: bool = True, **options) -> list[Proposal]:
+        """Rank k unlabeled regions with `sampler` and make them the current proposals (`Proposer.propose`)."""
+        return self.proposer.propose(k, sampler, seed, max_per_slice, near, suggest, **options)
+
+    def spread_count(self, most: int = 8, pixels: int = SPREAD_PIXELS) -> int:
+        """How many slices a spread over the volume maps (`Proposer.spread_count`)."""
+        return self.proposer.spread_count(most, pixels)
+
+    def spread_maps(self, n: int = 8, samples: int = 5, should_stop: Callable[[], bool] | None = None
+                    ) -> Generator[Progress, None, int]:
+        """Compute the maps of the `spread_slices(n)` whose maps are not current; returns slices mapped."""
+        return self.proposer.spread_maps(n, samples, should_stop)
+
+    def neighbour_ids(self, depth: int = 2, around: Iterable[int] | None = None) -> np.ndarray:
+        """Unlabeled regions at the place of the regions `around` on the slices z +- 1..depth."""
+        return self.proposer.neighbour_ids(depth, around)
+
+    def propose_neighbours(self, region_id: int, depth: int = 2) -> list[Proposal]:
+        """Propose the region's place on the slices z +- 1..depth, after the pending proposals."""
+        return self.proposer.propose_neighbours(region_id, depth)
+
+    # ------------------------------------------------------------------ the labeled set
+
+    def accept(self, region_id: int, labels_patch: np.ndarray | None = None, confirm_partial: bool = False,
+               from_suggestion: bool = False, seconds: float | None = None) -> AcceptedRegion:
+        """Accept the labels of one region and autosave (`Labeling.accept`)."""
+        return self.labeling.accept(region_id, labels_patch, confirm_partial, from_suggestion, seconds)
+
+    def painted_regions(self, z: int | None = None) -> np.ndarray:
+        """Ids of regions not accepted yet that hold painted pixels in the canvas (slice z, or all)."""
+        return self.labeling.painted_regions(z)
+
+    def accept_painted(self, z: int | None = None, confirm_partial: bool = False) -> list[AcceptedRegion]:
+        """Accept every region painted outside the accepted set (slice z, or all), in one commit."""
+        return self.labeling.accept_painted(z, confirm_partial)
+
+    def _patch(self, region: Region, labels_patch) -> np.ndarray:
+        return self.labeling._patch(region, labels_patch)
+
+    def _accept_all(self, items: list[tuple[Region, np.ndarray]], keep_origin: bool = False,
+                    drop: Sequence[int] = (), effort: dict | None = None) -> list[AcceptedRegion]:
+        return self.labeling._accept_all(items, keep_origin, drop, effort)
+
+    def unaccept(self, region_id: int) -> None:
+        """Take an accepted region back; its labels stay painted on the canvas (`Labeling.unaccept`)."""
+        self.labeling.unaccept(region_id)
+
+    def skip(self, region_id: int) -> None:
+        """Drop a pending proposal for this round (saved); the next `propose` starts a new round."""
+        self.labeling.skip(region_id)
+
+    def edited_regions(self) -> list[int]:
+        """Accepted regions whose canvas pixels differ from their saved (accepted) crop."""
+        return self.labeling.edited_regions()
+
+    def accept_edits(self, region_ids: Iterable[int] | None = None) -> list[AcceptedRegion]:
+        """Save the canvas of edited accepted regions as their accepted labels (`Labeling.accept_edits`)."""
+        return self.labeling.accept_edits(region_ids)
+
+    def held_out_basis(self) -> tuple[int, int]:
+        """How many accepted regions are held out now and from how many distinct slices."""
+        return self.labeling.held_out_basis()
+
+    def held_out_text(self, miou: float | None = None) -> str:
+        """The held-out mIoU with the regions and slices it rests on, and what to label when too few."""
+        return self.labeling.held_out_text(miou)
+
+    def effort_of(self, region_id: int) -> Effort | None:
+        """The correction effort of an accepted region (None when it was painted, not corrected)."""
+        return self.labeling.effort_of(region_id)
+
+    def effort_summary(self) -> dict:
+        """Totals of the correction effort over the accepted set (`Labeling.effort_summary`)."""
+        return self.labeling.effort_summary()
+
+    def curve_effort(self) -> list[int]:
+        """The x-axis of the learning curve in pixels a person touched."""
+        return self.labeling.curve_effort()
+
+    def sync_labels(self, layer_data) -> None:
+        """Copy a Labels layer's data (layer convention, the image's shape) into the canvas."""
+        self.labeling.sync_labels(layer_data)
 
     def export(self, out: str | Path, full_volume: bool = False, fmt: str = "tiff", edits: str = "refuse") -> Path:
-        """Write the labeled set (crops + manifest, optionally the label volume); see `export`.
+        """Write the labeled set (crops + manifest, optionally the label volume); see `session.export`.
 
         edits: what to do with accepted regions edited since accepted (`edited_regions`):
         "refuse" (default: PaserInputError naming them), "accept" (`accept_edits` first), or
         "keep" (export the accepted crops as they are; the manifest lists the edited regions).
         """
-        from napari_paser.data.export import export_session
+        return export_session(self.labeling, out, full_volume=full_volume, fmt=fmt, edits=edits)
 
-        return export_session(self, out, full_volume=full_volume, fmt=fmt, edits=edits)
+    # ------------------------------------------------------------------ suggestions
+
+    def suggestion(self, region_id: int) -> np.ndarray:
+        """The model's guess of a region shown when it was proposed, (h, w) in the layer convention."""
+        return self.suggestions.suggestion(region_id)
+
+    def suggestion_source(self, region_id: int) -> str:
+        """Where the stored suggestion of a region came from, in words ("" when none is stored)."""
+        return self.suggestions.suggestion_source(region_id)
+
+    def suggestions_current(self) -> bool:
+        """Whether the stored suggestions come from the current models."""
+        return self.suggestions.suggestions_current()
+
+    @property
+    def routes_suggestions(self) -> bool:
+        """Whether suggestions are routed predictions: a routing policy and the models it routes between."""
+        return self.suggestions.routes_suggestions
+
+    def guessed_patch(self, region: Region, samples: int = 5, routes: dict | None = None) -> tuple[np.ndarray, dict]:
+        """The current best guess of a region in the layer convention and where it came from."""
+        return self.suggestions.guessed_patch(region, samples, routes)
+
+    def predicted_patch(self, region: Region, samples: int = 5) -> np.ndarray:
+        """f0's MC-mean prediction of a region in the layer convention."""
+        return self.suggestions.predicted_patch(region, samples)
+
+    def routed_patch(self, region: Region, samples: int = 5, lam: float | None = None,
+                     routes: dict | None = None) -> tuple[np.ndarray, dict]:
+        """The routed prediction of a region (layer convention) and where it came from."""
+        return self.suggestions.routed_patch(region, samples, lam, routes)
+
+    # ------------------------------------------------------------------ the maps
+
+    def maps_version(self) -> int:
+        """The model version the maps are current for: f0's."""
+        return self.maps_cache.maps_version()
+
+    def fresh_slices(self) -> list[int]:
+        """Slices whose maps come from the current f0."""
+        return self.maps_cache.fresh_slices()
+
+    def stale_slices(self) -> list[int]:
+        """Slices whose maps come from an older f0 (shown until refreshed; samplers skip them)."""
+        return self.maps_cache.stale_slices()
+
+    def slice_maps(self, z: int = 0) -> dict[str, np.ndarray]:
+        """f0's prediction (class indices), entropy and BALD of slice z (zeros where not computed)."""
+        return self.maps_cache.slice_maps(z)
+
+    def compute_maps(self, z: int | Iterable[int] | None = None, samples: int = 5, tile: int | None = None,
+                     should_stop: Callable[[], bool] | None = None,
+                     view: View | None = None) -> Generator[Progress, None, int]:
+        """MC-dropout maps of slice(s) z (None: all) with f0 (`MapsCache.compute_maps`); returns slices done."""
+        return self.maps_cache.compute_maps(z, samples, tile, should_stop, view)
+
+    def refresh_order(self, focus: int | None = None) -> tuple[list[int], list[int]]:
+        """Stale slices as (now, later): the slice `focus`, then the proposals' slices; then the rest."""
+        return self.maps_cache.refresh_order(focus)
+
+    def refresh(self, focus: int | None = None, everything: bool = True, samples: int = 5,
+                should_stop: Callable[[], bool] | None = None) -> Generator[Progress, None, RefreshReport]:
+        """After new weights: recompute stale maps, then repeat the last proposal request (`MapsCache.refresh`)."""
+        return self.maps_cache.refresh(focus, everything, samples, should_stop)
+
+    def map_tiles(self, shape: tuple[int, ...] | None = None, tile: int | None = None) -> Grid:
+        """The tiles a slice's maps are computed in (one tile for slices up to `MAP_TILE`)."""
+        return self.maps_cache.map_tiles(shape, tile)
+
+    def map_steps(self, model: UNet, zs: Sequence[int], samples: int, tile: int | None,
+                  should_stop: Callable[[], bool] | None, view: View | None = None) -> Generator[Progress, None, int]:
+        """Compute and store `model`'s maps of slices `zs`, one Progress per tile; returns slices done."""
+        return self.maps_cache.map_steps(model, zs, samples, tile, should_stop, view)
+
+    def slice_maps_now(self, model: UNet, z: int, samples: int, version: int, tile: int | None = None,
+                       image: np.ndarray | None = None) -> tuple[UncertaintyMaps, bool]:
+        """Compute `model`'s maps of slice z and store them as f0 `version`'s: (maps, stored)."""
+        return self.maps_cache.slice_maps_now(model, z, samples, version, tile, image)
+
+    def _map_tiles(self, model: UNet, z: int, samples: int, version: int, tile: int | None,
+                   image: np.ndarray | None = None, view: View | None = None):
+        return self.maps_cache.tile_maps(model, z, samples, version, tile, image, view)
+
+    def _commit_maps(self, z: int, version: int) -> bool:
+        return self.maps_cache.commit_maps(z, version)
+
+    def has_state(self, z: int, samples: int = 5) -> bool:
+        """Whether f0's state of slice z is known for the current f0 (routing it again is then instant)."""
+        return self.maps_cache.has_state(z, samples)
+
+    def f0_state(self, z: int, samples: int = 5, image: np.ndarray | None = None) -> F0State:
+        """f0's state of slice z (prediction and entropy) for routing (`MapsCache.f0_state`)."""
+        return self.maps_cache.f0_state(z, samples, image)
+
+    # ------------------------------------------------------------------ the models
+
+    @property
+    def models(self) -> dict[str, UNet]:
+        """The models by role (f0, f1, f2)."""
+        return self.model_set.models
+
+    @property
+    def policy(self) -> PolicyNet | None:
+        """A loaded policy.pt (None without one)."""
+        return self.model_set.policy
+
+    @property
+    def bank(self) -> PolicyBank:
+        """The policy bank, by lambda or share (the live cost control)."""
+        return self.model_set.bank
+
+    @property
+    def has_models(self) -> bool:
+        return self.model_set.has_models
+
+    @property
+    def has_policy(self) -> bool:
+        return self.model_set.has_policy
+
+    @property
+    def bank_stale(self) -> bool:
+        """The policy bank was made with an older f0 than the current one."""
+        return self.model_set.bank_stale
+
+    @property
+    def router_verdict(self) -> str:
+        """What the held-out regions said about the session's routing bank ("" without one)."""
+        return self.model_set.router_verdict
+
+    @property
+    def policy_lambdas(self) -> list[float]:
+        """The cost weights of the policy bank (empty without one: then lambda is fixed)."""
+        return self.model_set.policy_lambdas
+
+    def load_models(self, run: str | Path, roles: Sequence[str] = MODEL_ROLES) -> list[str]:
+        """Load f0 (required) and whichever of f1, f2 exist from a `paser train` run folder."""
+        return self.model_set.load_models(run, roles)
+
+    def load_policy(self, path: str | Path) -> None:
+        """Load a trained routing policy (f_RL) for the routing overlay; it must fit the loaded models."""
+        self.model_set.load_policy(path)
+
+    def new_models(self, roles: dict[str, str | UNetConfig] | None = None, seed: int = 0,
+                   start: str = "shipped") -> list[str]:
+        """New models from size presets or configs, e.g. {"f0": "tiny"} (`ModelSet.new_models`)."""
+        return self.model_set.new_models(roles, seed, start)
+
+    def install_models(self, models: dict[str, nn.Module], source: str,
+                       mutate_more: Callable[[State], None] | None = None, drop: Sequence[str] = ()) -> None:
+        """Save `models` as the next model version (and forget roles in `drop`), commit, then remove old files."""
+        self.model_set.install_models(models, source, mutate_more, drop)
+
+    def require_f0(self) -> UNet:
+        """f0, or a PaserInputError saying how to get one."""
+        return self.model_set.require_f0()
+
+    def pick_policy(self, lam: float | None = None) -> tuple[float | None, PolicyNet]:
+        """The bank's policy nearest to `lam` (None: policy.pt, else the bank's middle one)."""
+        return self.model_set.pick_policy(lam)
+
+    def training_data(self) -> TrainingData:
+        """Every painted pixel outside held-out regions (train) and the accepted "val" regions."""
+        return self.model_set.training_data()
+
+    def retrain(self, config: TrainConfig | None = None, roles: Sequence[str] = ("f0",),
+                should_stop: Callable[[], bool] | None = None, refresh: bool = True,
+                samples: int = 5, keep_if_worse: bool = True, focus: float = 0.0) -> Generator[Progress, None, RetrainResult]:
+        """Retrain `roles` on the labels as a progress generator (`ModelSet.retrain`); with `refresh` and new
+        weights the maps are refreshed and the last proposal request repeated."""
+        return self.model_set.retrain(config, roles, should_stop, refresh, samples, keep_if_worse, focus)
+
+    # ------------------------------------------------------------------ the router
+
+    def route(self, z: int = 0, samples: int = 5, lam: float | None = None, execute: bool = True) -> SliceRouting:
+        """PaSeR routing of slice z (`Router.route`)."""
+        return self.router.route(z, samples, lam, execute)
+
+    def train_router(self, lambdas: Sequence[float] | None = None, should_stop: Callable[[], bool] | None = None,
+                     **options) -> Generator[Progress, None, RouterResult]:
+        """Retrain the routed models, then make the routing policy bank (`Router.train_router`)."""
+        return self.router.train_router(lambdas, should_stop, **options)
+
+    def export_run(self, out: str | Path, overwrite: bool = False) -> Path:
+        """Write the session's f0/f1/f2 and policies as a run folder for `paser route` / `paser segment`."""
+        return self.router.export_run(out, overwrite)
 
 
-READ_ONLY_REFUSES = ("propose", "propose_neighbours", "spread_maps", "accept", "accept_painted", "unaccept", "skip", "accept_edits", "sync_labels",
-                     "load_models", "load_policy", "new_models", "compute_maps", "retrain", "train_router")
+READ_ONLY_REFUSES = ("propose", "propose_neighbours", "spread_maps", "accept", "accept_painted", "unaccept", "skip",
+                     "accept_edits", "sync_labels", "load_models", "load_policy", "new_models", "compute_maps",
+                     "retrain", "train_router")
 """The methods a read-only (or closed) session refuses with a PaserInputError (`commit` refuses any other)."""
 
 
@@ -420,51 +593,4 @@ def _refused_when_read_only(name: str, method: Callable) -> Callable:
 
 
 for _name in READ_ONLY_REFUSES:
-    if hasattr(Session, _name):
-        setattr(Session, _name, _refused_when_read_only(_name, getattr(Session, _name)))
-
-
-def _repair_records(folder: Path, state: State) -> list[str]:
-    """Point accepted records at a crop that exists, and forget models whose file is gone (a
-    session.json restored from its backup may name files the last commit replaced)."""
-    notes = []
-    for rec in list(state.accepted):
-        if crop_path(folder, rec.region_id, rec.seq).is_file():
-            continue
-        seqs = crops_of(folder, rec.region_id)
-        if seqs:
-            rec.seq = seqs[-1]
-            notes.append(f"region {rec.region_id}'s labels file was replaced; using its newest saved labels")
-        else:
-            state.accepted.remove(rec)
-            notes.append(f"region {rec.region_id}'s labels file is missing: it is no longer accepted (its labels "
-                         "are still painted on the canvas: accept it again)")
-    if state.accepted:
-        state.settings["next_seq"] = max(int(state.settings.get("next_seq", 0)), max(r.seq for r in state.accepted) + 1)
-    for role, info in list(state.models.items()):
-        if not (folder / info["file"]).is_file():
-            del state.models[role]
-            notes.append(f"the {role} model file {info['file']} is missing: load a run folder or start from scratch")
-    return notes
-
-
-def _image_at(path: str | Path, copy: bool, source: str) -> tuple[object, dict | None, str]:
-    """(array, reference, source name) of an image given by path: read in place (reference = its spec and
-    kind for session.json) when it is chunked (zarr, OME-Zarr, HDF5) and not `copy`; else to be copied."""
-    from napari_paser.data.volumes import IN_PLACE_KINDS, VolumeView, open_volume
-
-    volume = open_volume(path)
-    view = VolumeView(volume, 2 if volume.shape[0] == 1 else 3)
-    reference = None if copy or volume.kind not in IN_PLACE_KINDS else {"path": volume.spec, "kind": volume.kind}
-    return view, reference, source or Path(str(path)).name
-
-
-def _copy_image(image, target) -> None:
-    """Copy slice by slice (never the whole dask/zarr volume in memory); refuse NaN and inf."""
-    slices = [(...,)] if len(target.shape) == 2 else [(z,) for z in range(target.shape[0])]
-    for ix in slices:
-        data = np.asarray(image[ix])
-        if data.dtype.kind == "f" and not np.isfinite(data).all():
-            where = "" if ix == (...,) else f" in slice {ix[0]}"
-            raise PaserInputError(f"the image holds NaN or inf values{where}: replace them (np.nan_to_num) first")
-        target[ix] = data
+    setattr(Session, _name, _refused_when_read_only(_name, getattr(Session, _name)))

@@ -1,45 +1,40 @@
-"""The session's models: loading runs and policies, new models from the starting weights,
-installing a model version, routing a slice, retraining and training its own router."""
+"""The session's models: loading runs and policies, new models from the starting weights, installing a
+model version, retraining (`ModelSet`); the model roles of routing policies (`POLICY`, `BANK_ROLE`)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import nn
 
 from learners.checkpoint import load_checkpoint, save_checkpoint
-from learners.routing.bank import load_bank
+from learners.routing.bank import PolicyBank, load_bank
 from learners.routing.policy import PolicyNet, load_policy, save_policy
-from learners.routing.router import F0State
 from learners.training import TrainConfig
 from learners.unet import PRESETS, UNet, UNetConfig, preset_config
 from napari_paser.errors import PaserInputError
-from napari_paser.session.jobs import (
-    RETRAIN_CONFIG,
-    Progress,
-    RetrainResult,
-    TrainingData,
-    check_focus,
-    retrain_steps,
-    training_data,
-)
-from napari_paser.session.router.config import BANK_ROLE, POLICY, RouterConfig, bank_role  # noqa: F401 (re-exported)
-from napari_paser.session.router.export import export_run
-from napari_paser.session.router.train import iter_train_router  # also registers the rethreshold after a refresh
-from napari_paser.session.routing import SliceRouting, policy_models, route_slice
-from napari_paser.session.store import MODELS, State
-
-if TYPE_CHECKING:
-    from napari_paser.session.router.config import RouterResult
+from napari_paser.session.progress import Progress
+from napari_paser.session.routing import policy_models
+from napari_paser.session.store import MODELS, State, Store
+from napari_paser.session.training import (RETRAIN_CONFIG, RetrainResult, TrainingData, check_focus, retrain_steps,
+                                           training_data)
 
 MODEL_ROLES = ("f0", "f1", "f2")
 POLICY_FILE = "policy.pt"
 MODEL_SIZES = tuple(PRESETS)  # tiny, medium, wide, large
+POLICY = "policy"  # the session's model role of a loaded policy.pt
+BANK_ROLE = "policy@"  # + lambda: the policy bank's members, e.g. "policy@0.300"
 
+RetrainedHook = Callable[[int, "Callable[[], bool] | None"], Generator[Progress, None, object]]
+"""Work after a retrain installed new weights: (samples, should_stop) -> progress."""
+
+
+def bank_role(lam: float) -> str:
+    """The session's model role of the bank's policy for `lam`."""
+    return f"{BANK_ROLE}{lam:.3f}"
 
 
 NO_POLICY = ("no routing policy yet: press 'Train router' in the Train step (`paser session train-router "
@@ -49,8 +44,6 @@ NO_POLICY = ("no routing policy yet: press 'Train router' in the Train step (`pa
 def router_info(folder: Path, version: int | None) -> dict:
     """router.json when it describes the bank installed as model version `version`, else {} (missing,
     unreadable or another bank's)."""
-    import json
-
     try:
         info = json.loads((Path(folder) / "router.json").read_text())
     except (OSError, ValueError):
@@ -66,10 +59,27 @@ def router_default(folder: Path, version: int | None) -> float | None:
         return None
 
 
-class ModelsMixin:
-    """Models, policies, routing and (re)training of a `Session` (its state, folder and locks)."""
+class ModelSet:
+    """The session's models by role (f0, f1, f2), its routing policy (policy.pt) and policy bank: loading a
+    run, new models, installing a model version, retraining with its guard.
 
-    # ------------------------------------------------------------------ models
+    After a retrain that installed new weights it runs the `on_retrained` subscribers (the maps' refresh
+    subscribes), so retraining never calls back into a session.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.models: dict[str, UNet] = {}
+        self.policy: PolicyNet | None = None
+        self.bank = PolicyBank()  # policies by lambda, for the live cost control
+        self.on_retrained: list[RetrainedHook] = []
+        for role, info in store.state.models.items():
+            path = store.folder / info["file"]
+            self._hold(role, load_policy(path).policy if role.startswith(POLICY) else load_checkpoint(path).model)
+
+    @property
+    def has_models(self) -> bool:
+        return "f0" in self.models
 
     def load_models(self, run: str | Path, roles: Sequence[str] = MODEL_ROLES) -> list[str]:
         """Load f0 (required) and whichever of f1, f2 exist from a `paser train` run folder."""
@@ -90,7 +100,7 @@ class ModelsMixin:
         for lam, policy in load_bank(run).policies.items():  # optional: the live lambda control
             policy_models(policy, loaded, f"{run}/policies (lambda {lam})")
             loaded[bank_role(lam)] = policy
-        dropped = [r for r in self.state.models if r not in loaded]  # a run replaces the whole set
+        dropped = [r for r in self.store.state.models if r not in loaded]  # a run replaces the whole set
         self.install_models(loaded, source=str(run.resolve()), drop=dropped)
         return list(loaded)
 
@@ -108,16 +118,16 @@ class ModelsMixin:
     def bank_stale(self) -> bool:
         """The policy bank was made with an older f0 than the current one: its thresholds (ranked) or its
         training (network) read that f0's entropy, so its shares of patches have drifted."""
-        made = [info["version"] for role, info in self.state.models.items() if role.startswith(BANK_ROLE)]
-        f0 = self.state.models.get("f0")
+        made = [info["version"] for role, info in self.store.state.models.items() if role.startswith(BANK_ROLE)]
+        f0 = self.store.state.models.get("f0")
         return bool(made) and f0 is not None and f0["version"] > min(made)
 
     @property
     def router_verdict(self) -> str:
         """What the held-out regions said about the session's routing bank (router.json's one line, e.g. "f0 is
         enough on this volume: f0 0.955 vs 20% share 0.903 ..."), "" without a bank made by train_router."""
-        versions = [info["version"] for role, info in self.state.models.items() if role.startswith(BANK_ROLE)]
-        return str(router_info(self.folder, max(versions)).get("verdict", "")) if versions else ""
+        versions = [info["version"] for role, info in self.store.state.models.items() if role.startswith(BANK_ROLE)]
+        return str(router_info(self.store.folder, max(versions)).get("verdict", "")) if versions else ""
 
     @property
     def policy_lambdas(self) -> list[float]:
@@ -130,51 +140,6 @@ class ModelsMixin:
         if chosen is not None:
             return chosen
         raise PaserInputError(NO_POLICY)
-
-    def route(self, z: int = 0, samples: int = 5, lam: float | None = None, execute: bool = True) -> SliceRouting:
-        """PaSeR routing of slice z: model per patch, routed segmentation, GFLOPs vs the largest model.
-
-        `lam` picks the bank's policy nearest to it. f0's state of the slice is cached, so routing
-        the same slice again with another lambda and `execute=False` (map and cost only, no routed
-        model runs) takes milliseconds: what the live control does.
-        """
-        lam, policy = self.pick_policy(lam)
-        (z,) = self._slices_arg(z)
-        models = policy_models(policy, self.models, "the routing policy")
-        image = self.image_slice(z)
-        return route_slice(models, policy, image, z, samples, self.f0_state(z, samples, image), execute, lam)
-
-    def has_state(self, z: int, samples: int = 5) -> bool:
-        """Whether f0's state of slice z is known for the current f0 (routing it again is then instant)."""
-        return self._state_key(z, samples) in self._states or int(z) in self.fresh_slices()
-
-    def f0_state(self, z: int, samples: int = 5, image: np.ndarray | None = None) -> F0State:
-        """f0's state of slice z (prediction and entropy) for routing: the slice's stored maps when
-        they come from the current f0 (whatever `samples` they were computed with), else computed
-        now with `uncertainty_maps` and stored as the slice's maps, so maps, routing and proposals
-        share one f0 pass per slice and model version. Cached in memory for the current weights."""
-        key = self._state_key(z, samples)
-        with self._lock:
-            if key in self._states:
-                return self._states[key]
-        f0 = self.require_f0()
-        if int(z) in self.fresh_slices():
-            maps = self.slice_maps(z)
-            prediction, entropy = maps["prediction"], maps["entropy"]
-        else:
-            m, _ = self.slice_maps_now(f0, z, samples, self.maps_version(), image=image)
-            prediction, entropy = m.prediction, m.entropy
-        state = F0State(torch.from_numpy(np.asarray(prediction, np.uint8))[None],
-                        torch.from_numpy(np.asarray(entropy, np.float32))[None], self.n_classes, samples)
-        with self._lock:
-            self._states = {k: v for k, v in self._states.items() if k[2] == key[2]}  # drop older weights'
-            while len(self._states) >= 8:
-                self._states.pop(next(iter(self._states)))
-            self._states[key] = state
-        return state
-
-    def _state_key(self, z: int, samples: int) -> tuple:
-        return (int(z), int(samples), self.state.models.get("f0", {}).get("version"))
 
     def new_models(self, roles: dict[str, str | UNetConfig] | None = None, seed: int = 0,
                    start: str = "shipped") -> list[str]:
@@ -198,7 +163,7 @@ class ModelsMixin:
                     raise PaserInputError(f"unknown model role {role!r}; use {', '.join(MODEL_ROLES)}")
                 if isinstance(spec, str) and spec not in MODEL_SIZES:
                     raise PaserInputError(f"unknown model size {spec!r}; choose one of {', '.join(MODEL_SIZES)}")
-                cfg = preset_config(spec, n_classes=self.n_classes) if isinstance(spec, str) else spec
+                cfg = preset_config(spec, n_classes=self.store.n_classes) if isinstance(spec, str) else spec
                 model = shipped_start(role, cfg, seed) if start == "shipped" else None
                 source = "scratch" if model is None else "shipped"
                 model = UNet(cfg).eval() if model is None else model
@@ -211,10 +176,10 @@ class ModelsMixin:
 
     def _checked(self, model: UNet, what: str) -> UNet:
         cfg = model.config
-        if cfg.n_classes != self.n_classes:
+        if cfg.n_classes != self.store.n_classes:
             raise PaserInputError(
-                f"{what} was trained for {cfg.n_classes} classes but this session has {self.n_classes} "
-                f"({', '.join(self.classes.names)}): load a run trained on {self.n_classes} classes, or start from scratch"
+                f"{what} was trained for {cfg.n_classes} classes but this session has {self.store.n_classes} "
+                f"({', '.join(self.store.classes.names)}): load a run trained on {self.store.n_classes} classes, or start from scratch"
             )
         if cfg.in_channels != 1:
             raise PaserInputError(f"{what} takes {cfg.in_channels} input channels; sessions hold greyscale images (1)")
@@ -223,13 +188,13 @@ class ModelsMixin:
     def install_models(self, models: dict[str, nn.Module], source: str,
                        mutate_more: Callable[[State], None] | None = None, drop: Sequence[str] = ()) -> None:
         """Save `models` as the next model version (and forget roles in `drop`), commit, then remove old files."""
-        with self._lock:  # one model version at a time, whatever thread installs it
-            version = self.state.model_version + 1
+        with self.store.lock:  # one model version at a time, whatever thread installs it
+            version = self.store.state.model_version + 1
             files = {}
             for role, model in models.items():
                 files[role] = f"{MODELS}/{role}-{version:04d}.pt"
-                meta = {"class_names": list(self.classes.names), "role": role, "source": source, "session_version": version}
-                (save_policy if role.startswith(POLICY) else save_checkpoint)(self.folder / files[role], model, meta)
+                meta = {"class_names": list(self.store.classes.names), "role": role, "source": source, "session_version": version}
+                (save_policy if role.startswith(POLICY) else save_checkpoint)(self.store.folder / files[role], model, meta)
 
             def mutate(s: State) -> None:
                 s.model_version = version
@@ -240,8 +205,8 @@ class ModelsMixin:
                 if mutate_more:
                     mutate_more(s)
 
-            old = [self.folder / info["file"] for role, info in self.state.models.items() if role in models or role in drop]
-            self.commit(mutate)
+            old = [self.store.folder / info["file"] for role, info in self.store.state.models.items() if role in models or role in drop]
+            self.store.commit(mutate)
             for role in drop:
                 self._hold(role, None)
             for role, model in models.items():
@@ -259,7 +224,7 @@ class ModelsMixin:
                 self.bank.policies.pop(lam, None)
             else:
                 self.bank.policies[lam] = model
-                self.bank.chosen = router_default(self.folder, self.state.models.get(role, {}).get("version"))
+                self.bank.chosen = router_default(self.store.folder, self.store.state.models.get(role, {}).get("version"))
         elif model is None:
             self.models.pop(role, None)
         else:
@@ -276,8 +241,8 @@ class ModelsMixin:
     # ------------------------------------------------------------------ training
 
     def training_data(self) -> TrainingData:
-        """Every painted pixel outside held-out regions (train) and the accepted "val" regions (see session.jobs)."""
-        return training_data(self)
+        """Every painted pixel outside held-out regions (train) and the accepted "val" regions (see session.training)."""
+        return training_data(self.store)
 
     def retrain(self, config: TrainConfig | None = None, roles: Sequence[str] = ("f0",),
                 should_stop: Callable[[], bool] | None = None, refresh: bool = True,
@@ -290,9 +255,10 @@ class ModelsMixin:
         role's new weights replace the old ones only if they score at least as well there
         (keep_if_worse); the RetrainResult's message says which were kept and why. Every
         finished retrain adds a learning-curve point; a cancel (via should_stop or closing the
-        generator) changes nothing. Then, with `refresh` and new weights, maps of the slices that
-        had maps are recomputed and the last proposal request is repeated. `focus` > 0 draws the
-        training crops where f0 is unsure (`session.jobs.uncertainty_focus`): for the routed models.
+        generator) changes nothing. Then, with `refresh` and new weights, the `on_retrained` subscribers run
+        (in a session: the maps cache recomputes the stale maps and the last proposal request is repeated
+        after it). `focus` > 0 draws the
+        training crops where f0 is unsure (`session.training.uncertainty_focus`): for the routed models.
         """
         cfg = config or RETRAIN_CONFIG
         missing = [r for r in roles if r not in self.models]
@@ -305,20 +271,7 @@ class ModelsMixin:
         check_focus(focus)
         return retrain_steps(self, cfg, list(roles), data, should_stop, refresh, samples, keep_if_worse, focus)
 
-    def train_router(self, lambdas: Sequence[float] | None = None, should_stop: Callable[[], bool] | None = None,
-                     **options) -> Generator[Progress, None, RouterResult]:
-        """Retrain f2 (network: f1, f2) on the accepted regions, then make the routing policy bank, as a progress
-        generator; see `session.router`. The bank is one uncertainty-ranked policy per share of
-        patches (`shares=`), or with `lambdas` (or policy="network") one policy network per lambda. A
-        cancel keeps the previous bank. `options` are `RouterConfig` fields (policy, shares, epochs,
-        train_models, model_config, samples, ...)."""
-        if lambdas is not None:
-            options["lambdas"] = tuple(lambdas)
-            options.setdefault("policy", "network")
-        if "shares" in options:
-            options["shares"] = tuple(options["shares"])
-        return iter_train_router(self, RouterConfig(**options), should_stop)
-
-    def export_run(self, out: str | Path, overwrite: bool = False) -> Path:
-        """Write the session's f0/f1/f2 and policies as a run folder for `paser route` / `paser segment`."""
-        return export_run(self, out, overwrite)
+    def retrained(self, samples: int, should_stop: Callable[[], bool] | None) -> Generator[Progress, None, None]:
+        """Run the `on_retrained` subscribers after a retrain installed new weights, in the order subscribed."""
+        for hook in self.on_retrained:
+            yield from hook(samples, should_stop)

@@ -11,7 +11,7 @@ cost is known without running the routed models (`execute=False`).
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from learners.routing.router import (F0State, RoutingCost, check_policy, execute
                                      policy_probabilities)
 from learners.unet import count_parameters
 from napari_paser.errors import PaserInputError
-from napari_paser.session.jobs import Progress
+from napari_paser.session.progress import Progress
 
 
 @dataclass
@@ -42,6 +42,7 @@ class SliceRouting:
     shares: dict[str, float]  # share of patches per model
     lam: float | None = None  # the cost weight the policy was trained with, when known
     cell: tuple[int, int] | None = None  # patch size in pixels (the last row/column may be partial)
+    done: np.ndarray | None = None  # (rows, cols): patches whose segmentation is computed (None: all of them)
 
     def grid(self) -> Grid:
         """The patch grid of the slice: what each entry of `routing` covers."""
@@ -139,7 +140,10 @@ def route_in_view(session, z: int, samples: int = 5, lam: float | None = None, v
     """Route slice z as `Session.route` does, the part on screen first: when f0's state of the slice is not
     known, its maps are computed tile by tile (those meeting `view` first, stored as the slice's maps) and
     `preview` gets a routing of the mapped part once the first tile is done, long before the whole slice is
-    mapped and its routed models run. Returns the routing (None when stopped)."""
+    mapped and its routed models run. The routed models then run on the patches meeting `view` first:
+    `preview` gets the whole routing map, then (when larger models were chosen both on and off screen) the
+    segmentation of the patches on screen (`SliceRouting.done`), before the rest. Returns the routing (None
+    when stopped)."""
     stop = should_stop or (lambda: False)
     session.pick_policy(lam)  # no policy: its message at once
     z = int(z)
@@ -165,10 +169,36 @@ def route_in_view(session, z: int, samples: int = 5, lam: float | None = None, v
             session._commit_maps(z, version)
     lam, policy = session.pick_policy(lam)
     models = policy_models(policy, session.models, "the routing policy")
-    image = session.image_slice(z)
-    state = session.f0_state(z, samples, image)
-    chosen = route_slice(models, policy, image, z, samples, state, execute=False, lam=lam)
+    state = session.f0_state(z, samples)  # the maps just stored: the image is read after the map is shown
+    shape_only = np.empty(session.shape[-2:], np.float32)  # untouched pages: the policy reads the state alone
+    chosen = route_slice(models, policy, shape_only, z, samples, state, execute=False, lam=lam)
     if preview is not None:  # the whole routing map, before the routed models run
         preview(chosen)
-    yield Progress("route", 0, 1, f"routing slice {z}: running the routed models", z=z)
-    return route_slice(models, policy, image, z, samples, state, True, lam, actions=chosen.routing)
+    image = session.image_slice(z)
+    first = patches_in_view(chosen, view)
+    larger = chosen.routing > 0  # f0's patches cost nothing more: its state is known
+    if preview is None or not (larger & first).any() or not (larger & ~first).any():
+        yield Progress("route", 0, 1, f"routing slice {z}: running the routed models", z=z)
+        return route_slice(models, policy, image, z, samples, state, True, lam, actions=chosen.routing)
+    yield Progress("route", 0, 2, f"routing slice {z}: the routed models on the part on screen", z=z)
+    part = route_slice(models, policy, image, z, samples, state, True, lam,
+                       actions=np.where(first, chosen.routing, 0))
+    preview(replace(chosen, segmentation=part.segmentation, done=first))
+    if stop():
+        yield Progress("cancelled", 1, 2, "routing cancelled")
+        return None
+    yield Progress("route", 1, 2, f"routing slice {z}: the routed models on the rest", z=z)
+    rest = route_slice(models, policy, image, z, samples, state, True, lam,
+                       actions=np.where(first, 0, chosen.routing))
+    shown = first.ravel()[chosen.grid().cell_index_map()]
+    return replace(chosen, segmentation=np.where(shown, part.segmentation, rest.segmentation))
+
+
+def patches_in_view(routed: SliceRouting, view=None) -> np.ndarray:
+    """(rows, cols) bool: the patches of `routed`'s grid meeting `view` ((y0, x0, y1, x1); None: all)."""
+    grid = routed.grid()
+    if view is None:
+        return np.ones(routed.routing.shape, bool)
+    y0, x0, y1, x1 = view
+    meets = [b.y0 < y1 and b.y0 + b.h > y0 and b.x0 < x1 and b.x0 + b.w > x0 for b in grid.boxes()]
+    return np.array(meets).reshape(routed.routing.shape)

@@ -1,4 +1,5 @@
-"""The on-disk layout of a labeling session, and its records.
+"""A labeling session's folder: its on-disk layout, its files, and the `Store` that holds it open (the lock,
+the arrays, the commit point); the records session.json holds are in `session.records`.
 
 A session folder holds
 
@@ -28,206 +29,39 @@ temporary files a kill left behind are removed on the next open (`clean_temp_fil
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
+import copy
+import logging
 import os
 import re
-import secrets
-import shutil
-import time
-from dataclasses import asdict, dataclass, field
+import threading
+import weakref
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-from learners.atomic import atomic_path, atomic_write_bytes, is_temp_name
-from napari_paser.errors import PaserInputError
+from learners.atomic import atomic_path, is_temp_name
+from napari_paser.data.dataset import normalise, robust_range
+from napari_paser.errors import InputError, PaserInputError
+from napari_paser.session import lock
 from napari_paser.session.lock import LOCK_FILE
+from napari_paser.session.records import (  # noqa: F401 (DEFAULT_CLASSES, CurvePoint: re-exported)
+    BACKUP_FILE, DEFAULT_CLASSES, STATE_FILE, AcceptedRegion, ClassSpec, CurvePoint, Proposal, State, load_state,
+    now_iso, state_digest, write_state,
+)
+from sampling.regions import Region, RegionPool
 
-FORMAT = "napari-paser/session"
-VERSION = 1
-STATE_FILE = "session.json"
-BACKUP_FILE = "session.json.bak"
 IMAGE, LABELS, MAPS, REGIONS, MODELS = "image.zarr", "labels.zarr", "maps.zarr", "regions", "models"
 SUGGESTIONS = "suggestions"
 OWN_NAMES = {STATE_FILE, BACKUP_FILE, LOCK_FILE, IMAGE, LABELS, MAPS, REGIONS, MODELS, SUGGESTIONS}
 _ZARR_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr LocalStore's temporary chunk files
 CHUNK = 512  # chunk edge in y and x; one slice per chunk in z
+MAP_NAMES = {"prediction": np.uint8, "entropy": np.float32, "bald": np.float32}
+"""f0's maps stored per slice in maps.zarr/ (see `session.maps`), by name and dtype."""
+MIN_SIDE = 16
 
-DEFAULT_CLASSES = ("pore", "binder", "active")
-DEFAULT_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-                  "#bcbd22", "#17becf")
-
-
-@dataclass(frozen=True)
-class ClassSpec:
-    """Class names and display colours (#rrggbb); class k is layer value k + 1."""
-
-    names: tuple[str, ...] = DEFAULT_CLASSES
-    colors: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        names = tuple(str(n) for n in self.names)
-        if not 2 <= len(names) <= 254:
-            raise PaserInputError(f"a session needs 2 to 254 classes, got {len(names)}: give at least two class names")
-        if len(set(names)) != len(names) or not all(n.strip() for n in names):
-            raise PaserInputError(f"class names must be unique and non-empty, got {list(names)}")
-        colors = tuple(self.colors) or tuple(DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(len(names)))
-        if len(colors) != len(names):
-            raise PaserInputError(f"{len(colors)} colours given for {len(names)} classes: give one colour per class")
-        for c in colors:
-            if not (isinstance(c, str) and len(c) == 7 and c[0] == "#" and all(ch in "0123456789abcdefABCDEF" for ch in c[1:])):
-                raise PaserInputError(f"colour {c!r} is not '#rrggbb'; write colours as hex strings like '#1f77b4'")
-        object.__setattr__(self, "names", names)
-        object.__setattr__(self, "colors", tuple(c.lower() for c in colors))
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.names)
-
-    def layer_colors(self) -> dict[int | None, str]:
-        """Colours keyed by Labels layer value (0 transparent), for napari's label colormap."""
-        return {0: "transparent", None: "transparent", **{k + 1: c for k, c in enumerate(self.colors)}}
-
-
-@dataclass
-class Proposal:
-    """A region the sampler proposes, ranked from 1 (best)."""
-
-    rank: int
-    region_id: int
-    z: int
-    y0: int
-    x0: int
-    h: int
-    w: int
-    score: float
-    sampler: str
-
-
-@dataclass
-class AcceptedRegion:
-    """A region whose labels the person accepted; `fractions` are shares of the region's pixels
-    per class name plus "unlabeled" (unpainted pixels of a confirmed partial region)."""
-
-    region_id: int
-    z: int
-    y0: int
-    x0: int
-    h: int
-    w: int
-    sampler: str  # the sampler that proposed it, or "manual" for labels outside proposals
-    rank: int | None
-    accepted_at: str  # ISO 8601 UTC
-    fractions: dict[str, float]
-    split: str = "train"  # "train" or "val" (held out for the learning curve)
-    seq: int = 0  # its crop is regions/<region_id>-<seq>.npy (a new seq on every accept, so a re-accept never overwrites)
-    # correction effort, when the region was accepted from the model's suggestion (None otherwise):
-    changed_px: int | None = None  # pixels that differ from the suggestion
-    strokes: int | None = None  # connected groups of changed pixels (about the strokes a person made)
-    seconds: float | None = None  # from showing the suggestion to accepting (measured by the GUI)
-
-
-@dataclass
-class CurvePoint:
-    """One point of the learning curve: validation mIoU after a retrain on n_labeled regions.
-
-    val_miou and class_iou are the held-out scores of the weights in use after the retrain:
-    the previous ones when the new weights scored worse (kept_previous).
-    """
-
-    n_labeled: int
-    n_train: int
-    n_val: int
-    val_miou: float | None  # None when no region is held out yet
-    model_version: int
-    epochs: int
-    time: str
-    class_iou: dict[str, float] | None = None  # per-class IoU on the held-out regions (classes present)
-    kept_previous: bool = False  # the retrained weights scored worse on the held-out regions: not installed
-    n_train_pixels: int | None = None  # labeled training pixels (accepted regions and scribbles)
-
-
-@dataclass
-class State:
-    """Everything session.json holds (plain JSON values)."""
-
-    image: dict
-    classes: ClassSpec
-    pool: dict
-    settings: dict
-    accepted: list[AcceptedRegion] = field(default_factory=list)
-    proposals: list[Proposal] = field(default_factory=list)
-    proposal_request: dict | None = None  # {"k", "sampler", "seed"} of the last propose()
-    models: dict[str, dict] = field(default_factory=dict)  # role -> {"file", "version", "source"}
-    model_version: int = 0
-    maps: dict[str, int] = field(default_factory=dict)  # str(z) -> model_version its maps came from
-    curve: list[CurvePoint] = field(default_factory=list)
-    lr_agents: dict[str, dict] = field(default_factory=dict)
-    created: str = ""
-    skipped: list[int] = field(default_factory=list)  # proposals skipped this round (cleared by propose)
-    # region id -> {"seq", "model_version"} of the model's suggestion shown for it (suggestions/<id>-<seq>.npy)
-    suggestions: dict[str, dict] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        data = {"format": FORMAT, "version": VERSION, **asdict(self)}
-        data["classes"] = {"names": list(self.classes.names), "colors": list(self.classes.colors)}
-        data["modified"] = now_iso()
-        return json.dumps(_clean(data), indent=1)
-
-    @classmethod
-    def from_json(cls, text: str | bytes, source: Path) -> State:
-        """Parse session.json; a damaged file (not JSON, binary, keys missing) is a DamagedStateError."""
-        try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DamagedStateError(f"{source} is not valid JSON ({exc}); restore it from a backup") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise DamagedStateError(f"{source} is not a napari-paser session file (no '{FORMAT}' tag)")
-        if data.get("version", 0) > VERSION:
-            raise PaserInputError(f"{source} has session version {data['version']}; upgrade napari-paser to open it")
-        try:
-            for part, keys in (("image", ("shape", "dtype", "lo", "hi")), ("pool", ("shape", "size")),
-                               ("settings", ("region_size",))):
-                missing = [k for k in keys if k not in data[part]]
-                if missing:
-                    raise KeyError(f"{part}.{missing[0]}")
-            return cls(
-                image=data["image"], classes=ClassSpec(tuple(data["classes"]["names"]), tuple(data["classes"]["colors"])),
-                pool=data["pool"], settings=data["settings"],
-                accepted=[AcceptedRegion(**a) for a in data.get("accepted", [])],
-                proposals=[Proposal(**p) for p in data.get("proposals", [])],
-                proposal_request=data.get("proposal_request"), models=data.get("models", {}),
-                model_version=int(data.get("model_version", 0)), maps=dict(data.get("maps", {})),
-                curve=[CurvePoint(**c) for c in data.get("curve", [])], lr_agents=data.get("lr_agents", {}),
-                created=data.get("created", ""), skipped=[int(r) for r in data.get("skipped", [])],
-                suggestions={str(k): dict(v) for k, v in data.get("suggestions", {}).items()},
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise DamagedStateError(f"{source} is damaged or incomplete ({exc!r}); restore it from a backup") from None
-
-
-class DamagedStateError(PaserInputError):
-    """session.json cannot be read as a session (not JSON, binary bytes, keys missing)."""
-
-
-def _clean(value):
-    """NaN -> None so the file is strict JSON; numpy scalars -> Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- folder
@@ -245,91 +79,6 @@ def check_new_folder(folder: Path) -> None:
             raise PaserInputError(
                 f"{folder} is not empty ({', '.join(foreign[:5])}): choose an empty or new folder for the session"
             )
-
-
-def read_state(folder: Path) -> State:
-    return load_state(folder, restore=False).state
-
-
-@dataclass
-class LoadedState:
-    """A state as read from a folder: its digest (to notice another writer) and what was repaired."""
-
-    state: State
-    digest: str | None
-    warnings: list[str] = field(default_factory=list)
-
-
-def load_state(folder: Path, restore: bool) -> LoadedState:
-    """Read session.json; a damaged one is replaced by the backup of the previous commit, with a warning.
-
-    With `restore` the damaged file is moved aside (session.json.damaged-<time>) and the backup
-    written in its place; without (read-only), the backup is only read.
-    """
-    path = folder / STATE_FILE
-    if not path.is_file() and not (folder / BACKUP_FILE).is_file():
-        raise PaserInputError(
-            f"{folder} is not a labeling session (no {STATE_FILE}); create one with Session.create "
-            "(or the Start session button)"
-        )
-    data = path.read_bytes() if path.is_file() else b""
-    try:
-        return LoadedState(State.from_json(data, path), digest(data))
-    except DamagedStateError as exc:
-        damage = str(exc).split(";")[0] if data else f"{path} is missing"
-    backup = folder / BACKUP_FILE
-    try:
-        saved = backup.read_bytes()
-        state = State.from_json(saved, backup)
-    except (OSError, DamagedStateError):
-        raise PaserInputError(f"{damage}, and there is no readable backup ({BACKUP_FILE}) to restore it from: "
-                              "restore the session folder from your own backup") from None
-    note = f"{damage}: restored the previous commit from {BACKUP_FILE} (the last change before the damage is lost)"
-    if not restore:
-        return LoadedState(state, None, [note + "; opened read-only, nothing was changed on disk"])
-    if data:
-        aside = folder / f"{STATE_FILE}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
-        os.replace(path, aside)
-        note += f"; the damaged file is kept as {aside.name}"
-    atomic_write_bytes(path, saved)
-    return LoadedState(state, digest(saved), [note])
-
-
-def write_state(folder: Path, state: State) -> str:
-    """The commit point: everything session.json names must already be on disk. The file it
-    replaces becomes session.json.bak. Returns the digest of what was written."""
-    data = state.to_json().encode("utf-8")
-    keep_backup(folder)
-    atomic_write_bytes(folder / STATE_FILE, data)
-    return digest(data)
-
-
-def keep_backup(folder: Path) -> None:
-    """session.json -> session.json.bak, as a hard link (a copy where links are not supported)."""
-    current = folder / STATE_FILE
-    if not current.is_file():
-        return
-    tmp = folder / f".{BACKUP_FILE}.{secrets.token_hex(6)}.tmp"
-    try:
-        os.link(current, tmp)
-    except OSError:
-        shutil.copyfile(current, tmp)
-    try:
-        os.replace(tmp, folder / BACKUP_FILE)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def digest(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def state_digest(folder: Path) -> str | None:
-    """The digest of session.json as it is on disk now (None when it is missing)."""
-    try:
-        return digest((folder / STATE_FILE).read_bytes())
-    except FileNotFoundError:
-        return None
 
 
 def clean_temp_files(folder: Path) -> int:
@@ -427,3 +176,326 @@ def load_crop(folder: Path, region_id: int, seq: int, kind: str = REGIONS) -> np
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise PaserInputError(f"the labels of accepted region {region_id} ({path}) cannot be read: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- the store
+
+
+class Store:
+    """One session folder held open: its state (session.json), lock, arrays (image, label canvas, f0's maps),
+    region pool and crops, and the commit point every change goes through.
+
+    The other parts of a session (`LabeledSet`, `ModelSet`, `MapsCache`, `Router`) read and change the
+    session only through a Store: `commit` writes session.json atomically after the files it names and
+    refuses to overwrite one another Store object wrote meanwhile; `lock` is held by every change of
+    state, from whatever thread. Use `Store.create` or `Store.open`.
+    """
+
+    def __init__(self, folder: Path, state: State, read_only: bool = False, digest: str | None = None,
+                 notes: Sequence[str] = (), held: bool = False) -> None:
+        self.folder, self.state = folder, state
+        self.read_only, self._closed = bool(read_only), False
+        self._digest = digest  # of session.json as this object last read or wrote it
+        self.warnings: list[str] = list(notes)  # what open repaired or found off, for notifications
+        self._release: weakref.finalize | None = None
+        self._commit_guard = lock.commit_guard(folder)
+        mode = "r" if read_only else "r+"
+        self.image = open_image(folder, state.image)
+        self.labels = open_array(folder / LABELS, mode)
+        self.maps = {name: open_array(folder / MAPS / name, mode) for name in MAP_NAMES}
+        self._check_arrays()
+        self.pool = self._pool(state)
+        self.lock = threading.RLock()
+        if held:  # last: a constructor that fails leaves the release to its caller
+            self._release = weakref.finalize(self, lock.release, folder)
+
+    # ------------------------------------------------------------------ create / open / close
+
+    @classmethod
+    def create(cls, folder: str | Path, image, classes: Sequence[str] | None = None,
+               colors: Sequence[str] | None = None, region_size: int = 64, val_every: int = 5,
+               source: str = "", copy: bool = False) -> Store:
+        """A new session folder on `image` (see `Session.create`), held by this process."""
+        folder = Path(folder)
+        check_new_folder(folder)
+        reference = None
+        if isinstance(image, (str, Path)):
+            image, reference, source = _image_at(image, copy, source)
+        shape, dtype = check_image(image)
+        spec = ClassSpec(tuple(classes) if classes else ClassSpec().names, tuple(colors or ()))
+        if region_size < 8 or val_every < 0:
+            raise PaserInputError(f"region_size must be >= 8 and val_every >= 0, got {region_size} and {val_every}")
+        lo, hi = robust_range(image)
+        folder.mkdir(parents=True, exist_ok=True)
+        lock.acquire(folder)
+        try:
+            check_new_folder(folder)  # again, under the lock: another process may have created it meanwhile
+            return cls._create_locked(folder, image, shape, dtype, spec, region_size, val_every, lo, hi, source,
+                                      reference)
+        except BaseException:
+            lock.release(folder)
+            raise
+
+    @classmethod
+    def _create_locked(cls, folder, image, shape, dtype, spec, region_size, val_every, lo, hi, source,
+                       reference=None) -> Store:
+        if reference is None:
+            _copy_image(image, create_array(folder / IMAGE, shape, dtype))
+        create_array(folder / LABELS, shape, np.uint8)
+        for name, dt in MAP_NAMES.items():
+            create_array(folder / MAPS / name, shape, dt)
+        pool = RegionPool(shape, region_size)
+        state = State(
+            image={"shape": list(shape), "dtype": dtype.str, "lo": lo, "hi": hi, "source": str(source),
+                   **(reference or {})},
+            classes=spec, pool={"shape": list(pool.shape), "size": list(pool.size)},
+            settings={"region_size": list(pool.size), "val_every": int(val_every), "next_seq": 0},
+            created=now_iso(),
+        )
+        return cls(folder, state, digest=write_state(folder, state), held=True)
+
+    @classmethod
+    def open(cls, folder: str | Path, read_only: bool = False) -> Store:
+        """The folder's last committed state (see `Session.open`); what was repaired is in `warnings`."""
+        folder = Path(folder)
+        if not (folder / STATE_FILE).is_file() and not (folder / BACKUP_FILE).is_file():
+            load_state(folder, restore=False)  # raises the "not a session" error, before any lock file is written
+        fresh = False if read_only else lock.acquire(folder)
+        try:
+            if fresh:
+                removed = clean_temp_files(folder)
+                if removed:
+                    log.info("removed %d temporary file(s) an interrupted write left in %s", removed, folder)
+            loaded = load_state(folder, restore=not read_only)
+            state, notes = loaded.state, list(loaded.warnings)
+            repaired = repair_records(folder, state)
+            notes += repaired
+            digest = loaded.digest
+            if repaired and not read_only:
+                digest = write_state(folder, state)
+            return cls(folder, state, read_only=read_only, digest=digest, notes=notes, held=not read_only)
+        except BaseException:
+            if not read_only:
+                lock.release(folder)
+            raise
+
+    @staticmethod
+    def relink_image(folder: str | Path, image: str | Path) -> str:
+        """Point a session that reads its image in place at the image's new place (see `Session.relink_image`)."""
+        from napari_paser.data.volumes import VolumeView, open_volume
+
+        folder = Path(folder)
+        fresh = lock.acquire(folder)
+        try:
+            loaded = load_state(folder, restore=True)
+            state = loaded.state
+            if not state.image.get("path"):
+                raise PaserInputError(f"session {folder} keeps its own copy of the image ({IMAGE}): nothing to relink")
+            view = VolumeView(open_volume(image), len(state.image["shape"]))
+            if view.shape != tuple(state.image["shape"]) or view.dtype != np.dtype(state.image["dtype"]):
+                raise PaserInputError(
+                    f"{image} has shape {view.shape} and dtype {view.dtype}, but session {folder} was made on shape "
+                    f"{tuple(state.image['shape'])} and dtype {np.dtype(state.image['dtype'])}: choose the same image")
+            state.image["path"] = view.volume.spec
+            write_state(folder, state)
+            return view.volume.spec
+        finally:
+            if fresh:
+                lock.release(folder)
+
+    def close(self) -> None:
+        """Release the folder (its lock) and refuse further changes; reading stays possible."""
+        self._closed = True
+        if self._release is not None:
+            self._release()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def check_writable(self, action: str = "change") -> None:
+        """A PaserInputError saying why when the folder may not be changed (closed, or open read-only)."""
+        if self._closed:
+            raise PaserInputError(f"session {self.folder} is closed: open it again (Session.open) to {action} it")
+        if self.read_only:
+            holder = lock.read_holder(self.folder)
+            by = f" (it is held by {holder.describe()})" if holder and not lock.held_here(self.folder) else ""
+            raise PaserInputError(
+                f"session {self.folder} is open read-only{by}: cannot {action} it; close it where it is open "
+                "and open it again without read_only to make changes"
+            )
+
+    def _check_arrays(self) -> None:
+        shape = self.shape
+        expected = {IMAGE: (shape, np.dtype(self.state.image["dtype"])), LABELS: (shape, np.dtype(np.uint8)),
+                    **{f"{MAPS}/{n}": (shape, np.dtype(dt)) for n, dt in MAP_NAMES.items()}}
+        arrays = {IMAGE: self.image, LABELS: self.labels, **{f"{MAPS}/{n}": a for n, a in self.maps.items()}}
+        check_arrays(self.folder, expected, arrays)
+
+    @staticmethod
+    def _pool(state: State) -> RegionPool:
+        pool = RegionPool(tuple(state.pool["shape"]), tuple(state.settings["region_size"]))
+        pool.mark_labeled(np.array([a.region_id for a in state.accepted], dtype=np.int64))
+        return pool
+
+    # ------------------------------------------------------------------ the image and its geometry
+
+    @property
+    def image_path(self) -> str | None:
+        """The volume spec of an image read in place (None when the session holds its own copy)."""
+        return self.state.image.get("path") or None
+
+    @property
+    def volume_spec(self) -> str:
+        """Where `open_volume` (and `paser segment --image`) reads the session's image: the source it reads
+        in place, else the folder's own image.zarr."""
+        return self.image_path or str((self.folder / IMAGE).resolve())
+
+    @property
+    def classes(self) -> ClassSpec:
+        return self.state.classes
+
+    @property
+    def n_classes(self) -> int:
+        return self.state.classes.n_classes
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The image's own shape: (Y, X) or (Z, Y, X)."""
+        return tuple(self.state.image["shape"])
+
+    @property
+    def n_slices(self) -> int:
+        return self.pool.shape[0]
+
+    def index(self, z: int, ys: slice = slice(None), xs: slice = slice(None)) -> tuple:
+        """Index into the 2D or 3D arrays of the folder."""
+        return (z, ys, xs) if len(self.shape) == 3 else (ys, xs)
+
+    def image_slice(self, z: int = 0) -> np.ndarray:
+        """Slice z normalised to float32 [0, 1] by the volume's robust range (the model contract)."""
+        return normalise(np.asarray(self.image[self.index(z)]), self.state.image["lo"], self.state.image["hi"])
+
+    def raw_crop(self, region: Region) -> np.ndarray:
+        return np.asarray(self.image[self.index(*region.slices)])
+
+    def slices(self, z) -> list[int]:
+        """Slice(s) z (None: all) as a list; out of range is a PaserInputError."""
+        zs = list(range(self.n_slices)) if z is None else [z] if np.isscalar(z) else list(z)
+        bad = [int(v) for v in zs if not 0 <= int(v) < self.n_slices]
+        if bad:
+            raise PaserInputError(f"slice(s) {bad} out of range: the image has slices 0..{self.n_slices - 1}")
+        return [int(v) for v in zs]
+
+    def spread_slices(self, n: int = 8) -> list[int]:
+        """n slices spread evenly over the volume (all of them when it has fewer)."""
+        return sorted({int(v) for v in np.linspace(0, self.n_slices - 1, min(int(n), self.n_slices)).round()})
+
+    # ------------------------------------------------------------------ regions and records
+
+    def is_accepted(self, region_id: int) -> bool:
+        return bool(self.pool.is_labeled(np.array([region_id]))[0])
+
+    def region(self, region_id: int) -> Region:
+        try:
+            return self.pool.region(int(region_id))
+        except InputError:
+            raise PaserInputError(f"there is no region {region_id}: ids run from 0 to {len(self.pool) - 1}") from None
+
+    def record(self, region_id: int) -> AcceptedRegion:
+        """The accepted record of a region; a PaserInputError when it is not accepted."""
+        for rec in self.state.accepted:
+            if rec.region_id == int(region_id):
+                return rec
+        raise PaserInputError(f"region {region_id} is not accepted yet")
+
+    def accepted_labels(self, region_id: int) -> np.ndarray:
+        """The accepted label crop of a region, in the layer convention (0 = not labeled)."""
+        rec = self.record(region_id)
+        return load_crop(self.folder, rec.region_id, rec.seq)
+
+    # ------------------------------------------------------------------ the commit point
+
+    def commit(self, mutate: Callable[[State], None]) -> None:
+        """Apply `mutate` to a copy of the state and write it; memory changes only if the write succeeds."""
+        self.check_writable()
+        with self.lock, self._commit_guard:
+            new = copy.deepcopy(self.state)
+            mutate(new)
+            if state_digest(self.folder) not in (self._digest, None):
+                raise PaserInputError(
+                    f"session {self.folder}: session.json was changed by another Session object since this one read "
+                    "it; this change was not saved (saving would drop the other's work): open the session again "
+                    "(Session.open) and repeat it there"
+                )
+            self._digest = write_state(self.folder, new)
+            self.state = new
+            self.pool = self._pool(new)
+
+
+def check_image(image) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a greyscale 2D slice or 3D volume; anything else is a PaserInputError."""
+    if not (hasattr(image, "shape") and hasattr(image, "dtype")):
+        image = np.asarray(image)
+    shape, dtype = tuple(int(s) for s in image.shape), np.dtype(image.dtype)
+    if len(shape) in (3, 4) and shape[-1] in (3, 4):
+        raise PaserInputError(
+            f"the image looks like RGB(A) colour data, shape {shape}: convert it to greyscale (one value per "
+            "pixel), e.g. with skimage.color.rgb2gray, or pick the greyscale image layer"
+        )
+    if len(shape) not in (2, 3):
+        raise PaserInputError(
+            f"the image has {len(shape)} dimensions, shape {shape}: a session needs a 2D slice (Y, X) or a "
+            "volume (Z, Y, X); split channels or time points first"
+        )
+    if dtype.kind not in "iuf":
+        raise PaserInputError(f"the image has dtype {dtype}: a session needs real numbers (int or float)")
+    if min(shape[-2:]) < MIN_SIDE:
+        raise PaserInputError(f"slices of {shape[-2]}x{shape[-1]} are too small: need at least {MIN_SIDE}x{MIN_SIDE}")
+    return shape, dtype
+
+
+def repair_records(folder: Path, state: State) -> list[str]:
+    """Point accepted records at a crop that exists, and forget models whose file is gone (a
+    session.json restored from its backup may name files the last commit replaced)."""
+    notes = []
+    for rec in list(state.accepted):
+        if crop_path(folder, rec.region_id, rec.seq).is_file():
+            continue
+        seqs = crops_of(folder, rec.region_id)
+        if seqs:
+            rec.seq = seqs[-1]
+            notes.append(f"region {rec.region_id}'s labels file was replaced; using its newest saved labels")
+        else:
+            state.accepted.remove(rec)
+            notes.append(f"region {rec.region_id}'s labels file is missing: it is no longer accepted (its labels "
+                         "are still painted on the canvas: accept it again)")
+    if state.accepted:
+        state.settings["next_seq"] = max(int(state.settings.get("next_seq", 0)), max(r.seq for r in state.accepted) + 1)
+    for role, info in list(state.models.items()):
+        if not (folder / info["file"]).is_file():
+            del state.models[role]
+            notes.append(f"the {role} model file {info['file']} is missing: load a run folder or start from scratch")
+    return notes
+
+
+def _image_at(path: str | Path, copy: bool, source: str) -> tuple[object, dict | None, str]:
+    """(array, reference, source name) of an image given by path: read in place (reference = its spec and
+    kind for session.json) when it is chunked (zarr, OME-Zarr, HDF5) and not `copy`; else to be copied."""
+    from napari_paser.data.volumes import IN_PLACE_KINDS, VolumeView, open_volume
+
+    volume = open_volume(path)
+    view = VolumeView(volume, 2 if volume.shape[0] == 1 else 3)
+    reference = None if copy or volume.kind not in IN_PLACE_KINDS else {"path": volume.spec, "kind": volume.kind}
+    return view, reference, source or Path(str(path)).name
+
+
+def _copy_image(image, target) -> None:
+    """Copy slice by slice (never the whole dask/zarr volume in memory); refuse NaN and inf."""
+    slices = [(...,)] if len(target.shape) == 2 else [(z,) for z in range(target.shape[0])]
+    for ix in slices:
+        data = np.asarray(image[ix])
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            where = "" if ix == (...,) else f" in slice {ix[0]}"
+            raise PaserInputError(f"the image holds NaN or inf values{where}: replace them (np.nan_to_num) first")
+        target[ix] = data

@@ -28,10 +28,10 @@ The package, one module per job: `config` (options, method names, inputs), `stag
 cascade's front) and `run` (the whole benchmark, its results file and table).
 """
 
-from napari_paser.bench.routing.config import METHODS, SWEEP_LAMBDAS, BenchConfig, parse_noise
+from napari_paser.bench.routing.config import METHODS, SWEEP_LAMBDAS, RoutingBenchConfig, parse_noise
 from napari_paser.bench.routing.methods import gflops_at_iou
 from napari_paser.bench.routing.run import format_table, run_bench
 from napari_paser.bench.routing.stages import epochs_to_converge
 
-__all__ = ["METHODS", "SWEEP_LAMBDAS", "BenchConfig", "epochs_to_converge", "format_table", "gflops_at_iou",
+__all__ = ["METHODS", "SWEEP_LAMBDAS", "RoutingBenchConfig", "epochs_to_converge", "format_table", "gflops_at_iou",
            "parse_noise", "run_bench"]

@@ -39,7 +39,7 @@ RANDOM_STEP = 0.25  # simplex grid of the random policy's routing probabilities
 
 
 @dataclass(frozen=True)
-class BenchConfig:
+class RoutingBenchConfig:
     """Options of one benchmark run (the CLI flags)."""
 
     data: Path
@@ -130,7 +130,7 @@ class Inputs:
     dataset: str
 
 
-def load_inputs(cfg: BenchConfig) -> Inputs:
+def load_inputs(cfg: RoutingBenchConfig) -> Inputs:
     """Read the dataset and f0/f1/f2; normalise by the dataset's robust range (as `paser train` did)."""
     ds = read_dataset(cfg.data)
     missing = [s for s in ("pretrain", "rl", "finetune", "val", "test") if not ds.split.get(s)]

@@ -4,7 +4,6 @@ cost-accuracy curves, their Pareto fronts and the plot.
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
@@ -18,21 +17,20 @@ from learners.routing.cascade import (CascadePoint, evaluate_cascade, oracle_act
 from learners.routing.reward import PatchTable
 from learners.routing.router import RoutingCost, model_costs
 from learners.routing.training import RoutingData
-from napari_paser.bench.routing.config import BenchConfig, Inputs, RANDOM_STEP
+from napari_paser.bench.routing.config import RoutingBenchConfig, Inputs, RANDOM_STEP
 from napari_paser.bench.routing.methods import gflops_at_iou, policy_actions, table_row, Tables
-from napari_paser.bench.routing.stages import _ticking, new_policy
+from napari_paser.bench.routing.stages import _ticking, policy_config
 
 
-def sweep_curves(models, inp: Inputs, rl_data: RoutingData, test: Tables, cfg: BenchConfig, bar: tqdm) -> dict:
+def sweep_curves(models, inp: Inputs, rl_data: RoutingData, test: Tables, cfg: RoutingBenchConfig, bar: tqdm) -> dict:
     """Accuracy-cost curves on the final models' test tables: PaSeR over lambda (a stage-2 policy
     per lambda, trained on the rl split's table, which is all stage 2 sees; no stage 3 per lambda),
     the cascade over thresholds, the random policy over routing probabilities, the oracle over lambda."""
     costs = model_costs(models)
     h, w = inp.splits["test"][0].shape[-2:]
-    policy0 = new_policy(inp.n_classes, cfg.seed)
-    cost = RoutingCost.of(models, h, w, GRID, cfg.samples, policy0)
     rl = cfg.rl_config()
-    bank = _ticking(iter_bank_training(rl_data, cfg.sweep_lambdas, lambda: copy.deepcopy(policy0), rl), bar)
+    bank = _ticking(iter_bank_training(rl_data, cfg.sweep_lambdas, policy_config(inp.n_classes), rl), bar)
+    cost = RoutingCost.of(models, h, w, GRID, cfg.samples, next(iter(bank.policies.values())))
     paser, oracle = [], []
     for lam, policy in sorted(bank.policies.items()):
         a = policy_actions(policy, test.state)
@@ -60,7 +58,7 @@ def cascade_cost_along_sweep(curves: dict) -> list[dict]:
     return out
 
 
-def random_curve(table: PatchTable, cost: RoutingCost, costs: np.ndarray, cfg: BenchConfig) -> list[dict]:
+def random_curve(table: PatchTable, cost: RoutingCost, costs: np.ndarray, cfg: RoutingBenchConfig) -> list[dict]:
     """The random policy at every routing distribution on a simplex grid of step RANDOM_STEP."""
     n, p = table.iou.shape[:2]
     steps = int(round(1 / RANDOM_STEP))
@@ -73,7 +71,7 @@ def random_curve(table: PatchTable, cost: RoutingCost, costs: np.ndarray, cfg: B
     return out
 
 
-def cascade_points(table: PatchTable, cost: RoutingCost, cfg: BenchConfig) -> list[CascadePoint]:
+def cascade_points(table: PatchTable, cost: RoutingCost, cfg: RoutingBenchConfig) -> list[CascadePoint]:
     """The cascade at every threshold pair of a full-span grid (f0 alone .. every patch to f2)."""
     grid = threshold_grid(threshold_ranges(table, "full"), cfg.cascade_steps)
     return [evaluate_cascade(table, t, cost, cfg.samples) for t in grid]

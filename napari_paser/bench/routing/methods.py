@@ -17,7 +17,7 @@ from learners.routing.policy import PolicyNet
 from learners.routing.reward import PatchTable, image_rewards
 from learners.routing.router import (RoutingCost, RoutingResult, build_patch_table, execute_routing, model_costs,
                                      policy_probabilities, route, table_summary)
-from napari_paser.bench.routing.config import BenchConfig, Inputs, METHODS, N_PATCHES
+from napari_paser.bench.routing.config import RoutingBenchConfig, Inputs, METHODS, N_PATCHES
 from napari_paser.bench.routing.stages import StageBar, Trained
 
 
@@ -71,7 +71,7 @@ class Tables:
     state: object
 
 
-def make_tables(models, x, y, cfg: BenchConfig) -> Tables:
+def make_tables(models, x, y, cfg: RoutingBenchConfig) -> Tables:
     """Both tables with one pass of the large model: the cascade table reuses the plain f2 column."""
     plain, state = build_patch_table(models, x, y, GRID, cfg.samples, cfg.seed)
     casc, _ = build_patch_table(models[:-1], x, y, GRID, cfg.samples, cfg.seed, state=state, mc_models=(1,))
@@ -90,7 +90,7 @@ class Routers:
     match_found: bool
 
 
-def run_methods(models, routers: Routers, x, y, tables: Tables, cfg: BenchConfig, n_classes: int,
+def run_methods(models, routers: Routers, x, y, tables: Tables, cfg: RoutingBenchConfig, n_classes: int,
                 tick: Callable[[str], None]) -> dict[str, dict]:
     """Every method on images x (labels y): rows of the results table.
 
@@ -137,7 +137,7 @@ def run_methods(models, routers: Routers, x, y, tables: Tables, cfg: BenchConfig
     return {name: out[name] for name in METHODS}
 
 
-def fit_routers(tr: Trained, inp: Inputs, test: Tables, cfg: BenchConfig, prog: StageBar) -> tuple[Routers, dict]:
+def fit_routers(tr: Trained, inp: Inputs, test: Tables, cfg: RoutingBenchConfig, prog: StageBar) -> tuple[Routers, dict]:
     """Cascade thresholds on val (B4), and the cheapest cascade on the test table reaching PaSeR's IoU."""
     prog.tick("cascade search (val)")
     vx, vy = inp.splits["val"]
@@ -154,7 +154,7 @@ def fit_routers(tr: Trained, inp: Inputs, test: Tables, cfg: BenchConfig, prog: 
     return Routers(tr.policy, search.best.thresholds, match.point.thresholds, match.matched), info
 
 
-def stage2_rows(tr: Trained, test: Tables, cfg: BenchConfig) -> dict[str, dict]:
+def stage2_rows(tr: Trained, test: Tables, cfg: RoutingBenchConfig) -> dict[str, dict]:
     """The stage-2 policies (PaSeR's and the ablation arms') on the final models' test table."""
     h, w = test.state.prediction.shape[-2:]
     costs = model_costs(tr.models)

@@ -11,7 +11,7 @@ from torch import nn
 
 from learners.routing import GRID
 from learners.training import TrainConfig, train
-from napari_paser.bench.routing.config import BenchConfig, Inputs, METHODS, parse_noise
+from napari_paser.bench.routing.config import RoutingBenchConfig, Inputs, METHODS, parse_noise
 from napari_paser.bench.routing.methods import make_tables, Routers, run_methods
 from napari_paser.data.degrade import salt_and_pepper
 
@@ -20,7 +20,7 @@ def noisy_copy(images: np.ndarray, amount: float, seed: int) -> np.ndarray:
     return salt_and_pepper(images, amount, np.random.default_rng(seed))
 
 
-def noise_models(models, inp: Inputs, amount: float, cfg: BenchConfig) -> list[nn.Module]:
+def noise_models(models, inp: Inputs, amount: float, cfg: RoutingBenchConfig) -> list[nn.Module]:
     """f0 unchanged; copies of f1, f2 fine-tuned on clean + noisy pretrain patches (Table 3).
 
     No validation pass (it would cost as much as the training): the last weights are kept.
@@ -38,7 +38,7 @@ def noise_models(models, inp: Inputs, amount: float, cfg: BenchConfig) -> list[n
     return out
 
 
-def noise_block(models, routers: Routers, inp: Inputs, clean: dict, cfg: BenchConfig, tick) -> dict:
+def noise_block(models, routers: Routers, inp: Inputs, clean: dict, cfg: RoutingBenchConfig, tick) -> dict:
     """Every method on noisy test images with the noise-trained f1, f2, against its clean row.
 
     As in the paper's Table 3 the clean reference is the main table (models before the noise

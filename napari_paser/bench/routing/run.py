@@ -18,19 +18,19 @@ from learners.atomic import atomic_write_text
 from learners.routing import GRID
 from learners.routing.cascade import pareto_front
 from learners.routing.router import RoutingCost, model_costs
-from napari_paser.bench.routing.config import BenchConfig, load_inputs, METHOD_LABELS, METHODS, ROLES
+from napari_paser.bench.routing.config import RoutingBenchConfig, load_inputs, METHOD_LABELS, METHODS, ROLES
 from napari_paser.bench.routing.curves import cascade_cost_along_sweep, cascade_points, plot_curves, sweep_curves
 from napari_paser.bench.routing.methods import compare, fit_routers, make_tables, run_methods, stage2_rows
 from napari_paser.bench.routing.noise import noise_block
 from napari_paser.bench.routing.stages import STAGE2_ARMS, StageBar, history_summary, train_stages
 
 
-def total_ticks(cfg: BenchConfig) -> int:
+def total_ticks(cfg: RoutingBenchConfig) -> int:
     n = (1 + len(STAGE2_ARMS)) * cfg.epochs_rl + 4 + 5 + 6  # stage 2 arms, stages/tables/search, methods, noise
     return n + (len(cfg.sweep_lambdas) * cfg.epochs_rl if cfg.sweep else 0)
 
 
-def run_bench(cfg: BenchConfig) -> dict:
+def run_bench(cfg: RoutingBenchConfig) -> dict:
     """The whole benchmark; writes cfg.out (JSON, and a PNG beside it with --sweep); returns the results."""
     cfg.check()
     started = time.time()
@@ -76,7 +76,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     return write_results(results, curves, cfg, methods)
 
 
-def write_results(results: dict, curves: dict | None, cfg: BenchConfig, methods: dict) -> dict:
+def write_results(results: dict, curves: dict | None, cfg: RoutingBenchConfig, methods: dict) -> dict:
     """The JSON (NaN as null), and with curves the PNG beside it."""
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,7 @@ def write_results(results: dict, curves: dict | None, cfg: BenchConfig, methods:
     return results
 
 
-def provenance(cfg: BenchConfig) -> dict:
+def provenance(cfg: RoutingBenchConfig) -> dict:
     """How the data and the models were made, from the files `paser data degrade` and `paser train` leave."""
     out = {}
     for key, path in (("degradation", Path(cfg.data) / "degradation.json"), ("train", Path(cfg.run) / "run.json")):
@@ -110,7 +110,7 @@ def machine() -> dict:
             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
-def pretrained_models(cfg: BenchConfig) -> dict:
+def pretrained_models(cfg: RoutingBenchConfig) -> dict:
     """Test mIoU of the models before stage 3, as `paser train` measured them (metrics.json)."""
     try:
         metrics = json.loads((Path(cfg.run) / "metrics.json").read_text())

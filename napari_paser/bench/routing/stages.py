@@ -1,5 +1,7 @@
 """Stages 2 and 3 of the routing benchmark: the policy trained on the rl split (with the ablation
-arms from the same initial weights), then f1, f2 fine-tuned with it on the finetune split.
+arms from the same initial weights) by the routing-policy training `paser policy` and a session's
+router use (`learners.routing.bank.iter_bank_training`), then f1, f2 fine-tuned with it on the
+finetune split.
 """
 
 from __future__ import annotations
@@ -9,16 +11,15 @@ import copy
 from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from learners.generators import drain
 from learners.routing import GRID
+from learners.routing.bank import iter_bank_training, seeded_policy
 from learners.routing.policy import PolicyConfig, PolicyNet
-from learners.routing.router import build_patch_table, model_costs
-from learners.routing.training import FinetuneConfig, PolicyEpoch, RoutingData, finetune, iter_policy_training
-from napari_paser.bench.routing.config import BenchConfig, Inputs, ROLES
+from learners.routing.training import FinetuneConfig, PolicyEpoch, RoutingData, finetune, prepare_routing_data
+from napari_paser.bench.routing.config import RoutingBenchConfig, Inputs, ROLES
 from napari_paser.jobs.policy import policy_tick
 
 
@@ -37,16 +38,27 @@ STAGE2_ARMS = {"reinforce": dict(gradient="reinforce", baseline=True),
 """The ablation arms of stage 2 beside the benchmark's own setting (`--gradient`)."""
 
 
-def train_stage2(policy: PolicyNet, data: RoutingData, cfg: BenchConfig, bar: tqdm | None = None,
-                 **overrides) -> list[PolicyEpoch]:
-    """Stage 2 on a prepared split at the benchmark's lambda (RLConfig `overrides`), ticking `bar` per epoch."""
+def train_stage2(data: RoutingData, n_classes: int, cfg: RoutingBenchConfig, bar: tqdm | None = None,
+                 **overrides) -> tuple[PolicyNet, list[PolicyEpoch]]:
+    """Stage 2 on a prepared split at the benchmark's lambda (RLConfig `overrides`), ticking `bar` per
+    epoch: the policy (from `policy_config`'s initial weights at the benchmark's seed) and its history."""
     rl = replace(cfg.rl_config(), **overrides)
-    return _ticking(iter_policy_training(policy, data, rl), bar)
+    history: list[PolicyEpoch] = []
+    bank = _ticking(iter_bank_training(data, [rl.lam], policy_config(n_classes), rl), bar, history.append)
+    return bank.policies[bank.lambdas[0]], history
 
 
-def _ticking(gen, bar: tqdm | None):
-    """Run a generator of policy epochs to its return value, ticking `bar` once per epoch."""
-    return drain(gen, None if bar is None else lambda epoch: policy_tick(bar, epoch))
+def _ticking(gen, bar: tqdm | None, also=None):
+    """Run a generator of policy epochs to its return value, ticking `bar` once per epoch (and passing
+    each epoch to `also`)."""
+
+    def tick(epoch: PolicyEpoch) -> None:
+        if bar is not None:
+            policy_tick(bar, epoch)
+        if also is not None:
+            also(epoch)
+
+    return drain(gen, tick)
 
 
 def history_summary(history: list[PolicyEpoch]) -> dict:
@@ -60,15 +72,14 @@ def history_summary(history: list[PolicyEpoch]) -> dict:
             "greedy_reward_history": [round(g, 4) for g in greedy]}
 
 
-def routing_data(models, x, y, cfg: BenchConfig) -> RoutingData:
-    """A split prepared for stage 2 (every frozen model scored on every patch once)."""
-    table, state = build_patch_table(models, x, y, GRID, cfg.samples, cfg.seed)
-    return RoutingData.from_table(state, table, model_costs(models))
+def policy_config(n_classes: int) -> PolicyConfig:
+    """The benchmark's policy: PaSeR's network over f0..f2 on the paper's patch grid."""
+    return PolicyConfig(n_classes=n_classes, n_models=len(ROLES), grid=GRID)
 
 
 def new_policy(n_classes: int, seed: int) -> PolicyNet:
-    torch.manual_seed(seed)
-    return PolicyNet(PolicyConfig(n_classes=n_classes, n_models=len(ROLES), grid=GRID))
+    """The benchmark's policy with the initial weights stage 2 starts from at `seed`."""
+    return seeded_policy(policy_config(n_classes), seed)()
 
 
 @dataclass
@@ -95,21 +106,19 @@ class Trained:
     rl_data: RoutingData
 
 
-def train_stages(inp: Inputs, cfg: BenchConfig, prog: StageBar) -> Trained:
+def train_stages(inp: Inputs, cfg: RoutingBenchConfig, prog: StageBar) -> Trained:
     """Stage 2 (the benchmark's setting, then each ablation arm from the same initial weights),
     then stage 3 on copies of f1, f2."""
     pretrained = inp.models
     rx, ry = inp.splits["rl"]
     prog.tick("stage 2 data")
-    rl_data = routing_data(pretrained, rx, ry, cfg)
-    policy = new_policy(inp.n_classes, cfg.seed)
+    rl_data = prepare_routing_data(pretrained, rx, ry, GRID, cfg.samples, cfg.seed)
     arms = {}
     for name, overrides in STAGE2_ARMS.items():
-        arm = copy.deepcopy(policy)
         prog.bar.set_description(f"stage 2 ({name})")
-        arms[name] = (arm, train_stage2(arm, rl_data, cfg, prog.bar, **overrides))
+        arms[name] = train_stage2(rl_data, inp.n_classes, cfg, prog.bar, **overrides)
     prog.bar.set_description(f"stage 2 ({cfg.gradient})")
-    hist = train_stage2(policy, rl_data, cfg, prog.bar)
+    policy, hist = train_stage2(rl_data, inp.n_classes, cfg, prog.bar)
     stage2_policy = copy.deepcopy(policy)
     prog.tick("stage 3")
     models = [pretrained[0]] + [copy.deepcopy(m) for m in pretrained[1:]]

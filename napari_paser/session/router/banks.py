@@ -4,26 +4,21 @@ installing a bank as the session's policies in one commit."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from collections.abc import Generator, Sequence
 
 import numpy as np
-import torch
 
 from learners.errors import InputError
 from learners.routing.bank import PolicyBank, check_lambdas, iter_bank_training
-from learners.routing.policy import PolicyConfig, PolicyNet
+from learners.routing.policy import PolicyConfig
 from learners.routing.ranked import entropy_sample, from_share, patch_score, tail_level
 from learners.routing.router import model_costs
 from learners.routing.training import PolicyEpoch, RLConfig
 from napari_paser.errors import PaserInputError
 from napari_paser.session.progress import Progress
-from napari_paser.session.router.config import BANK_ROLE, POLICY, POOL_SLICES, RouterConfig, bank_role
+from napari_paser.session.router.config import BANK_ROLE, POLICY, POOL_SLICES, RouterConfig, RouterParts, bank_role
 from napari_paser.session.router.rewards import RegionRewards
 
-if TYPE_CHECKING:  # the router's jobs run on a Session; core imports them
-    from napari_paser.session.core import Session
 
 
 def check_bank_keys(keys: Sequence[float], policy: str = "network") -> list[float]:
@@ -40,20 +35,17 @@ def _stopped(should_stop) -> bool:
     return should_stop is not None and should_stop()
 
 
-def network_bank(session: Session, models, rewards: RegionRewards, lambdas, config: RouterConfig, should_stop
+def network_bank(parts: RouterParts, models, rewards: RegionRewards, lambdas, config: RouterConfig, should_stop
                  ) -> Generator[Progress, None, tuple[PolicyBank | None, dict]]:
     """PaSeR's policy network per lambda, trained by stage 2 on the training regions' reward table."""
     data = rewards.take("train").routing_data(model_costs(models))
     rl = RLConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
                   gradient="expected")
 
-    def make_policy() -> PolicyNet:
-        torch.manual_seed(config.seed)
-        return PolicyNet(PolicyConfig(n_classes=session.n_classes, n_models=len(models), width=config.width,
-                                      patch=rewards.patch, halo=rewards.halo))
-
     total = len(lambdas) * config.epochs
-    gen = iter_bank_training(data, lambdas, make_policy, rl, should_stop)
+    policy = PolicyConfig(n_classes=parts.store.n_classes, n_models=len(models), width=config.width,
+                          patch=rewards.patch, halo=rewards.halo)
+    gen = iter_bank_training(data, lambdas, policy, rl, should_stop)  # every member drawn from rl.seed
     done = 0
     while True:
         try:
@@ -64,33 +56,33 @@ def network_bank(session: Session, models, rewards: RegionRewards, lambdas, conf
         yield Progress("policy", done, total, f"lambda {epoch.lam:.2f}: epoch {epoch.epoch + 1}/{config.epochs}")
 
 
-def pool_slices(session: Session, n: int = POOL_SLICES) -> list[int]:
+def pool_slices(parts: RouterParts, n: int = POOL_SLICES) -> list[int]:
     """Up to `n` slices evenly spread through the session's volume (every slice when it has fewer)."""
-    return session.spread_slices(n)
+    return parts.store.spread_slices(n)
 
 
-def ranked_bank(session: Session, models, rewards: RegionRewards, shares, config: RouterConfig, should_stop
+def ranked_bank(parts: RouterParts, models, rewards: RegionRewards, shares, config: RouterConfig, should_stop
                 ) -> Generator[Progress, None, tuple[PolicyBank | None, dict]]:
     """One ranked policy per share: the threshold is that share's quantile of the patch scores over
     `pool_slices` of the session (their maps, shared with the viewer, computed where missing); with a tail,
     a first pass over the same slices sets the entropy level of their `tail` most uncertain pixels."""
-    zs = pool_slices(session)
+    zs = pool_slices(parts)
     level, steps = None, len(zs) * (2 if config.tail else 1)
     if config.tail:
         sample = []
         for i, z in enumerate(zs):
             if _stopped(should_stop):
                 return None, {}
-            sample.append(entropy_sample(session.f0_state(z, config.samples).policy_input()))
+            sample.append(entropy_sample(parts.maps_cache.f0_state(z, config.samples).policy_input()))
             yield Progress("thresholds", i + 1, steps, f"f0 entropy of slice {z}")
         level = tail_level(np.concatenate(sample), config.tail)
-    cfg = PolicyConfig(n_classes=session.n_classes, n_models=len(models), patch=rewards.patch, halo=rewards.halo,
+    cfg = PolicyConfig(n_classes=parts.store.n_classes, n_models=len(models), patch=rewards.patch, halo=rewards.halo,
                        kind="ranked", level=level)
     scores = []
     for i, z in enumerate(zs):
         if _stopped(should_stop):
             return None, {}
-        scores.append(patch_score(session.f0_state(z, config.samples).policy_input(), cfg).numpy().ravel())
+        scores.append(patch_score(parts.maps_cache.f0_state(z, config.samples).policy_input(), cfg).numpy().ravel())
         yield Progress("thresholds", steps - len(zs) + i + 1, steps, f"f0 patch scores of slice {z}")
     values = np.concatenate(scores)
     bank = PolicyBank({share: from_share(cfg, values, share) for share in shares})
@@ -141,10 +133,10 @@ def held_out_choice(summary: dict) -> float | None:
     return None if f0 is not None and round(f0["iou"], 4) > round(held[lam]["iou"], 4) else float(lam)
 
 
-def install_bank(session: Session, bank: PolicyBank) -> None:
+def install_bank(parts: RouterParts, bank: PolicyBank) -> None:
     """Make `bank` the session's routing policies in one commit: older bank members and a loaded policy.pt
     (trained for other models) are dropped."""
     new = {bank_role(lam): policy for lam, policy in bank.policies.items()}
-    old = [r for r in session.state.models if (r.startswith(BANK_ROLE) or r == POLICY) and r not in new]
-    session.install_models(new, source="train_router", drop=old)
-    session.bank.chosen = bank.chosen
+    old = [r for r in parts.store.state.models if (r.startswith(BANK_ROLE) or r == POLICY) and r not in new]
+    parts.model_set.install_models(new, source="train_router", drop=old)
+    parts.model_set.bank.chosen = bank.chosen

@@ -1,17 +1,21 @@
 """What the session's router training is set to do and what it returns: the bank's default keys (cost
-weights, shares), the routed models' retraining, `RouterConfig`, `RouterResult`, and the session's model
-roles of routing policies (`POLICY`, `BANK_ROLE`)."""
+weights, shares), the routed models' retraining, `RouterConfig`, `RouterResult`, and what the router's jobs
+work on (`RouterParts`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from learners.routing.bank import PolicyBank
 from learners.routing.ranked import TAIL
 from learners.training import TrainConfig
 from napari_paser.errors import PaserInputError
-from napari_paser.session.jobs import RETRAIN_CONFIG, RetrainResult, check_focus
+from napari_paser.session.maps import MapsCache
+from napari_paser.session.models import BANK_ROLE, POLICY, ModelSet, bank_role  # noqa: F401 (the router's names)
+from napari_paser.session.store import Store
+from napari_paser.session.training import RETRAIN_CONFIG, RetrainResult, check_focus
 
 ROUTER_LAMBDAS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)
 """The bank's cost weights, where the decisions live: Eq. 2 pays (1 - lambda) * (IoU gain) against
@@ -31,13 +35,20 @@ three times as many on the same labels."""
 POLICIES = ("ranked", "network")
 POOL_SLICES = 32  # slices of the session whose f0 entropy sets the ranked policies' thresholds
 ROUTER_FILE = "router.json"
-POLICY = "policy"  # the session's model role of a loaded policy.pt
-BANK_ROLE = "policy@"  # + lambda: the policy bank's members, e.g. "policy@0.300"
 
 
-def bank_role(lam: float) -> str:
-    """The session's model role of the bank's policy for `lam`."""
-    return f"{BANK_ROLE}{lam:.3f}"
+class RouterParts(Protocol):
+    """What the router's jobs work on: the session's store, model set and maps cache (a `Router`, or a
+    `Session`, which holds the same three)."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def model_set(self) -> ModelSet: ...
+
+    @property
+    def maps_cache(self) -> MapsCache: ...
 
 
 @dataclass(frozen=True)
@@ -63,7 +74,7 @@ class RouterConfig:
     model_config: TrainConfig | None = None  # None: ROUTED_RETRAIN
     first_bank: bool = True  # with train_models (ranked): make and install a bank with the current models first
     # (seconds), so routing works while the larger model retrains; the bank is made again when it lands
-    focus: float = 0.0  # > 0: the routed models train where f0 is unsure (`session.jobs.uncertainty_focus`); off by
+    focus: float = 0.0  # > 0: the routed models train where f0 is unsure (`session.training.uncertainty_focus`); off by
     # default: it makes f2 worse where f0 is sure without making routing better
     refresh: bool = True  # repeat the last proposal request (the routing sampler reads f1/f2); maps are f0's: current
     seed: int = 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import json
 from pathlib import Path
 
@@ -12,34 +10,32 @@ from learners.checkpoint import save_checkpoint
 from learners.routing.bank import save_bank
 from learners.routing.policy import save_policy
 from napari_paser.errors import PaserInputError
-from napari_paser.session.router.config import ROUTER_FILE
-
-if TYPE_CHECKING:  # the router's jobs run on a Session; core imports them
-    from napari_paser.session.core import Session
+from napari_paser.session.router.config import ROUTER_FILE, RouterParts
 
 
-def export_run(session: Session, out: str | Path, overwrite: bool = False) -> Path:
+
+def export_run(parts: RouterParts, out: str | Path, overwrite: bool = False) -> Path:
     """Write the session's models and policies as a run folder `paser route` and `paser segment` take:
     f0.pt, f1.pt, f2.pt, policies/lambda-<L>.pt, policy.pt (the bank's default member, the one routing
     without a lambda uses; else the loaded policy) and run.json (where it came from)."""
     out = Path(out)
-    if "f0" not in session.models:
+    if "f0" not in parts.model_set.models:
         raise PaserInputError("the session has no models to export: load or train them first")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise PaserInputError(f"{out} is not empty: choose a new folder, or pass overwrite=True (--overwrite)")
-    meta = {"class_names": list(session.classes.names), "source": f"session {session.folder.resolve()}",
-            "session_version": session.state.model_version}
-    roles = [r for r in ("f0", "f1", "f2") if r in session.models]
+    meta = {"class_names": list(parts.store.classes.names), "source": f"session {parts.store.folder.resolve()}",
+            "session_version": parts.store.state.model_version}
+    roles = [r for r in ("f0", "f1", "f2") if r in parts.model_set.models]
     for role in roles:
-        save_checkpoint(out / f"{role}.pt", session.models[role], {**meta, "role": role})
-    policy, lam = session.policy, None
-    if len(session.bank):
-        save_bank(out, session.bank, meta)
-        lam, policy = session.bank.nearest(session.bank.default_lambda)
+        save_checkpoint(out / f"{role}.pt", parts.model_set.models[role], {**meta, "role": role})
+    policy, lam = parts.model_set.policy, None
+    if len(parts.model_set.bank):
+        save_bank(out, parts.model_set.bank, meta)
+        lam, policy = parts.model_set.bank.nearest(parts.model_set.bank.default_lambda)
     if policy is not None:
         save_policy(out / "policy.pt", policy, {**meta, "lambda": lam})
-    router = session.folder / ROUTER_FILE
-    info = {**meta, "models": roles, "lambdas": session.bank.lambdas, "policy_lambda": lam,
+    router = parts.store.folder / ROUTER_FILE
+    info = {**meta, "models": roles, "lambdas": parts.model_set.bank.lambdas, "policy_lambda": lam,
             "router": json.loads(router.read_text()) if router.is_file() else None}
     atomic_write_text(out / "run.json", json.dumps(info, indent=2))
     return out

@@ -4,8 +4,6 @@ routing of the held-out regions (see `napari_paser.session.router`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, replace
 
@@ -21,12 +19,11 @@ from learners.training import IGNORE_INDEX, TrainConfig, iter_training, steps_pe
 from learners.unet import UNet
 from napari_paser.data.labels_convention import layer_to_classes
 from napari_paser.errors import PaserInputError
-from napari_paser.session.jobs import training_data
 from napari_paser.session.progress import Progress, step_progress
+from napari_paser.session.router.config import RouterParts
 from napari_paser.session.store import load_crop
+from napari_paser.session.training import training_data
 
-if TYPE_CHECKING:  # the router's jobs run on a Session; core imports them
-    from napari_paser.session.core import Session
 
 HALO = 1  # patches of f0 state on each side of a region in its policy window
 CENTRE = (2 * HALO + 1) ** 2 // 2
@@ -61,9 +58,9 @@ class RegionRewards:
                            torch.from_numpy(mask))
 
 
-def router_models(session: Session) -> list[str]:
+def router_models(parts: RouterParts) -> list[str]:
     """The roles routed between: f0 and the larger models the session holds, in order."""
-    roles = [r for r in ("f0", "f1", "f2") if r in session.models]
+    roles = [r for r in ("f0", "f1", "f2") if r in parts.model_set.models]
     if "f0" not in roles or len(roles) < 2:
         raise PaserInputError("training a router needs f0 and a larger model: tick f1 and f2 and press 'New models' "
                               "in the Session step (new_models({'f1': 'medium', 'f2': 'wide'})), or load a run folder "
@@ -71,9 +68,9 @@ def router_models(session: Session) -> list[str]:
     return roles
 
 
-def region_labels(session: Session, rec) -> np.ndarray:
+def region_labels(parts: RouterParts, rec) -> np.ndarray:
     """Class indices of an accepted region's crop, IGNORE_INDEX where unpainted."""
-    classes, mask = layer_to_classes(load_crop(session.folder, rec.region_id, rec.seq), n_classes=session.n_classes)
+    classes, mask = layer_to_classes(load_crop(parts.store.folder, rec.region_id, rec.seq), n_classes=parts.store.n_classes)
     return np.where(mask, classes, IGNORE_INDEX).astype(np.uint8)
 
 
@@ -85,22 +82,22 @@ def _pad(a: np.ndarray, pad: tuple[tuple[int, int], tuple[int, int]]) -> np.ndar
     return np.pad(a, pad, mode="edge" if small else "reflect")
 
 
-def region_rewards(session: Session, roles: Sequence[str], samples: int = 5,
+def region_rewards(parts: RouterParts, roles: Sequence[str], samples: int = 5,
                    progress: Callable[[int, int], None] | None = None, halo: int = 0,
                    scorers: Sequence[tuple[list, set[int]]] = ()) -> RegionRewards:
     """Every model's confusion on every accepted region, and each region's policy window (see the module doc).
 
     `scorers`: (models f0..fm, region ids) pairs whose models score those regions instead of the
     session's (cross-fitting, `cross_fit_models`); the policy windows always show the session's f0."""
-    models = [session.models[r] for r in roles]
-    ph, pw = session.pool.size
+    models = [parts.model_set.models[r] for r in roles]
+    ph, pw = parts.store.pool.size
     by_slice: dict[int, list] = {}
-    for rec in session.state.accepted:
+    for rec in parts.store.state.accepted:
         by_slice.setdefault(rec.z, []).append(rec)
     ids, splits, confs, preds, ents = [], [], [], [], []
     for i, (z, recs) in enumerate(sorted(by_slice.items())):
-        image = session.image_slice(z)
-        state = session.f0_state(z, samples, image)
+        image = parts.store.image_slice(z)
+        state = parts.maps_cache.f0_state(z, samples, image)
         grid = Grid(image.shape, (ph, pw), halo)
         full_h, full_w = grid.padded_shape()
         edge = ((0, full_h - image.shape[0]), (0, full_w - image.shape[1]))
@@ -111,9 +108,9 @@ def region_rewards(session: Session, roles: Sequence[str], samples: int = 5,
         scored = _score_regions(recs, image, patches, grid, state, models, scorers, samples, z)
         for rec in recs:
             box = grid.box((rec.y0 // ph) * grid.cols + rec.x0 // pw)
-            labels = region_labels(session, rec)[None]
+            labels = region_labels(parts, rec)[None]
             one = Grid((box.h, box.w), (box.h, box.w))
-            confs.append(np.stack([patch_confusions(p[None], labels, one, session.n_classes)[0]
+            confs.append(np.stack([patch_confusions(p[None], labels, one, parts.store.n_classes)[0]
                                    for p in scored[rec.region_id]], axis=1))  # (1, K, C, C)
             r, c = box.y0 // ph, box.x0 // pw
             win = (slice(r * ph, (r + 2 * HALO + 1) * ph), slice(c * pw, (c + 2 * HALO + 1) * pw))
@@ -124,7 +121,7 @@ def region_rewards(session: Session, roles: Sequence[str], samples: int = 5,
         if progress is not None:
             progress(i + 1, len(by_slice))
     windows = F0State(torch.from_numpy(np.stack(preds).astype(np.uint8)), torch.from_numpy(np.stack(ents)),
-                      session.n_classes, samples)
+                      parts.store.n_classes, samples)
     return RegionRewards(ids, splits, PatchTable(np.stack(confs)), windows, (ph, pw), halo)
 
 
@@ -149,7 +146,7 @@ def _score_regions(recs, image: np.ndarray, patches: torch.Tensor, grid: Grid, s
     return out
 
 
-def cross_fit_models(session: Session, roles: Sequence[str], folds: int, config: TrainConfig,
+def cross_fit_models(parts: RouterParts, roles: Sequence[str], folds: int, config: TrainConfig,
                      should_stop: Callable[[], bool] | None) -> Generator[Progress, None, list | None]:
     """Models that never saw the regions they score: the accepted train regions cut into `folds`, and per
     fold each role trained from its starting point (`new_models`' choice: shipped weights or a seeded
@@ -158,20 +155,20 @@ def cross_fit_models(session: Session, roles: Sequence[str], folds: int, config:
     about where a larger model generalises better. None when cancelled or with too few regions."""
     from napari_paser.weights import shipped_start
 
-    train = [r.region_id for r in session.state.accepted if r.split == "train"]
+    train = [r.region_id for r in parts.store.state.accepted if r.split == "train"]
     k = min(folds, len(train))
     if k < 2:
         return []
-    parts = [set(train[i::k]) for i in range(k)]
+    held = [set(train[i::k]) for i in range(k)]
     if config.crop is None:
-        config = replace(config, crop=max(session.pool.size))
-    data = [training_data(session, hold_out=part) for part in parts]
+        config = replace(config, crop=max(parts.store.pool.size))
+    data = [training_data(parts.store, hold_out=part) for part in held]
     total = sum(steps_per_epoch(len(d.images), config) * config.epochs for d in data) * len(roles)
     done, result = 0, []
-    for f, (part, d) in enumerate(zip(parts, data)):
+    for f, (part, d) in enumerate(zip(held, data)):
         fold_models = []
         for role in roles:
-            cfg = session.models[role].config
+            cfg = parts.model_set.models[role].config
             with torch.random.fork_rng():
                 torch.manual_seed(config.seed + f)
                 model = shipped_start(role, cfg, config.seed)

@@ -1,5 +1,5 @@
-"""The long jobs of a session, as generators a napari `thread_worker` can drive (their progress
-events: `session.progress`): the training set of the labels, and background retraining.
+"""A session's training, as generators a napari `thread_worker` can drive (their progress events:
+`session.progress`): the training set of the labels, and background retraining.
 
 Training labels are every painted pixel of the canvas (partial regions, strokes in any slice,
 inside or outside proposals: no confirmation needed), with accepted train regions read from
@@ -20,11 +20,10 @@ crops takes well under a second, so a cancel is honoured within a second.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import copy
 from collections.abc import Callable, Collection, Generator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 from scipy.ndimage import uniform_filter
@@ -35,15 +34,13 @@ from learners.training import (
 )
 from learners.uncertainty import uncertainty_maps
 from learners.unet import UNet
+from torch import nn
 from napari_paser.data.dataset import normalise
 from napari_paser.data.labels_convention import layer_to_classes
 from napari_paser.errors import PaserInputError
 from napari_paser.session.guard import Verdict, judge, region_confusions
 from napari_paser.session.progress import Progress, step_progress  # noqa: F401 (re-exported: the jobs' progress)
-from napari_paser.session.store import CurvePoint, State, load_crop, now_iso
-
-if TYPE_CHECKING:  # the job modules run on a Session; core imports them
-    from napari_paser.session.core import Session
+from napari_paser.session.store import CurvePoint, State, Store, load_crop, now_iso
 
 RETRAIN_CONFIG = TrainConfig(epochs=4, steps_per_epoch=75, batch_size=8, lr=1e-3, crop=64, balanced=True,
                              class_weighted=False, jitter=0.1, early_stop=False, keep=0.3)
@@ -59,6 +56,19 @@ minimum (the AL simulation's warm lr; SOC cold start, lowres-varying, 12k
 pixels: test mIoU 0.824 at 1e-3, 0.837 at 5e-4)."""
 PIECE_SIDE = 128
 """Training pieces grow to at least this side around their labels: context, and unlabeled pixels to keep."""
+
+
+class Trainee(Protocol):
+    """What a retrain works on (`session.models.ModelSet`): the session's store, its models by role, installing
+    new weights as a model version, and what runs after new weights (`retrained`: the maps' refresh)."""
+
+    store: Store
+    models: dict[str, UNet]
+
+    def install_models(self, models: dict[str, nn.Module], source: str,
+                       mutate_more: Callable[[State], None] | None = None, drop: Sequence[str] = ()) -> None: ...
+
+    def retrained(self, samples: int, should_stop: Callable[[], bool] | None) -> Generator[Progress, None, None]: ...
 
 
 @dataclass
@@ -96,25 +106,25 @@ class TrainingData:
         return int((self.val_labels != IGNORE_INDEX).sum())
 
 
-def training_data(session: Session, min_side: int = PIECE_SIDE, hold_out: Collection[int] = ()) -> TrainingData:
+def training_data(store: Store, min_side: int = PIECE_SIDE, hold_out: Collection[int] = ()) -> TrainingData:
     """Training pieces from every painted pixel outside held-out regions, and the held-out regions.
 
     `hold_out`: accepted regions whose pixels are left out of training as well (cross-fitting: models
     trained without them score them), without joining the validation set."""
-    lo, hi = session.state.image["lo"], session.state.image["hi"]
+    lo, hi = store.state.image["lo"], store.state.image["hi"]
     accepted = {"train": [], "val": [], "out": []}
-    for rec in session.state.accepted:
+    for rec in store.state.accepted:
         split = rec.split if rec.split in ("train", "val") else "train"
         accepted["out" if rec.region_id in hold_out else split].append(rec)
     images, labels = [], []
-    for z in range(session.n_slices):
-        lab = _slice_labels(session, z, accepted)
+    for z in range(store.n_slices):
+        lab = _slice_labels(store, z, accepted)
         if lab is None:
             continue
         ys, xs = _bbox(lab != IGNORE_INDEX, min_side)
-        images.append(normalise(np.asarray(session.image[session.index(z, ys, xs)]), lo, hi))
+        images.append(normalise(np.asarray(store.image[store.index(z, ys, xs)]), lo, hi))
         labels.append(lab[ys, xs])
-    vx, vy = _region_crops(session, accepted["val"], lo, hi)
+    vx, vy = _region_crops(store, accepted["val"], lo, hi)
     return TrainingData(images, labels, vx, vy, len(accepted["train"]), len(accepted["val"]))
 
 
@@ -124,31 +134,31 @@ def check_focus(focus: float) -> None:
         raise PaserInputError(f"focus must be >= 0 (0: crops anywhere on the labels), got {focus}")
 
 
-def uncertainty_focus(session: Session, images: Sequence[np.ndarray], focus: float, samples: int) -> list[np.ndarray]:
+def uncertainty_focus(trainee: Trainee, images: Sequence[np.ndarray], focus: float, samples: int) -> list[np.ndarray]:
     """Crop-centre weights that train a routed larger model where it will be used: f0's MC entropy averaged
     over a region-sized window around each pixel (the ranked router sends a patch up by f0's entropy on it),
     to the power `focus` (0: uniform; higher: more of the steps on the most uncertain patches)."""
-    f0 = session.models["f0"]
+    f0 = trainee.models["f0"]
     out = []
     for im in images:
         entropy = uncertainty_maps(f0, np.asarray(im, np.float32), samples=max(samples, 1), seed=0).entropy
-        out.append(np.clip(uniform_filter(entropy.astype(np.float64), size=session.pool.size, mode="reflect"), 0, None)
+        out.append(np.clip(uniform_filter(entropy.astype(np.float64), size=trainee.store.pool.size, mode="reflect"), 0, None)
                    ** focus)
     return out
 
 
-def _slice_labels(session: Session, z: int, accepted: dict[str, list]) -> np.ndarray | None:
+def _slice_labels(store: Store, z: int, accepted: dict[str, list]) -> np.ndarray | None:
     """Class indices of slice z's training labels (None when it has none): the canvas, accepted
     train crops over it, held-out regions blanked."""
-    canvas = np.asarray(session.labels[session.index(z)])
+    canvas = np.asarray(store.labels[store.index(z)])
     train = [r for r in accepted["train"] if r.z == z]
     val = [r for r in accepted["val"] + accepted.get("out", []) if r.z == z]
     if not canvas.any() and not train:
         return None
-    classes, mask = layer_to_classes(canvas, n_classes=session.n_classes)
+    classes, mask = layer_to_classes(canvas, n_classes=store.n_classes)
     lab = np.where(mask, classes, IGNORE_INDEX).astype(np.uint8)
     for rec in train:
-        c, m = layer_to_classes(load_crop(session.folder, rec.region_id, rec.seq), n_classes=session.n_classes)
+        c, m = layer_to_classes(load_crop(store.folder, rec.region_id, rec.seq), n_classes=store.n_classes)
         lab[rec.y0:rec.y0 + rec.h, rec.x0:rec.x0 + rec.w] = np.where(m, c, IGNORE_INDEX)
     for rec in val:
         lab[rec.y0:rec.y0 + rec.h, rec.x0:rec.x0 + rec.w] = IGNORE_INDEX
@@ -167,38 +177,39 @@ def _bbox(mask: np.ndarray, min_side: int) -> tuple[slice, slice]:
     return out[0], out[1]
 
 
-def _region_crops(session: Session, records, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+def _region_crops(store: Store, records, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
     """Normalised image crops and class labels of accepted regions, padded to the region size."""
-    sh, sw = session.pool.size
+    sh, sw = store.pool.size
     xs, ys = [], []
     for rec in records:
-        region = session.pool.region(rec.region_id)
-        classes, mask = layer_to_classes(load_crop(session.folder, rec.region_id, rec.seq), n_classes=session.n_classes)
+        region = store.pool.region(rec.region_id)
+        classes, mask = layer_to_classes(load_crop(store.folder, rec.region_id, rec.seq), n_classes=store.n_classes)
         pad = ((0, sh - region.h), (0, sw - region.w))
-        xs.append(np.pad(normalise(session.raw_crop(region), lo, hi), pad, mode="edge"))
+        xs.append(np.pad(normalise(store.raw_crop(region), lo, hi), pad, mode="edge"))
         ys.append(np.pad(np.where(mask, classes, IGNORE_INDEX).astype(np.uint8), pad, constant_values=IGNORE_INDEX))
     if not xs:
         return np.zeros((0, sh, sw), np.float32), np.zeros((0, sh, sw), np.uint8)
     return np.stack(xs).astype(np.float32), np.stack(ys)
 
 
-def retrain_steps(session: Session, cfg: TrainConfig, roles: list[str], data: TrainingData,
+def retrain_steps(trainee: Trainee, cfg: TrainConfig, roles: list[str], data: TrainingData,
                   should_stop: Callable[[], bool] | None, refresh: bool, samples: int,
                   keep_if_worse: bool = True, focus: float = 0.0) -> Generator[Progress, None, RetrainResult]:
     """Train each role on a copy, keep or replace each by its held-out score, commit, refresh."""
     if cfg.crop is None:  # an epoch-style config: crops of the region size, one pass over the pieces
-        cfg = replace(cfg, crop=max(session.pool.size))
-    centre_weights = uncertainty_focus(session, data.images, focus, samples) if focus > 0 else None
+        cfg = replace(cfg, crop=max(trainee.store.pool.size))
+    centre_weights = uncertainty_focus(trainee, data.images, focus, samples) if focus > 0 else None
     has_val = len(data.val_images) > 0
     vx, vy = (data.val_images, data.val_labels) if has_val else (None, None)
     total = steps_per_epoch(len(data.images), cfg) * cfg.epochs * len(roles)
     done, trained, results = 0, {}, {}
     for role in roles:
-        model = copy.deepcopy(session.models[role])
+        model = copy.deepcopy(trainee.models[role])
         agent = None
-        if cfg.scheduler == "agent" and role in session.state.lr_agents:
-            agent = LRAgent.from_dict(session.state.lr_agents[role], seed=cfg.seed)
-        gen = iter_training(model, data.images, data.labels, vx, vy, role_config(session, cfg, role),
+        state = trainee.store.state
+        if cfg.scheduler == "agent" and role in state.lr_agents:
+            agent = LRAgent.from_dict(state.lr_agents[role], seed=cfg.seed)
+        gen = iter_training(model, data.images, data.labels, vx, vy, role_config(trainee.store, cfg, role),
                             should_stop=should_stop, lr_agent=agent, centre_weights=centre_weights)
         result, done = yield from step_progress(gen, "train", done, total,
                                                 lambda e, role=role: f"{role}: epoch {e.epoch + 1}/{cfg.epochs}")
@@ -206,28 +217,28 @@ def retrain_steps(session: Session, cfg: TrainConfig, roles: list[str], data: Tr
             yield Progress("cancelled", done, total, "training cancelled; the previous weights are kept")
             return RetrainResult(True, results, message="training cancelled; the previous weights are kept")
         trained[role], results[role] = model, result
-    verdict = _judge(session, trained, data) if has_val else {}
+    verdict = _judge(trainee.models, trained, data) if has_val else {}
     kept = [r for r, v in verdict.items() if keep_if_worse and v.worse]
-    point = _commit_trained(session, {r: m for r, m in trained.items() if r not in kept}, results, data, verdict, kept)
+    point = _commit_trained(trainee, {r: m for r, m in trained.items() if r not in kept}, results, data, verdict, kept)
     message = _message(verdict, kept, point)
     yield Progress("kept" if kept else "save", total, total, message)
     if refresh and len(kept) < len(trained):
-        yield from _refresh(session, samples, should_stop)
+        yield from trainee.retrained(samples, should_stop)
     yield Progress("done", total, total, message)
     return RetrainResult(False, results, point, kept, message)
 
 
-def role_config(session: Session, cfg: TrainConfig, role: str) -> TrainConfig:
+def role_config(store: Store, cfg: TrainConfig, role: str) -> TrainConfig:
     """`cfg`, at WARM_LR_FACTOR of its lr when `role`'s weights come from an earlier retrain of this session."""
-    if session.state.models.get(role, {}).get("source") == "retrain":
+    if store.state.models.get(role, {}).get("source") == "retrain":
         return replace(cfg, lr=cfg.lr * WARM_LR_FACTOR)
     return cfg
 
 
-def _judge(session: Session, trained: dict[str, UNet], data: TrainingData) -> dict[str, Verdict]:
+def _judge(current: dict[str, UNet], trained: dict[str, UNet], data: TrainingData) -> dict[str, Verdict]:
     """Per role: the new weights against the current ones on the held-out regions (`session.guard`)."""
     vx, vy = data.val_images, data.val_labels
-    return {role: judge(region_confusions(model, vx, vy), region_confusions(session.models[role], vx, vy))
+    return {role: judge(region_confusions(model, vx, vy), region_confusions(current[role], vx, vy))
             for role, model in trained.items()}
 
 
@@ -249,17 +260,17 @@ def _message(verdict: dict[str, Verdict], kept: list[str], point: CurvePoint) ->
     return f"retrained: val mIoU {point.val_miou:.3f} on {point.n_val} held-out regions"
 
 
-def _commit_trained(session: Session, trained: dict[str, UNet], results: dict[str, TrainResult], data: TrainingData,
+def _commit_trained(trainee: Trainee, trained: dict[str, UNet], results: dict[str, TrainResult], data: TrainingData,
                     verdict: dict, kept: list[str]) -> CurvePoint:
     """The weights that won, a learning-curve point (f0's held-out scores) and the LR agents' Q-tables."""
     main = "f0" if "f0" in results else next(iter(results))
-    n_val, names = data.n_val_regions, session.classes.names
+    n_val, names = data.n_val_regions, trainee.store.classes.names
     ious = None
     if main in verdict:
         ious = verdict[main].old_iou if main in kept else verdict[main].new_iou
     miou = float(np.nanmean(ious)) if ious is not None and np.isfinite(ious).any() else None
     class_iou = None if ious is None else {n: float(v) for n, v in zip(names, ious) if np.isfinite(v)}
-    version = session.state.model_version + (1 if trained else 0)
+    version = trainee.store.state.model_version + (1 if trained else 0)
     point = CurvePoint(data.n_train_regions + n_val, data.n_train_regions, n_val, miou, version,
                        len(results[main].history), now_iso(), class_iou=class_iou, kept_previous=main in kept,
                        n_train_pixels=data.n_train_pixels)
@@ -271,12 +282,8 @@ def _commit_trained(session: Session, trained: dict[str, UNet], results: dict[st
                 s.lr_agents[role] = res.lr_agent
 
     if trained:
-        session.install_models(trained, source="retrain", mutate_more=more)
+        trainee.install_models(trained, source="retrain", mutate_more=more)
     else:
-        session.commit(more)
+        trainee.store.commit(more)
     return point
 
-
-def _refresh(session: Session, samples: int, should_stop) -> Generator[Progress, None, None]:
-    """After new weights: recompute the stale maps (slice order: `Session.refresh_order`), repeat the last proposal."""
-    yield from session.refresh(samples=samples, should_stop=should_stop)
