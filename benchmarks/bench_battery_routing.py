@@ -13,7 +13,9 @@ forest (scikit-image `multiscale_basic_features` + a 50-tree sklearn random fore
 
 `--mode ceiling`: what the labels allow, with every pool pixel labeled: the forest and a UNet trained on all
 of them (bounded steps), tested on the test set and on the pool's own slices (a leave-half-out split), with the
-grey levels as given and normalised per slice; and the per-slice class means (the dark phases' order).
+grey levels as given and normalised per slice; and the per-slice class means (the dark phases' order). With
+`--checkpoints` the UNet is scored on the way (one constant-lr run serves every step count), and with the forest
+the mean of its and the UNet's class probabilities is scored too (the two together).
 
 Battery labels are mapped to the session's class order, dark to bright (pore, binder, active, as the shipped
 starting weights are), by their mean grey level: mIoU is the same under any order.
@@ -21,6 +23,8 @@ starting weights are), by their mean grey level: mIoU is the same under any orde
     PYTHONPATH=. .venv/bin/python benchmarks/bench_battery_routing.py --out benchmarks/results/battery-routing.json \
         [--datasets battery,soc] [--directions a:b,b:a] [--budgets 16,32,64] [--samplers taudis,routing] [--seeds 0,1,2]
     PYTHONPATH=. .venv/bin/python benchmarks/bench_battery_routing.py --mode ceiling --out benchmarks/results/battery-ceiling.json
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_battery_routing.py --mode ceiling --norms slice --ceiling-sizes wide \
+        --splits half --ceiling-steps 3000 --checkpoints 150,300,600,1500 --forest-pixels 50000 --out ...
 """
 
 from __future__ import annotations
@@ -167,11 +171,13 @@ def unet_probs(model, x: np.ndarray) -> np.ndarray:
 
 
 def unet_full(train_x, train_y, test_sets: dict, steps: int, size: str, seed: int, jitter: float | None = None,
-              checkpoints: tuple[int, ...] = (), forest: dict | None = None, crop: int | None = None) -> dict:
+              checkpoints: tuple[int, ...] = (), forest: dict | None = None, crop: int | None = None,
+              on_checkpoint=None) -> dict:
     """A UNet from the shipped starting weights trained on every pixel of the training slices (the session's
     retraining recipe: class-balanced augmented 64 px crops, constant lr), scored on each test set after
     `steps` steps and at each of `checkpoints` (steps) on the way; with `forest` ({set name: its class
-    probabilities}), also the mean of the forest's and the UNet's probabilities there."""
+    probabilities}), also the mean of the forest's and the UNet's probabilities there; `on_checkpoint(rows)`
+    after each (to save what is measured so far)."""
     from learners.training import EpochReport, iter_training
     from learners.unet import preset_config
     from napari_paser.session.jobs import RETRAIN_CONFIG
@@ -200,6 +206,8 @@ def unet_full(train_x, train_y, test_sets: dict, steps: int, size: str, seed: in
                 mark[f"{name}_mean_with_forest"] = scores(0.5 * (probs + forest[name]), y)
         scoring += time.perf_counter() - s0
         rows["checkpoints"][str(done)] = mark
+        if on_checkpoint is not None:
+            on_checkpoint(rows)
         print(f"    {size} step {done}: " + " ".join(f"{k} {v['miou']:.3f}" for k, v in mark.items() if isinstance(v, dict))
               + f" ({mark['train_s']} s training)", flush=True)
     model.eval()
@@ -253,8 +261,12 @@ def ceiling(args) -> dict:
                     key = f"unet_{size}_all_pool_pixels" if split == "all" else f"unet_{size}_half_pool_slices"
                     print(f"  {pool_name}->{test_name} {norm} {size} {split}", flush=True)
                     x, y, sets, rf = (fx, py, all_sets, rf_all) if split == "all" else (fx[half], py[half], within_sets, rf_within)
+                    def saving(rows: dict, key: str = key) -> None:
+                        out["partial"] = out["rows"] + [row | {key: rows}]
+                        args.save_partial(out)
+
                     row[key] = unet_full(x, y, sets, args.ceiling_steps, size, args.unet_seed, args.jitter,
-                                         args.checkpoints, rf, args.crop)
+                                         args.checkpoints, rf, args.crop, saving)
                     if split == "half":  # the earlier rows' name for the within-pool score
                         row.setdefault(f"unet_{size}_all_pool_pixels", {})["within_pool_other_slices"] = \
                             row[key]["within_pool_other_slices"]
