@@ -172,7 +172,7 @@ def unet_probs(model, x: np.ndarray) -> np.ndarray:
 
 def unet_full(train_x, train_y, test_sets: dict, steps: int, size: str, seed: int, jitter: float | None = None,
               checkpoints: tuple[int, ...] = (), forest: dict | None = None, crop: int | None = None,
-              on_checkpoint=None) -> dict:
+              on_checkpoint=None, scheduler: str = "fixed") -> dict:
     """A UNet from the shipped starting weights trained on every pixel of the training slices (the session's
     retraining recipe: class-balanced augmented 64 px crops, constant lr), scored on each test set after
     `steps` steps and at each of `checkpoints` (steps) on the way; with `forest` ({set name: its class
@@ -187,7 +187,7 @@ def unet_full(train_x, train_y, test_sets: dict, steps: int, size: str, seed: in
     role = {"tiny": "f0", "medium": "f1", "wide": "f2"}[size]
     model = shipped_start(role, preset_config(size, n_classes=3), seed)
     per_epoch = RETRAIN_CONFIG.steps_per_epoch
-    cfg = replace(RETRAIN_CONFIG, epochs=max(1, steps // per_epoch), keep=0.0, seed=seed,
+    cfg = replace(RETRAIN_CONFIG, epochs=max(1, steps // per_epoch), keep=0.0, seed=seed, scheduler=scheduler,
                   crop=crop or RETRAIN_CONFIG.crop, jitter=RETRAIN_CONFIG.jitter if jitter is None else jitter)
     final = cfg.epochs * per_epoch
     marks = sorted({c for c in checkpoints if c <= final} | {final})
@@ -235,7 +235,8 @@ def ceiling(args) -> dict:
                 fx, fy_test = normalise(px, lo, hi), normalise(tx, lo, hi)
             else:
                 fx, fy_test = per_slice(px, norm), per_slice(tx, norm)
-            row = {"pool": pool_name, "test": test_name, "norm": norm, "unet_jitter": args.jitter, "unet_steps": args.ceiling_steps}
+            row = {"pool": pool_name, "test": test_name, "norm": norm, "unet_jitter": args.jitter, "unet_steps": args.ceiling_steps,
+                   "unet_scheduler": args.scheduler}
             all_sets = {"test": (fy_test, ty), "pool_train_slices": (fx, py)}
             within_sets = {"within_pool_other_slices": (fx[~half], py[~half]), "test_from_half": (fy_test, ty),
                            "half_train_slices": (fx[half], py[half])}
@@ -266,7 +267,7 @@ def ceiling(args) -> dict:
                         args.save_partial(out)
 
                     row[key] = unet_full(x, y, sets, args.ceiling_steps, size, args.unet_seed, args.jitter,
-                                         args.checkpoints, rf, args.crop, saving)
+                                         args.checkpoints, rf, args.crop, saving, args.scheduler)
                     if split == "half":  # the earlier rows' name for the within-pool score
                         row.setdefault(f"unet_{size}_all_pool_pixels", {})["within_pool_other_slices"] = \
                             row[key]["within_pool_other_slices"]
@@ -307,6 +308,8 @@ def main() -> int:
     p.add_argument("--no-within", action="store_true", help="ceiling: only the split on every pool slice (--splits all)")
     p.add_argument("--checkpoints", default="", help="ceiling: steps at which the UNet is also scored (e.g. 600,1500)")
     p.add_argument("--unet-seed", type=int, default=0)
+    p.add_argument("--scheduler", default="fixed", help="ceiling: the UNet's lr schedule (fixed, the session's; "
+                   "cosine: decays to 0 over --ceiling-steps, so only the last checkpoint is an N-step run)")
     p.add_argument("--crop", type=int, default=None, help="ceiling: the UNet's training crop (default the session's)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
