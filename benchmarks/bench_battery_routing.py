@@ -13,7 +13,9 @@ forest (scikit-image `multiscale_basic_features` + a 50-tree sklearn random fore
 
 `--mode ceiling`: what the labels allow, with every pool pixel labeled: the forest and a UNet trained on all
 of them (bounded steps), tested on the test set and on the pool's own slices (a leave-half-out split), with the
-grey levels as given and normalised per slice; and the per-slice class means (the dark phases' order).
+grey levels as given and normalised per slice; and the per-slice class means (the dark phases' order). With
+`--checkpoints` the UNet is scored on the way (one constant-lr run serves every step count), and with the forest
+the mean of its and the UNet's class probabilities is scored too (the two together).
 
 Battery labels are mapped to the session's class order, dark to bright (pore, binder, active, as the shipped
 starting weights are), by their mean grey level: mIoU is the same under any order.
@@ -21,6 +23,8 @@ starting weights are), by their mean grey level: mIoU is the same under any orde
     PYTHONPATH=. .venv/bin/python benchmarks/bench_battery_routing.py --out benchmarks/results/battery-routing.json \
         [--datasets battery,soc] [--directions a:b,b:a] [--budgets 16,32,64] [--samplers taudis,routing] [--seeds 0,1,2]
     PYTHONPATH=. .venv/bin/python benchmarks/bench_battery_routing.py --mode ceiling --out benchmarks/results/battery-ceiling.json
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_battery_routing.py --mode ceiling --norms slice --ceiling-sizes wide \
+        --splits half --ceiling-steps 3000 --checkpoints 150,300,600,1500 --forest-pixels 50000 --out ...
 """
 
 from __future__ import annotations
@@ -134,11 +138,47 @@ def per_slice(x: np.ndarray, how: str = "slice") -> np.ndarray:
     return ((x - med) / np.maximum(q3 - q1, 1e-6)).astype(np.float32)
 
 
-def unet_full(train_x, train_y, test_sets: dict, steps: int, size: str, seed: int, jitter: float | None = None) -> dict:
+def class_ious(pred: np.ndarray, truth: np.ndarray, n: int = 3) -> list[float]:
+    return [round(float(v), 4) for v in iou_from_confusion(confusion_matrix(pred, truth, n))]
+
+
+def scores(probs: np.ndarray, truth: np.ndarray) -> dict:
+    """mIoU and class IoUs of the argmax of (N, C, H, W) class probabilities."""
+    pred = probs.argmax(1).astype(np.uint8)
+    return {"miou": round(miou(pred, truth), 4), "class_iou": class_ious(pred, truth)}
+
+
+def forest_probs(train_x, train_y, eval_sets: dict, max_pixels: int) -> tuple[dict, float]:
+    """({set name: (N, 3, H, W) class probabilities}, fit seconds) of the 50-tree forest on the labeled
+    pixels of (train_x, train_y) (at most `max_pixels`, a seeded subset)."""
+    t = time.perf_counter()
+    forest = fit_pixel_forest([pixel_features(im) for im in train_x], list(train_y), n_estimators=FOREST_TREES,
+                              max_pixels=max_pixels)
+    out = {}
+    for name, (x, _) in eval_sets.items():
+        probs = []
+        for im in x:
+            f = pixel_features(im)
+            probs.append(forest.predict_proba(f.reshape(-1, f.shape[-1])).reshape(*im.shape, -1).transpose(2, 0, 1))
+        out[name] = np.stack(probs).astype(np.float32)
+    return out, time.perf_counter() - t
+
+
+def unet_probs(model, x: np.ndarray) -> np.ndarray:
+    from learners.inference import predict_logits
+
+    return np.concatenate([torch.softmax(predict_logits(model, im[None]), 1).numpy() for im in x])
+
+
+def unet_full(train_x, train_y, test_sets: dict, steps: int, size: str, seed: int, jitter: float | None = None,
+              checkpoints: tuple[int, ...] = (), forest: dict | None = None, crop: int | None = None,
+              on_checkpoint=None, scheduler: str = "fixed") -> dict:
     """A UNet from the shipped starting weights trained on every pixel of the training slices (the session's
-    retraining recipe: class-balanced augmented 64 px crops), scored on each test set."""
-    from learners.inference import predict_classes
-    from learners.training import iter_training
+    retraining recipe: class-balanced augmented 64 px crops, constant lr), scored on each test set after
+    `steps` steps and at each of `checkpoints` (steps) on the way; with `forest` ({set name: its class
+    probabilities}), also the mean of the forest's and the UNet's probabilities there; `on_checkpoint(rows)`
+    after each (to save what is measured so far)."""
+    from learners.training import EpochReport, iter_training
     from learners.unet import preset_config
     from napari_paser.session.training import RETRAIN_CONFIG
     from napari_paser.weights import shipped_start
@@ -146,19 +186,35 @@ def unet_full(train_x, train_y, test_sets: dict, steps: int, size: str, seed: in
     torch.manual_seed(seed)
     role = {"tiny": "f0", "medium": "f1", "wide": "f2"}[size]
     model = shipped_start(role, preset_config(size, n_classes=3), seed)
-    cfg = replace(RETRAIN_CONFIG, epochs=max(1, steps // RETRAIN_CONFIG.steps_per_epoch), keep=0.0,
-                  jitter=RETRAIN_CONFIG.jitter if jitter is None else jitter)
-    t = time.perf_counter()
-    gen = iter_training(model, list(train_x), list(train_y), None, None, cfg)
-    while True:
-        try:
-            next(gen)
-        except StopIteration:
-            break
+    per_epoch = RETRAIN_CONFIG.steps_per_epoch
+    cfg = replace(RETRAIN_CONFIG, epochs=max(1, steps // per_epoch), keep=0.0, seed=seed, scheduler=scheduler,
+                  crop=crop or RETRAIN_CONFIG.crop, jitter=RETRAIN_CONFIG.jitter if jitter is None else jitter)
+    final = cfg.epochs * per_epoch
+    marks = sorted({c for c in checkpoints if c <= final} | {final})
+    rows: dict = {"steps": final, "crop": cfg.crop, "checkpoints": {}}
+    t, scoring = time.perf_counter(), 0.0
+    for report in iter_training(model, list(train_x), list(train_y), None, None, cfg):
+        if not isinstance(report, EpochReport) or (report.epoch + 1) * per_epoch not in marks:
+            continue
+        done = (report.epoch + 1) * per_epoch
+        s0 = time.perf_counter()
+        mark = {"train_s": round(s0 - t - scoring, 1), "train_loss": round(report.train_loss, 4)}
+        for name, (x, y) in test_sets.items():
+            probs = unet_probs(model, x)
+            mark[name] = scores(probs, y)
+            if forest is not None and name in forest:
+                mark[f"{name}_mean_with_forest"] = scores(0.5 * (probs + forest[name]), y)
+        scoring += time.perf_counter() - s0
+        rows["checkpoints"][str(done)] = mark
+        if on_checkpoint is not None:
+            on_checkpoint(rows)
+        print(f"    {size} step {done}: " + " ".join(f"{k} {v['miou']:.3f}" for k, v in mark.items() if isinstance(v, dict))
+              + f" ({mark['train_s']} s training)", flush=True)
     model.eval()
-    rows = {"steps": cfg.epochs * cfg.steps_per_epoch, "train_s": round(time.perf_counter() - t, 1)}
-    for name, (x, y) in test_sets.items():
-        rows[name] = miou(np.concatenate([predict_classes(model, im[None]) for im in x]), y)
+    last = rows["checkpoints"][str(final)]
+    rows["train_s"] = last["train_s"]
+    for name in test_sets:
+        rows[name] = last[name]["miou"]
     return rows
 
 
@@ -179,25 +235,47 @@ def ceiling(args) -> dict:
                 fx, fy_test = normalise(px, lo, hi), normalise(tx, lo, hi)
             else:
                 fx, fy_test = per_slice(px, norm), per_slice(tx, norm)
-            row = {"pool": pool_name, "test": test_name, "norm": norm, "unet_jitter": args.jitter, "unet_steps": args.ceiling_steps}
-            if args.forest_pixels:
-                t = time.perf_counter()
-                test_rf = forest_row(list(fx), list(py), fy_test, ty, args.forest_pixels)
-                within_rf = forest_row(list(fx[half]), list(py[half]), fx[~half], py[~half], args.forest_pixels)
-                row["rf_all_pool_pixels"] = {"test": test_rf["iou"], "within_pool_other_slices": within_rf["iou"],
-                                             "labeled_pixels": test_rf["labeled_pixels"],
-                                             "trained_on_pixels": min(test_rf["labeled_pixels"], args.forest_pixels),
-                                             "wall_s": round(time.perf_counter() - t, 1)}
+            row = {"pool": pool_name, "test": test_name, "norm": norm, "unet_jitter": args.jitter, "unet_steps": args.ceiling_steps,
+                   "unet_scheduler": args.scheduler}
+            all_sets = {"test": (fy_test, ty), "pool_train_slices": (fx, py)}
+            within_sets = {"within_pool_other_slices": (fx[~half], py[~half]), "test_from_half": (fy_test, ty),
+                           "half_train_slices": (fx[half], py[half])}
+            rf_all = rf_within = None
+            if args.forest_pixels:  # on the pixels each UNet split trains on
+                rf = row["rf_all_pool_pixels"] = {"labeled_pixels": int(py.size),
+                                                  "trained_on_pixels": min(int(py.size), args.forest_pixels), "wall_s": 0.0}
+                if "all" in args.splits or not args.ceiling_sizes:
+                    rf_all, seconds = forest_probs(fx, py, {"test": all_sets["test"]}, args.forest_pixels)
+                    test_rf = scores(rf_all["test"], ty)
+                    rf |= {"test": test_rf["miou"], "test_class_iou": test_rf["class_iou"]}
+                    rf["wall_s"] += round(seconds, 1)
+                if "half" in args.splits or not args.ceiling_sizes:
+                    rf_within, seconds = forest_probs(fx[half], py[half], {k: within_sets[k] for k in
+                                                      ("within_pool_other_slices", "test_from_half")}, args.forest_pixels)
+                    within_rf = scores(rf_within["within_pool_other_slices"], py[~half])
+                    rf |= {"within_pool_other_slices": within_rf["miou"], "within_class_iou": within_rf["class_iou"],
+                           "test_from_half": scores(rf_within["test_from_half"], ty)["miou"]}
+                    rf["wall_s"] += round(seconds, 1)
+                print(json.dumps(row), flush=True)
             for size in args.ceiling_sizes:
-                row[f"unet_{size}_all_pool_pixels"] = unet_full(fx, py, {"test": (fy_test, ty), "pool_train_slices": (fx, py)},
-                                                                args.ceiling_steps, size, 0, args.jitter)
-                if not args.within:
-                    continue
-                within = unet_full(fx[half], py[half], {"within_pool_other_slices": (fx[~half], py[~half])},
-                                   args.ceiling_steps, size, 0, args.jitter)
-                row[f"unet_{size}_all_pool_pixels"]["within_pool_other_slices"] = within["within_pool_other_slices"]
-            print(json.dumps(row), flush=True)
+                for split in args.splits:
+                    key = f"unet_{size}_all_pool_pixels" if split == "all" else f"unet_{size}_half_pool_slices"
+                    print(f"  {pool_name}->{test_name} {norm} {size} {split}", flush=True)
+                    x, y, sets, rf = (fx, py, all_sets, rf_all) if split == "all" else (fx[half], py[half], within_sets, rf_within)
+                    def saving(rows: dict, key: str = key) -> None:
+                        out["partial"] = out["rows"] + [row | {key: rows}]
+                        args.save_partial(out)
+
+                    row[key] = unet_full(x, y, sets, args.ceiling_steps, size, args.unet_seed, args.jitter,
+                                         args.checkpoints, rf, args.crop, saving, args.scheduler)
+                    if split == "half":  # the earlier rows' name for the within-pool score
+                        row.setdefault(f"unet_{size}_all_pool_pixels", {})["within_pool_other_slices"] = \
+                            row[key]["within_pool_other_slices"]
+                    out["partial"] = out["rows"] + [row]
+                    args.save_partial(out)
+            print(json.dumps({k: v for k, v in row.items() if not isinstance(v, dict)}), flush=True)
             out["rows"].append(row)
+    out.pop("partial", None)
     return out
 
 
@@ -225,13 +303,22 @@ def main() -> int:
     p.add_argument("--forest-pixels", type=int, default=200_000, help="ceiling: labeled pixels the forest trains on (0: no forest)")
     p.add_argument("--jitter", type=float, default=None, help="ceiling: the UNet's intensity jitter (default: the "
                                                                  "session's RETRAIN_CONFIG.jitter)")
-    p.add_argument("--no-within", dest="within", action="store_false", help="ceiling: skip the within-pool UNet")
+    p.add_argument("--splits", default="all,half", help="ceiling: the UNet trained on every pool slice (all; scored on "
+                   "the test set and its own slices) and on every other pool slice (half; scored on the others)")
+    p.add_argument("--no-within", action="store_true", help="ceiling: only the split on every pool slice (--splits all)")
+    p.add_argument("--checkpoints", default="", help="ceiling: steps at which the UNet is also scored (e.g. 600,1500)")
+    p.add_argument("--unet-seed", type=int, default=0)
+    p.add_argument("--scheduler", default="fixed", help="ceiling: the UNet's lr schedule (fixed, the session's; "
+                   "cosine: decays to 0 over --ceiling-steps, so only the last checkpoint is an N-step run)")
+    p.add_argument("--crop", type=int, default=None, help="ceiling: the UNet's training crop (default the session's)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     args.budgets = [int(b) for b in args.budgets.split(",")]
     args.directions = args.directions.split(",")
     args.norms = args.norms.split(",")
     args.ceiling_sizes = [s for s in args.ceiling_sizes.split(",") if s]
+    args.splits = ["all"] if args.no_within else [s for s in args.splits.split(",") if s]
+    args.checkpoints = tuple(int(c) for c in args.checkpoints.split(",") if c)
     torch.set_num_threads(args.threads)
     started = time.time()
     results = {"command": " ".join(shlex.quote(a) for a in sys.argv), "mode": args.mode,
@@ -248,6 +335,11 @@ def main() -> int:
         atomic_write_text(args.out, json.dumps(results, indent=2, default=float))
 
     if args.mode == "ceiling":
+        def save_partial(partial: dict) -> None:
+            results["ceiling"] = partial
+            save()
+
+        args.save_partial = save_partial
         results["ceiling"] = ceiling(args)
         save()
         return 0

@@ -24,6 +24,7 @@ QUICK: dict[str, list[str]] = {
 """name -> the script and its arguments, for the benchmarks `make bench` runs."""
 
 BY_HAND: dict[str, str] = {
+    "battery_label_consistency.py": "a diagnostic: the battery labels between slices, their pixel detail, a leave-one-slice-out forest",
     "battery_threshold_ceiling.py": "a diagnostic: the best per-slice two-threshold rule on the battery nano-CT labels",
     "bench_al.py": "trains a DQN agent per dataset, then `paser bench al` with five samplers",
     "bench_battery_routing.py": "labeling rounds, router training and routing on the battery nano-CT (and SOC rows)",
