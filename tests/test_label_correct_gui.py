@@ -184,3 +184,33 @@ def test_the_status_says_a_suggestion_is_routed(label):
     assert s.suggestion_source(prop.region_id).startswith("routed (f2 on")
     assert "suggestion: routed (f2 on" in step.where.text()
     assert np.array_equal(np.asarray(viewer.layers[SUGGESTION].data)[0], s.suggestion(prop.region_id))
+
+
+def test_a_proposal_without_a_stored_guess_gets_it_from_a_worker(label, monkeypatch):
+    """Proposed without pre-fill (or before models), a region's guess is made in a worker when Next shows it,
+    never on the GUI thread, and appears once made; the region is not a label until accepted."""
+    import threading
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    viewer, widget, step, s = label
+    s.propose(2, "random", suggest=False)
+    assert all(s.stored_suggestion(p.region_id) is None for p in s.proposals)
+    threads = []
+    made = s.suggestions.suggestion
+    monkeypatch.setattr(s.suggestions, "suggestion", lambda rid: threads.append(threading.current_thread()) or made(rid))
+    step.next()
+    prop = step.current
+    assert SUGGESTION not in viewer.layers or not viewer.layers[SUGGESTION].visible  # not yet: nothing blocks
+    t0 = time.monotonic()
+    while (widget.hub.previewing or not threads) and time.monotonic() - t0 < 60:
+        QApplication.processEvents()
+        time.sleep(0.002)
+    QApplication.processEvents()
+    assert threads and all(t is not threading.main_thread() for t in threads)
+    layer = viewer.layers[SUGGESTION]
+    assert layer.visible and layer.metadata["region_id"] == prop.region_id
+    assert np.array_equal(np.asarray(layer.data)[0], s.stored_suggestion(prop.region_id))
+    assert "pre-filled by the model" in step.where.text()
+    assert not np.asarray(s.labels[:]).any()

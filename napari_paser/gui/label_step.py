@@ -10,6 +10,8 @@ stored them), so Next shows it at once on any slice size.
 
 from __future__ import annotations
 
+import functools
+
 import math
 import time
 
@@ -226,16 +228,35 @@ class LabelWidget(QWidget):
         s = self.hub.require()
         self.current = prop
         self.hub.go_to(prop.z, prop.y0, prop.x0, prop.h, prop.w)
-        if self.prefill.isChecked() and s.has_models:
-            show_suggestion(self.viewer, s, prop, s.suggestion(prop.region_id))
+        patch = s.stored_suggestion(prop.region_id) if self.prefill.isChecked() and s.has_models else None
+        if patch is not None:
+            show_suggestion(self.viewer, s, prop, patch)
             self._shown_at = time.monotonic()
         else:
             self._hide_suggestion()
             self.hub.select(LABELS)
+            if self.prefill.isChecked() and s.has_models:  # none stored (proposed without pre-fill): the model's
+                # guess is made in a worker, never on the GUI thread, and shown if the proposal is still on screen
+                self.hub.preview(lambda: s.suggestion(prop.region_id), functools.partial(self._guess_ready, prop),
+                                 key="suggestion")
+        self._describe(s, prop)
+
+    def _describe(self, s, prop) -> None:
         self.where.setText(f"proposal {prop.rank} of {len(s.proposals)}: region {prop.region_id}, slice {prop.z}, "
                            f"y {prop.y0}, x {prop.x0} ({prop.h}x{prop.w}); {len(s.pending_proposals)} pending"
                            + (f"; pre-filled by the model (suggestion: {s.suggestion_source(prop.region_id) or 'f0'}): "
                               "correct it, then Accept (Shift-U: unchanged)" if self._shown_at is not None else ""))
+
+    def _guess_ready(self, prop, patch: np.ndarray) -> None:
+        """Show a suggestion made in a worker, unless the person has moved on or painted the region meanwhile."""
+        s = self.hub.session
+        if s is None or self.current is None or self.current.region_id != prop.region_id or s.is_accepted(prop.region_id):
+            return
+        if np.asarray(s.labels[s.index(prop.z, slice(prop.y0, prop.y0 + prop.h), slice(prop.x0, prop.x0 + prop.w))]).any():
+            return  # the person started painting the region: keep their strokes
+        show_suggestion(self.viewer, s, prop, patch)
+        self._shown_at = time.monotonic()
+        self._describe(s, prop)
 
     @guarded
     def accept(self, *_) -> None:

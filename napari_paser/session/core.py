@@ -396,6 +396,10 @@ class Session:
         """The model's guess of a region shown when it was proposed, (h, w) in the layer convention."""
         return self.suggestions.suggestion(region_id)
 
+    def stored_suggestion(self, region_id: int) -> np.ndarray | None:
+        """The suggestion stored for a region (a file read), or None when none is stored."""
+        return self.suggestions.stored(region_id)
+
     def suggestion_source(self, region_id: int) -> str:
         """Where the stored suggestion of a region came from, in words ("" when none is stored)."""
         return self.suggestions.suggestion_source(region_id)

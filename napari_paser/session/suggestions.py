@@ -36,14 +36,22 @@ class Suggestions:
         when it was proposed (what the person was shown), else the current guess (`guessed_patch`, stored).
         Never a label: it enters the labeled set only through `accept(..., from_suggestion=True)`."""
         region = self.store.region(region_id)
-        info = self.store.state.suggestions.get(str(region.id))
-        if info is not None and crop_path(self.store.folder, region.id, info["seq"], SUGGESTIONS).is_file():
-            return load_crop(self.store.folder, region.id, info["seq"], SUGGESTIONS)
+        stored = self.stored(region.id)
+        if stored is not None:
+            return stored
         if self.store.read_only or self.store.closed:
             return self.guessed_patch(region)[0]
         made = self.make([region.id])
         self.commit(lambda s: s.suggestions.update(made), made)
         return load_crop(self.store.folder, region.id, made[str(region.id)]["seq"], SUGGESTIONS)
+
+    def stored(self, region_id: int) -> np.ndarray | None:
+        """The suggestion stored for a region when it was proposed (a file read), or None when there is none: a
+        caller that must not wait for a model (the GUI thread) asks for the guess elsewhere then."""
+        info = self.store.state.suggestions.get(str(int(region_id)))
+        if info is not None and crop_path(self.store.folder, int(region_id), info["seq"], SUGGESTIONS).is_file():
+            return load_crop(self.store.folder, int(region_id), info["seq"], SUGGESTIONS)
+        return None
 
     def suggestion_source(self, region_id: int) -> str:
         """Where the stored suggestion of a region came from, in words: "f0" (its MC mean) or "routed (f2 on
