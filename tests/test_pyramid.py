@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import zarr
 
-from napari_paser.data.pyramid import pyramid_steps, write_pyramid
+from napari_paser.data.pyramid import has_pyramid, pyramid_steps, write_pyramid
 from napari_paser.data.volumes import ngff_attrs
 from napari_paser.gui.io import read_path
 
@@ -59,3 +59,16 @@ def test_the_reader_opens_a_pyramid_as_one_multiscale_layer(tmp_path):
     np.testing.assert_array_equal(crop[1], data[1, 8:24, 4:20])
     lo, hi = kwargs["contrast_limits"]
     assert lo >= data.min() and hi <= data.max() and hi > lo
+
+
+def test_has_pyramid_tells_a_complete_level_list_from_a_missing_or_partial_one(tmp_path):
+    data = np.zeros((1, 100, 70), np.uint8)
+    ome_group(tmp_path / "seg.zarr", data)
+    assert not has_pyramid(tmp_path / "seg.zarr", min_side=32)  # level 0 only; two levels due
+    assert has_pyramid(tmp_path / "seg.zarr", min_side=128)  # nothing to add at that size
+    write_pyramid(tmp_path / "seg.zarr", min_side=32)
+    assert has_pyramid(tmp_path / "seg.zarr", min_side=32)
+    root = zarr.open_group(str(tmp_path / "seg.zarr"), mode="r+")
+    del root["2"]  # a level listed but gone
+    assert not has_pyramid(tmp_path / "seg.zarr", min_side=32)
+    assert not has_pyramid(tmp_path / "missing.zarr")

@@ -239,3 +239,23 @@ def test_a_session_style_policy_routes_its_own_patch_size_and_halo_blockwise(set
     np.testing.assert_array_equal(out["segmentation"][0][:TILE, :TILE][mine], f1_tile[mine])
     with pytest.raises(Exception, match="multiple of 16"):
         seg.tile_grid(policy.config.patching, 24)
+
+
+def test_a_rerun_of_a_finished_job_does_not_rewrite_its_pyramid(setup, tmp_path, monkeypatch):
+    """The pyramid is written when the result is complete; running the same finished job again (nothing to do)
+    leaves it, unless its levels are missing (a job stopped between its last block and its pyramid)."""
+    from napari_paser.data import pyramid
+    from napari_paser.jobs.segment import run as seg_run
+
+    root, _, run, _ = setup
+    calls = []
+    real = seg_run.write_pyramids
+    monkeypatch.setattr(seg_run, "write_pyramids", lambda *a, **kw: calls.append(a) or real(*a, **kw))
+    out = tmp_path / "o.zarr"
+    _segment(run, root / "v.tif", out, "maps")
+    assert len(calls) == 1
+    assert _segment(run, root / "v.tif", out, "maps").done_before > 0 and len(calls) == 1
+    assert all(pyramid.has_pyramid(out / name) for name in ("segmentation", "entropy", "bald"))
+    monkeypatch.setattr(seg_run, "has_pyramid", lambda group: False)  # as if stopped before its pyramid
+    _segment(run, root / "v.tif", out, "maps")
+    assert len(calls) == 2

@@ -97,6 +97,22 @@ def _scale_of(dataset: dict, ndim: int) -> list[float]:
     return [1.0] * ndim
 
 
+def has_pyramid(group: str | Path, min_side: int = 512) -> bool:
+    """Whether the OME-Zarr image group `group` already lists every level `write_pyramid` would add."""
+    import zarr
+
+    from napari_paser.data.volumes import ngff_multiscales
+
+    try:
+        root = zarr.open_group(str(group), mode="r")
+        ms = ngff_multiscales(dict(root.attrs))
+        datasets = ms[0]["datasets"] if ms else []
+        return bool(datasets) and len(datasets) == pyramid_steps(root[datasets[0]["path"]].shape, min_side) + 1 and all(
+            d["path"] in root for d in datasets)
+    except Exception:  # a missing or foreign group has no pyramid of ours
+        return False
+
+
 def write_pyramids(out: str | Path, names, min_side: int = 512) -> dict[str, int]:
     """`write_pyramid` for each image group `names` of an output folder (a segmentation job's arrays);
     {name: levels added}."""

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from learners.device import pick_device
 from learners.generators import drain
-from napari_paser.data.pyramid import write_pyramids
+from napari_paser.data.pyramid import has_pyramid, write_pyramids
 from napari_paser.data.read_errors import DamagedVolumeError
 from napari_paser.errors import PaserInputError
 from napari_paser.jobs.segment.block import block_task, process_block
@@ -133,8 +133,9 @@ def segment_steps(run: str | Path, image: str | Path, out: str | Path, what: str
         raise exc.with_job(exc.block, f"; {kept} of {len(blocks)} blocks are finished and kept in {job.out} (a rerun "
                                       "does not redo them)", SKIP_HINT) from None
     on_disk, flops, f2_all, n_damaged = _finish(job, blocks)  # a cluster may finish a block past a cancel
-    if on_disk == len(blocks):  # multiscale OME-Zarr: the result opens fast in napari
-        write_pyramids(job.out, arrays_of(job.what))
+    names = arrays_of(job.what)
+    if on_disk == len(blocks) and (done > done_before or not all(has_pyramid(Path(job.out) / n) for n in names)):
+        write_pyramids(job.out, names)  # multiscale OME-Zarr: the result opens fast in napari (once per result)
     summary = SegmentSummary(job.out, what, len(blocks), done_before, time.perf_counter() - started,
                              sum(flops.values()) / 1e9, f2_all / 1e9, flops, cancelled, on_disk, n_damaged)
     if cancelled:
