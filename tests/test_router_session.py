@@ -10,7 +10,7 @@ import tifffile
 import torch
 from torch import nn
 
-from learners.generators import collect
+from learners.generators import collect, drain
 from learners.checkpoint import load_checkpoint
 from learners.routing.bank import load_bank
 from learners.routing.policy import load_policy
@@ -168,6 +168,22 @@ def test_a_cancelled_ranked_router_keeps_the_previous_bank(tmp_path):
     assert result.cancelled and events[-1].stage == "cancelled"
     assert s.policy_lambdas == [0.1, 0.5]
     assert all(torch.equal(before[k], p.thresholds) for k, p in s.bank.policies.items())
+
+
+def test_train_router_reports_scoring_per_slice_and_a_cancel_there_keeps_the_previous_bank(tmp_path):
+    """Scoring the accepted regions is a step of the job like the others: one Progress per slice as it goes,
+    and a cancel between slices stops it there (no bank made, the previous one kept)."""
+    s, _ = hard_cell_session(tmp_path)
+    events, _ = collect(s.train_router(shares=[0.1, 0.5], train_models=False, samples=2))
+    scoring = [e for e in events if e.stage == "score"]
+    assert [(e.done, e.total, e.z) for e in scoring] == [(1, 2, 0), (2, 2, 1)]
+    assert events.index(scoring[-1]) < next(i for i, e in enumerate(events) if e.stage == "save")
+    seen: list = []  # every event as it is yielded: the job asks should_stop between slices
+    result = drain(s.train_router(shares=[0.3], train_models=False, samples=2,
+                                  should_stop=lambda: bool(seen) and seen[-1].stage == "score"), seen.append)
+    assert result.cancelled and seen[-1].stage == "cancelled"
+    assert [e.done for e in seen if e.stage == "score"] == [1]  # stopped after the first slice
+    assert s.policy_lambdas == [0.1, 0.5]
 
 
 def test_held_out_choice_falls_back_to_f0_alone_when_every_policy_loses_there():

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from learners.generators import drain
 from learners.grid import Grid, Patching
 from learners.routing.bank import PolicyBank
 from learners.routing.reward import PatchTable, patch_confusions
@@ -85,7 +86,17 @@ def _pad(a: np.ndarray, pad: tuple[tuple[int, int], tuple[int, int]]) -> np.ndar
 def region_rewards(parts: RouterParts, roles: Sequence[str], samples: int = 5,
                    progress: Callable[[int, int], None] | None = None, halo: int = 0,
                    scorers: Sequence[tuple[list, set[int]]] = ()) -> RegionRewards:
-    """Every model's confusion on every accepted region, and each region's policy window (see the module doc).
+    """Every model's confusion on every accepted region, and each region's policy window (see the module doc);
+    `progress(done, total)` after each slice. `iter_region_rewards` is the same as a cancellable job."""
+    return drain(iter_region_rewards(parts, roles, samples, halo, scorers),
+                 None if progress is None else lambda event: progress(event.done, event.total))
+
+
+def iter_region_rewards(parts: RouterParts, roles: Sequence[str], samples: int = 5, halo: int = 0,
+                        scorers: Sequence[tuple[list, set[int]]] = (), should_stop: Callable[[], bool] | None = None
+                        ) -> Generator[Progress, None, RegionRewards | None]:
+    """`region_rewards` slice by slice: a Progress after each slice of accepted regions, None when `should_stop`
+    says so between slices.
 
     `scorers`: (models f0..fm, region ids) pairs whose models score those regions instead of the
     session's (cross-fitting, `cross_fit_models`); the policy windows always show the session's f0."""
@@ -118,8 +129,10 @@ def region_rewards(parts: RouterParts, roles: Sequence[str], samples: int = 5,
             ents.append(ent_pad[win])
             ids.append(rec.region_id)
             splits.append(rec.split)
-        if progress is not None:
-            progress(i + 1, len(by_slice))
+        yield Progress("score", i + 1, len(by_slice), f"scoring the accepted regions: slice {i + 1} of {len(by_slice)}",
+                       z=z)
+        if should_stop is not None and should_stop():
+            return None
     windows = F0State(torch.from_numpy(np.stack(preds).astype(np.uint8)), torch.from_numpy(np.stack(ents)),
                       parts.store.n_classes, samples)
     return RegionRewards(ids, splits, PatchTable(np.stack(confs)), windows, (ph, pw), halo)

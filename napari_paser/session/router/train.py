@@ -18,7 +18,7 @@ from napari_paser.session.router.banks import (_stopped, check_bank_keys, defaul
                                                install_bank, network_bank, pool_slices, ranked_bank)
 from napari_paser.session.router.config import (ROUTED_RETRAIN, ROUTER_FILE, RouterConfig, RouterParts,
                                                 RouterResult, routed_larger)
-from napari_paser.session.router.rewards import cross_fit_models, evaluate_regions, region_rewards, router_models
+from napari_paser.session.router.rewards import cross_fit_models, evaluate_regions, iter_region_rewards, router_models
 from napari_paser.session.training import RetrainResult
 
 
@@ -152,11 +152,10 @@ def _bank_now(parts: RouterParts, roles, keys, config: RouterConfig, should_stop
               ) -> Generator[Progress, None, RouterResult | None]:
     """Score the accepted regions with the session's models (or `scorers`), make the bank, choose its default
     member from the held-out table, write router.json and install the bank; None when cancelled."""
-    events: list[Progress] = []
-    rewards = region_rewards(parts, roles, config.samples,
-                             lambda done, total: events.append(Progress("score", done, total, "scoring regions")),
-                             config.halo_for(parts.store.pool.size), scorers)
-    yield from events
+    rewards = yield from iter_region_rewards(parts, roles, config.samples, config.halo_for(parts.store.pool.size),
+                                             scorers, should_stop)
+    if rewards is None:
+        return None
     models = [parts.model_set.models[r] for r in roles]
     make = ranked_bank if config.policy == "ranked" else network_bank
     bank, info = yield from make(parts, models, rewards, keys, config, should_stop)
