@@ -200,5 +200,9 @@ def patches_in_view(routed: SliceRouting, view=None) -> np.ndarray:
     if view is None:
         return np.ones(routed.routing.shape, bool)
     y0, x0, y1, x1 = view
-    meets = [b.y0 < y1 and b.y0 + b.h > y0 and b.x0 < x1 and b.x0 + b.w > x0 for b in grid.boxes()]
-    return np.array(meets).reshape(routed.routing.shape)
+    return np.array([box_meets(b, slice(y0, y1), slice(x0, x1)) for b in grid.boxes()]).reshape(routed.routing.shape)
+
+
+def box_meets(box, ys: slice, xs: slice) -> bool:
+    """Whether a grid box (`learners.grid` Box) overlaps the window (ys, xs)."""
+    return box.y0 < ys.stop and ys.start < box.y0 + box.h and box.x0 < xs.stop and xs.start < box.x0 + box.w

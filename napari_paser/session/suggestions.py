@@ -19,7 +19,7 @@ from napari_paser.memory import release_memory
 from napari_paser.session.maps import MapsCache
 from napari_paser.session.models import ModelSet
 from napari_paser.session.router.router import Router
-from napari_paser.session.routing import ROUTE_BATCH, policy_models, route_slice
+from napari_paser.session.routing import ROUTE_BATCH, box_meets, patches_in_view, policy_models, route_slice
 from napari_paser.session.store import SUGGESTIONS, State, Store, crop_path, load_crop, save_crop
 from sampling.regions import Region
 
@@ -123,8 +123,9 @@ class Suggestions:
         window's patches (it sees the window, not the whole slice), and only the patches meeting the region
         run their routed model. A policy on a
         rows x cols grid (its patches follow the slice's size) reads the whole slice: its routing map of the
-        slice is kept in `routes` (a dict the caller keeps for a batch of regions, so several regions of one
-        slice cost one policy pass), and only the patches meeting the region run their routed model.
+        slice and the slice are kept in `routes` (a dict the caller keeps for a batch of regions, so several
+        regions of one slice cost one policy pass and one read), and only the patches meeting the region run
+        their routed model.
         """
         lam, policy = self.model_set.pick_policy(lam)
         models = policy_models(policy, self.model_set.models, "the routing policy")
@@ -132,12 +133,12 @@ class Suggestions:
         ry, rx = slice(region.y0, region.y0 + region.h), slice(region.x0, region.x0 + region.w)
         if patching.size is None:
             key = (region.z, samples, lam)
-            mapped = (routes or {}).get(key) or self.router.route(region.z, samples, lam, execute=False)
+            mapped, image = (routes or {}).get(key) or (self.router.route(region.z, samples, lam, execute=False),
+                                                        self.store.image_slice(region.z))
             if routes is not None:
-                routes[key] = mapped
-            meets = np.array([_meets(b.slices, ry, rx) for b in mapped.grid().boxes()]).reshape(mapped.routing.shape)
+                routes[key] = mapped, image  # the slice's routing map and image, read once for its regions
+            meets = patches_in_view(mapped, (ry.start, rx.start, ry.stop, rx.stop))
             chosen = mapped.routing[meets].tolist()
-            image = self.store.image_slice(region.z)
             routed = route_slice(models, policy, image, region.z, samples,
                                  self.maps_cache.f0_state(region.z, samples, image), True, lam,
                                  actions=np.where(meets, mapped.routing, 0))  # the rest: f0's, known
@@ -154,8 +155,8 @@ class Suggestions:
             actions = policy_probabilities(policy, state).argmax(-1)[0]
             cut = Patching(size=(ph, pw), halo=patching.halo)
             window = cut.grid(wy.stop - wy.start, wx.stop - wx.start)
-            meets = torch.tensor([_meets(b.slices, slice(ry.start - wy.start, ry.stop - wy.start),
-                                         slice(rx.start - wx.start, rx.stop - wx.start)) for b in window.boxes()])
+            meets = torch.tensor([box_meets(b, slice(ry.start - wy.start, ry.stop - wy.start),
+                                            slice(rx.start - wx.start, rx.stop - wx.start)) for b in window.boxes()])
             actions = torch.where(meets, actions, torch.zeros_like(actions))  # the ring only gives context
             chosen = actions[meets].tolist()
             image = normalise(np.asarray(self.store.image[self.store.index(region.z, wy, wx)]), self.store.state.image["lo"],
@@ -205,11 +206,6 @@ class Suggestions:
             parts = path.stem.split("-")
             if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit() and (int(parts[0]), int(parts[1])) not in kept:
                 path.unlink(missing_ok=True)
-
-
-def _meets(cell: tuple[slice, slice], ys: slice, xs: slice) -> bool:
-    """Whether a grid cell (its slices) overlaps the window (ys, xs)."""
-    return cell[0].start < ys.stop and ys.start < cell[0].stop and cell[1].start < xs.stop and xs.start < cell[1].stop
 
 
 def _source_text(info: dict) -> str:
