@@ -164,6 +164,18 @@ def main() -> int:
             s.suggestion(q.region_id)
         results["2048_suggestion_read_ms"] = round((time.perf_counter() - t1) * 1000 / len(s.proposals), 2)
         results["2048_next_max_gap_ms"] = max(gaps)
+        # proposals with no stored guess (an older session's, or proposed before any models): Next shows the
+        # region at once and a worker makes the guess, shown when it is ready
+        s.propose(4, "random", seed=1, suggest=False)
+        hub.refresh_regions()
+        label.current = None
+        t2 = time.perf_counter()
+        record("2048 next, guess from a worker", label.next_button.click)
+        wait(hub)
+        results["2048_worker_guess_seconds"] = round(time.perf_counter() - t2, 2)
+        layer = viewer.layers[SUGGESTION]
+        results["2048_worker_guess_shown"] = bool(layer.visible and layer.metadata["region_id"] == label.current.region_id)
+        shot("8-2048-guess-from-worker")
         viewer.close()
     results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "load_average": [round(v, 2) for v in os.getloadavg()], "date": time.strftime("%Y-%m-%d")}
