@@ -15,6 +15,11 @@ retraining with `Session.retrain` after each round of k regions:
   correct-taudis's accepted regions at each of its steps, on 2D per-slice features
   (`napari_paser.data.baselines.pixel_features`) or on skimage's multiscale_basic_features of the
   whole (Z, H, W) volume (ilastik's 3D mode); its x-axis is correct-taudis's changed pixels;
+- session-assisted: what the session itself would segment after each of correct-taudis's rounds: its forest
+  assist (`Session.assisted`: f0, a forest on 3D features of the accepted regions, or their mean, whichever
+  scored best on the regions the session accepted, each before f0 trained on it; `napari_paser.session.forest`),
+  with `picks` the assist's mode per round; the session rows' suggestions follow the same mode
+  (`--assist off`: f0's guesses only, as sessions without the assist);
 - session+rf3d-blend: the mean of correct-taudis's f0 class probabilities and rf-3d's at each step;
   session-or-rf3d-by-heldout (and session-rf3d-blend-by-heldout, the best of the three): what a choice
   by held-out regions would show: per step, the one scoring highest on `--heldout` pool regions that
@@ -65,7 +70,7 @@ from learners.training import IGNORE_INDEX, iter_training
 from learners.unet import preset_config
 from napari_paser.bench.al import bootstrap_ci, verdict
 from napari_paser.bench.al_sim import correct_region
-from napari_paser.data.baselines import FEATURE_SIGMAS, fit_pixel_forest, pixel_features, predict_pixel_forest
+from napari_paser.data.baselines import FEATURE_SIGMAS, fit_pixel_forest, forest_probabilities, pixel_features
 from napari_paser.data.dataset import normalise
 from napari_paser.session import Session
 from napari_paser.session.training import RETRAIN_CONFIG
@@ -74,6 +79,7 @@ from napari_paser.weights import starting_model
 SESSION_METHODS = {"paint-random": ("random", False), "correct-random": ("random", True),
                    "correct-taudis": ("taudis", True), "correct-effort": ("effort", True),
                    **{name: (name, True) for name in oracle_samplers.ORACLES}}
+ASSIST_ROWS = ("session-assisted",)
 FOREST_ROWS = ("rf-2d", "rf-3d", "session+rf3d-blend", "session-or-rf3d-by-heldout", "session-rf3d-blend-by-heldout")
 DATASETS = ("soc-lowres-varying", "soc_stack-3d", "battery")
 
@@ -141,6 +147,7 @@ class EffortLoop:
     def __init__(self, folder: Path, images, labels, sampler: str, correct: bool, seed: int, args) -> None:
         self.s = Session.create(folder, images, classes=CLASSES, region_size=args.region, val_every=0)
         self.s.new_models()  # the shipped starting weights
+        self.s.set_forest_assist(args.assist == "on")
         if sampler in oracle_samplers.ORACLES:
             oracle_samplers.register(labels, len(CLASSES))
         self.truth, self.sampler, self.correct, self.seed, self.args = labels, sampler, correct, seed, args
@@ -197,6 +204,7 @@ def run_seed(name: str, seed: int, args) -> dict:
             row = {"budgets_px": [0], "miou": [miou(predict_classes(loop.s.models["f0"], test_norm), ty)],
                    "strokes": [0], "regions": [0]}
             labeled, f0_probs = [], [(probs(loop.s.models["f0"], test_norm), probs(loop.s.models["f0"], normalise(px, lo, hi)))]
+            assisted = {"budgets_px": [0], "miou": [row["miou"][0]], "picks": ["f0"]}
             for _ in range(args.rounds):
                 loop.round()
                 row["budgets_px"].append(loop.effort)
@@ -206,11 +214,16 @@ def run_seed(name: str, seed: int, args) -> dict:
                 labeled.append(loop.canvas_labels())
                 if method == "correct-taudis":
                     f0_probs.append((probs(loop.s.models["f0"], test_norm), probs(loop.s.models["f0"], normalise(px, lo, hi))))
+                    assisted["budgets_px"].append(loop.effort)
+                    assisted["miou"].append(miou(loop.s.assisted(tx).argmax(1), ty))
+                    assisted["picks"].append(loop.s.forest.mode)
             row["seconds"] = round(time.time() - t0, 1)
             out[method] = row
             print(f"  {name} seed {seed} {method:15s} effort {row['budgets_px']} mIoU "
                   f"{[round(v, 3) for v in row['miou']]} ({row['seconds']:.0f} s)", flush=True)
             if method == "correct-taudis":
+                out["session-assisted"] = assisted
+                print(f"  session-assisted {[round(v, 3) for v in assisted['miou']]} {assisted['picks']}", flush=True)
                 held = heldout_regions(loop.s, args.heldout, seed)
                 out["heldout_px"] = heldout_cost(held, f0_probs[0][1], py)
                 out.update(forests(px, py, tx, ty, labeled, row, lo, hi, args, seed, f0_probs, held))
@@ -226,13 +239,7 @@ def probs(model, images: np.ndarray) -> np.ndarray:
 
 def forest_proba(forest, feats: list[np.ndarray], n_classes: int) -> np.ndarray:
     """(N, C, H, W) class probabilities of the forest (classes it never saw: 0)."""
-    out = []
-    for f in feats:
-        h, w, nf = f.shape
-        p = np.zeros((h * w, n_classes), np.float32)
-        p[:, forest.classes_.astype(int)] = forest.predict_proba(f.reshape(-1, nf))
-        out.append(p.T.reshape(n_classes, h, w))
-    return np.stack(out)
+    return np.stack([forest_probabilities(forest, f, n_classes) for f in feats])
 
 
 def heldout_regions(session: Session, n: int, seed: int) -> list[tuple]:
@@ -312,7 +319,7 @@ def summarise(runs: list[dict]) -> dict:
     """Per method: budgets, mIoU per seed and mean, pixels to 95% of full supervision; comparisons."""
     full = [r["full"] for r in runs]
     methods = {}
-    for m in (m for m in (*SESSION_METHODS, *FOREST_ROWS) if m in runs[0]):
+    for m in (m for m in (*SESSION_METHODS, *ASSIST_ROWS, *FOREST_ROWS) if m in runs[0]):
         budgets = [r[m]["budgets_px"] for r in runs]
         per = [r[m]["miou"] for r in runs]
         to95 = [px_to(b, s, 0.95 * f) for b, s, f in zip(budgets, per, full)]
@@ -369,7 +376,7 @@ def compare(methods: dict) -> dict:
         out[f"{m}_over_correct-random_px_to_common"] = common
     if "rf-3d" in methods:
         rf3 = np.array([[np.nan if v is None else v for v in s] for s in methods["rf-3d"]["miou_per_seed"]])[:, 1:]
-        for m in ("correct-taudis", "session+rf3d-blend", "session-or-rf3d-by-heldout", "session-rf3d-blend-by-heldout"):
+        for m in ("correct-taudis", "session-assisted", "session+rf3d-blend", "session-or-rf3d-by-heldout", "session-rf3d-blend-by-heldout"):
             if m not in methods:
                 continue
             session = np.array(methods[m]["miou_per_seed"], float)[:, 1:]
@@ -445,6 +452,8 @@ def main() -> int:
     parser.add_argument("--trees", type=int, default=50)
     parser.add_argument("--methods", default=",".join(SESSION_METHODS),
                         help="session rows to run (correct-random and correct-taudis are always needed)")
+    parser.add_argument("--assist", choices=("on", "off"), default="on",
+                        help="the sessions' forest assist (on: the product's default; off: f0's guesses only)")
     parser.add_argument("--heldout", type=int, default=3, help="never-accepted pool regions that pick a path")
     parser.add_argument("--full-factor", type=int, default=4)
     parser.add_argument("--out", type=Path, default=common.RESULTS / "effort.json")

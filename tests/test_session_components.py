@@ -15,6 +15,7 @@ from learners.generators import collect
 from learners.unet import UNetConfig
 from napari_paser.errors import PaserInputError
 from napari_paser.session.core import Session
+from napari_paser.session.forest import ForestAssist
 from napari_paser.session.labeling import Labeling
 from napari_paser.session.maps import MapsCache
 from napari_paser.session.models import NO_POLICY, ModelSet
@@ -47,7 +48,7 @@ def parts(store: Store) -> tuple[ModelSet, MapsCache, Router, Suggestions, Propo
     model_set = ModelSet(store)
     maps_cache = MapsCache(store, model_set)
     router = Router(store, model_set, maps_cache)
-    suggestions = Suggestions(store, model_set, maps_cache, router)
+    suggestions = Suggestions(store, model_set, maps_cache, router, ForestAssist(store, model_set))
     proposer = Proposer(store, model_set, maps_cache, suggestions)
     return model_set, maps_cache, router, suggestions, proposer, Labeling(store, suggestions, proposer)
 
@@ -139,7 +140,7 @@ def test_router_needs_a_policy_and_its_rethreshold_reports_into_the_refresh(stor
 def test_suggestions_store_a_guess_per_region_and_go_stale_on_a_new_model_version(store):
     model_set = ModelSet(store)
     maps_cache = MapsCache(store, model_set)
-    suggestions = Suggestions(store, model_set, maps_cache, Router(store, model_set, maps_cache))
+    suggestions = Suggestions(store, model_set, maps_cache, Router(store, model_set, maps_cache), ForestAssist(store, model_set))
     model_set.new_models({"f0": TINY}, start="scratch")
     assert not suggestions.routes_suggestions  # no routing policy: f0's guess
     made = suggestions.make([3, 7])
@@ -161,7 +162,7 @@ def test_suggestions_store_a_guess_per_region_and_go_stale_on_a_new_model_versio
 def test_proposer_caps_proposals_per_slice_and_repeats_its_request_after_a_refresh(store):
     model_set = ModelSet(store)
     maps_cache = MapsCache(store, model_set)
-    suggestions = Suggestions(store, model_set, maps_cache, Router(store, model_set, maps_cache))
+    suggestions = Suggestions(store, model_set, maps_cache, Router(store, model_set, maps_cache), ForestAssist(store, model_set))
     proposer = Proposer(store, model_set, maps_cache, suggestions)
     assert maps_cache.after_refresh[-1] == proposer._after_refresh  # after the router's
     first = proposer.propose(6, sampler="random", seed=1, max_per_slice=2)

@@ -19,6 +19,8 @@ from skimage.filters import threshold_multiotsu
 from sklearn.ensemble import RandomForestClassifier
 
 from learners.training import IGNORE_INDEX  # pixels nobody labeled
+from napari_paser.data.dataset import normalise
+
 FEATURE_SIGMAS = (0.5, 8.0)  # smallest and largest filter scale in pixels, as ilastik's default 0.3 .. 10
 
 
@@ -66,3 +68,40 @@ def predict_pixel_forest(forest: RandomForestClassifier, features: np.ndarray) -
     """(H, W) uint8 class indices from an (H, W, F) feature stack."""
     h, w, f = features.shape
     return forest.predict(features.reshape(-1, f)).reshape(h, w).astype(np.uint8)
+
+
+def window_features(volume, z: int, ys: slice, xs: slice, lo: float, hi: float, z_halo: int = 0,
+                    xy_halo: int = 0, sigmas: tuple[float, float] = FEATURE_SIGMAS) -> np.ndarray:
+    """(h, w, F) float32 ilastik-style features of the window (ys, xs) of slice z of a (Z, H, W) or (H, W)
+    array (numpy, zarr, dask: only the window and its halos are read), normalised with (lo, hi).
+
+    With z_halo > 0 and neighbouring slices the features are 3D (`multiscale_basic_features` of the block
+    z - z_halo .. z + z_halo, ilastik's 3D mode): the same region on the next slice is nearly the same
+    picture. xy_halo pixels around the window give the filters their context; the block's edges are
+    reflected, so a window gets the same features wherever it is read from as long as its halo fits.
+    """
+    h, w = volume.shape[-2:]
+    y0, y1 = max(0, ys.start - xy_halo), min(h, ys.stop + xy_halo)
+    x0, x1 = max(0, xs.start - xy_halo), min(w, xs.stop + xy_halo)
+    if volume.ndim == 2 or z_halo <= 0:
+        block = np.asarray(volume[y0:y1, x0:x1] if volume.ndim == 2 else volume[z, y0:y1, x0:x1])[None]
+        centre = 0
+    else:
+        z0, z1 = max(0, z - z_halo), min(volume.shape[0], z + z_halo + 1)
+        block, centre = np.asarray(volume[z0:z1, y0:y1, x0:x1]), z - z0
+    block = normalise(block, lo, hi).astype(np.float32, copy=False)
+    image = block[0] if len(block) == 1 else block
+    feats = multiscale_basic_features(image, intensity=True, edges=True, texture=True,
+                                      sigma_min=sigmas[0], sigma_max=sigmas[1])
+    if len(block) > 1:
+        feats = feats[centre]
+    return np.ascontiguousarray(feats[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0], dtype=np.float32)
+
+
+def forest_probabilities(forest: RandomForestClassifier, features: np.ndarray, n_classes: int) -> np.ndarray:
+    """(C, h, w) float32 class probabilities of the forest on an (h, w, F) feature stack (classes it never
+    saw: 0)."""
+    h, w, nf = features.shape
+    out = np.zeros((h * w, n_classes), np.float32)
+    out[:, forest.classes_.astype(int)] = forest.predict_proba(features.reshape(-1, nf))
+    return out.T.reshape(n_classes, h, w)

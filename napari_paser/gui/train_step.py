@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QPushButton, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
 from napari.utils.notifications import show_warning
 
@@ -105,6 +105,13 @@ class TrainWidget(QWidget):
                                        "them again (minutes; Cancel keeps the first policies); untick to only redo "
                                        "the policies (after f0 retrained, its entropy and so the shares' thresholds "
                                        "moved)")
+        self.assist = QCheckBox("forest assist")
+        self.assist.setChecked(True)
+        self.assist.setToolTip("a random forest on 3D filter features of the accepted regions (as ilastik's) joins "
+                               "f0's guesses where it scored better on the regions you accepted, each scored before "
+                               "f0 trained on it; scored and refitted at each retrain (seconds)")
+        self.assist_line = QLabel("")
+        self.assist_line.setWordWrap(True)
         self.job = JobBar(self.hub)
         self.curve = CurvePlot()
         self.last_result = None
@@ -116,6 +123,9 @@ class TrainWidget(QWidget):
         self.router_button.clicked.connect(self.train_router)
         self.hub.curve_changed.connect(self._plot)
         self.hub.accepted.connect(self._after_accept)
+        self.assist.toggled.connect(self._set_assist)
+        self.hub.session_changed.connect(self._show_assist)
+        self.hub.models_changed.connect(self._show_assist)
 
     def _layout(self) -> None:
         form = QWidget()
@@ -126,7 +136,7 @@ class TrainWidget(QWidget):
         rows.addRow("router: f2 epochs", self.router_epochs)
         col = QVBoxLayout(self)
         col.addWidget(group("Retrain", form, self.auto, self.train_button, hrow(self.router_button, self.router_retrain),
-                            self.job))
+                            self.job, hrow(self.assist), self.assist_line))
         col.addWidget(group("Learning curve", self.curve))
         col.addStretch()
 
@@ -246,6 +256,22 @@ class TrainWidget(QWidget):
         message = f"retrained on {point.n_train if point else '?'} regions{held}: {refreshed}"
         self.job.message.setText(message)
         info(message)
+
+    @guarded
+    def _set_assist(self, on: bool) -> None:
+        s = self.hub.session
+        if s is not None and s.forest.enabled != bool(on) and not s.read_only:
+            s.set_forest_assist(bool(on))
+        self._show_assist()
+
+    def _show_assist(self) -> None:
+        """The forest assist's mode and scores (a read of session.json, no computing)."""
+        s = self.hub.session
+        self.assist_line.setText("" if s is None else s.forest.summary())
+        if s is not None and self.assist.isChecked() != s.forest.enabled:
+            self.assist.blockSignals(True)
+            self.assist.setChecked(s.forest.enabled)
+            self.assist.blockSignals(False)
 
     def _plot(self) -> None:
         s = self.hub.session

@@ -40,8 +40,12 @@ concern (their methods do the work; a Session's methods forward to them):
 - `router` (`session.router.router.Router`, on the store, the model set and the maps cache):
   routing a slice, the routing bank, the run export (it subscribes the rethreshold of a stale
   ranked bank to `after_refresh`);
-- `suggestions` (`session.suggestions.Suggestions`, on the store, the model set, the maps cache and the
-  router): the model's guess of each proposed region (f0's or routed), stored, and whether it is current;
+- `forest` (`session.forest.ForestAssist`, on the store and the model set): a random forest on 3D filter
+  features of the accepted regions, scored against f0 on each region before f0 trains on it (it
+  subscribes to `before_retrain`); its mode ("f0", "blend", "forest") says whether it joins the guesses;
+- `suggestions` (`session.suggestions.Suggestions`, on the store, the model set, the maps cache, the
+  router and the forest): the model's guess of each proposed region (f0's, assisted or routed), stored, and
+  whether it is current;
 - `proposer` (`session.proposals.Proposer`, on the store, the model set, the maps cache and the
   suggestions): proposals from the sampler registry, the spread of mapped slices, proposals on
   neighbouring slices (it subscribes the repeat of the last proposal request to `after_refresh`);
@@ -68,6 +72,7 @@ from learners.uncertainty import UncertaintyMaps
 from learners.unet import UNet, UNetConfig
 from napari_paser.session.effort import Effort
 from napari_paser.session.export import export_session
+from napari_paser.session.forest import ForestAssist
 from napari_paser.session.labeling import Labeling, PartialRegionError  # noqa: F401 (re-exported)
 from napari_paser.session.maps import MapsCache, View
 from napari_paser.session.models import MODEL_ROLES, ModelSet
@@ -92,8 +97,8 @@ class SessionWarning(UserWarning):
 
 class Session:
     """Image, labels, regions, proposals, models and labeled set of one labeling session: a front over its
-    parts (`store`, `model_set`, `maps_cache`, `router`, `suggestions`, `proposer`, `labeling`; see the
-    module doc)."""
+    parts (`store`, `model_set`, `maps_cache`, `router`, `forest`, `suggestions`, `proposer`, `labeling`; see
+    the module doc)."""
 
     def __init__(self, store: Store) -> None:
         """Use `Session.create` or `Session.open`."""
@@ -102,7 +107,9 @@ class Session:
         self.maps_cache = MapsCache(store, self.model_set)
         # the router subscribes to the refresh before the proposer: the repeated proposals read the new bank
         self.router = Router(store, self.model_set, self.maps_cache)
-        self.suggestions = Suggestions(store, self.model_set, self.maps_cache, self.router)
+        self.forest = ForestAssist(store, self.model_set)
+        self.model_set.before_retrain.append(self.forest.learn)
+        self.suggestions = Suggestions(store, self.model_set, self.maps_cache, self.router, self.forest)
         self.proposer = Proposer(store, self.model_set, self.maps_cache, self.suggestions)
         self.labeling = Labeling(store, self.suggestions, self.proposer)
 
@@ -399,6 +406,15 @@ class Session:
     def stored_suggestion(self, region_id: int) -> np.ndarray | None:
         """The suggestion stored for a region (a file read), or None when none is stored."""
         return self.suggestions.stored(region_id)
+
+    def set_forest_assist(self, enabled: bool) -> None:
+        """Let the forest join f0's guesses where its scores say so (the default) or never (`session.forest`)."""
+        self.forest.set_enabled(enabled)
+
+    def assisted(self, volume, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+        """(N, C, H, W) class probabilities of consecutive raw slices in the forest assist's mode (f0's, the
+        forest's or their mean; `ForestAssist.assisted`)."""
+        return self.forest.assisted(volume, lo, hi)
 
     def suggestion_source(self, region_id: int) -> str:
         """Where the stored suggestion of a region came from, in words ("" when none is stored)."""

@@ -63,8 +63,10 @@ class ModelSet:
     """The session's models by role (f0, f1, f2), its routing policy (policy.pt) and policy bank: loading a
     run, new models, installing a model version, retraining with its guard.
 
-    After a retrain that installed new weights it runs the `on_retrained` subscribers (the maps' refresh
-    subscribes), so retraining never calls back into a session.
+    A retrain first runs the `before_retrain` subscribers (the forest assist scores the new regions while f0
+    is still the model the person corrected, and refits); after a retrain that installed new weights it runs
+    the `on_retrained` subscribers (the maps' refresh subscribes), so retraining never calls back into a
+    session.
     """
 
     def __init__(self, store: Store) -> None:
@@ -73,6 +75,7 @@ class ModelSet:
         self.policy: PolicyNet | None = None
         self.bank = PolicyBank()  # policies by lambda, for the live cost control
         self.on_retrained: list[RetrainedHook] = []
+        self.before_retrain: list[RetrainedHook] = []  # learners of the same labels, run before the models train
         for role, info in store.state.models.items():
             path = store.folder / info["file"]
             self._hold(role, load_policy(path).policy if role.startswith(POLICY) else load_checkpoint(path).model)
@@ -269,7 +272,15 @@ class ModelSet:
             raise PaserInputError("no training labels yet: paint some pixels in any slice, or label and accept at "
                                   "least one region first")
         check_focus(focus)
-        return retrain_steps(self, cfg, list(roles), data, should_stop, refresh, samples, keep_if_worse, focus)
+        return self._retrain(retrain_steps(self, cfg, list(roles), data, should_stop, refresh, samples, keep_if_worse,
+                                           focus), samples, should_stop)
+
+    def _retrain(self, steps: Generator[Progress, None, RetrainResult], samples: int,
+                 should_stop: Callable[[], bool] | None) -> Generator[Progress, None, RetrainResult]:
+        """The `before_retrain` subscribers, then the retrain's own steps."""
+        for hook in self.before_retrain:
+            yield from hook(samples, should_stop)
+        return (yield from steps)
 
     def retrained(self, samples: int, should_stop: Callable[[], bool] | None) -> Generator[Progress, None, None]:
         """Run the `on_retrained` subscribers after a retrain installed new weights, in the order subscribed."""

@@ -1,5 +1,6 @@
-"""The model's guess of each proposed region (`Suggestions`): made when a region is proposed (f0's MC mean, or
-the routed prediction when the session routes), stored as a crop so showing it costs a file read, and known
+"""The model's guess of each proposed region (`Suggestions`): made when a region is proposed (f0's MC mean, the
+routed prediction when the session routes, or f0 assisted by the forest where the forest assist's scores say
+so: `session.forest`), stored as a crop so showing it costs a file read, and known
 stale once the models or the routing bank change. A suggestion is never a label: it enters the labeled set
 only when a person accepts it (`Labeling.accept(..., from_suggestion=True)`)."""
 
@@ -16,6 +17,7 @@ from learners.uncertainty import receptive_halo, uncertainty_maps
 from napari_paser.data.dataset import normalise
 from napari_paser.errors import PaserInputError
 from napari_paser.memory import release_memory
+from napari_paser.session.forest import ForestAssist
 from napari_paser.session.maps import MapsCache
 from napari_paser.session.models import ModelSet
 from napari_paser.session.router.router import Router
@@ -26,10 +28,12 @@ from sampling.regions import Region
 
 class Suggestions:
     """The stored suggestions of a session, on its store, model set, maps cache (f0's maps and the model version
-    they are current for) and router (a whole-slice policy's routing map)."""
+    they are current for), router (a whole-slice policy's routing map) and forest assist."""
 
-    def __init__(self, store: Store, model_set: ModelSet, maps_cache: MapsCache, router: Router) -> None:
+    def __init__(self, store: Store, model_set: ModelSet, maps_cache: MapsCache, router: Router,
+                 forest: ForestAssist) -> None:
         self.store, self.model_set, self.maps_cache, self.router = store, model_set, maps_cache, router
+        self.forest = forest
 
     def suggestion(self, region_id: int) -> np.ndarray:
         """The model's guess of a region, (h, w) in the layer convention (class k = k + 1): the one stored
@@ -54,8 +58,9 @@ class Suggestions:
         return None
 
     def suggestion_source(self, region_id: int) -> str:
-        """Where the stored suggestion of a region came from, in words: "f0" (its MC mean) or "routed (f2 on
-        3 of 4 patches of this region)"; "" when none is stored."""
+        """Where the stored suggestion of a region came from, in words: "f0" (its MC mean), "f0 + forest" (the
+        mean of their probabilities), "forest" or "routed (f2 on 3 of 4 patches of this region)"; "" when none
+        is stored."""
         info = self.store.state.suggestions.get(str(int(region_id)))
         return "" if info is None else _source_text(info)
 
@@ -80,14 +85,22 @@ class Suggestions:
         """Whether a stored suggestion comes from the current models (`routed`: whether the session routes now)."""
         if int(info.get("model_version", -1)) < self.maps_cache.maps_version() or (info.get("source", "f0") == "routed") != routed:
             return False
-        return not routed or int(info.get("route_version", -1)) >= self.store.state.model_version
+        if routed:
+            return int(info.get("route_version", -1)) >= self.store.state.model_version
+        mode = self.forest.mode
+        return info.get("assist", "f0") == mode and (mode == "f0" or int(info.get("assist_version", -1)) == self.forest.version)
 
     def guessed_patch(self, region: Region, samples: int = 5, routes: dict | None = None) -> tuple[np.ndarray, dict]:
         """The current best guess of a region in the layer convention and where it came from: the routed
-        prediction (`routed_patch`, `routes` its memo) when the session routes, else f0's MC mean
-        (`predicted_patch`)."""
+        prediction (`routed_patch`, `routes` its memo) when the session routes, else f0 assisted by the forest
+        where its mode says so (`ForestAssist.window`), else f0's MC mean (`predicted_patch`)."""
         if self.routes_suggestions:
             return self.routed_patch(region, samples, routes=routes)
+        _, ys, xs = region.slices
+        assisted = self.forest.window(region.z, ys, xs)
+        if assisted is not None:
+            info = {"source": "f0", "assist": self.forest.mode, "assist_version": self.forest.version}
+            return assisted.argmax(0).astype(np.uint8) + 1, info
         return self.predicted_patch(region, samples), {"source": "f0"}
 
     def predicted_patch(self, region: Region, samples: int = 5) -> np.ndarray:
@@ -211,7 +224,7 @@ class Suggestions:
 def _source_text(info: dict) -> str:
     """A stored suggestion's source in words (see `suggestion_source`)."""
     if info.get("source", "f0") != "routed":
-        return "f0"
+        return {"blend": "f0 + forest", "forest": "forest"}.get(info.get("assist", "f0"), "f0")
     patches = info.get("patches") or {}
     total = sum(patches.values())
     larger = {m: n for m, n in patches.items() if m != "f0"}

@@ -1,0 +1,129 @@
+"""The forest assist (`session.forest`): each new region scored by a forest fitted without it and by f0 before
+f0 trains on it, the mode chosen by those scores and kept in session.json, suggestions that follow the mode
+(and go stale when it changes), the same guesses after a reopen, a cancel that commits nothing, and the
+windowed 3D features equal to the whole volume's where the halo covers it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from skimage.feature import multiscale_basic_features
+
+from learners.generators import collect
+from learners.unet import UNetConfig
+from napari_paser.data.baselines import window_features
+from napari_paser.data.dataset import normalise
+from napari_paser.session.core import Session
+from napari_paser.session.forest import MIN_REGIONS
+from napari_paser.session.training import RETRAIN_CONFIG
+
+TINY = UNetConfig(base=4, depth=2)
+QUICK = replace(RETRAIN_CONFIG, epochs=1, steps_per_epoch=1, batch_size=2, crop=16)
+
+
+def volume(n: int = 3, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    """Three noisy grey levels in 8 px blocks through z (a class per level): a forest on smoothed features
+    reads them at once, an untrained UNet cannot."""
+    rng = np.random.default_rng(0)
+    classes = np.kron(rng.integers(0, 3, (1, size // 8, size // 8)), np.ones((n, 8, 8), int))
+    return (classes * 300 + 100 + rng.normal(0, 120, classes.shape)).astype(np.float32), classes
+
+
+@pytest.fixture
+def session(tmp_path):
+    img, classes = volume()
+    s = Session.create(tmp_path / "s", img, classes=["a", "b", "c"], region_size=16, val_every=0)
+    s.new_models({"f0": TINY}, start="scratch")
+    yield s, classes
+    s.close()
+
+
+def accept(s: Session, classes: np.ndarray, ids) -> None:
+    for rid in ids:
+        s.accept(rid, classes[s.region(rid).slices].astype(np.uint8) + 1)
+
+
+def test_new_regions_are_scored_before_training_and_the_better_guess_is_chosen(session):
+    s, classes = session
+    assert s.forest.mode == "f0" and "until" in s.forest.summary()
+    accept(s, classes, [0, 4, 10])
+    collect(s.retrain(QUICK, refresh=False))
+    rec = s.forest.record
+    assert rec["regions"] == 3 and len(rec["scored"]) == 3  # each scored by a forest fitted on the other two
+    assert sum(map(sum, rec["confusion"]["f0"])) == 3 * 16 * 16  # every labeled pixel of the three, once
+    assert rec["miou"]["forest"] > rec["miou"]["f0"] + 0.2  # noisy blocks: the forest wins, an untrained f0 not
+    assert s.forest.mode in ("blend", "forest") and s.forest.mode in s.forest.summary()
+    accept(s, classes, [13])
+    collect(s.retrain(QUICK, refresh=False))
+    assert s.forest.record["regions"] == 4  # only the new region is scored again
+
+
+def test_one_region_alone_is_not_scored(session):
+    s, classes = session
+    accept(s, classes, [0])
+    collect(s.retrain(QUICK, refresh=False))
+    assert s.forest.record["regions"] == 0 and s.forest.mode == "f0"  # no other region to fit a forest on
+    assert s.forest.forest is not None  # but the forest is fitted on it for the next scores
+
+
+def test_suggestions_follow_the_mode_and_go_stale_when_it_changes(session):
+    s, classes = session
+    accept(s, classes, [0, 4, 10])
+    collect(s.retrain(QUICK, refresh=False))
+    assert s.forest.record["regions"] >= MIN_REGIONS
+    rid = 20
+    made = s.suggestions.make([rid])
+    s.suggestions.commit(lambda st: st.suggestions.update(made), made)
+    assisted = s.suggestion(rid)
+    assert s.suggestion_source(rid) in ("f0 + forest", "forest")
+    truth = classes[s.region(rid).slices] + 1
+    f0_alone = s.predicted_patch(s.region(rid))
+    assert (assisted == truth).mean() > (f0_alone == truth).mean()
+    probs = s.forest.window(*s.region(rid).slices)
+    np.testing.assert_array_equal(probs.argmax(0) + 1, assisted)
+    assert s.suggestions_current()
+    s.set_forest_assist(False)
+    assert s.forest.mode == "f0" and not s.suggestions_current()
+    assert s.forest.summary() == "forest assist: off"
+    made = s.suggestions.make([rid])
+    assert made[str(rid)].get("assist", "f0") == "f0"
+
+
+def test_assisted_matches_the_window_guess_and_survives_a_reopen(session, tmp_path):
+    s, classes = session
+    accept(s, classes, [0, 4, 10])
+    collect(s.retrain(QUICK, refresh=False))
+    img = np.asarray(s.image[:])
+    whole = s.assisted(img)
+    assert whole.shape == (3, 3, 48, 48)
+    np.testing.assert_allclose(whole[1][:, 16:32, 0:16], s.forest.window(1, slice(16, 32), slice(0, 16)), atol=1e-5)
+    mode, folder = s.forest.mode, s.folder
+    s.close()
+    with Session.open(folder) as again:
+        assert again.forest.mode == mode and again.forest.forest is None  # the forest is not stored
+        np.testing.assert_allclose(again.assisted(img), whole, atol=1e-5)  # refitted on the same regions, seeded
+
+
+def test_a_cancelled_scoring_commits_nothing(session):
+    s, classes = session
+    accept(s, classes, [0, 4, 10])
+    before = dict(s.forest.record)
+    steps = list(s.forest.learn(5, should_stop=lambda: True))
+    assert steps == [] and s.forest.record == before
+
+
+@pytest.mark.parametrize("z_halo", [0, 9])
+def test_window_features_equal_the_whole_volume_where_the_halo_covers_it(z_halo):
+    img, _ = volume(n=4, size=32)
+    lo, hi = float(img.min()), float(img.max())
+    norm = normalise(img, lo, hi)
+    if z_halo:
+        whole = multiscale_basic_features(norm, intensity=True, edges=True, texture=True, sigma_min=0.5, sigma_max=2.0)[2]
+    else:
+        whole = multiscale_basic_features(norm[2], intensity=True, edges=True, texture=True, sigma_min=0.5, sigma_max=2.0)
+    got = window_features(img, 2, slice(8, 20), slice(4, 30), lo, hi, z_halo=z_halo, xy_halo=32, sigmas=(0.5, 2.0))
+    np.testing.assert_allclose(got, whole[8:20, 4:30], rtol=1e-5, atol=1e-5)
+    small = window_features(img, 2, slice(8, 20), slice(4, 30), lo, hi, z_halo=z_halo, xy_halo=2, sigmas=(0.5, 2.0))
+    assert small.shape == got.shape and not np.allclose(small, got)  # a short halo is felt: the halo matters
