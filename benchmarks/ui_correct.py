@@ -124,6 +124,42 @@ def main() -> int:
         viewer.dims.set_current_step(0, s.accepted[0].z)
         viewer.reset_view()
         shot("6b-accepted-region-magenta")
+
+        # the forest assist: correct and accept a batch, retrain with the Train step's button, read its line,
+        # then the next suggestions follow its mode
+        train = dock.steps["Train"]
+        viewer.layers[SUGGESTION].visible = True
+        label.k.setValue(6)
+        record("propose a second batch (button)", label.propose_button.click)
+        wait(hub)
+        for _ in range(6):
+            p = label.current
+            if p is None:
+                break
+            viewer.layers[SUGGESTION].data = (truth[p.z, p.y0:p.y0 + p.h, p.x0:p.x0 + p.w].astype(np.uint8) + 1)[None]
+            record("accept corrected (button) 2", label.accept_button.click)
+        train.epochs.setValue(1)
+        dock.tabs.setCurrentIndex(list(dock.steps).index("Train"))
+        t3 = time.perf_counter()
+        record("retrain with the forest assist (button)", train.train_button.click)
+        wait(hub)
+        rec = s.forest.record
+        results["forest_assist"] = {"line": train.assist_line.text(), "mode": s.forest.mode,
+                                    "regions_scored": rec.get("regions"), "miou": rec.get("miou"),
+                                    "retrain_seconds": round(time.perf_counter() - t3, 1)}
+        shot("9-train-forest-assist")
+        train.assist.setChecked(False)  # the same retrain without the assist, for its share of the gaps
+        t4 = time.perf_counter()
+        record("retrain without the assist (button)", train.train_button.click)
+        wait(hub)
+        results["forest_assist"]["retrain_seconds_without"] = round(time.perf_counter() - t4, 1)
+        train.assist.setChecked(True)
+        dock.tabs.setCurrentIndex(list(dock.steps).index("Label"))
+        record("propose after the retrain (button)", label.propose_button.click)
+        wait(hub)
+        results["forest_assist"]["status_after_propose"] = label.where.text()
+        results["forest_assist"]["suggestion_source"] = s.suggestion_source(label.current.region_id)
+        shot("10-suggestion-after-retrain")
         hub.session = None
         viewer.close()
 

@@ -144,6 +144,15 @@ class Grid:
         return out.reshape(np.shape(pixel_map)[:-2] + (len(self),))
 
 
+def halo_window(size: tuple[int, int], ys: slice, xs: slice, halo: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """The window (ys, xs) of an (H, W) plane grown by `halo` pixels on each side (clipped to the plane), and
+    where the window lies inside it: read the first, compute on it, crop the result with the second."""
+    h, w = size
+    y0, y1 = max(0, ys.start - halo), min(h, ys.stop + halo)
+    x0, x1 = max(0, xs.start - halo), min(w, xs.stop + halo)
+    return (slice(y0, y1), slice(x0, x1)), (slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
+
+
 def crop_halo(outputs: torch.Tensor, halo: int) -> torch.Tensor:
     """(..., ch + 2h, cw + 2h) model outputs on `Grid.context_patches` -> (..., ch, cw): the cells' own pixels."""
     return outputs[..., halo:outputs.shape[-2] - halo, halo:outputs.shape[-1] - halo] if halo else outputs

@@ -127,3 +127,14 @@ def test_window_features_equal_the_whole_volume_where_the_halo_covers_it(z_halo)
     np.testing.assert_allclose(got, whole[8:20, 4:30], rtol=1e-5, atol=1e-5)
     small = window_features(img, 2, slice(8, 20), slice(4, 30), lo, hi, z_halo=z_halo, xy_halo=2, sigmas=(0.5, 2.0))
     assert small.shape == got.shape and not np.allclose(small, got)  # a short halo is felt: the halo matters
+
+
+def test_the_export_names_the_mode_and_its_scores(session, tmp_path):
+    import json
+
+    s, classes = session
+    accept(s, classes, [0, 4, 10])
+    collect(s.retrain(QUICK, refresh=False))
+    out = s.export(tmp_path / "export")
+    meta = json.loads((out / "manifest.json").read_text())["meta"]
+    assert meta["forest_assist"]["mode"] == s.forest.mode and meta["forest_assist"]["regions"] == 3

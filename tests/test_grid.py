@@ -41,3 +41,12 @@ def test_reduce_sums_and_means_per_cell():
     sums = g.reduce(m)
     assert sums[0] == m[:2, :3].sum() and sums[3] == m[2:, 3:].sum()
     np.testing.assert_allclose(g.reduce(np.stack([m, 2 * m]), "mean")[1], 2 * g.reduce(m, "mean"))
+
+
+def test_halo_window_grows_clips_and_finds_the_window_again():
+    from learners.grid import halo_window
+
+    plane = np.arange(20 * 30).reshape(20, 30)
+    (wy, wx), (iy, ix) = halo_window((20, 30), slice(2, 10), slice(25, 30), 4)
+    assert (wy, wx) == (slice(0, 14), slice(21, 30))  # clipped at the top and the right edge
+    np.testing.assert_array_equal(plane[wy, wx][iy, ix], plane[2:10, 25:30])

@@ -263,6 +263,21 @@ def test_retrain_runs_and_refreshes(gui, qtbot, tmp_path, errors):
     assert not errors
 
 
+def test_the_train_step_shows_and_switches_the_forest_assist(gui, qtbot, tmp_path, errors):
+    viewer, widget = gui
+    s = accepted_session(widget, tmp_path, n=3)
+    train = widget.steps["Train"]
+    train.epochs.setValue(1)
+    assert train.assist.isChecked() and "until 3 regions" in train.assist_line.text()
+    with qtbot.waitSignal(widget.hub.models_changed, timeout=WAIT_MS):
+        train.retrain()
+    wait_idle(qtbot, widget.hub)
+    assert s.forest.record["regions"] == 3 and train.assist_line.text() == s.forest.summary()
+    train.assist.setChecked(False)  # the box's own toggle
+    assert not s.forest.enabled and train.assist_line.text() == "forest assist: off"
+    assert not errors
+
+
 def test_retrain_can_be_cancelled_within_a_second(gui, qtbot, tmp_path):
     import time
 

@@ -18,6 +18,7 @@ from skimage.feature import multiscale_basic_features
 from skimage.filters import threshold_multiotsu
 from sklearn.ensemble import RandomForestClassifier
 
+from learners.grid import halo_window
 from learners.training import IGNORE_INDEX  # pixels nobody labeled
 from napari_paser.data.dataset import normalise
 
@@ -80,22 +81,19 @@ def window_features(volume, z: int, ys: slice, xs: slice, lo: float, hi: float, 
     picture. xy_halo pixels around the window give the filters their context; the block's edges are
     reflected, so a window gets the same features wherever it is read from as long as its halo fits.
     """
-    h, w = volume.shape[-2:]
-    y0, y1 = max(0, ys.start - xy_halo), min(h, ys.stop + xy_halo)
-    x0, x1 = max(0, xs.start - xy_halo), min(w, xs.stop + xy_halo)
+    (wy, wx), (iy, ix) = halo_window(volume.shape[-2:], ys, xs, xy_halo)
     if volume.ndim == 2 or z_halo <= 0:
-        block = np.asarray(volume[y0:y1, x0:x1] if volume.ndim == 2 else volume[z, y0:y1, x0:x1])[None]
-        centre = 0
+        block, centre = np.asarray(volume[wy, wx] if volume.ndim == 2 else volume[z, wy, wx])[None], 0
     else:
         z0, z1 = max(0, z - z_halo), min(volume.shape[0], z + z_halo + 1)
-        block, centre = np.asarray(volume[z0:z1, y0:y1, x0:x1]), z - z0
+        block, centre = np.asarray(volume[z0:z1, wy, wx]), z - z0
     block = normalise(block, lo, hi).astype(np.float32, copy=False)
     image = block[0] if len(block) == 1 else block
     feats = multiscale_basic_features(image, intensity=True, edges=True, texture=True,
                                       sigma_min=sigmas[0], sigma_max=sigmas[1])
     if len(block) > 1:
         feats = feats[centre]
-    return np.ascontiguousarray(feats[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0], dtype=np.float32)
+    return np.ascontiguousarray(feats[iy, ix], dtype=np.float32)
 
 
 def forest_probabilities(forest: RandomForestClassifier, features: np.ndarray, n_classes: int) -> np.ndarray:

@@ -9,6 +9,7 @@ import numpy as np
 
 from napari_paser.data.export import FORMATS, LabeledSet, layer_to_export, write_labeled_set
 from napari_paser.errors import PaserInputError
+from napari_paser.session.forest import KEY as FOREST_KEY
 from napari_paser.session.labeling import Labeling
 from napari_paser.session.store import Store
 
@@ -65,7 +66,10 @@ def export_session(labeling: Labeling, out: str | Path, full_volume: bool = Fals
         images[rec.region_id] = store.raw_crop(region)
     meta = {"session": str(Path(store.folder).resolve()), "region_size": list(store.pool.size),
             "normalisation": {"lo": store.state.image["lo"], "hi": store.state.image["hi"]},
-            "edited_since_accept": edited, "effort": labeling.effort_summary()}
+            "edited_since_accept": edited, "effort": labeling.effort_summary(),
+            # which guess the corrections favoured (session.forest): mode and the scores behind it
+            "forest_assist": {k: v for k, v in store.state.settings.get(FOREST_KEY, {}).items()
+                              if k in ("enabled", "mode", "regions", "miou")}}
     data = LabeledSet(store.classes.names, rows, labels, images,
                       _VolumeClasses(store) if full_volume else None, store.shape, meta)
     return write_labeled_set(out, data, fmt)

@@ -29,6 +29,7 @@ from collections.abc import Callable, Generator, Sequence
 import numpy as np
 import torch
 
+from learners.grid import halo_window
 from learners.inference import predict_logits
 from learners.metrics import confusion_matrix, iou_from_confusion
 from learners.training import IGNORE_INDEX
@@ -253,13 +254,10 @@ class ForestAssist:
 def _f0_window(f0, volume, z: int, ys: slice, xs: slice, lo: float, hi: float) -> np.ndarray:
     """(C, h, w) f0's softmax of a window of slice z of a (Z, H, W) or (H, W) array, with its receptive field's
     context read around it (so a window's guess equals the whole slice's there)."""
-    halo = receptive_halo(f0)
-    h, w = volume.shape[-2:]
-    y0, y1 = max(0, ys.start - halo), min(h, ys.stop + halo)
-    x0, x1 = max(0, xs.start - halo), min(w, xs.stop + halo)
-    raw = np.asarray(volume[y0:y1, x0:x1] if volume.ndim == 2 else volume[z, y0:y1, x0:x1])
+    (wy, wx), (iy, ix) = halo_window(volume.shape[-2:], ys, xs, receptive_halo(f0))
+    raw = np.asarray(volume[wy, wx] if volume.ndim == 2 else volume[z, wy, wx])
     probs = torch.softmax(predict_logits(f0, normalise(raw, lo, hi)), 1)[0].numpy()
-    return probs[:, ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+    return probs[:, iy, ix]
 
 
 def _miou(confusion: np.ndarray) -> float | None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from learners.grid import Patching
+from learners.grid import Patching, halo_window
 from learners.routing.router import F0State, execute_routing, policy_probabilities
 from learners.uncertainty import receptive_halo, uncertainty_maps
 from napari_paser.data.dataset import normalise
@@ -116,14 +116,10 @@ class Suggestions:
             ix = self.store.index(z, ys, xs)
             return np.asarray(self.store.maps["prediction"][ix]), np.asarray(self.store.maps["entropy"][ix], np.float32)
         model = self.model_set.require_f0()
-        halo = receptive_halo(model)
-        h, w = self.store.shape[-2:]
-        y0, x0 = max(0, ys.start - halo), max(0, xs.start - halo)
-        y1, x1 = min(h, ys.stop + halo), min(w, xs.stop + halo)
-        raw = np.asarray(self.store.image[self.store.index(z, slice(y0, y1), slice(x0, x1))])
+        (wy, wx), inner = halo_window(self.store.shape[-2:], ys, xs, receptive_halo(model))
+        raw = np.asarray(self.store.image[self.store.index(z, wy, wx)])
         maps = uncertainty_maps(model, normalise(raw, self.store.state.image["lo"], self.store.state.image["hi"]),
                                 samples=samples, seed=z)
-        inner = (slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
         return maps.prediction[inner], maps.entropy[inner].astype(np.float32)
 
     def routed_patch(self, region: Region, samples: int = 5, lam: float | None = None,
