@@ -41,6 +41,8 @@ held-back second half), battery_nanoct (set a: three slices pool, three test).
         [--seeds 10] [--crop 128] [--rounds 5] [--k 4] [--methods correct-random,correct-taudis,oracle-wrong,...]
         [--out benchmarks/results/effort.json]
 
+`--ratio-ceiling` measures only the bound on painted / corrected pixels (`ratio_ceiling`).
+
 Each dataset can run in its own process (--datasets NAME --out part.json); --merge part*.json joins them.
 """
 
@@ -183,12 +185,36 @@ def features_3d(volume: np.ndarray) -> list[np.ndarray]:
     return list(f.astype(np.float32))
 
 
-def full_reference(px, py, test_norm, ty, lo, hi, args, seed) -> float:
-    """The starting weights fine-tuned on every pool pixel (args.full_factor x a retrain's steps)."""
+def full_reference(px, py, test_norm, ty, lo, hi, args, seed, error: bool = False):
+    """The starting weights fine-tuned on every pool pixel (args.full_factor x a retrain's steps): its test
+    mIoU (with `error`, also its share of wrong test pixels)."""
     model = starting_model("f0", preset_config("tiny", n_classes=3))
     cfg = replace(RETRAIN_CONFIG, epochs=args.epochs * args.full_factor, steps_per_epoch=args.steps, seed=seed)
     drain(iter_training(model, list(normalise(px, lo, hi)), list(py), None, None, cfg))
-    return miou(predict_classes(model, test_norm), ty)
+    pred = predict_classes(model, test_norm)
+    return (miou(pred, ty), float((pred != ty).mean())) if error else miou(pred, ty)
+
+
+def ratio_ceiling(name: str, seeds: list[int], args) -> dict:
+    """The most correcting can save over painting in this protocol. A simulated person who fixes every wrong
+    pixel ends with the same labels as one who paints, so both reach 95% of full supervision at the same
+    round, and painted / changed pixels there is 1 / (the share of wrong pixels in the suggestions so far).
+    No suggestion is better than full supervision's model on unseen slices: 1 / its pixel error bounds the
+    ratio from above (a 5x saving needs suggestions at least 80% right)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            px, py, tx, ty = dataset(name, seed, args.crop, args.pool)
+            s = Session.create(Path(tmp) / f"s{seed}", px, classes=CLASSES, region_size=args.region, val_every=0)
+            lo, hi = s.state.image["lo"], s.state.image["hi"]
+            s.close()
+            full, err = full_reference(px, py, normalise(tx, lo, hi), ty, lo, hi, args, seed, error=True)
+            rows.append({"seed": seed, "full_miou": round(full, 4), "full_pixel_error": round(err, 4),
+                         "ratio_ceiling": round(1 / max(err, 1e-6), 2)})
+            print(f"  {name} seed {seed}: full mIoU {full:.3f}, wrong pixels {err:.1%}, ratio at most {1 / err:.1f}x",
+                  flush=True)
+    return {"per_seed": rows, "ratio_ceiling": bootstrap_ci([r["ratio_ceiling"] for r in rows]),
+            "full_pixel_error": bootstrap_ci([r["full_pixel_error"] for r in rows])}
 
 
 def run_seed(name: str, seed: int, args) -> dict:
@@ -457,6 +483,8 @@ def main() -> int:
     parser.add_argument("--heldout", type=int, default=3, help="never-accepted pool regions that pick a path")
     parser.add_argument("--full-factor", type=int, default=4)
     parser.add_argument("--out", type=Path, default=common.RESULTS / "effort.json")
+    parser.add_argument("--ratio-ceiling", action="store_true",
+                        help="only the bound on painted / corrected pixels: full supervision's share of wrong pixels")
     parser.add_argument("--merge", nargs="*", type=Path,
                         help="join per-dataset result files into --out (comparisons recomputed) and stop")
     args = parser.parse_args()
@@ -469,6 +497,12 @@ def main() -> int:
         raise SystemExit(f"--methods: choose among {', '.join(SESSION_METHODS)}, with correct-random and "
                          f"correct-taudis (unknown: {', '.join(unknown) or 'none'})")
     seeds = [int(v) for v in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
+    if args.ratio_ceiling:
+        out = {name: ratio_ceiling(name, seeds, args) for name in args.datasets.split(",")}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"datasets": out, "config": {k: str(v) for k, v in vars(args).items()},
+                                        "date": time.strftime("%Y-%m-%d")}, indent=1))
+        return 0
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "merge"}
     config.update(seeds_run=seeds, machine=f"{platform.machine()}, {platform.processor() or 'cpu'}, torch 1 thread, "
                   "2 shared cores, nice 10", date=time.strftime("%Y-%m-%d"),

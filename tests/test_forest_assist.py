@@ -1,5 +1,5 @@
-"""The forest assist (`session.forest`): each new region scored by a forest fitted without it and by f0 before
-f0 trains on it, the mode chosen by those scores and kept in session.json, suggestions that follow the mode
+"""The forest assist (`session.forest`): each new region scored by the previous retrain's forest and by f0 before
+f0 trains on it (neither has seen it, both had the same labels), the mode chosen by those scores and kept in session.json, suggestions that follow the mode
 (and go stale when it changes), the same guesses after a reopen, a cancel that commits nothing, and the
 windowed 3D features equal to the whole volume's where the halo covers it."""
 
@@ -45,33 +45,51 @@ def accept(s: Session, classes: np.ndarray, ids) -> None:
         s.accept(rid, classes[s.region(rid).slices].astype(np.uint8) + 1)
 
 
-def test_new_regions_are_scored_before_training_and_the_better_guess_is_chosen(session):
+def two_batches(s: Session, classes: np.ndarray) -> None:
+    """Accept and retrain twice: the second batch is scored by the forest the first retrain fitted."""
+    for batch in ([0, 4, 10], [13, 20, 25]):
+        accept(s, classes, batch)
+        collect(s.retrain(QUICK, refresh=False))
+
+
+def test_the_first_batch_is_not_scored_but_fits_the_forest(session):
     s, classes = session
     assert s.forest.mode == "f0" and "until" in s.forest.summary()
     accept(s, classes, [0, 4, 10])
     collect(s.retrain(QUICK, refresh=False))
     rec = s.forest.record
-    assert rec["regions"] == 3 and len(rec["scored"]) == 3  # each scored by a forest fitted on the other two
-    assert sum(map(sum, rec["confusion"]["f0"])) == 3 * 16 * 16  # every labeled pixel of the three, once
+    assert rec["regions"] == 0 and s.forest.mode == "f0"  # no earlier forest had the labels f0 had
+    assert len(rec["fitted"]) == 3 and s.forest.forest is not None
+
+
+def test_new_regions_are_scored_by_the_previous_forest_and_the_better_guess_is_chosen(session):
+    s, classes = session
+    two_batches(s, classes)
+    rec = s.forest.record
+    assert rec["regions"] == 3 and len(rec["scored"]) == 6 and len(rec["fitted"]) == 6
+    assert sum(map(sum, rec["confusion"]["f0"])) == 3 * 16 * 16  # every labeled pixel of the second batch, once
     assert rec["miou"]["forest"] > rec["miou"]["f0"] + 0.2  # noisy blocks: the forest wins, an untrained f0 not
     assert s.forest.mode in ("blend", "forest") and s.forest.mode in s.forest.summary()
-    accept(s, classes, [13])
+    accept(s, classes, [7])
     collect(s.retrain(QUICK, refresh=False))
-    assert s.forest.record["regions"] == 4  # only the new region is scored again
+    assert s.forest.record["regions"] == 4  # only the new region is scored
 
 
-def test_one_region_alone_is_not_scored(session):
+def test_a_reopened_session_scores_with_the_forest_refitted_on_the_last_retrains_regions(session):
     s, classes = session
-    accept(s, classes, [0])
+    accept(s, classes, [0, 4, 10])
     collect(s.retrain(QUICK, refresh=False))
-    assert s.forest.record["regions"] == 0 and s.forest.mode == "f0"  # no other region to fit a forest on
-    assert s.forest.forest is not None  # but the forest is fitted on it for the next scores
+    folder = s.folder
+    s.close()
+    with Session.open(folder) as again:
+        accept(again, classes, [13, 20, 25])
+        collect(again.retrain(QUICK, refresh=False))
+        assert again.forest.record["regions"] == 3 and again.forest.mode != "f0"
 
 
 def test_suggestions_follow_the_mode_and_go_stale_when_it_changes(session):
     s, classes = session
-    accept(s, classes, [0, 4, 10])
-    collect(s.retrain(QUICK, refresh=False))
+    two_batches(s, classes)
     assert s.forest.record["regions"] >= MIN_REGIONS
     rid = 20
     made = s.suggestions.make([rid])
@@ -93,8 +111,7 @@ def test_suggestions_follow_the_mode_and_go_stale_when_it_changes(session):
 
 def test_assisted_matches_the_window_guess_and_survives_a_reopen(session, tmp_path):
     s, classes = session
-    accept(s, classes, [0, 4, 10])
-    collect(s.retrain(QUICK, refresh=False))
+    two_batches(s, classes)
     img = np.asarray(s.image[:])
     whole = s.assisted(img)
     assert whole.shape == (3, 3, 48, 48)
@@ -133,8 +150,7 @@ def test_the_export_names_the_mode_and_its_scores(session, tmp_path):
     import json
 
     s, classes = session
-    accept(s, classes, [0, 4, 10])
-    collect(s.retrain(QUICK, refresh=False))
+    two_batches(s, classes)
     out = s.export(tmp_path / "export")
     meta = json.loads((out / "manifest.json").read_text())["meta"]
     assert meta["forest_assist"]["mode"] == s.forest.mode and meta["forest_assist"]["regions"] == 3

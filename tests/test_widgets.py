@@ -272,7 +272,7 @@ def test_the_train_step_shows_and_switches_the_forest_assist(gui, qtbot, tmp_pat
     with qtbot.waitSignal(widget.hub.models_changed, timeout=WAIT_MS):
         train.retrain()
     wait_idle(qtbot, widget.hub)
-    assert s.forest.record["regions"] == 3 and train.assist_line.text() == s.forest.summary()
+    assert len(s.forest.record["fitted"]) == 3 and train.assist_line.text() == s.forest.summary()
     train.assist.setChecked(False)  # the box's own toggle
     assert not s.forest.enabled and train.assist_line.text() == "forest assist: off"
     assert not errors

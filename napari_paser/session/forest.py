@@ -7,13 +7,15 @@ the pretrained UNet make different mistakes; the mean of their probabilities is 
 but not on every scan (on some the forest only costs). So the session measures it on the labels it
 already has, at no extra labeling cost:
 
-- each retrain first scores the regions accepted since the previous one: each by a forest fitted without
-  it (leave-one-region-out over the new regions, in at most FOLDS fits) and by f0 as it is before this
-  retrain trains on them (the model the person corrected); the held-out ("val") regions are scored each
-  time by the forest fitted on every training region;
+- each retrain first scores the regions accepted since the previous one with the two guesses the person
+  could have been shown for them: f0 as it is before this retrain trains on them (the model the person
+  corrected) and the forest the previous retrain fitted (on the same regions f0 had learnt from), so
+  neither has seen the regions it is scored on and both had the same labels; the held-out ("val")
+  regions are scored each time by the current f0 and forest (neither trains on them);
 - the confusion matrices of the three candidates ("f0", "blend": the mean of f0's and the forest's
   probabilities, "forest") accumulate in session.json; the mode is the candidate with the highest mIoU
-  over them once MIN_REGIONS regions are scored (a tie keeps f0);
+  over them once MIN_REGIONS regions are scored (a tie keeps f0), so the first batch, which no earlier
+  forest can score, is guessed by f0 alone;
 - then the forest is refitted on every accepted training region.
 
 Where the mode is not "f0" the region suggestions (when the session does not route) and `assisted`
@@ -42,7 +44,6 @@ from napari_paser.session.store import AcceptedRegion, State, Store
 
 MODES = ("f0", "blend", "forest")
 MIN_REGIONS = 3  # regions scored before the assist may leave f0
-FOLDS = 4  # forest fits per retrain to score the new regions (leave-one-out up to this many regions)
 TREES = 50
 MAX_PIXELS = 100_000  # training pixels per fit (a seeded subset beyond this), as ilastik caps large label sets
 Z_HALO = 4  # slices on each side for the 3D features
@@ -63,6 +64,7 @@ class ForestAssist:
         self.store, self.model_set = store, model_set
         self.forest = None  # fitted on the training regions named by self._fitted_on
         self._fitted_on: tuple[str, ...] | None = None
+        self._scorer: tuple[tuple[str, ...], object] | None = None  # the last retrain's forest and its regions
         self._features: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # region key -> (features, class labels)
 
     # ------------------------------------------------------------------ the record
@@ -119,11 +121,12 @@ class ForestAssist:
         accepted = list(self.store.state.accepted)
         train = [r for r in accepted if r.split != "val"]
         val = [r for r in accepted if r.split == "val"]
-        scored = set(rec.get("scored", []))
-        new = [r for r in train if _key(r) not in scored]
+        keys = {_key(r): r for r in train}
+        before = tuple(k for k in rec.get("fitted", []) if k in keys)  # what the last retrain's forest learnt
+        scored = set(rec.get("scored", [])) | set(rec.get("fitted", []))
+        new = [r for k, r in keys.items() if k not in scored]
         c = self.store.n_classes
-        total = len(train) + len(val) + min(len(new), FOLDS) + 1
-        done = 0
+        total, done = len(train) + len(val) + 2, 0
         for r in train + val:
             if should_stop is not None and should_stop():
                 return
@@ -131,22 +134,20 @@ class ForestAssist:
             done += 1
             yield Progress("forest", done, total, f"forest: features of {done} of {len(train) + len(val)} regions")
         confusion = {m: np.asarray(rec.get("confusion", {}).get(m, np.zeros((c, c))), np.int64) for m in MODES}
-        n_scored = int(rec.get("regions", 0))
-        folds = [list(f) for f in np.array_split(np.arange(len(new)), min(len(new), FOLDS)) if len(f)] if new else []
-        for fold in folds:
-            if should_stop is not None and should_stop():
-                return
-            left_out = {_key(new[i]) for i in fold}
-            rest = [r for r in train if _key(r) not in left_out]
-            if rest:
-                forest = self._fit(rest)
-                for i in fold:
-                    self._add(confusion, new[i], forest, f0)
-                    n_scored += 1
-            done += 1
-            yield Progress("forest", done, total, f"forest: scoring {len(new)} new regions")
+        n_scored = int(rec.get("scored_regions", 0))
+        if new and before:
+            scorer = self._scorer[1] if self._scorer is not None and self._scorer[0] == before else \
+                self._fit([keys[k] for k in before])
+            for r in new:
+                if should_stop is not None and should_stop():
+                    return
+                self._add(confusion, r, scorer, f0)
+                n_scored += 1
+        done += 1
+        yield Progress("forest", done, total, f"forest: scored {len(new) if before else 0} new regions")
         if train:
-            self.forest, self._fitted_on = self._fit(train), tuple(_key(r) for r in train)
+            self.forest, self._fitted_on = self._fit(train), tuple(keys)
+            self._scorer = (self._fitted_on, self.forest)
         val_confusion = {m: np.zeros((c, c), np.int64) for m in MODES}
         if self.forest is not None:
             for r in val:
@@ -162,8 +163,8 @@ class ForestAssist:
         def mutate(s: State) -> None:
             out = s.settings.setdefault(KEY, {})
             out.update({"mode": mode, "version": int(out.get("version", 0)) + 1, "regions": n_total,
-                        "confusion": {m: confusion[m].tolist() for m in MODES},
-                        "scored": sorted(scored | {_key(r) for r in new}), "miou": miou})
+                        "scored_regions": n_scored, "confusion": {m: confusion[m].tolist() for m in MODES},
+                        "scored": sorted(scored | {_key(r) for r in new}), "fitted": list(keys), "miou": miou})
 
         self.store.commit(mutate)
         yield Progress("forest", total, total, self.summary())
