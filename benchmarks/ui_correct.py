@@ -128,6 +128,10 @@ def main() -> int:
         # the forest assist: correct and accept a batch, retrain with the Train step's button, read its line,
         # then the next suggestions follow its mode
         train = dock.steps["Train"]
+        train.epochs.setValue(1)
+        record("retrain, first batch (button)", train.train_button.click)  # fits the forest; nothing to score yet
+        wait(hub)
+        results["forest_assist_first_retrain"] = train.assist_line.text()
         viewer.layers[SUGGESTION].visible = True
         label.k.setValue(6)
         record("propose a second batch (button)", label.propose_button.click)
@@ -138,7 +142,6 @@ def main() -> int:
                 break
             viewer.layers[SUGGESTION].data = (truth[p.z, p.y0:p.y0 + p.h, p.x0:p.x0 + p.w].astype(np.uint8) + 1)[None]
             record("accept corrected (button) 2", label.accept_button.click)
-        train.epochs.setValue(1)
         dock.tabs.setCurrentIndex(list(dock.steps).index("Train"))
         t3 = time.perf_counter()
         record("retrain with the forest assist (button)", train.train_button.click)

@@ -21,8 +21,10 @@ import importlib
 import threading
 
 WARM_MODULES = ("pandas",)
-STEP_EXTRAS = ("matplotlib.figure", "matplotlib.backends.backend_qtagg")
-"""What a dock's later tabs import beside their own modules (matplotlib: the Train step's learning curve).
+STEP_EXTRAS = ("matplotlib.figure", "matplotlib.backends.backend_qtagg", "napari_paser.data.baselines")
+"""What a dock's later tabs import beside their own modules (matplotlib: the Train step's learning curve;
+scikit-learn's forest and skimage's features: the forest assist of the first retrain, whose import in the
+retrain's worker held the GIL for up to half a second).
 With those modules (`widgets.STEPS`), about a second the GUI thread froze for when the dock opened. Imported
 by `warm_steps` while the dock shows its first tab; the dock builds those tabs only once that import is over
 (two threads importing one package at once can see it half made)."""

@@ -36,7 +36,6 @@ from learners.inference import predict_logits
 from learners.metrics import confusion_matrix, iou_from_confusion
 from learners.training import IGNORE_INDEX
 from learners.uncertainty import receptive_halo
-from napari_paser.data.baselines import fit_pixel_forest, forest_probabilities, window_features
 from napari_paser.data.dataset import normalise
 from napari_paser.session.models import ModelSet
 from napari_paser.session.progress import Progress
@@ -50,6 +49,14 @@ Z_HALO = 4  # slices on each side for the 3D features
 XY_HALO = 32  # pixels on each side: the filters reach 4 x the largest sigma, so a window gets the whole slice's features
 TILE = 256  # window side of a whole-slice prediction (bounds the 3D feature block's memory)
 KEY = "forest"  # State.settings[KEY]: the assist's record
+
+
+def _baselines():
+    """The forest's module, imported when the assist first works (scikit-learn's ensemble and skimage's
+    features take a second to import; a session that never retrains should not pay it on open)."""
+    from napari_paser.data import baselines
+
+    return baselines
 
 
 def _key(rec: AcceptedRegion) -> str:
@@ -173,7 +180,7 @@ class ForestAssist:
         """Add one region's confusions of f0, the forest and their mean to `confusion`."""
         feats, labels = self._region_features(rec)
         valid = labels != IGNORE_INDEX
-        p_forest = forest_probabilities(forest, feats, self.store.n_classes)
+        p_forest = _baselines().forest_probabilities(forest, feats, self.store.n_classes)
         p_f0 = self._f0_probabilities(f0, rec.z, slice(rec.y0, rec.y0 + rec.h), slice(rec.x0, rec.x0 + rec.w))
         for mode, p in (("f0", p_f0), ("blend", (p_f0 + p_forest) / 2), ("forest", p_forest)):
             confusion[mode] += confusion_matrix(p.argmax(0), labels, self.store.n_classes, valid)
@@ -190,8 +197,8 @@ class ForestAssist:
 
     def _fit(self, records: Sequence[AcceptedRegion]):
         pairs = [self._region_features(r) for r in records]
-        return fit_pixel_forest([f for f, _ in pairs], [lab for _, lab in pairs], n_estimators=TREES,
-                                max_pixels=MAX_PIXELS, seed=0)
+        return _baselines().fit_pixel_forest([f for f, _ in pairs], [lab for _, lab in pairs], n_estimators=TREES,
+                                             max_pixels=MAX_PIXELS, seed=0)
 
     # ------------------------------------------------------------------ guesses
 
@@ -216,8 +223,8 @@ class ForestAssist:
         forest = None if mode == "f0" else self._current_forest()
         if forest is None:
             return None
-        p_forest = forest_probabilities(forest, self._window_features(self.store.image, z, ys, xs),
-                                        self.store.n_classes)
+        p_forest = _baselines().forest_probabilities(forest, self._window_features(self.store.image, z, ys, xs),
+                                                     self.store.n_classes)
         if mode == "forest":
             return p_forest
         return (self._f0_probabilities(self.model_set.require_f0(), z, ys, xs) + p_forest) / 2
@@ -238,15 +245,16 @@ class ForestAssist:
                     ys, xs = slice(y, min(h, y + TILE)), slice(x, min(w, x + TILE))
                     p = None if mode == "forest" else _f0_window(f0, volume, z, ys, xs, lo, hi)
                     if forest is not None:
-                        pf = forest_probabilities(forest, window_features(volume, z, ys, xs, lo, hi, Z_HALO, XY_HALO),
-                                                  self.store.n_classes)
+                        base = _baselines()
+                        pf = base.forest_probabilities(forest, base.window_features(volume, z, ys, xs, lo, hi, Z_HALO,
+                                                                                    XY_HALO), self.store.n_classes)
                         p = pf if p is None else (p + pf) / 2
                     out[z, :, ys, xs] = p
         return out
 
     def _window_features(self, volume, z: int, ys: slice, xs: slice) -> np.ndarray:
         lo, hi = self.store.state.image["lo"], self.store.state.image["hi"]
-        return window_features(volume, z, ys, xs, lo, hi, Z_HALO, XY_HALO)
+        return _baselines().window_features(volume, z, ys, xs, lo, hi, Z_HALO, XY_HALO)
 
     def _f0_probabilities(self, f0, z: int, ys: slice, xs: slice) -> np.ndarray:
         return _f0_window(f0, self.store.image, z, ys, xs, self.store.state.image["lo"], self.store.state.image["hi"])
