@@ -19,7 +19,9 @@ retraining with `Session.retrain` after each round of k regions:
   assist (`Session.assisted`: f0, a forest on 3D features of the accepted regions, or their mean, whichever
   scored best on the regions the session accepted, each before f0 trained on it; `napari_paser.session.forest`),
   with `picks` the assist's mode per round; the session rows' suggestions follow the same mode
-  (`--assist off`: f0's guesses only, as sessions without the assist);
+  (`--assist off`: f0's guesses only, as sessions without the assist); assist-sum / assist-last: the
+  modes other weights of older scores would have picked from the same session's scores (`choose_mode`),
+  and session-blend / session-forest: f0 with the forest's mean and the forest alone at every round;
 - session+rf3d-blend: the mean of correct-taudis's f0 class probabilities and rf-3d's at each step;
   session-or-rf3d-by-heldout (and session-rf3d-blend-by-heldout, the best of the three): what a choice
   by held-out regions would show: per step, the one scoring highest on `--heldout` pool regions that
@@ -75,13 +77,14 @@ from napari_paser.bench.al_sim import correct_region
 from napari_paser.data.baselines import FEATURE_SIGMAS, fit_pixel_forest, forest_probabilities, pixel_features
 from napari_paser.data.dataset import normalise
 from napari_paser.session import Session
+from napari_paser.session.forest import choose_mode
 from napari_paser.session.training import RETRAIN_CONFIG
 from napari_paser.weights import starting_model
 
 SESSION_METHODS = {"paint-random": ("random", False), "correct-random": ("random", True),
                    "correct-taudis": ("taudis", True), "correct-effort": ("effort", True),
                    **{name: (name, True) for name in oracle_samplers.ORACLES}}
-ASSIST_ROWS = ("session-assisted",)
+ASSIST_ROWS = ("session-assisted", "assist-sum", "assist-last", "session-blend", "session-forest")
 FOREST_ROWS = ("rf-2d", "rf-3d", "session+rf3d-blend", "session-or-rf3d-by-heldout", "session-rf3d-blend-by-heldout")
 DATASETS = ("soc-lowres-varying", "soc_stack-3d", "battery")
 
@@ -230,7 +233,8 @@ def run_seed(name: str, seed: int, args) -> dict:
             row = {"budgets_px": [0], "miou": [miou(predict_classes(loop.s.models["f0"], test_norm), ty)],
                    "strokes": [0], "regions": [0]}
             labeled, f0_probs = [], [(probs(loop.s.models["f0"], test_norm), probs(loop.s.models["f0"], normalise(px, lo, hi)))]
-            assisted = {"budgets_px": [0], "miou": [row["miou"][0]], "picks": ["f0"]}
+            assisted = {"budgets_px": [0], "miou": [row["miou"][0]], "picks": ["f0"], "batches_after_round": [0]}
+            candidates: dict[str, list] = {}  # the test mIoU of each mode the assist could pick, per round
             for _ in range(args.rounds):
                 loop.round()
                 row["budgets_px"].append(loop.effort)
@@ -243,6 +247,10 @@ def run_seed(name: str, seed: int, args) -> dict:
                     assisted["budgets_px"].append(loop.effort)
                     assisted["miou"].append(miou(loop.s.assisted(tx).argmax(1), ty))
                     assisted["picks"].append(loop.s.forest.mode)
+                    p_f0, p_rf = loop.s.assisted(tx, mode="f0"), loop.s.assisted(tx, mode="forest")
+                    for mode, p in (("f0", p_f0), ("blend", (p_f0 + p_rf) / 2), ("forest", p_rf)):
+                        candidates.setdefault(mode, [row["miou"][0]]).append(miou(p.argmax(1), ty))
+                    assisted["batches_after_round"].append(len(loop.s.forest.record.get("batches", [])))
             row["seconds"] = round(time.time() - t0, 1)
             out[method] = row
             print(f"  {name} seed {seed} {method:15s} effort {row['budgets_px']} mIoU "
@@ -250,11 +258,31 @@ def run_seed(name: str, seed: int, args) -> dict:
             if method == "correct-taudis":
                 out["session-assisted"] = assisted
                 print(f"  session-assisted {[round(v, 3) for v in assisted['miou']]} {assisted['picks']}", flush=True)
+                out.update(assist_rules(assisted, candidates, loop.s.forest.record.get("batches", [])))
                 held = heldout_regions(loop.s, args.heldout, seed)
                 out["heldout_px"] = heldout_cost(held, f0_probs[0][1], py)
                 out.update(forests(px, py, tx, ty, labeled, row, lo, hi, args, seed, f0_probs, held))
             loop.s.close()
         out["full"] = full_reference(px, py, test_norm, ty, lo, hi, args, seed)
+    return out
+
+
+ASSIST_RULES = {"assist-sum": 1.0, "assist-last": 0.0}  # other weights of older batches than the product's DECAY
+
+
+def assist_rules(assisted: dict, candidates: dict[str, list], batches: list[dict]) -> dict:
+    """The test mIoU another decision rule would have reached with the same scores (the session's own batch
+    confusions, `forest.choose_mode` with another weight of older batches), and each mode's test mIoU."""
+    out = {}
+    for name, decay in ASSIST_RULES.items():
+        picks = [choose_mode(batches[:n], decay=decay)[0] for n in assisted["batches_after_round"]]
+        out[name] = {"budgets_px": list(assisted["budgets_px"]),
+                     "miou": [candidates[m][i] if i else assisted["miou"][0] for i, m in enumerate(picks)],
+                     "picks": picks}
+    for mode in ("blend", "forest"):
+        out[f"session-{mode}"] = {"budgets_px": list(assisted["budgets_px"]), "miou": candidates[mode]}
+    shown = {k: [round(v, 3) for v in r["miou"]] for k, r in out.items()}
+    print(f"  assist rules {shown}", flush=True)
     return out
 
 
@@ -400,9 +428,15 @@ def compare(methods: dict) -> dict:
             "extra_changed_px_per_round": [bootstrap_ci(eff[:, i]) for i in range(1, eff.shape[1])],
         }
         out[f"{m}_over_correct-random_px_to_common"] = common
+    if "correct-taudis" in methods:  # the assist against f0 alone on the same session's labels
+        f0 = np.array(methods["correct-taudis"]["miou_per_seed"], float)[:, 1:]
+        for m in (m for m in ASSIST_ROWS if m in methods):
+            rows = np.array(methods[m]["miou_per_seed"], float)[:, 1:]
+            out[f"{m}_minus_correct-taudis_per_round"] = [bootstrap_ci(rows[:, i] - f0[:, i]) for i in range(f0.shape[1])]
     if "rf-3d" in methods:
         rf3 = np.array([[np.nan if v is None else v for v in s] for s in methods["rf-3d"]["miou_per_seed"]])[:, 1:]
-        for m in ("correct-taudis", "session-assisted", "session+rf3d-blend", "session-or-rf3d-by-heldout", "session-rf3d-blend-by-heldout"):
+        for m in ("correct-taudis", "session-assisted", "assist-sum", "assist-last", "session-blend", "session-forest",
+                  "session+rf3d-blend", "session-or-rf3d-by-heldout", "session-rf3d-blend-by-heldout"):
             if m not in methods:
                 continue
             session = np.array(methods[m]["miou_per_seed"], float)[:, 1:]

@@ -16,7 +16,8 @@ from learners.unet import UNetConfig
 from napari_paser.data.baselines import window_features
 from napari_paser.data.dataset import normalise
 from napari_paser.session.core import Session
-from napari_paser.session.forest import MIN_REGIONS
+from napari_paser.errors import PaserInputError
+from napari_paser.session.forest import MIN_REGIONS, MODES, choose_mode
 from napari_paser.session.training import RETRAIN_CONFIG
 
 TINY = UNetConfig(base=4, depth=2)
@@ -67,7 +68,8 @@ def test_new_regions_are_scored_by_the_previous_forest_and_the_better_guess_is_c
     two_batches(s, classes)
     rec = s.forest.record
     assert rec["regions"] == 3 and len(rec["scored"]) == 6 and len(rec["fitted"]) == 6
-    assert sum(map(sum, rec["confusion"]["f0"])) == 3 * 16 * 16  # every labeled pixel of the second batch, once
+    assert len(rec["batches"]) == 1 and rec["batches"][0]["regions"] == 3
+    assert sum(map(sum, rec["batches"][0]["confusion"]["f0"])) == 3 * 16 * 16  # the second batch's pixels, once
     assert rec["miou"]["forest"] > rec["miou"]["f0"] + 0.2  # noisy blocks: the forest wins, an untrained f0 not
     assert s.forest.mode in ("blend", "forest") and s.forest.mode in s.forest.summary()
     accept(s, classes, [7])
@@ -154,3 +156,30 @@ def test_the_export_names_the_mode_and_its_scores(session, tmp_path):
     out = s.export(tmp_path / "export")
     meta = json.loads((out / "manifest.json").read_text())["meta"]
     assert meta["forest_assist"]["mode"] == s.forest.mode and meta["forest_assist"]["regions"] == 3
+
+
+def _batch(right: dict[str, int], n: int = 100) -> dict:
+    """A scored batch where each candidate got `right[mode]` of n pixels of class 0 right (the rest: class 1)."""
+    return {"regions": 3, "confusion": {m: [[right[m], n - right[m]], [0, 0]] for m in MODES}}
+
+
+def test_choose_mode_weighs_recent_batches_more_and_keeps_f0_on_a_tie():
+    old = _batch({"f0": 50, "blend": 60, "forest": 95})  # early on the forest wins by far
+    new = _batch({"f0": 95, "blend": 85, "forest": 60})  # later f0 has caught up
+    assert choose_mode([old, new])[0] == "f0"  # the newer batch weighs twice the older
+    assert choose_mode([old, new], decay=1.0)[0] == "forest"  # plain sums: the old lead still counts
+    assert choose_mode([_batch({"f0": 80, "blend": 80, "forest": 80})])[0] == "f0"
+    assert choose_mode([{"regions": 2, "confusion": new["confusion"]}])[0] == "f0"  # too few regions scored
+    ok = {m: np.array([[10, 0], [0, 10]]) for m in MODES}
+    assert choose_mode([], ok, n_val=MIN_REGIONS)[1]["f0"] == 1.0  # held-out regions alone can decide
+
+
+def test_assisted_takes_a_mode_and_refuses_an_unknown_one(session):
+    s, classes = session
+    two_batches(s, classes)
+    img = np.asarray(s.image[:2])
+    f0 = s.assisted(img, mode="f0")
+    forest = s.assisted(img, mode="forest")
+    np.testing.assert_allclose(s.assisted(img, mode="blend"), (f0 + forest) / 2, atol=1e-5)
+    with pytest.raises(PaserInputError, match="unknown forest assist mode"):
+        s.assisted(img, mode="rf")

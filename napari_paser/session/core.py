@@ -411,10 +411,10 @@ class Session:
         """Let the forest join f0's guesses where its scores say so (the default) or never (`session.forest`)."""
         self.forest.set_enabled(enabled)
 
-    def assisted(self, volume, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    def assisted(self, volume, lo: float | None = None, hi: float | None = None, mode: str | None = None) -> np.ndarray:
         """(N, C, H, W) class probabilities of consecutive raw slices in the forest assist's mode (f0's, the
-        forest's or their mean; `ForestAssist.assisted`)."""
-        return self.forest.assisted(volume, lo, hi)
+        forest's or their mean; `mode` overrides it; `ForestAssist.assisted`)."""
+        return self.forest.assisted(volume, lo, hi, mode)
 
     def suggestion_source(self, region_id: int) -> str:
         """Where the stored suggestion of a region came from, in words ("" when none is stored)."""

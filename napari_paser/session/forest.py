@@ -12,10 +12,11 @@ already has, at no extra labeling cost:
   corrected) and the forest the previous retrain fitted (on the same regions f0 had learnt from), so
   neither has seen the regions it is scored on and both had the same labels; the held-out ("val")
   regions are scored each time by the current f0 and forest (neither trains on them);
-- the confusion matrices of the three candidates ("f0", "blend": the mean of f0's and the forest's
-  probabilities, "forest") accumulate in session.json; the mode is the candidate with the highest mIoU
-  over them once MIN_REGIONS regions are scored (a tie keeps f0), so the first batch, which no earlier
-  forest can score, is guessed by f0 alone;
+- each retrain's confusion matrices of the three candidates ("f0", "blend": the mean of f0's and the
+  forest's probabilities, "forest") on its new regions are kept in session.json; the mode is the
+  candidate with the highest mIoU over them (`choose_mode`: each older batch weighs DECAY times the next,
+  as f0 gains on the forest while labels grow) once MIN_REGIONS regions are scored (a tie keeps f0), so
+  the first batch, which no earlier forest can score, is guessed by f0 alone;
 - then the forest is refitted on every accepted training region.
 
 Where the mode is not "f0" the region suggestions (when the session does not route) and `assisted`
@@ -37,12 +38,14 @@ from learners.metrics import confusion_matrix, iou_from_confusion
 from learners.training import IGNORE_INDEX
 from learners.uncertainty import receptive_halo
 from napari_paser.data.dataset import normalise
+from napari_paser.errors import PaserInputError
 from napari_paser.session.models import ModelSet
 from napari_paser.session.progress import Progress
 from napari_paser.session.store import AcceptedRegion, State, Store
 
 MODES = ("f0", "blend", "forest")
 MIN_REGIONS = 3  # regions scored before the assist may leave f0
+DECAY = 0.5  # weight of a retrain's scores relative to the next one's
 TREES = 50
 MAX_PIXELS = 100_000  # training pixels per fit (a seeded subset beyond this), as ilastik caps large label sets
 Z_HALO = 4  # slices on each side for the 3D features
@@ -113,7 +116,7 @@ class ForestAssist:
         if n < MIN_REGIONS or not miou:
             return f"forest assist: f0 alone until {MIN_REGIONS} regions are scored ({n} so far; scored at each retrain)"
         scores = ", ".join(f"{m} {miou[m]:.3f}" for m in MODES if miou.get(m) is not None)
-        return f"forest assist: {self.mode} (mIoU on {n} regions before training on them: {scores})"
+        return f"forest assist: {self.mode} (mIoU on {n} regions before training on them, recent ones weigh more: {scores})"
 
     # ------------------------------------------------------------------ learning (a retrain's first step)
 
@@ -140,18 +143,18 @@ class ForestAssist:
             self._region_features(r)
             done += 1
             yield Progress("forest", done, total, f"forest: features of {done} of {len(train) + len(val)} regions")
-        confusion = {m: np.asarray(rec.get("confusion", {}).get(m, np.zeros((c, c))), np.int64) for m in MODES}
-        n_scored = int(rec.get("scored_regions", 0))
+        batch = {m: np.zeros((c, c), np.int64) for m in MODES}
+        scored_now = 0
         if new and before:
             scorer = self._scorer[1] if self._scorer is not None and self._scorer[0] == before else \
                 self._fit([keys[k] for k in before])
             for r in new:
                 if should_stop is not None and should_stop():
                     return
-                self._add(confusion, r, scorer, f0)
-                n_scored += 1
+                self._add(batch, r, scorer, f0)
+                scored_now += 1
         done += 1
-        yield Progress("forest", done, total, f"forest: scored {len(new) if before else 0} new regions")
+        yield Progress("forest", done, total, f"forest: scored {scored_now} new regions")
         if train:
             self.forest, self._fitted_on = self._fit(train), tuple(keys)
             self._scorer = (self._fitted_on, self.forest)
@@ -159,19 +162,18 @@ class ForestAssist:
         if self.forest is not None:
             for r in val:
                 self._add(val_confusion, r, self.forest, f0)
-        pooled = {m: confusion[m] + val_confusion[m] for m in MODES}
-        miou = {m: _miou(pooled[m]) for m in MODES}
-        n_total = n_scored + (len(val) if self.forest is not None else 0)
-        mode = "f0"
-        if n_total >= MIN_REGIONS and miou["f0"] is not None:
-            best = max(MODES, key=lambda m: -1.0 if miou[m] is None else miou[m])
-            mode = best if miou[best] > miou["f0"] else "f0"
+        batches = list(rec.get("batches", []))
+        if scored_now:
+            batches.append({"regions": scored_now, "confusion": {m: batch[m].tolist() for m in MODES}})
+        n_val = len(val) if self.forest is not None else 0
+        mode, miou = choose_mode(batches, val_confusion, n_val)
+        n_total = sum(int(b["regions"]) for b in batches) + n_val
 
         def mutate(s: State) -> None:
             out = s.settings.setdefault(KEY, {})
             out.update({"mode": mode, "version": int(out.get("version", 0)) + 1, "regions": n_total,
-                        "scored_regions": n_scored, "confusion": {m: confusion[m].tolist() for m in MODES},
-                        "scored": sorted(scored | {_key(r) for r in new}), "fitted": list(keys), "miou": miou})
+                        "batches": batches, "scored": sorted(scored | {_key(r) for r in new}), "fitted": list(keys),
+                        "miou": miou})
 
         self.store.commit(mutate)
         yield Progress("forest", total, total, self.summary())
@@ -229,13 +231,16 @@ class ForestAssist:
             return p_forest
         return (self._f0_probabilities(self.model_set.require_f0(), z, ys, xs) + p_forest) / 2
 
-    def assisted(self, volume, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    def assisted(self, volume, lo: float | None = None, hi: float | None = None, mode: str | None = None) -> np.ndarray:
         """(N, C, H, W) float32 class probabilities of every slice of a (N, H, W) image (raw grey levels,
         normalised with the session's lo/hi unless given) in the current mode: f0's softmax, the forest's, or
-        their mean. The 3D features read neighbouring slices of `volume`, so give it consecutive slices."""
+        their mean (`mode` overrides the assist's own). The 3D features read neighbouring slices of `volume`, so
+        give it consecutive slices."""
         lo = self.store.state.image["lo"] if lo is None else lo
         hi = self.store.state.image["hi"] if hi is None else hi
-        f0, mode = self.model_set.require_f0(), self.mode
+        f0, mode = self.model_set.require_f0(), mode or self.mode
+        if mode not in MODES:
+            raise PaserInputError(f"unknown forest assist mode {mode!r}: choose one of {', '.join(MODES)}")
         forest = None if mode == "f0" else self._current_forest()
         n, h, w = volume.shape
         out = np.zeros((n, self.store.n_classes, h, w), np.float32)
@@ -267,6 +272,26 @@ def _f0_window(f0, volume, z: int, ys: slice, xs: slice, lo: float, hi: float) -
     raw = np.asarray(volume[wy, wx] if volume.ndim == 2 else volume[z, wy, wx])
     probs = torch.softmax(predict_logits(f0, normalise(raw, lo, hi)), 1)[0].numpy()
     return probs[:, iy, ix]
+
+
+def choose_mode(batches: Sequence[dict], val_confusion: dict[str, np.ndarray] | None = None, n_val: int = 0,
+                decay: float = DECAY) -> tuple[str, dict[str, float | None]]:
+    """The mode the scores favour and each candidate's mIoU over them: the retrains' batch confusions (oldest
+    first; each older one weighs `decay` times the next) plus the held-out regions' (`n_val` of them, weight
+    1); "f0" until MIN_REGIONS regions are scored, or unless a candidate scores above f0."""
+    pooled = {m: np.zeros_like(np.asarray(val_confusion[m], np.float64)) if val_confusion else None for m in MODES}
+    for age, b in enumerate(reversed(batches)):
+        for m in MODES:
+            add = np.asarray(b["confusion"][m], np.float64) * decay ** age
+            pooled[m] = add if pooled[m] is None else pooled[m] + add
+    if val_confusion:
+        pooled = {m: pooled[m] + np.asarray(val_confusion[m], np.float64) for m in MODES}
+    miou = {m: None if pooled[m] is None else _miou(pooled[m]) for m in MODES}
+    n = sum(int(b["regions"]) for b in batches) + n_val
+    if n < MIN_REGIONS or miou["f0"] is None:
+        return "f0", miou
+    best = max(MODES, key=lambda m: -1.0 if miou[m] is None else miou[m])
+    return (best if miou[best] > miou["f0"] else "f0"), miou
 
 
 def _miou(confusion: np.ndarray) -> float | None:
