@@ -183,3 +183,10 @@ def test_assisted_takes_a_mode_and_refuses_an_unknown_one(session):
     np.testing.assert_allclose(s.assisted(img, mode="blend"), (f0 + forest) / 2, atol=1e-5)
     with pytest.raises(PaserInputError, match="unknown forest assist mode"):
         s.assisted(img, mode="rf")
+
+
+def test_assisted_takes_one_slice_too(session):
+    s, classes = session
+    two_batches(s, classes)
+    img = np.asarray(s.image[:])
+    np.testing.assert_allclose(s.assisted(img[1], mode="f0"), s.assisted(img, mode="f0")[1], atol=1e-5)

@@ -20,7 +20,7 @@ already has, at no extra labeling cost:
 - then the forest is refitted on every accepted training region.
 
 Where the mode is not "f0" the region suggestions (when the session does not route) and `assisted`
-(the session's best guess of any image, used by benchmarks and exports) use it; f0's maps stay f0's own
+(the session's best guess of any consecutive slices, for scripts and benchmarks) use it; f0's maps stay f0's own
 (they are its uncertainty). The forest lives in memory (never pickled: a session folder holds no code) and
 is refitted from the accepted regions when a reopened session first needs it.
 """
@@ -204,10 +204,6 @@ class ForestAssist:
 
     # ------------------------------------------------------------------ guesses
 
-    def ready(self) -> bool:
-        """Whether a guess needs no forest fit first (the mode is f0, or the forest is fitted)."""
-        return self.mode == "f0" or self.forest is not None
-
     def _current_forest(self):
         """The forest on every accepted training region (refitted after a reopen or an unaccept), or None."""
         train = [r for r in self.store.state.accepted if r.split != "val"]
@@ -232,10 +228,12 @@ class ForestAssist:
         return (self._f0_probabilities(self.model_set.require_f0(), z, ys, xs) + p_forest) / 2
 
     def assisted(self, volume, lo: float | None = None, hi: float | None = None, mode: str | None = None) -> np.ndarray:
-        """(N, C, H, W) float32 class probabilities of every slice of a (N, H, W) image (raw grey levels,
-        normalised with the session's lo/hi unless given) in the current mode: f0's softmax, the forest's, or
-        their mean (`mode` overrides the assist's own). The 3D features read neighbouring slices of `volume`, so
-        give it consecutive slices."""
+        """(N, C, H, W) float32 class probabilities of every slice of a (N, H, W) image ((C, H, W) of an (H, W)
+        one; raw grey levels, normalised with the session's lo/hi unless given) in the current mode: f0's
+        softmax, the forest's, or their mean (`mode` overrides the assist's own). The 3D features read
+        neighbouring slices of `volume`, so give it consecutive slices."""
+        if volume.ndim == 2:
+            return self.assisted(np.asarray(volume)[None], lo, hi, mode)[0]
         lo = self.store.state.image["lo"] if lo is None else lo
         hi = self.store.state.image["hi"] if hi is None else hi
         f0, mode = self.model_set.require_f0(), mode or self.mode
