@@ -196,6 +196,13 @@ def plumbing(role: str, images: np.ndarray, truth: np.ndarray, test: np.ndarray,
     return float((logits(stock, test) - logits(folded, test[:, None])).abs().max())
 
 
+def neighbour_share(model: UNet) -> float:
+    """How much a trained 2.5d stem reads the neighbouring slices: the norm of its z-1 and z+1 weights over
+    the norm of all its input weights (0 at the start; the slices share one intensity scale)."""
+    w = model.stem.weight.detach()[:, :, 0, 0]
+    return round(float(torch.linalg.norm(w[:, [0, 2]]) / torch.linalg.norm(w)), 4)
+
+
 def run_seed(volume: np.ndarray, labels: np.ndarray, seed: int, role: str, budgets: list, args) -> dict:
     """Per budget, test mIoU of both arms after the same fine-tuning; and the step-0 check."""
     pool, test = split(len(volume), seed, args.pool)
@@ -216,6 +223,7 @@ def run_seed(volume: np.ndarray, labels: np.ndarray, seed: int, role: str, budge
             fine_tune(model, images, lab, config)
             row[arm] = score(model, test_images, truth_test)
             row[f"{arm}_s"] = round(time.perf_counter() - t, 1)
+        row["neighbour_stem_share"] = neighbour_share(model)
         out["budgets"][str(budget)] = row
         print(f"{role} seed {seed} budget {budget}: 2d {row['2d']:.4f} 2.5d {row['2.5d']:.4f} "
               f"({row['2d_s']} s, {row['2.5d_s']} s)", flush=True)
@@ -231,6 +239,9 @@ def summarise(runs: list[dict], budgets: list) -> dict:
         table[budget] = {"miou_2d_mean": round(float(np.mean(a)), 4), "miou_25d_mean": round(float(np.mean(b)), 4),
                          "diff_25d_minus_2d": ci, "verdict": verdict(ci),
                          "labeled_px_mean": round(float(np.mean([r["budgets"][budget]["labeled_px"] for r in runs])))}
+        shares = [r["budgets"][budget]["neighbour_stem_share"] for r in runs if "neighbour_stem_share" in r["budgets"][budget]]
+        if shares:
+            table[budget]["neighbour_stem_share_mean"] = round(float(np.mean(shares)), 4)
     return table
 
 
