@@ -47,6 +47,7 @@ BY_HAND: dict[str, str] = {
     "bench_ui_actions_2048.py": "needs a display (runs itself under xvfb-run): the dock's actions on 32 x 2048 x 2048 (GBs)",
     "bench_ui_first_actions.py": "needs a display (xvfb-run) and two checkouts to compare",
     "bench_ui_latency.py": "needs a display (runs itself under xvfb-run)",
+    "bench_zcontext.py": "trainings of f0 and f1 with and without the neighbouring slices as input channels (soc_stack)",
     "ui_train_router_check.py": "needs a display (xvfb-run): Train router with its defaults in a real window",
     "ui_correct.py": "needs a display (xvfb-run): the correcting workflow in a real window",
     "forest_assist_diagnostic.py": "a diagnostic: labeling loops with a forest's help (--out)",
