@@ -256,6 +256,7 @@ def run_seed(name: str, seed: int, args) -> dict:
             print(f"  {name} seed {seed} {method:15s} effort {row['budgets_px']} mIoU "
                   f"{[round(v, 3) for v in row['miou']]} ({row['seconds']:.0f} s)", flush=True)
             if method == "correct-taudis":
+                assisted["batches"] = loop.s.forest.record.get("batches", [])  # the scores behind the picks
                 out["session-assisted"] = assisted
                 print(f"  session-assisted {[round(v, 3) for v in assisted['miou']]} {assisted['picks']}", flush=True)
                 out.update(assist_rules(assisted, candidates, loop.s.forest.record.get("batches", [])))
@@ -390,6 +391,8 @@ def summarise(runs: list[dict]) -> dict:
             methods[m]["seconds_per_seed"] = [r[m]["seconds"] for r in runs]
         if "picks" in runs[0][m]:
             methods[m]["picks_per_seed"] = [r[m]["picks"] for r in runs]
+        if "batches" in runs[0][m]:
+            methods[m]["batches_per_seed"] = [r[m]["batches"] for r in runs]
     extra = {"heldout_px_per_seed": [r["heldout_px"] for r in runs]} if "heldout_px" in runs[0] else {}
     return {"methods": methods, "full_miou_per_seed": [round(f, 4) for f in full], **extra,
             "comparisons": compare(methods)}

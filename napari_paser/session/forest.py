@@ -12,9 +12,10 @@ already has, at no extra labeling cost:
   corrected) and the forest the previous retrain fitted (on the same regions f0 had learnt from), so
   neither has seen the regions it is scored on and both had the same labels; the held-out ("val")
   regions are scored each time by the current f0 and forest (neither trains on them);
-- each retrain's confusion matrices of the three candidates ("f0", "blend": the mean of f0's and the
-  forest's probabilities, "forest") on its new regions are kept in session.json; the mode is the
-  candidate with the highest mIoU over them (`choose_mode`: each older batch weighs DECAY times the next,
+- each retrain's confusion matrices of "f0", "blend" (the mean of f0's and the forest's probabilities)
+  and "forest" on its new regions are kept in session.json; the mode is whichever of f0 and the blend
+  has the higher mIoU over them (the forest alone is scored and shown, never chosen: where it helps,
+  the blend helped at least as much, and where it fails it fails by far) (`choose_mode`: each older batch weighs DECAY times the next,
   as f0 gains on the forest while labels grow) once MIN_REGIONS regions are scored (a tie keeps f0), so
   the first batch, which no earlier forest can score, is guessed by f0 alone;
 - then the forest is refitted on every accepted training region.
@@ -43,7 +44,8 @@ from napari_paser.session.models import ModelSet
 from napari_paser.session.progress import Progress
 from napari_paser.session.store import AcceptedRegion, State, Store
 
-MODES = ("f0", "blend", "forest")
+MODES = ("f0", "blend", "forest")  # what `assisted` can give; all three are scored
+CHOICES = ("f0", "blend")  # what the assist chooses between: the forest alone lost to the blend on every dataset
 MIN_REGIONS = 3  # regions scored before the assist may leave f0
 DECAY = 0.5  # weight of a retrain's scores relative to the next one's
 TREES = 50
@@ -90,7 +92,7 @@ class ForestAssist:
 
     @property
     def mode(self) -> str:
-        """"f0", "blend" or "forest": what the session's guesses use ("f0" while disabled or unjudged)."""
+        """"f0" or "blend": what the session's guesses use ("f0" while disabled or unjudged)."""
         return str(self.record.get("mode", "f0")) if self.enabled else "f0"
 
     @property
@@ -274,9 +276,10 @@ def _f0_window(f0, volume, z: int, ys: slice, xs: slice, lo: float, hi: float) -
 
 def choose_mode(batches: Sequence[dict], val_confusion: dict[str, np.ndarray] | None = None, n_val: int = 0,
                 decay: float = DECAY) -> tuple[str, dict[str, float | None]]:
-    """The mode the scores favour and each candidate's mIoU over them: the retrains' batch confusions (oldest
-    first; each older one weighs `decay` times the next) plus the held-out regions' (`n_val` of them, weight
-    1); "f0" until MIN_REGIONS regions are scored, or unless a candidate scores above f0."""
+    """The mode the scores favour (one of CHOICES) and each mode's mIoU over them: the retrains' batch
+    confusions (oldest first; each older one weighs `decay` times the next) plus the held-out regions'
+    (`n_val` of them, weight 1); "f0" until MIN_REGIONS regions are scored, or unless the blend scores above
+    f0."""
     pooled = {m: np.zeros_like(np.asarray(val_confusion[m], np.float64)) if val_confusion else None for m in MODES}
     for age, b in enumerate(reversed(batches)):
         for m in MODES:
@@ -288,8 +291,8 @@ def choose_mode(batches: Sequence[dict], val_confusion: dict[str, np.ndarray] | 
     n = sum(int(b["regions"]) for b in batches) + n_val
     if n < MIN_REGIONS or miou["f0"] is None:
         return "f0", miou
-    best = max(MODES, key=lambda m: -1.0 if miou[m] is None else miou[m])
-    return (best if miou[best] > miou["f0"] else "f0"), miou
+    blend = miou["blend"]
+    return ("blend" if blend is not None and blend > miou["f0"] else "f0"), miou
 
 
 def _miou(confusion: np.ndarray) -> float | None:
