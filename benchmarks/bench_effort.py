@@ -61,7 +61,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 from skimage.feature import multiscale_basic_features
 
 import common
@@ -102,7 +101,7 @@ def dataset(name: str, seed: int, crop: int, pool: int) -> tuple[np.ndarray, np.
         chosen = sorted(rng.choice(others, pool, replace=False).tolist())
         return images[chosen], labels[chosen], images[test], labels[test]
     if name == "soc_stack-3d":
-        images, labels = _stack(crop)
+        images, labels = common.soc_stack_3d(crop)
         half = len(images) // 2
         z0 = int(rng.integers(0, half - pool))
         t0 = half + int(rng.integers(0, half - pool))
@@ -116,31 +115,6 @@ def dataset(name: str, seed: int, crop: int, pool: int) -> tuple[np.ndarray, np.
         p, t = sorted(order[:3].tolist()), sorted(order[3:].tolist())
         return images[p], labels[p], images[t], labels[t]
     raise SystemExit(f"unknown dataset {name!r}: choose from {', '.join(DATASETS)}")
-
-
-_STACK: dict = {}
-
-
-def _stack(crop: int) -> tuple[np.ndarray, np.ndarray]:
-    """The SOC stack's central crop, degraded in 3D: Gaussian blur (sigma 1), 2x down-sampling of z, y and x
-    with linear re-sampling back, Gaussian noise (sd 0.08 of the range); labels at full resolution."""
-    if crop not in _STACK:
-        import tifffile
-
-        folder = common.require(common.SOC_STACK)
-        raw = tifffile.imread(folder / "images.tif").astype(np.float32)
-        lab = tifffile.imread(folder / "labels.tif").astype(np.uint8)
-        h, w = raw.shape[1:]
-        ys, xs = slice((h - crop) // 2, (h - crop) // 2 + crop), slice((w - crop) // 2, (w - crop) // 2 + crop)
-        raw, lab = raw[:, ys, xs], lab[:, ys, xs]
-        lo, hi = np.percentile(raw, [0.5, 99.5])
-        vol = normalise(raw, float(lo), float(hi))
-        vol = ndimage.gaussian_filter(vol, 1.0)
-        low = ndimage.zoom(vol, 0.5, order=1)
-        vol = ndimage.zoom(low, np.array(vol.shape) / np.array(low.shape), order=1)[: len(lab), :crop, :crop]
-        vol = vol + np.random.default_rng(0).normal(0, 0.08, vol.shape).astype(np.float32)
-        _STACK[crop] = (vol.astype(np.float32), lab)
-    return _STACK[crop]
 
 
 # ----------------------------------------------------------------------------- the simulated person

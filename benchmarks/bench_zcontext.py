@@ -15,7 +15,7 @@ the crops on a map of pixel indices and the crops are then gathered from every c
 arms draw the identical crops, flips and jitter for a seed; a thin `Folded` wrapper turns the
 (B, 1, C, H, W) batches that `iter_training` makes into (B, C, H, W). Nothing in the package changes.
 
-Data (`benchmarks/common.py`, SOC_STACK): the stack's central crop degraded in 3D (Gaussian blur
+Data (`common.soc_stack_3d`): the stack's central crop degraded in 3D (Gaussian blur
 sigma 1, 2x down-sampling of z, y and x with linear re-sampling back, Gaussian noise sd 0.08 of the
 range; the same recipe as bench_effort.py's soc_stack-3d), normalised by `robust_range` of the
 degraded volume. Per seed: the pool is a block of --pool consecutive slices in the first half, the
@@ -45,7 +45,6 @@ from unittest import mock
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch import nn
 
 import common
@@ -68,22 +67,9 @@ PRESET = {"f0": "tiny", "f1": "medium"}
 
 
 def soc_stack_3d(crop: int) -> tuple[np.ndarray, np.ndarray]:
-    """(volume (Z, crop, crop) float32 in [0, 1], labels uint8): the SOC stack's central crop degraded in
-    3D as bench_effort.py's soc_stack-3d (blur sigma 1, 2x down-sampling of z, y and x and linear
-    re-sampling back, noise sd 0.08), then normalised by the degraded volume's `robust_range`."""
-    import tifffile
-
-    folder = common.require(common.SOC_STACK)
-    raw = tifffile.imread(folder / "images.tif").astype(np.float32)
-    lab = tifffile.imread(folder / "labels.tif").astype(np.uint8)
-    h, w = raw.shape[1:]
-    ys, xs = slice((h - crop) // 2, (h - crop) // 2 + crop), slice((w - crop) // 2, (w - crop) // 2 + crop)
-    raw, lab = raw[:, ys, xs], lab[:, ys, xs]
-    lo, hi = np.percentile(raw, [0.5, 99.5])
-    vol = ndimage.gaussian_filter(normalise(raw, float(lo), float(hi)), 1.0)
-    low = ndimage.zoom(vol, 0.5, order=1)
-    vol = ndimage.zoom(low, np.array(vol.shape) / np.array(low.shape), order=1)[: len(lab), :crop, :crop]
-    vol = (vol + np.random.default_rng(0).normal(0, 0.08, vol.shape)).astype(np.float32)
+    """(volume (Z, crop, crop) float32 in [0, 1], labels uint8): the benchmarks' soc_stack-3d
+    (`common.soc_stack_3d`), normalised by the degraded volume's `robust_range`."""
+    vol, lab = common.soc_stack_3d(crop)
     return normalise(vol, *robust_range(vol)), lab
 
 

@@ -34,6 +34,36 @@ SOC_STACK = data_root() / "soc_stack"       # 250 consecutive labeled SOC slices
 BATTERY = data_root() / "battery_nanoct"    # battery nano-CT, sets a/ and b/
 
 
+_STACK_3D: dict = {}
+
+
+def soc_stack_3d(crop: int):
+    """(volume (Z, crop, crop) float32, labels uint8) of the SOC stack's central crop degraded in 3D (the
+    benchmarks' "soc_stack-3d"): normalised to its 0.5-99.5 percentiles, Gaussian blur (sigma 1), 2x
+    down-sampling of z, y and x with linear re-sampling back, Gaussian noise (sd 0.08 of the range, seed 0);
+    labels at full resolution. Cached per crop."""
+    if crop not in _STACK_3D:
+        import numpy as np
+        import tifffile
+        from scipy import ndimage
+
+        from napari_paser.data.dataset import normalise
+
+        folder = require(SOC_STACK)
+        raw = tifffile.imread(folder / "images.tif").astype(np.float32)
+        lab = tifffile.imread(folder / "labels.tif").astype(np.uint8)
+        h, w = raw.shape[1:]
+        ys, xs = slice((h - crop) // 2, (h - crop) // 2 + crop), slice((w - crop) // 2, (w - crop) // 2 + crop)
+        raw, lab = raw[:, ys, xs], lab[:, ys, xs]
+        lo, hi = np.percentile(raw, [0.5, 99.5])
+        vol = ndimage.gaussian_filter(normalise(raw, float(lo), float(hi)), 1.0)
+        low = ndimage.zoom(vol, 0.5, order=1)
+        vol = ndimage.zoom(low, np.array(vol.shape) / np.array(low.shape), order=1)[: len(lab), :crop, :crop]
+        vol = vol + np.random.default_rng(0).normal(0, 0.08, vol.shape).astype(np.float32)
+        _STACK_3D[crop] = (vol.astype(np.float32), lab)
+    return _STACK_3D[crop]
+
+
 def require(path: Path) -> Path:
     """`path`, or exit with one line saying where the data was looked for and how to point elsewhere."""
     if not Path(path).exists():
