@@ -191,3 +191,11 @@ def test_assisted_takes_one_slice_too(session):
     two_batches(s, classes)
     img = np.asarray(s.image[:])
     np.testing.assert_allclose(s.assisted(img[1], mode="f0"), s.assisted(img, mode="f0")[1], atol=1e-5)
+
+
+def test_a_retrain_without_new_regions_keeps_the_forest_and_the_suggestions(session):
+    s, classes = session
+    two_batches(s, classes)
+    forest, version = s.forest.forest, s.forest.version
+    collect(s.retrain(QUICK, refresh=False))  # no new regions: nothing to score or refit
+    assert s.forest.forest is forest and s.forest.version == version

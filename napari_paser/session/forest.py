@@ -97,7 +97,7 @@ class ForestAssist:
 
     @property
     def version(self) -> int:
-        """Bumped by every fit and every change of mode or of enabled: stored suggestions name it."""
+        """Bumped by every refit and every change of mode or of enabled: stored suggestions name it."""
         return int(self.record.get("version", 0))
 
     def set_enabled(self, enabled: bool) -> None:
@@ -157,8 +157,10 @@ class ForestAssist:
                 scored_now += 1
         done += 1
         yield Progress("forest", done, total, f"forest: scored {scored_now} new regions")
-        if train:
+        refit = bool(train) and (self.forest is None or self._fitted_on != tuple(keys))
+        if refit:  # a retrain with no new regions (e.g. f2's for the router) keeps the fitted forest
             self.forest, self._fitted_on = self._fit(train), tuple(keys)
+        if train:
             self._scorer = (self._fitted_on, self.forest)
         val_confusion = {m: np.zeros((c, c), np.int64) for m in MODES}
         if self.forest is not None:
@@ -173,7 +175,8 @@ class ForestAssist:
 
         def mutate(s: State) -> None:
             out = s.settings.setdefault(KEY, {})
-            out.update({"mode": mode, "version": int(out.get("version", 0)) + 1, "regions": n_total,
+            changed = refit or mode != out.get("mode", "f0")  # stored suggestions stay current otherwise
+            out.update({"mode": mode, "version": int(out.get("version", 0)) + int(changed), "regions": n_total,
                         "batches": batches, "scored": sorted(scored | {_key(r) for r in new}), "fitted": list(keys),
                         "miou": miou})
 
