@@ -199,3 +199,16 @@ def test_a_retrain_without_new_regions_keeps_the_forest_and_the_suggestions(sess
     forest, version = s.forest.forest, s.forest.version
     collect(s.retrain(QUICK, refresh=False))  # no new regions: nothing to score or refit
     assert s.forest.forest is forest and s.forest.version == version
+
+
+def test_a_single_slice_session_scores_with_2d_features(tmp_path):
+    img, classes = volume(n=1, size=64)
+    with Session.create(tmp_path / "s2d", img[0], classes=["a", "b", "c"], region_size=16, val_every=0) as s:
+        s.new_models({"f0": TINY}, start="scratch")
+        for batch in ([0, 5, 10], [3, 12, 15]):
+            for rid in batch:
+                s.accept(rid, classes[0][s.region(rid).slices[1:]].astype(np.uint8) + 1)
+            collect(s.retrain(QUICK, refresh=False))
+        assert s.forest.record["regions"] == 3 and s.forest.mode == "blend"
+        guess = s.assisted(img[0])
+        assert guess.shape == (3, 64, 64) and (guess.argmax(0) == classes[0]).mean() > 0.8
