@@ -188,7 +188,7 @@ class ForestAssist:
         feats, labels = self._region_features(rec)
         valid = labels != IGNORE_INDEX
         p_forest = _baselines().forest_probabilities(forest, feats, self.store.n_classes)
-        p_f0 = self._f0_probabilities(f0, rec.z, slice(rec.y0, rec.y0 + rec.h), slice(rec.x0, rec.x0 + rec.w))
+        p_f0 = self._f0_probabilities(f0, *self.store.region(rec.region_id).slices)
         for mode, p in (("f0", p_f0), ("blend", (p_f0 + p_forest) / 2), ("forest", p_forest)):
             confusion[mode] += confusion_matrix(p.argmax(0), labels, self.store.n_classes, valid)
 
@@ -198,8 +198,8 @@ class ForestAssist:
         if key not in self._features:
             crop = np.asarray(self.store.accepted_labels(rec.region_id)).astype(np.int16) - 1
             labels = np.where(crop >= 0, crop, IGNORE_INDEX).astype(np.uint8)
-            ys, xs = slice(rec.y0, rec.y0 + rec.h), slice(rec.x0, rec.x0 + rec.w)
-            self._features[key] = (self._window_features(self.store.image, rec.z, ys, xs), labels)
+            self._features[key] = (self._window_features(self.store.image, *self.store.region(rec.region_id).slices),
+                                   labels)
         return self._features[key]
 
     def _fit(self, records: Sequence[AcceptedRegion]):
@@ -210,7 +210,8 @@ class ForestAssist:
     # ------------------------------------------------------------------ guesses
 
     def _current_forest(self):
-        """The forest on every accepted training region (refitted after a reopen or an unaccept), or None."""
+        """The forest on every accepted training region (refitted when they changed since its fit: an accept,
+        an unaccept, a reopen), or None."""
         train = [r for r in self.store.state.accepted if r.split != "val"]
         keys = tuple(_key(r) for r in train)
         if not train:
