@@ -58,6 +58,7 @@ def main() -> int:
     h, w = raw.shape[1:]
     ys, xs = slice((h - args.crop) // 2, (h - args.crop) // 2 + args.crop), slice((w - args.crop) // 2,
                                                                                   (w - args.crop) // 2 + args.crop)
+    truth_full = truth
     image, truth = raw[:, ys, xs], truth[:, ys, xs]
     args.shots.mkdir(parents=True, exist_ok=True)
     results: dict = {}
@@ -215,6 +216,50 @@ def main() -> int:
         layer = viewer.layers[SUGGESTION]
         results["2048_worker_guess_shown"] = bool(layer.visible and layer.metadata["region_id"] == label.current.region_id)
         shot("8-2048-guess-from-worker")
+        viewer.close()
+
+        # the forest assist at 2048^2 with a newcomer's defaults (sampler, k, epochs): two rounds of correcting
+        # every proposal and Retrain now (a third with the assist unticked), then Propose; three tiled slices so
+        # the 3D features have neighbours
+        big3 = np.stack([np.tile(raw[z], (5, 5))[:2048, :2048] for z in range(3)])
+        truth3 = np.stack([np.tile(truth_full[z], (5, 5))[:2048, :2048] for z in range(3)])
+        viewer, dock = open_dock("2048 assist", big3, "big3")
+        hub, session_w, label, train = dock.hub, dock.steps["Session"], dock.steps["Label"], dock.steps["Train"]
+        session_w.layer_box.setCurrentText("big3")
+        session_w.folder.setText(str(Path(tmp) / "big3"))
+        session_w.start_button.click()
+        wait(hub)
+        s = hub.require()
+        s.new_models()
+        hub.models_changed.emit()
+        assist: dict = {"defaults": {"sampler": label.sampler.currentText(), "k": label.k.value(),
+                                     "epochs": train.epochs.value(), "assist": train.assist.isChecked()}}
+        for round_ in (1, 2, 3):  # the third without the assist: what its gaps owe to it
+            train.assist.setChecked(round_ < 3)
+            dock.tabs.setCurrentIndex(list(dock.steps).index("Label"))
+            record(f"2048 assist: propose {round_} (button)", label.propose_button.click)
+            wait(hub)
+            while label.current is not None and s.pending_proposals:
+                p = label.current
+                viewer.layers[SUGGESTION].data = (truth3[p.z, p.y0:p.y0 + p.h, p.x0:p.x0 + p.w].astype(np.uint8) + 1)[None]
+                record(f"2048 assist: accept corrected {round_} (button)", label.accept_button.click)
+            dock.tabs.setCurrentIndex(list(dock.steps).index("Train"))
+            t5 = time.perf_counter()
+            record(f"2048 assist: retrain {round_} (button)", train.train_button.click)
+            wait(hub)
+            assist[f"retrain_{round_}_seconds"] = round(time.perf_counter() - t5, 1)
+            assist[f"line_after_retrain_{round_}"] = train.assist_line.text()
+            if round_ == 2:
+                shot("11-2048-train-forest-assist")
+        train.assist.setChecked(True)
+        dock.tabs.setCurrentIndex(list(dock.steps).index("Label"))
+        record("2048 assist: propose 3 (button)", label.propose_button.click)
+        wait(hub)
+        record("2048 assist: next (button)", label.next_button.click)
+        assist.update(mode=s.forest.mode, accepted=len(s.accepted), status=label.where.text(),
+                      suggestion_source=s.suggestion_source(label.current.region_id))
+        shot("12-2048-suggestion-after-assist")
+        results["2048_forest_assist"] = assist
         viewer.close()
     results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "load_average": [round(v, 2) for v in os.getloadavg()], "date": time.strftime("%Y-%m-%d")}
